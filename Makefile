@@ -1,0 +1,44 @@
+# Two commands matter: `make demo` and `make test`. Both set up .venv from nothing but Python.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup demo test lint format eval bench train-default clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first and pinned: this is a local CPU wheel; any other spec pulls a CUDA build.
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e ".[dev,eval]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup  ## solve a question with PRM beam search on the embedded models
+	$(BIN)/tts solve --compare-cot
+
+test: setup  ## the whole suite (unit, end to end on the embedded models, lint)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+eval: setup  ## the embedded model-card sweep (docs/results/)
+	$(BIN)/python -m langchain_tts.eval.model_card
+
+train-default: setup  ## rebuild the embedded weights from scratch (~1 h on 2 cores)
+	$(BIN)/tts train-default
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,128 @@
+"""The small typed vocabulary every layer speaks: steps, trajectories, usage."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from langchain_tts.core.answers import extract_answer
+
+FinishReason = Literal["step", "eos", "length"]
+
+
+class Step(BaseModel):
+    """One generated reasoning step (the text before the step delimiter)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    text: str
+    tokens: int = Field(0, ge=0, description="generated tokens, delimiter included")
+    finish_reason: FinishReason = "step"
+    """``step``: stopped at the delimiter; ``eos``: the model ended the solution;
+    ``length``: hit the per-step token cap."""
+
+
+class Trajectory(BaseModel):
+    """A (partial) solution: the question, its steps so far and their PRM scores."""
+
+    question: str
+    steps: list[str] = Field(default_factory=list)
+    step_scores: list[float] = Field(default_factory=list)
+    tokens: int = Field(0, ge=0, description="policy tokens generated for this trajectory")
+    finished: bool = False
+    finish_reason: str | None = None
+    score: float | None = Field(None, description="aggregated PRM score, set when selected")
+
+    def extend(self, step: Step, *, max_total_tokens: int | None = None) -> Trajectory:
+        """A child trajectory with one more step (finished when the step ends the solution)."""
+        tokens = self.tokens + step.tokens
+        finished, reason = False, None
+        if step.finish_reason in ("eos", "length"):
+            finished, reason = True, step.finish_reason
+        elif extract_answer(step.text, fallback=False) is not None:
+            finished, reason = True, "answer"
+        if not finished and max_total_tokens is not None and tokens >= max_total_tokens:
+            finished, reason = True, "max_total_tokens"
+        return Trajectory(
+            question=self.question,
+            steps=[*self.steps, step.text],
+            step_scores=list(self.step_scores),
+            tokens=tokens,
+            finished=finished,
+            finish_reason=reason,
+        )
+
+    @property
+    def text(self) -> str:
+        return "\n\n".join(self.steps)
+
+    @property
+    def answer(self) -> str | None:
+        return extract_answer(self.text)
+
+
+class Usage(BaseModel):
+    """Compute spent: tokens, FLOPs (2 x params x tokens per model), calls and seconds.
+
+    Usages add up with ``+``, which is also the graph-state reducer.
+    """
+
+    policy_calls: int = 0
+    policy_prompt_tokens: int = 0
+    policy_cached_tokens: int = 0
+    policy_generated_tokens: int = 0
+    policy_flops: float = 0.0
+    prm_calls: int = 0
+    prm_tokens: int = 0
+    prm_flops: float = 0.0
+    seconds: float = 0.0
+
+    @property
+    def tokens(self) -> int:
+        return self.policy_prompt_tokens + self.policy_generated_tokens + self.prm_tokens
+
+    @property
+    def flops(self) -> float:
+        return self.policy_flops + self.prm_flops
+
+    def __add__(self, other: Usage | None) -> Usage:
+        if other is None:
+            return self
+        data = {k: getattr(self, k) + getattr(other, k) for k in Usage.model_fields}
+        return Usage(**data)
+
+    def summary(self) -> dict[str, float]:
+        d = self.model_dump()
+        d.update(tokens=self.tokens, flops=self.flops)
+        return d
+
+
+def add_usage(left: Usage | None, right: Usage | None) -> Usage:
+    """LangGraph reducer: every node returns the usage of its own calls."""
+    return (left or Usage()) + right
+
+
+def check_scores(scores: list[list[float]], expected_lengths: list[int], source: str) -> None:
+    """Reject PRM output that is not one finite score in [0, 1] per step."""
+    from langchain_tts.core.errors import PRMOutputError
+
+    if len(scores) != len(expected_lengths):
+        raise PRMOutputError(
+            f"{source} returned {len(scores)} score lists for {len(expected_lengths)} "
+            "trajectories; a PRM must return one list per trajectory."
+        )
+    for i, (row, n) in enumerate(zip(scores, expected_lengths)):
+        if len(row) != n:
+            raise PRMOutputError(
+                f"{source} returned {len(row)} step scores for trajectory {i}, which has {n} "
+                "steps; check that the step separator is not inside a step's text."
+            )
+        for j, s in enumerate(row):
+            if not isinstance(s, (int, float)) or math.isnan(s) or not (0.0 <= s <= 1.0):
+                raise PRMOutputError(
+                    f"{source} returned score {s!r} for step {j} of trajectory {i}; scores "
+                    "must be finite probabilities in [0, 1] (a NaN usually means fp16 "
+                    "overflow: load the PRM in float32 or bfloat16)."
+                )

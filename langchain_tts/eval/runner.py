@@ -1,0 +1,159 @@
+"""Sweeps of strategies x budgets over a dataset, resumable, with accuracy-vs-compute reports.
+
+Each solved problem is one JSONL record; re-running skips the records already there, so a
+sweep can be interrupted and resumed. ``summarize`` turns records into accuracy and mean
+compute per (policy, prm, strategy, budget), overall and per difficulty level.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from langgraph.graph.state import CompiledStateGraph
+from tqdm.auto import tqdm
+
+from langchain_tts.eval.datasets import Problem
+from langchain_tts.eval.grading import answers_match
+
+RECORD_KEY = ("dataset", "policy", "prm", "strategy", "budget", "id")
+
+
+def budget_config(strategy: str, budget: int) -> dict[str, Any]:
+    """The strategy config that spends ``budget`` samples (N) per question."""
+    if strategy == "cot":
+        return {}
+    if strategy == "beam_search":
+        width = min(4, budget)
+        return {"n": budget, "beam_width": width}
+    return {"n": budget}
+
+
+def _key(r: dict) -> tuple:
+    return tuple(str(r.get(k)) for k in RECORD_KEY)
+
+
+def read_records(path: str | Path) -> list[dict]:
+    p = Path(path)
+    if not p.exists():
+        return []
+    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+
+
+async def run_eval(
+    graph: CompiledStateGraph,
+    problems: Iterable[Problem],
+    *,
+    meta: dict[str, Any],
+    out: str | Path | None = None,
+    concurrency: int = 1,
+    progress: bool = True,
+    on_record: Callable[[dict], None] | None = None,
+) -> list[dict]:
+    """Solve each problem with ``graph`` and grade it; append records to ``out`` (resumable).
+
+    ``meta`` names the run (dataset, policy, prm, strategy, budget) and is copied into
+    every record.
+    """
+    problems = list(problems)
+    done = {_key(r) for r in read_records(out)} if out else set()
+    todo = [p for p in problems if _key({**meta, "id": p.id}) not in done]
+    sem = asyncio.Semaphore(max(1, concurrency))
+    records: list[dict] = []
+    bar = tqdm(total=len(todo), desc=f"{meta.get('strategy')}@{meta.get('budget')}",
+               disable=not progress, mininterval=2)  # fmt: skip
+    fh = open(out, "a") if out else None  # noqa: SIM115 - kept open for the whole sweep
+    try:
+
+        async def one(p: Problem) -> None:
+            async with sem:
+                t0 = time.perf_counter()
+                res = await graph.ainvoke({"question": p.problem})
+                u = res["usage"]
+                pred = res.get("answer")
+                rec = {
+                    **meta,
+                    "id": p.id,
+                    "level": p.level,
+                    "gold": p.answer,
+                    "pred": pred,
+                    "correct": answers_match(pred, p.answer),
+                    "tokens": u.tokens,
+                    "policy_tokens": u.policy_prompt_tokens + u.policy_generated_tokens,
+                    "generated_tokens": u.policy_generated_tokens,
+                    "prm_tokens": u.prm_tokens,
+                    "flops": u.flops,
+                    "policy_flops": u.policy_flops,
+                    "prm_flops": u.prm_flops,
+                    "seconds": round(time.perf_counter() - t0, 4),
+                    "stop_reason": res.get("stop_reason"),
+                }
+                records.append(rec)
+                if fh:
+                    fh.write(json.dumps(rec) + "\n")
+                    fh.flush()
+                if on_record:
+                    on_record(rec)
+                bar.update(1)
+
+        await asyncio.gather(*(one(p) for p in todo))
+    finally:
+        bar.close()
+        if fh:
+            fh.close()
+    return records
+
+
+def summarize(records: Iterable[dict]) -> list[dict]:
+    """Accuracy and mean compute per (dataset, policy, prm, strategy, budget)."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in records:
+        groups[tuple(r.get(k) for k in RECORD_KEY[:-1])].append(r)
+    rows = []
+    for key, rs in groups.items():
+        by_level: dict[Any, list[bool]] = defaultdict(list)
+        for r in rs:
+            by_level[r.get("level")].append(bool(r["correct"]))
+        n = len(rs)
+        rows.append(
+            {
+                **dict(zip(RECORD_KEY[:-1], key)),
+                "n": n,
+                "accuracy": sum(r["correct"] for r in rs) / n,
+                "by_level": {
+                    str(lv): sum(v) / len(v) for lv, v in sorted(by_level.items(), key=_lv)
+                },
+                "mean_tokens": sum(r["tokens"] for r in rs) / n,
+                "mean_flops": sum(r["flops"] for r in rs) / n,
+                "mean_seconds": sum(r["seconds"] for r in rs) / n,
+            }
+        )
+    return sorted(rows, key=lambda r: (str(r["policy"]), str(r["strategy"]), int(r["budget"])))
+
+
+def _lv(item: tuple) -> tuple:
+    lv = item[0]
+    return (0, int(lv), "") if str(lv).isdigit() else (1, 0, str(lv))
+
+
+def markdown_table(rows: list[dict], levels: bool = True) -> str:
+    """A markdown table: one row per run, accuracy overall and per level, compute."""
+    all_levels = sorted({lv for r in rows for lv in r["by_level"]}, key=lambda x: _lv((x,)))
+    head = ["policy", "prm", "strategy", "N", "acc %"]
+    if levels:
+        head += [f"L{lv}" for lv in all_levels]
+    head += ["tokens/q", "FLOPs/q", "s/q"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["policy"], r["prm"], r["strategy"], str(r["budget"]),
+                 f"{100 * r['accuracy']:.1f}"]  # fmt: skip
+        if levels:
+            cells += [f"{100 * r['by_level'].get(lv, float('nan')):.0f}" for lv in all_levels]
+        cells += [f"{r['mean_tokens']:.0f}", f"{r['mean_flops']:.2e}", f"{r['mean_seconds']:.2f}"]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines)

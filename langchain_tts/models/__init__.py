@@ -1,0 +1,61 @@
+"""The embedded default models: a tiny Llama policy (two sizes) and a Qwen2.5-Math-PRM-style
+PRM (strong and weak), trained by this project on the synthetic arithmetic task and shipped
+in Hugging Face format. ``load_default()`` loads them offline on CPU.
+
+Rebuild them with ``python -m langchain_tts.models.train`` (see ``docs/model_card.md``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from langchain_tts.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from langchain_tts.policies.hf import HFPolicy
+    from langchain_tts.prms.qwen import QwenPRM
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+POLICY_SIZES = ("small", "large")
+PRM_KINDS = ("strong", "weak")
+
+
+def default_model_path(name: str) -> Path:
+    """Folder of one shipped model: ``policy-small``, ``policy-large``, ``prm``, ``prm-weak``."""
+    path = WEIGHTS_DIR / name
+    if not (path / "model.safetensors").exists():
+        raise FileNotFoundError(
+            f"embedded model {name!r} not found at {path}. Reinstall langchain-tts, or rebuild "
+            "the weights with `python -m langchain_tts.models.train`."
+        )
+    return path
+
+
+def load_default_policy(size: Literal["small", "large"] = "small") -> HFPolicy:
+    from langchain_tts.policies.hf import HFPolicy
+
+    if size not in POLICY_SIZES:
+        raise ConfigError(f"unknown policy size {size!r}; use one of {list(POLICY_SIZES)}")
+    policy = HFPolicy.from_pretrained(str(default_model_path(f"policy-{size}")))
+    policy.name = f"embedded-policy-{size}"
+    return policy
+
+
+def load_default_prm(kind: Literal["strong", "weak"] = "strong") -> QwenPRM:
+    from langchain_tts.prms.qwen import QwenPRM
+
+    if kind not in PRM_KINDS:
+        raise ConfigError(f"unknown PRM kind {kind!r}; use one of {list(PRM_KINDS)}")
+    prm = QwenPRM.from_pretrained(
+        str(default_model_path("prm" if kind == "strong" else "prm-weak"))
+    )
+    prm.name = f"embedded-prm-{kind}"
+    return prm
+
+
+def load_default(
+    size: Literal["small", "large"] = "small", prm: Literal["strong", "weak"] = "strong"
+) -> tuple[HFPolicy, QwenPRM]:
+    """The embedded policy and PRM, on CPU, with no network access."""
+    return load_default_policy(size), load_default_prm(prm)

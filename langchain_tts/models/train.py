@@ -1,0 +1,355 @@
+"""Rebuild the embedded default models from scratch: ``python -m langchain_tts.models.train``.
+
+Pipeline (all on CPU, seeded):
+
+1. train a small and a larger Llama policy on gold solutions of the synthetic task;
+2. sample the small policy's own rollouts on training problems and label every step
+   automatically (:func:`langchain_tts.eval.synthetic.label_steps`);
+3. train the PRM (Qwen2.5-Math-PRM interface: ``<extra_0>`` after each step, 2-class head),
+   initialised from the larger policy, on those rollouts plus gold solutions;
+4. train a deliberately weaker PRM (small body, few steps) to show PRM quality matters.
+
+Each model is saved in Hugging Face format (``config.json``, ``model.safetensors`` in
+fp16, tokenizer files) and loads with transformers from a local path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from langchain_tts.eval.synthetic import (
+    MAX_OPS,
+    MIN_OPS,
+    STEP_DELIMITER,
+    ArithmeticProblem,
+    label_steps,
+    make_problem,
+    make_split,
+)
+from langchain_tts.models.tiny_llama import (
+    TinyLlamaConfig,
+    TinyLlamaForCausalLM,
+    TinyLlamaForTokenClassification,
+    hf_config_dict,
+)
+from langchain_tts.models.tokenizer import EOS, STEP_TAG, build_tokenizer
+
+DEFAULT_DIR = Path(__file__).parent / "weights"
+
+SIZES: dict[str, TinyLlamaConfig] = {
+    # ~1.1M parameters; head size 64 so vLLM's CPU and GPU kernels accept it.
+    "small": TinyLlamaConfig(
+        vocab_size=101, hidden_size=128, num_hidden_layers=4, num_attention_heads=2,
+        intermediate_size=512,
+    ),
+    # ~2.4M parameters.
+    "large": TinyLlamaConfig(
+        vocab_size=101, hidden_size=192, num_hidden_layers=4, num_attention_heads=3,
+        intermediate_size=768,
+    ),
+}  # fmt: skip
+
+
+@dataclass
+class TrainRecipe:
+    small_steps: int = 3000
+    large_steps: int = 2000
+    prm_steps: int = 1200
+    weak_prm_steps: int = 150
+    batch_size: int = 32
+    lr: float = 3e-3
+    rollout_problems: int = 2400
+    rollout_samples: int = 4
+    rollout_temperature: float = 1.0
+    seed: int = 0
+
+
+class _TrainStream:
+    """Endless training problems, never a validation/test question."""
+
+    def __init__(self, seed: int):
+        self.rng = random.Random(seed)
+        held_out = make_split("test", 1000) + make_split("validation", 1000)
+        self.exclude = {p.question for p in held_out}
+        self._pool: list[list[ArithmeticProblem]] = []
+
+    def batch(self, size: int) -> list[ArithmeticProblem]:
+        """Batches of similar length (padding would otherwise double the compute)."""
+        if not self._pool:
+            pool = sorted((self.sample() for _ in range(size * 8)), key=lambda p: p.difficulty)
+            self._pool = [pool[i : i + size] for i in range(0, len(pool), size)]
+            self.rng.shuffle(self._pool)
+        return self._pool.pop()
+
+    def sample(self) -> ArithmeticProblem:
+        while True:
+            p = make_problem(self.rng, self.rng.randint(MIN_OPS, MAX_OPS))
+            if p.question not in self.exclude:
+                return p
+
+
+def _lr_at(step: int, total: int, peak: float) -> float:
+    warm = max(1, total // 20)
+    if step < warm:
+        return peak * (step + 1) / warm
+    prog = (step - warm) / max(1, total - warm)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * prog)))
+
+
+def _pad(seqs: list[list[int]], value: int) -> torch.Tensor:
+    width = max(len(s) for s in seqs)
+    return torch.tensor([s + [value] * (width - len(s)) for s in seqs])
+
+
+def train_policy(
+    cfg: TinyLlamaConfig, steps: int, recipe: TrainRecipe, desc: str
+) -> tuple[TinyLlamaForCausalLM, dict]:
+    tok = build_tokenizer()
+    torch.manual_seed(recipe.seed)
+    stream = _TrainStream(recipe.seed + hash(desc) % 1000)
+    model = TinyLlamaForCausalLM(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.01, betas=(0.9, 0.98))
+    eos = tok.convert_tokens_to_ids(EOS)
+    t0, losses = time.time(), []
+    bar = tqdm(range(steps), desc=desc, mininterval=5)
+    for step in bar:
+        inputs, labels = [], []
+        for p in stream.batch(recipe.batch_size):
+            prompt = tok(p.question + STEP_DELIMITER)["input_ids"]
+            target = tok(p.solution)["input_ids"] + [eos]
+            ids = prompt + target
+            inputs.append(ids[:-1])
+            # Loss on the solution only: the policy never needs to write questions.
+            labels.append(([-100] * len(prompt) + target)[1:])
+        x, y = _pad(inputs, 0), _pad(labels, -100)
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, steps, recipe.lr)
+        loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten(), ignore_index=-100)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
+    stats = {"steps": steps, "seconds": round(time.time() - t0, 1), "final_loss": losses[-1]}
+    return model, stats
+
+
+def save_hf(
+    model: torch.nn.Module, cfg: TinyLlamaConfig, out: Path, architecture: str, **extra: object
+) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
+    if cfg.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    conf = hf_config_dict(cfg, architecture=architecture, **extra)
+    tok = build_tokenizer()
+    conf.update(pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id)
+    conf["eos_token_id"] = tok.eos_token_id
+    (out / "config.json").write_text(json.dumps(conf, indent=2))
+    tok.save_pretrained(str(out))
+
+
+@torch.no_grad()
+def sample_rollouts(
+    policy_dir: Path, problems: list[ArithmeticProblem], n: int, temperature: float, seed: int
+) -> list[tuple[ArithmeticProblem, list[str]]]:
+    """Full-solution samples of a saved policy, split into steps (batched, KV-cached)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(seed)
+    tok = AutoTokenizer.from_pretrained(str(policy_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(policy_dir), dtype=torch.float32).eval()
+    out: list[tuple[ArithmeticProblem, list[str]]] = []
+    batch = 128
+    expanded = [p for p in problems for _ in range(n)]
+    for i in tqdm(range(0, len(expanded), batch), desc="rollouts", mininterval=5):
+        chunk = expanded[i : i + batch]
+        enc = tok([p.question + STEP_DELIMITER for p in chunk], return_tensors="pt", padding=True)
+        gen = model.generate(
+            **enc, do_sample=True, temperature=temperature, top_p=1.0, max_new_tokens=110,
+            pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+        )  # fmt: skip
+        texts = tok.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+        for p, text in zip(chunk, texts):
+            steps = [s for s in text.split(STEP_DELIMITER) if s.strip()]
+            out.append((p, steps))
+    return out
+
+
+def _prm_example(tok, p: ArithmeticProblem, steps: list[str]) -> tuple[list[int], list[int]]:
+    labels = label_steps(p, steps).labels
+    ids = tok(p.question + STEP_DELIMITER)["input_ids"]
+    tag = tok.convert_tokens_to_ids(STEP_TAG)
+    y = [-100] * len(ids)
+    for step, ok in zip(steps, labels):
+        step_ids = tok(step)["input_ids"]
+        ids += step_ids + [tag]
+        y += [-100] * len(step_ids) + [int(ok)]
+    return ids, y
+
+
+def _corrupt(p: ArithmeticProblem, rng: random.Random) -> list[str]:
+    """Gold steps with one result nudged: teaches the PRM arithmetic errors the policy rarely makes."""
+    steps = list(p.gold_steps)
+    i = rng.randrange(len(p.ops))
+    lhs, rhs = steps[i].split("=")
+    wrong = int(rhs) + rng.choice([-10, -2, -1, 1, 2, 10])
+    steps[i] = f"{lhs}={wrong}"
+    # Continue consistently from the wrong value, as a policy would.
+    value = wrong
+    for j in range(i + 1, len(p.ops)):
+        o = p.ops[j]
+        nxt = o.apply(value)
+        steps[j] = f"{value}{o.op}{o.operand}={nxt}"
+        value = nxt
+    steps[-1] = f"\\boxed{{{value}}}"
+    return steps
+
+
+def train_prm(
+    cfg: TinyLlamaConfig,
+    init_from: torch.nn.Module | None,
+    rollouts: list[tuple[ArithmeticProblem, list[str]]],
+    steps: int,
+    recipe: TrainRecipe,
+    desc: str,
+) -> tuple[TinyLlamaForTokenClassification, dict]:
+    tok = build_tokenizer()
+    torch.manual_seed(recipe.seed + 7)
+    rng = random.Random(recipe.seed + 7)
+    stream = _TrainStream(recipe.seed + 99)
+    model = TinyLlamaForTokenClassification(cfg)
+    if init_from is not None:
+        model.model.load_state_dict(init_from.model.state_dict())
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr / 2, weight_decay=0.01)
+    t0, losses, accs = time.time(), [], []
+    bar = tqdm(range(steps), desc=desc, mininterval=5)
+    pool: list[list[tuple[list[int], list[int]]]] = []
+    for step in bar:
+        if not pool:  # length-bucketed batches, as for the policy
+            examples = []
+            for _ in range(recipe.batch_size * 8):
+                r = rng.random()
+                if r < 0.7:
+                    p, st = rng.choice(rollouts)
+                elif r < 0.85:
+                    p = stream.sample()
+                    st = p.gold_steps
+                else:
+                    p = stream.sample()
+                    st = _corrupt(p, rng)
+                ids, y = _prm_example(tok, p, st)
+                examples.append((ids[:512], y[:512]))
+            examples.sort(key=lambda e: len(e[0]))
+            pool = [
+                examples[i : i + recipe.batch_size]
+                for i in range(0, len(examples), recipe.batch_size)
+            ]
+            rng.shuffle(pool)
+        batch = pool.pop()
+        x, y = _pad([b[0] for b in batch], 0), _pad([b[1] for b in batch], -100)
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, steps, recipe.lr / 2)
+        logits = model(x)
+        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-100)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        mask = y != -100
+        accs.append((logits.argmax(-1)[mask] == y[mask]).float().mean().item())
+        losses.append(loss.item())
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
+    stats = {
+        "steps": steps,
+        "seconds": round(time.time() - t0, 1),
+        "final_loss": sum(losses[-50:]) / len(losses[-50:]),
+        "train_step_accuracy": sum(accs[-50:]) / len(accs[-50:]),
+    }
+    return model, stats
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--out", type=Path, default=DEFAULT_DIR)
+    ap.add_argument("--only", choices=["small", "large", "prm", "weak_prm"], nargs="*")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    for f, v in asdict(TrainRecipe()).items():
+        ap.add_argument(f"--{f.replace('_', '-')}", type=type(v), default=v)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    recipe = TrainRecipe(**{f: getattr(args, f) for f in asdict(TrainRecipe())})
+    only = set(args.only or ["small", "large", "prm", "weak_prm"])
+    out: Path = args.out
+    stats_path = out / "training_stats.json"
+    stats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
+    stats["recipe"] = asdict(recipe)
+    t_all = time.time()
+
+    def record(name: str, s: dict) -> None:
+        stats[name] = s
+        out.mkdir(parents=True, exist_ok=True)
+        stats_path.write_text(json.dumps(stats, indent=2))
+
+    for size in ("small", "large"):
+        if size in only:
+            m, s = train_policy(SIZES[size], getattr(recipe, f"{size}_steps"), recipe, size)
+            save_hf(m, SIZES[size], out / f"policy-{size}", "LlamaForCausalLM")
+            record(f"policy-{size}", s)
+    if only & {"prm", "weak_prm"}:
+        t0 = time.time()
+        train_stream = _TrainStream(recipe.seed + 1234)
+        problems = [train_stream.sample() for _ in range(recipe.rollout_problems)]
+        rollouts = sample_rollouts(
+            out / "policy-small", problems, recipe.rollout_samples,
+            recipe.rollout_temperature, recipe.seed,
+        )  # fmt: skip
+        correct = sum(label_steps(p, s).final_correct for p, s in rollouts) / len(rollouts)
+        record("rollouts", {"n": len(rollouts), "seconds": round(time.time() - t0, 1),
+                            "final_correct": round(correct, 4)})  # fmt: skip
+        prm_extra = {"id2label": {0: "bad", 1: "good"}, "label2id": {"bad": 0, "good": 1},
+                     "step_tag": STEP_TAG}  # fmt: skip
+        if "prm" in only:
+            large = TinyLlamaForCausalLM(SIZES["large"])
+            _load_fp16(large, out / "policy-large")
+            m, s = train_prm(SIZES["large"], large, rollouts, recipe.prm_steps, recipe, "prm")
+            save_hf(m, SIZES["large"], out / "prm", "LlamaForTokenClassification", **prm_extra)
+            record("prm", s)
+        if "weak_prm" in only:
+            m, s = train_prm(
+                SIZES["small"], None, rollouts, recipe.weak_prm_steps, recipe, "weak_prm"
+            )
+            save_hf(m, SIZES["small"], out / "prm-weak", "LlamaForTokenClassification", **prm_extra)
+            record("prm-weak", s)
+    stats["total_seconds_last_run"] = round(time.time() - t_all, 1)
+    stats_path.write_text(json.dumps(stats, indent=2))
+    print(json.dumps(stats, indent=2))
+
+
+def _load_fp16(model: torch.nn.Module, path: Path) -> None:
+    from safetensors.torch import load_file
+
+    state = {k: v.float() for k, v in load_file(str(path / "model.safetensors")).items()}
+    if "lm_head.weight" not in state:
+        state["lm_head.weight"] = state["model.embed_tokens.weight"]
+    model.load_state_dict(state)
+
+
+if __name__ == "__main__":
+    main()

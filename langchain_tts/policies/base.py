@@ -1,0 +1,108 @@
+"""The step policy protocol: many prefixes x n samples -> next steps, in one batched call."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from abc import ABC, abstractmethod
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeVar
+
+from langchain_core.runnables import Runnable, RunnableConfig
+from pydantic import BaseModel, ConfigDict, Field
+
+from langchain_tts.core.config import SamplingParams
+from langchain_tts.core.errors import InputError
+from langchain_tts.core.types import Step, Trajectory, Usage
+
+T = TypeVar("T")
+DEFAULT_STEP_DELIMITER = "\n\n"
+
+
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine from sync code, also when the caller already has an event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+class PolicyResult(BaseModel):
+    """``steps[i]`` holds the ``n`` samples for prefix ``i``; ``usage`` what the call cost."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    steps: list[list[Step]]
+    usage: Usage = Field(default_factory=Usage)
+
+
+class PolicyInput(BaseModel):
+    """Runnable input of a policy: one prefix (question + steps so far)."""
+
+    question: str
+    steps: list[str] = Field(default_factory=list)
+    n: int = Field(1, ge=1)
+    sampling: SamplingParams = Field(default_factory=SamplingParams)
+
+
+class StepPolicy(Runnable[PolicyInput | dict, list[Step]], ABC):
+    """A policy that continues many partial solutions by one step each, in one call.
+
+    Implementations override :meth:`_agenerate`. Callers use :meth:`agenerate` (batched,
+    async) or :meth:`generate`; as a LangChain runnable, ``invoke({"question": ..., "steps":
+    [...], "n": 4})`` returns the ``n`` next steps of that one prefix.
+    """
+
+    step_delimiter: str = DEFAULT_STEP_DELIMITER
+    #: parameters of the model, for FLOPs = 2 x params x tokens (0 when unknown)
+    num_parameters: int = 0
+    name: str | None = None
+
+    @abstractmethod
+    async def _agenerate(
+        self, prefixes: Sequence[Trajectory], n: int, params: SamplingParams
+    ) -> PolicyResult: ...
+
+    async def agenerate(
+        self, prefixes: Sequence[Trajectory], n: int = 1, params: SamplingParams | None = None
+    ) -> PolicyResult:
+        if n < 1:
+            raise InputError(f"n must be >= 1 sample per prefix, got {n}")
+        if not prefixes:
+            return PolicyResult(steps=[])
+        result = await self._agenerate(prefixes, n, params or SamplingParams())
+        if len(result.steps) != len(prefixes) or any(len(s) != n for s in result.steps):
+            raise RuntimeError(
+                f"{type(self).__name__} returned a malformed batch: expected {len(prefixes)} "
+                f"prefixes x {n} samples"
+            )
+        return result
+
+    def generate(
+        self, prefixes: Sequence[Trajectory], n: int = 1, params: SamplingParams | None = None
+    ) -> PolicyResult:
+        return run_sync(self.agenerate(prefixes, n, params))
+
+    # -- LangChain runnable -------------------------------------------------------------
+    @staticmethod
+    def _parse_input(input: PolicyInput | dict) -> PolicyInput:
+        return input if isinstance(input, PolicyInput) else PolicyInput.model_validate(input)
+
+    def invoke(
+        self, input: PolicyInput | dict, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> list[Step]:
+        return run_sync(self.ainvoke(input, config, **kwargs))
+
+    async def ainvoke(
+        self, input: PolicyInput | dict, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> list[Step]:
+        inp = self._parse_input(input)
+        prefix = Trajectory(question=inp.question, steps=inp.steps)
+        result = await self.agenerate([prefix], inp.n, inp.sampling)
+        return result.steps[0]
+
+    def render_prefix(self, prefix: Trajectory) -> str:
+        """The solution text so far, each finished step followed by the delimiter."""
+        return "".join(s + self.step_delimiter for s in prefix.steps)

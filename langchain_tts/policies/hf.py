@@ -1,0 +1,298 @@
+"""A step policy on Hugging Face ``transformers``: one batched ``generate`` per call.
+
+Every prefix x sample becomes one row of a single left-padded ``model.generate`` call
+(chunked by ``batch_size`` only when needed), so a search step costs one decoding loop
+instead of ``len(prefixes) * n``. Works on CPU or GPU with any causal LM checkpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import weakref
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
+
+from langchain_tts.core.config import SamplingParams
+from langchain_tts.core.types import FinishReason, Step, Trajectory, Usage
+from langchain_tts.policies.base import DEFAULT_STEP_DELIMITER, PolicyResult, StepPolicy
+
+__all__ = ["HFPolicy", "matmul_parameters", "model_lock"]
+
+_LOCKS: weakref.WeakKeyDictionary[torch.nn.Module, threading.Lock] = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def model_lock(model: torch.nn.Module) -> threading.Lock:
+    """One lock per model object, shared by every backend wrapping it.
+
+    A threading lock (not an asyncio one) because :func:`run_sync` may drive calls from
+    different event loops and threads; the torch work runs in worker threads anyway.
+    """
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(model)
+        if lock is None:
+            lock = _LOCKS[model] = threading.Lock()
+        return lock
+
+
+def matmul_parameters(model: torch.nn.Module) -> int:
+    """Parameters that cost ``2`` FLOPs per token: all of them but the input embedding.
+
+    The input embedding is a table lookup, so it is excluded; an LM head is a real matmul,
+    so it is counted, also when tied to the input embedding.
+    """
+    params = {id(p): p.numel() for p in model.parameters()}
+    total = sum(params.values())
+    get_in = getattr(model, "get_input_embeddings", None)
+    get_out = getattr(model, "get_output_embeddings", None)
+    emb = get_in() if callable(get_in) else None
+    head = get_out() if callable(get_out) else None
+    if emb is not None and getattr(emb, "weight", None) is not None:
+        tied = head is not None and getattr(head, "weight", None) is emb.weight
+        if not tied:
+            total -= emb.weight.numel()
+    return total
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:  # pragma: no cover - a model without parameters
+        return torch.device("cpu")
+
+
+class _StopAtDelimiter(StoppingCriteria):
+    """Per-sequence stop once the *generated* text contains the step delimiter.
+
+    Not HF's ``stop_strings``: the prompt itself ends with the delimiter, and a stop string
+    that matches across the prompt/generation boundary (prompt ``"\\n\\n"`` + generated
+    ``"\\n"``) would stop a step that contains no delimiter. Only the last few generated
+    tokens are decoded each step (the delimiter is completed by the newest token), so the
+    cost stays linear in the step length.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, delimiter: str, prompt_width: int):
+        self.tokenizer = tokenizer
+        self.delimiter = delimiter
+        self.prompt_width = prompt_width
+        self.window = len(delimiter) + 2
+        self.stop_len: dict[int, int] = {}  # row -> generated tokens incl. the delimiter
+
+    def __call__(
+        self, input_ids: torch.LongTensor, scores: Any = None, **kwargs: Any
+    ) -> torch.BoolTensor:
+        generated = input_ids.shape[1] - self.prompt_width
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        rows = [i for i in range(input_ids.shape[0]) if i not in self.stop_len]
+        if rows and generated > 0:
+            start = input_ids.shape[1] - min(generated, self.window)
+            tails = input_ids[rows, start:].tolist()
+            texts = self.tokenizer.batch_decode(tails, skip_special_tokens=True)
+            for i, text in zip(rows, texts, strict=True):
+                if self.delimiter in text:
+                    self.stop_len[i] = generated
+        for i in self.stop_len:
+            done[i] = True
+        return done  # type: ignore[return-value]
+
+
+class HFPolicy(StepPolicy):
+    """Continue many partial solutions by one step each with a ``transformers`` causal LM.
+
+    The prompt is the tokenizer's chat template over ``[system?, user question]`` with the
+    generation prompt opened (or ``question + delimiter`` when the tokenizer has no
+    template), followed by the steps so far, each ending with the delimiter.
+
+    ``num_parameters`` counts every parameter except the input embedding table (see
+    :func:`matmul_parameters`), so ``policy_flops = 2 * num_parameters * tokens``.
+    Calls on one model are serialized by a lock and run in a worker thread.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        step_delimiter: str = DEFAULT_STEP_DELIMITER,
+        system_prompt: str | None = None,
+        device: str | torch.device | None = None,
+        batch_size: int = 64,
+        name: str | None = None,
+    ):
+        if not step_delimiter:
+            raise ValueError("step_delimiter must be a non-empty string")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if device is not None:
+            model = model.to(device)
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.step_delimiter = step_delimiter
+        self.system_prompt = system_prompt
+        self.batch_size = batch_size
+        self.device = model_device(self.model)
+        self.num_parameters = matmul_parameters(self.model)
+        self.name = name or f"HFPolicy({getattr(model.config, '_name_or_path', '') or 'model'})"
+        self._lock = model_lock(self.model)
+        eos = getattr(model.generation_config, "eos_token_id", None)
+        if eos is None:
+            eos = tokenizer.eos_token_id
+        self.eos_token_ids: list[int] = (
+            [] if eos is None else [int(e) for e in (eos if isinstance(eos, list) else [eos])]
+        )
+        pad = tokenizer.pad_token_id
+        if pad is None:
+            pad = self.eos_token_ids[0] if self.eos_token_ids else 0
+        self.pad_token_id: int = int(pad)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        dtype: torch.dtype = torch.float32,
+        *,
+        model_kwargs: dict[str, Any] | None = None,
+        tokenizer_kwargs: dict[str, Any] | None = None,
+        **kw: Any,
+    ) -> HFPolicy:
+        """Load a local checkpoint (or hub id) with ``AutoModelForCausalLM``.
+
+        ``kw`` goes to the constructor (``device``, ``step_delimiter``, ...);
+        ``model_kwargs`` / ``tokenizer_kwargs`` to the respective ``from_pretrained``.
+        """
+        tokenizer = AutoTokenizer.from_pretrained(str(path), **(tokenizer_kwargs or {}))
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, **(model_kwargs or {}))
+        kw.setdefault("name", f"HFPolicy({Path(str(path)).name})")
+        return cls(model, tokenizer, **kw)
+
+    # -- prompts ----------------------------------------------------------------------------
+    def render_prompt(self, prefix: Trajectory) -> str:
+        """Chat-templated question + the steps so far (each ending with the delimiter)."""
+        if getattr(self.tokenizer, "chat_template", None):
+            messages = []
+            if self.system_prompt is not None:
+                messages.append({"role": "system", "content": self.system_prompt})
+            messages.append({"role": "user", "content": prefix.question})
+            head = self.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=True
+            )
+        else:
+            head = prefix.question + self.step_delimiter
+        return str(head) + self.render_prefix(prefix)
+
+    def _encode(self, prefix: Trajectory) -> list[int]:
+        # A chat template already writes BOS and friends; a bare prompt gets them here.
+        templated = bool(getattr(self.tokenizer, "chat_template", None))
+        text = self.render_prompt(prefix)
+        return list(self.tokenizer(text, add_special_tokens=not templated)["input_ids"])
+
+    # -- generation -------------------------------------------------------------------------
+    async def _agenerate(
+        self, prefixes: Sequence[Trajectory], n: int, params: SamplingParams
+    ) -> PolicyResult:
+        return await asyncio.to_thread(self._generate_locked, list(prefixes), n, params)
+
+    def _generate_locked(
+        self, prefixes: list[Trajectory], n: int, params: SamplingParams
+    ) -> PolicyResult:
+        with self._lock:
+            return self._generate_sync(prefixes, n, params)
+
+    def _generate_sync(
+        self, prefixes: list[Trajectory], n: int, params: SamplingParams
+    ) -> PolicyResult:
+        t0 = time.perf_counter()
+        if params.seed is not None:
+            torch.manual_seed(params.seed)
+        greedy = params.temperature == 0
+        prompts = [self._encode(p) for p in prefixes]
+        # Greedy samples are identical: decode each prefix once and copy the step n times.
+        copies = 1 if greedy else n
+        rows = [(i, ids) for i, ids in enumerate(prompts) for _ in range(copies)]
+        order = list(range(len(rows)))
+        if len(rows) > self.batch_size:  # several chunks: group similar lengths
+            order.sort(key=lambda r: len(rows[r][1]))
+        steps_by_row: dict[int, Step] = {}
+        for c in range(0, len(order), self.batch_size):
+            chunk = order[c : c + self.batch_size]
+            steps = self._generate_chunk([rows[r][1] for r in chunk], params)
+            steps_by_row.update(zip(chunk, steps, strict=True))
+        out: list[list[Step]] = [[] for _ in prefixes]
+        for r, (i, _) in enumerate(rows):
+            out[i].append(steps_by_row[r])
+        if greedy:
+            out = [s * n for s in out]
+        usage = Usage(
+            policy_calls=1,
+            policy_prompt_tokens=sum(len(ids) for _, ids in rows),
+            policy_generated_tokens=sum(s.tokens for s in steps_by_row.values()),
+        )
+        usage.policy_flops = (
+            2.0 * self.num_parameters * (usage.policy_prompt_tokens + usage.policy_generated_tokens)
+        )
+        usage.seconds = time.perf_counter() - t0
+        return PolicyResult(steps=out, usage=usage)
+
+    @torch.inference_mode()
+    def _generate_chunk(self, prompts: list[list[int]], params: SamplingParams) -> list[Step]:
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for r, p in enumerate(prompts):  # left padding: generation continues every row
+            ids[r, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+            mask[r, width - len(p) :] = 1
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": params.max_step_tokens,
+            "pad_token_id": self.pad_token_id,
+            "eos_token_id": self.eos_token_ids or None,
+        }
+        if params.temperature == 0:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        else:
+            # top_k=0 disables HF's default top-k 50: sampling is temperature + top-p only.
+            kwargs.update(
+                do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0
+            )
+        stopper = None
+        if params.stop_at_step:
+            stopper = _StopAtDelimiter(self.tokenizer, self.step_delimiter, width)
+            kwargs["stopping_criteria"] = StoppingCriteriaList([stopper])
+        gen = self.model.generate(
+            input_ids=ids.to(self.device), attention_mask=mask.to(self.device), **kwargs
+        )
+        gen = gen[:, width:].cpu().tolist()
+        return [self._to_step(r, row, stopper) for r, row in enumerate(gen)]
+
+    def _to_step(self, r: int, row: list[int], stopper: _StopAtDelimiter | None) -> Step:
+        """Cut a generated row at the first delimiter / EOS and label why it ended."""
+        eos_set = set(self.eos_token_ids)
+        eos_at = next((k for k, t in enumerate(row) if t in eos_set), None)
+        stop_len = stopper.stop_len.get(r) if stopper is not None else None
+        if stop_len is not None and (eos_at is None or stop_len <= eos_at):
+            length, reason = stop_len, "step"
+        elif eos_at is not None:
+            length, reason = eos_at + 1, "eos"
+        else:
+            length, reason = len(row), "length"
+        text = self.tokenizer.decode(row[:length], skip_special_tokens=True)
+        finish: FinishReason = reason  # type: ignore[assignment]
+        if stopper is not None:
+            head, found, _ = text.partition(self.step_delimiter)
+            if found:
+                text, finish = head, "step"
+            elif finish == "step":  # decoding the window and the whole row disagreed
+                finish = "length"
+        return Step(text=text, tokens=length, finish_reason=finish)

@@ -1,0 +1,169 @@
+"""PRM-guided beam search over reasoning steps.
+
+Two parametrisations of the same algorithm ("keep K beams, expand each into E children,
+score all children with the PRM, keep the best K"):
+
+* search-and-learn / paper 001 (default): ``n`` candidates per step, ``beam_width`` M:
+  keep ``n / M`` beams, each expands into ``M`` children.
+* width x k (the reference blog): set ``samples_per_beam=k``: keep ``beam_width`` beams,
+  each expands into ``k`` children.
+
+The first step samples ``K x E`` children from the question. Children that finish (EOS,
+a boxed answer, a token cap) are set aside; the search stops when no beam is active,
+``max_steps`` is reached, or ``n`` solutions have finished. The answer is selected among
+finished solutions (active ones too when the search was cut short).
+
+Graph: ``prepare -> step (loops, one update per search step) -> finalize``. Every step is
+exactly one policy call and one PRM call. When LangGraph's recursion limit is close, the
+``step`` node finishes the search inside itself instead of failing.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.graph import END, START, StateGraph
+from pydantic import Field, model_validator
+
+from langchain_tts.core.config import StrategyConfig
+from langchain_tts.core.errors import ConfigError
+from langchain_tts.core.types import Trajectory, Usage
+from langchain_tts.policies.base import StepPolicy
+from langchain_tts.prms.base import ProcessRewardModel
+from langchain_tts.strategies.core import (
+    TTSInput,
+    TTSOutput,
+    TTSState,
+    expand,
+    finalize_update,
+    node,
+    prepare_update,
+    resolve_config,
+    score,
+)
+from langchain_tts.strategies.selection import top_k
+
+
+class BeamSearchConfig(StrategyConfig):
+    n: int = Field(16, ge=1, description="candidates generated per search step")
+    beam_width: int = Field(4, ge=1, description="M: children per beam (search-and-learn)")
+    samples_per_beam: int | None = Field(
+        None, ge=1, description="width x k variant: keep beam_width beams, k children each"
+    )
+    max_steps: int = Field(40, ge=1)
+
+    @model_validator(mode="after")
+    def _shape(self) -> BeamSearchConfig:
+        if self.samples_per_beam is None:
+            if self.n < self.beam_width:
+                raise ValueError(
+                    f"n ({self.n}) must be >= beam_width ({self.beam_width}): beam search "
+                    f"keeps n / beam_width beams; raise n or lower beam_width"
+                )
+            if self.n % self.beam_width:
+                raise ValueError(
+                    f"n ({self.n}) must be a multiple of beam_width ({self.beam_width}); "
+                    f"e.g. n={self.beam_width * max(1, self.n // self.beam_width)}"
+                )
+        return self
+
+    @property
+    def keep(self) -> int:
+        """Beams kept after each step."""
+        if self.samples_per_beam is not None:
+            return self.beam_width
+        return self.n // self.beam_width
+
+    @property
+    def expand_each(self) -> int:
+        """Children sampled from each kept beam."""
+        return self.samples_per_beam if self.samples_per_beam is not None else self.beam_width
+
+    @property
+    def target_finished(self) -> int:
+        return self.keep * self.expand_each
+
+
+def _search_done(active: list[Trajectory], finished: list[Trajectory], step: int, cfg) -> str:
+    if not active:
+        return "all_finished"
+    if len(finished) >= cfg.target_finished:
+        return "enough_finished"
+    if step >= cfg.max_steps:
+        return "max_steps"
+    return ""
+
+
+async def beam_step(
+    policy: StepPolicy,
+    prm: ProcessRewardModel,
+    cfg: BeamSearchConfig,
+    question: str,
+    active: list[Trajectory],
+    finished: list[Trajectory],
+    step: int,
+) -> tuple[list[Trajectory], list[Trajectory], Usage]:
+    """One search step: expand every kept beam, score all children, keep the best."""
+    if step == 0:
+        parents, n_each = [Trajectory(question=question)], cfg.keep * cfg.expand_each
+    else:
+        parents, n_each = active, cfg.expand_each
+    children, usage = await expand(policy, parents, n_each, cfg)
+    children, prm_usage = await score(prm, children)
+    new_finished = [c for c in children if c.finished]
+    still_active = [c for c in children if not c.finished]
+    return (
+        top_k(still_active, cfg.keep, cfg.aggregation),
+        finished + new_finished,
+        usage + prm_usage,
+    )
+
+
+def build_beam_search_graph(
+    policy: StepPolicy, prm: ProcessRewardModel | None, base: BeamSearchConfig
+) -> StateGraph:
+    if prm is None:
+        raise ConfigError("beam_search needs a PRM: pass prm=... (e.g. from load_default())")
+
+    async def prepare(state: TTSState, rc: RunnableConfig) -> dict:
+        resolve_config(base, rc)  # fail fast on bad call-time overrides
+        return prepare_update(state)
+
+    async def step(state: TTSState, rc: RunnableConfig) -> dict:
+        cfg = resolve_config(base, rc)
+        active, finished = state.get("active") or [], state.get("finished") or []
+        i, usage = state.get("step", 0), Usage()
+        while True:
+            active, finished, u = await beam_step(
+                policy, prm, cfg, state["question"], active, finished, i
+            )
+            i, usage = i + 1, usage + u
+            # Finish inside this node when LangGraph's recursion limit is near (a user's
+            # small recursion_limit must not kill a 40-step search).
+            if _search_done(active, finished, i, cfg) or state.get("remaining_steps", 99) > 3:
+                break
+        return {"active": active, "finished": finished, "step": i, "usage": usage}
+
+    def route(state: TTSState, config: RunnableConfig) -> Literal["step", "finalize"]:
+        cfg = resolve_config(base, config)
+        done = _search_done(state["active"], state["finished"], state["step"], cfg)
+        return "finalize" if done else "step"
+
+    async def finalize(state: TTSState, rc: RunnableConfig) -> dict:
+        cfg = resolve_config(base, rc)
+        active, finished = state.get("active") or [], state.get("finished") or []
+        reason = _search_done(active, finished, state.get("step", 0), cfg) or "max_steps"
+        # Cut-short beams compete too when fewer than n solutions finished.
+        cands = finished + active if len(finished) < cfg.target_finished else finished
+        return finalize_update(state, cands, cfg, reason)
+
+    g = StateGraph(TTSState, input_schema=TTSInput, output_schema=TTSOutput)
+    g.add_node("prepare", node(prepare, "prepare"))
+    g.add_node("step", node(step, "step"))
+    g.add_node("finalize", node(finalize, "finalize"))
+    g.add_edge(START, "prepare")
+    g.add_edge("prepare", "step")
+    g.add_conditional_edges("step", route, ["step", "finalize"])
+    g.add_edge("finalize", END)
+    return g

@@ -1,0 +1,274 @@
+"""HFPolicy and QwenPRM on tiny random-weight checkpoints (no trained weights, no hub)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from transformers import AutoModelForTokenClassification, AutoTokenizer
+from transformers.modeling_outputs import TokenClassifierOutput
+
+from langchain_tts.core.config import SamplingParams
+from langchain_tts.core.errors import PRMOutputError
+from langchain_tts.core.types import Step, Trajectory
+from langchain_tts.models.tokenizer import EOS, STEP_TAG
+from langchain_tts.policies.hf import HFPolicy, _StopAtDelimiter
+from langchain_tts.prms.qwen import QwenPRM
+
+QUESTION = "Start with 3. Add 4."
+PREFIXES = [
+    Trajectory(question=QUESTION),
+    Trajectory(question="Start with 12. Multiply by 2. Subtract 5.", steps=["12*2=24"]),
+    Trajectory(question="Start with 7.", steps=["7+1=8", "8-2=6"]),
+]
+FAST = {"max_step_tokens": 24}
+
+
+# -- policy ---------------------------------------------------------------------------------
+@pytest.fixture
+def policy(tiny_policy_dir: Path) -> HFPolicy:
+    """A random policy nudged towards "\\n" and EOS, so all three finish reasons occur."""
+    pol = HFPolicy.from_pretrained(tiny_policy_dir)
+    bias = torch.zeros(pol.model.config.vocab_size)
+    bias[pol.tokenizer.convert_tokens_to_ids("\n")] = 4.0
+    bias[pol.tokenizer.convert_tokens_to_ids(EOS)] = 1.5
+    forward = pol.model.forward
+
+    def biased(*args: Any, **kwargs: Any) -> Any:
+        out = forward(*args, **kwargs)
+        out.logits = out.logits + bias.to(out.logits)
+        return out
+
+    pol.model.forward = biased  # type: ignore[method-assign]
+    return pol
+
+
+def count_generate(pol: HFPolicy, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Wrap ``model.generate``; returns the batch size of every call."""
+    calls: list[int] = []
+    generate = pol.model.generate
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        calls.append(kwargs["input_ids"].shape[0])
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(pol.model, "generate", wrapped)
+    return calls
+
+
+def test_prompt_rendering(policy: HFPolicy) -> None:
+    prefix = Trajectory(question=" Q? ", steps=["a", "b"])
+    assert policy.render_prompt(prefix) == "Q?\n\na\n\nb\n\n"
+    policy.tokenizer.chat_template = None  # fallback: question + delimiter
+    assert policy.render_prompt(prefix) == " Q? \n\na\n\nb\n\n"
+
+
+def test_batch_is_one_generate_call(policy: HFPolicy, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = count_generate(policy, monkeypatch)
+    params = SamplingParams(temperature=1.0, seed=0, **FAST)
+    result = policy.generate(PREFIXES, n=4, params=params)
+    assert calls == [12]
+    assert len(result.steps) == 3 and all(len(s) == 4 for s in result.steps)
+    steps = [s for row in result.steps for s in row]
+    assert all(isinstance(s, Step) and s.tokens > 0 for s in steps)
+    assert all(s.tokens <= params.max_step_tokens for s in steps)
+    for s in steps:
+        assert s.finish_reason in ("step", "eos", "length")
+        if s.finish_reason == "step":
+            assert policy.step_delimiter not in s.text
+            assert s.tokens == len(s.text) + 2  # char-level: the step, then "\n\n"
+        elif s.finish_reason == "length":
+            assert s.tokens == params.max_step_tokens
+        else:
+            assert s.tokens >= len(s.text) + 1  # EOS counted, special tokens dropped
+    assert {s.finish_reason for s in steps} >= {"step"}
+
+    u = result.usage
+    prompt_tokens = 4 * sum(len(policy._encode(p)) for p in PREFIXES)
+    assert u.policy_calls == 1 and u.prm_calls == 0
+    assert u.policy_prompt_tokens == prompt_tokens
+    assert u.policy_generated_tokens == sum(s.tokens for s in steps)
+    assert u.policy_flops == pytest.approx(
+        2 * policy.num_parameters * (u.policy_prompt_tokens + u.policy_generated_tokens)
+    )
+    assert u.seconds > 0
+    # matmul parameters: everything except the (tied, hence counted as LM head) embedding
+    assert 0 < policy.num_parameters <= policy.model.num_parameters()
+
+
+def test_all_finish_reasons_and_seed(policy: HFPolicy) -> None:
+    params = SamplingParams(temperature=1.0, seed=3, max_step_tokens=12)
+    a = policy.generate(PREFIXES, n=8, params=params)
+    b = policy.generate(PREFIXES, n=8, params=params)
+    assert a.steps == b.steps  # seeded
+    reasons = {s.finish_reason for row in a.steps for s in row}
+    assert reasons == {"step", "eos", "length"}
+
+
+def test_chunking(policy: HFPolicy, monkeypatch: pytest.MonkeyPatch) -> None:
+    policy.batch_size = 5
+    calls = count_generate(policy, monkeypatch)
+    result = policy.generate(PREFIXES, n=4, params=SamplingParams(seed=0, **FAST))
+    assert calls == [5, 5, 2]
+    assert [len(s) for s in result.steps] == [4, 4, 4]
+
+
+def test_greedy(policy: HFPolicy, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = count_generate(policy, monkeypatch)
+    params = SamplingParams(temperature=0.0, **FAST)
+    result = policy.generate(PREFIXES, n=4, params=params)
+    assert calls == [3]  # decoded once per prefix, copied n times
+    for row in result.steps:
+        assert all(s == row[0] for s in row)
+    assert result.usage.policy_prompt_tokens == sum(len(policy._encode(p)) for p in PREFIXES)
+    assert result.usage.policy_generated_tokens == sum(row[0].tokens for row in result.steps)
+    # left padding does not change a prefix's continuation
+    alone = policy.generate([PREFIXES[0]], n=1, params=params)
+    assert alone.steps[0][0] == result.steps[0][0]
+
+
+def test_no_stop_at_step_returns_whole_solution(policy: HFPolicy) -> None:
+    params = SamplingParams(temperature=1.0, seed=1, stop_at_step=False, max_step_tokens=40)
+    steps = [s for row in policy.generate(PREFIXES, n=4, params=params).steps for s in row]
+    assert {s.finish_reason for s in steps} <= {"eos", "length"}
+    assert any(policy.step_delimiter in s.text for s in steps)
+
+
+def test_stop_criterion_ignores_the_prompt_delimiter(policy: HFPolicy) -> None:
+    tok = policy.tokenizer
+    prompt = tok("Q\n\n")["input_ids"]
+    stop = _StopAtDelimiter(tok, "\n\n", len(prompt))
+    nl = tok.convert_tokens_to_ids("\n")
+    a = tok.convert_tokens_to_ids("a")
+    one = torch.tensor([prompt + [nl], prompt + [a]])
+    assert stop(one).tolist() == [False, False]  # prompt "\n\n" + "\n" is not a step
+    two = torch.tensor([prompt + [nl, nl], prompt + [a, nl]])
+    assert stop(two).tolist() == [True, False]
+    assert stop.stop_len == {0: 2}
+
+
+def test_runnable_interface(policy: HFPolicy) -> None:
+    steps = policy.invoke({"question": QUESTION, "n": 2, "sampling": FAST})
+    assert len(steps) == 2 and all(isinstance(s, Step) for s in steps)
+
+
+async def test_async_runnable_interface(policy: HFPolicy) -> None:
+    steps = await policy.ainvoke({"question": QUESTION, "steps": ["3+4=7"], "n": 2})
+    assert len(steps) == 2 and all(isinstance(s, Step) for s in steps)
+
+
+# -- PRM ------------------------------------------------------------------------------------
+@pytest.fixture
+def prm(tiny_prm_dir: Path) -> QwenPRM:
+    return QwenPRM.from_pretrained(tiny_prm_dir)
+
+
+TRAJS = [
+    Trajectory(question=QUESTION, steps=["3+4=7", "\\boxed{7}"]),
+    Trajectory(question="Start with 12. Multiply by 2.", steps=["12*2=24"]),
+    Trajectory(question="Start with 7.", steps=["7+1=8", "8-2=6", "6*3=18", "\\boxed{18}"]),
+]
+
+
+def count_forward(p: QwenPRM, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    calls: list[int] = []
+    forward = p.model.forward
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        calls.append(kwargs["input_ids"].shape[0])
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(p.model, "forward", wrapped)
+    return calls
+
+
+def test_prm_scores_one_forward(prm: QwenPRM, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = count_forward(prm, monkeypatch)
+    result = prm.score(TRAJS)
+    assert calls == [3]
+    assert [len(s) for s in result.scores] == [2, 1, 4]
+    assert all(0.0 <= x <= 1.0 for row in result.scores for x in row)
+    assert len({round(x, 6) for row in result.scores for x in row}) > 1  # not constant
+    u = result.usage
+    tokens = sum(len(prm.encode(t)) for t in TRAJS)
+    assert u.prm_calls == 1 and u.prm_tokens == tokens and u.policy_calls == 0
+    assert u.prm_flops == pytest.approx(2 * prm.num_parameters * tokens)
+    assert u.seconds > 0
+
+
+def test_prm_empty_steps(prm: QwenPRM, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = count_forward(prm, monkeypatch)
+    result = prm.score([Trajectory(question=QUESTION), TRAJS[1], Trajectory(question="x")])
+    assert calls == [1]
+    assert result.scores[0] == [] and result.scores[2] == [] and len(result.scores[1]) == 1
+    calls.clear()
+    only_empty = prm.score([Trajectory(question=QUESTION)])
+    assert only_empty.scores == [[]] and calls == [] and only_empty.usage.prm_tokens == 0
+
+
+def test_prm_batch_equals_alone(prm: QwenPRM) -> None:
+    batched = prm.score(TRAJS).scores
+    for traj, row in zip(TRAJS, batched, strict=True):
+        alone = prm.score([traj]).scores[0]
+        assert torch.allclose(torch.tensor(alone), torch.tensor(row), atol=1e-5)
+    prm.batch_size = 2  # chunked: same scores
+    chunked = prm.score(TRAJS).scores
+    for a, b in zip(chunked, batched, strict=True):
+        assert torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-5)
+
+
+def test_prm_reads_the_step_tag_positions(prm: QwenPRM, tiny_prm_dir: Path) -> None:
+    traj = TRAJS[0]
+    tok = AutoTokenizer.from_pretrained(tiny_prm_dir)
+    model = AutoModelForTokenClassification.from_pretrained(tiny_prm_dir, dtype=torch.float32)
+    text = traj.question + "\n\n" + STEP_TAG.join(traj.steps) + STEP_TAG
+    assert prm.render(traj) == text  # the embedded template drops the system prompt
+    ids = torch.tensor([tok(text)["input_ids"]])
+    with torch.no_grad():
+        probs = model(input_ids=ids).logits.softmax(-1)[0, :, 1]
+    tag_id = tok.convert_tokens_to_ids(STEP_TAG)
+    positions = (ids[0] == tag_id).nonzero().flatten().tolist()
+    assert len(positions) == 2 and positions[-1] == ids.shape[1] - 1
+    expected = probs[positions]
+    assert torch.allclose(torch.tensor(prm.score([traj]).scores[0]), expected, atol=1e-5)
+    others = probs[positions[0] - 1]  # a neighbouring, non-tag position differs
+    assert not torch.isclose(others, expected[0], atol=1e-4)
+
+
+def test_prm_strips_tag_inside_step(prm: QwenPRM) -> None:
+    traj = Trajectory(question=QUESTION, steps=[f"3+4{STEP_TAG}=7", "\\boxed{7}"])
+    clean = Trajectory(question=QUESTION, steps=["3+4=7", "\\boxed{7}"])
+    assert prm.score([traj]).scores == prm.score([clean]).scores
+
+
+def test_prm_tuple_output(prm: QwenPRM, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Remote-code PRMs (Qwen2.5-Math-PRM-7B) return a tuple with the logits first."""
+    expected = prm.score(TRAJS).scores
+    forward = prm.model.forward
+
+    def as_tuple(*args: Any, **kwargs: Any) -> tuple[torch.Tensor]:
+        return (forward(*args, **kwargs).logits,)
+
+    monkeypatch.setattr(prm.model, "forward", as_tuple)
+    assert prm.score(TRAJS).scores == expected
+
+
+def test_prm_bad_step_tag(prm: QwenPRM) -> None:
+    with pytest.raises(ValueError, match="one token"):
+        QwenPRM(prm.model, prm.tokenizer, step_tag="<nope>")
+
+
+def test_prm_runnable(prm: QwenPRM) -> None:
+    scores = prm.invoke({"question": QUESTION, "steps": ["3+4=7", "\\boxed{7}"]})
+    assert scores == prm.score([TRAJS[0]]).scores[0]
+
+
+def test_prm_nan_logits_raise(prm: QwenPRM, monkeypatch: pytest.MonkeyPatch) -> None:
+    def nan_forward(input_ids: torch.Tensor, **kwargs: Any) -> TokenClassifierOutput:
+        return TokenClassifierOutput(logits=torch.full((*input_ids.shape, 2), float("nan")))
+
+    monkeypatch.setattr(prm.model, "forward", nan_forward)
+    with pytest.raises(PRMOutputError, match="fp16"):
+        prm.score(TRAJS)
