@@ -272,3 +272,32 @@ def test_prm_nan_logits_raise(prm: QwenPRM, monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(prm.model, "forward", nan_forward)
     with pytest.raises(PRMOutputError, match="fp16"):
         prm.score(TRAJS)
+
+
+async def test_concurrent_calls_serialize_on_the_model(
+    policy: HFPolicy, prm: QwenPRM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+    import threading
+
+    active, peak, guard = [0], [0], threading.Lock()
+    generate = policy.model.generate
+
+    def tracked(*args: Any, **kwargs: Any) -> Any:
+        with guard:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        try:
+            return generate(*args, **kwargs)
+        finally:
+            with guard:
+                active[0] -= 1
+
+    monkeypatch.setattr(policy.model, "generate", tracked)
+    params = SamplingParams(seed=0, max_step_tokens=8)
+    results = await asyncio.gather(
+        *(policy.agenerate(PREFIXES[:2], n=2, params=params) for _ in range(3)),
+        prm.ascore(TRAJS),
+    )
+    assert peak[0] == 1
+    assert all(len(r.steps) == 2 for r in results[:3]) and len(results[3].scores) == 3

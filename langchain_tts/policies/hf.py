@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import transformers
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -67,6 +68,12 @@ def matmul_parameters(model: torch.nn.Module) -> int:
     return total
 
 
+def dtype_kwargs(dtype: torch.dtype) -> dict[str, torch.dtype]:
+    """``from_pretrained``'s dtype argument: ``dtype`` since transformers 4.56, else ``torch_dtype``."""
+    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+    return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
+
+
 def model_device(model: torch.nn.Module) -> torch.device:
     try:
         return next(model.parameters()).device
@@ -88,7 +95,8 @@ class _StopAtDelimiter(StoppingCriteria):
         self.tokenizer = tokenizer
         self.delimiter = delimiter
         self.prompt_width = prompt_width
-        self.window = len(delimiter) + 2
+        # Enough tokens to hold the delimiter even with byte-level (one byte per token) pieces.
+        self.window = len(delimiter.encode()) + 2
         self.stop_len: dict[int, int] = {}  # row -> generated tokens incl. the delimiter
 
     def __call__(
@@ -174,7 +182,9 @@ class HFPolicy(StepPolicy):
         ``model_kwargs`` / ``tokenizer_kwargs`` to the respective ``from_pretrained``.
         """
         tokenizer = AutoTokenizer.from_pretrained(str(path), **(tokenizer_kwargs or {}))
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, **(model_kwargs or {}))
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path), **dtype_kwargs(dtype), **(model_kwargs or {})
+        )
         kw.setdefault("name", f"HFPolicy({Path(str(path)).name})")
         return cls(model, tokenizer, **kw)
 

@@ -27,7 +27,7 @@ from transformers import (
 
 from langchain_tts.core.errors import PRMOutputError
 from langchain_tts.core.types import Trajectory, Usage
-from langchain_tts.policies.hf import matmul_parameters, model_device, model_lock
+from langchain_tts.policies.hf import dtype_kwargs, matmul_parameters, model_device, model_lock
 from langchain_tts.prms.base import PRMResult, ProcessRewardModel
 
 __all__ = ["DEFAULT_PRM_SYSTEM_PROMPT", "QwenPRM"]
@@ -103,7 +103,7 @@ class QwenPRM(ProcessRewardModel):
         tokenizer = AutoTokenizer.from_pretrained(
             str(path), trust_remote_code=trust_remote_code, **(tokenizer_kwargs or {})
         )
-        mk = {"dtype": dtype, "trust_remote_code": trust_remote_code, **(model_kwargs or {})}
+        mk = {**dtype_kwargs(dtype), "trust_remote_code": trust_remote_code, **(model_kwargs or {})}
         config = AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
         archs = list(getattr(config, "architectures", None) or [])
         remote = "AutoModel" in (getattr(config, "auto_map", None) or {})

@@ -1,0 +1,104 @@
+"""End to end through the real code path: the shipped embedded policy and PRM on CPU."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from langchain_tts import create_tts_graph, load_default
+from langchain_tts.core.types import Trajectory
+from langchain_tts.eval.grading import answers_match
+from langchain_tts.eval.synthetic import make_split
+from langchain_tts.models import load_default_policy, load_default_prm
+from langchain_tts.models.train import _corrupt
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def models():
+    return load_default()
+
+
+@pytest.fixture(scope="module")
+def problems():
+    return make_split("test", 16)
+
+
+def test_load_default_is_offline_hf_format(models, monkeypatch):
+    policy, prm = models
+    assert policy.num_parameters > 500_000 and prm.num_parameters > policy.num_parameters
+    assert type(policy.model).__name__ == "LlamaForCausalLM"
+    assert type(prm.model).__name__ == "LlamaForTokenClassification"
+    with pytest.raises(Exception):  # noqa: B017 - any config error will do
+        load_default(size="huge")
+
+
+def test_greedy_policy_solves_easy_problems(models, problems):
+    policy, _ = models
+    easy = [p for p in problems if p.difficulty <= 2]
+    graph = create_tts_graph(policy, None, "cot")
+    outs = graph.batch([{"question": p.question} for p in easy])
+    correct = sum(answers_match(o["answer"], p.answer) for o, p in zip(outs, easy))
+    assert correct >= len(easy) - 1, [(o["solution"], p.answer) for o, p in zip(outs, easy)]
+
+
+def test_strong_prm_prefers_gold_over_corrupted_steps(models, problems):
+    _, prm = models
+    rng = random.Random(0)
+    hard = [p for p in problems if p.difficulty >= 3]
+    gold = [Trajectory(question=p.question, steps=p.gold_steps) for p in hard]
+    bad = [Trajectory(question=p.question, steps=_corrupt(p, rng)) for p in hard]
+    res = prm.score(gold + bad)
+    g_final = [s[-1] for s in res.scores[: len(hard)]]
+    b_final = [s[-1] for s in res.scores[len(hard) :]]
+    wins = sum(g > b for g, b in zip(g_final, b_final))
+    assert wins >= 0.8 * len(hard), (g_final, b_final)
+    assert min(g_final) > 0.5
+
+
+def test_beam_search_end_to_end(models, problems):
+    policy, prm = models
+    p = next(p for p in problems if p.difficulty == 4)
+    graph = create_tts_graph(policy, prm, "beam_search", {"n": 8, "beam_width": 4, "seed": 0})
+    updates = list(graph.stream({"question": p.question}, stream_mode="updates"))
+    steps = [u["step"] for u in updates if "step" in u]
+    final = updates[-1]["finalize"]
+    assert len(steps) >= p.difficulty  # one update per search step
+    assert final["answer"] is not None
+    assert all(len(c.step_scores) == len(c.steps) for c in final["candidates"])
+    out = graph.invoke({"question": p.question})
+    u = out["usage"]
+    # Exactly one policy call and one PRM call per search step.
+    assert u.policy_calls == u.prm_calls == len(steps)
+    assert u.policy_generated_tokens > 0 and u.prm_tokens > 0
+    assert u.policy_flops == pytest.approx(
+        2 * policy.num_parameters * (u.policy_prompt_tokens + u.policy_generated_tokens)
+    )
+
+
+@pytest.mark.parametrize("strategy", ["best_of_n", "majority_vote", "weighted_vote"])
+def test_sampling_strategies_end_to_end(models, problems, strategy):
+    policy, prm = models
+    p = next(p for p in problems if p.difficulty == 3)
+    out = create_tts_graph(policy, prm, strategy, {"n": 8, "seed": 1}).invoke(
+        {"question": p.question}
+    )
+    assert len(out["candidates"]) == 8
+    assert out["answer"] is not None
+    assert out["usage"].policy_calls == 1
+
+
+async def test_async_messages_input_end_to_end(models, problems):
+    policy, prm = models
+    p = problems[0]
+    graph = create_tts_graph(policy, prm, "beam_search", {"n": 4, "beam_width": 2})
+    out = await graph.ainvoke({"messages": [("human", p.question)]})
+    assert out["messages"][-1].type == "ai"
+    assert "\\boxed" in out["messages"][-1].content
+
+
+def test_large_policy_and_weak_prm_load():
+    assert load_default_policy("large").num_parameters > load_default_policy("small").num_parameters
+    assert load_default_prm("weak").num_parameters < load_default_prm("strong").num_parameters
