@@ -22,6 +22,10 @@ from langchain_tts.strategies.best_of_n import (
     WeightedVoteConfig,
     build_best_of_n_graph,
 )
+from langchain_tts.strategies.dvts import DVTSConfig, build_dvts_graph
+from langchain_tts.strategies.hybrid import HybridConfig, build_hybrid_graph
+from langchain_tts.strategies.mcts import MCTSConfig, build_mcts_graph
+from langchain_tts.strategies.revision import RevisionConfig, build_revision_graph
 
 Builder = Callable[[StepPolicy, ProcessRewardModel | None, Any], StateGraph]
 
@@ -32,6 +36,10 @@ STRATEGIES: dict[str, tuple[type[StrategyConfig], Builder]] = {
     "majority_vote": (MajorityVoteConfig, build_best_of_n_graph),
     "weighted_vote": (WeightedVoteConfig, build_best_of_n_graph),
     "beam_search": (BeamSearchConfig, build_beam_search_graph),
+    "dvts": (DVTSConfig, build_dvts_graph),
+    "mcts": (MCTSConfig, build_mcts_graph),
+    "revision": (RevisionConfig, build_revision_graph),
+    "hybrid": (HybridConfig, build_hybrid_graph),
 }
 
 

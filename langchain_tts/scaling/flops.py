@@ -1,0 +1,128 @@
+"""FLOPs accounting for test-time compute: ``2 x params x tokens`` per model.
+
+A forward pass of a dense transformer costs about two FLOPs (one multiply, one add) per
+matmul parameter per token, for prompt (prefill) and generated (decode) tokens alike. This
+is the accounting of the references (the blog's ``flops_per_query`` and the "Can 1B surpass
+405B" paper), and the one :class:`~langchain_tts.core.types.Usage` records, so budgets,
+measured usage and compute-optimal allocations are all in the same unit. Attention's
+``O(context)`` term is ignored, as in those references.
+
+Nothing here imports torch at module import time: the parameter counter is duck-typed and
+imports torch only when asked to skip embedding tables.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from langchain_tts.core.types import Usage
+
+__all__ = [
+    "count_parameters",
+    "flops_of_usage",
+    "inference_flops",
+    "model_flops",
+]
+
+
+def _check_non_negative(name: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number, got {value!r}.")
+    if math.isnan(value) or value < 0:
+        raise ValueError(f"{name} must be a non-negative number, got {value!r}.")
+
+
+def model_flops(params: float, tokens: float) -> float:
+    """FLOPs for one model to process ``tokens`` tokens: ``2 * params * tokens``.
+
+    Why: the single cost formula every budget in this package is expressed in.
+    """
+    _check_non_negative("params", params)
+    _check_non_negative("tokens", tokens)
+    return 2.0 * params * tokens
+
+
+def inference_flops(
+    policy_params: float,
+    policy_tokens: float,
+    prm_params: float = 0,
+    prm_tokens: float = 0,
+) -> float:
+    """FLOPs of one PRM-guided query: policy cost plus verifier (PRM) cost.
+
+    Why: the references compare a small policy *plus its PRM* against a large model alone;
+    leaving the PRM out flatters search strategies. ``policy_tokens`` should count prompt
+    and generated tokens, ``prm_tokens`` every token the PRM reads (re-scored prefixes
+    included).
+    """
+    return model_flops(policy_params, policy_tokens) + model_flops(prm_params, prm_tokens)
+
+
+def flops_of_usage(
+    usage: Usage,
+    *,
+    policy_params: float | None = None,
+    prm_params: float | None = None,
+    exclude_cached: bool = False,
+) -> float:
+    """Total FLOPs recorded in a :class:`Usage` (``policy_flops + prm_flops``).
+
+    Why: backends already price their calls, so by default this just sums them. Pass
+    ``policy_params`` / ``prm_params`` to re-price the recorded *tokens* with another
+    parameter count instead (e.g. a usage logged by a fake backend, or a what-if for a
+    bigger model); the other model keeps its recorded FLOPs. ``exclude_cached`` drops the
+    ``policy_cached_tokens`` (prefix-cache hits, no prefill compute) from the re-priced
+    prompt tokens.
+    """
+    if not isinstance(usage, Usage):
+        raise ValueError(f"usage must be a langchain_tts Usage, got {type(usage).__name__}.")
+    if policy_params is None:
+        policy = usage.policy_flops
+    else:
+        prompt = usage.policy_prompt_tokens
+        if exclude_cached:
+            prompt = max(0, prompt - usage.policy_cached_tokens)
+        policy = model_flops(policy_params, prompt + usage.policy_generated_tokens)
+    prm = usage.prm_flops if prm_params is None else model_flops(prm_params, usage.prm_tokens)
+    return policy + prm
+
+
+def count_parameters(model: Any, *, exclude_embeddings: bool = False) -> int:
+    """Number of parameters of a torch module / Hugging Face model, shared tensors once.
+
+    Why: ``params`` in ``2 * params * tokens`` should be the parameters that do matmuls.
+    With ``exclude_embeddings=True`` every ``torch.nn.Embedding`` table (token and learned
+    position embeddings) is left out, since a lookup costs no FLOPs, *except* a table tied
+    to the output head (``get_output_embeddings``), which is a real matmul there. For
+    Llama/Qwen-style models this equals ``langchain_tts.policies.hf.matmul_parameters``.
+
+    Accepts anything with a ``parameters()`` method; torch is imported only when
+    ``exclude_embeddings`` is set.
+    """
+    parameters = getattr(model, "parameters", None)
+    if not callable(parameters):
+        raise ValueError(
+            f"count_parameters needs a torch module or Hugging Face model (an object with "
+            f".parameters()), got {type(model).__name__}."
+        )
+    sizes = {id(p): int(p.numel()) for p in parameters()}
+    total = sum(sizes.values())
+    if not exclude_embeddings:
+        return total
+
+    import torch  # lazy: keep `import langchain_tts.scaling` torch-free
+
+    get_out = getattr(model, "get_output_embeddings", None)
+    head = get_out() if callable(get_out) else None
+    head_weight = getattr(head, "weight", None)
+    excluded: set[int] = set()
+    modules = getattr(model, "modules", None)
+    for module in modules() if callable(modules) else ():
+        if isinstance(module, torch.nn.Embedding):
+            weight = module.weight
+            if weight is head_weight or id(weight) in excluded:
+                continue
+            excluded.add(id(weight))
+            total -= sizes.get(id(weight), 0)
+    return total

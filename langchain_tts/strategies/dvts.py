@@ -1,0 +1,167 @@
+"""Diverse Verifier Tree Search (DVTS, search-and-learn / paper 001).
+
+``n`` is split into ``n / beam_width`` independent subtrees. Each subtree keeps ONE beam:
+every search step it samples ``beam_width`` children of its beam and greedily follows the
+best one by aggregated PRM score. A subtree's choice depends only on its own children, so
+the subtrees explore different parts of the solution space (beam search, by contrast,
+lets one strong prefix take over all ``n / beam_width`` beams).
+
+The first step samples all ``n`` children from the question in one call (prefix ``x n``,
+cache friendly) and hands children ``[i * beam_width, (i + 1) * beam_width)`` to subtree
+``i``: the same distribution as sampling ``beam_width`` children per subtree. A subtree whose
+chosen child finishes (EOS, a boxed answer, a token cap, ``max_steps``) stops expanding. The
+answer is selected with ``selection`` among the subtrees' leaves.
+
+Design choice, batching over ``Send``: fanning the subtrees out with LangGraph ``Send``
+would run one policy call and one PRM call *per subtree* per step. Batching is the point of
+this package (one policy call + one PRM call per search step, across all subtrees), so all
+subtrees live in one state (``subtrees[i]`` is subtree ``i``'s current leaf) and one
+``step`` node advances them together. Independence is kept by construction: children are
+grouped by parent and ranked only within their group.
+
+Graph: ``prepare -> step (loops, one update per search step) -> finalize``. When LangGraph's
+recursion limit is close, the ``step`` node finishes the search inside itself.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.graph import END, START, StateGraph
+from pydantic import Field, model_validator
+
+from langchain_tts.core.config import StrategyConfig
+from langchain_tts.core.errors import ConfigError
+from langchain_tts.core.types import Trajectory, Usage
+from langchain_tts.policies.base import StepPolicy
+from langchain_tts.prms.base import ProcessRewardModel
+from langchain_tts.strategies.core import (
+    TTSInput,
+    TTSOutput,
+    TTSState,
+    expand,
+    finalize_update,
+    node,
+    prepare_update,
+    resolve_config,
+    score,
+)
+from langchain_tts.strategies.selection import top_k
+
+
+class DVTSConfig(StrategyConfig):
+    """DVTS knobs. Defaults: n=16, beam_width=4 (4 subtrees), temperature 0.7, top_p 0.95,
+    2048 tokens per step, 8192 per trajectory, 40 steps (search-and-learn)."""
+
+    n: int = Field(16, ge=1, description="total children sampled per search step")
+    beam_width: int = Field(
+        4, ge=1, description="children per subtree per step; n / beam_width subtrees"
+    )
+
+    @model_validator(mode="after")
+    def _shape(self) -> DVTSConfig:
+        if self.n < self.beam_width:
+            raise ValueError(
+                f"n ({self.n}) must be >= beam_width ({self.beam_width}): DVTS runs "
+                f"n / beam_width subtrees; raise n or lower beam_width"
+            )
+        if self.n % self.beam_width:
+            raise ValueError(
+                f"n ({self.n}) must be a multiple of beam_width ({self.beam_width}); "
+                f"e.g. n={self.beam_width * max(1, self.n // self.beam_width)}"
+            )
+        return self
+
+    @property
+    def n_subtrees(self) -> int:
+        return self.n // self.beam_width
+
+
+class DVTSState(TTSState, total=False):
+    #: ``subtrees[i]``: the current leaf of subtree ``i`` (finished or not)
+    subtrees: list[Trajectory]
+
+
+def _done(subtrees: list[Trajectory], step: int, cfg: DVTSConfig) -> str:
+    if subtrees and all(t.finished for t in subtrees):
+        return "all_finished"
+    if step >= cfg.max_steps:
+        return "max_steps"
+    return ""
+
+
+async def dvts_step(
+    policy: StepPolicy,
+    prm: ProcessRewardModel,
+    cfg: DVTSConfig,
+    question: str,
+    subtrees: list[Trajectory],
+    step: int,
+) -> tuple[list[Trajectory], Usage]:
+    """One search step for every unfinished subtree: one policy call, one PRM call."""
+    bw = cfg.beam_width
+    if step == 0:
+        parents, n_each = [Trajectory(question=question)], cfg.n
+        owners = list(range(cfg.n_subtrees))  # group i of the children -> subtree i
+        subtrees = [Trajectory(question=question)] * cfg.n_subtrees
+    else:
+        owners = [i for i, t in enumerate(subtrees) if not t.finished]
+        parents, n_each = [subtrees[i] for i in owners], bw
+    children, usage = await expand(policy, parents, n_each, cfg)
+    children, prm_usage = await score(prm, children)
+    new = list(subtrees)
+    for g, owner in enumerate(owners):
+        # Greedy within the subtree: its own children only (independence).
+        new[owner] = top_k(children[g * bw : (g + 1) * bw], 1, cfg.aggregation)[0]
+    return new, usage + prm_usage
+
+
+def build_dvts_graph(
+    policy: StepPolicy, prm: ProcessRewardModel | None, base: DVTSConfig
+) -> StateGraph:
+    if prm is None:
+        raise ConfigError("dvts needs a PRM: pass prm=... (e.g. from load_default())")
+
+    async def prepare(state: DVTSState, rc: RunnableConfig) -> dict:
+        resolve_config(base, rc)  # fail fast on bad call-time overrides
+        return {**prepare_update(state), "subtrees": []}
+
+    async def step(state: DVTSState, rc: RunnableConfig) -> dict:
+        cfg = resolve_config(base, rc)
+        subtrees = state.get("subtrees") or []
+        i, usage = state.get("step", 0), Usage()
+        while True:
+            subtrees, u = await dvts_step(policy, prm, cfg, state["question"], subtrees, i)
+            i, usage = i + 1, usage + u
+            # Finish inside this node when LangGraph's recursion limit is near.
+            if _done(subtrees, i, cfg) or state.get("remaining_steps", 99) > 3:
+                break
+        return {
+            "subtrees": subtrees,
+            "active": [t for t in subtrees if not t.finished],
+            "finished": [t for t in subtrees if t.finished],
+            "step": i,
+            "usage": usage,
+        }
+
+    def route(state: DVTSState, config: RunnableConfig) -> Literal["step", "finalize"]:
+        cfg = resolve_config(base, config)
+        return "finalize" if _done(state["subtrees"], state["step"], cfg) else "step"
+
+    async def finalize(state: DVTSState, rc: RunnableConfig) -> dict:
+        cfg = resolve_config(base, rc)
+        subtrees = state.get("subtrees") or []
+        reason = _done(subtrees, state.get("step", 0), cfg) or "max_steps"
+        # One candidate per subtree: its leaf (unfinished only when the search was cut).
+        return finalize_update(state, subtrees, cfg, reason)
+
+    g = StateGraph(DVTSState, input_schema=TTSInput, output_schema=TTSOutput)
+    g.add_node("prepare", node(prepare, "prepare"))
+    g.add_node("step", node(step, "step"))
+    g.add_node("finalize", node(finalize, "finalize"))
+    g.add_edge(START, "prepare")
+    g.add_edge("prepare", "step")
+    g.add_conditional_edges("step", route, ["step", "finalize"])
+    g.add_edge("finalize", END)
+    return g

@@ -1,0 +1,186 @@
+"""Sequential revision: the policy writes a solution, then revises its previous attempt.
+
+Round 0: the policy writes a whole solution. Rounds 1..T (``revisions``): the policy
+writes a new whole solution given its previous attempt as context, by putting the attempt
+in the question text through ``revision_template`` (``{question}`` and ``{attempt}`` are
+substituted). Every attempt is scored by the PRM against the *original* question; the
+revisions stop early once the latest attempt's aggregated score reaches
+``stop_threshold`` (the verifier is confident). The answer is selected with ``selection``
+among all attempts (a revision can make things worse, so the last one is not privileged).
+
+The same machinery runs the hybrid strategy (:mod:`langchain_tts.strategies.hybrid`):
+M chains revised side by side, all of them in one batched policy call per round; here M is
+1. A chain that reaches ``stop_threshold`` stops being revised.
+
+Without a PRM, only ``selection="majority"`` is possible (no scores, no early stop).
+
+Graph: ``prepare -> round (loops, one update per round; round 0 is the first attempt) ->
+finalize``. Each round is one policy call and one PRM call. When LangGraph's recursion limit
+is close, ``round`` runs the remaining rounds inside itself instead of failing.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.graph import END, START, StateGraph
+from pydantic import Field, field_validator
+
+from langchain_tts.core.config import StrategyConfig
+from langchain_tts.core.errors import ConfigError
+from langchain_tts.core.types import Trajectory, Usage
+from langchain_tts.policies.base import StepPolicy
+from langchain_tts.prms.base import ProcessRewardModel
+from langchain_tts.strategies.core import (
+    TTSInput,
+    TTSOutput,
+    TTSState,
+    expand,
+    finalize_update,
+    node,
+    prepare_update,
+    resolve_config,
+    score,
+)
+from langchain_tts.strategies.selection import with_scores
+
+DEFAULT_REVISION_TEMPLATE = "{question}\n\nPrevious attempt:\n{attempt}\n\nRevise the solution."
+_FIELD = re.compile(r"\{(question|attempt)\}")
+
+
+def render_revision_prompt(template: str, question: str, attempt: str) -> str:
+    """``template`` with ``{question}`` and ``{attempt}`` filled in (other braces untouched,
+    so a template may mention ``\\boxed{}``)."""
+    values = {"question": question, "attempt": attempt}
+    return _FIELD.sub(lambda m: values[m.group(1)], template)
+
+
+class RevisionConfig(StrategyConfig):
+    """Sequential revision knobs. Sampling defaults follow the papers (temperature 0.7,
+    top_p 0.95, 2048 tokens per step, 8192 per trajectory)."""
+
+    revisions: int = Field(4, ge=0, description="T: revision rounds after the first attempt")
+    stop_threshold: float | None = Field(
+        0.9,
+        ge=0.0,
+        le=1.0,
+        description="stop revising once an attempt's aggregated PRM score reaches this "
+        "(None: always run every round)",
+    )
+    revision_template: str = Field(
+        DEFAULT_REVISION_TEMPLATE,
+        description="prompt of a revision round; {question} and {attempt} are filled in",
+    )
+
+    @field_validator("revision_template")
+    @classmethod
+    def _template(cls, v: str) -> str:
+        missing = [f"{{{f}}}" for f in ("question", "attempt") if f"{{{f}}}" not in v]
+        if missing:
+            raise ValueError(
+                f"revision_template must contain {' and '.join(missing)} (the original "
+                f"question and the previous attempt are substituted there); e.g. "
+                f"{DEFAULT_REVISION_TEMPLATE!r}"
+            )
+        return v
+
+    @property
+    def chain_plan(self) -> tuple[int, int]:
+        """(parallel chains M, revision rounds T after each chain's first attempt)."""
+        return 1, self.revisions
+
+
+def _done(active: list[Trajectory], rounds_done: int, cfg: RevisionConfig) -> str:
+    if rounds_done and not active:
+        return "confident"
+    if rounds_done > cfg.chain_plan[1]:
+        return "max_revisions"
+    return ""
+
+
+async def revision_round(
+    policy: StepPolicy,
+    prm: ProcessRewardModel | None,
+    cfg: RevisionConfig,
+    question: str,
+    active: list[Trajectory],
+    round_idx: int,
+) -> tuple[list[Trajectory], Usage]:
+    """One round for every chain still revising: one policy call, one PRM call.
+
+    Round 0 writes the chains' first attempts; later rounds revise ``active`` (each
+    chain's latest attempt). Returns the new attempts, scored against ``question``.
+    """
+    if round_idx == 0:
+        prompts, n_each = [Trajectory(question=question)], cfg.chain_plan[0]
+    else:
+        prompts = [
+            Trajectory(question=render_revision_prompt(cfg.revision_template, question, a.text))
+            for a in active
+        ]
+        n_each = 1
+    attempts, usage = await expand(policy, prompts, n_each, cfg, stop_at_step=False)
+    # The PRM judges the solution to the original question, not to the revision prompt.
+    attempts = [a.model_copy(update={"question": question}) for a in attempts]
+    if prm is not None:
+        attempts, prm_usage = await score(prm, attempts)
+        attempts, usage = with_scores(attempts, cfg.aggregation), usage + prm_usage
+    return attempts, usage
+
+
+def _confident(t: Trajectory, cfg: RevisionConfig, has_prm: bool) -> bool:
+    return has_prm and cfg.stop_threshold is not None and (t.score or 0.0) >= cfg.stop_threshold
+
+
+def build_revision_graph(
+    policy: StepPolicy,
+    prm: ProcessRewardModel | None,
+    base: RevisionConfig,
+    *,
+    strategy: str = "revision",
+) -> StateGraph:
+    if prm is None and base.selection != "majority":
+        raise ConfigError(
+            f"{strategy} with selection={base.selection!r} needs a PRM: pass prm=..., or use "
+            "selection='majority' without one"
+        )
+
+    async def prepare(state: TTSState, rc: RunnableConfig) -> dict:
+        resolve_config(base, rc)  # fail fast on bad call-time overrides
+        return prepare_update(state)
+
+    async def round_node(state: TTSState, rc: RunnableConfig) -> dict:
+        cfg = resolve_config(base, rc)
+        q = state["question"]
+        active, attempts = state.get("active") or [], list(state.get("finished") or [])
+        i, usage = state.get("step", 0), Usage()
+        while True:
+            new, u = await revision_round(policy, prm, cfg, q, active, i)
+            attempts += new
+            active = [t for t in new if not _confident(t, cfg, prm is not None)]
+            i, usage = i + 1, usage + u
+            # Run the remaining rounds here when LangGraph's recursion limit is near.
+            if _done(active, i, cfg) or state.get("remaining_steps", 99) > 3:
+                break
+        return {"active": active, "finished": attempts, "step": i, "usage": usage}
+
+    def route(state: TTSState, config: RunnableConfig) -> Literal["round", "finalize"]:
+        cfg = resolve_config(base, config)
+        return "finalize" if _done(state["active"], state["step"], cfg) else "round"
+
+    async def finalize(state: TTSState, rc: RunnableConfig) -> dict:
+        cfg = resolve_config(base, rc)
+        reason = _done(state.get("active") or [], state.get("step", 0), cfg) or "max_revisions"
+        return finalize_update(state, state.get("finished") or [], cfg, reason)
+
+    g = StateGraph(TTSState, input_schema=TTSInput, output_schema=TTSOutput)
+    g.add_node("prepare", node(prepare, "prepare"))
+    g.add_node("round", node(round_node, "round"))
+    g.add_node("finalize", node(finalize, "finalize"))
+    g.add_edge(START, "prepare")
+    g.add_edge("prepare", "round")
+    g.add_conditional_edges("round", route, ["round", "finalize"])
+    g.add_edge("finalize", END)
+    return g
