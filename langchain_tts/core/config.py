@@ -34,12 +34,6 @@ class StrategyConfig(BaseModel):
     max_steps: int = Field(40, ge=1, description="maximum reasoning steps per trajectory")
     aggregation: Aggregation = Field("last", description="how step scores become one score")
     selection: Selection = Field("prm_max", description="how the final answer is chosen")
-    max_budget_tokens: int | None = Field(
-        None, ge=1, description="stop the search before exceeding this many tokens"
-    )
-    max_budget_flops: float | None = Field(
-        None, gt=0, description="stop the search before exceeding this many FLOPs"
-    )
     seed: int | None = None
 
     def sampling(self, **overrides: object) -> SamplingParams:

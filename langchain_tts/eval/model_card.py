@@ -44,33 +44,62 @@ def claims(rows: list[dict]) -> list[tuple[str, bool, str]]:
     by_level = next((r["by_level"] for r in rows if r["strategy"] == "cot" and
                      r["policy"] == "small"), {})  # fmt: skip
     lv = [by_level[k] for k in sorted(by_level, key=int)] if by_level else []
-    out.append(("small CoT below 100% and falling with difficulty",
-                bool(lv) and cot_s < 1 and lv[0] > lv[-1],
-                f"CoT {100 * cot_s:.1f}%, by level " + " ".join(f"{100 * x:.0f}" for x in lv)))
+    out.append(
+        (
+            "small CoT below 100% and falling with difficulty",
+            bool(lv) and cot_s < 1 and lv[0] > lv[-1],
+            f"CoT {100 * cot_s:.1f}%, by level " + " ".join(f"{100 * x:.0f}" for x in lv),
+        )
+    )
     for strat, n in (("best_of_n", 16), ("beam_search", 16)):
         gain = a("small", "strong", strat, n) - cot_s
-        out.append((f"{strat} N={n} >= CoT + 15 points", gain >= 0.15,
-                    f"{100 * a('small', 'strong', strat, n):.1f}% vs {100 * cot_s:.1f}%"))
+        out.append(
+            (
+                f"{strat} N={n} >= CoT + 15 points",
+                gain >= 0.15,
+                f"{100 * a('small', 'strong', strat, n):.1f}% vs {100 * cot_s:.1f}%",
+            )
+        )
     for strat, ns in (("best_of_n", (1, 4, 16, 64)), ("beam_search", (4, 16, 64))):
         seq = [a("small", "strong", strat, n) for n in ns]
         mono = all(y >= x - 0.02 for x, y in zip(seq, seq[1:]))  # within noise
-        out.append((f"{strat} accuracy rises with N", mono,
-                    " -> ".join(f"N={n}: {100 * x:.1f}" for n, x in zip(ns, seq))))
+        out.append(
+            (
+                f"{strat} accuracy rises with N",
+                mono,
+                " -> ".join(f"N={n}: {100 * x:.1f}" for n, x in zip(ns, seq)),
+            )
+        )
     best_beam = max(a("small", "strong", "beam_search", n) for n in (4, 16, 64))
-    out.append(("small + beam search beats large CoT", best_beam > cot_l,
-                f"{100 * best_beam:.1f}% vs large CoT {100 * cot_l:.1f}%"))
+    out.append(
+        (
+            "small + beam search beats large CoT",
+            best_beam > cot_l,
+            f"{100 * best_beam:.1f}% vs large CoT {100 * cot_l:.1f}%",
+        )
+    )
     for strat in ("best_of_n", "beam_search"):
         s, w = a("small", "strong", strat, 16), a("small", "weak", strat, 16)
-        out.append((f"strong PRM beats weak PRM ({strat} N=16)", s > w,
-                    f"{100 * s:.1f}% vs {100 * w:.1f}%"))
+        out.append(
+            (
+                f"strong PRM beats weak PRM ({strat} N=16)",
+                s > w,
+                f"{100 * s:.1f}% vs {100 * w:.1f}%",
+            )
+        )
     return out  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:
     from langchain_tts import create_tts_graph
     from langchain_tts.eval.datasets import load_synthetic
-    from langchain_tts.eval.runner import budget_config, markdown_table, read_records, run_eval
-    from langchain_tts.eval.runner import summarize
+    from langchain_tts.eval.runner import (
+        budget_config,
+        markdown_table,
+        read_records,
+        run_eval,
+        summarize,
+    )
     from langchain_tts.models import load_default_policy, load_default_prm
 
     ap = argparse.ArgumentParser(description=__doc__)

@@ -13,8 +13,8 @@ simulation:
 4. **backpropagation**: the mean value of the new children is added along the path, root
    to leaf (``visits += 1``, ``value_sum += mean``).
 
-A selected leaf that is terminal (a finished solution, or at ``max_depth``) is not
-expanded, which keeps every simulation at most one policy call and one PRM call: it
+A selected leaf that is terminal (a finished solution, or at ``max_depth``; a node at
+``max_steps`` counts as finished, reason ``max_steps``) is not expanded, which keeps every simulation at most one policy call and one PRM call: it
 re-backpropagates its own value instead (and costs no model call).
 
 The final answer (``final``):

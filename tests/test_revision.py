@@ -1,0 +1,224 @@
+"""Sequential revision and the hybrid parallel x sequential strategy."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from langchain_tts import ConfigError, create_tts_graph
+from langchain_tts.core.types import Trajectory
+from langchain_tts.strategies.hybrid import HybridConfig, sqrt_split
+from langchain_tts.strategies.revision import DEFAULT_REVISION_TEMPLATE, render_revision_prompt
+from langchain_tts.testing import FakePolicy, FakePRM
+
+ATTEMPT = re.compile(r"chain (\d+) try (\d+)")
+
+
+def chain_policy(prompts: list[str] | None = None) -> FakePolicy:
+    """Round 0: sample i writes chain i's first attempt; a revision continues the chain
+    named in the previous attempt (which it reads from the prompt)."""
+
+    def step(p: Trajectory, i: int) -> str:
+        if prompts is not None:
+            prompts.append(p.question)
+        m = ATTEMPT.search(p.question)
+        chain, r = (int(m.group(1)), int(m.group(2)) + 1) if m else (i, 0)
+        return f"chain {chain} try {r}\n\n\\boxed{{{10 * chain + r}}}"
+
+    return FakePolicy(step)
+
+
+def table_prm(table: dict[tuple[int, int], float], seen: list[str] | None = None) -> FakePRM:
+    """Score of (chain, round) from ``table`` (0.1 when missing), on every step."""
+
+    def fn(t: Trajectory) -> list[float]:
+        if seen is not None:
+            seen.append(t.question)
+        m = ATTEMPT.search(t.text)
+        s = table.get((int(m.group(1)), int(m.group(2))), 0.1)
+        return [s] * len(t.steps)
+
+    return FakePRM(fn)
+
+
+# -- revision ---------------------------------------------------------------------------
+
+
+def test_revises_previous_attempt_and_scores_against_the_question():
+    prompts, seen = [], []
+    policy, prm = chain_policy(prompts), table_prm({}, seen)
+    g = create_tts_graph(policy, prm, "revision", {"revisions": 2})
+    updates = list(g.stream({"question": "Q?"}, stream_mode="updates"))
+    assert [next(iter(u)) for u in updates] == ["prepare", "round", "round", "round", "finalize"]
+    first = "chain 0 try 0\n\n\\boxed{0}"
+    second = "chain 0 try 1\n\n\\boxed{1}"
+    assert prompts == [
+        "Q?",
+        f"Q?\n\nPrevious attempt:\n{first}\n\nRevise the solution.",
+        f"Q?\n\nPrevious attempt:\n{second}\n\nRevise the solution.",
+    ]
+    assert seen == ["Q?"] * 3  # the PRM judges against the original question
+    assert [c[:2] for c in policy.calls] == [(1, 1)] * 3
+    assert all(not c[2].stop_at_step for c in policy.calls)  # whole solutions
+    assert prm.calls == [1, 1, 1]
+
+
+def test_stops_early_when_the_verifier_is_confident():
+    policy = chain_policy()
+    prm = table_prm({(0, 0): 0.3, (0, 1): 0.5, (0, 2): 0.95, (0, 3): 0.99})
+    g = create_tts_graph(policy, prm, "revision", {"revisions": 5, "stop_threshold": 0.9})
+    out = g.invoke({"question": "q"})
+    assert len(policy.calls) == 3 and len(prm.calls) == 3
+    assert out["stop_reason"] == "confident"
+    assert out["answer"] == "2"
+    # A confident first attempt is never revised; no threshold: every round runs.
+    prm = table_prm({(0, 0): 0.95})
+    policy = chain_policy()
+    out = create_tts_graph(policy, prm, "revision").invoke({"question": "q"})
+    assert len(policy.calls) == 1 and out["answer"] == "0"
+    policy = chain_policy()
+    cfg = {"revisions": 5, "stop_threshold": None}
+    out = create_tts_graph(policy, prm, "revision", cfg).invoke({"question": "q"})
+    assert len(policy.calls) == 6 and out["stop_reason"] == "max_revisions"
+
+
+def test_final_answer_is_the_best_attempt_not_the_last():
+    prm = table_prm({(0, 0): 0.2, (0, 1): 0.8, (0, 2): 0.4})
+    out = create_tts_graph(chain_policy(), prm, "revision", {"revisions": 2}).invoke(
+        {"question": "q"}
+    )
+    assert out["answer"] == "1"
+    assert out["stop_reason"] == "max_revisions"
+    assert [c.score for c in out["candidates"]] == pytest.approx([0.8, 0.4, 0.2])
+    u = out["usage"]
+    assert u.policy_calls == 3 and u.prm_calls == 3 and u.flops > 0
+
+
+def test_custom_template_with_braces_and_bad_templates():
+    prompts: list[str] = []
+    tpl = "Fix this (answer in \\boxed{}): {attempt}\nProblem: {question}"
+    cfg = {"revisions": 1, "revision_template": tpl}
+    create_tts_graph(chain_policy(prompts), table_prm({}), "revision", cfg).invoke(
+        {"question": "q"}
+    )
+    assert prompts[1] == "Fix this (answer in \\boxed{}): chain 0 try 0\n\n\\boxed{0}\nProblem: q"
+    assert render_revision_prompt(DEFAULT_REVISION_TEMPLATE, "{attempt}", "x") == (
+        "{attempt}\n\nPrevious attempt:\nx\n\nRevise the solution."
+    )
+    for bad in ("Revise: {question}", "{attempt} again", "no fields"):
+        with pytest.raises(ConfigError, match="revision_template must contain"):
+            create_tts_graph(chain_policy(), table_prm({}), "revision", {"revision_template": bad})
+
+
+def test_many_rounds_survive_small_recursion_limit_and_messages_input():
+    policy = chain_policy()
+    g = create_tts_graph(policy, table_prm({}), "revision", {"revisions": 30})
+    out = g.invoke({"messages": [("human", "q")]}, {"recursion_limit": 5})
+    assert len(policy.calls) == 31 and out["stop_reason"] == "max_revisions"
+    assert out["messages"][-1].type == "ai" and "boxed" in out["messages"][-1].content
+
+
+def test_without_prm_only_majority():
+    with pytest.raises(ConfigError, match="needs a PRM"):
+        create_tts_graph(chain_policy(), None, "revision")
+    policy = FakePolicy(lambda p, i: "\\boxed{4}" if "Previous" in p.question else "\\boxed{3}")
+    cfg = {"selection": "majority", "revisions": 2}
+    out = create_tts_graph(policy, None, "revision", cfg).invoke({"question": "q"})
+    assert out["answer"] == "4" and len(policy.calls) == 3
+
+
+@pytest.mark.parametrize(
+    ("cfg", "field"),
+    [
+        ({"revisions": -1}, "revisions"),
+        ({"stop_threshold": 1.5}, "stop_threshold"),
+        ({"top_p": 0}, "top_p"),
+        ({"chains": 2}, "chains"),  # a hybrid knob
+    ],
+)
+def test_bad_revision_config(cfg: dict, field: str):
+    with pytest.raises(ConfigError, match=field):
+        create_tts_graph(chain_policy(), table_prm({}), "revision", cfg)
+
+
+# -- hybrid -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("budget", "split"),
+    [
+        (1, (1, 1)),
+        (2, (1, 2)),  # sqrt 1.41 -> 1 chain of 2
+        (3, (2, 1)),  # sqrt 1.73 -> 2 chains of 1 (one generation unspent)
+        (4, (2, 2)),
+        (8, (3, 2)),  # sqrt 2.83 -> 3; 8 // 3 = 2
+        (10, (3, 3)),
+        (16, (4, 4)),
+        (20, (4, 5)),  # sqrt 4.47 -> 4; 20 // 4 = 5
+        (30, (5, 6)),
+        (64, (8, 8)),
+        (99, (10, 9)),  # sqrt 9.95 -> 10; 99 // 10 = 9
+    ],
+)
+def test_sqrt_split_arithmetic(budget: int, split: tuple[int, int]):
+    m, t = sqrt_split(budget)
+    assert (m, t) == split
+    assert m * t <= budget < m * (t + 1)
+
+
+@pytest.mark.parametrize("bad", [0, -4, 2.5, True])
+def test_sqrt_split_rejects_bad_budget(bad):
+    with pytest.raises(ConfigError, match="budget"):
+        sqrt_split(bad)
+
+
+def test_hybrid_batches_all_chains_per_round():
+    policy, seen = chain_policy(), []
+    prm = table_prm({(1, 1): 0.85}, seen)
+    cfg = {"chains": 3, "revisions": 2}
+    out = create_tts_graph(policy, prm, "hybrid", cfg).invoke({"question": "q"})
+    assert [c[:2] for c in policy.calls] == [(1, 3), (3, 1), (3, 1)]
+    assert prm.calls == [3, 3, 3]
+    assert len(out["candidates"]) == 9
+    assert out["answer"] == "11"  # chain 1, round 1: the verifier's favourite
+    assert set(seen) == {"q"}
+
+
+def test_hybrid_sqrt_split_plan_and_per_chain_early_stop():
+    assert HybridConfig(split="sqrt", budget=9).chain_plan == (3, 2)  # 3 chains x 3 attempts
+    assert HybridConfig(split="sqrt", budget=20).chain_plan == (4, 4)  # 4 x 5
+    assert HybridConfig().chain_plan == (4, 3)  # 16 generations
+    # Chain 0 is confident at once and chain 2 after one revision: they stop being revised.
+    policy = chain_policy()
+    prm = table_prm({(0, 0): 0.95, (2, 1): 0.92})
+    g = create_tts_graph(policy, prm, "hybrid", {"split": "sqrt", "budget": 9})
+    updates = [
+        u["round"] for u in g.stream({"question": "q"}, stream_mode="updates") if "round" in u
+    ]
+    assert len(updates) == 3  # one update per round
+    assert [len(u["active"]) for u in updates] == [2, 1, 1]
+    assert [c[:2] for c in policy.calls] == [(1, 3), (2, 1), (1, 1)]
+    out = g.invoke({"question": "q"})
+    assert out["answer"] == "0" and len(out["candidates"]) == 6
+
+
+@pytest.mark.parametrize(
+    ("cfg", "match"),
+    [
+        ({"split": "sqrt"}, "needs budget"),
+        ({"budget": 16}, "only used with split='sqrt'"),
+        ({"split": "even"}, "split"),
+        ({"chains": 0}, "chains"),
+        ({"split": "sqrt", "budget": 0}, "budget"),
+    ],
+)
+def test_bad_hybrid_config(cfg: dict, match: str):
+    with pytest.raises(ConfigError, match=match):
+        create_tts_graph(chain_policy(), table_prm({}), "hybrid", cfg)
+
+
+async def test_hybrid_async():
+    g = create_tts_graph(chain_policy(), table_prm({}), "hybrid", {"chains": 2, "revisions": 1})
+    out = await g.ainvoke({"question": "q"})
+    assert out["usage"].policy_calls == 2 and len(out["candidates"]) == 4
