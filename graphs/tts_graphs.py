@@ -1,22 +1,54 @@
 """Ready graphs for `langgraph dev` / LangGraph Platform (see langgraph.json).
 
-Each graph runs on the embedded default models (CPU, offline). Knobs are overridable per run
-through ``config["configurable"]`` (e.g. ``{"n": 64, "beam_width": 4}``).
+Each graph runs on the embedded default models (CPU, offline), with a budget of about 16
+samples per question. Knobs show in LangGraph Studio (each graph's context schema is its
+strategy config) and are overridable per run through ``context`` or
+``config["configurable"]`` (e.g. ``{"n": 64, "beam_width": 4}``).
+
+The models are loaded once, at import; the server imports this module once.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from langchain_tts import create_tts_graph  # noqa: E402
+from langchain_tts.eval.runner import budget_config  # noqa: E402
 from langchain_tts.models import load_default  # noqa: E402
+from langchain_tts.serve import servable_graph  # noqa: E402
 
+BUDGET = 16
 _policy, _prm = load_default()
 
-beam_search = create_tts_graph(_policy, _prm, "beam_search", {"n": 16, "beam_width": 4})
-best_of_n = create_tts_graph(_policy, _prm, "best_of_n", {"n": 16})
-weighted_vote = create_tts_graph(_policy, _prm, "weighted_vote", {"n": 16})
-majority_vote = create_tts_graph(_policy, None, "majority_vote", {"n": 16})
-cot = create_tts_graph(_policy, None, "cot")
+
+def _graph(strategy: str, prm: bool = True):
+    return servable_graph(_policy, _prm if prm else None, strategy, budget_config(strategy, BUDGET))
+
+
+cot = _graph("cot", prm=False)
+majority_vote = _graph("majority_vote", prm=False)
+best_of_n = _graph("best_of_n")
+weighted_vote = _graph("weighted_vote")
+beam_search = _graph("beam_search")
+dvts = _graph("dvts")
+mcts = _graph("mcts")
+revision = _graph("revision")
+hybrid = _graph("hybrid")
+
+
+def _agent_example():
+    """``integrations/agent_example.py`` (a file, not a package), loaded by path."""
+    path = Path(__file__).resolve().parent.parent / "integrations" / "agent_example.py"
+    spec = importlib.util.spec_from_file_location("tts_agent_example", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its state schema's annotations resolve through it
+    spec.loader.exec_module(module)
+    return module
+
+
+# The composition example: planner -> direct CoT | beam search subgraph, on the same models.
+agent = _agent_example().build_agent(_policy, _prm)

@@ -133,6 +133,40 @@ def report(
     typer.echo(markdown_table(summarize(recs), levels=levels))
 
 
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="interface to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    strategy: Annotated[
+        list[str], typer.Option(help="repeatable; default: every strategy the models allow")
+    ] = [],  # noqa: B006
+    policy: Annotated[str, typer.Option(help="embedded policy size: small | large")] = "small",
+    prm: Annotated[str, typer.Option(help="embedded PRM: strong | weak | none")] = "strong",
+    budget: Annotated[int, typer.Option(help="default samples N per question")] = 16,
+    checkpoint_db: Annotated[
+        Path | None, typer.Option(help="SQLite file for checkpoints (threads resume)")
+    ] = None,
+    log_level: Annotated[str, typer.Option()] = "info",
+) -> None:
+    """Serve the strategies over HTTP (LangServe): POST /tts/<strategy>/invoke, /stream, ..."""
+    import uvicorn
+
+    from langchain_tts.serve import create_app
+
+    pol, verifier = _load(policy, prm)
+    api = create_app(
+        pol,
+        verifier,
+        strategy or None,
+        budget=budget,
+        checkpointer=checkpoint_db,
+        title=f"langchain-tts (policy={policy}, prm={prm})",
+    )
+    routes = ", ".join(f"/tts/{s}" for s in sorted(api.state.graphs))
+    typer.echo(f"Serving {routes} on http://{host}:{port} (health: /health)", err=True)
+    uvicorn.run(api, host=host, port=port, log_level=log_level)
+
+
 @app.command("train-default", context_settings={"allow_extra_args": True})
 def train_default(ctx: typer.Context) -> None:
     """Rebuild the embedded models from scratch (flags: see --help of the trainer)."""

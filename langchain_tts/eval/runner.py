@@ -28,9 +28,14 @@ def budget_config(strategy: str, budget: int) -> dict[str, Any]:
     """The strategy config that spends ``budget`` samples (N) per question."""
     if strategy == "cot":
         return {}
-    if strategy == "beam_search":
-        width = min(4, budget)
-        return {"n": budget, "beam_width": width}
+    if strategy in ("beam_search", "dvts"):
+        return {"n": budget, "beam_width": min(4, budget)}
+    if strategy == "mcts":
+        return {"simulations": budget, "expand_k": 4}
+    if strategy == "revision":
+        return {"revisions": max(0, budget - 1)}
+    if strategy == "hybrid":
+        return {"split": "sqrt", "budget": budget}
     return {"n": budget}
 
 

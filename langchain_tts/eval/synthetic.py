@@ -28,9 +28,10 @@ from dataclasses import dataclass, field
 
 STEP_DELIMITER = "\n\n"
 MIN_OPS, MAX_OPS = 1, 8
-# Values stay small so a ~1M-parameter model can learn the arithmetic on a CPU in minutes,
-# yet carries and two-digit products still make it err, more often on longer chains.
-MAX_VALUE = 99
+# Values up to three digits: a ~1M-parameter model learns the format and most of the
+# arithmetic on a CPU in minutes, yet carries and products still make it err, more often on
+# longer chains (with values <= 99 it solved 99% greedily and search had nothing to add).
+MAX_VALUE = 999
 _OP_WORDS = {"+": "Add {k}.", "-": "Subtract {k}.", "*": "Multiply by {k}.", "/": "Divide by {k}."}
 _STEP_RE = re.compile(r"^\s*(-?\d+)\s*([+\-*/])\s*(-?\d+)\s*=\s*(-?\d+)\s*$")
 _BOXED_RE = re.compile(r"^\s*\\boxed\{\s*(-?\d+)\s*\}\s*$")
@@ -104,7 +105,7 @@ class ArithmeticProblem:
 def _valid_ops(value: int, rng: random.Random) -> list[Operation]:
     cands: list[Operation] = []
     for _ in range(6):
-        k = rng.randint(2, 20)
+        k = rng.randint(2, 50)
         if value + k <= MAX_VALUE:
             cands.append(Operation("+", k))
         if value - k >= 0:
@@ -119,7 +120,7 @@ def _valid_ops(value: int, rng: random.Random) -> list[Operation]:
 
 def make_problem(rng: random.Random, n_ops: int, uid: str = "") -> ArithmeticProblem:
     """A random chain of ``n_ops`` operations whose running values stay in 0..MAX_VALUE."""
-    start = rng.randint(2, 20)
+    start = rng.randint(2, 30)
     ops: list[Operation] = []
     value = start
     for _ in range(n_ops):

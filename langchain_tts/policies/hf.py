@@ -29,6 +29,7 @@ from transformers import (
 from langchain_tts.core.config import SamplingParams
 from langchain_tts.core.types import FinishReason, Step, Trajectory, Usage
 from langchain_tts.policies.base import DEFAULT_STEP_DELIMITER, PolicyResult, StepPolicy
+from langchain_tts.policies.batching import RequestCoalescer
 
 __all__ = ["HFPolicy", "matmul_parameters", "model_lock"]
 
@@ -155,6 +156,9 @@ class HFPolicy(StepPolicy):
         self.num_parameters = matmul_parameters(self.model)
         self.name = name or f"HFPolicy({getattr(model.config, '_name_or_path', '') or 'model'})"
         self._lock = model_lock(self.model)
+        self._coalescer: RequestCoalescer[Trajectory, tuple[list[Step], int, float]] = (
+            RequestCoalescer(self._generate_items, self._lock, max_items=max(batch_size, 1) * 4)
+        )
         eos = getattr(model.generation_config, "eos_token_id", None)
         if eos is None:
             eos = tokenizer.eos_token_id
@@ -218,12 +222,48 @@ class HFPolicy(StepPolicy):
     def _generate_locked(
         self, prefixes: list[Trajectory], n: int, params: SamplingParams
     ) -> PolicyResult:
-        with self._lock:
-            return self._generate_sync(prefixes, n, params)
+        # Concurrent calls with the same sampling parameters share one generate (see
+        # policies/batching.py); a lone call runs as it is.
+        items = self._coalescer.run(prefixes, (n, params.model_dump_json()))
+        steps = [it[0] for it in items]
+        prompt = sum(it[1] for it in items)
+        generated = sum(
+            s.tokens for row in steps for s in row[: 1 if params.temperature == 0 else n]
+        )
+        usage = Usage(
+            policy_calls=1,
+            policy_prompt_tokens=prompt,
+            policy_generated_tokens=generated,
+            policy_flops=2.0 * self.num_parameters * (prompt + generated),
+            seconds=max((it[2] for it in items), default=0.0),
+        )
+        return PolicyResult(steps=steps, usage=usage)
 
     def _generate_sync(
         self, prefixes: list[Trajectory], n: int, params: SamplingParams
     ) -> PolicyResult:
+        """One batched generate for ``prefixes`` (no locking, no coalescing)."""
+        items = self._generate_items(prefixes, (n, params.model_dump_json()))
+        prompt = sum(it[1] for it in items)
+        generated = sum(
+            s.tokens for it in items for s in it[0][: 1 if params.temperature == 0 else n]
+        )
+        return PolicyResult(
+            steps=[it[0] for it in items],
+            usage=Usage(
+                policy_calls=1,
+                policy_prompt_tokens=prompt,
+                policy_generated_tokens=generated,
+                policy_flops=2.0 * self.num_parameters * (prompt + generated),
+                seconds=max((it[2] for it in items), default=0.0),
+            ),
+        )
+
+    def _generate_items(
+        self, prefixes: list[Trajectory], key: tuple[int, str]
+    ) -> list[tuple[list[Step], int, float]]:
+        """Per prefix: its n steps, the prompt tokens computed for it, the batch's seconds."""
+        n, params = key[0], SamplingParams.model_validate_json(key[1])
         t0 = time.perf_counter()
         if params.seed is not None:
             torch.manual_seed(params.seed)
@@ -245,16 +285,8 @@ class HFPolicy(StepPolicy):
             out[i].append(steps_by_row[r])
         if greedy:
             out = [s * n for s in out]
-        usage = Usage(
-            policy_calls=1,
-            policy_prompt_tokens=sum(len(ids) for _, ids in rows),
-            policy_generated_tokens=sum(s.tokens for s in steps_by_row.values()),
-        )
-        usage.policy_flops = (
-            2.0 * self.num_parameters * (usage.policy_prompt_tokens + usage.policy_generated_tokens)
-        )
-        usage.seconds = time.perf_counter() - t0
-        return PolicyResult(steps=out, usage=usage)
+        seconds = time.perf_counter() - t0
+        return [(out[i], len(prompts[i]) * copies, seconds) for i in range(len(prefixes))]
 
     @torch.inference_mode()
     def _generate_chunk(self, prompts: list[list[int]], params: SamplingParams) -> list[Step]:

@@ -33,8 +33,8 @@ Prompt templating (``/completions`` takes raw text, so the chat template is appl
 * ``"client"``: the HF tokenizer's ``apply_chat_template`` (pass ``tokenizer=`` an HF
   tokenizer or a local path / hub id);
 * ``"none"``: ``question + delimiter`` (base models, the embedded tiny models);
-* ``prompt_template="...{question}..."`` overrides all three (plain ``str.replace``, so
-  LaTeX braces in the template are safe).
+* ``prompt_template="...{question}..."`` overrides all three (``{system_prompt}`` is filled
+  too; plain ``str.replace``, so LaTeX braces in the template are safe).
 
 Then the steps so far follow, each ending with the delimiter (as in :class:`HFPolicy`).
 """
@@ -46,7 +46,7 @@ import json
 import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -76,15 +76,16 @@ def map_finish_reason(
     """OpenAI/vLLM ``finish_reason`` (+ vLLM ``stop_reason``) -> :data:`FinishReason`.
 
     ``stop_reason`` is the matched stop string (a step ended), an int stop token id or
-    ``None`` (the model ended the solution). Without it, a ``"stop"`` is a step boundary only
-    if a stop string was sent.
+    ``None`` (the model ended the solution). Without it (non-vLLM servers), a ``"stop"`` is a
+    step boundary when a stop string was sent. Without a stop string every ``"stop"`` ends
+    the solution.
     """
     if finish_reason == "length":
         return "length"
     if finish_reason == "stop":
-        if stop_reason is _MISSING:
-            return "step" if stop_sent else "eos"
-        return "step" if isinstance(stop_reason, str) else "eos"
+        if not stop_sent:
+            return "eos"
+        return "step" if stop_reason is _MISSING or isinstance(stop_reason, str) else "eos"
     return "eos"  # "content_filter", None, ...: the solution cannot go on
 
 
@@ -101,6 +102,13 @@ def _distribute(total: int, weights: list[int]) -> list[int]:
     for i in sorted(range(len(raw)), key=lambda i: out[i] - raw[i])[:rest]:
         out[i] += 1
     return out
+
+
+async def _close_at_loop_shutdown(client: httpx.AsyncClient) -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        await client.aclose()
 
 
 class HTTPBackend:
@@ -138,36 +146,43 @@ class HTTPBackend:
         self._headers = {"Content-Type": "application/json"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
-        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient]
+        # loop -> (client, closer): the closer is an async generator parked in the loop, so
+        # the loop's shutdown_asyncgens() (run by asyncio.run) closes the client in time.
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[Any, Any]]
         self._clients = weakref.WeakKeyDictionary()
         self._guard = threading.Lock()
 
-    def client(self) -> httpx.AsyncClient:
-        """The pooled client of the running event loop (created on first use)."""
+    async def client(self) -> httpx.AsyncClient:
+        """The pooled client of the running event loop (created on first use).
+
+        It is closed when that loop shuts down (``asyncio.run`` finalizes async generators
+        before closing the loop), so sync calls through :func:`run_sync` leak no sockets.
+        """
         loop = asyncio.get_running_loop()
         with self._guard:
-            for other in [lp for lp in self._clients if lp.is_closed()]:
-                del self._clients[other]  # its sockets are closed when it is collected
-            client = self._clients.get(loop)
-            if client is None or client.is_closed:
-                client = httpx.AsyncClient(
-                    headers=self._headers,
-                    timeout=httpx.Timeout(self.timeout),
-                    limits=httpx.Limits(
-                        max_connections=self.max_connections,
-                        max_keepalive_connections=self.max_connections,
-                    ),
-                )
-                self._clients[loop] = client
-            return client
+            entry = self._clients.get(loop)
+            if entry is not None and not entry[0].is_closed:
+                return entry[0]
+            client = httpx.AsyncClient(
+                headers=self._headers,
+                timeout=httpx.Timeout(self.timeout),
+                limits=httpx.Limits(
+                    max_connections=self.max_connections,
+                    max_keepalive_connections=self.max_connections,
+                ),
+            )
+            closer = _close_at_loop_shutdown(client)
+            self._clients[loop] = (client, closer)
+        await closer.asend(None)  # park it: registered with the loop's async generators
+        return client
 
     async def aclose(self) -> None:
-        """Close the client of the running loop (others close when their loop is gone)."""
+        """Close the client of the running loop (others close when their loop shuts down)."""
         loop = asyncio.get_running_loop()
         with self._guard:
-            client = self._clients.pop(loop, None)
-        if client is not None:
-            await client.aclose()
+            entry = self._clients.pop(loop, None)
+        if entry is not None:
+            await entry[1].aclose()  # runs the closer's finally: client.aclose()
 
     def _delay(self, attempt: int, retry_after: str | None) -> float:
         delay = self.backoff * (2 ** (attempt - 1))
@@ -194,7 +209,7 @@ class HTTPBackend:
             attempts += 1
             retry_after = None
             try:
-                resp = await self.client().post(url, json=payload)
+                resp = await (await self.client()).post(url, json=payload)
             except httpx.TimeoutException as e:
                 errors.append(f"timed out after {self.timeout:g}s ({type(e).__name__})")
                 continue
@@ -325,8 +340,8 @@ class OpenAIPolicy(StepPolicy):
     async def _head(self, question: str) -> str:
         """The prompt up to the solution: template(question), before any step."""
         if self.prompt_template is not None:
-            head = self.prompt_template.replace("{question}", question)
-            return head.replace("{system_prompt}", self.system_prompt or "")
+            head = self.prompt_template.replace("{system_prompt}", self.system_prompt or "")
+            return head.replace("{question}", question)
         if self.chat_template == "none":
             return question + self.step_delimiter
         if self.chat_template == "client":

@@ -27,6 +27,7 @@ from transformers import (
 
 from langchain_tts.core.errors import PRMOutputError
 from langchain_tts.core.types import Trajectory, Usage
+from langchain_tts.policies.batching import RequestCoalescer
 from langchain_tts.policies.hf import dtype_kwargs, matmul_parameters, model_device, model_lock
 from langchain_tts.prms.base import PRMResult, ProcessRewardModel
 
@@ -79,6 +80,9 @@ class QwenPRM(ProcessRewardModel):
         self.num_parameters = matmul_parameters(self.model)
         self.name = name or f"QwenPRM({getattr(model.config, '_name_or_path', '') or 'model'})"
         self._lock = model_lock(self.model)
+        self._coalescer: RequestCoalescer[Trajectory, tuple[list[float], int, float]] = (
+            RequestCoalescer(self._score_items, self._lock, max_items=max(batch_size, 1) * 8)
+        )
         pad = tokenizer.pad_token_id
         if pad is None:
             pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
@@ -159,28 +163,47 @@ class QwenPRM(ProcessRewardModel):
         return await asyncio.to_thread(self._score_locked, list(trajectories))
 
     def _score_locked(self, trajectories: list[Trajectory]) -> PRMResult:
-        with self._lock:
-            return self._score_sync(trajectories)
+        # Concurrent calls share one forward (see policies/batching.py).
+        items = self._coalescer.run(trajectories, None)
+        tokens = sum(it[1] for it in items)
+        usage = Usage(
+            prm_calls=1,
+            prm_tokens=tokens,
+            prm_flops=2.0 * self.num_parameters * tokens,
+            seconds=max((it[2] for it in items), default=0.0),
+        )
+        return PRMResult(scores=[it[0] for it in items], usage=usage)
 
     def _score_sync(self, trajectories: list[Trajectory]) -> PRMResult:
+        """One batched scoring pass (no locking, no coalescing)."""
+        items = self._score_items(trajectories, None)
+        tokens = sum(it[1] for it in items)
+        usage = Usage(
+            prm_calls=1,
+            prm_tokens=tokens,
+            prm_flops=2.0 * self.num_parameters * tokens,
+            seconds=max((it[2] for it in items), default=0.0),
+        )
+        return PRMResult(scores=[it[0] for it in items], usage=usage)
+
+    def _score_items(
+        self, trajectories: list[Trajectory], _key: object
+    ) -> list[tuple[list[float], int, float]]:
+        """Per trajectory: its step scores, its tokens, the batch's seconds."""
         t0 = time.perf_counter()
         scores: list[list[float]] = [[] for _ in trajectories]
+        lengths = [0] * len(trajectories)
         # Trajectories without steps have nothing to score and never enter the batch.
         todo = [(i, self.encode(t)) for i, t in enumerate(trajectories) if t.steps]
         todo.sort(key=lambda item: len(item[1]))  # similar lengths share a chunk
         for c in range(0, len(todo), self.batch_size):
             chunk = todo[c : c + self.batch_size]
             rows = self._score_chunk([ids for _, ids in chunk])
-            for (i, _), row in zip(chunk, rows, strict=True):
+            for (i, ids), row in zip(chunk, rows, strict=True):
                 scores[i] = row
-        tokens = sum(len(ids) for _, ids in todo)
-        usage = Usage(
-            prm_calls=1,
-            prm_tokens=tokens,
-            prm_flops=2.0 * self.num_parameters * tokens,
-            seconds=time.perf_counter() - t0,
-        )
-        return PRMResult(scores=scores, usage=usage)
+                lengths[i] = len(ids)
+        seconds = time.perf_counter() - t0
+        return [(scores[i], lengths[i], seconds) for i in range(len(trajectories))]
 
     def _logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         out = self.model(input_ids=input_ids, attention_mask=attention_mask)

@@ -1,0 +1,93 @@
+"""Checkpointing TTS graphs: a serializer that knows the package's state types, and savers.
+
+Every strategy graph accepts a LangGraph checkpointer (``create_tts_graph(...,
+checkpointer=saver)``); with one, each search step is a checkpoint, so a killed run resumes
+where it stopped with ``graph.invoke(None, {"configurable": {"thread_id": ...}})`` and
+finished steps are not recomputed.
+
+The state holds pydantic objects (:class:`~langchain_tts.core.types.Trajectory`,
+:class:`~langchain_tts.core.types.Usage`, MCTS tree nodes). LangGraph's default serializer
+restores them but logs "Deserializing unregistered type ..." and will block them in a future
+version (and already does under ``LANGGRAPH_STRICT_MSGPACK=true``). Pass :func:`serializer`
+to your saver to register them explicitly::
+
+    from langgraph.checkpoint.sqlite import SqliteSaver
+    from langchain_tts.checkpoint import serializer
+
+    saver = SqliteSaver(sqlite3.connect("tts.db", check_same_thread=False), serde=serializer())
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator, Iterable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
+
+if TYPE_CHECKING:
+    from langgraph.checkpoint.sqlite import SqliteSaver
+    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+
+
+def state_types() -> list[type]:
+    """The pydantic classes that TTS graph state stores (and checkpoints hold)."""
+    from langchain_tts.core.types import Step, Trajectory, Usage
+    from langchain_tts.strategies.mcts import MCTSNode
+
+    return [Trajectory, Usage, Step, MCTSNode]
+
+
+def allowed_msgpack_modules(extra: Iterable[type | tuple[str, str]] = ()) -> list[tuple[str, str]]:
+    """``(module, class name)`` pairs for ``JsonPlusSerializer(allowed_msgpack_modules=...)``.
+
+    ``extra``: your own state types (classes or pairs) when a TTS graph is a node of a graph
+    whose state holds other pydantic/dataclass objects.
+    """
+    out: list[tuple[str, str]] = []
+    for t in [*state_types(), *extra]:
+        pair = (t.__module__, t.__qualname__) if isinstance(t, type) else tuple(t)
+        if pair not in out:
+            out.append(pair)  # type: ignore[arg-type]
+    return out
+
+
+def serializer(extra: Iterable[type | tuple[str, str]] = ()) -> JsonPlusSerializer:
+    """A checkpoint serializer with the package's types registered (no warnings, strict-safe).
+
+    LangGraph's safe built-ins (messages, ``Send``, datetimes, ...) stay allowed; anything
+    else unregistered is blocked instead of being imported on load.
+    """
+    return JsonPlusSerializer(allowed_msgpack_modules=allowed_msgpack_modules(extra))
+
+
+@contextmanager
+def sqlite_saver(path: str | Path = ":memory:") -> Iterator[SqliteSaver]:
+    """A sync ``SqliteSaver`` on ``path`` using :func:`serializer` (for ``invoke``/``stream``).
+
+    Needs ``pip install langgraph-checkpoint-sqlite``.
+    """
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
+    conn = sqlite3.connect(str(path), check_same_thread=False)
+    try:
+        yield SqliteSaver(conn, serde=serializer())
+    finally:
+        conn.close()
+
+
+@asynccontextmanager
+async def async_sqlite_saver(path: str | Path = ":memory:") -> AsyncIterator[AsyncSqliteSaver]:
+    """An ``AsyncSqliteSaver`` on ``path`` using :func:`serializer`.
+
+    Use it under ``ainvoke``/``astream`` and in servers (LangServe runs graphs async, and the
+    sync ``SqliteSaver`` does not support async calls). Open it inside the event loop that
+    will use it, e.g. a FastAPI lifespan.
+    """
+    import aiosqlite
+    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+
+    async with aiosqlite.connect(str(path)) as conn:
+        yield AsyncSqliteSaver(conn, serde=serializer())

@@ -1,0 +1,273 @@
+"""The Math-Shepherd PRM interface on ``transformers``: P("+") at every step tag ``ки``.
+
+Exact contract of ``peiyi9979/math-shepherd-mistral-7b-prm`` (its model card):
+
+* input text: ``f"{question} {step_1} ки\\n{step_2} ки\\n...{step_n} ки"``, i.e. the question,
+  one space, then the steps joined by ``"\\n"``, each followed by ``" ки"``; tokenized with the
+  tokenizer's special tokens (BOS for Mistral). A ``ки`` inside a step's text is removed;
+* step tag id: the last id of ``tokenizer.encode("ки")`` (12902 for Mistral);
+* candidate ids: ``tokenizer.encode("+ -")`` without BOS (``[648, 387]`` for Mistral), or the
+  last id of ``"+"`` and of ``"-"`` encoded separately when the pair does not give two ids;
+* score of step ``k``: ``softmax(logits[tag_k, [good, bad]])[0]``, the LM's probability of
+  ``+`` (vs ``-``) as the token after the k-th tag.
+
+This module also holds :class:`CausalLMPRM`, the shared machinery of the decoder-based PRMs
+(Math-Shepherd, RLHFlow, Skywork): every trajectory is encoded to token ids plus one read-out
+position per step, all trajectories go through **one** right-padded forward of the model body
+(chunked by ``batch_size`` only when needed), and only the hidden states at the read-out
+positions are projected -- onto the two candidate rows of the LM head here, so a 32k-128k
+vocabulary is never materialised for every token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from abc import abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from langchain_tts.core.errors import PRMOutputError
+from langchain_tts.core.types import Trajectory, Usage
+from langchain_tts.policies.hf import dtype_kwargs, matmul_parameters, model_device, model_lock
+from langchain_tts.prms.base import PRMResult, ProcessRewardModel
+
+__all__ = ["CausalLMPRM", "MathShepherdPRM", "label_token_ids", "lm_head_logits"]
+
+Encoded = tuple[list[int], list[int]]  # token ids, one read-out position per step
+
+
+def label_token_ids(tokenizer: PreTrainedTokenizerBase, good: str, bad: str) -> list[int]:
+    """Token ids of the good/bad labels, as the reference implementations derive them."""
+    ids = tokenizer.encode(f"{good} {bad}", add_special_tokens=False)
+    ids = [i for i in ids if tokenizer.decode([i]).strip()]  # drop a lone-space piece
+    if len(ids) == 2:
+        return ids
+    pair = [tokenizer.encode(t, add_special_tokens=False) for t in (good, bad)]
+    if not all(pair) or pair[0][-1] == pair[1][-1]:
+        raise ValueError(
+            f"cannot find single tokens for the labels {good!r} / {bad!r} in this tokenizer; "
+            "pass candidate_token_ids=[good_id, bad_id]"
+        )
+    return [pair[0][-1], pair[1][-1]]
+
+
+def lm_head_logits(
+    model: torch.nn.Module, hidden: torch.Tensor, token_ids: list[int]
+) -> torch.Tensor:
+    """``model``'s LM-head logits of ``token_ids`` for ``hidden`` ([k, H] -> [k, len(ids)]).
+
+    Equal to ``model(...).logits[..., token_ids]`` at those positions (logit scaling and
+    final soft-capping, where the config has them, are applied too).
+    """
+    head = model.get_output_embeddings()
+    if head is None or getattr(head, "weight", None) is None:
+        raise ValueError(f"{type(model).__name__} has no LM head; load it as a causal LM")
+    idx = torch.tensor(token_ids, device=head.weight.device)
+    w = head.weight.index_select(0, idx).float()
+    logits = hidden.float().to(w.device) @ w.T
+    bias = getattr(head, "bias", None)
+    if bias is not None:
+        logits = logits + bias.index_select(0, idx).float()
+    cfg = getattr(model, "config", None)
+    scale = getattr(cfg, "logit_scale", None)
+    if isinstance(scale, (int, float)):
+        logits = logits * scale
+    cap = getattr(cfg, "final_logit_softcapping", None)
+    if isinstance(cap, (int, float)) and cap > 0:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+class CausalLMPRM(ProcessRewardModel):
+    """Decoder PRM base: encode -> one batched forward of the body -> read-out per step.
+
+    Right padding keeps every real token at the positions it has when scored alone, and
+    causal attention never looks at the padding, so batched scores equal unbatched ones.
+    ``num_parameters`` counts every parameter but the input embedding (``prm_flops = 2 *
+    num_parameters * tokens``). Calls on one model are serialized and run in a worker thread.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        device: str | torch.device | None = None,
+        batch_size: int = 16,
+        name: str | None = None,
+    ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if device is not None:
+            model = model.to(device)
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.device = model_device(self.model)
+        self.num_parameters = matmul_parameters(self.model)
+        label = getattr(getattr(model, "config", None), "_name_or_path", "") or "model"
+        self.name = name or f"{type(self).__name__}({label})"
+        self._lock = model_lock(self.model)
+        pad = tokenizer.pad_token_id
+        if pad is None:
+            pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+        self.pad_token_id = int(pad)
+
+    # -- the format: subclasses define these ----------------------------------------------
+    @abstractmethod
+    def encode(self, trajectory: Trajectory) -> Encoded:
+        """Token ids of the PRM input and the position whose output scores each step."""
+
+    @abstractmethod
+    def readout(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Final hidden states at the read-out positions [k, H] -> P(step correct) [k]."""
+
+    def body(self) -> torch.nn.Module:
+        """The transformer without its head (``base_model`` of a ``*ForCausalLM``)."""
+        body = getattr(self.model, "base_model", None)
+        return body if isinstance(body, torch.nn.Module) else self.model
+
+    # -- scoring ----------------------------------------------------------------------------
+    async def _ascore(self, trajectories: Sequence[Trajectory]) -> PRMResult:
+        return await asyncio.to_thread(self._score_locked, list(trajectories))
+
+    def _score_locked(self, trajectories: list[Trajectory]) -> PRMResult:
+        with self._lock:
+            return self._score_sync(trajectories)
+
+    def _score_sync(self, trajectories: list[Trajectory]) -> PRMResult:
+        t0 = time.perf_counter()
+        scores: list[list[float]] = [[] for _ in trajectories]
+        todo: list[tuple[int, Encoded]] = []
+        for i, t in enumerate(trajectories):
+            if not t.steps:  # nothing to score
+                continue
+            ids, pos = self.encode(t)
+            if len(pos) != len(t.steps):
+                raise PRMOutputError(
+                    f"{self.name}: the encoded input of trajectory {i} has {len(pos)} score "
+                    f"positions for {len(t.steps)} steps; the tokenizer merged or split a step "
+                    "tag (check the tag/label tokens of this PRM)."
+                )
+            todo.append((i, (ids, pos)))
+        todo.sort(key=lambda item: len(item[1][0]))  # similar lengths share a chunk
+        for c in range(0, len(todo), self.batch_size):
+            chunk = todo[c : c + self.batch_size]
+            rows = self._score_chunk([enc for _, enc in chunk])
+            for (i, _), row in zip(chunk, rows, strict=True):
+                scores[i] = row
+        tokens = sum(len(enc[0]) for _, enc in todo)
+        usage = Usage(
+            prm_calls=1,
+            prm_tokens=tokens,
+            prm_flops=2.0 * self.num_parameters * tokens,
+            seconds=time.perf_counter() - t0,
+        )
+        return PRMResult(scores=scores, usage=usage)
+
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Last hidden states [B, T, H] of the body (after its final norm)."""
+        out = self.body()(input_ids=input_ids, attention_mask=attention_mask)
+        hidden = getattr(out, "last_hidden_state", None)
+        return hidden if hidden is not None else out[0]
+
+    @torch.inference_mode()
+    def _score_chunk(self, items: list[Encoded]) -> list[list[float]]:
+        width = max(len(ids) for ids, _ in items)
+        ids = torch.full((len(items), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(items), width), dtype=torch.long)
+        for r, (seq, _) in enumerate(items):
+            ids[r, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+            mask[r, : len(seq)] = 1
+        hidden = self.hidden_states(ids.to(self.device), mask.to(self.device))
+        rows = torch.cat(
+            [torch.full((len(p),), r, dtype=torch.long) for r, (_, p) in enumerate(items)]
+        )
+        cols = torch.tensor([q for _, p in items for q in p], dtype=torch.long)
+        probs = self.readout(hidden[rows.to(hidden.device), cols.to(hidden.device)])
+        flat = probs.float().cpu().tolist()
+        out, k = [], 0
+        for _, p in items:
+            out.append(flat[k : k + len(p)])
+            k += len(p)
+        return out
+
+
+class MathShepherdPRM(CausalLMPRM):
+    """Math-Shepherd: a causal LM read at every ``ки``; score = P("+") vs "-" (module doc)."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        step_tag: str = "ки",
+        good_token: str = "+",
+        bad_token: str = "-",
+        candidate_token_ids: Sequence[int] | None = None,
+        step_separator: str = "\n",
+        **kw: Any,
+    ):
+        super().__init__(model, tokenizer, **kw)
+        tag_ids = tokenizer.encode(step_tag, add_special_tokens=False)
+        if not tag_ids or tokenizer.convert_ids_to_tokens(tag_ids[-1]) == tokenizer.unk_token:
+            raise ValueError(
+                f"the tokenizer has no token for the step tag {step_tag!r}; pass the tag this "
+                "PRM was trained with via step_tag=..., or add it to the tokenizer"
+            )
+        self.step_tag = step_tag
+        self.step_tag_id = int(tag_ids[-1])
+        self.step_separator = step_separator
+        ids = (
+            list(candidate_token_ids)
+            if candidate_token_ids is not None
+            else label_token_ids(tokenizer, good_token, bad_token)
+        )
+        if len(ids) != 2:
+            raise ValueError(f"candidate_token_ids must be [good_id, bad_id], got {ids}")
+        self.candidate_ids = [int(i) for i in ids]
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        dtype: torch.dtype = torch.float32,
+        *,
+        model_kwargs: dict[str, Any] | None = None,
+        tokenizer_kwargs: dict[str, Any] | None = None,
+        **kw: Any,
+    ) -> MathShepherdPRM:
+        """Load with ``AutoModelForCausalLM`` (e.g. ``peiyi9979/math-shepherd-mistral-7b-prm``)."""
+        tokenizer = AutoTokenizer.from_pretrained(str(path), **(tokenizer_kwargs or {}))
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path), **dtype_kwargs(dtype), **(model_kwargs or {})
+        )
+        kw.setdefault("name", f"{cls.__name__}({Path(str(path)).name})")
+        return cls(model, tokenizer, **kw)
+
+    def render(self, trajectory: Trajectory) -> str:
+        """``"{question} {step_1} ки\\n{step_2} ки..."`` (tags inside steps removed)."""
+        steps = [s.replace(self.step_tag, "").strip() for s in trajectory.steps]
+        body = self.step_separator.join(f"{s} {self.step_tag}" for s in steps)
+        return f"{trajectory.question} {body}"
+
+    def encode(self, trajectory: Trajectory) -> Encoded:
+        ids = list(self.tokenizer(self.render(trajectory))["input_ids"])
+        pos = [k for k, t in enumerate(ids) if t == self.step_tag_id]
+        # A tag-like token inside the question (Russian text) precedes the steps' tags.
+        return ids, pos[len(pos) - len(trajectory.steps) :] if len(pos) > len(
+            trajectory.steps
+        ) else pos
+
+    def readout(self, hidden: torch.Tensor) -> torch.Tensor:
+        return lm_head_logits(self.model, hidden, self.candidate_ids).softmax(-1)[:, 0]

@@ -1,0 +1,143 @@
+"""The RLHFlow PRM interface on ``transformers``: each step is a chat turn judged "+" / "-".
+
+Exact contract of ``RLHFlow/Llama3.1-8B-PRM-Deepseek-Data`` / ``-Mistral-Data`` (their
+``math-rm`` inference code):
+
+* conversation: ``user: question + " " + step_1``, ``assistant: "+"``, ``user: step_2``,
+  ``assistant: "+"``, ... -- one user/assistant pair per step, every assistant reply the
+  good label; rendered with the tokenizer's chat template (``tokenize=False``) and tokenized
+  without extra special tokens (the template writes ``<|begin_of_text|>``);
+* candidate ids: the last id of ``tokenizer.encode("+")`` and of ``tokenizer.encode("-")``;
+* score of step ``k``: ``softmax(logits[p_k, [good, bad]])[0]`` where ``p_k`` is the position
+  just before the k-th assistant reply token (the reference reads ``logits[:, -3]`` of the
+  conversation cut after reply ``k``: ``... <|end_header_id|> "\\n\\n" | "+" <|eot_id|>``).
+
+The reference runs one forward per prefix; with causal attention every reply position sees
+exactly the conversation up to its own turn, so **one** forward over the whole conversation
+gives the same scores for all steps, and all trajectories share one batched forward.
+
+The reply positions are found without guessing the template: every assistant reply is first
+rendered as a unique sentinel, then replaced by ``"+"`` while recording its character offset,
+and the token starting at that offset (fast-tokenizer offsets) must be the ``"+"`` token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from langchain_tts.core.errors import PRMOutputError
+from langchain_tts.core.types import Trajectory
+from langchain_tts.policies.hf import dtype_kwargs
+from langchain_tts.prms.math_shepherd import CausalLMPRM, Encoded, lm_head_logits
+
+__all__ = ["RLHFlowPRM"]
+
+_SLOT = "@@LANGCHAIN_TTS_PRM_REPLY@@"
+
+
+class RLHFlowPRM(CausalLMPRM):
+    """RLHFlow: multi-turn chat, P("+") vs "-" at every assistant reply (module doc)."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        good_token: str = "+",
+        bad_token: str = "-",
+        candidate_token_ids: Sequence[int] | None = None,
+        **kw: Any,
+    ):
+        super().__init__(model, tokenizer, **kw)
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError("RLHFlowPRM needs a tokenizer with a chat template")
+        if not getattr(tokenizer, "is_fast", False):
+            raise ValueError("RLHFlowPRM needs a fast tokenizer (character offsets)")
+        if candidate_token_ids is None:
+            candidate_token_ids = [
+                tokenizer.encode(t, add_special_tokens=False)[-1] for t in (good_token, bad_token)
+            ]
+        ids = [int(i) for i in candidate_token_ids]
+        if len(ids) != 2 or ids[0] == ids[1]:
+            raise ValueError(f"candidate_token_ids must be [good_id, bad_id], got {ids}")
+        self.good_token = good_token
+        self.candidate_ids = ids
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        dtype: torch.dtype = torch.float32,
+        *,
+        model_kwargs: dict[str, Any] | None = None,
+        tokenizer_kwargs: dict[str, Any] | None = None,
+        **kw: Any,
+    ) -> RLHFlowPRM:
+        """Load with ``AutoModelForCausalLM`` (e.g. ``RLHFlow/Llama3.1-8B-PRM-Deepseek-Data``)."""
+        tokenizer = AutoTokenizer.from_pretrained(str(path), **(tokenizer_kwargs or {}))
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path), **dtype_kwargs(dtype), **(model_kwargs or {})
+        )
+        kw.setdefault("name", f"{cls.__name__}({Path(str(path)).name})")
+        return cls(model, tokenizer, **kw)
+
+    def conversation(self, trajectory: Trajectory, reply: str | None = None) -> list[dict]:
+        """The chat turns: ``question + " " + step_1``, reply, ``step_2``, reply, ..."""
+        reply = self.good_token if reply is None else reply
+        turns: list[dict] = []
+        for k, step in enumerate(trajectory.steps):
+            text = f"{trajectory.question} {step}" if k == 0 else step
+            turns.append({"role": "user", "content": text})
+            turns.append({"role": "assistant", "content": reply})
+        return turns
+
+    def render(self, trajectory: Trajectory) -> tuple[str, list[int]]:
+        """The rendered conversation and the character offset of every assistant reply."""
+        if _SLOT in trajectory.question or any(_SLOT in s for s in trajectory.steps):
+            raise PRMOutputError(f"{self.name}: the text contains the reserved marker {_SLOT}")
+        text = str(
+            self.tokenizer.apply_chat_template(
+                self.conversation(trajectory, reply=_SLOT), tokenize=False
+            )
+        )
+        parts = text.split(_SLOT)
+        if len(parts) != len(trajectory.steps) + 1:
+            raise PRMOutputError(
+                f"{self.name}: the chat template rendered {len(parts) - 1} assistant replies for "
+                f"{len(trajectory.steps)} steps"
+            )
+        out, offsets = parts[0], []
+        for part in parts[1:]:
+            offsets.append(len(out))
+            out += self.good_token + part
+        return out, offsets
+
+    def encode(self, trajectory: Trajectory) -> Encoded:
+        text, offsets = self.render(trajectory)
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids = list(enc["input_ids"])
+        starts = {int(s): t for t, (s, e) in enumerate(enc["offset_mapping"]) if e > s}
+        positions = []
+        for k, c in enumerate(offsets):
+            t = starts.get(c)
+            if t is None or t == 0 or ids[t] != self.candidate_ids[0]:
+                raise PRMOutputError(
+                    f"{self.name}: the reply of step {k} is not tokenized as the label token "
+                    f"{self.good_token!r} (id {self.candidate_ids[0]}); it merged with the "
+                    "text around it, so this chat template does not fit this PRM"
+                )
+            positions.append(t - 1)  # the logits that predict the reply
+        return ids, positions
+
+    def readout(self, hidden: torch.Tensor) -> torch.Tensor:
+        return lm_head_logits(self.model, hidden, self.candidate_ids).softmax(-1)[:, 0]

@@ -1,0 +1,296 @@
+"""Serve TTS graphs over HTTP with LangServe: one route per strategy, knobs per request.
+
+``create_app()`` returns a FastAPI app with ``/tts/<strategy>/invoke|batch|stream|...`` for
+every strategy (on the embedded default models unless you pass a policy and PRM) and
+``/health``. ``tts serve`` runs it with uvicorn. Clients use ``langserve.RemoteRunnable``::
+
+    RemoteRunnable("http://127.0.0.1:8000/tts/beam_search/").invoke(
+        {"question": "..."}, {"configurable": {"n": 8, "thread_id": "t1"}})
+
+Why the extra plumbing around ``add_routes``:
+
+* LangServe validates ``config["configurable"]`` against the runnable's config schema and
+  drops what the schema lacks; a plain TTS graph has none, so knobs and ``thread_id`` would
+  vanish. :func:`servable_graph` gives each graph a knobs schema (also what LangGraph
+  Studio shows), and the per-request modifier restores ``thread_id``.
+* Bad input must be a 4xx with a clear message, never a 500 (nor a 500 event inside a
+  200 stream): requests are validated before the graph runs (:class:`TTSRequest`), and
+  ``InputError`` / ``ConfigError`` that still escape are mapped to 422 / 400.
+* Under LangServe graphs run async, so a checkpointer must be async: a database path is
+  opened as an ``AsyncSqliteSaver`` in the app's lifespan.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import uuid
+import warnings
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from langchain_core.messages import AnyMessage
+from langchain_core.runnables import RunnableBinding
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.graph.state import CompiledStateGraph
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from langchain_tts.core.config import StrategyConfig
+from langchain_tts.core.errors import ConfigError, InputError
+from langchain_tts.graph import STRATEGIES, create_tts_graph, strategy_config
+from langchain_tts.policies.base import StepPolicy
+from langchain_tts.prms.base import ProcessRewardModel
+from langchain_tts.strategies.core import question_of, resolve_config
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+#: requests larger than this are refused with 413 before they are parsed
+MAX_BODY_BYTES = 4 * 1024 * 1024
+
+
+class TTSRequest(BaseModel):
+    """What a served graph accepts: ``{"question": str}`` or chat ``{"messages": [...]}``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    question: str | None = Field(None, description="the problem text")
+    messages: list[AnyMessage] = Field(
+        default_factory=list, description="chat input; the last human message is the question"
+    )
+
+    @model_validator(mode="after")
+    def _has_question(self) -> TTSRequest:
+        # The graph's own check, run before the graph so errors are 422s, also for streams.
+        question_of({"question": self.question, "messages": self.messages})
+        return self
+
+
+def knobs_schema(strategy: str, base: StrategyConfig | dict | None = None) -> type[StrategyConfig]:
+    """The per-call knobs of ``strategy`` as a pydantic model, defaulting to ``base``.
+
+    Defaults are the served config (not the class defaults), because LangServe fills every
+    field in. Extra keys are allowed so ``thread_id`` and other graphs' keys pass through;
+    the strategy's own validators still reject bad combinations (e.g. ``n`` not a multiple
+    of ``beam_width``).
+    """
+    cfg = strategy_config(strategy, base)
+    cls = type(cfg)
+    annotations: dict[str, Any] = {}
+    fields: dict[str, Any] = {}
+    for name, info in cls.model_fields.items():
+        f = copy.copy(info)
+        f.default = getattr(cfg, name)
+        f.default_factory = None
+        annotations[name] = info.annotation
+        fields[name] = f
+    name = "".join(p.title() for p in strategy.split("_")) + "Knobs"
+    ns = {
+        "__annotations__": annotations,
+        "__module__": __name__,
+        "__doc__": f"Per-call knobs of {strategy} (config['configurable'] or run context).",
+        "model_config": ConfigDict(extra="allow", title=name),
+        **fields,
+    }
+    return type(name, (cls,), ns)
+
+
+def servable_graph(
+    policy: StepPolicy,
+    prm: ProcessRewardModel | None,
+    strategy: str,
+    config: StrategyConfig | dict | None = None,
+    *,
+    checkpointer: BaseCheckpointSaver | None = None,
+) -> CompiledStateGraph:
+    """``create_tts_graph`` plus a knobs schema, for LangServe and LangGraph Studio."""
+    graph = create_tts_graph(policy, prm, strategy, config, checkpointer=checkpointer)
+    return graph.copy(update={"context_schema": knobs_schema(strategy, config)})
+
+
+class _ServedGraph(RunnableBinding):
+    """A graph with :class:`TTSRequest` as input type that keeps the graph's config schema.
+
+    LangServe applies ``input_type`` with ``with_types``, whose binding reports an empty
+    config schema, so ``configurable`` would be dropped; this binding delegates instead.
+    """
+
+    def config_schema(self, *, include: Sequence[str] | None = None) -> type[BaseModel]:
+        with warnings.catch_warnings():  # LangGraph 1.x deprecates it; LangServe needs it
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return self.bound.config_schema(include=include)
+
+
+def default_configs(budget: int = 16) -> dict[str, dict[str, Any]]:
+    """A config per strategy that spends about ``budget`` samples per question."""
+    from langchain_tts.eval.runner import budget_config
+
+    return {s: budget_config(s, budget) for s in STRATEGIES}
+
+
+def _thread_id_from_body(body: Any) -> str | None:
+    cfg = body.get("config") if isinstance(body, dict) else None
+    conf = cfg.get("configurable") if isinstance(cfg, dict) else None
+    tid = conf.get("thread_id") if isinstance(conf, dict) else None
+    return str(tid) if tid is not None else None
+
+
+def create_app(
+    policy: StepPolicy | None = None,
+    prm: ProcessRewardModel | None = None,
+    strategies: Sequence[str] | None = None,
+    *,
+    configs: dict[str, StrategyConfig | dict] | None = None,
+    budget: int = 16,
+    checkpointer: BaseCheckpointSaver | str | Path | None = None,
+    title: str = "langchain-tts",
+) -> FastAPI:
+    """A FastAPI app serving one LangServe route per strategy at ``/tts/<strategy>``.
+
+    ``policy``/``prm``: default to the embedded models (``load_default()``); with a policy
+    of your own and ``prm=None``, only strategies that need no PRM are served.
+    ``strategies``: default all that can run with these models. ``configs``: per-strategy
+    base configs (default: :func:`default_configs` at ``budget``); knobs are overridable per
+    request through ``configurable``. ``checkpointer``: an async-capable saver, or a SQLite
+    path opened as ``AsyncSqliteSaver`` for the app's lifetime; with one, requests without
+    a ``thread_id`` get a fresh one.
+    """
+    from fastapi import FastAPI, HTTPException, Request  # noqa: F811 - runtime import
+    from fastapi.responses import JSONResponse
+    from langserve import add_routes
+
+    if policy is None:  # the embedded models; the embedded PRM too unless one is given
+        from langchain_tts.models import load_default_policy, load_default_prm
+
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        policy = load_default_policy()
+        prm = prm if prm is not None else load_default_prm()
+    base_configs = {**default_configs(budget), **(configs or {})}
+    saver_path = checkpointer if isinstance(checkpointer, (str, Path)) else None
+    saver = checkpointer if isinstance(checkpointer, BaseCheckpointSaver) else None
+    if saver_path is not None:
+        from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver  # fail early if missing
+
+        saver_type: type = AsyncSqliteSaver
+    else:
+        saver_type = type(saver)
+
+    graphs: dict[str, CompiledStateGraph] = {}
+    for name in strategies or list(STRATEGIES):
+        try:
+            graphs[name] = servable_graph(
+                policy, prm, name, base_configs.get(name), checkpointer=saver
+            )
+        except ConfigError:
+            if strategies is not None:  # asked for explicitly: say why it cannot be served
+                raise
+    if not graphs:
+        raise ConfigError("no strategy can be served with these models (pass a PRM?)")
+    uses_threads = checkpointer is not None
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            if saver_path is not None:
+                from langchain_tts.checkpoint import async_sqlite_saver
+
+                opened = await stack.enter_async_context(async_sqlite_saver(saver_path))
+                for g in graphs.values():
+                    g.checkpointer = opened
+            try:
+                yield
+            finally:  # the connection closes with the lifespan: do not keep a dead saver
+                if saver_path is not None:
+                    for g in graphs.values():
+                        g.checkpointer = None
+
+    app = FastAPI(
+        title=title,
+        version="1",
+        description="Test-time compute scaling strategies (PRM beam search, best-of-N, ...)",
+        lifespan=lifespan,
+    )
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next: Any) -> Any:
+        size = request.headers.get("content-length")
+        if size is not None and size.isdigit() and int(size) > MAX_BODY_BYTES:
+            return JSONResponse(
+                {"detail": f"request body is {size} bytes; the limit is {MAX_BODY_BYTES}"},
+                status_code=413,
+            )
+        return await call_next(request)
+
+    @app.exception_handler(InputError)
+    async def _input_error(_: Request, exc: InputError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    @app.exception_handler(ValidationError)
+    async def _validation_error(_: Request, exc: ValidationError) -> JSONResponse:
+        # LangServe's batch endpoint validates inputs outside its 422 translation.
+        return JSONResponse(
+            {"detail": exc.errors(include_url=False, include_context=False)}, status_code=422
+        )
+
+    @app.exception_handler(ConfigError)
+    async def _config_error(_: Request, exc: ConfigError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        """Liveness plus what is served (load balancers and `tts serve` smoke checks)."""
+        return {
+            "status": "ok",
+            "strategies": sorted(graphs),
+            "policy": getattr(policy, "name", None),
+            "prm": getattr(prm, "name", None),
+            "checkpointer": saver_type.__name__ if uses_threads else None,
+        }
+
+    def config_modifier(graph: CompiledStateGraph) -> Any:
+        base = graph.context_schema
+
+        async def per_request(config: dict[str, Any], request: Request) -> dict[str, Any]:
+            """Keep ``configurable`` (knobs, ``thread_id``), check knobs before the run."""
+            conf = dict(config.get("configurable") or {})
+            if "thread_id" not in conf and request.method == "POST":
+                try:
+                    tid = _thread_id_from_body(await request.json())
+                except ValueError:
+                    tid = None
+                if tid is not None:
+                    conf["thread_id"] = tid
+            if uses_threads and not conf.get("thread_id"):
+                conf["thread_id"] = uuid.uuid4().hex
+            # LangServe's copy of the knobs schema keeps types but not constraints: apply the
+            # strategy's validation here, so a bad knob is a 400 before any stream starts.
+            try:
+                resolve_config(base(), {"configurable": conf})
+            except ConfigError as e:
+                raise HTTPException(status_code=400, detail=str(e)) from e
+            return {**config, "configurable": conf}
+
+        return per_request
+
+    for name, graph in graphs.items():
+        add_routes(
+            app,
+            _ServedGraph(bound=graph, custom_input_type=TTSRequest),
+            path=f"/tts/{name}",
+            per_req_config_modifier=config_modifier(graph),
+            enabled_endpoints=(
+                "invoke",
+                "batch",
+                "stream",
+                "stream_log",
+                "stream_events",
+                "input_schema",
+                "output_schema",
+                "config_schema",
+                "playground",
+            ),
+        )
+    app.state.graphs = graphs
+    return app

@@ -1,0 +1,180 @@
+"""ChatModelPolicy around LangChain fake / scripted chat models and LLMs."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+from langchain_core.language_models import BaseChatModel
+from langchain_core.language_models.fake import FakeListLLM
+from langchain_core.language_models.fake_chat_models import FakeListChatModel
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+from pydantic import PrivateAttr
+
+from langchain_tts import BackendError, ConfigError, create_tts_graph
+from langchain_tts.core.config import SamplingParams
+from langchain_tts.core.types import Trajectory
+from langchain_tts.policies.chat_model import ChatModelPolicy
+from langchain_tts.testing import FakePRM
+
+
+class ScriptedChat(BaseChatModel):
+    """Answers from the prompt: ``STEP<k>.<i>`` after k steps (then a boxed answer)."""
+
+    reject_stop: bool = False
+    fail_on: str | None = None
+    finish_reason: str = "stop"
+    _calls: list[dict] = PrivateAttr(default_factory=list)
+    _lock: Any = PrivateAttr(default_factory=threading.Lock)
+
+    @property
+    def _llm_type(self) -> str:
+        return "scripted"
+
+    def _generate(
+        self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager=None, **kw
+    ) -> ChatResult:
+        text = str(messages[-1].content)
+        with self._lock:
+            self._calls.append({"messages": messages, "stop": stop, "kwargs": kw})
+            i = sum(1 for c in self._calls if c["messages"][-1].content == text) - 1
+        if self.reject_stop and stop:
+            raise ValueError("this provider does not support stop sequences")
+        if self.fail_on and self.fail_on in text:
+            raise RuntimeError("provider is down")
+        k = text.count("STEP")
+        reply = f"STEP{k}.{i}\n\nand then more" if k < 2 else "So \\boxed{5}"
+        msg = AIMessage(
+            content=reply,
+            usage_metadata={"input_tokens": 11, "output_tokens": 3, "total_tokens": 14},
+            response_metadata={"finish_reason": self.finish_reason},
+        )
+        return ChatResult(generations=[ChatGeneration(message=msg)])
+
+
+PREFIXES = [
+    Trajectory(question="Start with 3. Add 4."),
+    Trajectory(question="Start with 7.", steps=["STEP0.0"]),
+]
+
+
+def test_one_batch_over_prefixes_and_samples():
+    llm = ScriptedChat()
+    policy = ChatModelPolicy(llm, max_concurrency=4, num_parameters=100)
+    result = policy.generate(PREFIXES, n=3, params=SamplingParams(max_step_tokens=50))
+    assert len(llm._calls) == 6 and all(c["stop"] == ["\n\n"] for c in llm._calls)
+    assert [[s.text.split(".")[0] for s in row] for row in result.steps] == [
+        ["STEP0"] * 3,
+        ["STEP1"] * 3,
+    ]
+    assert sorted(s.text for s in result.steps[0]) == ["STEP0.0", "STEP0.1", "STEP0.2"]
+    assert all(s.finish_reason == "step" and s.tokens == 3 for row in result.steps for s in row)
+    u = result.usage
+    assert (u.policy_calls, u.policy_prompt_tokens, u.policy_generated_tokens) == (1, 66, 18)
+    assert u.policy_flops == 2.0 * 100 * (66 + 18)
+    assert policy.supports_stop is True
+
+
+def test_prompt_holds_question_and_steps_so_far():
+    llm = ScriptedChat()
+    policy = ChatModelPolicy(llm, system_prompt="You are careful.")
+    messages = policy.render_input(Trajectory(question="Q?", steps=["a=1", "b=2"]))
+    assert isinstance(messages[0], SystemMessage) and isinstance(messages[1], HumanMessage)
+    text = messages[1].content
+    assert "Q?" in text and "a=1\n\nb=2" in text and "next single step" in text
+    first = policy.render_input(Trajectory(question="Q?"))[1].content
+    assert "(no steps yet)" in first
+    whole = policy.render_input(Trajectory(question="Q?"), one_step=False)[1].content
+    assert "to the end" in whole
+
+
+def test_finish_reasons():
+    # A reply cut at the delimiter is a step, whatever the provider says after it.
+    policy = ChatModelPolicy(ScriptedChat(finish_reason="length"))
+    assert policy.generate(PREFIXES[:1]).steps[0][0].finish_reason == "step"
+    # One step without a delimiter (what a chat model is asked for) is a step too.
+    short = ChatModelPolicy(FakeListChatModel(responses=["half a st"]))
+    assert short.generate(PREFIXES[:1]).steps[0][0].finish_reason == "step"
+    empty = ChatModelPolicy(FakeListChatModel(responses=["  "]))
+    assert empty.generate(PREFIXES[:1]).steps[0][0].finish_reason == "eos"
+
+    class Truncated(ScriptedChat):
+        def _generate(self, messages, stop=None, run_manager=None, **kw):
+            msg = AIMessage(content="cut mid", response_metadata={"finish_reason": "length"})
+            return ChatResult(generations=[ChatGeneration(message=msg)])
+
+    # No delimiter and a length stop: the step hit the token cap.
+    step = ChatModelPolicy(Truncated()).generate(PREFIXES[:1]).steps[0][0]
+    assert (step.text, step.finish_reason) == ("cut mid", "length")
+
+
+def test_fake_list_chat_model_estimates_tokens():
+    llm = FakeListChatModel(responses=["12+3=15\n\nmore", "\\boxed{15}"])
+    policy = ChatModelPolicy(llm, max_concurrency=1)
+    result = policy.generate(PREFIXES[:1], n=2)
+    assert [s.text for s in result.steps[0]] == ["12+3=15", "\\boxed{15}"]
+    # no usage_metadata: characters / 4, rounded up
+    assert [s.tokens for s in result.steps[0]] == [4, 3]
+    assert result.usage.policy_prompt_tokens > 0
+
+
+def test_plain_llm_continues_the_text():
+    llm = FakeListLLM(responses=["3+4=7"])
+    policy = ChatModelPolicy(llm)
+    assert policy.render_input(PREFIXES[1]) == "Start with 7.\n\nSTEP0.0\n\n"
+    result = policy.generate(PREFIXES, n=2)
+    assert [[s.text for s in row] for row in result.steps] == [["3+4=7"] * 2] * 2
+
+
+def test_model_without_stop_support_is_called_without_it():
+    llm = ScriptedChat(reject_stop=True)
+    policy = ChatModelPolicy(llm)
+    result = policy.generate(PREFIXES, n=2)
+    assert policy.supports_stop is False
+    # cut at the delimiter client-side
+    assert all(s.text.startswith("STEP0.") and "\n" not in s.text for s in result.steps[0])
+    calls = len(llm._calls)
+    policy.generate(PREFIXES[:1])
+    assert [c["stop"] for c in llm._calls[calls:]] == [None]
+
+
+def test_sampling_kwargs_are_forwarded_when_asked():
+    llm = ScriptedChat()
+    params = SamplingParams(temperature=0.3, top_p=0.8, max_step_tokens=64, seed=1)
+    ChatModelPolicy(llm, pass_sampling=True).generate(PREFIXES[:1], params=params)
+    assert llm._calls[-1]["kwargs"] == {
+        "temperature": 0.3,
+        "top_p": 0.8,
+        "max_tokens": 64,
+        "seed": 1,
+    }
+    ChatModelPolicy(llm).generate(PREFIXES[:1], params=params)
+    assert llm._calls[-1]["kwargs"] == {}
+
+
+def test_failures_raise_backend_error_with_partial_steps():
+    llm = ScriptedChat(fail_on="Start with 7.")
+    with pytest.raises(BackendError, match="2 of 4 model calls failed.*provider is down") as info:
+        ChatModelPolicy(llm).generate(PREFIXES, n=2)
+    grid = info.value.partial["steps"]
+    assert [s is None for s in grid[0]] == [False, False] and grid[1] == [None, None]
+    assert grid[0][0].text.startswith("STEP0.")
+
+
+def test_rejects_non_models():
+    with pytest.raises(ConfigError, match="LangChain"):
+        ChatModelPolicy(object())  # type: ignore[arg-type]
+
+
+def test_beam_search_graph_with_a_chat_model():
+    llm = ScriptedChat()
+    prm = FakePRM(lambda t: [0.9] * len(t.steps))
+    graph = create_tts_graph(
+        ChatModelPolicy(llm), prm, "beam_search", {"n": 4, "beam_width": 2, "max_steps": 5}
+    )
+    out = graph.invoke({"question": "Start with 3. Add 2."})
+    assert out["answer"] == "5"
+    assert out["usage"].policy_calls == len(prm.calls) == 3
+    assert len(llm._calls) == 4 + 4 + 4  # root x 4, then 2 beams x 2 per step

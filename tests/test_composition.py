@@ -1,0 +1,126 @@
+"""Composition: the agent example (planner -> CoT | beam search subgraph) routes and answers
+synthetic questions; the docs' deployment page runs as written on the embedded models."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from langchain_tts.core.config import SamplingParams
+from langchain_tts.core.types import Step, Trajectory, Usage
+from langchain_tts.eval.synthetic import make_split, parse_question
+from langchain_tts.models import WEIGHTS_DIR
+from langchain_tts.policies.base import PolicyResult, StepPolicy
+from langchain_tts.testing import FakePRM
+
+ROOT = Path(__file__).resolve().parent.parent
+HAS_WEIGHTS = (WEIGHTS_DIR / "prm" / "model.safetensors").exists()
+requires_weights = pytest.mark.skipif(not HAS_WEIGHTS, reason="embedded weights not built yet")
+
+
+def load_example() -> ModuleType:
+    """``integrations/agent_example.py`` is a script, not a package module: load it by path."""
+    if "agent_example" in sys.modules:
+        return sys.modules["agent_example"]
+    spec = importlib.util.spec_from_file_location(
+        "agent_example", ROOT / "integrations" / "agent_example.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["agent_example"] = module  # its state annotations resolve through it
+    spec.loader.exec_module(module)
+    return module
+
+
+class OraclePolicy(StepPolicy):
+    """Writes the gold solution of a synthetic question: the next step, or all the rest."""
+
+    name = "oracle"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def _agenerate(
+        self, prefixes: Sequence[Trajectory], n: int, params: SamplingParams
+    ) -> PolicyResult:
+        self.calls += 1
+        rows = []
+        for p in prefixes:
+            rest = parse_question(p.question).gold_steps[len(p.steps) :]
+            text = rest[0] if params.stop_at_step else "\n\n".join(rest)
+            reason = "step" if params.stop_at_step else "eos"
+            rows.append([Step(text=text, tokens=len(text), finish_reason=reason)] * n)
+        return PolicyResult(steps=rows, usage=Usage(policy_calls=1))
+
+
+def test_planner_rule():
+    ex = load_example()
+    assert ex.count_operations("Start with 3. Add 4. Multiply by 2. Subtract 1.") == 3
+    assert ex.count_operations("What is 12 plus 7?") == 1
+    assert ex.count_operations("Compute 3, 4, 5 and 6 together") == 3  # numbers - 1
+    assert ex.plan("Start with 3. Add 4.") == "direct"
+    assert ex.plan("Start with 3. Add 4. Add 5. Divide by 2.") == "careful"
+    for p in make_split("test", 8):
+        assert ex.count_operations(p.question) == p.difficulty
+
+
+def test_agent_routes_and_answers_synthetic_questions():
+    ex = load_example()
+    prm = FakePRM(lambda t: [0.9] * len(t.steps))
+    agent = ex.build_agent(OraclePolicy(), prm, threshold=3)
+    for p in make_split("test", 8):
+        out = agent.invoke({"messages": [("human", p.question)]})
+        assert out["answer"] == p.answer, p.question
+        assert out["route"] == ("careful" if p.difficulty >= 3 else "direct")
+        # Only the careful route pays for verification: one PRM call per search step.
+        assert (out["usage"].prm_calls > 0) == (out["route"] == "careful")
+        assert out["messages"][-1].type == "ai" and f"\\boxed{{{p.answer}}}" in (
+            out["messages"][-1].content
+        )
+
+
+@pytest.mark.slow
+@requires_weights
+def test_agent_on_the_embedded_models():
+    from langchain_tts.models import load_default
+
+    ex = load_example()
+    agent = ex.build_agent(*load_default(), beam_config={"n": 8, "beam_width": 4, "seed": 0})
+    probs = make_split("test", 8)
+    easy = probs[0]
+    assert easy.difficulty == 1
+    out = agent.invoke({"messages": [("human", easy.question)]})
+    assert out["route"] == "direct" and out["answer"] == easy.answer
+    assert out["usage"].prm_calls == 0
+    hard = next(p for p in probs if p.difficulty >= 3)
+    out = agent.invoke({"messages": [("human", hard.question)]})
+    assert out["route"] == "careful" and out["answer"] is not None
+    assert out["usage"].prm_calls >= hard.difficulty  # searched step by step
+
+
+@pytest.mark.slow
+@requires_weights
+def test_deployment_doc_python_blocks_run():
+    text = (ROOT / "docs" / "deployment.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert len(blocks) >= 3
+    namespace: dict = {"__name__": "deployment_doc"}
+    for i, block in enumerate(blocks):
+        try:
+            exec(compile(block, f"deployment.md[block {i}]", "exec"), namespace)
+        except Exception as e:  # pragma: no cover - the message names the failing block
+            raise AssertionError(f"deployment.md block {i} failed: {e!r}\n{block}") from e
+
+
+def test_doc_agent_matches_the_example():
+    """The docs show the example's rule and graph shape; keep them from drifting apart."""
+    doc = (ROOT / "docs" / "deployment.md").read_text()
+    example = (ROOT / "integrations" / "agent_example.py").read_text()
+    for needle in ['"planner"', '"direct"', '"careful"', "threshold: int = 3", '"cot"']:
+        assert needle in doc and needle in example, needle
+    assert "add|subtract|multiply|divide|plus|minus|times|sum|difference|product|quotient" in (doc)

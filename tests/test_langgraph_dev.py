@@ -1,0 +1,157 @@
+"""``langgraph dev --config graphs/langgraph.json`` loads every graph, shows the knobs, and
+runs a search over the LangGraph SDK (stream and wait), on the embedded models.
+
+The server is a subprocess on 127.0.0.1 with a free port, given at most 90 s to come up and
+killed (its whole process group) afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("langgraph_api")
+sdk = pytest.importorskip("langgraph_sdk")
+httpx = pytest.importorskip("httpx")
+
+from langchain_tts.eval.synthetic import make_split  # noqa: E402
+from langchain_tts.models import WEIGHTS_DIR  # noqa: E402
+
+GRAPHS_DIR = Path(__file__).resolve().parent.parent / "graphs"
+HAS_WEIGHTS = (WEIGHTS_DIR / "prm" / "model.safetensors").exists()
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not HAS_WEIGHTS, reason="embedded weights not built yet"),
+]
+STARTUP_S = 90
+_API_LINE = re.compile(r"API:\s*(?:\x1b\[[0-9;]*m)*(http://127\.0\.0\.1:\d+)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def langgraph_bin() -> str:
+    exe = Path(sys.executable).with_name("langgraph")
+    return str(exe) if exe.exists() else "langgraph"
+
+
+def start_dev_server(config_dir: Path, log_path: Path) -> tuple[subprocess.Popen, str]:
+    """Start ``langgraph dev`` and return it with its URL, read from its log once it is up."""
+    port = free_port()
+    cmd = [langgraph_bin(), "dev", "--no-browser", "--no-reload", "--host", "127.0.0.1"]
+    cmd += ["--port", str(port), "--config", "langgraph.json"]
+    env = {**os.environ, "LANGGRAPH_CLI_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1"}
+    log = log_path.open("w")  # outside the project: the watcher must not see it
+    proc = subprocess.Popen(
+        cmd, cwd=config_dir, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+    )
+    log.close()
+    deadline = time.monotonic() + STARTUP_S
+    url = None
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"langgraph dev exited:\n{log_path.read_text()[-3000:]}")
+        text = log_path.read_text(errors="replace")
+        if url is None and (m := _API_LINE.search(text)):
+            url = m.group(1)  # it may pick another port than the one asked for
+        if url is not None:
+            try:
+                if httpx.get(f"{url}/ok", timeout=2).status_code == 200:
+                    return proc, url
+            except httpx.TransportError:
+                pass
+        time.sleep(0.5)
+    stop(proc)
+    raise RuntimeError(f"langgraph dev not ready in {STARTUP_S} s:\n{log_path.read_text()[-3000:]}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def dev_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    log = tmp_path_factory.mktemp("langgraph-dev") / "server.log"
+    proc, url = start_dev_server(GRAPHS_DIR, log)
+    try:
+        yield url
+    finally:
+        stop(proc)
+
+
+@pytest.fixture(scope="module")
+def client(dev_url: str):
+    return sdk.get_sync_client(url=dev_url, timeout=120)
+
+
+def easy_problem():
+    return next(p for p in make_split("test", 8) if p.difficulty == 1)
+
+
+def test_every_graph_in_langgraph_json_is_loaded(client):
+    declared = set(json.loads((GRAPHS_DIR / "langgraph.json").read_text())["graphs"])
+    loaded = {a["graph_id"] for a in client.assistants.search(limit=100)}
+    assert declared <= loaded
+
+
+def test_knobs_show_as_the_context_schema(client):
+    (beam,) = client.assistants.search(graph_id="beam_search", limit=1)
+    schema = client.assistants.get_schemas(beam["assistant_id"])["context_schema"]
+    props = schema["properties"]
+    assert {"n", "beam_width", "aggregation", "temperature"} <= set(props)
+    assert props["n"]["default"] == 16
+
+
+def test_stream_a_beam_search_run(client):
+    p = easy_problem()
+    thread = client.threads.create()
+    events, last = [], {}
+    for chunk in client.runs.stream(
+        thread["thread_id"],
+        "beam_search",
+        input={"question": p.question},
+        config={"configurable": {"n": 4}},
+        stream_mode=["updates", "values"],
+    ):
+        assert chunk.event != "error", chunk.data
+        events.append(chunk.event)
+        if chunk.event == "values":
+            last = chunk.data
+        if chunk.event == "updates":
+            assert set(chunk.data) <= {"prepare", "step", "finalize"}
+    assert "updates" in events
+    assert last["answer"] == p.answer
+    assert len(last["candidates"]) == 4  # the knob reached the graph (default n is 16)
+
+
+def test_context_knobs_and_the_agent_graph(client):
+    p = easy_problem()
+    thread = client.threads.create()
+    out = client.runs.wait(
+        thread["thread_id"], "best_of_n", input={"question": p.question}, context={"n": 4}
+    )
+    assert out["answer"] == p.answer and len(out["candidates"]) == 4
+    out = client.runs.wait(
+        None, "agent", input={"messages": [{"role": "user", "content": p.question}]}
+    )
+    assert out["route"] == "direct" and out["answer"] == p.answer

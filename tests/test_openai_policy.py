@@ -1,0 +1,391 @@
+"""OpenAIPolicy against a scripted OpenAI-compatible server on 127.0.0.1 (stdlib only)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import re
+import socket
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from langchain_tts import BackendError, ConfigError, create_tts_graph
+from langchain_tts.core.config import SamplingParams
+from langchain_tts.core.types import Trajectory
+from langchain_tts.policies.openai import OpenAIPolicy, _distribute, map_finish_reason, server_root
+from langchain_tts.testing import FakePRM
+
+Handler = Callable[[str, dict], tuple]
+
+
+class FakeServer:
+    """A threaded HTTP server that records every JSON request and answers via ``handler``.
+
+    ``handler(path, body)`` returns ``(status, payload)`` or ``(status, payload, headers)``;
+    a ``str`` payload is sent as is (non-JSON bodies), anything else as JSON.
+    """
+
+    def __init__(self, handler: Handler):
+        self.handler = handler
+        self.requests: list[tuple[str, dict]] = []
+        outer = self
+
+        class _H(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server API
+                size = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(size) or b"{}")
+                outer.requests.append((self.path, body))
+                status, payload, *rest = outer.handler(self.path, body)
+                data = (
+                    payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
+                )
+                try:
+                    self.send_response(status)
+                    for k, v in (rest[0] if rest else {}).items():
+                        self.send_header(k, v)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except OSError:  # the client gave up (timeout tests)
+                    pass
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _H)
+        self.httpd.daemon_threads = True
+        self.httpd.block_on_close = False
+        self.thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
+        self.thread.start()
+
+    @property
+    def root(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    @property
+    def url(self) -> str:
+        return self.root + "/v1"
+
+    def paths(self, suffix: str) -> list[dict]:
+        return [body for path, body in self.requests if path.endswith(suffix)]
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def serve():
+    servers: list[FakeServer] = []
+
+    def start(handler: Handler) -> FakeServer:
+        servers.append(FakeServer(handler))
+        return servers[-1]
+
+    yield start
+    for s in servers:
+        s.close()
+
+
+def depth_of(prompt: str) -> int:
+    """Steps already in a ``chat_template="none"`` prompt: "question\\n\\n" + steps."""
+    return prompt.count("\n\n") - 1
+
+
+def vllm_like(
+    text: Callable[[int, str, int], tuple[str, str, Any]] | None = None, shuffle: bool = True
+) -> Callable[[dict], dict]:
+    """A /completions answer in vLLM's shape; ``text(i, prompt, j) -> (text, finish, stop)``."""
+
+    def default(i: int, prompt: str, j: int) -> tuple[str, str, Any]:
+        d = depth_of(prompt)
+        if d >= 2:
+            return "so the answer is \\boxed{7}", "stop", None  # EOS
+        return f"s{d}.{j}", "stop", "\n\n"
+
+    fn = text or default
+
+    def answer(body: dict) -> dict:
+        prompts, n = body["prompt"], body["n"]
+        choices = []
+        for i, p in enumerate(prompts):
+            for j in range(n):
+                t, finish, stop = fn(i, p, j)
+                choices.append(
+                    {
+                        "index": i * n + j,
+                        "text": t,
+                        "finish_reason": finish,
+                        "stop_reason": stop,
+                        "logprobs": None,
+                    }
+                )
+        if shuffle:
+            random.Random(0).shuffle(choices)
+        usage = {
+            "prompt_tokens": sum(len(p) for p in prompts),
+            "completion_tokens": sum(len(c["text"]) + 1 for c in choices),
+        }
+        return {"id": "cmpl-1", "object": "text_completion", "choices": choices, "usage": usage}
+
+    return answer
+
+
+def completions(answer: Callable[[dict], dict]) -> Handler:
+    def handler(path: str, body: dict) -> tuple:
+        assert path == "/v1/completions", path
+        return 200, answer(body)
+
+    return handler
+
+
+PREFIXES = [
+    Trajectory(question="Start with 3. Add 4."),
+    Trajectory(question="Start with 12.", steps=["12*2=24"]),
+    Trajectory(question="Start with 7.", steps=["7+1=8", "8-2=6"]),
+]
+
+
+def make_policy(server: FakeServer, **kw: Any) -> OpenAIPolicy:
+    kw.setdefault("chat_template", "none")
+    kw.setdefault("timeout", 5)
+    kw.setdefault("backoff", 0.01)
+    return OpenAIPolicy(server.url, "tiny", **kw)
+
+
+# -- the request ---------------------------------------------------------------------------
+def test_one_request_per_call_carries_all_prefixes(serve):
+    server = serve(completions(vllm_like()))
+    policy = make_policy(server, num_parameters=1000)
+    params = SamplingParams(temperature=0.8, top_p=0.9, max_step_tokens=17, seed=5)
+    result = policy.generate(PREFIXES, n=4, params=params)
+
+    assert len(server.requests) == 1
+    body = server.paths("/completions")[0]
+    assert body["prompt"] == [
+        "Start with 3. Add 4.\n\n",
+        "Start with 12.\n\n12*2=24\n\n",
+        "Start with 7.\n\n7+1=8\n\n8-2=6\n\n",
+    ]
+    assert body["n"] == 4 and body["max_tokens"] == 17 and body["seed"] == 5
+    assert body["stop"] == ["\n\n"] and body["temperature"] == 0.8 and body["top_p"] == 0.9
+    assert body["model"] == "tiny" and body["include_stop_str_in_output"] is False
+    assert "add_special_tokens" not in body  # a bare prompt gets BOS from the server
+
+    # Choices were shuffled on the wire: they are placed by index (prompt-major).
+    assert [[s.text for s in row] for row in result.steps] == [
+        ["s0.0", "s0.1", "s0.2", "s0.3"],
+        ["s1.0", "s1.1", "s1.2", "s1.3"],
+        ["so the answer is \\boxed{7}"] * 4,
+    ]
+    assert [s.finish_reason for s in result.steps[0]] == ["step"] * 4
+    assert [s.finish_reason for s in result.steps[2]] == ["eos"] * 4
+    u = result.usage
+    assert u.policy_calls == 1
+    assert u.policy_prompt_tokens == sum(len(p) for p in body["prompt"])
+    total = sum(len(s.text) + 1 for row in result.steps for s in row)
+    assert u.policy_generated_tokens == total
+    assert sum(s.tokens for row in result.steps for s in row) == total  # split, total exact
+    assert u.policy_flops == 2.0 * 1000 * (u.policy_prompt_tokens + u.policy_generated_tokens)
+
+
+def test_finish_reasons_and_token_counts(serve):
+    table = {
+        0: ("a", "stop", "\n\n"),  # stop string -> step
+        1: ("b", "stop", None),  # EOS -> eos
+        2: ("c", "stop", 128009),  # stop token id -> eos
+        3: ("d" * 10, "length", None),  # cap -> length
+        4: ("e\n\nextra", "stop", None),  # overshoot: cut client-side -> step
+    }
+
+    def answer(body: dict) -> dict:
+        choices = [
+            {
+                "index": i,
+                "text": t,
+                "finish_reason": f,
+                "stop_reason": s,
+                "token_ids": [1] * (i + 2),
+            }
+            for i, (t, f, s) in table.items()
+        ]
+        return {"choices": choices, "usage": {"prompt_tokens": 5, "completion_tokens": 20}}
+
+    server = serve(completions(answer))
+    prefixes = [Trajectory(question=f"q{i}") for i in range(5)]
+    steps = make_policy(server).generate(prefixes, n=1).steps
+    assert [row[0].text for row in steps] == ["a", "b", "c", "d" * 10, "e"]
+    assert [row[0].finish_reason for row in steps] == ["step", "eos", "eos", "length", "step"]
+    assert [row[0].tokens for row in steps] == [2, 3, 4, 5, 6]  # token_ids win when present
+
+
+def test_map_finish_reason_without_vllm_fields():
+    assert map_finish_reason("stop", stop_sent=True) == "step"
+    assert map_finish_reason("stop", stop_sent=False) == "eos"
+    assert map_finish_reason("length", stop_sent=True) == "length"
+    assert map_finish_reason("content_filter", stop_sent=True) == "eos"
+    assert map_finish_reason("stop", "\n\n", stop_sent=True) == "step"
+    assert map_finish_reason("stop", None, stop_sent=True) == "eos"
+    assert _distribute(10, [1, 1, 2]) == [3, 2, 5]
+    assert sum(_distribute(7, [3, 3, 3])) == 7 and _distribute(0, []) == []
+    assert server_root("http://h:8000/v1/") == "http://h:8000"
+
+
+def test_greedy_asks_once_and_copies(serve):
+    server = serve(completions(vllm_like()))
+    params = SamplingParams(temperature=0.0, stop_at_step=False)
+    result = make_policy(server).generate(PREFIXES[:2], n=3, params=params)
+    body = server.paths("/completions")[0]
+    assert body["n"] == 1 and "stop" not in body and body["top_p"] == 1.0
+    assert [len(r) for r in result.steps] == [3, 3]
+    assert len({s.text for s in result.steps[0]}) == 1
+    assert result.steps[0][0].finish_reason == "eos"  # "stop" without a stop string sent
+
+
+def test_malformed_choice_count_is_backend_error(serve):
+    server = serve(completions(lambda body: {"choices": [{"index": 0, "text": "x"}]}))
+    with pytest.raises(BackendError, match="returned 1 choices"):
+        make_policy(server).generate(PREFIXES, n=2)
+
+
+# -- retries, timeouts, failures -------------------------------------------------------------
+def test_retries_on_500_and_429_then_succeeds(serve):
+    answer = vllm_like()
+    failures = iter([(500, {"error": "boom"}), (429, {"error": "slow down"}, {"Retry-After": "0"})])
+
+    def handler(path: str, body: dict) -> tuple:
+        return next(failures, None) or (200, answer(body))
+
+    server = serve(handler)
+    result = make_policy(server).generate(PREFIXES[:1], n=2)
+    assert len(server.requests) == 3
+    assert [s.text for s in result.steps[0]] == ["s0.0", "s0.1"]
+
+
+def test_persistent_failure_raises_backend_error_with_partial(serve):
+    server = serve(lambda path, body: (503, {"error": "model is overloaded"}))
+    policy = make_policy(server, max_retries=2)
+    t0 = time.perf_counter()
+    with pytest.raises(BackendError) as info:
+        policy.generate(PREFIXES, n=2)
+    assert time.perf_counter() - t0 < 3
+    err = info.value
+    assert len(server.requests) == 3
+    assert server.url + "/completions" in str(err) and "503" in str(err)
+    assert "model is overloaded" in str(err)  # body excerpt
+    assert err.partial["attempts"] == 3 and err.partial["status"] == 503
+    assert len(err.partial["errors"]) == 3
+
+
+def test_client_error_is_not_retried(serve):
+    server = serve(lambda path, body: (400, {"error": "max_tokens too large"}))
+    with pytest.raises(BackendError, match="HTTP 400.*max_tokens too large") as info:
+        make_policy(server).generate(PREFIXES[:1], n=1)
+    assert len(server.requests) == 1 and info.value.partial["attempts"] == 1
+
+
+def test_slow_server_times_out_instead_of_hanging(serve):
+    def handler(path: str, body: dict) -> tuple:
+        time.sleep(1.5)
+        return 200, {}
+
+    server = serve(handler)
+    policy = make_policy(server, timeout=0.2, max_retries=1)
+    t0 = time.perf_counter()
+    with pytest.raises(BackendError, match="timed out") as info:
+        policy.generate(PREFIXES[:1], n=1)
+    assert time.perf_counter() - t0 < 1.4
+    assert info.value.partial["attempts"] == 2 and info.value.partial["status"] is None
+
+
+def test_unreachable_server_raises_connection_error():
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    policy = OpenAIPolicy(
+        f"http://127.0.0.1:{port}/v1", "m", chat_template="none", max_retries=1, backoff=0.01
+    )
+    with pytest.raises(BackendError, match="connection error"):
+        policy.generate(PREFIXES[:1])
+
+
+# -- prompt templating -----------------------------------------------------------------------
+def test_server_chat_template_via_tokenize_endpoints(serve):
+    answer = vllm_like(lambda i, p, j: ("x", "stop", "\n\n"), shuffle=False)
+
+    def handler(path: str, body: dict) -> tuple:
+        if path == "/tokenize":
+            assert body["add_generation_prompt"] is True
+            q = body["messages"][-1]["content"]
+            return 200, {"tokens": [ord(c) for c in f"<|user|>{q}<|assistant|>"], "count": 1}
+        if path == "/detokenize":
+            return 200, {"prompt": "".join(chr(t) for t in body["tokens"])}
+        return 200, answer(body)
+
+    server = serve(handler)
+    policy = OpenAIPolicy(server.url, "m", system_prompt="be brief", backoff=0.01)
+    policy.generate(PREFIXES, n=1)
+    policy.generate(PREFIXES, n=1)
+    assert policy.templating_requests == 6  # 3 questions x (tokenize + detokenize), cached
+    assert len(server.paths("/completions")) == 2
+    body = server.paths("/completions")[-1]
+    assert body["prompt"][1] == "<|user|>Start with 12.<|assistant|>12*2=24\n\n"
+    assert body["add_special_tokens"] is False  # the template already wrote BOS
+    assert server.paths("/tokenize")[0]["messages"][0] == {"role": "system", "content": "be brief"}
+
+
+def test_server_template_missing_endpoint_says_what_to_do(serve):
+    server = serve(lambda path, body: (404, {"detail": "Not Found"}))
+    with pytest.raises(BackendError, match="chat_template='client'"):
+        OpenAIPolicy(server.url, "m", backoff=0.01).generate(PREFIXES[:1])
+
+
+def test_client_chat_template_and_prompt_template(serve):
+    from langchain_tts.models.tokenizer import build_tokenizer
+
+    server = serve(completions(vllm_like(shuffle=False)))
+    tok = build_tokenizer()
+    policy = make_policy(server, chat_template="client", tokenizer=tok)
+    policy.generate(PREFIXES[1:2])
+    expected = tok.apply_chat_template(
+        [{"role": "user", "content": "Start with 12."}], tokenize=False, add_generation_prompt=True
+    )
+    assert server.paths("/completions")[0]["prompt"] == [expected + "12*2=24\n\n"]
+
+    templated = make_policy(server, prompt_template="Q: {question}\nA: \\boxed{} later\n")
+    templated.generate(PREFIXES[:1])
+    assert server.paths("/completions")[1]["prompt"] == [
+        "Q: Start with 3. Add 4.\nA: \\boxed{} later\n"
+    ]
+    with pytest.raises(ConfigError, match="tokenizer"):
+        OpenAIPolicy(server.url, "m", chat_template="client")
+
+
+# -- in a graph --------------------------------------------------------------------------------
+def test_beam_search_graph_sends_one_request_per_search_step(serve):
+    server = serve(completions(vllm_like()))
+    policy = make_policy(server, num_parameters=10)
+    prm = FakePRM(lambda t: [0.5 + 0.1 * (int(re.sub(r"\D", "", s) or 0) % 5) for s in t.steps])
+    graph = create_tts_graph(policy, prm, "beam_search", {"n": 4, "beam_width": 2, "max_steps": 6})
+    out = graph.invoke({"question": "Start with 3. Add 4."})
+    assert out["answer"] == "7"
+    requests = server.paths("/completions")
+    assert len(server.requests) == len(requests)
+    assert len(requests) == len(prm.calls) == out["usage"].policy_calls == 3
+    assert [len(r["prompt"]) for r in requests] == [1, 2, 2]  # step 0: the root; then 2 beams
+    assert [r["n"] for r in requests] == [4, 2, 2]
+
+    # The async path reuses one pooled client for every request of the run.
+    out2 = asyncio.run(graph.ainvoke({"question": "Start with 3. Add 4."}))
+    assert out2["answer"] == "7" and len(server.paths("/completions")) == 6

@@ -1,0 +1,398 @@
+"""PRM formats (Math-Shepherd, Skywork, RLHFlow, vLLM pooling over HTTP) on tiny random models.
+
+Each decoder format is checked against a manual full forward of the same checkpoint at
+read-out positions derived independently from the token ids, so a wrong position, label
+token or head shows up as a score mismatch. No hub, no trained weights.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+from langchain_tts.core.errors import BackendError, PRMOutputError
+from langchain_tts.core.types import Trajectory
+from langchain_tts.models.tiny_llama import LlamaBody, TinyLlamaConfig, TinyLlamaForCausalLM
+from langchain_tts.models.tokenizer import build_tokenizer
+from langchain_tts.models.train import save_hf
+from langchain_tts.prms.http import HTTPRewardPRM
+from langchain_tts.prms.math_shepherd import MathShepherdPRM
+from langchain_tts.prms.rlhflow import RLHFlowPRM
+from langchain_tts.prms.skywork import SkyworkPRM, load_value_head
+
+TRAJS = [
+    Trajectory(question="Start with 3. Add 4.", steps=["3+4=7", "\\boxed{7}"]),
+    Trajectory(question="Start with 12.", steps=[]),  # nothing to score
+    Trajectory(question="Start with 7. Subtract 2.", steps=["7-2=5"]),
+    Trajectory(question="Start with 2.", steps=["2*3=6", "6+1=7", "7-1=6"]),
+]
+LLAMA_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] | trim }}</s>{% endfor %}"
+)
+
+
+def tiny_cfg(vocab: int) -> TinyLlamaConfig:
+    return TinyLlamaConfig(
+        vocab_size=vocab,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=1,
+        intermediate_size=128,
+        max_position_embeddings=512,
+    )
+
+
+def save_causal_lm(out: Path, tok: Any, seed: int) -> Path:
+    torch.manual_seed(seed)
+    cfg = tiny_cfg(len(tok))
+    model = TinyLlamaForCausalLM(cfg)
+    torch.nn.init.normal_(model.lm_head.weight, std=0.2)  # tied: visible score spread
+    save_hf(model, cfg, out, "LlamaForCausalLM")
+    tok.save_pretrained(str(out))  # the extended tokenizer replaces the default one
+    return out
+
+
+def count_forwards(prm: Any) -> list[int]:
+    calls: list[int] = []
+    prm.body().register_forward_hook(lambda m, args, kw, out: calls.append(1), with_kwargs=True)
+    return calls
+
+
+def check_scores(scores: list[list[float]], expected: list[list[float]]) -> None:
+    assert [len(r) for r in scores] == [len(r) for r in expected]
+    for got, want in zip(scores, expected):
+        assert got == pytest.approx(want, abs=1e-5)
+        assert all(0.0 <= s <= 1.0 for s in got)
+
+
+# -- Math-Shepherd -------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def shepherd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tok = build_tokenizer()
+    tok.add_tokens(["ки"])
+    return save_causal_lm(tmp_path_factory.mktemp("shepherd"), tok, seed=2)
+
+
+def test_math_shepherd_reads_plus_at_every_tag(shepherd_dir: Path):
+    prm = MathShepherdPRM.from_pretrained(shepherd_dir)
+    tok = prm.tokenizer
+    assert prm.candidate_ids == [tok.convert_tokens_to_ids("+"), tok.convert_tokens_to_ids("-")]
+    assert prm.render(TRAJS[3]) == "Start with 2. 2*3=6 ки\n6+1=7 ки\n7-1=6 ки"
+    forwards = count_forwards(prm)
+    result = prm.score(TRAJS)
+    assert len(forwards) == 1  # every trajectory in one batched forward
+
+    model = AutoModelForCausalLM.from_pretrained(str(shepherd_dir))
+    tag = tok.convert_tokens_to_ids("ки")
+    expected, tokens = [], 0
+    for t in TRAJS:
+        if not t.steps:
+            expected.append([])
+            continue
+        ids = tok(prm.render(t))["input_ids"]
+        tokens += len(ids)
+        with torch.no_grad():
+            logits = model(torch.tensor([ids])).logits[0]
+        pos = [k for k, i in enumerate(ids) if i == tag]
+        expected.append(logits[pos][:, prm.candidate_ids].softmax(-1)[:, 0].tolist())
+    check_scores(result.scores, expected)
+    assert len({round(s, 6) for r in result.scores for s in r}) > 3  # not a constant
+    u = result.usage
+    assert (u.prm_calls, u.prm_tokens) == (1, tokens)
+    assert u.prm_flops == 2.0 * prm.num_parameters * tokens
+
+
+def test_math_shepherd_tag_inside_a_step_is_removed(shepherd_dir: Path):
+    prm = MathShepherdPRM.from_pretrained(shepherd_dir)
+    t = Trajectory(question="Q", steps=["a ки b", "c"])
+    assert prm.render(t) == "Q a  b ки\nc ки"
+    assert len(prm.score([t]).scores[0]) == 2
+
+
+# -- Skywork ---------------------------------------------------------------------------------
+class _ValueHead(torch.nn.Module):
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.summary = torch.nn.Linear(hidden, 1)
+
+
+class _SkyworkLike(torch.nn.Module):
+    """``model.*`` decoder body + ``v_head.summary``: the Skywork-o1-Open-PRM checkpoint layout."""
+
+    def __init__(self, cfg: TinyLlamaConfig):
+        super().__init__()
+        self.model = LlamaBody(cfg)
+        self.v_head = _ValueHead(cfg.hidden_size)
+        torch.nn.init.normal_(self.v_head.summary.weight, std=1.0)
+        torch.nn.init.normal_(self.v_head.summary.bias, std=0.5)
+
+
+@pytest.fixture(scope="module")
+def skywork_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(3)
+    cfg = tiny_cfg(len(build_tokenizer()))
+    out = tmp_path_factory.mktemp("skywork")
+    save_hf(_SkyworkLike(cfg), cfg, out, "LlamaForPrmModel")
+    return out
+
+
+def test_skywork_value_head_at_each_step_token(skywork_dir: Path):
+    prm = SkyworkPRM.from_pretrained(skywork_dir)
+    tok = prm.tokenizer
+    nl = tok.convert_tokens_to_ids("\n")
+    ids, pos = prm.encode(TRAJS[3])
+    manual = tok.encode("<s>Start with 2.\n", add_special_tokens=False)
+    want_pos = []
+    for s in TRAJS[3].steps:
+        manual += tok.encode(s, add_special_tokens=False) + [nl]
+        want_pos.append(len(manual) - 1)
+    assert (ids, pos) == (manual, want_pos) and ids[0] == tok.bos_token_id
+
+    forwards = count_forwards(prm)
+    result = prm.score(TRAJS)
+    assert len(forwards) == 1
+
+    body = AutoModel.from_pretrained(str(skywork_dir))
+    head = load_value_head(skywork_dir)
+    from safetensors.torch import load_file
+
+    saved = load_file(str(skywork_dir / "model.safetensors"))
+    assert torch.equal(head.weight.data, saved["v_head.summary.weight"].float())
+    expected = []
+    for t in TRAJS:
+        if not t.steps:
+            expected.append([])
+            continue
+        ids, pos = prm.encode(t)
+        with torch.no_grad():
+            h = body(input_ids=torch.tensor([ids])).last_hidden_state[0]
+            expected.append(torch.sigmoid(head(h[pos]).squeeze(-1)).tolist())
+    check_scores(result.scores, expected)
+    assert result.usage.prm_tokens == sum(len(prm.encode(t)[0]) for t in TRAJS if t.steps)
+
+
+def test_skywork_without_value_head_says_so(shepherd_dir: Path):
+    with pytest.raises(ValueError, match="no value head"):
+        load_value_head(shepherd_dir)
+
+
+# -- RLHFlow -----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def rlhflow_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tok = build_tokenizer()
+    tok.add_tokens(["<|user|>", "<|assistant|>"], special_tokens=True)
+    tok.chat_template = LLAMA_TEMPLATE
+    return save_causal_lm(tmp_path_factory.mktemp("rlhflow"), tok, seed=4)
+
+
+def test_rlhflow_scores_each_assistant_turn_in_one_forward(rlhflow_dir: Path):
+    prm = RLHFlowPRM.from_pretrained(rlhflow_dir)
+    tok = prm.tokenizer
+    text, _ = prm.render(TRAJS[0])
+    assert text == (
+        "<|user|>Start with 3. Add 4. 3+4=7</s><|assistant|>+</s>"
+        "<|user|>\\boxed{7}</s><|assistant|>+</s>"
+    )
+    forwards = count_forwards(prm)
+    result = prm.score(TRAJS)
+    assert len(forwards) == 1
+
+    model = AutoModelForCausalLM.from_pretrained(str(rlhflow_dir))
+    assistant = tok.convert_tokens_to_ids("<|assistant|>")
+    plus, minus = tok.convert_tokens_to_ids("+"), tok.convert_tokens_to_ids("-")
+    assert prm.candidate_ids == [plus, minus]
+    expected = []
+    for t in TRAJS:
+        if not t.steps:
+            expected.append([])
+            continue
+        ids = tok(prm.render(t)[0], add_special_tokens=False)["input_ids"]
+        # The reply "+" follows each <|assistant|>; its logits sit one position earlier.
+        # "3+4=7" has a "+" too, which must not be read.
+        pos = [k for k in range(len(ids) - 1) if ids[k] == assistant and ids[k + 1] == plus]
+        with torch.no_grad():
+            logits = model(torch.tensor([ids])).logits[0]
+        expected.append(logits[pos][:, [plus, minus]].softmax(-1)[:, 0].tolist())
+    check_scores(result.scores, expected)
+
+
+def test_rlhflow_rejects_templates_that_swallow_the_reply(rlhflow_dir: Path):
+    tok = AutoTokenizer.from_pretrained(str(rlhflow_dir))
+    tok.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"  # no roles
+    prm = RLHFlowPRM(AutoModelForCausalLM.from_pretrained(str(rlhflow_dir)), tok)
+    # "Q x" + "+": still separate char tokens, so the read-out works without role tokens...
+    assert len(prm.score([Trajectory(question="Q", steps=["x"])]).scores[0]) == 1
+    # ...but a reply merged into another token ("x+") cannot be read: a clear error.
+    tok.add_tokens(["x+"])
+    with pytest.raises(PRMOutputError, match="not tokenized as the label token"):
+        prm.encode(Trajectory(question="Q", steps=["x"]))
+    with pytest.raises(PRMOutputError, match="reserved marker"):
+        prm.encode(Trajectory(question="Q", steps=["@@LANGCHAIN_TTS_PRM_REPLY@@"]))
+
+
+# -- vLLM pooling over HTTP ------------------------------------------------------------------
+class PoolingServer:
+    """A stdlib HTTP server answering /pooling (and /tokenize, /detokenize) from ``handler``."""
+
+    def __init__(self, handler: Any):
+        self.requests: list[tuple[str, dict]] = []
+        outer = self
+
+        class _H(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.requests.append((self.path, body))
+                status, payload = handler(self.path, body)
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _H)
+        self.httpd.daemon_threads = True
+        threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        ).start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def pooling():
+    servers: list[PoolingServer] = []
+
+    def start(handler: Any) -> PoolingServer:
+        servers.append(PoolingServer(handler))
+        return servers[-1]
+
+    yield start
+    for s in servers:
+        s.close()
+
+
+def step_rows(text: str, tag: str, row: Any) -> list:
+    """One row per tag, as vLLM's STEP pooling returns them."""
+    return [row(k) for k in range(text.count(tag))]
+
+
+def test_http_prm_qwen_format_one_request(pooling):
+    def handler(path: str, body: dict) -> tuple:
+        data = [
+            {
+                "index": i,
+                "object": "pooling",
+                "data": step_rows(t, "<extra_0>", lambda k: [0.25, 0.75]),
+            }
+            for i, t in enumerate(body["input"])
+        ]
+        return 200, {"data": list(reversed(data)), "usage": {"prompt_tokens": 123}}
+
+    server = pooling(handler)
+    prm = HTTPRewardPRM(server.url, "prm", chat_template="none", num_parameters=10)
+    result = prm.score(TRAJS)
+    assert len(server.requests) == 1
+    path, body = server.requests[0]
+    assert path == "/pooling" and body["model"] == "prm"
+    assert body["input"][0] == "Start with 3. Add 4.\n\n3+4=7<extra_0>\\boxed{7}<extra_0>"
+    assert len(body["input"]) == 3  # the step-less trajectory is not sent
+    assert result.scores == [[0.75, 0.75], [], [0.75], [0.75] * 3]
+    assert (result.usage.prm_calls, result.usage.prm_tokens) == (1, 123)
+    assert result.usage.prm_flops == 2.0 * 10 * 123
+
+
+def test_http_prm_math_shepherd_format_and_logit_rows(pooling):
+    def handler(path: str, body: dict) -> tuple:
+        # raw logits [good, bad]: softmax([2, 0])[0] = 0.8808
+        data = [
+            {"index": i, "data": step_rows(t, "ки", lambda k: [2.0, 0.0])}
+            for i, t in enumerate(body["input"])
+        ]
+        return 200, {"data": data}
+
+    server = pooling(handler)
+    prm = HTTPRewardPRM(server.url, "ms", format="math_shepherd")
+    result = prm.score(TRAJS[:1])
+    assert server.requests[0][1]["input"] == ["Start with 3. Add 4. 3+4=7 ки\n\\boxed{7} ки"]
+    assert result.scores[0] == pytest.approx([0.880797, 0.880797], abs=1e-6)
+    assert result.usage.prm_tokens > 0  # estimated without a usage block
+
+
+def test_http_prm_client_and_server_templates(pooling):
+    tok = build_tokenizer()  # its template: question, then "\n\n" + the assistant answer
+
+    def handler(path: str, body: dict) -> tuple:
+        if path == "/tokenize":
+            assert body["add_generation_prompt"] is False
+            m = body["messages"]
+            text = f"[sys]{m[0]['content']}[user]{m[1]['content']}[asst]{m[2]['content']}"
+            return 200, {"tokens": [ord(c) for c in text]}
+        if path == "/detokenize":
+            return 200, {"prompt": "".join(chr(t) for t in body["tokens"])}
+        data = [
+            {"index": i, "data": step_rows(t, "<extra_0>", lambda k: [0.4, 0.6])}
+            for i, t in enumerate(body["input"])
+        ]
+        return 200, {"data": data}
+
+    server = pooling(handler)
+    client = HTTPRewardPRM(
+        server.url, "prm", chat_template="client", tokenizer=tok, system_prompt=None
+    )
+    client.score(TRAJS[2:3])
+    assert server.requests[-1][1]["input"] == ["Start with 7. Subtract 2.\n\n7-2=5<extra_0>"]
+    assert server.requests[-1][1]["add_special_tokens"] is False
+
+    remote = HTTPRewardPRM(server.url, "prm", system_prompt="S")
+    assert remote.score(TRAJS[2:4]).scores == [[0.6], [0.6] * 3]
+    assert remote.score(TRAJS[2:3]).scores == [[0.6]]
+    assert remote.templating_requests == 4  # two questions, each rendered once
+    assert server.requests[-1][1]["input"] == [
+        "[sys]S[user]Start with 7. Subtract 2.[asst]7-2=5<extra_0>"
+    ]
+
+
+def test_http_prm_wrong_row_count_and_retries(pooling):
+    failures = iter([(500, {"error": "warming up"})])
+
+    def handler(path: str, body: dict) -> tuple:
+        return next(failures, None) or (200, {"data": [{"index": 0, "data": [[0.5, 0.5]] * 7}]})
+
+    server = pooling(handler)
+    prm = HTTPRewardPRM(server.url, "prm", chat_template="none", backoff=0.01)
+    with pytest.raises(PRMOutputError, match="STEP pooling"):
+        prm.score(TRAJS[:1])
+    assert len(server.requests) == 2  # retried once after the 500
+
+    down = pooling(lambda path, body: (503, {"error": "no"}))
+    prm = HTTPRewardPRM(down.url, "prm", chat_template="none", max_retries=1, backoff=0.01)
+    with pytest.raises(BackendError, match="/pooling.*503") as info:
+        prm.score(TRAJS[:1])
+    assert info.value.partial["attempts"] == 2
+
+
+def test_http_prm_scalar_rows():
+    prm = HTTPRewardPRM("http://127.0.0.1:1", "rm", chat_template="none")
+    assert prm._probability([0.3]) == 0.3
+    assert prm._probability([0.0, 0.0]) == pytest.approx(0.5)
+    assert prm._probability(2.0) == pytest.approx(0.880797, abs=1e-6)
+    prm.activation = "sigmoid"
+    assert prm._probability([0.0]) == 0.5
+    with pytest.raises(PRMOutputError, match="hidden states"):
+        prm._probability([0.1] * 4096)

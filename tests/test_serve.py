@@ -1,0 +1,289 @@
+"""The LangServe app over real HTTP on 127.0.0.1: RemoteRunnable invoke/batch/stream, knobs
+and thread ids through ``configurable``, and bad requests answered 4xx (never 500).
+
+Most tests serve an oracle policy (it writes the gold solution of synthetic questions) so
+they are fast and exact; one runs ``tts serve`` on the embedded models.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("langserve")
+httpx = pytest.importorskip("httpx")
+uvicorn = pytest.importorskip("uvicorn")
+
+from langchain_core.messages import AIMessage, HumanMessage  # noqa: E402
+from langserve import RemoteRunnable  # noqa: E402
+
+from langchain_tts.core.config import SamplingParams  # noqa: E402
+from langchain_tts.core.errors import ConfigError, InputError  # noqa: E402
+from langchain_tts.core.types import Step, Trajectory, Usage  # noqa: E402
+from langchain_tts.eval.synthetic import make_split, parse_question  # noqa: E402
+from langchain_tts.models import WEIGHTS_DIR  # noqa: E402
+from langchain_tts.policies.base import PolicyResult, StepPolicy  # noqa: E402
+from langchain_tts.serve import create_app  # noqa: E402
+from langchain_tts.testing import FakePRM  # noqa: E402
+
+# LangServe 0.3.3 reads model_fields off instances (pydantic 2.11+ deprecates it).
+pytestmark = pytest.mark.filterwarnings("ignore:Accessing the 'model_fields':DeprecationWarning")
+HAS_WEIGHTS = (WEIGHTS_DIR / "prm" / "model.safetensors").exists()
+requires_weights = pytest.mark.skipif(not HAS_WEIGHTS, reason="embedded weights not built yet")
+QUESTION = "Start with 3. Add 4. Multiply by 2."
+
+
+class OraclePolicy(StepPolicy):
+    """Writes the gold solution of a synthetic question: the next step, or all the rest."""
+
+    name = "oracle"
+    num_parameters = 1000
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int]] = []
+
+    async def _agenerate(
+        self, prefixes: Sequence[Trajectory], n: int, params: SamplingParams
+    ) -> PolicyResult:
+        self.calls.append((len(prefixes), n))
+        rows = []
+        for p in prefixes:
+            prob = parse_question(p.question)
+            if prob is None:
+                raise InputError(f"not an arithmetic chain: {p.question[:40]!r}")
+            rest = prob.gold_steps[len(p.steps) :]
+            if params.stop_at_step:
+                step = Step(text=rest[0], tokens=len(rest[0]))
+            else:
+                text = "\n\n".join(rest)
+                step = Step(text=text, tokens=len(text), finish_reason="eos")
+            rows.append([step] * n)
+        return PolicyResult(steps=rows, usage=Usage(policy_calls=1))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ThreadServer:
+    """uvicorn in a daemon thread, stopped (and joined) on exit."""
+
+    def __init__(self, app) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cfg = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        self.server = uvicorn.Server(cfg)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> ThreadServer:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("serve") / "checkpoints.db"
+
+
+@pytest.fixture(scope="module")
+def server(db: Path) -> Iterator[ThreadServer]:
+    prm = FakePRM(lambda t: [0.9] * len(t.steps))
+    app = create_app(OraclePolicy(), prm, budget=16, checkpointer=db)
+    with ThreadServer(app) as s:
+        yield s
+
+
+def remote(server: ThreadServer, strategy: str = "beam_search") -> RemoteRunnable:
+    return RemoteRunnable(f"{server.url}/tts/{strategy}/", timeout=60)
+
+
+def test_health_lists_every_strategy(server: ThreadServer):
+    h = httpx.get(f"{server.url}/health", timeout=10).json()
+    assert h["status"] == "ok"
+    assert {"cot", "beam_search", "best_of_n", "dvts", "mcts"} <= set(h["strategies"])
+    assert h["checkpointer"] == "AsyncSqliteSaver"
+
+
+def test_remote_invoke_with_knobs(server: ThreadServer):
+    out = remote(server).invoke({"question": QUESTION}, {"configurable": {"n": 4}})
+    assert out["answer"] == "14"
+    assert out["solution"].endswith("\\boxed{14}")
+    assert len(out["candidates"]) == 4  # n=4 reached the graph (the served default is 16)
+    assert out["usage"]["policy_calls"] == out["usage"]["prm_calls"] == 3
+
+
+def test_remote_batch_and_per_item_configs(server: ThreadServer):
+    probs = make_split("test", 3)
+    r = remote(server)
+    outs = r.batch([{"question": p.question} for p in probs], {"configurable": {"n": 8}})
+    assert [o["answer"] for o in outs] == [p.answer for p in probs]
+    assert all(len(o["candidates"]) == 8 for o in outs)
+    outs = r.batch(
+        [{"question": QUESTION}] * 2, [{"configurable": {"n": 4}}, {"configurable": {"n": 8}}]
+    )
+    assert [len(o["candidates"]) for o in outs] == [4, 8]
+
+
+def test_remote_stream_shows_each_search_step(server: ThreadServer):
+    chunks = list(remote(server).stream({"question": QUESTION}, {"configurable": {"n": 4}}))
+    nodes = [next(iter(c)) for c in chunks]
+    assert nodes[0] == "prepare" and nodes[-1] == "finalize"
+    assert nodes.count("step") == 3  # two operations + the boxed answer
+    assert chunks[-1]["finalize"]["answer"] == "14"
+
+
+async def test_remote_async_and_chat_messages(server: ThreadServer):
+    r = remote(server, "cot")
+    out = await r.ainvoke({"messages": [HumanMessage(content=QUESTION)]})
+    assert out["answer"] == "14"
+    assert isinstance(out["messages"][-1], AIMessage)
+    assert "\\boxed{14}" in out["messages"][-1].content
+    chunks = [c async for c in r.astream({"question": QUESTION})]
+    assert chunks[-1]["finalize"]["answer"] == "14"
+
+
+async def test_remote_stream_events(server: ThreadServer):
+    r = remote(server, "best_of_n")
+    kinds = [
+        e["event"]
+        async for e in r.astream_events(
+            {"question": QUESTION}, {"configurable": {"n": 4}}, version="v2"
+        )
+    ]
+    assert kinds[0] == "on_chain_start" and kinds[-1] == "on_chain_end"
+
+
+def test_without_a_prm_only_prm_free_strategies_are_served():
+    app = create_app(OraclePolicy(), None)
+    assert {"cot", "majority_vote"} <= set(app.state.graphs)
+    assert "beam_search" not in app.state.graphs
+    with pytest.raises(ConfigError, match="needs a PRM"):
+        create_app(OraclePolicy(), None, ["beam_search"])
+
+
+def test_thread_id_reaches_the_checkpointer(server: ThreadServer, db: Path):
+    r = remote(server)
+    r.invoke({"question": QUESTION}, {"configurable": {"n": 4, "thread_id": "t-42"}})
+    r.invoke({"question": QUESTION}, {"configurable": {"n": 4}})
+    with sqlite3.connect(db) as conn:
+        threads = {r[0] for r in conn.execute("SELECT DISTINCT thread_id FROM checkpoints")}
+    assert "t-42" in threads
+    assert len(threads) >= 2  # requests without a thread_id got a fresh one each
+
+
+BAD_INPUTS = {
+    "missing question": ({}, "no question"),
+    "wrong type": ({"question": 5}, "valid string"),
+    "empty": ({"question": "   "}, "empty"),
+    "1 MB question": ({"question": "Add 1. " * 150_000}, "limit is"),
+    "unknown key": ({"question": "q", "foo": 1}, "Extra inputs"),
+    "not an object": ("Start with 3.", "valid dictionary"),
+}
+
+
+@pytest.mark.parametrize("endpoint", ["invoke", "batch", "stream"])
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_is_4xx_with_a_clear_message(server: ThreadServer, endpoint: str, case: str):
+    value, needle = BAD_INPUTS[case]
+    body = {"inputs": [value]} if endpoint == "batch" else {"input": value}
+    r = httpx.post(f"{server.url}/tts/beam_search/{endpoint}", json=body, timeout=30)
+    assert 400 <= r.status_code < 500, r.text[:300]
+    assert needle in r.text
+
+
+BAD_CONFIGS = {
+    "wrong type": ({"n": "lots"}, 422, "valid integer"),
+    "n not a multiple of beam_width": ({"n": 5}, 400, "multiple of beam_width"),
+    "out of range": ({"temperature": -1.0}, 400, "temperature"),
+}
+
+
+@pytest.mark.parametrize("endpoint", ["invoke", "batch", "stream"])
+@pytest.mark.parametrize("case", list(BAD_CONFIGS))
+def test_bad_knobs_are_4xx_before_the_run(server: ThreadServer, endpoint: str, case: str):
+    conf, status, needle = BAD_CONFIGS[case]
+    body: dict = {"config": {"configurable": conf}}
+    body.update({"inputs": [{"question": QUESTION}]} if endpoint == "batch" else {})
+    body.update({"input": {"question": QUESTION}} if endpoint != "batch" else {})
+    r = httpx.post(f"{server.url}/tts/beam_search/{endpoint}", json=body, timeout=30)
+    assert r.status_code == status, r.text[:300]
+    assert needle in r.text
+
+
+def test_errors_raised_inside_the_graph_are_mapped_not_500(server: ThreadServer):
+    # The oracle raises InputError on a non-arithmetic question, inside the graph run.
+    r = httpx.post(
+        f"{server.url}/tts/beam_search/invoke",
+        json={"input": {"question": "What is the capital of France?"}},
+        timeout=30,
+    )
+    assert r.status_code == 422 and "not an arithmetic chain" in r.text
+
+
+def test_oversized_body_is_413(server: ThreadServer):
+    r = httpx.post(
+        f"{server.url}/tts/cot/invoke",
+        content=b'{"input": {"question": "' + b"x" * (5 * 1024 * 1024) + b'"}}',
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
+    assert r.status_code == 413
+
+
+@pytest.mark.slow
+@requires_weights
+def test_tts_serve_command_on_the_embedded_models(tmp_path: Path):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "langchain_tts.cli", "serve", "--port", str(port)]
+    cmd += ["--strategy", "beam_search", "--strategy", "cot", "--log-level", "warning"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    log = (tmp_path / "serve.log").open("w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, "tts serve did not come up in 90 s"
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.5)
+        easy = next(p for p in make_split("test", 8) if p.difficulty == 1)
+        beam = RemoteRunnable(f"{url}/tts/beam_search/", timeout=120)
+        out = beam.invoke({"question": easy.question}, {"configurable": {"n": 4}})
+        assert out["answer"] == easy.answer
+        assert len(out["candidates"]) == 4
+        steps = [c for c in beam.stream({"question": easy.question}, {"configurable": {"n": 4}})]
+        assert "finalize" in steps[-1]
+        cot = RemoteRunnable(f"{url}/tts/cot/", timeout=120).invoke({"question": easy.question})
+        assert cot["answer"] == easy.answer
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+        log.close()
