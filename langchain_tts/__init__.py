@@ -16,6 +16,15 @@ from langchain_tts.prms.base import ProcessRewardModel
 __all__ = [
     "STRATEGIES",
     "BackendError",
+    "ChatModelPolicy",
+    "HFPolicy",
+    "HTTPRewardPRM",
+    "MathShepherdPRM",
+    "OpenAIPolicy",
+    "QwenPRM",
+    "RLHFlowPRM",
+    "SkyworkPRM",
+    "VLLMPolicy",
     "ConfigError",
     "InputError",
     "PRMOutputError",
@@ -33,10 +42,24 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    # Lazy: importing the package must not load torch models.
-    if name == "load_default":
-        from langchain_tts.models import load_default
+_LAZY = {
+    "load_default": "langchain_tts.models",
+    "HFPolicy": "langchain_tts.policies.hf",
+    "OpenAIPolicy": "langchain_tts.policies.openai",
+    "ChatModelPolicy": "langchain_tts.policies.chat_model",
+    "VLLMPolicy": "langchain_tts.policies.vllm",
+    "QwenPRM": "langchain_tts.prms.qwen",
+    "MathShepherdPRM": "langchain_tts.prms.math_shepherd",
+    "SkyworkPRM": "langchain_tts.prms.skywork",
+    "RLHFlowPRM": "langchain_tts.prms.rlhflow",
+    "HTTPRewardPRM": "langchain_tts.prms.http",
+}
 
-        return load_default
-    raise AttributeError(name)
+
+def __getattr__(name: str):
+    # Lazy: importing the package must not load torch, httpx or vLLM.
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'langchain_tts' has no attribute {name!r}")

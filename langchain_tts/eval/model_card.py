@@ -107,6 +107,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n", type=int, default=320, help="test problems (40 per level)")
     ap.add_argument("--only", nargs="*", help="strategy names to run (default: all)")
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument(
+        "--concurrency", type=int, default=16, help="problems in flight (batched together)"
+    )
     args = ap.parse_args(argv)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     problems = load_synthetic("test", args.n)
@@ -123,7 +126,9 @@ def main(argv: list[str] | None = None) -> None:
             graph = create_tts_graph(policies[size], prms.get(prm_kind), strategy, cfg)
             meta = {"dataset": "synthetic", "policy": size, "prm": prm_kind,
                     "strategy": strategy, "budget": n}  # fmt: skip
-            asyncio.run(run_eval(graph, problems, meta=meta, out=args.out))
+            asyncio.run(
+                run_eval(graph, problems, meta=meta, out=args.out, concurrency=args.concurrency)
+            )
     rows = summarize(read_records(args.out))
     table = markdown_table(rows)
     lines = [table, "", "| claim | holds | measured |", "|---|---|---|"]
