@@ -32,6 +32,26 @@ RUNS: list[tuple[str, str, str, int]] = [
 ]
 
 
+# Every strategy at two budgets, small policy + strong PRM (docs/strategies.md).
+STRATEGY_RUNS: list[tuple[str, str, str, int]] = [
+    ("small", "none", "cot", 1),
+    *[
+        ("small", "none" if s == "majority_vote" else "strong", s, n)
+        for s in (
+            "majority_vote",
+            "best_of_n",
+            "weighted_vote",
+            "beam_search",
+            "dvts",
+            "mcts",
+            "revision",
+            "hybrid",
+        )
+        for n in (4, 16)
+    ],
+]
+
+
 def claims(rows: list[dict]) -> list[tuple[str, bool, str]]:
     """The model card's claims, each with whether the records support it."""
     acc = {(r["policy"], r["prm"], r["strategy"], int(r["budget"])): r["accuracy"] for r in rows}
@@ -108,14 +128,23 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--only", nargs="*", help="strategy names to run (default: all)")
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument(
+        "--suite",
+        choices=["card", "strategies"],
+        default="card",
+        help="card: the model card's runs; strategies: every strategy at N=4 and 16",
+    )
+    ap.add_argument(
         "--concurrency", type=int, default=16, help="problems in flight (batched together)"
     )
     args = ap.parse_args(argv)
+    runs = RUNS if args.suite == "card" else STRATEGY_RUNS
+    if args.suite == "strategies" and args.out == ap.get_default("out"):
+        args.out = Path("docs/results/strategies.jsonl")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     problems = load_synthetic("test", args.n)
     if not args.report_only:
         policies, prms = {}, {}
-        for size, prm_kind, strategy, n in RUNS:
+        for size, prm_kind, strategy, n in runs:
             if args.only and strategy not in args.only:
                 continue
             if size not in policies:
@@ -131,13 +160,16 @@ def main(argv: list[str] | None = None) -> None:
             )
     rows = summarize(read_records(args.out))
     table = markdown_table(rows)
-    lines = [table, "", "| claim | holds | measured |", "|---|---|---|"]
-    lines += [f"| {c} | {'yes' if ok else 'NO'} | {m} |" for c, ok, m in claims(rows)]
+    lines = [table]
+    if args.suite == "card":
+        lines += ["", "| claim | holds | measured |", "|---|---|---|"]
+        lines += [f"| {c} | {'yes' if ok else 'NO'} | {m} |" for c, ok, m in claims(rows)]
     text = "\n".join(lines)
     args.out.with_suffix(".md").write_text(
         "# Embedded models on the synthetic test set\n\n"
-        f"Made by `python -m langchain_tts.eval.model_card` ({args.n} held-out problems, "
-        "40 per level; L1..L8 = number of operations; accuracy in %).\n\n" + text + "\n"
+        f"Made by `python -m langchain_tts.eval.model_card --suite {args.suite} --n {args.n}` "
+        f"({args.n} held-out problems, equal per level; L1..L8 = number of operations; "
+        "accuracy in %; FLOPs = 2 x params x tokens, policy + PRM).\n\n" + text + "\n"
     )
     print(text)
 
