@@ -16,6 +16,7 @@ from langchain_tts.prms.base import ProcessRewardModel
 __all__ = [
     "STRATEGIES",
     "BackendError",
+    "BudgetTable",
     "ChatModelPolicy",
     "HFPolicy",
     "HTTPRewardPRM",
@@ -36,6 +37,7 @@ __all__ = [
     "TTSError",
     "Trajectory",
     "Usage",
+    "create_router_graph",
     "create_tts_graph",
     "load_default",
     "strategy_config",
@@ -44,6 +46,8 @@ __all__ = [
 
 _LAZY = {
     "load_default": "langchain_tts.models",
+    "create_router_graph": "langchain_tts.routing.router",
+    "BudgetTable": "langchain_tts.routing.table",
     "HFPolicy": "langchain_tts.policies.hf",
     "OpenAIPolicy": "langchain_tts.policies.openai",
     "ChatModelPolicy": "langchain_tts.policies.chat_model",

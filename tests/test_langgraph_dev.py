@@ -130,7 +130,7 @@ def test_stream_a_beam_search_run(client):
         thread["thread_id"],
         "beam_search",
         input={"question": p.question},
-        config={"configurable": {"n": 4}},
+        config={"configurable": {"n": 4, "seed": 0}},
         stream_mode=["updates", "values"],
     ):
         assert chunk.event != "error", chunk.data
@@ -148,7 +148,10 @@ def test_context_knobs_and_the_agent_graph(client):
     p = easy_problem()
     thread = client.threads.create()
     out = client.runs.wait(
-        thread["thread_id"], "best_of_n", input={"question": p.question}, context={"n": 4}
+        thread["thread_id"],
+        "best_of_n",
+        input={"question": p.question},
+        context={"n": 4, "seed": 0},
     )
     assert out["answer"] == p.answer and len(out["candidates"]) == 4
     out = client.runs.wait(

@@ -20,6 +20,7 @@ import json
 import math
 import random
 import time
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -67,6 +68,8 @@ class TrainRecipe:
     large_steps: int = 2000
     prm_steps: int = 1200
     weak_prm_steps: int = 150
+    prm_init: str = "large"  # which trained policy initialises the PRM body
+    continue_steps: int = 0  # extra steps for --only continue-large / continue-small
     batch_size: int = 32
     lr: float = 3e-3
     rollout_problems: int = 2400
@@ -113,13 +116,23 @@ def _pad(seqs: list[list[int]], value: int) -> torch.Tensor:
 
 
 def train_policy(
-    cfg: TinyLlamaConfig, steps: int, recipe: TrainRecipe, desc: str
+    cfg: TinyLlamaConfig,
+    steps: int,
+    recipe: TrainRecipe,
+    desc: str,
+    init_from: Path | None = None,
+    lr: float | None = None,
 ) -> tuple[TinyLlamaForCausalLM, dict]:
+    """Train (or, with ``init_from``, continue training) a policy on gold solutions."""
     tok = build_tokenizer()
     torch.manual_seed(recipe.seed)
-    stream = _TrainStream(recipe.seed + hash(desc) % 1000)
+    # zlib, not hash(): str hashes are salted per process and would break reproducibility.
+    stream = _TrainStream(recipe.seed + zlib.crc32(desc.encode()) % 1000 + (7 if init_from else 0))
     model = TinyLlamaForCausalLM(cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.01, betas=(0.9, 0.98))
+    if init_from is not None:
+        _load_fp16(model, init_from)
+    lr = lr or recipe.lr
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
     eos = tok.convert_tokens_to_ids(EOS)
     t0, losses = time.time(), []
     bar = tqdm(range(steps), desc=desc, mininterval=5)
@@ -134,7 +147,7 @@ def train_policy(
             labels.append(([-100] * len(prompt) + target)[1:])
         x, y = _pad(inputs, 0), _pad(labels, -100)
         for g in opt.param_groups:
-            g["lr"] = _lr_at(step, steps, recipe.lr)
+            g["lr"] = _lr_at(step, steps, lr)
         loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten(), ignore_index=-100)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -287,7 +300,11 @@ def train_prm(
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--out", type=Path, default=DEFAULT_DIR)
-    ap.add_argument("--only", choices=["small", "large", "prm", "weak_prm"], nargs="*")
+    ap.add_argument(
+        "--only",
+        choices=["small", "large", "prm", "weak_prm", "continue-small", "continue-large"],
+        nargs="*",
+    )
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     for f, v in asdict(TrainRecipe()).items():
         ap.add_argument(f"--{f.replace('_', '-')}", type=type(v), default=v)
@@ -312,6 +329,16 @@ def main(argv: list[str] | None = None) -> None:
             m, s = train_policy(SIZES[size], getattr(recipe, f"{size}_steps"), recipe, size)
             save_hf(m, SIZES[size], out / f"policy-{size}", "LlamaForCausalLM")
             record(f"policy-{size}", s)
+    for size in ("small", "large"):
+        if f"continue-{size}" in only:  # more steps on an existing checkpoint, lower LR
+            path = out / f"policy-{size}"
+            m, s = train_policy(
+                SIZES[size], recipe.continue_steps, recipe, f"{size}+", init_from=path,
+                lr=recipe.lr / 3,
+            )  # fmt: skip
+            save_hf(m, SIZES[size], path, "LlamaForCausalLM")
+            prev = stats.get(f"policy-{size}", {})
+            record(f"policy-{size}", {**prev, "continued": s})
     if only & {"prm", "weak_prm"}:
         t0 = time.time()
         train_stream = _TrainStream(recipe.seed + 1234)
@@ -326,10 +353,11 @@ def main(argv: list[str] | None = None) -> None:
         prm_extra = {"id2label": {0: "bad", 1: "good"}, "label2id": {"bad": 0, "good": 1},
                      "step_tag": STEP_TAG}  # fmt: skip
         if "prm" in only:
-            large = TinyLlamaForCausalLM(SIZES["large"])
-            _load_fp16(large, out / "policy-large")
-            m, s = train_prm(SIZES["large"], large, rollouts, recipe.prm_steps, recipe, "prm")
-            save_hf(m, SIZES["large"], out / "prm", "LlamaForTokenClassification", **prm_extra)
+            body_cfg = SIZES[recipe.prm_init]
+            body = TinyLlamaForCausalLM(body_cfg)
+            _load_fp16(body, out / f"policy-{recipe.prm_init}")
+            m, s = train_prm(body_cfg, body, rollouts, recipe.prm_steps, recipe, "prm")
+            save_hf(m, body_cfg, out / "prm", "LlamaForTokenClassification", **prm_extra)
             record("prm", s)
         if "weak_prm" in only:
             m, s = train_prm(

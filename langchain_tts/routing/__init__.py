@@ -1,0 +1,60 @@
+"""Routing: difficulty estimation, the budget table, and the router graph.
+
+``create_router_graph(policy, prm)`` estimates each question's difficulty (a cheap probe),
+looks the bin up in a :class:`BudgetTable` (defaults from papers 001/002, or calibrated
+from eval records with :func:`calibrate`) and runs that strategy. See ``docs/router.md``.
+"""
+
+from langchain_tts.routing.difficulty import (
+    BINS,
+    Bin,
+    ClassifierEstimator,
+    DifficultyEstimate,
+    DifficultyEstimator,
+    ProbeEstimator,
+    VerifierEstimator,
+    bin_of,
+    estimate_bins,
+    make_estimator,
+)
+from langchain_tts.routing.meter import Ledger, MeteredPolicy, MeteredPRM, meter
+from langchain_tts.routing.router import (
+    DIRECT_TIERS,
+    REASONING_TIERS,
+    ROUTER_STATE_TYPES,
+    Route,
+    RouterOutput,
+    RouterState,
+    allocation_cost,
+    create_router_graph,
+)
+from langchain_tts.routing.table import PRESETS, Allocation, BudgetTable, calibrate
+
+__all__ = [
+    "BINS",
+    "DIRECT_TIERS",
+    "PRESETS",
+    "REASONING_TIERS",
+    "ROUTER_STATE_TYPES",
+    "Allocation",
+    "Bin",
+    "BudgetTable",
+    "ClassifierEstimator",
+    "DifficultyEstimate",
+    "DifficultyEstimator",
+    "Ledger",
+    "MeteredPRM",
+    "MeteredPolicy",
+    "ProbeEstimator",
+    "Route",
+    "RouterOutput",
+    "RouterState",
+    "VerifierEstimator",
+    "allocation_cost",
+    "bin_of",
+    "calibrate",
+    "create_router_graph",
+    "estimate_bins",
+    "make_estimator",
+    "meter",
+]

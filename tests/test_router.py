@@ -1,0 +1,504 @@
+"""Router: difficulty estimation, budget table, calibration, routing and budgets (fakes only)."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+
+import pytest
+from langchain_core.messages import AIMessage, HumanMessage
+
+from langchain_tts import ConfigError, InputError, create_tts_graph
+from langchain_tts.core.config import SamplingParams
+from langchain_tts.core.types import Step, Trajectory, Usage
+from langchain_tts.policies.base import PolicyResult
+from langchain_tts.routing import (
+    Allocation,
+    BudgetTable,
+    ClassifierEstimator,
+    ProbeEstimator,
+    VerifierEstimator,
+    bin_of,
+    calibrate,
+    create_router_graph,
+)
+from langchain_tts.testing import FakePolicy, FakePRM
+
+# -- fakes ---------------------------------------------------------------------------------
+# The question names its difficulty; sample i of an easy question always answers 7, of a
+# medium one 7 only for i % 4 == 0 (agreement 1/4), of a hard one never answers at all.
+
+
+def answer_for(question: str, i: int) -> str | None:
+    if "easy" in question:
+        return "7"
+    if "medium" in question:
+        return "7" if i % 4 == 0 else str(100 + i)
+    return None
+
+
+def solve(prefix: Trajectory, i: int) -> str:
+    a = answer_for(prefix.question, i)
+    return f"so the answer is \\boxed{{{a}}}" if a is not None else "I am stuck here"
+
+
+def make_policy(**kw) -> FakePolicy:
+    return FakePolicy(solve, **kw)
+
+
+def make_prm(value: float = 0.8, **kw) -> FakePRM:
+    return FakePRM(lambda t: [value] * len(t.steps), **kw)
+
+
+def whole_calls(policy: FakePolicy) -> list[tuple[int, int]]:
+    return [(p, n) for p, n, s in policy.calls if not s.stop_at_step]
+
+
+def step_calls(policy: FakePolicy) -> list[tuple[int, int]]:
+    return [(p, n) for p, n, s in policy.calls if s.stop_at_step]
+
+
+# -- bins ----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("p", "expected"),
+    [(1.0, "easy"), (0.5, "easy"), (0.4999, "medium"), (0.1, "medium"), (0.0999, "hard"),
+     (0.0, "hard")],
+)  # fmt: skip
+def test_bins_follow_the_paper_absolute_thresholds(p: float, expected: str):
+    assert bin_of(p) == expected
+
+
+def test_bins_thresholds_are_configurable_and_validated():
+    assert bin_of(0.3, easy=0.3, hard=0.2) == "easy"
+    assert bin_of(0.19, easy=0.3, hard=0.2) == "hard"
+    with pytest.raises(ConfigError, match="hard"):
+        bin_of(0.3, easy=0.1, hard=0.5)
+    for bad in (-0.1, 1.5, float("nan"), True):
+        with pytest.raises(InputError, match="p_solve"):
+            bin_of(bad)
+
+
+# -- estimators ----------------------------------------------------------------------------
+@pytest.mark.parametrize(("question", "agreement", "bin"),
+                         [("easy q", 1.0, "easy"), ("medium q", 0.25, "medium"),
+                          ("hard q", 0.0, "hard")])  # fmt: skip
+def test_probe_agreement_is_the_majority_fraction(question: str, agreement: float, bin: str):
+    policy = make_policy()
+    est = ProbeEstimator(policy, k=4).estimate(question)
+    assert est.agreement == agreement and est.p_solve == agreement and est.bin == bin
+    assert est.method == "probe"
+    assert est.answer == ("7" if agreement else None)
+    assert len(est.candidates) == 4 and all(c.finished for c in est.candidates)
+    # one policy call, k whole solutions, at the probe's temperature
+    assert len(policy.calls) == 1
+    prefixes, n, params = policy.calls[0]
+    assert (prefixes, n, params.stop_at_step, params.temperature) == (1, 4, False, 0.7)
+    assert est.usage.policy_calls == 1 and est.usage.prm_calls == 0
+
+
+def test_probe_agreement_compares_normalised_answers():
+    texts = ["\\boxed{7}", "\\boxed{7.0}", "\\boxed{ 7 }", "\\boxed{8}", "no answer"]
+    policy = FakePolicy(lambda p, i: texts[i])
+    est = ProbeEstimator(policy, k=5).estimate("q")
+    assert est.agreement == pytest.approx(3 / 5)
+
+
+def test_probe_blends_prm_score_with_one_prm_call():
+    policy, prm = make_policy(), make_prm(0.8)
+    est = ProbeEstimator(policy, prm, k=4, prm_weight=0.5).estimate("medium q")
+    assert est.method == "probe+prm"
+    assert est.prm_score == pytest.approx(0.8)
+    assert est.p_solve == pytest.approx(0.5 * 0.25 + 0.5 * 0.8)
+    assert prm.calls == [4]  # one PRM call scoring the k samples
+    assert est.usage.prm_calls == 1 and est.usage.policy_calls == 1
+    assert all(c.score == pytest.approx(0.8) for c in est.candidates)
+
+
+def test_verifier_is_one_greedy_call_and_one_prm_call():
+    policy, prm = make_policy(), FakePRM(lambda t: [0.9, 0.3][: len(t.steps)] or [])
+    est = VerifierEstimator(policy, prm).estimate("easy q")
+    assert len(policy.calls) == 1
+    prefixes, n, params = policy.calls[0]
+    assert (prefixes, n, params.temperature, params.stop_at_step) == (1, 1, 0.0, False)
+    assert prm.calls == [1]
+    assert est.p_solve == pytest.approx(0.9) and est.bin == "easy"
+    assert est.method == "verifier" and est.answer == "7"
+    with pytest.raises(ConfigError, match="PRM"):
+        VerifierEstimator(policy, None)  # type: ignore[arg-type]
+
+
+async def test_classifier_accepts_probabilities_bins_and_async_functions():
+    assert (await ClassifierEstimator(lambda q: 0.05).aestimate("q")).bin == "hard"
+    est = await ClassifierEstimator(lambda q: "Medium").aestimate("q")
+    assert est.bin == "medium" and 0.1 <= est.p_solve < 0.5
+
+    async def afn(q: str) -> float:
+        return 0.9
+
+    est = await ClassifierEstimator(afn).aestimate("q")
+    assert est.bin == "easy" and est.usage == Usage() and est.candidates == []
+    for bad in (1.5, "trivial", None):
+        with pytest.raises(ConfigError, match="classifier returned"):
+            await ClassifierEstimator(lambda q, b=bad: b).aestimate("q")
+
+
+# -- budget table --------------------------------------------------------------------------
+def test_default_table_follows_the_papers():
+    t = BudgetTable()
+    assert t.easy.strategy == "best_of_n" and t.easy.config["n"] <= 8
+    assert t.medium.strategy == "beam_search" and t.medium.config["n"] == 16
+    assert t.hard.strategy == "beam_search" and t.hard.config["n"] == 64
+    assert all(a.note for _, a in t.items())
+    seq = BudgetTable.preset("sequential")
+    assert (seq.medium.strategy, seq.hard.strategy) == ("hybrid", "revision")
+
+
+def test_table_json_and_yaml_round_trip(tmp_path):
+    t = BudgetTable(
+        easy=Allocation(strategy="majority_vote", config={"n": 8}),
+        medium=Allocation(strategy="hybrid", config={"split": "sqrt", "budget": 16}),
+    )
+    assert BudgetTable.from_json(t.to_json()) == t
+    assert BudgetTable.from_yaml(t.to_yaml()) == t
+    t.to_json(tmp_path / "t.json")
+    t.to_yaml(tmp_path / "t.yaml")
+    assert BudgetTable.from_json(tmp_path / "t.json") == t
+    assert BudgetTable.from_json(str(tmp_path / "t.json")) == t
+    assert BudgetTable.from_yaml(str(tmp_path / "t.yaml")) == t
+    with pytest.raises(ConfigError, match="no such"):
+        BudgetTable.from_json(str(tmp_path / "missing.json"))
+
+
+def test_table_rejects_unknown_strategies_and_bad_configs():
+    with pytest.raises(ConfigError, match="unknown strategy 'nope'"):
+        Allocation(strategy="nope")
+    bad = json.loads(BudgetTable().to_json())
+    bad["hard"]["strategy"] = "nope"
+    with pytest.raises(ConfigError, match="bin 'hard'.*unknown strategy 'nope'"):
+        BudgetTable.from_json(json.dumps(bad))
+    bad = json.loads(BudgetTable().to_json())
+    bad["medium"]["config"] = {"n": 10, "beam_width": 4}  # n not a multiple of the width
+    with pytest.raises(ConfigError, match=r"(?s)bin .medium.*multiple"):
+        BudgetTable.from_dict(bad)
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        BudgetTable.from_json("{not json")
+    with pytest.raises(ConfigError, match="mapping"):
+        BudgetTable.from_yaml("- a\n- b\n")
+
+
+def _rec(pid: str, strategy: str, budget: int, correct: bool, flops: float) -> dict:
+    return {"dataset": "d", "policy": "p", "prm": "r", "strategy": strategy, "budget": budget,
+            "id": pid, "level": 1, "correct": correct, "tokens": 1, "flops": flops}  # fmt: skip
+
+
+def test_calibrate_picks_the_cheapest_run_within_tolerance():
+    easy, hard = [f"e{i}" for i in range(10)], [f"h{i}" for i in range(10)]
+    runs = {  # (strategy, budget, mean FLOPs): problems solved in (easy, hard)
+        ("best_of_n", 4, 10.0): (9, 1),
+        ("best_of_n", 16, 40.0): (10, 3),
+        ("beam_search", 16, 100.0): (10, 6),
+    }
+    recs = [
+        _rec(pid, strategy, budget, j < solved, flops)
+        for (strategy, budget, flops), (n_easy, n_hard) in runs.items()
+        for pids, solved in ((easy, n_easy), (hard, n_hard))
+        for j, pid in enumerate(pids)
+    ]
+    bins = {**dict.fromkeys(easy, "easy"), **dict.fromkeys(hard, "hard")}
+    t = calibrate(recs, bins, tolerance=0.1)
+    # easy: 90% at 10 FLOPs is within 0.1 of the best (100%) -> the cheapest run
+    assert (t.easy.strategy, t.easy.config) == ("best_of_n", {"n": 4})
+    # hard: beam search is 30 points ahead -> chosen despite its cost
+    assert (t.hard.strategy, t.hard.config) == ("beam_search", {"n": 16, "beam_width": 4})
+    assert t.medium == BudgetTable().medium  # no medium problems: the base table's entry
+    assert "calibrated" in t.source and "accuracy 0.600" in (t.hard.note or "")
+    # default tolerance 0.01: only the 100% runs qualify; the cheaper of the two wins
+    assert calibrate(recs, bins).easy.config == {"n": 16}
+    # a run that misses problems of a bin is not compared there
+    partial = [r for r in recs if not (r["strategy"] == "best_of_n" and r["id"] == "h0")]
+    assert calibrate(partial, bins).hard.strategy == "beam_search"
+
+
+def test_calibrate_without_bins_uses_reference_accuracy():
+    recs = []
+    for pid, solved_by in [("a", 3), ("b", 1), ("c", 0)]:
+        for k, (strategy, budget, flops) in enumerate(
+            [("best_of_n", 4, 1.0), ("best_of_n", 8, 2.0), ("majority_vote", 8, 1.5)]
+        ):
+            recs.append(_rec(pid, strategy, budget, k < solved_by, flops))
+    # a: 3/3 easy, b: 1/3 medium, c: 0/3 hard
+    t = calibrate(recs)
+    assert (t.easy.strategy, t.easy.config) == ("best_of_n", {"n": 4})  # all right, cheapest
+    assert (t.medium.strategy, t.medium.config) == ("best_of_n", {"n": 4})  # the one solver
+    assert t.hard.config == {"n": 4}  # nobody solves it: the cheapest
+    t2 = calibrate(recs, reference=("best_of_n", 8))  # b is solved by nothing there
+    assert t2.medium == BudgetTable().medium
+    with pytest.raises(ConfigError, match="mix"):
+        calibrate([*recs, {**recs[0], "policy": "other"}])
+    with pytest.raises(ConfigError, match="records"):
+        calibrate([])
+
+
+# -- routing -------------------------------------------------------------------------------
+@pytest.mark.parametrize(("question", "node", "strategy"),
+                         [("easy q", "easy_best_of_n", "best_of_n"),
+                          ("medium q", "medium_beam_search", "beam_search"),
+                          ("hard q", "hard_beam_search", "beam_search")])  # fmt: skip
+def test_routes_each_bin_to_its_strategy(question: str, node: str, strategy: str):
+    policy, prm = make_policy(), make_prm(0.0)  # PRM 0: p_solve = agreement / 2
+    graph = create_router_graph(
+        policy, prm, estimator=ProbeEstimator(policy, prm, k=4, prm_weight=0.0),
+        reuse_probe=False, reuse_samples=False,
+    )  # fmt: skip
+    seen = [k for u in graph.stream({"question": question}, stream_mode="updates") for k in u]
+    assert seen == ["prepare", "estimate", node, "finalize"]
+    out = graph.invoke({"question": question})
+    assert out["route"].node == node and out["route"].strategy == strategy
+    assert out["route"].reason == "table" and out["difficulty"].bin == question.split()[0]
+    policy.calls.clear()
+    graph.invoke({"question": question})
+    assert whole_calls(policy)[0] == (1, 4)  # the probe
+    if strategy == "best_of_n":
+        assert whole_calls(policy)[1:] == [(1, 4)] and step_calls(policy) == []
+    else:  # beam search: first step samples all N children from the question
+        n = 16 if "medium" in question else 64
+        assert step_calls(policy)[0] == (1, n) and len(whole_calls(policy)) == 1
+
+
+def test_probe_reuse_answers_easy_questions_without_a_strategy():
+    policy, prm = make_policy(), make_prm(0.9)
+    graph = create_router_graph(policy, prm)
+    out = graph.invoke({"question": "easy q"})
+    assert out["route"].node == "finalize" and out["route"].reason == "reuse_probe"
+    assert out["answer"] == "7" and "\\boxed{7}" in out["solution"]
+    assert out["stop_reason"] == "probe" and len(out["candidates"]) == 4
+    assert len(policy.calls) == 1 and prm.calls == [4]  # only the probe ran
+    assert out["usage"] == out["difficulty"].usage
+
+
+def test_probe_samples_count_towards_best_of_n():
+    policy, prm = make_policy(), make_prm(0.9)
+    table = BudgetTable(easy=Allocation(strategy="best_of_n", config={"n": 6}))
+    graph = create_router_graph(policy, prm, table=table, reuse_probe=False)
+    out = graph.invoke({"question": "easy q"})
+    assert out["route"].reused_samples == 4
+    assert whole_calls(policy) == [(1, 4), (1, 2)]  # the probe's 4 + only 2 more
+    assert len(out["candidates"]) == 6 and out["answer"] == "7"
+
+
+def test_usage_is_probe_plus_strategy():
+    policy, prm = make_policy(), make_prm(0.1)  # p_solve = 0.05: hard
+    graph = create_router_graph(policy, prm, reuse_probe=False, reuse_samples=False)
+    out = graph.invoke({"question": "hard q"})
+    assert out["route"].node == "hard_beam_search"
+    probe = ProbeEstimator(make_policy(), make_prm(0.1)).estimate("hard q").usage
+    strat = create_tts_graph(
+        make_policy(), make_prm(0.1), "beam_search", {"n": 64, "beam_width": 4}
+    )
+    alone = strat.invoke({"question": "hard q"})["usage"]
+    assert out["usage"] == probe + alone
+    assert out["usage"].policy_calls == 1 + alone.policy_calls
+
+
+def test_verifier_estimator_and_messages_input():
+    policy, prm = make_policy(), make_prm(0.95)
+    graph = create_router_graph(policy, prm, estimator="verifier")
+    out = graph.invoke({"messages": [HumanMessage(content="easy q")]})
+    assert out["difficulty"].method == "verifier"
+    assert out["route"].reason == "reuse_probe" and out["answer"] == "7"
+    assert isinstance(out["messages"][-1], AIMessage) and "7" in out["messages"][-1].content
+
+
+async def test_ainvoke_and_classifier_estimator():
+    policy, prm = make_policy(), make_prm(0.5)
+    graph = create_router_graph(policy, prm, estimator=ClassifierEstimator(lambda q: "hard"))
+    out = await graph.ainvoke({"question": "easy q"})
+    assert out["route"].node == "hard_beam_search" and out["answer"] == "7"
+    assert whole_calls(policy) == []  # no probe: the classifier is free
+
+
+def test_tiers_send_factual_and_general_questions_to_the_pool():
+    small, large, medium = make_policy(name="s"), make_policy(name="l"), make_policy(name="m")
+    tiers = {"easy q": "math", "medium q": "factual", "hard q": "General"}
+    graph = create_router_graph(
+        small, make_prm(0.9), tier_fn=lambda q: tiers[q],
+        pool={"large": (large, None), "medium": (medium, None)},
+    )  # fmt: skip
+    out = graph.invoke({"question": "medium q"})
+    assert out["route"].node == "factual_direct" and out["route"].model == "large"
+    assert out["difficulty"] is None and small.calls == [] and len(large.calls) == 1
+    assert large.calls[0][2].temperature == 0.0  # direct CoT: one greedy chain
+    out = graph.invoke({"question": "hard q"})
+    assert out["route"].node == "general_direct" and len(medium.calls) == 1
+    out = graph.invoke({"question": "easy q"})
+    assert out["route"].tier == "math" and out["route"].bin == "easy" and small.calls
+
+
+def test_bad_router_inputs_fail_clearly():
+    policy, prm = make_policy(), make_prm()
+    with pytest.raises(ConfigError, match="pool is empty"):
+        create_router_graph(policy, prm, pool={}, tier_fn=lambda q: "math")
+    with pytest.raises(ConfigError, match="needs pool"):
+        create_router_graph(policy, prm, tier_fn=lambda q: "math")
+    with pytest.raises(ConfigError, match="no 'medium' entry"):
+        create_router_graph(policy, prm, tier_fn=lambda q: "math", pool={"large": (policy, None)})
+    with pytest.raises(ConfigError, match="only used with tier_fn"):
+        create_router_graph(policy, prm, pool={"large": (policy, None)})
+    graph = create_router_graph(
+        policy, prm, tier_fn=lambda q: "poetry",
+        pool={"large": (policy, None), "medium": (policy, None)},
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match="tier_fn returned 'poetry'"):
+        graph.invoke({"question": "q"})
+    with pytest.raises(ConfigError, match="unknown strategy"):
+        create_router_graph(policy, prm, table={"easy": {"strategy": "nope"}})
+    with pytest.raises(ConfigError, match="bin 'easy'.*needs a PRM"):
+        create_router_graph(policy, None)  # beam search needs a PRM
+    with pytest.raises(ConfigError, match="temperature"):
+        ProbeEstimator(policy, temperature=-1.0)
+    with pytest.raises(ConfigError, match="k must be"):
+        ProbeEstimator(policy, k=0)
+    with pytest.raises(ConfigError, match="unknown estimator"):
+        create_router_graph(policy, prm, estimator="oracle")
+    with pytest.raises(InputError, match="empty"):
+        create_router_graph(policy, prm).invoke({"question": "  "})
+
+
+def test_budget_below_the_probe_cost_is_rejected_at_build_time():
+    policy, prm = make_policy(num_parameters=1000), make_prm(num_parameters=1000)
+    est = ProbeEstimator(policy, prm, k=4, max_tokens=100)
+    worst = 2 * 1000 * 4 * 100 * 2  # policy + PRM, k samples x cap
+    with pytest.raises(ConfigError, match="below the difficulty probe's worst-case cost"):
+        create_router_graph(policy, prm, estimator=est, max_flops=worst - 1)
+    with pytest.raises(ConfigError, match="max_tokens"):
+        create_router_graph(policy, prm, estimator=est, max_tokens=799)
+    create_router_graph(policy, prm, estimator=est, max_flops=worst)
+    with pytest.raises(ConfigError, match="positive"):
+        create_router_graph(policy, prm, max_flops=-1)
+
+
+# -- budgets -------------------------------------------------------------------------------
+class CappedPolicy(FakePolicy):
+    """A fake that, like a real backend, honours ``max_step_tokens`` and knows whole-solution
+    calls (it writes ``depth`` steps then a boxed answer)."""
+
+    def __init__(self, depth: int = 3, **kw):
+        self.depth = depth
+        super().__init__(self._step, **kw)
+        self._whole = False
+
+    def _step(self, prefix: Trajectory, i: int) -> str | Step:
+        a = answer_for(prefix.question, i)
+        # a hard question's solutions end without an answer (EOS), so searches finish
+        final = f"\\boxed{{{a}}}" if a is not None else Step(text="no idea", finish_reason="eos")
+        if self._whole:
+            body = ["thinking about it some more"] * self.depth  # no digits: no fake answer
+            return "\n\n".join([*body, final if isinstance(final, str) else final.text])
+        k = len(prefix.steps)
+        return "thinking about it some more" if k < self.depth else final
+
+    async def _agenerate(
+        self, prefixes: Sequence[Trajectory], n: int, params: SamplingParams
+    ) -> PolicyResult:
+        self._whole = not params.stop_at_step
+        res = await super()._agenerate(prefixes, n, params)
+        cap = params.max_step_tokens
+        rows = [
+            [s if s.tokens <= cap else Step(text=s.text[: 4 * cap], tokens=cap,
+                                             finish_reason="length") for s in row]
+            for row in res.steps
+        ]  # fmt: skip
+        gen = sum(s.tokens for row in rows for s in row)
+        prompt = res.usage.policy_prompt_tokens
+        usage = Usage(policy_calls=1, policy_prompt_tokens=prompt, policy_generated_tokens=gen,
+                      policy_flops=2.0 * self.num_parameters * (prompt + gen))  # fmt: skip
+        return PolicyResult(steps=rows, usage=usage)
+
+
+def test_budget_downgrades_to_a_cheaper_allocation_that_fits():
+    policy, prm = CappedPolicy(), make_prm(0.1)
+    est = ProbeEstimator(policy, prm, k=4, max_tokens=32)
+    free = create_router_graph(policy, prm, estimator=est, reuse_probe=False)
+    out = free.invoke({"question": "hard q"})
+    hard_cost = out["usage"].flops
+    probe_cost = out["difficulty"].usage.flops
+    assert out["route"].node == "hard_beam_search"
+    budget = 2 * 1000 * 4 * 32 * 2 + 0.3 * (hard_cost - probe_cost)
+    capped = create_router_graph(policy, prm, estimator=est, reuse_probe=False, max_flops=budget)
+    out = capped.invoke({"question": "hard q"})
+    assert out["route"].reason == "budget_downgrade" and out["route"].node != "hard_beam_search"
+    assert out["usage"].flops <= budget
+    # The probe runs, but what is left cannot pay for any allocation: the probe answers.
+    searches = BudgetTable(
+        easy=Allocation(strategy="beam_search", config={"n": 16, "beam_width": 4}),
+        medium=Allocation(strategy="beam_search", config={"n": 16, "beam_width": 4}),
+    )
+    out = create_router_graph(
+        policy, prm, estimator=est, table=searches, reuse_probe=False, max_flops=3e6
+    ).invoke({"question": "medium q"})
+    assert out["route"].reason == "budget_probe_only" and out["route"].node == "finalize"
+    assert out["answer"] == "7" and out["stop_reason"] == "budget"
+    assert 0 < out["usage"].flops <= 3e6
+    # The build-time check leaves out the prompt; a budget the probe cannot pay at run
+    # time (its prompt bound included) is refused call by call: nothing is spent.
+    tight = 2 * 1000 * 4 * 32 * 2
+    out = create_router_graph(
+        policy, prm, estimator=est, reuse_probe=False, max_flops=tight
+    ).invoke({"question": "medium q"})
+    assert out["route"].reason == "budget_probe_only" and out["route"].budget_stopped
+    assert out["usage"].flops == 0 and out["answer"] is None
+
+
+async def test_meter_lowers_the_step_cap_then_refuses():
+    from langchain_tts.routing import Ledger, MeteredPolicy, MeteredPRM
+
+    policy = CappedPolicy(num_parameters=10)
+    q = Trajectory(question="hard q")  # 6 bytes + 64 overhead = 70 prompt tokens per sample
+    ledger = Ledger(max_tokens=70 * 2 + 2 * 5)  # room for 2 samples of 5 tokens each
+    res = await MeteredPolicy(policy, ledger).agenerate([q], 2, SamplingParams())
+    assert policy.calls[-1][2].max_step_tokens == 5  # lowered from 2048 to what fits
+    assert res.usage.tokens <= 150 and ledger.spent == res.usage
+    spent = ledger.spent
+    ledger.max_tokens = spent.tokens + 10  # not even one token per sample now
+    res = await MeteredPolicy(policy, ledger).agenerate([q], 2, SamplingParams())
+    assert ledger.exhausted and res.usage == Usage() and ledger.spent == spent
+    assert [s.finish_reason for s in res.steps[0]] == ["length", "length"]
+    scores = await MeteredPRM(make_prm(0.7), ledger).ascore([Trajectory(question="q", steps=["a"])])
+    assert scores.scores == [[0.0]] and scores.usage == Usage()  # refused: unverified
+
+
+_ALLOCS = [
+    ("cot", {}),
+    ("best_of_n", {"n": 2}),
+    ("best_of_n", {"n": 8}),
+    ("majority_vote", {"n": 6}),
+    ("weighted_vote", {"n": 4}),
+    ("beam_search", {"n": 8, "beam_width": 2}),
+    ("beam_search", {"n": 16, "beam_width": 4}),
+    ("dvts", {"n": 8, "beam_width": 4}),
+    ("mcts", {"simulations": 6, "expand_k": 2}),
+    ("revision", {"revisions": 2}),
+    ("hybrid", {"split": "sqrt", "budget": 4}),
+]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_usage_never_exceeds_max_flops(seed: int):
+    rng = random.Random(seed)
+    policy, prm = CappedPolicy(depth=rng.randint(1, 4)), make_prm(rng.random())
+    k, cap = rng.randint(1, 4), rng.choice([16, 32])
+    probe_worst = 2 * 1000 * k * cap * 2
+    for _ in range(6):
+        table = BudgetTable(**{
+            b: Allocation(strategy=s, config=c)
+            for b, (s, c) in zip(("easy", "medium", "hard"), rng.sample(_ALLOCS, 3))
+        })  # fmt: skip
+        max_flops = probe_worst * rng.uniform(1.0, 12.0)
+        graph = create_router_graph(
+            policy, prm, estimator=ProbeEstimator(policy, prm, k=k, max_tokens=cap),
+            table=table, max_flops=max_flops, reuse_probe=rng.random() < 0.5,
+        )  # fmt: skip
+        q = rng.choice(["easy q", "medium q", "hard q"])
+        out = graph.invoke({"question": q})
+        assert out["usage"].flops <= max_flops, (seed, table, q, out["route"])
