@@ -68,6 +68,7 @@ class TrainRecipe:
     large_steps: int = 2000
     prm_steps: int = 1200
     weak_prm_steps: int = 150
+    prm_dense: bool = True  # per-token targets as well as step targets (see _prm_example)
     prm_init: str = "large"  # which trained policy initialises the PRM body
     continue_steps: int = 0  # extra steps for --only continue-large / continue-small
     batch_size: int = 32
@@ -203,15 +204,38 @@ def sample_rollouts(
     return out
 
 
-def _prm_example(tok, p: ArithmeticProblem, steps: list[str]) -> tuple[list[int], list[int]]:
+DENSE = 2  # label offset marking a dense (per-token) target, see _prm_example
+
+
+def _prm_example(
+    tok, p: ArithmeticProblem, steps: list[str], dense: bool = False
+) -> tuple[list[int], list[int]]:
+    """Token ids in the PRM format and targets: the step label at each ``<extra_0>``.
+
+    With ``dense``, every token of a step also gets a target (stored as ``DENSE + label``):
+    whether the solution text is still a prefix of the gold solution at that character.
+    The tokenizer is char-level, so that pinpoints the first wrong digit, which teaches
+    the PRM to *check* arithmetic far faster than step labels alone; only the step-tag
+    read-out is used at inference.
+    """
     labels = label_steps(p, steps).labels
     ids = tok(p.question + STEP_DELIMITER)["input_ids"]
     tag = tok.convert_tokens_to_ids(STEP_TAG)
     y = [-100] * len(ids)
-    for step, ok in zip(steps, labels):
+    gold = p.gold_steps
+    on_track = True
+    for k, (step, ok) in enumerate(zip(steps, labels)):
         step_ids = tok(step)["input_ids"]
         ids += step_ids + [tag]
-        y += [-100] * len(step_ids) + [int(ok)]
+        if dense and len(step_ids) == len(step):
+            g = gold[k] if k < len(gold) else ""
+            for j in range(len(step)):
+                good = on_track and step[: j + 1] == g[: j + 1]
+                y.append(DENSE + int(good))
+        else:
+            y += [-100] * len(step_ids)
+        y.append(int(ok))
+        on_track = on_track and ok
     return ids, y
 
 
@@ -265,7 +289,7 @@ def train_prm(
                 else:
                     p = stream.sample()
                     st = _corrupt(p, rng)
-                ids, y = _prm_example(tok, p, st)
+                ids, y = _prm_example(tok, p, st, dense=recipe.prm_dense)
                 examples.append((ids[:512], y[:512]))
             examples.sort(key=lambda e: len(e[0]))
             pool = [
@@ -278,13 +302,16 @@ def train_prm(
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, steps, recipe.lr / 2)
         logits = model(x)
-        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-100)
+        tags = (y >= 0) & (y < DENSE)
+        loss = F.cross_entropy(logits[tags], y[tags])
+        dense = y >= DENSE
+        if dense.any():
+            loss = loss + 0.5 * F.cross_entropy(logits[dense], y[dense] - DENSE)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        mask = y != -100
-        accs.append((logits.argmax(-1)[mask] == y[mask]).float().mean().item())
+        accs.append((logits[tags].argmax(-1) == y[tags]).float().mean().item())
         losses.append(loss.item())
         if step % 50 == 0:
             bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
@@ -307,7 +334,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     for f, v in asdict(TrainRecipe()).items():
-        ap.add_argument(f"--{f.replace('_', '-')}", type=type(v), default=v)
+        kind = (lambda x: x.lower() in ("1", "true", "yes")) if isinstance(v, bool) else type(v)
+        ap.add_argument(f"--{f.replace('_', '-')}", type=kind, default=v)
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
