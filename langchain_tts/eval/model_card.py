@@ -126,6 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=Path("docs/results/embedded_sweep.jsonl"))
     ap.add_argument("--n", type=int, default=320, help="test problems (40 per level)")
     ap.add_argument("--only", nargs="*", help="strategy names to run (default: all)")
+    ap.add_argument("--runs", type=str, default="", help="comma-separated run indexes")
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument(
         "--suite",
@@ -144,8 +145,9 @@ def main(argv: list[str] | None = None) -> None:
     problems = load_synthetic("test", args.n)
     if not args.report_only:
         policies, prms = {}, {}
-        for size, prm_kind, strategy, n in runs:
-            if args.only and strategy not in args.only:
+        picked = {int(i) for i in args.runs.split(",") if i} if args.runs else None
+        for idx, (size, prm_kind, strategy, n) in enumerate(runs):
+            if args.only and strategy not in args.only or picked and idx not in picked:
                 continue
             if size not in policies:
                 policies[size] = load_default_policy(size)
@@ -158,14 +160,16 @@ def main(argv: list[str] | None = None) -> None:
             asyncio.run(
                 run_eval(graph, problems, meta=meta, out=args.out, concurrency=args.concurrency)
             )
-    rows = summarize(read_records(args.out))
+    # Shards (``--out X.part2.jsonl``, run in parallel processes) are reported together.
+    files = sorted(args.out.parent.glob(args.out.name.split(".")[0] + "*.jsonl"))
+    rows = summarize([r for f in files for r in read_records(f)])
     table = markdown_table(rows)
     lines = [table]
     if args.suite == "card":
         lines += ["", "| claim | holds | measured |", "|---|---|---|"]
         lines += [f"| {c} | {'yes' if ok else 'NO'} | {m} |" for c, ok, m in claims(rows)]
     text = "\n".join(lines)
-    args.out.with_suffix(".md").write_text(
+    Path(str(files[0] if files else args.out).split(".")[0] + ".md").write_text(
         "# Embedded models on the synthetic test set\n\n"
         f"Made by `python -m langchain_tts.eval.model_card --suite {args.suite} --n {args.n}` "
         f"({args.n} held-out problems, equal per level; L1..L8 = number of operations; "

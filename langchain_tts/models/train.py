@@ -21,7 +21,7 @@ import math
 import random
 import time
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -69,7 +69,8 @@ class TrainRecipe:
     prm_steps: int = 1200
     weak_prm_steps: int = 150
     prm_dense: bool = True  # per-token targets as well as step targets (see _prm_example)
-    prm_init: str = "large"  # which trained policy initialises the PRM body
+    prm_init: str = "small"
+    prm_extra_layers: int = 4  # fresh layers stacked on the policy's (see main)  # which trained policy initialises the PRM body
     continue_steps: int = 0  # extra steps for --only continue-large / continue-small
     batch_size: int = 32
     lr: float = 3e-3
@@ -270,8 +271,12 @@ def train_prm(
     rng = random.Random(recipe.seed + 7)
     stream = _TrainStream(recipe.seed + 99)
     model = TinyLlamaForTokenClassification(cfg)
-    if init_from is not None:
-        model.model.load_state_dict(init_from.model.state_dict())
+    if init_from is not None:  # the policy's embedding, first layers and final norm
+        src = init_from.model
+        model.model.embed_tokens.load_state_dict(src.embed_tokens.state_dict())
+        model.model.norm.load_state_dict(src.norm.state_dict())
+        for dst, layer in zip(model.model.layers, src.layers):
+            dst.load_state_dict(layer.state_dict())
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr / 2, weight_decay=0.01)
     t0, losses, accs = time.time(), [], []
     bar = tqdm(range(steps), desc=desc, mininterval=5)
@@ -381,11 +386,19 @@ def main(argv: list[str] | None = None) -> None:
         prm_extra = {"id2label": {0: "bad", 1: "good"}, "label2id": {"bad": 0, "good": 1},
                      "step_tag": STEP_TAG}  # fmt: skip
         if "prm" in only:
-            body_cfg = SIZES[recipe.prm_init]
-            body = TinyLlamaForCausalLM(body_cfg)
+            policy_cfg = SIZES[recipe.prm_init]
+            body = TinyLlamaForCausalLM(policy_cfg)
             _load_fp16(body, out / f"policy-{recipe.prm_init}")
-            m, s = train_prm(body_cfg, body, rollouts, recipe.prm_steps, recipe, "prm")
-            save_hf(m, body_cfg, out / "prm", "LlamaForTokenClassification", **prm_extra)
+            # The PRM stacks fresh layers on the policy's: at position i they can read the
+            # policy's finished next-token prediction made at i-1 and compare it with token
+            # i. A same-depth PRM would have to recompute that prediction to check a digit,
+            # and did not learn to (loss plateaued, gold and wrong steps scored alike).
+            prm_cfg = replace(
+                policy_cfg,
+                num_hidden_layers=policy_cfg.num_hidden_layers + recipe.prm_extra_layers,
+            )
+            m, s = train_prm(prm_cfg, body, rollouts, recipe.prm_steps, recipe, "prm")
+            save_hf(m, prm_cfg, out / "prm", "LlamaForTokenClassification", **prm_extra)
             record("prm", s)
         if "weak_prm" in only:
             m, s = train_prm(
