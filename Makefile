@@ -24,7 +24,7 @@ demo: setup  ## solve a question with PRM beam search on the embedded models
 test: setup  ## the whole suite (unit, end to end on the embedded models, lint)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
 
 lint: setup
 	$(BIN)/ruff check .

@@ -12,7 +12,8 @@ Why the extra plumbing around ``add_routes``:
 * LangServe validates ``config["configurable"]`` against the runnable's config schema and
   drops what the schema lacks; a plain TTS graph has none, so knobs and ``thread_id`` would
   vanish. :func:`servable_graph` gives each graph a knobs schema (also what LangGraph
-  Studio shows), and the per-request modifier restores ``thread_id``.
+  Studio shows); LangServe's copy of it keeps types but not constraints, so the per-request
+  modifier re-validates knobs (400) and restores ``thread_id``.
 * Bad input must be a 4xx with a clear message, never a 500 (nor a 500 event inside a
   200 stream): requests are validated before the graph runs (:class:`TTSRequest`), and
   ``InputError`` / ``ConfigError`` that still escape are mapped to 422 / 400.

@@ -58,6 +58,18 @@ class OraclePolicy(StepPolicy):
         return PolicyResult(steps=rows, usage=Usage(policy_calls=1))
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Two cores shared with background jobs: torch's default two threads then contend and
+    run 10x+ slower; one thread keeps these end-to-end tests steady (restored after)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def test_planner_rule():
     ex = load_example()
     assert ex.count_operations("Start with 3. Add 4. Multiply by 2. Subtract 1.") == 3
@@ -86,7 +98,7 @@ def test_agent_routes_and_answers_synthetic_questions():
 
 @pytest.mark.slow
 @requires_weights
-def test_agent_on_the_embedded_models():
+def test_agent_on_the_embedded_models(one_torch_thread: None):
     from langchain_tts.models import load_default
 
     ex = load_example()
@@ -106,14 +118,17 @@ def test_agent_on_the_embedded_models():
 
 @pytest.mark.slow
 @requires_weights
-def test_deployment_doc_python_blocks_run():
+def test_deployment_doc_python_blocks_run(one_torch_thread: None):
     text = (ROOT / "docs" / "deployment.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", text, re.S)
     assert len(blocks) >= 3
     namespace: dict = {"__name__": "deployment_doc"}
     for i, block in enumerate(blocks):
         try:
-            exec(compile(block, f"deployment.md[block {i}]", "exec"), namespace)
+            # dont_inherit: this file's `from __future__ import annotations` must not turn
+            # the doc's annotations into strings (users run the blocks without it).
+            code = compile(block, f"deployment.md[block {i}]", "exec", dont_inherit=True)
+            exec(code, namespace)
         except Exception as e:  # pragma: no cover - the message names the failing block
             raise AssertionError(f"deployment.md block {i} failed: {e!r}\n{block}") from e
 

@@ -53,7 +53,8 @@ def start_dev_server(config_dir: Path, log_path: Path) -> tuple[subprocess.Popen
     port = free_port()
     cmd = [langgraph_bin(), "dev", "--no-browser", "--no-reload", "--host", "127.0.0.1"]
     cmd += ["--port", str(port), "--config", "langgraph.json"]
-    env = {**os.environ, "LANGGRAPH_CLI_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1"}
+    env = {"OMP_NUM_THREADS": "1", **os.environ}  # one torch thread: steadier on busy CPUs
+    env.update(LANGGRAPH_CLI_NO_ANALYTICS="1", HF_HUB_OFFLINE="1")
     log = log_path.open("w")  # outside the project: the watcher must not see it
     proc = subprocess.Popen(
         cmd, cwd=config_dir, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
