@@ -44,6 +44,11 @@ def test_greedy_policy_solves_easy_problems(models, problems):
     assert correct >= len(easy) - 1, [(o["solution"], p.answer) for o, p in zip(outs, easy)]
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap (issue 4): the shipped PRM ranks gold over corrupted solutions only "
+    "~65% of the time (docs/model_card.md); this must pass once the PRM is retrained",
+)
 def test_strong_prm_prefers_gold_over_corrupted_steps(models, problems):
     _, prm = models
     rng = random.Random(0)

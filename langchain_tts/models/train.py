@@ -65,7 +65,7 @@ SIZES: dict[str, TinyLlamaConfig] = {
 @dataclass
 class TrainRecipe:
     small_steps: int = 3000
-    large_steps: int = 2000
+    large_steps: int = 3000
     prm_steps: int = 1200
     weak_prm_steps: int = 150
     prm_dense: bool = True  # per-token targets as well as step targets (see _prm_example)
