@@ -54,3 +54,16 @@ class StrategyConfig(BaseModel):
                 f"({self.max_total_tokens}); raise max_total_tokens or lower max_step_tokens"
             )
         return self
+
+
+def check_split(n: int, beam_width: int, what: str) -> None:
+    """``n`` candidates split into groups of ``beam_width`` (beam search, DVTS)."""
+    if n < beam_width:
+        raise ValueError(
+            f"n ({n}) must be >= beam_width ({beam_width}): {what}; raise n or lower beam_width"
+        )
+    if n % beam_width:
+        raise ValueError(
+            f"n ({n}) must be a multiple of beam_width ({beam_width}); "
+            f"e.g. n={beam_width * max(1, n // beam_width)}"
+        )

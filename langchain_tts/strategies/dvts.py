@@ -31,7 +31,7 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
 from pydantic import Field, model_validator
 
-from langchain_tts.core.config import StrategyConfig
+from langchain_tts.core.config import StrategyConfig, check_split
 from langchain_tts.core.errors import ConfigError
 from langchain_tts.core.types import Trajectory, Usage
 from langchain_tts.policies.base import StepPolicy
@@ -61,16 +61,7 @@ class DVTSConfig(StrategyConfig):
 
     @model_validator(mode="after")
     def _shape(self) -> DVTSConfig:
-        if self.n < self.beam_width:
-            raise ValueError(
-                f"n ({self.n}) must be >= beam_width ({self.beam_width}): DVTS runs "
-                f"n / beam_width subtrees; raise n or lower beam_width"
-            )
-        if self.n % self.beam_width:
-            raise ValueError(
-                f"n ({self.n}) must be a multiple of beam_width ({self.beam_width}); "
-                f"e.g. n={self.beam_width * max(1, self.n // self.beam_width)}"
-            )
+        check_split(self.n, self.beam_width, "DVTS runs n / beam_width subtrees")
         return self
 
     @property
