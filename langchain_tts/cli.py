@@ -93,26 +93,96 @@ def eval_cmd(
     dataset: Annotated[str, typer.Option(help="synthetic | math500 | aime24")] = "synthetic",
     strategy: Annotated[list[str], typer.Option(help="repeatable")] = ["beam_search"],  # noqa: B006
     budgets: Annotated[str, typer.Option(help="comma-separated N values")] = "4,16",
-    policy: Annotated[str, typer.Option()] = "small",
-    prm: Annotated[str, typer.Option()] = "strong",
+    policy: Annotated[
+        str | None,
+        typer.Option(help="embedded: small | large; openai: the label in the records [--model]"),
+    ] = None,
+    prm: Annotated[
+        str | None,
+        typer.Option(help="embedded: strong | weak | none; openai: the label [--prm-model]"),
+    ] = None,
     n_problems: Annotated[int, typer.Option("--n", help="problems (0: all)")] = 0,
     out: Annotated[Path, typer.Option(help="JSONL records, appended; reruns resume")] = Path(
         "eval_results.jsonl"
     ),
     concurrency: Annotated[int, typer.Option()] = 1,
     seed: Annotated[int, typer.Option(help="sampling seed")] = 0,
+    data: Annotated[
+        Path | None, typer.Option(help="a JSONL of problems (problem, answer[, level, id])")
+    ] = None,
+    config: Annotated[
+        str,
+        typer.Option(help="JSON merged into every strategy config, e.g. '{\"temperature\": 0.8}'"),
+    ] = "",
+    backend: Annotated[
+        str, typer.Option(help="embedded (the bundled tiny models) | openai (HTTP servers)")
+    ] = "embedded",
+    base_url: Annotated[
+        str | None, typer.Option(help="openai: the policy server, e.g. http://localhost:8000/v1")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="openai: the served policy model")] = None,
+    api_key: Annotated[
+        str | None, typer.Option(envvar="OPENAI_API_KEY", help="openai: bearer token")
+    ] = None,
+    policy_params: Annotated[
+        float, typer.Option(help="openai: policy parameters, for FLOPs (0: FLOPs stay 0)")
+    ] = 0,
+    prm_url: Annotated[
+        str | None,
+        typer.Option(help="openai: the PRM pooling server, e.g. http://localhost:8001/v1"),
+    ] = None,
+    prm_model: Annotated[str | None, typer.Option(help="openai: the served PRM model")] = None,
+    prm_format: Annotated[
+        str, typer.Option(help="openai PRM input: qwen | math_shepherd")
+    ] = "qwen",
+    prm_params: Annotated[float, typer.Option(help="openai: PRM parameters, for FLOPs")] = 0,
+    chat_template: Annotated[
+        str, typer.Option(help="openai prompts: server (vLLM /tokenize) | client | none")
+    ] = "server",
+    tokenizer: Annotated[
+        str | None, typer.Option(help="openai, --chat-template client: HF tokenizer path / id")
+    ] = None,
+    system_prompt: Annotated[str, typer.Option(help="openai: the policy's system prompt")] = (
+        "Please reason step by step, and put your final answer within \\boxed{}."
+    ),
+    timeout: Annotated[float, typer.Option(help="openai: seconds per HTTP request")] = 600.0,
 ) -> None:
-    """Run strategies x budgets over a dataset and print the accuracy/compute table."""
+    """Run strategies x budgets over a dataset and print the accuracy/compute table.
+
+    Records are appended to --out; rerunning the same command skips the problems already
+    there, so an interrupted sweep resumes. `tts report --out DIR` turns them into a report.
+    """
     from langchain_tts import create_tts_graph
     from langchain_tts.eval.datasets import load_dataset
     from langchain_tts.eval.runner import budget_config, markdown_table, read_records, summarize
     from langchain_tts.eval.runner import run_eval as _run
 
-    problems = load_dataset(dataset, n=n_problems or None)
-    pol, verifier = _load(policy, prm)
+    try:
+        extra = json.loads(config) if config else {}
+    except json.JSONDecodeError as e:
+        raise typer.BadParameter(f"not JSON: {e}", param_hint="--config") from None
+    if not isinstance(extra, dict):
+        raise typer.BadParameter("must be a JSON object", param_hint="--config")
+    problems = load_dataset(dataset, path=data, n=n_problems or None)
+    if backend == "embedded":
+        policy, prm = policy or "small", prm or "strong"
+        pol, verifier = _load(policy, prm)
+    elif backend == "openai":
+        if not base_url or not model:
+            raise typer.BadParameter("--backend openai needs --base-url and --model")
+        pol, verifier = _remote(
+            base_url, model, api_key=api_key, policy_params=policy_params, prm_url=prm_url,
+            prm_model=prm_model, prm_format=prm_format, prm_params=prm_params,
+            chat_template=chat_template, tokenizer=tokenizer, system_prompt=system_prompt,
+            timeout=timeout,
+        )  # fmt: skip
+        policy = policy or model
+        prm = prm or (prm_model if verifier is not None else "none")
+    else:
+        raise typer.BadParameter(f"unknown backend {backend!r}: embedded | openai")
     for strat in strategy:
         for b in [1] if strat == "cot" else [int(x) for x in budgets.split(",")]:
-            cfg = {**budget_config(strat, b), "seed": seed}
+            cfg = {**budget_config(strat, b), "seed": seed, **extra}
             graph = create_tts_graph(pol, verifier, strat, cfg)
             meta = {"dataset": dataset, "policy": policy, "prm": prm, "strategy": strat,
                     "budget": b}  # fmt: skip
@@ -121,16 +191,102 @@ def eval_cmd(
     typer.echo(markdown_table(rows))
 
 
+def _remote(
+    base_url: str,
+    model: str,
+    *,
+    api_key: str | None,
+    policy_params: float,
+    prm_url: str | None,
+    prm_model: str | None,
+    prm_format: str,
+    prm_params: float,
+    chat_template: str,
+    tokenizer: str | None,
+    system_prompt: str,
+    timeout: float,
+):
+    """An OpenAIPolicy (and an HTTPRewardPRM when --prm-url is given) for `tts eval`."""
+    from langchain_tts.policies.openai import OpenAIPolicy
+    from langchain_tts.prms.http import HTTPRewardPRM
+
+    pol = OpenAIPolicy(
+        base_url,
+        model,
+        api_key=api_key,
+        chat_template=chat_template,  # type: ignore[arg-type]
+        tokenizer=tokenizer,
+        system_prompt=system_prompt or None,
+        timeout=timeout,
+        num_parameters=int(policy_params),
+    )
+    if not prm_url:
+        return pol, None
+    if not prm_model:
+        raise typer.BadParameter("--prm-url needs --prm-model")
+    verifier = HTTPRewardPRM(
+        prm_url,
+        prm_model,
+        format=prm_format,  # type: ignore[arg-type]
+        chat_template=chat_template,  # type: ignore[arg-type]
+        tokenizer=tokenizer,
+        api_key=api_key,
+        timeout=timeout,
+        num_parameters=int(prm_params),
+    )
+    return pol, verifier
+
+
 @app.command()
 def report(
-    records: Annotated[list[Path], typer.Argument(help="JSONL files from `tts eval`")],
+    records: Annotated[
+        list[Path], typer.Argument(help="JSONL files (or folders of them) from `tts eval`")
+    ],
     levels: Annotated[bool, typer.Option(help="per-level columns")] = True,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="write report.md, report.json and the plots to this folder"),
+    ] = None,
+    plots: Annotated[bool, typer.Option(help="with --out: PNG + SVG plots (matplotlib)")] = True,
+    title: Annotated[str, typer.Option(help="the report's title")] = "Evaluation report",
+    law_x: Annotated[
+        str,
+        typer.Option(
+            help="T of the law: generated_tokens | tokens | policy_tokens | flops | budget"
+        ),
+    ] = "generated_tokens",
+    difficulty: Annotated[
+        str, typer.Option(help="bins: auto | level (dataset levels) | pass1 (solve rate)")
+    ] = "auto",
+    reference: Annotated[
+        str | None,
+        typer.Option(help="the larger model's policy label for crossovers (default: auto)"),
+    ] = None,
 ) -> None:
-    """Print the accuracy/compute table of existing eval records."""
-    from langchain_tts.eval.runner import markdown_table, read_records, summarize
+    """Print the accuracy/compute table of eval records; with --out, write the full report
+    (per-bin accuracy, scaling-law fits, crossovers, plots)."""
+    from langchain_tts.eval.runner import load_records, markdown_table, summarize
 
-    recs = [r for p in records for r in read_records(p)]
-    typer.echo(markdown_table(summarize(recs), levels=levels))
+    try:
+        recs = load_records(*records)
+    except (FileNotFoundError, ValueError) as e:
+        raise typer.BadParameter(str(e), param_hint="RECORDS") from None
+    if out is None:
+        typer.echo(markdown_table(summarize(recs), levels=levels))
+        return
+    from langchain_tts.eval.report import write_report
+
+    try:
+        path = write_report(
+            records, out, title, plots=plots, law_x=law_x, difficulty=difficulty,  # type: ignore[arg-type]
+            reference_policy=reference,
+        )  # fmt: skip
+    except ImportError as e:
+        raise typer.BadParameter(str(e), param_hint="--plots") from None
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    typer.echo(path.read_text(encoding="utf-8"))
+    typer.echo(f"Report written to {path}", err=True)
 
 
 @app.command()

@@ -2,7 +2,10 @@
 
 Each solved problem is one JSONL record; re-running skips the records already there, so a
 sweep can be interrupted and resumed. ``summarize`` turns records into accuracy and mean
-compute per (policy, prm, strategy, budget), overall and per difficulty level.
+compute per (policy, prm, strategy, budget), overall and per difficulty level;
+:mod:`langchain_tts.eval.report` into full reports (scaling laws, crossovers, plots).
+``load_records`` reads several files; ``calibration_records`` selects one policy/PRM pair
+for ``routing.calibrate``. See ``docs/evaluation.md``.
 """
 
 from __future__ import annotations
@@ -44,10 +47,88 @@ def _key(r: dict) -> tuple:
 
 
 def read_records(path: str | Path) -> list[dict]:
+    """The records of one JSONL file (``[]`` when it does not exist yet).
+
+    A sweep killed mid-write can leave a truncated last line: it is skipped (that problem
+    is simply solved again on resume). A malformed line anywhere else is an error.
+    """
     p = Path(path)
     if not p.exists():
         return []
-    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+    lines = [(i, line) for i, line in enumerate(p.read_text().splitlines()) if line.strip()]
+    out = []
+    for k, (i, line) in enumerate(lines):
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if k == len(lines) - 1:
+                continue  # an interrupted write: redo that problem
+            raise ValueError(f"{p}:{i + 1}: not a JSON record ({e})") from None
+    return out
+
+
+def load_records(*paths: str | Path) -> list[dict]:
+    """The records of several JSONL files (shards of one sweep, or several sweeps), in order.
+
+    A directory stands for every ``*.jsonl`` file in it; a missing file is an error here
+    (unlike :func:`read_records`, which treats it as an empty sweep to resume).
+    """
+    out: list[dict] = []
+    for path in paths:
+        p = Path(path)
+        if p.is_dir():
+            files = sorted(p.glob("*.jsonl"))
+        elif p.exists():
+            files = [p]
+        else:
+            raise FileNotFoundError(f"no such results file: {str(p)!r}")
+        for f in files:
+            out.extend(read_records(f))
+    return out
+
+
+def calibration_records(
+    records: Iterable[dict],
+    *,
+    dataset: str | None = None,
+    policy: str | None = None,
+    prm: str | None = None,
+) -> list[dict]:
+    """The records of one (dataset, policy, prm), ready for ``routing.calibrate``.
+
+    ``calibrate`` wants the runs of one policy/PRM pair, while a results file may hold
+    several (a model-card sweep has small and large policies, and its PRM-free runs --
+    ``cot``, ``majority_vote`` -- are labelled ``prm="none"``). This picks ``dataset`` and
+    ``policy`` (each may be left out when the records have only one), the PRM ``prm``
+    (default: the only one besides ``"none"``), and keeps the PRM-free runs of that policy
+    too, relabelled with that PRM: they do not depend on it, and they are valid routes for
+    a router that has it. Raises ``ValueError`` naming the choices when one is ambiguous.
+    """
+    recs = [dict(r) for r in records]
+
+    def pick(field: str, value: str | None, pool: list[dict], ignore: tuple = ()) -> str:
+        if value is not None:
+            return value
+        seen = sorted({str(r.get(field)) for r in pool} - set(ignore))
+        if len(seen) == 1:
+            return seen[0]
+        if not seen and ignore:
+            return ignore[0]
+        raise ValueError(f"records hold several {field} values {seen}; pass {field}=...")
+
+    dataset = pick("dataset", dataset, recs)
+    recs = [r for r in recs if str(r.get("dataset")) == dataset]
+    policy = pick("policy", policy, recs)
+    recs = [r for r in recs if str(r.get("policy")) == policy]
+    prm = pick("prm", prm, recs, ignore=("none",))
+    out = [
+        {**r, "prm": prm} if str(r.get("prm")) == "none" else r
+        for r in recs
+        if str(r.get("prm")) in (prm, "none")
+    ]
+    if not out:
+        raise ValueError(f"no records for dataset={dataset!r}, policy={policy!r}, prm={prm!r}")
+    return out
 
 
 async def run_eval(
@@ -72,7 +153,7 @@ async def run_eval(
     records: list[dict] = []
     bar = tqdm(total=len(todo), desc=f"{meta.get('strategy')}@{meta.get('budget')}",
                disable=not progress, mininterval=2)  # fmt: skip
-    fh = open(out, "a") if out else None  # noqa: SIM115 - kept open for the whole sweep
+    fh = _open_for_append(out) if out else None
     try:
 
         async def one(p: Problem) -> None:
@@ -112,6 +193,25 @@ async def run_eval(
         if fh:
             fh.close()
     return records
+
+
+def _open_for_append(path: str | Path):
+    """Open ``path`` to append records, first dropping a record a killed sweep left half
+    written (:func:`read_records` skipped it, so that problem is solved again)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    if p.exists() and p.stat().st_size:
+        data = p.read_bytes()
+        if not data.endswith(b"\n"):
+            cut = data.rfind(b"\n") + 1
+            try:  # complete but unterminated: keep it (it was counted as done)
+                json.loads(data[cut:])
+                with open(p, "ab") as f:
+                    f.write(b"\n")
+            except ValueError:
+                with open(p, "r+b") as f:
+                    f.truncate(cut)
+    return open(p, "a")  # noqa: SIM115 - kept open for the whole sweep
 
 
 def summarize(records: Iterable[dict]) -> list[dict]:
