@@ -287,6 +287,17 @@ def test_probe_samples_count_towards_best_of_n():
     assert len(out["candidates"]) == 6 and out["answer"] == "7"
 
 
+def test_cot_reuses_the_verifiers_greedy_attempt():
+    policy, prm = make_policy(), make_prm(0.3)  # verifier p_solve 0.3: medium
+    table = BudgetTable(medium=Allocation(strategy="cot"))
+    out = create_router_graph(policy, prm, estimator="verifier", table=table).invoke(
+        {"question": "medium q"}
+    )
+    assert out["route"].node == "medium_cot" and out["route"].reused_samples == 1
+    assert whole_calls(policy) == [(1, 1)] and prm.calls == [1]  # the verifier's only
+    assert out["answer"] == "7" and out["usage"] == out["difficulty"].usage
+
+
 def test_usage_is_probe_plus_strategy():
     policy, prm = make_policy(), make_prm(0.1)  # p_solve = 0.05: hard
     graph = create_router_graph(policy, prm, reuse_probe=False, reuse_samples=False)
@@ -376,6 +387,26 @@ def test_budget_below_the_probe_cost_is_rejected_at_build_time():
     create_router_graph(policy, prm, estimator=est, max_flops=worst)
     with pytest.raises(ConfigError, match="positive"):
         create_router_graph(policy, prm, max_flops=-1)
+
+
+def test_malformed_pools_tiers_bins_and_budgets_fail_clearly():
+    policy, prm = make_policy(), make_prm()
+    for bad in (None, "large", (prm,), (policy, prm, prm)):
+        with pytest.raises(ConfigError, match=r"pool\['large'\] must be \(policy, prm\)"):
+            create_router_graph(
+                policy, prm, tier_fn=lambda q: "math", pool={"large": bad, "medium": policy}
+            )
+    pool = {"large": policy, "medium": (policy, None)}  # a bare policy is (policy, None)
+    for raw in (None, 3, "astrology"):
+        graph = create_router_graph(policy, prm, tier_fn=lambda q, raw=raw: raw, pool=pool)
+        with pytest.raises(ConfigError, match=f"tier_fn returned {raw!r}; expected one of"):
+            graph.invoke({"question": "q"})
+    with pytest.raises(ConfigError, match=r"unknown difficulty bin\(s\) \['extreme'\]"):
+        create_router_graph(policy, prm, table={"extreme": {"strategy": "cot"}})
+    with pytest.raises(ConfigError, match="below the difficulty probe's.*verifier's max_tokens"):
+        create_router_graph(policy, prm, estimator="verifier", max_flops=1.0)
+    free = ClassifierEstimator(lambda q: "hard")  # costs nothing: any budget is enough
+    create_router_graph(policy, prm, estimator=free, max_flops=1.0)
 
 
 # -- budgets -------------------------------------------------------------------------------

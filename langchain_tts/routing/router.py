@@ -16,7 +16,8 @@ Graph: ``prepare -> estimate -> <one strategy node per table bin | tier node> ->
   agrees (``p_solve`` and agreement >= ``reuse_threshold``) is answered with the probe's
   majority answer, no strategy runs. ``reuse_samples``: a sampling strategy (best-of-N,
   majority / weighted vote) counts the probe's samples among its N when they were drawn
-  the same way (same policy, temperature, token cap), so it samples only N - k more.
+  the same way (same policy, temperature, token cap), so it samples only N - k more;
+  ``cot`` likewise reuses the verifier's greedy attempt instead of writing it again.
 * Tiers: ``math`` / ``code`` / ``logic`` -> the small policy (``policy``, ``prm``) with the
   table; ``factual`` (alias ``knowledge``) -> ``pool["large"]`` with a direct CoT;
   ``general`` -> ``pool["medium"]`` direct. No probe is run for direct tiers.
@@ -60,6 +61,8 @@ from langchain_tts.routing.difficulty import (
     Bin,
     DifficultyEstimate,
     DifficultyEstimator,
+    ProbeEstimator,
+    VerifierEstimator,
     make_estimator,
 )
 from langchain_tts.routing.meter import Ledger, meter
@@ -89,6 +92,9 @@ REASONING_TIERS = ("math", "code", "logic")
 #: direct tiers -> the pool entry that answers them (paper 000: knowledge favours size)
 DIRECT_TIERS: dict[str, str] = {"factual": "large", "knowledge": "large", "general": "medium"}
 SAMPLING_STRATEGIES = ("best_of_n", "majority_vote", "weighted_vote")
+#: strategies that can count the estimator's samples as their own (``reuse_samples``): the
+#: sampling ones, and ``cot`` (one greedy chain: the verifier's attempt when caps match)
+REUSE_STRATEGIES = ("cot", *SAMPLING_STRATEGIES)
 
 RouteReason = Literal["table", "reuse_probe", "budget_downgrade", "budget_probe_only", "tier"]
 
@@ -138,7 +144,7 @@ def _units(strategy: str, cfg: Any, steps: float, reused: int) -> tuple[float, f
     """(generations, PRM-scored solutions), in whole-solution units, of one allocation."""
     s = max(1.0, steps)
     if strategy == "cot":
-        return 1.0, 0.0
+        return float(max(0, 1 - reused)), 0.0
     if strategy in SAMPLING_STRATEGIES:
         gen = max(0, cfg.n - reused)
         prm = 0 if cfg.selection == "majority" or cfg.n < 2 else cfg.n
@@ -218,9 +224,24 @@ def _check_budget(name: str, v: float | None) -> None:
         raise ConfigError(f"{name} must be a positive number (or None: no cap), got {v!r}")
 
 
+def _cheaper_probe_hint(est: DifficultyEstimator) -> str:
+    if isinstance(est, ProbeEstimator):
+        return (
+            "lower the probe's k or max_tokens (ProbeEstimator(policy, prm, k=2, max_tokens=256))"
+        )
+    if isinstance(est, VerifierEstimator):
+        return "lower the verifier's max_tokens (VerifierEstimator(policy, prm, max_tokens=256))"
+    return f"make the {type(est).__name__} cheaper"
+
+
 def _pool_entry(pool: Mapping[str, Any], key: str) -> tuple[StepPolicy, ProcessRewardModel | None]:
     v = pool[key]
-    pol, prm = (v, None) if isinstance(v, StepPolicy) else (tuple(v) + (None,))[:2]
+    if isinstance(v, StepPolicy):
+        pol, prm = v, None
+    elif isinstance(v, (tuple, list)) and 1 <= len(v) <= 2:
+        pol, prm = (tuple(v) + (None,))[:2]
+    else:
+        pol, prm = None, None
     if not isinstance(pol, StepPolicy):
         raise ConfigError(f"pool[{key!r}] must be (policy, prm) with a StepPolicy, got {v!r}")
     if prm is not None and not isinstance(prm, ProcessRewardModel):
@@ -247,7 +268,7 @@ class _StrategyNode:
         self.policy, self.prm = policy, prm
         self.cfg = strategy_config(strategy, config)
         self.max_flops, self.max_tokens = max_flops, max_tokens
-        self.reuse_samples = reuse_samples and strategy in SAMPLING_STRATEGIES
+        self.reuse_samples = reuse_samples and strategy in REUSE_STRATEGIES
         self.graph = create_tts_graph(policy, prm, strategy, self.cfg, name=f"tts_{name}")
 
     # the pieces shared by the sync and async paths
@@ -408,8 +429,7 @@ def create_router_graph(
                     raise ConfigError(
                         f"{label}={cap:.4g} is below the difficulty probe's worst-case cost "
                         f"({need:.4g}: its samples x token cap, PRM included, prompt aside); "
-                        "raise the budget, lower the probe's k or max_tokens "
-                        "(ProbeEstimator(policy, prm, k=2, max_tokens=256)), or use a "
+                        f"raise the budget, {_cheaper_probe_hint(est_obj)}, or use a "
                         "ClassifierEstimator, which costs nothing"
                     )
 

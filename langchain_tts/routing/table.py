@@ -164,6 +164,12 @@ class BudgetTable(BaseModel):
         """Validate a plain mapping (as read from JSON/YAML); errors are ConfigErrors."""
         if not isinstance(data, Mapping):
             raise ConfigError(f"a budget table must be a mapping, got {type(data).__name__}")
+        unknown = sorted(str(k) for k in data if str(k) not in (*BINS, "source"))
+        if unknown:
+            raise ConfigError(
+                f"unknown difficulty bin(s) {unknown} in the budget table; its keys are "
+                f"{list(BINS)} (and an optional 'source')"
+            )
         return cls(**{str(k): v for k, v in data.items()})
 
     # -- JSON / YAML -----------------------------------------------------------------------

@@ -1,0 +1,633 @@
+"""Does the calibrated router beat fixed strategies? ``python -m langchain_tts.eval.router_eval``
+
+Issue #6's claim, measured on the embedded small policy + strong PRM and the synthetic task:
+the calibrated router reaches the accuracy of the best single fixed strategy within 1 point
+while spending at least 30% fewer FLOPs per question (or, at equal-or-lower FLOPs, is more
+accurate). One command does all of it:
+
+1. **Calibration sweep** (validation split, never test): every candidate run (strategy x
+   budget, e.g. best-of-N / votes / beam search at N=4 and 16, greedy CoT) on ``--n-calib``
+   problems, with :func:`~langchain_tts.eval.runner.run_eval` (resumable JSONL records).
+2. **Bins**: the router's own difficulty estimator (the probe: k samples + one PRM call)
+   on each calibration problem, then :func:`~langchain_tts.routing.calibrate`: per bin, the
+   cheapest run whose accuracy is within ``--tolerance`` of that bin's best. A bin with no
+   calibration problem gets the pooled choice (the same rule over all problems).
+3. **Test** (held-out test split): the calibrated router graph and every fixed run of the
+   sweep. The router's FLOPs include its probe.
+4. **Report**: a table (run, accuracy, FLOPs/question, FLOPs relative to the best fixed run),
+   the claim check, the calibrated table and where the router sent the test questions;
+   printed, and written to ``<out>.md`` and ``<out>.json`` (default
+   ``docs/results/router_eval``). Records go to ``<out>.{calib,probe,test,routes}.jsonl``;
+   ``--resume`` keeps them and solves only what is missing (without it they are cleared).
+
+Records are labelled with a fingerprint of the model weights (``small@1a2b3c4d``) and the
+router's runs with a hash of its table and probe, so records of older weights or another
+table are never mixed in on ``--resume``. ``--tiny`` is a seconds-long smoke run (tests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import math
+import os
+import shlex
+import sys
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+__all__ = ["ACC_MARGIN", "FLOPS_SAVING", "check_claim", "main", "parse_runs"]
+
+#: issue #6: within 1 accuracy point of the best fixed run ...
+ACC_MARGIN = 0.01
+#: ... with at least 30% fewer FLOPs per question
+FLOPS_SAVING = 0.30
+
+DEFAULT_STRATEGIES = ("cot", "best_of_n", "majority_vote", "weighted_vote", "beam_search")
+DEFAULT_BUDGETS = (4, 16)
+DEFAULTS = {"n_calib": 320, "n_test": 320, "strategies": DEFAULT_STRATEGIES,
+            "budgets": DEFAULT_BUDGETS, "probe_k": 4}  # fmt: skip
+#: ``--tiny``: a smoke run of a few seconds (tests); explicit options still win
+TINY = {"n_calib": 8, "n_test": 4, "strategies": ("cot", "majority_vote", "best_of_n",
+        "beam_search"), "budgets": (2,), "probe_k": 2}  # fmt: skip
+ROUTER = "router"
+ESTIMATORS = ("probe", "agreement", "verifier")
+
+
+# -- options -------------------------------------------------------------------------------
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(s.strip() for s in text.split(",") if s.strip())
+
+
+def _budgets(text: str) -> tuple[int, ...]:
+    try:
+        out = tuple(int(s) for s in _csv(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"budgets must be integers, e.g. 4,16; got {text!r}"
+        ) from None
+    if not out or any(b < 1 for b in out):
+        raise argparse.ArgumentTypeError(f"budgets must be positive integers; got {text!r}")
+    return out
+
+
+def parse_runs(strategies: Sequence[str], budgets: Sequence[int]) -> list[tuple[str, int]]:
+    """The sweep's runs ``(strategy, budget)``: each strategy at each budget (``cot`` once,
+    at budget 1). Raises ``ConfigError`` for an unknown strategy or an unusable budget."""
+    from langchain_tts.core.errors import ConfigError
+    from langchain_tts.eval.runner import budget_config
+    from langchain_tts.graph import STRATEGIES, strategy_config
+
+    runs: list[tuple[str, int]] = []
+    for s in strategies:
+        if s not in STRATEGIES:
+            raise ConfigError(f"unknown strategy {s!r}; available: {sorted(STRATEGIES)}")
+        for b in (1,) if s == "cot" else budgets:
+            try:
+                strategy_config(s, budget_config(s, b))
+            except ConfigError as e:
+                raise ConfigError(f"{s} at budget {b}: {e}") from None
+            if (s, b) not in runs:
+                runs.append((s, b))
+    if not runs:
+        raise ConfigError("no runs: pass --strategies (and --budgets)")
+    return runs
+
+
+@dataclass(frozen=True)
+class Paths:
+    """``<stem>.md``, ``<stem>.json`` and the records ``<stem>.<part>.jsonl``."""
+
+    stem: Path
+
+    @classmethod
+    def of(cls, out: str | Path) -> Paths:
+        p = Path(out)
+        return cls(p.with_suffix("") if p.suffix in (".md", ".json", ".jsonl") else p)
+
+    def part(self, name: str) -> Path:
+        return self.stem.with_name(f"{self.stem.name}.{name}.jsonl")
+
+    @property
+    def records(self) -> list[Path]:
+        return [self.part(n) for n in ("calib", "probe", "test", "routes")]
+
+    @property
+    def md(self) -> Path:
+        return self.stem.with_name(self.stem.name + ".md")
+
+    @property
+    def json(self) -> Path:
+        return self.stem.with_name(self.stem.name + ".json")
+
+
+# -- helpers -------------------------------------------------------------------------------
+def _fingerprint(folder: str) -> str:
+    """A short hash of one embedded model's weights (records of other weights never mix)."""
+    from langchain_tts.models import default_model_path
+
+    h = hashlib.sha256()
+    with open(default_model_path(folder) / "model.safetensors", "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:8]
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def _append(path: Path, rec: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(rec) + "\n")
+
+
+def _mean(xs: Sequence[float]) -> float:
+    return sum(xs) / len(xs) if xs else math.nan
+
+
+def _run_name(strategy: str, budget: int) -> str:
+    return strategy if strategy == "cot" else f"{strategy} N={budget}"
+
+
+def _stats(recs: Sequence[dict]) -> dict[str, float]:
+    return {
+        "n": len(recs),
+        "accuracy": _mean([bool(r["correct"]) for r in recs]),
+        "flops": _mean([float(r["flops"]) for r in recs]),
+        "tokens": _mean([float(r["tokens"]) for r in recs]),
+    }
+
+
+def _config_text(config: dict) -> str:
+    shown = {k: v for k, v in config.items() if k != "seed"}
+    return ", ".join(f"{k}={v}" for k, v in shown.items()) or "-"
+
+
+# -- the claim -----------------------------------------------------------------------------
+def check_claim(fixed: Sequence[dict], router: dict) -> dict[str, Any]:
+    """Issue #6's check of the router against the best fixed run (rows: ``name``,
+    ``accuracy``, ``flops``).
+
+    Best fixed: the most accurate fixed run (ties: fewer FLOPs). The claim holds when the
+    router is within :data:`ACC_MARGIN` of its accuracy with at most ``1 - FLOPS_SAVING``
+    of its FLOPs (``savings``), or is more accurate at equal-or-lower FLOPs
+    (``equal_compute``). Also reported: the compute-matched fixed run (the most accurate
+    one costing no more than the router) and whether the router beats it.
+    """
+    best = min(fixed, key=lambda r: (-r["accuracy"], r["flops"]))
+    acc_r, flops_r = router["accuracy"], router["flops"]
+    gap = acc_r - best["accuracy"]
+    ratio = flops_r / best["flops"] if best["flops"] > 0 else math.inf
+    savings = gap >= -ACC_MARGIN - 1e-12 and ratio <= 1.0 - FLOPS_SAVING + 1e-12
+    equal = gap > 1e-12 and ratio <= 1.0 + 1e-12
+    cheaper = [r for r in fixed if r["flops"] <= flops_r]
+    matched = min(cheaper, key=lambda r: (-r["accuracy"], r["flops"])) if cheaper else None
+    holds = savings or equal
+    verdict = "HOLDS" if holds else "does NOT hold"
+    text = (
+        f"{verdict}: router {100 * acc_r:.1f}% at {flops_r:.3g} FLOPs/q vs best fixed "
+        f"({best['name']}) {100 * best['accuracy']:.1f}% at {best['flops']:.3g} FLOPs/q: "
+        f"{100 * gap:+.1f} points, {ratio:.2f}x the FLOPs (needs >= {-100 * ACC_MARGIN:+.0f} "
+        f"points at <= {1 - FLOPS_SAVING:.2f}x, or more accurate at <= 1x)"
+    )
+    return {
+        "holds": holds,
+        "savings": savings,
+        "equal_compute": equal,
+        "best_fixed": best,
+        "router": router,
+        "accuracy_gap": gap,
+        "flops_ratio": ratio,
+        "acc_margin": ACC_MARGIN,
+        "flops_saving": FLOPS_SAVING,
+        "compute_matched": matched,
+        "beats_compute_matched": None if matched is None else acc_r > matched["accuracy"],
+        "text": text,
+    }
+
+
+# -- the steps -----------------------------------------------------------------------------
+async def _probe_bins(estimator, problems, path: Path, label: str, concurrency: int) -> dict:
+    """``{id: probe record}`` for every problem (resumable: ``path`` keeps what is done)."""
+    from langchain_tts.eval.runner import read_records
+
+    done = {r["id"]: r for r in read_records(path) if r.get("estimator") == label}
+    sem = asyncio.Semaphore(max(1, concurrency))
+
+    async def one(p) -> None:
+        async with sem:
+            est = await estimator.aestimate(p.problem)
+        rec = {"estimator": label, "id": p.id, "level": p.level, "bin": est.bin,
+               "p_solve": est.p_solve, "agreement": est.agreement, "prm_score": est.prm_score,
+               "flops": est.usage.flops, "tokens": est.usage.tokens}  # fmt: skip
+        done[p.id] = rec
+        _append(path, rec)
+
+    await asyncio.gather(*(one(p) for p in problems if p.id not in done))
+    return {p.id: done[p.id] for p in problems}
+
+
+def _priced(records: list[dict], estimator: Any) -> list[dict]:
+    """The records with ``flops`` as the router spends them after its estimate.
+
+    A sampling strategy (best-of-N, votes; ``cot`` after the verifier) whose samples are
+    drawn like the estimator's (same temperature and token cap) counts the estimator's k
+    samples among its N, with their PRM scores when it scored them (``reuse_samples``), so
+    in the router it costs only its ``N - k`` other samples. The estimate itself is the same
+    whatever the bin's choice, so leaving it out does not change ``calibrate``'s pick.
+    Other records are unchanged.
+    """
+    from langchain_tts.eval.runner import budget_config
+    from langchain_tts.graph import strategy_config
+    from langchain_tts.routing import ProbeEstimator, VerifierEstimator
+    from langchain_tts.routing.router import REUSE_STRATEGIES
+
+    if isinstance(estimator, ProbeEstimator):
+        k, temperature = estimator.k, estimator.temperature
+        scored = estimator.prm is not None and estimator.prm_weight > 0
+    elif isinstance(estimator, VerifierEstimator):
+        k, temperature, scored = 1, 0.0, True
+    else:
+        return records
+    out = []
+    for r in records:
+        s, n = str(r["strategy"]), int(r["budget"])
+        cfg = strategy_config(s, budget_config(s, n)) if s in REUSE_STRATEGIES else None
+        same = cfg is not None and (cfg.temperature, cfg.max_step_tokens) == (
+            temperature,
+            estimator.max_tokens,
+        )
+        if not same:
+            out.append(r)
+            continue
+        frac = max(0, n - k) / n
+        policy = float(r["policy_flops"]) * frac
+        prm = float(r["prm_flops"]) * (frac if scored else 1.0)
+        out.append({**r, "flops": policy + prm, "sweep_flops": r["flops"]})
+    return out
+
+
+def _calibrated_table(records: list[dict], bins: dict[str, str], tolerance: float, seed):
+    """Per-bin :func:`calibrate`; a bin without problems gets the pooled choice."""
+    from langchain_tts.routing import Allocation, BudgetTable, calibrate
+
+    pooled = calibrate(records, {pid: "easy" for pid in bins}, tolerance).easy
+    pooled = pooled.model_copy(
+        update={"note": f"no calibration problem: pooled choice; {pooled.note}"}
+    )
+    base = BudgetTable(easy=pooled, medium=pooled, hard=pooled, source="pooled")
+    table = calibrate(records, bins, tolerance, base=base)
+    if seed is None:
+        return table
+    seeded = {
+        b: Allocation(strategy=a.strategy, config={**a.config, "seed": seed}, note=a.note)
+        for b, a in table.items()
+    }
+    return BudgetTable(**seeded, source=table.source)
+
+
+class _RouteTap:
+    """The router graph as ``run_eval`` calls it, keeping each question's route."""
+
+    def __init__(self, graph):
+        self.graph, self.info = graph, {}
+
+    async def ainvoke(self, inp: dict, config=None) -> dict:
+        res = await self.graph.ainvoke(inp, config)
+        route, est = res.get("route"), res.get("difficulty")
+        self.info[inp["question"]] = {
+            "bin": route.bin if route else None,
+            "node": route.node if route else None,
+            "strategy": route.strategy if route else None,
+            "reason": route.reason if route else None,
+            "reused_samples": route.reused_samples if route else 0,
+            "probe_fallback": bool(route and route.probe_fallback),
+            "p_solve": est.p_solve if est else None,
+            "probe_flops": est.usage.flops if est else 0.0,
+        }
+        return res
+
+
+def _route_summary(routes: list[dict], recs: dict[str, dict]) -> dict[str, Any]:
+    by_bin: dict[str, list[dict]] = defaultdict(list)
+    for r in routes:
+        by_bin[str(r["bin"])].append(r)
+    out = {}
+    for b in ("easy", "medium", "hard"):
+        rs = by_bin.get(b, [])
+        paired = [recs[r["id"]] for r in rs if r["id"] in recs]
+        out[b] = {
+            **_stats(paired),
+            "routes": dict(Counter(f"{r['node']} ({r['reason']})" for r in rs)),
+            "probe_flops": _mean([r["probe_flops"] for r in rs]),
+        }
+    return out
+
+
+# -- report --------------------------------------------------------------------------------
+def _markdown(result: dict) -> str:
+    cfg, claim, test = result["config"], result["claim"], result["test"]
+    best = claim["best_fixed"]
+    lines = [
+        "# Calibrated router vs fixed strategies on the embedded models",
+        "",
+        f"Made by `{result['command']}`: policy {cfg['policy']}, PRM {cfg['prm']}; calibrated "
+        f"on {cfg['n_calib']} synthetic validation problems, measured on {cfg['n_test']} "
+        "held-out test problems (balanced over levels). FLOPs = 2 x params x tokens, policy + "
+        f"PRM, per question; the router's include its difficulty estimate ({cfg['probe']}).",
+        "",
+        "| run | acc % | FLOPs/q | vs best fixed | tokens/q |",
+        "|---|---|---|---|---|",
+    ]
+    for row in [*test["fixed"], test["router"]]:
+        ratio = row["flops"] / best["flops"] if best["flops"] else math.nan
+        name = row["name"]
+        if name == best["name"]:
+            name += " (best fixed)"
+        elif row is test["router"]:
+            name = f"**router** (probe {row['probe_flops']:.2e})"
+        lines.append(
+            f"| {name} | {100 * row['accuracy']:.1f} | {row['flops']:.2e} | {ratio:.2f}x | "
+            f"{row['tokens']:.0f} |"
+        )
+    lines += [
+        "",
+        f"**Claim** (issue #6: within {100 * ACC_MARGIN:.0f} point of the best fixed run with "
+        f">= {100 * FLOPS_SAVING:.0f}% fewer FLOPs, or more accurate at equal-or-lower FLOPs): "
+        f"{claim['text']}.",
+    ]
+    m = claim["compute_matched"]
+    if m is not None:
+        lines.append(
+            f"Compute-matched: the best fixed run costing no more than the router is {m['name']}"
+            f" ({100 * m['accuracy']:.1f}%); the router "
+            f"{'beats' if claim['beats_compute_matched'] else 'does not beat'} it."
+        )
+    cal = result["calibration"]
+    lines += [
+        "",
+        f"Calibrated table ({cal['n']} validation problems binned by the router's estimator; "
+        "per bin the "
+        f"cheapest run within {cfg['tolerance']} of the bin's best accuracy, FLOPs priced "
+        f"{'as the router spends them' if cfg['pricing'] == 'router' else 'as swept'}; a "
+        "best-of-N / vote reuses the probe's samples):",
+        "",
+        "| bin | calib problems | strategy | config | calib acc % | FLOPs/q alone | "
+        "FLOPs/q after the probe |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for b, row in cal["table_rows"].items():
+        acc, flops, after = (
+            "-" if math.isnan(x) else fmt.format(x)
+            for x, fmt in ((100 * row["accuracy"], "{:.1f}"), (row["flops"], "{:.2e}"),
+                           (row["router_flops"], "{:.2e}"))
+        )  # fmt: skip
+        lines.append(
+            f"| {b} | {row['problems']} | {row['strategy']} | {row['config']} | {acc} | "
+            f"{flops} | {after} |"
+        )
+    lines += [
+        "",
+        "Router on the test set, by estimated bin:",
+        "",
+        "| bin | questions | acc % | FLOPs/q | routes |",
+        "|---|---|---|---|---|",
+    ]
+    for b, row in test["router"]["by_bin"].items():
+        acc = "-" if not row["n"] else f"{100 * row['accuracy']:.1f}"
+        flops = "-" if not row["n"] else f"{row['flops']:.2e}"
+        routes = ", ".join(f"{k}: {v}" for k, v in sorted(row["routes"].items())) or "-"
+        lines.append(f"| {b} | {row['n']} | {acc} | {flops} | {routes} |")
+    return "\n".join(lines) + "\n"
+
+
+# -- main ----------------------------------------------------------------------------------
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="python -m langchain_tts.eval.router_eval",
+        description="Calibrate the router on validation problems, then compare it with every "
+        "fixed strategy of the sweep on the held-out test set (issue #6).",
+    )
+    ap.add_argument("--n-calib", type=int, help="validation problems to calibrate on (320)")
+    ap.add_argument("--n-test", type=int, help="held-out test problems (320)")
+    ap.add_argument("--strategies", type=_csv,
+                    help="candidate strategies, comma-separated (" + ",".join(DEFAULT_STRATEGIES)
+                    + "); cot runs once")  # fmt: skip
+    ap.add_argument("--budgets", type=_budgets, help="budgets N, comma-separated (4,16)")
+    ap.add_argument("--tolerance", type=float, default=0.01,
+                    help="calibrate: per bin, the cheapest run within this accuracy of the best")  # fmt: skip
+    ap.add_argument("--pricing", choices=("router", "sweep"), default="router",
+                    help="FLOPs calibrate compares: router (as the router spends them: a "
+                    "best-of-N / vote reuses the probe's samples) or sweep (as measured alone)")  # fmt: skip
+    ap.add_argument("--probe-k", type=int, help="samples of the router's difficulty probe (4)")
+    ap.add_argument("--estimator", choices=ESTIMATORS, default="probe",
+                    help="the router's difficulty estimator: probe (k samples + one PRM call, "
+                    "the router's default), agreement (k samples, no PRM call), verifier "
+                    "(one greedy attempt + one PRM call)")  # fmt: skip
+    ap.add_argument("--seed", type=int, default=0, help="sampling seed of every run (-1: none)")
+    ap.add_argument("--concurrency", type=int, default=16, help="problems in flight (batched)")
+    ap.add_argument("--out", type=Path, default=Path("docs/results/router_eval"),
+                    help="writes <out>.md, <out>.json and <out>.*.jsonl records")  # fmt: skip
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the records of an earlier run and solve only what is missing "
+                    "(default: start afresh)")  # fmt: skip
+    ap.add_argument("--tiny", action="store_true", help="a seconds-long smoke run (tests)")
+    ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run the evaluation; prints the table and returns the JSON result."""
+    ap = _parser()
+    args = ap.parse_args(argv)
+    preset = TINY if args.tiny else DEFAULTS
+    for key, value in preset.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.n_calib < 1 or args.n_test < 1:
+        ap.error("--n-calib and --n-test must be positive")
+    if args.probe_k < 1:
+        ap.error("--probe-k must be positive")
+    if not 0.0 <= args.tolerance <= 1.0:
+        ap.error("--tolerance must be in [0, 1]")
+    from langchain_tts.core.errors import ConfigError
+
+    try:
+        runs = parse_runs(args.strategies, args.budgets)
+    except ConfigError as e:
+        ap.error(str(e))
+    argv_list = list(sys.argv[1:] if argv is None else argv)
+    command = "python -m langchain_tts.eval.router_eval " + shlex.join(argv_list)
+    return asyncio.run(_run(args, runs, command.strip()))
+
+
+async def _run(args: argparse.Namespace, runs: list[tuple[str, int]], command: str) -> dict:
+    from langchain_tts import create_tts_graph
+    from langchain_tts.eval.datasets import load_synthetic
+    from langchain_tts.eval.runner import budget_config, read_records, run_eval
+    from langchain_tts.models import load_default
+    from langchain_tts.routing import ProbeEstimator, VerifierEstimator, create_router_graph
+
+    paths = Paths.of(args.out)
+    if not args.resume:
+        for p in paths.records:
+            p.unlink(missing_ok=True)
+    seed = None if args.seed is not None and args.seed < 0 else args.seed
+    progress = not args.quiet
+    say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr))
+
+    policy, prm = load_default("small", "strong")
+    pol_label, prm_label = f"small@{_fingerprint('policy-small')}", f"strong@{_fingerprint('prm')}"
+    calib = load_synthetic("validation", args.n_calib)
+    test = load_synthetic("test", args.n_test)
+    graphs = {
+        (s, b): create_tts_graph(policy, prm, s, {**budget_config(s, b), "seed": seed})
+        for s, b in runs
+    }
+
+    def meta(split: str, strategy: str, budget: int) -> dict:
+        return {"dataset": f"synthetic-{split}", "policy": pol_label, "prm": prm_label,
+                "strategy": strategy, "budget": budget}  # fmt: skip
+
+    async def sweep(split: str, problems, path: Path) -> dict[tuple[str, int], list[dict]]:
+        for s, b in runs:
+            say(f"[{split}] {_run_name(s, b)}")
+            await run_eval(graphs[(s, b)], problems, meta=meta(split, s, b), out=path,
+                           concurrency=args.concurrency, progress=progress)  # fmt: skip
+        ids = {p.id for p in problems}
+        out: dict[tuple[str, int], list[dict]] = {}
+        for r in read_records(path):
+            key = (str(r["strategy"]), int(r["budget"]))
+            if key in graphs and r["id"] in ids and r["dataset"] == f"synthetic-{split}":
+                out.setdefault(key, []).append(r)
+        return out
+
+    # 1. calibration sweep (validation split)
+    calib_runs = await sweep("validation", calib, paths.part("calib"))
+    # 2. the probe's bins, then the calibrated table
+    if args.estimator == "verifier":
+        probe = VerifierEstimator(policy, prm)
+        probe_label = f"verifier {pol_label} {prm_label}"
+    else:
+        probe = ProbeEstimator(policy, prm if args.estimator == "probe" else None, k=args.probe_k)
+        probe_label = f"{args.estimator} k={args.probe_k} t={probe.temperature} {pol_label}"
+        probe_label += f" {prm_label}" if args.estimator == "probe" else ""
+    say(f"[validation] difficulty probe ({probe_label})")
+    probes = await _probe_bins(probe, calib, paths.part("probe"), probe_label, args.concurrency)
+    bins = {pid: r["bin"] for pid, r in probes.items()}
+    calib_records = [r for rs in calib_runs.values() for r in rs]
+    priced = _priced(calib_records, probe) if args.pricing == "router" else calib_records
+    table = _calibrated_table(priced, bins, args.tolerance, seed)
+    # 3. test: every fixed run, then the router
+    test_runs = await sweep("test", test, paths.part("test"))
+    router_label = f"{ROUTER}@{_digest([table.model_dump(mode='json'), probe_label])}"
+    router = create_router_graph(policy, prm, estimator=probe, table=table)
+    tap = _RouteTap(router)
+    question_of = {p.id: p.problem for p in test}
+    routes_path = paths.part("routes")
+
+    def keep_route(rec: dict) -> None:
+        info = tap.info.get(question_of[rec["id"]], {})
+        _append(routes_path, {"router": router_label, "id": rec["id"], **info})
+
+    say(f"[test] {router_label}")
+    await run_eval(tap, test, meta=meta("test", router_label, 0), out=paths.part("test"),
+                   concurrency=args.concurrency, progress=progress, on_record=keep_route)  # fmt: skip
+    ids = {p.id for p in test}
+    router_recs = {r["id"]: r for r in read_records(paths.part("test"))
+                   if r["strategy"] == router_label and r["id"] in ids}  # fmt: skip
+    routes = [r for r in read_records(routes_path) if r.get("router") == router_label
+              and r["id"] in ids]  # fmt: skip
+    routes = list({r["id"]: r for r in routes}.values())
+
+    # 4. report
+    fixed = [{"name": _run_name(s, b), "strategy": s, "budget": b, **_stats(test_runs[(s, b)])}
+             for s, b in runs]  # fmt: skip
+    router_row = {
+        "name": ROUTER,
+        "strategy": ROUTER,
+        "budget": None,
+        **_stats(list(router_recs.values())),
+        "probe_flops": _mean([r["probe_flops"] for r in routes]),
+        "by_bin": _route_summary(routes, router_recs),
+        "reasons": dict(Counter(r["reason"] for r in routes)),
+        "label": router_label,
+    }
+    claim = check_claim(fixed, router_row)
+    per_bin: dict[str, list[str]] = defaultdict(list)
+    for pid, b in bins.items():
+        per_bin[b].append(pid)
+    table_rows = {}
+    for b, alloc in table.items():
+        knobs = {k: v for k, v in alloc.config.items() if k != "seed"}
+        budget = next((n for s, n in runs if s == alloc.strategy
+                       and budget_config(s, n) == knobs), None)  # fmt: skip
+        ids_b = set(per_bin[b])
+        recs = [r for r in calib_runs.get((alloc.strategy, budget), []) if r["id"] in ids_b]
+        marginal = _priced(recs, probe)
+        table_rows[b] = {"problems": len(per_bin[b]), "strategy": alloc.strategy,
+                         "budget": budget, "config": _config_text(alloc.config),
+                         **_stats(recs),
+                         "router_flops": _mean([float(r["flops"]) for r in marginal])}  # fmt: skip
+    calib_rows = []
+    for (s, b), rs in calib_runs.items():
+        row = {"name": _run_name(s, b), "strategy": s, "budget": b, **_stats(rs), "by_bin": {}}
+        for bn, pids in per_bin.items():
+            row["by_bin"][bn] = _stats([r for r in rs if r["id"] in set(pids)])
+        calib_rows.append(row)
+    result = {
+        "command": command,
+        "config": {
+            "policy": pol_label,
+            "prm": prm_label,
+            "n_calib": args.n_calib,
+            "n_test": args.n_test,
+            "runs": [list(r) for r in runs],
+            "tolerance": args.tolerance,
+            "probe_k": args.probe_k,
+            "estimator": args.estimator,
+            "pricing": args.pricing,
+            "probe": probe_label,
+            "seed": seed,
+        },
+        "calibration": {
+            "n": len(calib),
+            "bins": {b: len(per_bin.get(b, [])) for b in ("easy", "medium", "hard")},
+            "probe_flops": _mean([r["flops"] for r in probes.values()]),
+            "runs": calib_rows,
+            "table": table.model_dump(mode="json"),
+            "table_rows": table_rows,
+        },
+        "test": {"n": len(test), "fixed": fixed, "router": router_row},
+        "claim": claim,
+    }
+    md = _markdown(result)
+    paths.md.parent.mkdir(parents=True, exist_ok=True)
+    paths.md.write_text(md)
+    paths.json.write_text(json.dumps(_finite(result), indent=2, default=str) + "\n")
+    print(md)
+    return result
+
+
+def _finite(o: Any) -> Any:
+    """``o`` with NaN / infinite floats as None (strict JSON has no NaN)."""
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite(v) for v in o]
+    return o
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""``python -m langchain_tts.eval.router_eval`` (issue #6): structure, not the claim.
+
+The end-to-end test runs the ``--tiny`` mode on the embedded models (a few seconds): the
+calibration sweep on validation problems, the probe's bins, ``calibrate``, then every fixed
+run and the calibrated router on test problems; it checks the files and their shape.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from langchain_tts.core.errors import ConfigError
+from langchain_tts.eval.router_eval import check_claim, main, parse_runs
+from langchain_tts.eval.runner import read_records
+from langchain_tts.routing import BudgetTable
+
+
+def _row(name: str, acc: float, flops: float) -> dict:
+    return {"name": name, "accuracy": acc, "flops": flops}
+
+
+def test_claim_check():
+    fixed = [_row("cot", 0.5, 1.0), _row("beam N=16", 0.70, 100.0), _row("bon N=4", 0.65, 10.0)]
+    # within 1 point at <= 70% of the best fixed run's FLOPs
+    c = check_claim(fixed, _row("router", 0.695, 70.0))
+    assert c["holds"] and c["savings"] and not c["equal_compute"]
+    assert c["best_fixed"]["name"] == "beam N=16" and c["flops_ratio"] == pytest.approx(0.7)
+    assert c["compute_matched"]["name"] == "bon N=4" and c["beats_compute_matched"]
+    # as accurate but not cheap enough; then more accurate at equal FLOPs
+    assert not check_claim(fixed, _row("router", 0.70, 71.0))["holds"]
+    c = check_claim(fixed, _row("router", 0.71, 100.0))
+    assert c["holds"] and c["equal_compute"] and not c["savings"]
+    # cheap but 2 points worse; cheaper than every fixed run: nothing compute-matched
+    c = check_claim(fixed, _row("router", 0.68, 0.5))
+    assert not c["holds"] and c["compute_matched"] is None
+    assert c["beats_compute_matched"] is None and "does NOT hold" in c["text"]
+
+
+def test_runs_are_validated():
+    runs = parse_runs(["cot", "best_of_n", "beam_search"], [4, 16])
+    assert runs == [("cot", 1), ("best_of_n", 4), ("best_of_n", 16), ("beam_search", 4),
+                    ("beam_search", 16)]  # fmt: skip
+    with pytest.raises(ConfigError, match="unknown strategy 'beam'"):
+        parse_runs(["beam"], [4])
+    with pytest.raises(ConfigError, match="beam_search at budget 6"):
+        parse_runs(["beam_search"], [6])  # 6 children cannot split into beams of 4
+    with pytest.raises(SystemExit):
+        main(["--budgets", "four"])
+    with pytest.raises(SystemExit):
+        main(["--strategies", "nope", "--tiny"])
+
+
+@pytest.mark.slow
+def test_tiny_router_eval_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture):
+    out = tmp_path / "router_eval"
+    stale = tmp_path / "router_eval.test.jsonl"
+    stale.write_text(json.dumps({"id": "stale"}) + "\n")  # a fresh run clears old records
+    argv = ["--tiny", "--out", str(out), "--quiet", "--concurrency", "4"]
+    result = main(argv)
+    printed = capsys.readouterr().out
+
+    # files: markdown + JSON (the same result), and the records
+    md, js = tmp_path / "router_eval.md", tmp_path / "router_eval.json"
+    assert md.read_text() in printed
+    assert json.loads(js.read_text())["claim"]["holds"] == result["claim"]["holds"]
+    text = md.read_text()
+    for needle in ("| run | acc % | FLOPs/q", "| **router**", "**Claim**", "| bin |"):
+        assert needle in text
+
+    # calibration on validation problems only, the comparison on test problems only
+    calib = read_records(tmp_path / "router_eval.calib.jsonl")
+    test = read_records(stale)
+    assert calib and all(r["dataset"] == "synthetic-validation" for r in calib)
+    assert all(r["id"].startswith("validation-") for r in calib)
+    assert test and all(r["id"].startswith("test-") for r in test)
+    probes = read_records(tmp_path / "router_eval.probe.jsonl")
+    assert len(probes) == result["config"]["n_calib"] == result["calibration"]["n"]
+    assert sum(result["calibration"]["bins"].values()) == result["config"]["n_calib"]
+
+    # every fixed run of the sweep, and the router, with accuracy and FLOPs per question
+    names = [r["name"] for r in result["test"]["fixed"]]
+    assert names == ["cot", "majority_vote N=2", "best_of_n N=2", "beam_search N=2"]
+    n_test = result["config"]["n_test"]
+    router = result["test"]["router"]
+    for row in [*result["test"]["fixed"], router]:
+        assert row["n"] == n_test and 0.0 <= row["accuracy"] <= 1.0
+        assert row["flops"] > 0 and row["tokens"] > 0
+    assert 0 < router["probe_flops"] <= router["flops"]  # the probe is counted
+    assert sum(b["n"] for b in router["by_bin"].values()) == n_test
+    assert sum(router["reasons"].values()) == n_test
+
+    # the calibrated table is a valid router table made of the sweep's runs
+    table = BudgetTable.from_dict(result["calibration"]["table"])
+    swept = {s for s, _ in result["config"]["runs"]}
+    assert {a.strategy for _, a in table.items()} <= swept
+    for b, row in result["calibration"]["table_rows"].items():
+        assert row["strategy"] == table[b].strategy and row["budget"] is not None
+        if row["n"]:  # priced after the probe: never dearer than the run alone
+            assert 0 <= row["router_flops"] <= row["flops"]
+
+    # the claim check: both conditions and the numbers behind them
+    claim = result["claim"]
+    assert isinstance(claim["holds"], bool) and claim["holds"] == (
+        claim["savings"] or claim["equal_compute"]
+    )
+    assert claim["best_fixed"]["name"] in names
+    assert math.isclose(claim["flops_ratio"], router["flops"] / claim["best_fixed"]["flops"])
+
+    # --resume solves nothing again and reports the same
+    sizes = {p.name: len(read_records(p)) for p in tmp_path.glob("*.jsonl")}
+    again = main([*argv, "--resume"])
+    assert {p.name: len(read_records(p)) for p in tmp_path.glob("*.jsonl")} == sizes
+    assert again["claim"]["text"] == result["claim"]["text"]
+    assert again["test"]["fixed"] == result["test"]["fixed"]
+    assert again["calibration"]["table"] == result["calibration"]["table"]

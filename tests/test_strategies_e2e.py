@@ -1,0 +1,127 @@
+"""Every strategy of ``STRATEGIES``, end to end on the embedded default models (issue #5).
+
+Small budgets (N=2..4, 3 MCTS simulations) on 2 synthetic problems: the real code path
+(HF policy, Qwen-style PRM, LangGraph), not accuracy. Each case checks the output contract,
+that compute is counted, that search strategies make one policy call per search step
+(batching), that ``stream_mode="updates"`` shows every step, and chat input.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from langchain_core.messages import AIMessage, HumanMessage
+
+from langchain_tts import create_tts_graph, load_default
+from langchain_tts.core.types import Trajectory, Usage
+from langchain_tts.eval.synthetic import make_split
+from langchain_tts.graph import STRATEGIES
+
+pytestmark = pytest.mark.slow
+
+# case id -> (strategy, config, the looping node, stop reasons it may end with)
+CASES: dict[str, tuple[str, dict[str, Any], str, set[str]]] = {
+    "cot": ("cot", {}, "sample", {"sampled"}),
+    "best_of_n": ("best_of_n", {"n": 4}, "sample", {"sampled"}),
+    "majority_vote": ("majority_vote", {"n": 4}, "sample", {"sampled"}),
+    "weighted_vote": ("weighted_vote", {"n": 4}, "sample", {"sampled"}),
+    "beam_search": (
+        "beam_search",
+        {"n": 4, "beam_width": 2},
+        "step",
+        {"all_finished", "enough_finished", "max_steps"},
+    ),
+    "beam_search_width_x_k": (
+        "beam_search",
+        {"beam_width": 2, "samples_per_beam": 3},
+        "step",
+        {"all_finished", "enough_finished", "max_steps"},
+    ),
+    "dvts": ("dvts", {"n": 4, "beam_width": 2}, "step", {"all_finished", "max_steps"}),
+    "mcts": ("mcts", {"simulations": 3, "expand_k": 2}, "simulate", {"simulations"}),
+    "revision": ("revision", {"revisions": 1}, "round", {"confident", "max_revisions"}),
+    "hybrid": ("hybrid", {"split": "sqrt", "budget": 4}, "round", {"confident", "max_revisions"}),
+}
+SAMPLING = ("cot", "best_of_n", "majority_vote", "weighted_vote")
+
+
+@pytest.fixture(scope="module")
+def models():
+    return load_default()  # small policy + strong PRM
+
+
+@pytest.fixture(scope="module")
+def problems():
+    return make_split("test", 2)
+
+
+def test_every_strategy_is_covered():
+    assert {s for s, *_ in CASES.values()} == set(STRATEGIES)
+
+
+def _check_output(out: dict, stops: set[str]) -> Usage:
+    answer = out.get("answer")
+    assert answer is None or (isinstance(answer, str) and answer.strip())
+    assert out["stop_reason"] in stops, out["stop_reason"]
+    assert isinstance(out["solution"], str)
+    assert out["candidates"] and all(isinstance(c, Trajectory) for c in out["candidates"])
+    if answer is not None:
+        assert out["solution"]
+    u = out["usage"]
+    assert isinstance(u, Usage)
+    assert u.tokens > 0 and u.flops > 0
+    assert u.policy_generated_tokens > 0 and u.policy_flops > 0
+    return u
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_strategy_end_to_end(models, problems, case: str):
+    policy, prm = models
+    strategy, cfg, loop, stops = CASES[case]
+    graph = create_tts_graph(policy, prm, strategy, {**cfg, "seed": 0})
+    for p in problems:
+        updates: list[dict] = []
+        state: dict = {}
+        for mode, chunk in graph.stream(
+            {"question": p.question}, {"recursion_limit": 100}, stream_mode=["updates", "values"]
+        ):
+            if mode == "updates":
+                updates.append(chunk)
+            else:
+                state = chunk
+        names = [k for u in updates for k in u]
+        assert names[0] == "prepare" and names[-1] == "finalize", names
+        u = _check_output(state, stops)
+        steps = state["step"]  # search steps (sampling: 1; MCTS: simulations; rounds)
+        # One update per search step (the recursion limit is far away).
+        assert names.count(loop) == steps >= 1, names
+        if strategy in SAMPLING:
+            assert steps == u.policy_calls == 1
+            scored = strategy in ("best_of_n", "weighted_vote")
+            assert u.prm_calls == (1 if scored else 0)
+            n = cfg.get("n", 1)
+            assert len(state["candidates"]) == n
+        elif strategy == "mcts":
+            # at most one policy and one PRM call per simulation (none at a terminal leaf)
+            assert steps == cfg["simulations"]
+            assert 1 <= u.policy_calls == u.prm_calls <= steps
+        else:
+            # beam search / DVTS: one call per search step; revision / hybrid: per round
+            assert u.policy_calls == u.prm_calls == steps
+            assert u.prm_tokens > 0 and u.prm_flops > 0
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_strategy_accepts_chat_messages(models, problems, case: str):
+    policy, prm = models
+    strategy, cfg, _, stops = CASES[case]
+    graph = create_tts_graph(policy, prm, strategy, {**cfg, "seed": 0})
+    q = problems[0].question
+    out = graph.invoke({"messages": [HumanMessage(content=q)]})
+    _check_output(out, stops)
+    assert out["question"] == q
+    last = out["messages"][-1]
+    assert isinstance(last, AIMessage) and last.content
+    if out["answer"] is not None:
+        assert last.content == out["solution"]
