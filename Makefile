@@ -37,6 +37,9 @@ format: setup
 eval: setup  ## the embedded model-card sweep (docs/results/)
 	$(BIN)/python -m langchain_tts.eval.model_card
 
+bench: setup  ## orchestration overhead, HTTP batching, scaling, embedded models (docs/performance.md)
+	OMP_NUM_THREADS=1 $(BIN)/python -m benchmarks.run_all
+
 train-default: setup  ## rebuild the embedded weights from scratch (~1 h on 2 cores)
 	$(BIN)/tts train-default
 

@@ -22,11 +22,19 @@ class PRMOutputError(TTSError, ValueError):
 
 
 class BackendError(TTSError, RuntimeError):
-    """A policy or PRM backend failed (after its retries). Carries what was done so far."""
+    """A policy or PRM backend failed (after its retries). Carries what was done so far.
 
-    def __init__(self, message: str, *, partial: Any = None):
+    ``partial``: what the backend itself got done (HTTP attempts and errors, the steps it
+    generated before failing). ``progress``: set when the failure stopped a search graph --
+    its state before the failed node (``step``, the ``active`` / ``finished`` beams, the
+    MCTS ``tree``, ``usage``), so the best answer so far can still be picked; with a
+    checkpointer, the run also resumes from there.
+    """
+
+    def __init__(self, message: str, *, partial: Any = None, progress: dict | None = None):
         super().__init__(message)
         self.partial = partial
+        self.progress = progress
 
 
 class BudgetExceededError(TTSError):

@@ -20,10 +20,9 @@ exactly one policy call and one PRM call. When LangGraph's recursion limit is cl
 
 from __future__ import annotations
 
-from typing import Literal
-
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
+from langgraph.types import Command
 from pydantic import Field, model_validator
 
 from langchain_tts.core.config import StrategyConfig, check_split
@@ -37,6 +36,7 @@ from langchain_tts.strategies.core import (
     TTSState,
     expand,
     finalize_update,
+    next_node,
     node,
     prepare_update,
     resolve_config,
@@ -101,7 +101,7 @@ async def beam_step(
     else:
         parents, n_each = active, cfg.expand_each
     children, usage = await expand(policy, parents, n_each, cfg)
-    children, prm_usage = await score(prm, children)
+    children, prm_usage = await score(prm, children, in_place=True)  # fresh children
     new_finished = [c for c in children if c.finished]
     still_active = [c for c in children if not c.finished]
     return (
@@ -109,6 +109,15 @@ async def beam_step(
         finished + new_finished,
         usage + prm_usage,
     )
+
+
+def beam_final_update(state: TTSState, cfg: BeamSearchConfig) -> dict:
+    """The ``finalize`` update: the answer among finished (and cut-short) beams."""
+    active, finished = state.get("active") or [], state.get("finished") or []
+    reason = _search_done(active, finished, state.get("step", 0), cfg) or "max_steps"
+    # Cut-short beams compete too when fewer than n solutions finished.
+    cands = finished + active if len(finished) < cfg.target_finished else finished
+    return finalize_update(state, cands, cfg, reason)
 
 
 def build_beam_search_graph(
@@ -121,7 +130,7 @@ def build_beam_search_graph(
         resolve_config(base, rc)  # fail fast on bad call-time overrides
         return prepare_update(state)
 
-    async def step(state: TTSState, rc: RunnableConfig) -> dict:
+    async def step(state: TTSState, rc: RunnableConfig) -> Command:
         cfg = resolve_config(base, rc)
         active, finished = state.get("active") or [], state.get("finished") or []
         i, usage = state.get("step", 0), Usage()
@@ -134,27 +143,21 @@ def build_beam_search_graph(
             # small recursion_limit must not kill a 40-step search).
             if _search_done(active, finished, i, cfg) or state.get("remaining_steps", 99) > 3:
                 break
-        return {"active": active, "finished": finished, "step": i, "usage": usage}
-
-    def route(state: TTSState, config: RunnableConfig) -> Literal["step", "finalize"]:
-        cfg = resolve_config(base, config)
-        done = _search_done(state["active"], state["finished"], state["step"], cfg)
-        return "finalize" if done else "step"
+        update = {"active": active, "finished": finished, "step": i, "usage": usage}
+        # The node routes itself (a Command): a conditional edge costs LangGraph a
+        # fresh copy of every channel per step (docs/performance.md).
+        return Command(
+            update=update, goto=next_node(_search_done(active, finished, i, cfg), "step")
+        )
 
     async def finalize(state: TTSState, rc: RunnableConfig) -> dict:
-        cfg = resolve_config(base, rc)
-        active, finished = state.get("active") or [], state.get("finished") or []
-        reason = _search_done(active, finished, state.get("step", 0), cfg) or "max_steps"
-        # Cut-short beams compete too when fewer than n solutions finished.
-        cands = finished + active if len(finished) < cfg.target_finished else finished
-        return finalize_update(state, cands, cfg, reason)
+        return beam_final_update(state, resolve_config(base, rc))
 
     g = StateGraph(TTSState, input_schema=TTSInput, output_schema=TTSOutput)
     g.add_node("prepare", node(prepare, "prepare"))
-    g.add_node("step", node(step, "step"))
+    g.add_node("step", node(step, "step"), destinations=("step", "finalize"))
     g.add_node("finalize", node(finalize, "finalize"))
     g.add_edge(START, "prepare")
     g.add_edge("prepare", "step")
-    g.add_conditional_edges("step", route, ["step", "finalize"])
     g.add_edge("finalize", END)
     return g

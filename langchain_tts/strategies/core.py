@@ -11,20 +11,21 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Annotated, Any, TypeVar
 
 from langchain_core.messages import AIMessage, AnyMessage, HumanMessage
-from langchain_core.runnables import RunnableConfig, RunnableLambda
+from langchain_core.runnables import Runnable, RunnableConfig, ensure_config
 from langgraph.graph.message import add_messages
 from langgraph.managed import RemainingSteps
 from pydantic import ValidationError
 from typing_extensions import TypedDict
 
 from langchain_tts.core.config import StrategyConfig
-from langchain_tts.core.errors import ConfigError, InputError
+from langchain_tts.core.errors import BackendError, ConfigError, InputError, TTSError
 from langchain_tts.core.types import Trajectory, Usage, add_usage
 from langchain_tts.policies.base import StepPolicy, run_sync
 from langchain_tts.prms.base import ProcessRewardModel
 from langchain_tts.strategies.selection import select_answer
 
 C = TypeVar("C", bound=StrategyConfig)
+R = TypeVar("R")
 MAX_QUESTION_CHARS = 100_000
 
 
@@ -47,9 +48,29 @@ class TTSOutput(TypedDict, total=False):
     messages: list[AnyMessage]
 
 
+def add_chat_messages(left: Any, right: Any) -> list[AnyMessage]:
+    """LangGraph's ``add_messages``; input that is not chat messages is an :class:`InputError`.
+
+    (``add_messages`` itself fails deep inside LangChain with ``NotImplementedError`` or a
+    ``ValueError`` about its own arguments.)
+    """
+    if right is None or isinstance(right, (int, float, bool, bytes)):
+        raise InputError(
+            f"messages must be a list of chat messages, got {type(right).__name__}; pass e.g. "
+            "{'messages': [('human', 'What is 3 + 4?')]}"
+        )
+    try:
+        return add_messages(left, right)
+    except (NotImplementedError, ValueError, TypeError) as e:
+        raise InputError(
+            "messages must be chat messages (HumanMessage, ('human', text) tuples, "
+            f"{{'role': ..., 'content': ...}} dicts or strings): {e}"
+        ) from e
+
+
 class TTSState(TypedDict, total=False):
     question: str
-    messages: Annotated[list[AnyMessage], add_messages]
+    messages: Annotated[list[AnyMessage], add_chat_messages]
     active: list[Trajectory]
     finished: list[Trajectory]
     step: int
@@ -66,17 +87,37 @@ def resolve_config(base: C, config: RunnableConfig | None) -> C:
 
     Keys that are not fields of the config (``thread_id``, other graphs' knobs) are ignored.
     """
-    overrides = {
-        k: v
-        for k, v in ((config or {}).get("configurable") or {}).items()
-        if k in type(base).model_fields
-    }
+    cls = type(base)
+    fields = _FIELDS.get(cls)
+    if fields is None:
+        fields = _FIELDS[cls] = frozenset(cls.model_fields)
+    conf = (config or {}).get("configurable") or {}
+    overrides = {k: v for k, v in conf.items() if k in fields}
     if not overrides:
         return base
+    # Every node of every step resolves the same overrides: validate them once.
     try:
-        return type(base).model_validate({**base.model_dump(), **overrides})
+        key: Any = (id(base), tuple(sorted(overrides.items())))
+        hash(key)
+    except TypeError:  # an unhashable value: no memo
+        key = None
+    hit = _RESOLVED.get(key) if key is not None else None
+    if hit is not None and hit[0] is base:
+        return hit[1]  # type: ignore[return-value]
+    try:
+        resolved = cls.model_validate({**base.model_dump(), **overrides})
     except ValidationError as e:
-        raise ConfigError(f"invalid call-time configurable for {type(base).__name__}: {e}") from e
+        raise ConfigError(f"invalid call-time configurable for {cls.__name__}: {e}") from e
+    if key is not None:
+        if len(_RESOLVED) >= 256:  # bounded; clear() is atomic across threads
+            _RESOLVED.clear()
+        _RESOLVED[key] = (base, resolved)
+    return resolved
+
+
+_FIELDS: dict[type, frozenset[str]] = {}
+#: (id(base), overrides) -> (base, resolved config); ``base`` is kept so the id stays its own
+_RESOLVED: dict[Any, tuple[StrategyConfig, StrategyConfig]] = {}
 
 
 def question_of(state: TTSState) -> str:
@@ -125,7 +166,14 @@ async def expand(
     overrides: dict[str, Any] = {"stop_at_step": stop_at_step}
     if temperature is not None:
         overrides["temperature"] = temperature
-    result = await policy.agenerate(parents, n_each, cfg.sampling(**overrides))
+    result = await _backend_call(
+        policy,
+        f"sampling {n_each} next steps for each of {len(parents)} prefixes",
+        policy.agenerate,
+        parents,
+        n_each,
+        cfg.sampling(**overrides),
+    )
     children: list[Trajectory] = []
     for parent, samples in zip(parents, result.steps):
         for step in samples:
@@ -134,7 +182,7 @@ async def expand(
             else:
                 child = _whole_solution(parent, step.text, step.tokens, step.finish_reason)
             if not child.finished and len(child.steps) >= cfg.max_steps:
-                child = child.model_copy(update={"finished": True, "finish_reason": "max_steps"})
+                child = child.copy_with(finished=True, finish_reason="max_steps")
             children.append(child)
     return children, result.usage
 
@@ -151,12 +199,41 @@ def _whole_solution(parent: Trajectory, text: str, tokens: int, reason: str) -> 
 
 
 async def score(
-    prm: ProcessRewardModel, trajs: Sequence[Trajectory]
+    prm: ProcessRewardModel, trajs: Sequence[Trajectory], *, in_place: bool = False
 ) -> tuple[list[Trajectory], Usage]:
-    """One PRM call scoring every step of every trajectory."""
-    result = await prm.ascore(trajs)
-    scored = [t.model_copy(update={"step_scores": s}) for t, s in zip(trajs, result.scores)]
+    """One PRM call scoring every step of every trajectory.
+
+    Returns copies with ``step_scores`` set; ``in_place=True`` sets them on the given
+    trajectories instead (for children just made by :func:`expand`, which nothing else
+    holds yet: it saves a copy per child on every search step).
+    """
+    result = await _backend_call(prm, f"scoring {len(trajs)} trajectories", prm.ascore, trajs)
+    if in_place:
+        for t, s in zip(trajs, result.scores):
+            t.step_scores = s
+        return list(trajs), result.usage
+    scored = [t.copy_with(step_scores=s) for t, s in zip(trajs, result.scores)]
     return scored, result.usage
+
+
+async def _backend_call(
+    backend: object, what: str, fn: Callable[..., Awaitable[R]], *args: Any
+) -> R:
+    """``await fn(*args)``; an untyped failure of a policy / PRM becomes a :class:`BackendError`.
+
+    Typed errors (``BackendError``, ``PRMOutputError``, ``InputError``, ...) pass as they are;
+    cancellation (``asyncio.CancelledError``, a ``BaseException``) is never caught.
+    """
+    try:
+        return await fn(*args)
+    except TTSError:
+        raise
+    except Exception as e:
+        name = getattr(backend, "name", None) or type(backend).__name__
+        raise BackendError(
+            f"{name} failed while {what}: {type(e).__name__}: {e}",
+            partial={"error": f"{type(e).__name__}: {e}"},
+        ) from e
 
 
 def finalize_update(
@@ -175,13 +252,54 @@ def finalize_update(
     return update
 
 
-def node(fn: Callable[[TTSState, RunnableConfig], Awaitable[dict]], name: str) -> RunnableLambda:
-    """A graph node from one async function, runnable from both invoke and ainvoke."""
+class _Fn(Runnable[Any, Any]):
+    """A graph node: a sync and an async function, called directly.
 
-    def sync(state: TTSState, config: RunnableConfig) -> dict:
-        return run_sync(fn(state, config))
+    What LangGraph builds from a plain function node (its node run already traces the
+    call), with a sync path too. ``RunnableLambda`` would add a second traced run per node
+    and inspect the function's signature on every call: about a third of the per-step
+    orchestration cost (docs/performance.md).
+    """
 
-    async def wrapped(state: TTSState, config: RunnableConfig) -> dict:
-        return await fn(state, config)
+    def __init__(
+        self,
+        func: Callable[[Any, RunnableConfig], Any],
+        afunc: Callable[[Any, RunnableConfig], Awaitable[Any]],
+        name: str,
+    ):
+        self.func, self.afunc, self.name = func, afunc, name
 
-    return RunnableLambda(sync, afunc=wrapped, name=name)
+    def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
+        return self.func(input, ensure_config() if config is None else config)
+
+    async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
+        return await self.afunc(input, ensure_config() if config is None else config)
+
+
+def node(fn: Callable[[Any, RunnableConfig], Awaitable[Any]], name: str) -> Runnable:
+    """A graph node from one async function, runnable from both invoke and ainvoke.
+
+    A :class:`BackendError` leaving the node carries the search state it started from
+    (``progress``): the last completed search step.
+    """
+
+    async def afunc(state: TTSState, config: RunnableConfig) -> Any:
+        try:
+            return await fn(state, config)
+        except BackendError as e:
+            if e.progress is None:
+                e.progress = {k: v for k, v in state.items() if k not in _NOT_PROGRESS}
+            raise
+
+    def sync(state: TTSState, config: RunnableConfig) -> Any:
+        return run_sync(afunc(state, config))
+
+    return _Fn(sync, afunc, name)
+
+
+_NOT_PROGRESS = frozenset({"messages", "remaining_steps"})
+
+
+def next_node(done: object, again: str) -> str:
+    """Where a looping node goes: ``again`` (its own name) until the search is done."""
+    return "finalize" if done else again

@@ -25,10 +25,9 @@ recursion limit is close, the ``step`` node finishes the search inside itself.
 
 from __future__ import annotations
 
-from typing import Literal
-
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
+from langgraph.types import Command
 from pydantic import Field, model_validator
 
 from langchain_tts.core.config import StrategyConfig, check_split
@@ -42,6 +41,7 @@ from langchain_tts.strategies.core import (
     TTSState,
     expand,
     finalize_update,
+    next_node,
     node,
     prepare_update,
     resolve_config,
@@ -100,7 +100,7 @@ async def dvts_step(
         owners = [i for i, t in enumerate(subtrees) if not t.finished]
         parents, n_each = [subtrees[i] for i in owners], bw
     children, usage = await expand(policy, parents, n_each, cfg)
-    children, prm_usage = await score(prm, children)
+    children, prm_usage = await score(prm, children, in_place=True)  # fresh children
     new = list(subtrees)
     for g, owner in enumerate(owners):
         # Greedy within the subtree: its own children only (independence).
@@ -118,7 +118,7 @@ def build_dvts_graph(
         resolve_config(base, rc)  # fail fast on bad call-time overrides
         return {**prepare_update(state), "subtrees": []}
 
-    async def step(state: DVTSState, rc: RunnableConfig) -> dict:
+    async def step(state: DVTSState, rc: RunnableConfig) -> Command:
         cfg = resolve_config(base, rc)
         subtrees = state.get("subtrees") or []
         i, usage = state.get("step", 0), Usage()
@@ -128,17 +128,14 @@ def build_dvts_graph(
             # Finish inside this node when LangGraph's recursion limit is near.
             if _done(subtrees, i, cfg) or state.get("remaining_steps", 99) > 3:
                 break
-        return {
+        update = {
             "subtrees": subtrees,
             "active": [t for t in subtrees if not t.finished],
             "finished": [t for t in subtrees if t.finished],
             "step": i,
             "usage": usage,
         }
-
-    def route(state: DVTSState, config: RunnableConfig) -> Literal["step", "finalize"]:
-        cfg = resolve_config(base, config)
-        return "finalize" if _done(state["subtrees"], state["step"], cfg) else "step"
+        return Command(update=update, goto=next_node(_done(subtrees, i, cfg), "step"))
 
     async def finalize(state: DVTSState, rc: RunnableConfig) -> dict:
         cfg = resolve_config(base, rc)
@@ -149,10 +146,9 @@ def build_dvts_graph(
 
     g = StateGraph(DVTSState, input_schema=TTSInput, output_schema=TTSOutput)
     g.add_node("prepare", node(prepare, "prepare"))
-    g.add_node("step", node(step, "step"))
+    g.add_node("step", node(step, "step"), destinations=("step", "finalize"))
     g.add_node("finalize", node(finalize, "finalize"))
     g.add_edge(START, "prepare")
     g.add_edge("prepare", "step")
-    g.add_conditional_edges("step", route, ["step", "finalize"])
     g.add_edge("finalize", END)
     return g

@@ -41,12 +41,14 @@ from typing import Literal
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
+from langgraph.types import Command
 from pydantic import BaseModel, Field
 
 from langchain_tts.core.config import StrategyConfig
 from langchain_tts.core.errors import ConfigError
-from langchain_tts.core.types import Trajectory, Usage
+from langchain_tts.core.types import Trajectory, Usage, model_replace
 from langchain_tts.policies.base import StepPolicy
+from langchain_tts.prms.aggregate import aggregate_scores
 from langchain_tts.prms.base import ProcessRewardModel
 from langchain_tts.strategies.core import (
     TTSInput,
@@ -54,6 +56,7 @@ from langchain_tts.strategies.core import (
     TTSState,
     expand,
     finalize_update,
+    next_node,
     node,
     prepare_update,
     resolve_config,
@@ -160,7 +163,7 @@ def backprop(tree: list[MCTSNode], path: Sequence[int], value: float) -> None:
     """Add one visit of ``value`` to every node on ``path`` (copies them: no in-place edits)."""
     for i in path:
         n = tree[i]
-        tree[i] = n.model_copy(update={"visits": n.visits + 1, "value_sum": n.value_sum + value})
+        tree[i] = model_replace(n, visits=n.visits + 1, value_sum=n.value_sum + value)
 
 
 async def simulate(
@@ -181,11 +184,10 @@ async def simulate(
     children, usage = await expand(
         policy, [trajectory_of(tree, leaf_id, question)], cfg.expand_k, cfg
     )
-    children, prm_usage = await score(prm, children)
-    children = with_scores(children, cfg.aggregation)
+    children, prm_usage = await score(prm, children, in_place=True)  # fresh children
+    values = [aggregate_scores(c.step_scores, cfg.aggregation) for c in children]
     new_ids = list(range(len(tree), len(tree) + len(children)))
-    for child in children:
-        value = child.score or 0.0
+    for child, value in zip(children, values):
         tree.append(
             MCTSNode(
                 parent=leaf_id,
@@ -200,8 +202,8 @@ async def simulate(
                 score=value,
             )
         )
-    tree[leaf_id] = leaf.model_copy(update={"children": [*leaf.children, *new_ids]})
-    backprop(tree, path, sum(c.score or 0.0 for c in children) / len(children))
+    tree[leaf_id] = model_replace(leaf, children=[*leaf.children, *new_ids])
+    backprop(tree, path, sum(values) / len(values))
     return tree, usage + prm_usage
 
 
@@ -218,6 +220,29 @@ def leaves(tree: Sequence[MCTSNode]) -> list[int]:
     return [i for i, n in enumerate(tree) if i and not n.children]
 
 
+def mcts_final_update(state: MCTSState, cfg: MCTSConfig) -> dict:
+    """The ``finalize`` update: the answer from the tree (see ``final`` in the module doc)."""
+    tree, q = state["tree"], state["question"]
+    ends = leaves(tree)
+    done = [trajectory_of(tree, i, q) for i in ends if tree[i].finished]
+    if cfg.final == "most_visited":
+        leaf = most_visited_leaf(tree)
+        path_end = trajectory_of(tree, leaf, q)
+        if path_end.finished or not done:
+            update = finalize_update(state, [path_end], cfg, "simulations")
+            cands = done if path_end.finished else [path_end]
+        else:  # the most-visited path is unfinished: best finished leaf instead
+            update = finalize_update(state, done, cfg, "simulations")
+            cands = done
+    else:
+        cands = done or [trajectory_of(tree, i, q) for i in ends]
+        update = finalize_update(state, cands, cfg, "simulations")
+    update["candidates"] = sorted(
+        with_scores(cands, cfg.aggregation), key=lambda t: -(t.score or 0.0)
+    )
+    return update
+
+
 def build_mcts_graph(
     policy: StepPolicy, prm: ProcessRewardModel | None, base: MCTSConfig
 ) -> StateGraph:
@@ -228,7 +253,7 @@ def build_mcts_graph(
         resolve_config(base, rc)  # fail fast on bad call-time overrides
         return {**prepare_update(state), "tree": [MCTSNode()]}
 
-    async def simulate_node(state: MCTSState, rc: RunnableConfig) -> dict:
+    async def simulate_node(state: MCTSState, rc: RunnableConfig) -> Command:
         cfg = resolve_config(base, rc)
         tree, i, usage = state["tree"], state.get("step", 0), Usage()
         while True:
@@ -237,40 +262,17 @@ def build_mcts_graph(
             # Run the rest inside this node when LangGraph's recursion limit is near.
             if i >= cfg.simulations or state.get("remaining_steps", 99) > 3:
                 break
-        return {"tree": tree, "step": i, "usage": usage}
-
-    def route(state: MCTSState, config: RunnableConfig) -> Literal["simulate", "finalize"]:
-        cfg = resolve_config(base, config)
-        return "finalize" if state["step"] >= cfg.simulations else "simulate"
+        update = {"tree": tree, "step": i, "usage": usage}
+        return Command(update=update, goto=next_node(i >= cfg.simulations, "simulate"))
 
     async def finalize(state: MCTSState, rc: RunnableConfig) -> dict:
-        cfg = resolve_config(base, rc)
-        tree, q = state["tree"], state["question"]
-        ends = leaves(tree)
-        done = [trajectory_of(tree, i, q) for i in ends if tree[i].finished]
-        if cfg.final == "most_visited":
-            leaf = most_visited_leaf(tree)
-            path_end = trajectory_of(tree, leaf, q)
-            if path_end.finished or not done:
-                update = finalize_update(state, [path_end], cfg, "simulations")
-                cands = done if path_end.finished else [path_end]
-            else:  # the most-visited path is unfinished: best finished leaf instead
-                update = finalize_update(state, done, cfg, "simulations")
-                cands = done
-        else:
-            cands = done or [trajectory_of(tree, i, q) for i in ends]
-            update = finalize_update(state, cands, cfg, "simulations")
-        update["candidates"] = sorted(
-            with_scores(cands, cfg.aggregation), key=lambda t: -(t.score or 0.0)
-        )
-        return update
+        return mcts_final_update(state, resolve_config(base, rc))
 
     g = StateGraph(MCTSState, input_schema=TTSInput, output_schema=TTSOutput)
     g.add_node("prepare", node(prepare, "prepare"))
-    g.add_node("simulate", node(simulate_node, "simulate"))
+    g.add_node("simulate", node(simulate_node, "simulate"), destinations=("simulate", "finalize"))
     g.add_node("finalize", node(finalize, "finalize"))
     g.add_edge(START, "prepare")
     g.add_edge("prepare", "simulate")
-    g.add_conditional_edges("simulate", route, ["simulate", "finalize"])
     g.add_edge("finalize", END)
     return g

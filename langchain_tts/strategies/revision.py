@@ -22,10 +22,10 @@ is close, ``round`` runs the remaining rounds inside itself instead of failing.
 from __future__ import annotations
 
 import re
-from typing import Literal
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
+from langgraph.types import Command
 from pydantic import Field, field_validator
 
 from langchain_tts.core.config import StrategyConfig
@@ -39,6 +39,7 @@ from langchain_tts.strategies.core import (
     TTSState,
     expand,
     finalize_update,
+    next_node,
     node,
     prepare_update,
     resolve_config,
@@ -151,7 +152,7 @@ def build_revision_graph(
         resolve_config(base, rc)  # fail fast on bad call-time overrides
         return prepare_update(state)
 
-    async def round_node(state: TTSState, rc: RunnableConfig) -> dict:
+    async def round_node(state: TTSState, rc: RunnableConfig) -> Command:
         cfg = resolve_config(base, rc)
         q = state["question"]
         active, attempts = state.get("active") or [], list(state.get("finished") or [])
@@ -164,11 +165,8 @@ def build_revision_graph(
             # Run the remaining rounds here when LangGraph's recursion limit is near.
             if _done(active, i, cfg) or state.get("remaining_steps", 99) > 3:
                 break
-        return {"active": active, "finished": attempts, "step": i, "usage": usage}
-
-    def route(state: TTSState, config: RunnableConfig) -> Literal["round", "finalize"]:
-        cfg = resolve_config(base, config)
-        return "finalize" if _done(state["active"], state["step"], cfg) else "round"
+        update = {"active": active, "finished": attempts, "step": i, "usage": usage}
+        return Command(update=update, goto=next_node(_done(active, i, cfg), "round"))
 
     async def finalize(state: TTSState, rc: RunnableConfig) -> dict:
         cfg = resolve_config(base, rc)
@@ -177,10 +175,9 @@ def build_revision_graph(
 
     g = StateGraph(TTSState, input_schema=TTSInput, output_schema=TTSOutput)
     g.add_node("prepare", node(prepare, "prepare"))
-    g.add_node("round", node(round_node, "round"))
+    g.add_node("round", node(round_node, "round"), destinations=("round", "finalize"))
     g.add_node("finalize", node(finalize, "finalize"))
     g.add_edge(START, "prepare")
     g.add_edge("prepare", "round")
-    g.add_conditional_edges("round", route, ["round", "finalize"])
     g.add_edge("finalize", END)
     return g

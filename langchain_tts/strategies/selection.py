@@ -16,16 +16,14 @@ SELECTIONS = ("prm_max", "majority", "prm_vote")
 
 def with_scores(cands: Sequence[Trajectory], aggregation: Aggregation | str) -> list[Trajectory]:
     """Copies of the candidates with ``score`` set to their aggregated PRM score."""
-    return [
-        c.model_copy(update={"score": aggregate_scores(c.step_scores, aggregation)}) for c in cands
-    ]
+    return [c.copy_with(score=aggregate_scores(c.step_scores, aggregation)) for c in cands]
 
 
 def top_k(cands: Sequence[Trajectory], k: int, aggregation: Aggregation | str) -> list[Trajectory]:
     """The k best by aggregated score; ties keep generation order (stable sort)."""
-    scored = with_scores(cands, aggregation)
-    order = sorted(range(len(scored)), key=lambda i: -(scored[i].score or 0.0))
-    return [scored[i] for i in order[:k]]
+    scores = [aggregate_scores(c.step_scores, aggregation) for c in cands]
+    order = sorted(range(len(scores)), key=lambda i: -scores[i])
+    return [cands[i].copy_with(score=scores[i]) for i in order[:k]]  # copies only the kept
 
 
 def select_answer(

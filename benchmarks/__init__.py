@@ -1,0 +1,1 @@
+"""Benchmarks of langchain-tts (``make bench``); see docs/performance.md."""

@@ -1,0 +1,67 @@
+"""Runs every benchmark (``make bench``) and ends with a summary of the measured ratios.
+
+Each benchmark is short (well under a minute at one thread) and prints its own table;
+numbers are measured in this run, nothing is cached. See ``docs/performance.md``::
+
+    OMP_NUM_THREADS=1 python -m benchmarks.run_all [overhead batching scaling embedded]
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from benchmarks import bench_batching, bench_embedded, bench_overhead, bench_scaling
+
+BENCHMARKS: dict[str, Callable[[], Any]] = {
+    "overhead": bench_overhead.main,
+    "batching": bench_batching.main,
+    "scaling": bench_scaling.main,
+    "embedded": bench_embedded.main,
+}
+
+
+def summary(results: dict[str, Any]) -> list[str]:
+    lines = []
+    if "overhead" in results:
+        for case, r in results["overhead"].items():
+            lines.append(
+                f"overhead {case}: graph {r['graph']:.0f} us/step vs hand loop {r['hand']:.0f} "
+                f"(ratio {r['ratio']:.2f}); empty graph {r['floor']:.0f} us/step"
+            )
+    if "batching" in results:
+        for width, r in results["batching"].items():
+            lines.append(
+                f"batching {width} beams: {r['policy_req_per_step']:.2f} policy + "
+                f"{r['prm_req_per_step']:.2f} PRM requests per step, {r['rps_single']:.0f} req/s"
+            )
+    if "scaling" in results:
+        for name, r in results["scaling"].items():
+            lines.append(
+                f"scaling in {name}: +{r['us_per_unit']:.0f} us per run per unit, linear fit R² "
+                f"{r['time_r2']:.3f}, growth exponent at the large end {r['time_exponent']:.2f}"
+            )
+    if "embedded" in results:
+        for case, r in results["embedded"].items():
+            lines.append(f"embedded {case}: HFPolicy / model.generate tokens/s = {r['ratio']:.2f}")
+    return lines
+
+
+def main(names: list[str]) -> None:
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        raise SystemExit(f"unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}")
+    results: dict[str, Any] = {}
+    for name in names or list(BENCHMARKS):
+        print(f"\n=== {name} " + "=" * (70 - len(name)), flush=True)
+        t0 = time.perf_counter()
+        results[name] = BENCHMARKS[name]()
+        print(f"({name}: {time.perf_counter() - t0:.0f} s)", flush=True)
+    print("\n=== summary " + "=" * 63)
+    print("\n".join(summary(results)))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
