@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test lint format eval bench train-default clean
+.PHONY: setup demo test lint format eval model-card bench train-default clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -34,8 +34,13 @@ format: setup
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-eval: setup  ## the embedded model-card sweep (docs/results/)
-	$(BIN)/python -m langchain_tts.eval.model_card
+eval: setup  ## the embedded sweep + report and plots (docs/results/eval/, < 30 min)
+	OMP_NUM_THREADS=1 $(BIN)/python -m langchain_tts.eval.model_card --suite eval --n 80
+	$(BIN)/tts report docs/results/eval/sweep.jsonl --out docs/results/eval \
+		--title "Embedded models: accuracy vs compute (make eval, 80 test problems)"
+
+model-card: setup  ## the full model-card sweep (hours on 2 cores; docs/results/embedded_sweep*)
+	OMP_NUM_THREADS=1 $(BIN)/python -m langchain_tts.eval.model_card
 
 bench: setup  ## orchestration overhead, HTTP batching, scaling, embedded models (docs/performance.md)
 	OMP_NUM_THREADS=1 $(BIN)/python -m benchmarks.run_all

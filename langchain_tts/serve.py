@@ -15,8 +15,10 @@ Why the extra plumbing around ``add_routes``:
   Studio shows); LangServe's copy of it keeps types but not constraints, so the per-request
   modifier re-validates knobs (400) and restores ``thread_id``.
 * Bad input must be a 4xx with a clear message, never a 500 (nor a 500 event inside a
-  200 stream): requests are validated before the graph runs (:class:`TTSRequest`), and
-  ``InputError`` / ``ConfigError`` that still escape are mapped to 422 / 400.
+  200 stream): requests are validated before the graph runs (:class:`TTSRequest`), a body
+  that is not UTF-8 is a 422, and ``InputError`` / ``ConfigError`` that still escape are
+  mapped to 422 / 400. A ``BackendError`` (the model backend failed, not the request) is a
+  502 with its message.
 * Under LangServe graphs run async, so a checkpointer must be async: a database path is
   opened as an ``AsyncSqliteSaver`` in the app's lifespan.
 """
@@ -32,14 +34,21 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from langchain_core.messages import AnyMessage
+from langchain_core.messages import AnyMessage, BaseMessage, convert_to_messages
 from langchain_core.runnables import RunnableBinding
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph.state import CompiledStateGraph
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from langchain_tts.core.config import StrategyConfig
-from langchain_tts.core.errors import ConfigError, InputError
+from langchain_tts.core.errors import BackendError, ConfigError, InputError
 from langchain_tts.graph import STRATEGIES, create_tts_graph, strategy_config
 from langchain_tts.policies.base import StepPolicy
 from langchain_tts.prms.base import ProcessRewardModel
@@ -61,6 +70,29 @@ class TTSRequest(BaseModel):
     messages: list[AnyMessage] = Field(
         default_factory=list, description="chat input; the last human message is the question"
     )
+
+    @field_validator("messages", mode="before")
+    @classmethod
+    def _chat_messages(cls, value: Any) -> Any:
+        # LangChain's AnyMessage discriminator raises TypeError on anything but a message or
+        # a dict with a "type" (pydantic lets that through as a 500), and it rejects forms
+        # the graph accepts. Convert like the graph does; a ValueError here is a 422.
+        if not isinstance(value, list):
+            return value  # pydantic's own "valid list" error
+        out: list[BaseMessage] = []
+        for i, item in enumerate(value):
+            if isinstance(item, BaseMessage):
+                out.append(item)
+                continue
+            try:
+                out.extend(convert_to_messages([item]))
+            except (NotImplementedError, ValueError, TypeError, KeyError) as e:
+                raise ValueError(
+                    f"messages[{i}] is not a chat message ({type(item).__name__}): pass "
+                    "{'role': 'user', 'content': '...'} or {'type': 'human', 'content': '...'} "
+                    f"dicts, ['human', '...'] pairs or strings ({str(e).splitlines()[0]})"
+                ) from None
+        return out
 
     @model_validator(mode="after")
     def _has_question(self) -> TTSRequest:
@@ -222,6 +254,25 @@ def create_app(
                 {"detail": f"request body is {size} bytes; the limit is {MAX_BODY_BYTES}"},
                 status_code=413,
             )
+        if request.method in ("POST", "PUT", "PATCH"):
+            # LangServe parses bodies with json.loads and catches only JSONDecodeError: a body
+            # that is not UTF-8 would be a 500. The body is cached for the route to reuse.
+            body = await request.body()
+            if len(body) > MAX_BODY_BYTES:  # chunked (no content-length): refuse before parsing
+                return JSONResponse(
+                    {"detail": f"request body is {len(body)} bytes; the limit is {MAX_BODY_BYTES}"},
+                    status_code=413,
+                )
+            try:
+                body.decode("utf-8")
+            except UnicodeDecodeError as e:
+                return JSONResponse(
+                    {
+                        "detail": f"Invalid JSON body: not valid UTF-8 (byte 0x{body[e.start]:02x} "
+                        f"at position {e.start})"
+                    },
+                    status_code=422,
+                )
         return await call_next(request)
 
     @app.exception_handler(InputError)
@@ -234,6 +285,11 @@ def create_app(
         return JSONResponse(
             {"detail": exc.errors(include_url=False, include_context=False)}, status_code=422
         )
+
+    @app.exception_handler(BackendError)
+    async def _backend_error(_: Request, exc: BackendError) -> JSONResponse:
+        # The model backend failed (after its retries), not the request: a bad gateway.
+        return JSONResponse({"detail": str(exc), "error": "BackendError"}, status_code=502)
 
     @app.exception_handler(ConfigError)
     async def _config_error(_: Request, exc: ConfigError) -> JSONResponse:

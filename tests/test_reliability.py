@@ -291,29 +291,16 @@ async def test_odd_but_valid_questions_run_and_round_trip(strategy: str, case: s
         ({"input": None}, 422, "valid dictionary"),
         ({"input": {"question": "q7 — 🤔 \x00\x1b"}}, 200, '"answer":"7'),
         (b"{not json", 422, "Invalid JSON"),
-        pytest.param(
-            b"\xff\xfe binary",
-            422,
-            "Invalid JSON",
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=UnicodeDecodeError,
-                reason="LangServe parses the body with json.loads and catches only "
-                "JSONDecodeError: a body that is not UTF-8 is a 500 (see docs/performance.md)",
-            ),
-        ),
-        pytest.param(
-            {"input": {"messages": [1, 2]}},
-            422,
-            "message",
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=TypeError,
-                reason="serve.TTSRequest: langchain_core's AnyMessage discriminator raises "
-                "TypeError (not ValueError) for non-message items, so pydantic does not turn "
-                "it into a 422: a 500 (see docs/performance.md)",
-            ),
-        ),
+        (b"\xff\xfe binary", 422, "not valid UTF-8"),
+        (b'{"input": {"question": "q\xe9"}}', 422, "Invalid JSON"),
+        ({"input": {"messages": [1, 2]}}, 422, "messages[0] is not a chat message"),
+        ({"input": {"messages": [None]}}, 422, "messages[0] is not a chat message"),
+        ({"input": {"messages": [{"content": "q3"}]}}, 422, "'role' and 'content'"),
+        # the forms the graph itself accepts are accepted over HTTP too
+        ({"input": {"messages": [{"role": "user", "content": "q3"}]}}, 200, '"answer":"3'),
+        ({"input": {"messages": [["human", "q4"]]}}, 200, '"answer":"4'),
+        ({"input": {"messages": ["q5"]}}, 200, '"answer":"5'),
+        ({"input": {"messages": [{"type": "human", "content": "q6"}]}}, 200, '"answer":"6'),
     ],
 )
 async def test_fuzzed_http_bodies_are_answered_4xx_or_200(body: Any, status: int, needle: str):
@@ -332,6 +319,27 @@ async def test_fuzzed_http_bodies_are_answered_4xx_or_200(body: Any, status: int
             r = await bounded(c.post("/tts/beam_search/invoke", json=body))
     assert r.status_code == status, r.text[:300]
     assert needle in r.text
+
+
+@pytest.mark.filterwarnings("ignore:Accessing the 'model_fields':DeprecationWarning")
+@pytest.mark.parametrize("endpoint", ["invoke", "batch"])
+async def test_backend_error_in_a_served_graph_is_a_502_with_its_message(endpoint: str):
+    httpx = pytest.importorskip("httpx")
+    pytest.importorskip("langserve")
+    from langchain_tts.serve import create_app
+
+    policy = FailingPolicy(1, RuntimeError("GPU fell off the bus"))
+    app = create_app(policy, flat_prm(), ["beam_search"], budget=4)
+    body: dict = {"input": {"question": "q7"}}
+    if endpoint == "batch":
+        body = {"inputs": [{"question": "q7"}]}
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://tts", timeout=LIMIT
+    ) as c:
+        r = await bounded(c.post(f"/tts/beam_search/{endpoint}", json=body))
+    assert r.status_code == 502, r.text[:300]
+    assert r.json()["error"] == "BackendError"
+    assert "RuntimeError: GPU fell off the bus" in r.json()["detail"]
 
 
 # -- cancellation -----------------------------------------------------------------------------

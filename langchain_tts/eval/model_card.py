@@ -110,6 +110,22 @@ def claims(rows: list[dict]) -> list[tuple[str, bool, str]]:
     return out  # fmt: skip
 
 
+# `make eval`: the sweep that fits in 30 minutes on 2 CPU cores (docs/results/eval/).
+EVAL_RUNS: list[tuple[str, str, str, int]] = [
+    ("small", "none", "cot", 1),
+    ("large", "none", "cot", 1),
+    ("small", "none", "majority_vote", 4),
+    ("small", "none", "majority_vote", 16),
+    ("small", "strong", "best_of_n", 4),
+    ("small", "strong", "best_of_n", 16),
+    ("small", "strong", "weighted_vote", 16),
+    ("small", "strong", "beam_search", 4),
+    ("small", "strong", "beam_search", 16),
+    ("small", "weak", "best_of_n", 16),
+]
+SUITES = {"card": RUNS, "strategies": STRATEGY_RUNS, "eval": EVAL_RUNS}
+
+
 def main(argv: list[str] | None = None) -> None:
     from langchain_tts import create_tts_graph
     from langchain_tts.eval.datasets import load_synthetic
@@ -130,17 +146,22 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument(
         "--suite",
-        choices=["card", "strategies"],
+        choices=sorted(SUITES),
         default="card",
-        help="card: the model card's runs; strategies: every strategy at N=4 and 16",
+        help="card: the model card's runs; strategies: every strategy at N=4 and 16; "
+        "eval: the 30-minute sweep of `make eval`",
     )
     ap.add_argument(
         "--concurrency", type=int, default=16, help="problems in flight (batched together)"
     )
     args = ap.parse_args(argv)
-    runs = RUNS if args.suite == "card" else STRATEGY_RUNS
-    if args.suite == "strategies" and args.out == ap.get_default("out"):
-        args.out = Path("docs/results/strategies.jsonl")
+    runs = SUITES[args.suite]
+    if args.suite != "card" and args.out == ap.get_default("out"):
+        args.out = Path(
+            "docs/results/strategies.jsonl"
+            if args.suite == "strategies"
+            else "docs/results/eval/sweep.jsonl"
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     problems = load_synthetic("test", args.n)
     if not args.report_only:
