@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import math
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from langchain_tts.core.errors import ConfigError
 
 Aggregation = Literal["min", "last", "mean", "prod", "geo_mean"]
 Selection = Literal["prm_max", "majority", "prm_vote"]
@@ -35,6 +38,34 @@ class StrategyConfig(BaseModel):
     aggregation: Aggregation = Field("last", description="how step scores become one score")
     selection: Selection = Field("prm_max", description="how the final answer is chosen")
     seed: int | None = None
+    max_flops: float | None = Field(
+        None,
+        description="compute budget of one run in FLOPs (policy + PRM); None: no cap. A model "
+        "call that could overrun it is not made: the search stops with stop_reason 'budget'",
+    )
+    max_tokens: float | None = Field(
+        None,
+        description="budget of one run in tokens (policy prompt + generated + PRM); None: no "
+        "cap. Enforced like max_flops",
+    )
+
+    @field_validator("max_flops", "max_tokens", mode="before")
+    @classmethod
+    def _budget_type(cls, v: Any, info: Any) -> Any:
+        if isinstance(v, bool):  # pydantic would read True as 1.0
+            check_budget(info.field_name, v)
+        return v
+
+    @field_validator("max_flops", "max_tokens")
+    @classmethod
+    def _budget(cls, v: float | None, info: Any) -> float | None:
+        check_budget(info.field_name, v)
+        return v
+
+    @property
+    def budgeted(self) -> bool:
+        """Whether a compute budget (``max_flops`` / ``max_tokens``) is set."""
+        return self.max_flops is not None or self.max_tokens is not None
 
     def sampling(self, **overrides: object) -> SamplingParams:
         base = {
@@ -54,6 +85,14 @@ class StrategyConfig(BaseModel):
                 f"({self.max_total_tokens}); raise max_total_tokens or lower max_step_tokens"
             )
         return self
+
+
+def check_budget(name: str, v: object) -> None:
+    """A budget is a positive number of FLOPs / tokens, or None (no cap)."""
+    if v is None:
+        return
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v) or v <= 0:
+        raise ConfigError(f"{name} must be a positive number (or None: no cap), got {v!r}")
 
 
 def check_split(n: int, beam_width: int, what: str) -> None:

@@ -38,4 +38,25 @@ class BackendError(TTSError, RuntimeError):
 
 
 class BudgetExceededError(TTSError):
-    """Raised only by ``Budget.check(strict=True)``; searches stop gracefully instead."""
+    """A model call the compute budget cannot pay, refused before it was made.
+
+    Raised by the metered models of a strict :class:`~langchain_tts.ledger.Ledger`. The
+    strategy graphs catch it and stop their search gracefully (``stop_reason="budget"``);
+    you see it only when calling strictly metered models yourself. ``need_*``: the least
+    the call would cost (one token per sample); ``left_*``: what the budget had left
+    (``inf``: no cap); ``unscored``: trajectories a refused PRM call left without scores.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        need_tokens: float = 0.0,
+        need_flops: float = 0.0,
+        left_tokens: float = float("inf"),
+        left_flops: float = float("inf"),
+    ):
+        super().__init__(message)
+        self.need_tokens, self.need_flops = need_tokens, need_flops
+        self.left_tokens, self.left_flops = left_tokens, left_flops
+        self.unscored: list[Any] = []

@@ -36,6 +36,11 @@ class PolicyResult(BaseModel):
 
     steps: list[list[Step]]
     usage: Usage = Field(default_factory=Usage)
+    max_step_tokens: int | None = Field(
+        None,
+        description="the per-step cap the call really ran with, when a budget meter lowered "
+        "it (None: the requested cap); its 'length' steps were cut by the budget",
+    )
 
 
 class PolicyInput(BaseModel):

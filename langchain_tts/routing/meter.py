@@ -1,35 +1,16 @@
-"""Hard compute caps: policy/PRM wrappers that never start a call the budget cannot pay.
-
-The router's ``max_flops`` / ``max_tokens`` are enforced *before* each model call (DESIGN
-section 3), not after the fact: a :class:`Ledger` holds what is left, and
-:class:`MeteredPolicy` / :class:`MeteredPRM` reserve a call's worst-case cost first.
-
-* A policy call's worst case is ``prompt + prefixes x n x max_step_tokens`` tokens (FLOPs:
-  ``2 x params x tokens``). The prompt is bounded by its UTF-8 bytes (no tokenizer emits
-  more tokens than bytes) plus :data:`PROMPT_OVERHEAD_TOKENS` for templates and special
-  tokens, counted once per sample (chat backends send one prompt per sample). When the
-  full per-step cap does not fit, the call runs with a smaller ``max_step_tokens`` that
-  does; when not even one token per sample fits, the call is refused: every sample comes
-  back as an empty step with ``finish_reason="length"`` (the trajectory is cut, as a
-  length cap would), at zero cost, and the strategy winds down on its own.
-* A PRM call's worst case is the bytes of every trajectory plus per-step and
-  per-trajectory overheads; a call that does not fit is refused and scores every step 0.
-
-Concurrent calls (DVTS subtrees) reserve under a lock, so together they cannot overrun.
-The guarantee assumes the backend honours ``max_step_tokens`` (every backend here does).
+"""The router's hard compute caps: moved to :mod:`langchain_tts.ledger` (shared with every
+strategy's ``max_flops`` / ``max_tokens``); re-exported here so existing imports keep working.
 """
 
-from __future__ import annotations
-
-import math
-import threading
-from collections.abc import Sequence
-from typing import Any
-
-from langchain_tts.core.config import SamplingParams
-from langchain_tts.core.types import Step, Trajectory, Usage
-from langchain_tts.policies.base import PolicyResult, StepPolicy
-from langchain_tts.prms.base import PRMResult, ProcessRewardModel
+from langchain_tts.ledger import (
+    PRM_OVERHEAD_TOKENS,
+    PRM_STEP_OVERHEAD_TOKENS,
+    PROMPT_OVERHEAD_TOKENS,
+    Ledger,
+    MeteredPolicy,
+    MeteredPRM,
+    meter,
+)
 
 __all__ = [
     "PRM_OVERHEAD_TOKENS",
@@ -40,154 +21,3 @@ __all__ = [
     "MeteredPolicy",
     "meter",
 ]
-
-#: bound on template / BOS / special tokens added to one policy prompt
-PROMPT_OVERHEAD_TOKENS = 64
-#: bound on separator tokens the PRM adds per step, and its template per trajectory
-PRM_STEP_OVERHEAD_TOKENS = 4
-PRM_OVERHEAD_TOKENS = 64
-
-
-def _nbytes(s: str) -> int:
-    return len(s.encode("utf-8"))
-
-
-class Ledger:
-    """What one run may still spend (``None``: no cap), with reservations for calls in flight."""
-
-    def __init__(self, max_flops: float | None = None, max_tokens: float | None = None):
-        self.max_flops, self.max_tokens = max_flops, max_tokens
-        self.spent = Usage()
-        self.refused = 0  # calls refused for lack of budget
-        self._res_flops = 0.0
-        self._res_tokens = 0.0
-        self._lock = threading.Lock()
-
-    @property
-    def exhausted(self) -> bool:
-        """Whether some call had to be refused (the answer may be a cut-short search)."""
-        return self.refused > 0
-
-    def _left(self) -> tuple[float, float]:
-        f = math.inf if self.max_flops is None else self.max_flops - self.spent.flops
-        t = math.inf if self.max_tokens is None else self.max_tokens - self.spent.tokens
-        return f - self._res_flops, t - self._res_tokens
-
-    def reserve(self, params: float, fixed: float, units: int, cap: int) -> int:
-        """Reserve a call of ``fixed + units x c`` tokens for the largest ``c`` in
-        ``[1, cap]`` that fits and return ``c``; ``units == 0`` (a PRM call) reserves
-        ``fixed`` alone and returns 1. Returns 0 (nothing reserved) when nothing fits."""
-        with self._lock:
-            f_left, t_left = self._left()
-            if units <= 0:
-                c, tokens = 1, fixed
-                if not self._fits(params, tokens, f_left, t_left):
-                    c = 0
-            else:
-                avail = t_left if params <= 0 else min(t_left, f_left / (2.0 * params))
-                room = avail - fixed
-                c = cap if room >= units * cap else max(0, math.floor(room / units))
-                while c > 0 and not self._fits(params, fixed + units * c, f_left, t_left):
-                    c -= 1  # float rounding at the edge
-                tokens = fixed + units * c
-            if c <= 0:
-                self.refused += 1
-                return 0
-            self._res_tokens += tokens
-            self._res_flops += 2.0 * params * tokens
-            return c
-
-    @staticmethod
-    def _fits(params: float, tokens: float, f_left: float, t_left: float) -> bool:
-        return tokens <= t_left and 2.0 * params * tokens <= f_left
-
-    def settle(self, params: float, reserved_tokens: float, usage: Usage) -> None:
-        """Release a reservation and book what the call really cost."""
-        with self._lock:
-            self._res_tokens -= reserved_tokens
-            self._res_flops -= 2.0 * params * reserved_tokens
-            self.spent = self.spent + usage
-
-
-class MeteredPolicy(StepPolicy):
-    """A policy that spends only what its :class:`Ledger` allows (see the module doc)."""
-
-    def __init__(self, inner: StepPolicy, ledger: Ledger):
-        self.inner, self.ledger = inner, ledger
-        self.num_parameters = inner.num_parameters
-        self.name = inner.name
-        self.step_delimiter = inner.step_delimiter
-
-    def render_prefix(self, prefix: Trajectory) -> str:
-        return self.inner.render_prefix(prefix)
-
-    def prompt_bound(self, prefixes: Sequence[Trajectory], n: int) -> int:
-        """Upper bound on the prompt tokens of one call (bytes + overhead, per sample)."""
-        per = sum(
-            _nbytes(p.question) + _nbytes(self.inner.render_prefix(p)) + PROMPT_OVERHEAD_TOKENS
-            for p in prefixes
-        )
-        return per * n
-
-    async def _agenerate(
-        self, prefixes: Sequence[Trajectory], n: int, params: SamplingParams
-    ) -> PolicyResult:
-        fixed = self.prompt_bound(prefixes, n)
-        units = len(prefixes) * n
-        p = float(self.num_parameters or 0)
-        cap = self.ledger.reserve(p, fixed, units, params.max_step_tokens)
-        if cap == 0:
-            empty = Step(text="", tokens=0, finish_reason="length")
-            return PolicyResult(steps=[[empty] * n for _ in prefixes], usage=Usage())
-        reserved = fixed + units * cap
-        if cap < params.max_step_tokens:
-            params = params.model_copy(update={"max_step_tokens": cap})
-        try:
-            result = await self.inner.agenerate(prefixes, n, params)
-        except BaseException:
-            self.ledger.settle(p, reserved, Usage())
-            raise
-        self.ledger.settle(p, reserved, result.usage)
-        return result
-
-
-class MeteredPRM(ProcessRewardModel):
-    """A PRM that scores only when its :class:`Ledger` can pay the worst case."""
-
-    def __init__(self, inner: ProcessRewardModel, ledger: Ledger):
-        self.inner, self.ledger = inner, ledger
-        self.num_parameters = inner.num_parameters
-        self.name = inner.name
-
-    @staticmethod
-    def token_bound(trajectories: Sequence[Trajectory]) -> int:
-        return sum(
-            _nbytes(t.question)
-            + sum(_nbytes(s) + PRM_STEP_OVERHEAD_TOKENS for s in t.steps)
-            + PRM_OVERHEAD_TOKENS
-            for t in trajectories
-        )
-
-    async def _ascore(self, trajectories: Sequence[Trajectory]) -> PRMResult:
-        tokens = self.token_bound(trajectories)
-        p = float(self.num_parameters or 0)
-        if self.ledger.reserve(p, tokens, 0, 0) == 0:
-            return PRMResult(scores=[[0.0] * len(t.steps) for t in trajectories], usage=Usage())
-        try:
-            result = await self.inner.ascore(trajectories)
-        except BaseException:
-            self.ledger.settle(p, tokens, Usage())
-            raise
-        self.ledger.settle(p, tokens, result.usage)
-        return result
-
-
-def meter(model: Any, ledger: Ledger) -> Any:
-    """``model`` wrapped to spend from ``ledger`` (a policy, a PRM, or None)."""
-    if model is None:
-        return None
-    if isinstance(model, StepPolicy):
-        return MeteredPolicy(model, ledger)
-    if isinstance(model, ProcessRewardModel):
-        return MeteredPRM(model, ledger)
-    raise TypeError(f"cannot meter {type(model).__name__}: not a StepPolicy or PRM")

@@ -27,7 +27,7 @@ Graph: ``prepare -> estimate -> <one strategy node per table bin | tier node> ->
   cost per solution (a heuristic, see :func:`allocation_cost`); if it does not fit in
   what is left, the most expensive allocation of the table that fits is run instead, or
   the probe's answer is returned when none fits. Every model call (probe included) goes
-  through :mod:`~langchain_tts.routing.meter`, which refuses calls the budget cannot pay,
+  through :mod:`~langchain_tts.ledger`, which refuses calls the budget cannot pay,
   so the reported ``usage`` never exceeds the budget.
 
 Output: the TTS output (``answer``, ``solution``, ``candidates``, ``usage``,
@@ -50,10 +50,11 @@ from langgraph.types import Checkpointer
 from pydantic import BaseModel, Field
 
 from langchain_tts.core.answers import normalize_answer
-from langchain_tts.core.config import StrategyConfig
+from langchain_tts.core.config import StrategyConfig, check_budget
 from langchain_tts.core.errors import ConfigError
 from langchain_tts.core.types import Trajectory, Usage
 from langchain_tts.graph import create_tts_graph, strategy_config
+from langchain_tts.ledger import Ledger, meter
 from langchain_tts.policies.base import StepPolicy, run_sync
 from langchain_tts.prms.base import ProcessRewardModel
 from langchain_tts.routing.difficulty import (
@@ -65,7 +66,6 @@ from langchain_tts.routing.difficulty import (
     VerifierEstimator,
     make_estimator,
 )
-from langchain_tts.routing.meter import Ledger, meter
 from langchain_tts.routing.table import BudgetTable
 from langchain_tts.strategies.core import (
     TTSInput,
@@ -215,13 +215,6 @@ def _probe_pick(est: DifficultyEstimate) -> tuple[str, list[Trajectory]]:
         if key is not None and normalize_answer(c.answer) == key:
             return c.text, cands
     return (cands[0].text if cands else ""), cands
-
-
-def _check_budget(name: str, v: float | None) -> None:
-    if v is None:
-        return
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v) or v <= 0:
-        raise ConfigError(f"{name} must be a positive number (or None: no cap), got {v!r}")
 
 
 def _cheaper_probe_hint(est: DifficultyEstimator) -> str:
@@ -414,8 +407,8 @@ def create_router_graph(
     table.check()
     if not 0.0 <= reuse_threshold <= 1.0:
         raise ConfigError(f"reuse_threshold must be in [0, 1], got {reuse_threshold!r}")
-    _check_budget("max_flops", max_flops)
-    _check_budget("max_tokens", max_tokens)
+    check_budget("max_flops", max_flops)
+    check_budget("max_tokens", max_tokens)
     est_obj = make_estimator(estimator, policy, prm)
     budgeted = max_flops is not None or max_tokens is not None
 

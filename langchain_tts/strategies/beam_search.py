@@ -16,6 +16,11 @@ finished solutions (active ones too when the search was cut short).
 Graph: ``prepare -> step (loops, one update per search step) -> finalize``. Every step is
 exactly one policy call and one PRM call. When LangGraph's recursion limit is close, the
 ``step`` node finishes the search inside itself instead of failing.
+
+With a budget (``max_flops`` / ``max_tokens``) the search also stops at the first step the
+budget cannot pay in full (``stop_reason="budget"``): the answer comes from the solutions
+finished so far (a last step's finished children whose scoring was refused count too), else
+from the best kept beams (else from that step's unscored children).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from langgraph.types import Command
 from pydantic import Field, model_validator
 
 from langchain_tts.core.config import StrategyConfig, check_split
-from langchain_tts.core.errors import ConfigError
+from langchain_tts.core.errors import BudgetExceededError, ConfigError
 from langchain_tts.core.types import Trajectory, Usage
 from langchain_tts.policies.base import StepPolicy
 from langchain_tts.prms.base import ProcessRewardModel
@@ -34,8 +39,12 @@ from langchain_tts.strategies.core import (
     TTSInput,
     TTSOutput,
     TTSState,
+    budget_final_update,
+    budget_refused,
+    budget_stopped,
     expand,
     finalize_update,
+    metered,
     next_node,
     node,
     prepare_update,
@@ -114,6 +123,8 @@ async def beam_step(
 def beam_final_update(state: TTSState, cfg: BeamSearchConfig) -> dict:
     """The ``finalize`` update: the answer among finished (and cut-short) beams."""
     active, finished = state.get("active") or [], state.get("finished") or []
+    if budget_stopped(state, cfg):
+        return budget_final_update(state, finished + active, cfg)
     reason = _search_done(active, finished, state.get("step", 0), cfg) or "max_steps"
     # Cut-short beams compete too when fewer than n solutions finished.
     cands = finished + active if len(finished) < cfg.target_finished else finished
@@ -127,27 +138,40 @@ def build_beam_search_graph(
         raise ConfigError("beam_search needs a PRM: pass prm=... (e.g. from load_default())")
 
     async def prepare(state: TTSState, rc: RunnableConfig) -> dict:
-        resolve_config(base, rc)  # fail fast on bad call-time overrides
-        return prepare_update(state)
+        # resolving fails fast on bad call-time overrides
+        return prepare_update(state, resolve_config(base, rc))
 
     async def step(state: TTSState, rc: RunnableConfig) -> Command:
         cfg = resolve_config(base, rc)
+        pol, pr, ledger = metered(policy, prm, cfg, state)  # as they are without a budget
         active, finished = state.get("active") or [], state.get("finished") or []
-        i, usage = state.get("step", 0), Usage()
+        i, usage, stop = state.get("step", 0), Usage(), ""
         while True:
-            active, finished, u = await beam_step(
-                policy, prm, cfg, state["question"], active, finished, i
-            )
+            try:
+                active, finished, u = await beam_step(
+                    pol, pr, cfg, state["question"], active, finished, i
+                )
+            except BudgetExceededError as e:  # this step is not paid for: stop before it
+                usage, stop = budget_refused(e, state, ledger, cfg), "budget"
+                # children a refused PRM call left unscored still compete (as a last resort)
+                finished = finished + [t for t in e.unscored if t.finished]
+                active = active + [t for t in e.unscored if not t.finished]
+                break
             i, usage = i + 1, usage + u
+            if ledger is not None and ledger.ended:  # the meter cut this step short
+                stop = "budget"
+                break
             # Finish inside this node when LangGraph's recursion limit is near (a user's
             # small recursion_limit must not kill a 40-step search).
             if _search_done(active, finished, i, cfg) or state.get("remaining_steps", 99) > 3:
                 break
         update = {"active": active, "finished": finished, "step": i, "usage": usage}
+        if stop:
+            update["stop_reason"] = stop
         # The node routes itself (a Command): a conditional edge costs LangGraph a
         # fresh copy of every channel per step (docs/performance.md).
         return Command(
-            update=update, goto=next_node(_search_done(active, finished, i, cfg), "step")
+            update=update, goto=next_node(stop or _search_done(active, finished, i, cfg), "step")
         )
 
     async def finalize(state: TTSState, rc: RunnableConfig) -> dict:

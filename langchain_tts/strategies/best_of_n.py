@@ -5,6 +5,11 @@ aggregated scores per distinct normalised answer). With ``selection="majority"``
 is optional (self-consistency).
 
 Graph: ``prepare -> sample -> score -> finalize``.
+
+With a budget (``max_flops`` / ``max_tokens``) the samples are drawn under a lowered token
+cap when the full one does not fit (a sample it cuts short is no solution), and the PRM call
+is skipped when it does not fit; then ``stop_reason="budget"`` and the answer is the
+majority answer of the (unscored) samples.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from langgraph.graph import END, START, StateGraph
 from pydantic import Field
 
 from langchain_tts.core.config import Selection, StrategyConfig
-from langchain_tts.core.errors import ConfigError
+from langchain_tts.core.errors import BudgetExceededError, ConfigError
 from langchain_tts.core.types import Trajectory
 from langchain_tts.policies.base import StepPolicy
 from langchain_tts.prms.base import ProcessRewardModel
@@ -22,8 +27,12 @@ from langchain_tts.strategies.core import (
     TTSInput,
     TTSOutput,
     TTSState,
+    budget_final_update,
+    budget_refused,
+    budget_stopped,
     expand,
     finalize_update,
+    metered,
     node,
     prepare_update,
     resolve_config,
@@ -64,25 +73,38 @@ def build_best_of_n_graph(
         )
 
     async def prepare(state: TTSState, rc: RunnableConfig) -> dict:
-        resolve_config(base, rc)
-        return prepare_update(state)
+        return prepare_update(state, resolve_config(base, rc))
 
     async def sample(state: TTSState, rc: RunnableConfig) -> dict:
         cfg = resolve_config(base, rc)
+        pol, _, ledger = metered(policy, None, cfg, state)  # as it is without a budget
         root = Trajectory(question=state["question"])
-        sols, usage = await expand(policy, [root], cfg.n, cfg, stop_at_step=False)
-        return {"finished": sols, "step": 1, "usage": usage}
+        try:
+            sols, usage = await expand(pol, [root], cfg.n, cfg, stop_at_step=False)
+        except BudgetExceededError as e:  # the run's first call: a ConfigError
+            budget_refused(e, state, ledger, cfg)
+            raise  # pragma: no cover - budget_refused raised
+        update = {"finished": sols, "step": 1, "usage": usage}
+        if ledger is not None and ledger.ended:  # the meter cut samples short
+            update["stop_reason"] = "budget"
+        return update
 
     async def score_all(state: TTSState, rc: RunnableConfig) -> dict:
         cfg = resolve_config(base, rc)
         # Majority needs no scores, and one sample needs no choosing: save the PRM call.
         if prm is None or cfg.selection == "majority" or len(state["finished"]) < 2:
             return {}
-        scored, usage = await score(prm, state["finished"])
+        _, pr, ledger = metered(policy, prm, cfg, state)
+        try:
+            scored, usage = await score(pr, state["finished"])
+        except BudgetExceededError as e:  # the samples stay unscored
+            return {"stop_reason": "budget", "usage": budget_refused(e, state, ledger, cfg)}
         return {"finished": scored, "usage": usage}
 
     async def finalize(state: TTSState, rc: RunnableConfig) -> dict:
         cfg = resolve_config(base, rc)
+        if budget_stopped(state, cfg):
+            return budget_final_update(state, state.get("finished") or [], cfg)
         return finalize_update(state, state.get("finished") or [], cfg, "sampled")
 
     g = StateGraph(TTSState, input_schema=TTSInput, output_schema=TTSOutput)

@@ -3,10 +3,20 @@
 No strategy re-implements batching, scoring or answer selection: they call
 :func:`expand` (one policy call for all prefixes), :func:`score` (one PRM call for all
 trajectories) and :func:`finalize_update`.
+
+Budgets (``max_flops`` / ``max_tokens`` of :class:`StrategyConfig`): a node that calls the
+models takes them from :func:`metered`, which wraps them on a fresh strict
+:class:`~langchain_tts.ledger.Ledger` holding what the run has left (``None``: no budget,
+the models as they are, no cost). A call the budget cannot pay raises
+:class:`BudgetExceededError` (caught by the node: :func:`budget_refused`); a step the meter
+had to cut short leaves its trajectory unfinished (``finish_reason="budget"``). Either way
+the node stops the search with ``stop_reason="budget"`` and ``finalize`` answers with
+:func:`budget_final_update`.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Annotated, Any, TypeVar
 
@@ -17,9 +27,16 @@ from langgraph.managed import RemainingSteps
 from pydantic import ValidationError
 from typing_extensions import TypedDict
 
-from langchain_tts.core.config import StrategyConfig
-from langchain_tts.core.errors import BackendError, ConfigError, InputError, TTSError
+from langchain_tts.core.config import Selection, StrategyConfig
+from langchain_tts.core.errors import (
+    BackendError,
+    BudgetExceededError,
+    ConfigError,
+    InputError,
+    TTSError,
+)
 from langchain_tts.core.types import Trajectory, Usage, add_usage
+from langchain_tts.ledger import Ledger, meter
 from langchain_tts.policies.base import StepPolicy, run_sync
 from langchain_tts.prms.base import ProcessRewardModel
 from langchain_tts.strategies.selection import select_answer
@@ -80,6 +97,9 @@ class TTSState(TypedDict, total=False):
     candidates: list[Trajectory]
     stop_reason: str
     remaining_steps: RemainingSteps
+    #: ``usage`` when this run started (budgeted runs only): a reused checkpointer thread
+    #: carries earlier runs' usage, and the budget is per run
+    usage_at_start: Usage
 
 
 def resolve_config(base: C, config: RunnableConfig | None) -> C:
@@ -149,8 +169,107 @@ def _text_of(content: list) -> str:
     return "".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in content)
 
 
-def prepare_update(state: TTSState) -> dict:
-    return {"question": question_of(state), "step": 0, "active": [], "finished": []}
+def prepare_update(state: TTSState, cfg: StrategyConfig | None = None) -> dict:
+    update = {"question": question_of(state), "step": 0, "active": [], "finished": []}
+    if cfg is not None and cfg.budgeted:
+        update["usage_at_start"] = state.get("usage") or Usage()
+        update["stop_reason"] = ""  # a reused thread may hold an earlier run's "budget"
+    return update
+
+
+# -- budgets ---------------------------------------------------------------------------------
+BUDGET = "budget"  #: the ``stop_reason`` of a search its compute budget ended
+
+
+def run_usage(state: TTSState) -> Usage:
+    """What this run has spent so far (``usage`` less what the thread held at its start)."""
+    now, start = state.get("usage") or Usage(), state.get("usage_at_start")
+    if start is None or start == Usage():
+        return now
+    return Usage(**{k: getattr(now, k) - getattr(start, k) for k in Usage.model_fields})
+
+
+def metered(
+    policy: StepPolicy, prm: ProcessRewardModel | None, cfg: StrategyConfig, state: TTSState
+) -> tuple[StepPolicy, ProcessRewardModel | None, Ledger | None]:
+    """The models a node calls: as they are without a budget (ledger None), else wrapped on
+    a fresh strict ledger holding what is left of this run's budget."""
+    if cfg.max_flops is None and cfg.max_tokens is None:
+        return policy, prm, None
+    spent = run_usage(state)
+    ledger = Ledger(
+        None if cfg.max_flops is None else cfg.max_flops - spent.flops,
+        None if cfg.max_tokens is None else cfg.max_tokens - spent.tokens,
+        strict=True,
+    )
+    return meter(policy, ledger), meter(prm, ledger), ledger
+
+
+def budget_refused(
+    e: BudgetExceededError, state: TTSState, ledger: Ledger | None, cfg: StrategyConfig
+) -> Usage:
+    """A node's answer to a refused call: the usage it spent (all of it booked on ``ledger``).
+
+    When the refused call was the run's very first, no search can run under this budget:
+    that is a :class:`ConfigError` naming the least budget this question needs.
+    """
+    if ledger is None:  # a strict ledger of the caller's own, not ours
+        raise e
+    before = run_usage(state)
+    if before.policy_calls + before.prm_calls + ledger.spent.policy_calls + ledger.spent.prm_calls:
+        return ledger.spent
+    short = []
+    if cfg.max_tokens is not None and e.need_tokens > e.left_tokens:
+        short.append(("max_tokens", cfg.max_tokens, e.need_tokens))
+    if cfg.max_flops is not None and e.need_flops > e.left_flops:
+        short.append(("max_flops", cfg.max_flops, e.need_flops))
+    what = " and ".join(f"{k}={v:.6g}" for k, v, _ in short) or "the budget"
+    least = ", ".join(f"{k}={_round_up(need)}" for k, _, need in short)
+    raise ConfigError(
+        f"{what} cannot pay for even the first model call of this run ({e}). The least this "
+        f"question runs on is {least} (one token per sample: a search needs many times "
+        "more); raise the budget, or sample fewer candidates (n, expand_k, chains)"
+    ) from e
+
+
+def _round_up(v: float, digits: int = 4) -> str:
+    """``v`` to ``digits`` significant digits, rounded up (a minimum that really suffices)."""
+    if v <= 0 or not math.isfinite(v):
+        return f"{v:g}"
+    if v < 10**digits and v == int(v):
+        return str(int(v))
+    scale = 10.0 ** (math.floor(math.log10(v)) - digits + 1)
+    up = math.ceil(v / scale) * scale
+    while float(f"{up:.{digits}g}") < v:  # float rounding at the edge
+        up += scale
+    return f"{up:.{digits}g}"
+
+
+def budget_stopped(state: TTSState, cfg: StrategyConfig) -> bool:
+    """Whether the budget ended this run's search (the looping node set ``stop_reason``)."""
+    return cfg.budgeted and state.get("stop_reason") == BUDGET
+
+
+def is_scored(t: Trajectory) -> bool:
+    return len(t.step_scores) == len(t.steps)
+
+
+def budget_final_update(state: TTSState, cands: Sequence[Trajectory], cfg: StrategyConfig) -> dict:
+    """``finalize`` of a search the budget stopped: the best candidates it got to.
+
+    Finished solutions the PRM scored, selected with ``selection``; else finished ones a
+    refused PRM call left unscored, by majority vote (no scores to go by); else the partial
+    ones (the PRM-scored ones when there are any), by ``selection``.
+    """
+    done = [t for t in cands if t.finished]
+    selection: Selection | None = None
+    pick = [t for t in done if is_scored(t)]
+    if not pick and done:
+        pick, selection = done, "majority"
+    if not pick:
+        partial = [t for t in cands if not t.finished]
+        pick = [t for t in partial if is_scored(t)] or partial
+    return finalize_update(state, pick, cfg, BUDGET, selection=selection)
 
 
 async def expand(
@@ -184,6 +303,12 @@ async def expand(
             if not child.finished and len(child.steps) >= cfg.max_steps:
                 child = child.copy_with(finished=True, finish_reason="max_steps")
             children.append(child)
+    if result.max_step_tokens is not None and cfg.budgeted:
+        # Our budget's meter lowered the step cap: a step it cut is no solution, a partial.
+        samples = [s for row in result.steps for s in row]
+        for k, step in enumerate(samples):
+            if step.finish_reason == "length":
+                children[k] = children[k].copy_with(finished=False, finish_reason=BUDGET)
     return children, result.usage
 
 
@@ -207,7 +332,11 @@ async def score(
     trajectories instead (for children just made by :func:`expand`, which nothing else
     holds yet: it saves a copy per child on every search step).
     """
-    result = await _backend_call(prm, f"scoring {len(trajs)} trajectories", prm.ascore, trajs)
+    try:
+        result = await _backend_call(prm, f"scoring {len(trajs)} trajectories", prm.ascore, trajs)
+    except BudgetExceededError as e:
+        e.unscored = list(trajs)  # what the search had, left unscored
+        raise
     if in_place:
         for t, s in zip(trajs, result.scores):
             t.step_scores = s
@@ -237,9 +366,14 @@ async def _backend_call(
 
 
 def finalize_update(
-    state: TTSState, candidates: Sequence[Trajectory], cfg: StrategyConfig, stop_reason: str
+    state: TTSState,
+    candidates: Sequence[Trajectory],
+    cfg: StrategyConfig,
+    stop_reason: str,
+    *,
+    selection: Selection | None = None,
 ) -> dict:
-    chosen, answer, scored = select_answer(candidates, cfg.selection, cfg.aggregation)
+    chosen, answer, scored = select_answer(candidates, selection or cfg.selection, cfg.aggregation)
     solution = chosen.text if chosen else ""
     update: dict[str, Any] = {
         "answer": answer,

@@ -21,6 +21,11 @@ grouped by parent and ranked only within their group.
 
 Graph: ``prepare -> step (loops, one update per search step) -> finalize``. When LangGraph's
 recursion limit is close, the ``step`` node finishes the search inside itself.
+
+With a budget (``max_flops`` / ``max_tokens``) the search also stops at the first step the
+budget cannot pay in full (``stop_reason="budget"``): the answer comes from the subtrees'
+finished leaves (a last step's finished children whose scoring was refused count too),
+else from their best partial leaves (else from that step's unscored children).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from langgraph.types import Command
 from pydantic import Field, model_validator
 
 from langchain_tts.core.config import StrategyConfig, check_split
-from langchain_tts.core.errors import ConfigError
+from langchain_tts.core.errors import BudgetExceededError, ConfigError
 from langchain_tts.core.types import Trajectory, Usage
 from langchain_tts.policies.base import StepPolicy
 from langchain_tts.prms.base import ProcessRewardModel
@@ -39,8 +44,12 @@ from langchain_tts.strategies.core import (
     TTSInput,
     TTSOutput,
     TTSState,
+    budget_final_update,
+    budget_refused,
+    budget_stopped,
     expand,
     finalize_update,
+    metered,
     next_node,
     node,
     prepare_update,
@@ -115,30 +124,46 @@ def build_dvts_graph(
         raise ConfigError("dvts needs a PRM: pass prm=... (e.g. from load_default())")
 
     async def prepare(state: DVTSState, rc: RunnableConfig) -> dict:
-        resolve_config(base, rc)  # fail fast on bad call-time overrides
-        return {**prepare_update(state), "subtrees": []}
+        # resolving fails fast on bad call-time overrides
+        return {**prepare_update(state, resolve_config(base, rc)), "subtrees": []}
 
     async def step(state: DVTSState, rc: RunnableConfig) -> Command:
         cfg = resolve_config(base, rc)
+        pol, pr, ledger = metered(policy, prm, cfg, state)  # as they are without a budget
         subtrees = state.get("subtrees") or []
-        i, usage = state.get("step", 0), Usage()
+        i, usage, stop, unscored = state.get("step", 0), Usage(), "", []
+        #: ``unscored``: children a refused PRM call left unscored (a last resort)
         while True:
-            subtrees, u = await dvts_step(policy, prm, cfg, state["question"], subtrees, i)
+            try:
+                subtrees, u = await dvts_step(pol, pr, cfg, state["question"], subtrees, i)
+            except BudgetExceededError as e:  # this step is not paid for: stop before it
+                usage, stop = budget_refused(e, state, ledger, cfg), "budget"
+                unscored = e.unscored
+                break
             i, usage = i + 1, usage + u
+            if ledger is not None and ledger.ended:  # the meter cut this step short
+                stop = "budget"
+                break
             # Finish inside this node when LangGraph's recursion limit is near.
             if _done(subtrees, i, cfg) or state.get("remaining_steps", 99) > 3:
                 break
         update = {
             "subtrees": subtrees,
-            "active": [t for t in subtrees if not t.finished],
-            "finished": [t for t in subtrees if t.finished],
+            "active": [t for t in subtrees if not t.finished]
+            + [t for t in unscored if not t.finished],
+            "finished": [t for t in subtrees if t.finished] + [t for t in unscored if t.finished],
             "step": i,
             "usage": usage,
         }
-        return Command(update=update, goto=next_node(_done(subtrees, i, cfg), "step"))
+        if stop:
+            update["stop_reason"] = stop
+        return Command(update=update, goto=next_node(stop or _done(subtrees, i, cfg), "step"))
 
     async def finalize(state: DVTSState, rc: RunnableConfig) -> dict:
         cfg = resolve_config(base, rc)
+        if budget_stopped(state, cfg):
+            cands = (state.get("finished") or []) + (state.get("active") or [])
+            return budget_final_update(state, cands, cfg)
         subtrees = state.get("subtrees") or []
         reason = _done(subtrees, state.get("step", 0), cfg) or "max_steps"
         # One candidate per subtree: its leaf (unfinished only when the search was cut).

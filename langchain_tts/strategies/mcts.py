@@ -31,6 +31,12 @@ The tree is plain serializable data in the graph state (``tree``: a list of
 Graph: ``prepare -> simulate (loops, one update per simulation) -> finalize``. When
 LangGraph's recursion limit is close, ``simulate`` runs the remaining simulations inside
 itself instead of failing (200 simulations under ``recursion_limit=25`` are fine).
+
+With a budget (``max_flops`` / ``max_tokens``) the search also stops at the first
+simulation the budget cannot pay in full (``stop_reason="budget"``); the answer is chosen
+from the tree as above (finished leaves first). When the tree has no finished leaf, the
+finished children of a last expansion whose scoring was refused are voted on instead (and
+when the tree has no leaf at all, its unscored children are the candidates).
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ from langgraph.types import Command
 from pydantic import BaseModel, Field
 
 from langchain_tts.core.config import StrategyConfig
-from langchain_tts.core.errors import ConfigError
+from langchain_tts.core.errors import BudgetExceededError, ConfigError
 from langchain_tts.core.types import Trajectory, Usage, model_replace
 from langchain_tts.policies.base import StepPolicy
 from langchain_tts.prms.aggregate import aggregate_scores
@@ -54,8 +60,12 @@ from langchain_tts.strategies.core import (
     TTSInput,
     TTSOutput,
     TTSState,
+    budget_final_update,
+    budget_refused,
+    budget_stopped,
     expand,
     finalize_update,
+    metered,
     next_node,
     node,
     prepare_update,
@@ -225,18 +235,25 @@ def mcts_final_update(state: MCTSState, cfg: MCTSConfig) -> dict:
     tree, q = state["tree"], state["question"]
     ends = leaves(tree)
     done = [trajectory_of(tree, i, q) for i in ends if tree[i].finished]
+    reason = "simulations"
+    if budget_stopped(state, cfg):
+        reason = "budget"
+        # The children a refused evaluation left unscored: answers when the tree has none.
+        unscored = state.get("finished") or []
+        if unscored and not done and (len(tree) == 1 or any(t.finished for t in unscored)):
+            return budget_final_update(state, unscored, cfg)
     if cfg.final == "most_visited":
         leaf = most_visited_leaf(tree)
         path_end = trajectory_of(tree, leaf, q)
         if path_end.finished or not done:
-            update = finalize_update(state, [path_end], cfg, "simulations")
+            update = finalize_update(state, [path_end], cfg, reason)
             cands = done if path_end.finished else [path_end]
         else:  # the most-visited path is unfinished: best finished leaf instead
-            update = finalize_update(state, done, cfg, "simulations")
+            update = finalize_update(state, done, cfg, reason)
             cands = done
     else:
         cands = done or [trajectory_of(tree, i, q) for i in ends]
-        update = finalize_update(state, cands, cfg, "simulations")
+        update = finalize_update(state, cands, cfg, reason)
     update["candidates"] = sorted(
         with_scores(cands, cfg.aggregation), key=lambda t: -(t.score or 0.0)
     )
@@ -250,20 +267,34 @@ def build_mcts_graph(
         raise ConfigError("mcts needs a PRM (its evaluation step): pass prm=...")
 
     async def prepare(state: MCTSState, rc: RunnableConfig) -> dict:
-        resolve_config(base, rc)  # fail fast on bad call-time overrides
-        return {**prepare_update(state), "tree": [MCTSNode()]}
+        # resolving fails fast on bad call-time overrides
+        return {**prepare_update(state, resolve_config(base, rc)), "tree": [MCTSNode()]}
 
     async def simulate_node(state: MCTSState, rc: RunnableConfig) -> Command:
         cfg = resolve_config(base, rc)
+        pol, pr, ledger = metered(policy, prm, cfg, state)  # as they are without a budget
         tree, i, usage = state["tree"], state.get("step", 0), Usage()
+        update: dict = {}
         while True:
-            tree, u = await simulate(policy, prm, cfg, state["question"], tree)
+            try:
+                tree, u = await simulate(pol, pr, cfg, state["question"], tree)
+            except BudgetExceededError as e:  # not paid for: the tree stays as it was
+                usage = budget_refused(e, state, ledger, cfg)
+                update = {
+                    "stop_reason": "budget",
+                    "finished": e.unscored,
+                }
+                break
             i, usage = i + 1, usage + u
+            if ledger is not None and ledger.ended:  # the meter cut this expansion short
+                update = {"stop_reason": "budget"}
+                break
             # Run the rest inside this node when LangGraph's recursion limit is near.
             if i >= cfg.simulations or state.get("remaining_steps", 99) > 3:
                 break
-        update = {"tree": tree, "step": i, "usage": usage}
-        return Command(update=update, goto=next_node(i >= cfg.simulations, "simulate"))
+        update.update(tree=tree, step=i, usage=usage)
+        done = bool(update.get("stop_reason")) or i >= cfg.simulations
+        return Command(update=update, goto=next_node(done, "simulate"))
 
     async def finalize(state: MCTSState, rc: RunnableConfig) -> dict:
         return mcts_final_update(state, resolve_config(base, rc))

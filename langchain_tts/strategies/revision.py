@@ -17,6 +17,11 @@ Without a PRM, only ``selection="majority"`` is possible (no scores, no early st
 Graph: ``prepare -> round (loops, one update per round; round 0 is the first attempt) ->
 finalize``. Each round is one policy call and one PRM call. When LangGraph's recursion limit
 is close, ``round`` runs the remaining rounds inside itself instead of failing.
+
+With a budget (``max_flops`` / ``max_tokens``) the revisions also stop at the first round
+the budget cannot pay in full (``stop_reason="budget"``): the answer is selected among the
+scored attempts so far; when none was scored, the last round's (unscored) attempts are
+voted on.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from langgraph.types import Command
 from pydantic import Field, field_validator
 
 from langchain_tts.core.config import StrategyConfig
-from langchain_tts.core.errors import ConfigError
+from langchain_tts.core.errors import BudgetExceededError, ConfigError
 from langchain_tts.core.types import Trajectory, Usage
 from langchain_tts.policies.base import StepPolicy
 from langchain_tts.prms.base import ProcessRewardModel
@@ -37,8 +42,12 @@ from langchain_tts.strategies.core import (
     TTSInput,
     TTSOutput,
     TTSState,
+    budget_final_update,
+    budget_refused,
+    budget_stopped,
     expand,
     finalize_update,
+    metered,
     next_node,
     node,
     prepare_update,
@@ -149,27 +158,40 @@ def build_revision_graph(
         )
 
     async def prepare(state: TTSState, rc: RunnableConfig) -> dict:
-        resolve_config(base, rc)  # fail fast on bad call-time overrides
-        return prepare_update(state)
+        # resolving fails fast on bad call-time overrides
+        return prepare_update(state, resolve_config(base, rc))
 
     async def round_node(state: TTSState, rc: RunnableConfig) -> Command:
         cfg = resolve_config(base, rc)
+        pol, pr, ledger = metered(policy, prm, cfg, state)  # as they are without a budget
         q = state["question"]
         active, attempts = state.get("active") or [], list(state.get("finished") or [])
-        i, usage = state.get("step", 0), Usage()
+        i, usage, stop = state.get("step", 0), Usage(), ""
         while True:
-            new, u = await revision_round(policy, prm, cfg, q, active, i)
+            try:
+                new, u = await revision_round(pol, pr, cfg, q, active, i)
+            except BudgetExceededError as e:  # this round is not paid for: stop before it
+                usage, stop = budget_refused(e, state, ledger, cfg), "budget"
+                attempts += e.unscored  # ranked below every scored attempt
+                break
             attempts += new
             active = [t for t in new if not _confident(t, cfg, prm is not None)]
             i, usage = i + 1, usage + u
+            if ledger is not None and ledger.ended:  # the meter cut this round short
+                stop = "budget"
+                break
             # Run the remaining rounds here when LangGraph's recursion limit is near.
             if _done(active, i, cfg) or state.get("remaining_steps", 99) > 3:
                 break
         update = {"active": active, "finished": attempts, "step": i, "usage": usage}
-        return Command(update=update, goto=next_node(_done(active, i, cfg), "round"))
+        if stop:
+            update["stop_reason"] = stop
+        return Command(update=update, goto=next_node(stop or _done(active, i, cfg), "round"))
 
     async def finalize(state: TTSState, rc: RunnableConfig) -> dict:
         cfg = resolve_config(base, rc)
+        if budget_stopped(state, cfg):
+            return budget_final_update(state, state.get("finished") or [], cfg)
         reason = _done(state.get("active") or [], state.get("step", 0), cfg) or "max_revisions"
         return finalize_update(state, state.get("finished") or [], cfg, reason)
 
