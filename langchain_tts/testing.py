@@ -163,6 +163,11 @@ class FakeOpenAIServer:
         """The OpenAI-style base URL (``.../v1``) for ``OpenAIPolicy`` / ``HTTPRewardPRM``."""
         return self.root + "/v1"
 
+    def paths(self, suffix: str) -> list[dict]:
+        """Bodies of the kept requests (``keep_bodies=True``) whose path ends with ``suffix``."""
+        with self._lock:
+            return [body for path, body in self.requests if path.endswith(suffix)]
+
     def count(self, suffix: str) -> int:
         """Requests so far whose path ends with ``suffix``."""
         with self._lock:

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import re
 import socket
-import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -19,71 +16,17 @@ from langchain_tts import BackendError, ConfigError, create_tts_graph
 from langchain_tts.core.config import SamplingParams
 from langchain_tts.core.types import Trajectory
 from langchain_tts.policies.openai import OpenAIPolicy, _distribute, map_finish_reason, server_root
-from langchain_tts.testing import FakePRM
+from langchain_tts.testing import FakeOpenAIServer, FakePRM
 
 Handler = Callable[[str, dict], tuple]
 
 
-class FakeServer:
-    """A threaded HTTP server that records every JSON request and answers via ``handler``.
-
-    ``handler(path, body)`` returns ``(status, payload)`` or ``(status, payload, headers)``;
-    a ``str`` payload is sent as is (non-JSON bodies), anything else as JSON.
-    """
+class FakeServer(FakeOpenAIServer):
+    """Records every JSON request and answers each via ``handler(path, body)``:
+    ``(status, payload)`` or ``(status, payload, headers)``; a ``str`` payload is sent as is."""
 
     def __init__(self, handler: Handler):
-        self.handler = handler
-        self.requests: list[tuple[str, dict]] = []
-        outer = self
-
-        class _H(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True  # else headers and body wait on delayed ACKs (40 ms)
-
-            def do_POST(self) -> None:  # noqa: N802 - http.server API
-                size = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(size) or b"{}")
-                outer.requests.append((self.path, body))
-                status, payload, *rest = outer.handler(self.path, body)
-                data = (
-                    payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
-                )
-                try:
-                    self.send_response(status)
-                    for k, v in (rest[0] if rest else {}).items():
-                        self.send_header(k, v)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except OSError:  # the client gave up (timeout tests)
-                    pass
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _H)
-        self.httpd.daemon_threads = True
-        self.httpd.block_on_close = False
-        self.thread = threading.Thread(
-            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
-        self.thread.start()
-
-    @property
-    def root(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-    @property
-    def url(self) -> str:
-        return self.root + "/v1"
-
-    def paths(self, suffix: str) -> list[dict]:
-        return [body for path, body in self.requests if path.endswith(suffix)]
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(handler, keep_bodies=True)
 
 
 @pytest.fixture

@@ -7,9 +7,6 @@ token or head shows up as a score mismatch. No hub, no trained weights.
 
 from __future__ import annotations
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +23,7 @@ from langchain_tts.prms.http import HTTPRewardPRM
 from langchain_tts.prms.math_shepherd import MathShepherdPRM
 from langchain_tts.prms.rlhflow import RLHFlowPRM
 from langchain_tts.prms.skywork import SkyworkPRM, load_value_head
+from langchain_tts.testing import FakeOpenAIServer
 
 TRAJS = [
     Trajectory(question="Start with 3. Add 4.", steps=["3+4=7", "\\boxed{7}"]),
@@ -238,41 +236,11 @@ def test_rlhflow_rejects_templates_that_swallow_the_reply(rlhflow_dir: Path):
 
 
 # -- vLLM pooling over HTTP ------------------------------------------------------------------
-class PoolingServer:
-    """A stdlib HTTP server answering /pooling (and /tokenize, /detokenize) from ``handler``."""
+class PoolingServer(FakeOpenAIServer):
+    """Answers /pooling (and /tokenize, /detokenize) from ``handler`` and records requests."""
 
     def __init__(self, handler: Any):
-        self.requests: list[tuple[str, dict]] = []
-        outer = self
-
-        class _H(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True  # else headers and body wait on delayed ACKs (40 ms)
-
-            def do_POST(self) -> None:  # noqa: N802
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                outer.requests.append((self.path, body))
-                status, payload = handler(self.path, body)
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _H)
-        self.httpd.daemon_threads = True
-        threading.Thread(
-            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        ).start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(handler, keep_bodies=True)
 
 
 @pytest.fixture
