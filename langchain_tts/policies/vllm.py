@@ -1,23 +1,40 @@
-"""A step policy on an in-process vLLM engine: one ``LLM.generate`` per search step.
+"""A step policy on an in-process async vLLM engine: one request per prefix, all at once.
 
-Every prefix becomes one prompt of a single ``generate`` call with
-``SamplingParams(n=n, stop=[delimiter], max_tokens=max_step_tokens, ...)``, so vLLM schedules
-the whole search step at once and automatic prefix caching (on by default here) reuses the KV
-cache of the question and of every shared step across beams and across search steps.
+``VLLMPolicy(model, **engine_kwargs)`` builds ``vllm.AsyncLLMEngine.from_engine_args(
+vllm.AsyncEngineArgs(model=model, enable_prefix_caching=True, **engine_kwargs))`` (the V1
+``AsyncLLM`` on vLLM >= 0.8 with V1 on; ``AsyncLLMEngine`` is its alias in recent vLLM). A
+search step submits every prefix as its own ``engine.generate(prompt, sampling_params,
+request_id)`` request with ``SamplingParams(n=n, stop=[delimiter], max_tokens=max_step_tokens,
+output_kind=FINAL_ONLY, ...)``, concurrently, so the engine schedules the whole step in one
+continuous batch; automatic prefix caching reuses the KV cache of the question and of every
+shared step across beams, search steps and concurrent searches (the engine is not locked:
+concurrent graphs share its batches).
+
+The engine lives on one event loop, on a private daemon thread: vLLM's async engine binds its
+output handler to the loop it first runs on, while LangGraph's sync ``invoke`` runs every node
+on a fresh loop (:func:`~langchain_tts.policies.base.run_sync`). Calls from any loop or thread
+are handed to that loop with ``asyncio.run_coroutine_threadsafe``. Cancelling a call aborts
+its requests (vLLM aborts a request whose ``generate`` is cancelled).
 
 Prompt contract (the same as :class:`HFPolicy`): the tokenizer's chat template over
 ``[system?, user question]`` with the generation prompt opened (``question + delimiter`` when
 the tokenizer has no template), then the steps so far, each followed by the delimiter. The
-prompt is tokenized here and passed as ``{"prompt_token_ids": ...}``, so a template that
-already writes BOS does not get a second one.
+prompt is tokenized here and passed as ``{"prompt_token_ids": ...}`` (a ``TokensPrompt``), so
+a template that already writes BOS does not get a second one.
 
-Output contract (``vllm.outputs.RequestOutput`` / ``CompletionOutput``): outputs come back
-in prompt order; the ``n`` samples are ordered by ``CompletionOutput.index``;
+Output contract (``vllm.outputs.RequestOutput`` / ``CompletionOutput``): with ``FINAL_ONLY``
+the one ``RequestOutput`` of a request carries all ``n`` samples (with the default
+``CUMULATIVE`` kind the V1 engine streams the ``n > 1`` samples one child at a time, so the
+last output would hold only some of them); samples are placed by ``CompletionOutput.index``.
 ``finish_reason`` ``"length"`` -> ``"length"``; ``"stop"`` with ``stop_reason`` = the matched
 stop string -> ``"step"``; with ``stop_reason`` ``None`` (EOS) or an int (a stop token such as
-``<|eot_id|>``) -> ``"eos"``. Token counts are ``len(prompt_token_ids)`` and
-``len(token_ids)``; ``num_cached_tokens`` (prefix-cache hits) goes to
-``Usage.policy_cached_tokens``.
+``<|eot_id|>``) -> ``"eos"``; anything else (``"abort"``, ``"error"``) is a
+:class:`BackendError`. Token counts are ``len(prompt_token_ids)`` and ``len(token_ids)``;
+``num_cached_tokens`` (prefix-cache hits) goes to ``Usage.policy_cached_tokens``.
+
+Seeds: vLLM seeds sample ``j`` of a request with ``seed + j``; prompt ``i`` of a call is sent
+``seed + i * n``, so two prompts of one step (two identical beams, say) never replay the same
+random draws.
 
 ``vllm`` is imported lazily (``pip install 'langchain-tts[vllm]'``, CUDA wheel); the
 conversion from vLLM outputs to steps (:func:`request_outputs_to_steps`) is pure Python.
@@ -26,8 +43,14 @@ conversion from vLLM outputs to steps (:func:`request_outputs_to_steps`) is pure
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import importlib
+import inspect
+import itertools
 import threading
 import time
+import uuid
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -126,21 +149,73 @@ def request_outputs_to_steps(
     return steps, usage
 
 
+def _start_loop() -> tuple[asyncio.AbstractEventLoop, threading.Thread]:
+    """A new event loop running forever on a daemon thread."""
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        loop.call_soon(ready.set)
+        loop.run_forever()
+
+    thread = threading.Thread(target=run, name="langchain-tts-vllm", daemon=True)
+    thread.start()
+    ready.wait()
+    return loop, thread
+
+
+async def _cancel_all_tasks() -> None:
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _shutdown(engine: Any, loop: asyncio.AbstractEventLoop | None, thread: Any) -> None:
+    """Shut an owned engine down, then stop its loop thread (idempotent, never raises)."""
+    if engine is not None:
+        try:
+            stop = getattr(engine, "shutdown", None) or getattr(
+                engine, "shutdown_background_loop", None
+            )
+            if callable(stop):
+                stop()
+        except Exception:  # pragma: no cover - best effort at teardown
+            pass
+    if loop is None or loop.is_closed():
+        return
+    if thread is threading.current_thread():  # pragma: no cover - close() from the loop
+        loop.call_soon(loop.stop)
+        return
+    try:  # let the engine's own tasks (its output handler) finish their cancellation
+        asyncio.run_coroutine_threadsafe(_cancel_all_tasks(), loop).result(timeout=5)
+    except Exception:  # pragma: no cover - a stuck task: stop anyway
+        pass
+    loop.call_soon_threadsafe(loop.stop)
+    if thread is not None:
+        thread.join(timeout=5)
+    if not loop.is_running():
+        loop.close()
+
+
 class VLLMPolicy(StepPolicy):
-    """Continue many partial solutions by one step each on an in-process ``vllm.LLM``.
+    """Continue many partial solutions by one step each on an in-process async vLLM engine.
 
     ``VLLMPolicy("Qwen/Qwen2.5-Math-1.5B-Instruct", gpu_memory_utilization=0.45)`` builds the
-    engine (``engine_kwargs`` go to ``vllm.LLM``; prefix caching is on unless you pass
-    ``enable_prefix_caching=False``); ``VLLMPolicy(llm=existing_llm)`` wraps one you built.
-    Calls are serialized by a lock and run in a worker thread (``vllm.LLM`` is not
-    thread-safe); each call is one batched ``generate``.
+    engine (``engine_kwargs`` go to ``vllm.AsyncEngineArgs``; prefix caching is on unless you
+    pass ``enable_prefix_caching=False``, per-request logging off). ``VLLMPolicy(engine=e)``
+    wraps an ``AsyncLLMEngine`` / ``AsyncLLM`` you built: outside any event loop and not yet
+    used (the policy runs it on its own loop), or give ``loop=`` the running loop it serves
+    on. :meth:`close` shuts an engine the policy built down.
     """
 
     def __init__(
         self,
         model: str | None = None,
         *,
-        llm: Any = None,
+        engine: Any = None,
+        loop: asyncio.AbstractEventLoop | None = None,
         tokenizer: Any = None,
         step_delimiter: str = DEFAULT_STEP_DELIMITER,
         system_prompt: str | None = None,
@@ -150,32 +225,110 @@ class VLLMPolicy(StepPolicy):
     ):
         if not step_delimiter:
             raise ConfigError("step_delimiter must be a non-empty string")
-        if llm is None:
-            if model is None:
-                raise ConfigError("VLLMPolicy needs model= (a path or hub id) or llm=")
-            vllm = import_vllm()
-            engine_kwargs.setdefault("enable_prefix_caching", True)
-            llm = vllm.LLM(model=model, **engine_kwargs)
-        elif engine_kwargs:
+        if engine is None and model is None:
+            raise ConfigError("VLLMPolicy needs model= (a path or hub id) or engine=")
+        if engine is not None and engine_kwargs:
             raise ConfigError(
                 f"engine kwargs {sorted(engine_kwargs)} only apply when VLLMPolicy builds the "
-                "engine; pass them to vllm.LLM yourself"
+                "engine; pass them to vllm.AsyncEngineArgs yourself"
             )
-        self.llm = llm
-        self.tokenizer = tokenizer if tokenizer is not None else llm.get_tokenizer()
+        if engine is None and loop is not None:
+            raise ConfigError("loop= only applies with engine= (the loop that engine serves on)")
+        vllm = args = None
+        if engine is None:
+            vllm = import_vllm()
+            args = self._engine_args(vllm, model, engine_kwargs)
         self.step_delimiter = step_delimiter
         self.system_prompt = system_prompt
+        self._owned_loop = loop is None
+        if loop is None:
+            self._loop, self._thread = _start_loop()
+        else:
+            self._loop, self._thread = loop, None
+        self._owns_engine = engine is None
+        try:
+            if engine is None:
+                engine = self._on_engine_loop(self._build(vllm, args))
+            self.engine = engine
+            self.tokenizer = tokenizer if tokenizer is not None else self._engine_tokenizer()
+        except BaseException as e:
+            _shutdown(engine if self._owns_engine else None, *self._owned())
+            if isinstance(e, ConfigError) or not isinstance(e, Exception):
+                raise
+            raise BackendError(
+                f"VLLMPolicy could not set up the vLLM engine ({model or type(engine).__name__}): "
+                f"{type(e).__name__}: {e}",
+                partial={"model": model, "engine_kwargs": engine_kwargs},
+            ) from e
         if num_parameters is None:
             num_parameters = estimate_matmul_parameters(self._hf_config())
         self.num_parameters = int(num_parameters)
-        self.name = name or f"VLLMPolicy({model or type(llm).__name__})"
-        self._lock = threading.Lock()
+        self.name = name or f"VLLMPolicy({model or type(engine).__name__})"
+        self._run_id = uuid.uuid4().hex[:8]
+        self._counter = itertools.count()
+        self._encode_lock = threading.Lock()  # fast tokenizers are not thread-safe
+        self._closed = False
+        self._finalizer = weakref.finalize(
+            self, _shutdown, engine if self._owns_engine else None, *self._owned()
+        )
+
+    # -- engine and loop --------------------------------------------------------------------
+    @staticmethod
+    def _engine_args(vllm: Any, model: str | None, kwargs: dict[str, Any]) -> Any:
+        kwargs = dict(kwargs)
+        kwargs.setdefault("enable_prefix_caching", True)
+        cls = vllm.AsyncEngineArgs
+        fields = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else ()
+        # One log line per request (per prefix per step) is noise: vLLM < 0.10.2 logs them
+        # unless disable_log_requests; later versions only with enable_log_requests.
+        if "disable_log_requests" in fields and "enable_log_requests" not in fields:
+            kwargs.setdefault("disable_log_requests", True)
+        try:
+            return cls(model=model, **kwargs)
+        except TypeError as e:
+            raise ConfigError(f"bad vllm.AsyncEngineArgs for VLLMPolicy: {e}") from e
+
+    @staticmethod
+    async def _build(vllm: Any, args: Any) -> Any:
+        # Built on the engine loop: the V1 engine starts its output handler on the running loop.
+        return vllm.AsyncLLMEngine.from_engine_args(args)
+
+    def _engine_tokenizer(self) -> Any:
+        tok = self.engine.get_tokenizer()  # a coroutine in older vLLM, a plain call in recent
+        return self._on_engine_loop(tok) if inspect.isawaitable(tok) else tok
+
+    def _owned(self) -> tuple[asyncio.AbstractEventLoop | None, threading.Thread | None]:
+        return (self._loop, self._thread) if self._owned_loop else (None, None)
+
+    def _on_engine_loop(self, coro: Any) -> Any:
+        """Run ``coro`` on the engine loop from sync code on another thread."""
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:
+            coro.close()
+            raise ConfigError(
+                "VLLMPolicy(engine=..., loop=<the running loop>) cannot wait for the engine's "
+                "async get_tokenizer() from inside that loop: pass tokenizer= as well"
+            )
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
     def _hf_config(self) -> Any:
-        try:
-            return self.llm.llm_engine.model_config.hf_config
-        except AttributeError:
-            return None
+        for path in (("model_config",), ("engine", "model_config")):  # V1 AsyncLLM, V0
+            obj = self.engine
+            try:
+                for attr in path:
+                    obj = getattr(obj, attr)
+                return obj.hf_config
+            except AttributeError:
+                continue
+        return None
+
+    def close(self) -> None:
+        """Shut down the engine this policy built and its loop thread (idempotent)."""
+        self._closed = True
+        self._finalizer()
 
     # -- prompts ----------------------------------------------------------------------------
     @property
@@ -198,11 +351,14 @@ class VLLMPolicy(StepPolicy):
 
     def encode(self, prefix: Trajectory) -> list[int]:
         text = self.render_prompt(prefix)
-        return list(self.tokenizer(text, add_special_tokens=not self._templated)["input_ids"])
+        with self._encode_lock:
+            ids = self.tokenizer(text, add_special_tokens=not self._templated)["input_ids"]
+        return list(ids)
 
-    def sampling_params(self, n: int, params: SamplingParams) -> Any:
-        """The ``vllm.SamplingParams`` of one search step."""
+    def sampling_params(self, n: int, params: SamplingParams, seed: int | None = None) -> Any:
+        """The ``vllm.SamplingParams`` of one request (``seed`` overrides ``params.seed``)."""
         vllm = import_vllm()
+        kind = importlib.import_module("vllm.sampling_params").RequestOutputKind
         greedy = params.temperature == 0
         return vllm.SamplingParams(
             n=n,
@@ -212,30 +368,42 @@ class VLLMPolicy(StepPolicy):
             stop=[self.step_delimiter] if params.stop_at_step else None,
             include_stop_str_in_output=False,
             skip_special_tokens=True,
-            seed=params.seed,
+            seed=params.seed if seed is None else seed,
+            output_kind=kind.FINAL_ONLY,
         )
 
     # -- generation -------------------------------------------------------------------------
     async def _agenerate(
         self, prefixes: Sequence[Trajectory], n: int, params: SamplingParams
     ) -> PolicyResult:
-        return await asyncio.to_thread(self._generate_locked, list(prefixes), n, params)
-
-    def _generate_locked(
-        self, prefixes: list[Trajectory], n: int, params: SamplingParams
-    ) -> PolicyResult:
+        if self._closed:
+            raise BackendError(f"{self.name} is closed", partial={"steps": None})
         t0 = time.perf_counter()
         copies = 1 if params.temperature == 0 else n  # greedy samples are identical
         prompts = [{"prompt_token_ids": self.encode(p)} for p in prefixes]
-        sp = self.sampling_params(copies, params)
-        with self._lock:
-            try:
-                outputs = self.llm.generate(prompts, sp, use_tqdm=False)
-            except Exception as e:
-                raise BackendError(
-                    f"{self.name}: vllm generate failed: {type(e).__name__}: {e}",
-                    partial={"steps": None},
-                ) from e
+        requests = []
+        for i, prompt in enumerate(prompts):
+            seed = None if params.seed is None else params.seed + i * copies
+            requests.append((prompt, self.sampling_params(copies, params, seed)))
+        step_id = f"tts-{self._run_id}-{next(self._counter)}"
+        coro = self._run_step(requests, step_id)
+        try:
+            if asyncio.get_running_loop() is self._loop:
+                outputs = await coro
+            else:
+                try:
+                    fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
+                except RuntimeError:  # the engine loop is closed
+                    coro.close()
+                    raise
+                outputs = await asyncio.wrap_future(fut)
+        except BackendError:
+            raise
+        except Exception as e:  # the engine's own errors (EngineDeadError, ValueError, ...)
+            raise BackendError(
+                f"{self.name}: vLLM generate failed: {type(e).__name__}: {e}",
+                partial={"steps": None, "request_id": step_id, "prompts": len(prompts)},
+            ) from e
         steps, usage = request_outputs_to_steps(
             outputs, copies, delimiter=self.step_delimiter, stop_at_step=params.stop_at_step
         )
@@ -246,3 +414,32 @@ class VLLMPolicy(StepPolicy):
         )
         usage.seconds = time.perf_counter() - t0
         return PolicyResult(steps=steps, usage=usage)
+
+    async def _run_step(self, requests: list[tuple[dict, Any]], step_id: str) -> list[Any]:
+        """All requests of one search step at once, on the engine loop; in prompt order."""
+        tasks = [
+            asyncio.ensure_future(self._request(prompt, sp, f"{step_id}-{i}"))
+            for i, (prompt, sp) in enumerate(requests)
+        ]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            for t in tasks:  # one failed or the call was cancelled: abort the rest
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+
+    async def _request(self, prompt: dict, sp: Any, request_id: str) -> Any:
+        """The final ``RequestOutput`` of one request, its samples merged by index."""
+        final, samples = None, {}
+        async for out in self.engine.generate(prompt, sp, request_id):
+            final = out
+            for c in out.outputs:  # FINAL_ONLY: one output; streamed kinds: merge by index
+                samples[getattr(c, "index", 0)] = c
+        if final is None:
+            raise BackendError(
+                f"{self.name}: vLLM request {request_id} returned no output",
+                partial={"request_id": request_id},
+            )
+        final.outputs = [samples[k] for k in sorted(samples)]
+        return final
