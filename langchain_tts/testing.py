@@ -23,10 +23,22 @@ StepFn = Callable[[Trajectory, int], "str | Step"]
 
 
 class FakePolicy(StepPolicy):
-    """A policy whose next step is computed by a Python function."""
+    """A policy whose next step is computed by a Python function.
 
-    def __init__(self, fn: StepFn, *, num_parameters: int = 1000, name: str = "fake-policy"):
+    With ``honour_step_cap=True`` it behaves like a real backend under ``max_step_tokens``:
+    a step longer than the cap is cut to it with ``finish_reason="length"`` (budget tests).
+    """
+
+    def __init__(
+        self,
+        fn: StepFn,
+        *,
+        num_parameters: int = 1000,
+        name: str = "fake-policy",
+        honour_step_cap: bool = False,
+    ):
         self.fn = fn
+        self.honour_step_cap = honour_step_cap
         self.num_parameters = num_parameters
         self.name = name
         self.calls: list[tuple[int, int, SamplingParams]] = []  # (prefixes, n, params)
@@ -42,6 +54,9 @@ class FakePolicy(StepPolicy):
             for i in range(n):
                 s = self.fn(p, i)
                 step = s if isinstance(s, Step) else Step(text=s, tokens=max(1, len(s) // 4))
+                cap = params.max_step_tokens
+                if self.honour_step_cap and step.tokens > cap:
+                    step = Step(text=step.text[: 4 * cap], tokens=cap, finish_reason="length")
                 row.append(step)
                 gen += step.tokens
             out.append(row)

@@ -30,7 +30,7 @@ import pytest
 from langchain_tts import create_tts_graph
 from langchain_tts.core.config import SamplingParams
 from langchain_tts.core.errors import BudgetExceededError, ConfigError
-from langchain_tts.core.types import Step, Trajectory, Usage
+from langchain_tts.core.types import Trajectory
 from langchain_tts.graph import STRATEGIES
 from langchain_tts.ledger import Ledger, MeteredPolicy, MeteredPRM
 from langchain_tts.policies.base import PolicyResult
@@ -51,7 +51,7 @@ class CappedPolicy(FakePolicy):
     def __init__(self, depth: int = 3, **kw: Any):
         self.depth = depth
         self._whole = False
-        super().__init__(self._step, **kw)
+        super().__init__(self._step, honour_step_cap=True, **kw)
 
     def _text(self, d: int, i: int) -> str:
         if d + 1 >= self.depth:
@@ -68,18 +68,7 @@ class CappedPolicy(FakePolicy):
         self, prefixes: Sequence[Trajectory], n: int, params: SamplingParams
     ) -> PolicyResult:
         self._whole = not params.stop_at_step
-        res = await super()._agenerate(prefixes, n, params)
-        cap = params.max_step_tokens
-        rows = [
-            [s if s.tokens <= cap else Step(text=s.text[: 4 * cap], tokens=cap,
-                                             finish_reason="length") for s in row]
-            for row in res.steps
-        ]  # fmt: skip
-        gen = sum(s.tokens for row in rows for s in row)
-        prompt = res.usage.policy_prompt_tokens
-        usage = Usage(policy_calls=1, policy_prompt_tokens=prompt, policy_generated_tokens=gen,
-                      policy_flops=2.0 * self.num_parameters * (prompt + gen))  # fmt: skip
-        return PolicyResult(steps=rows, usage=usage)
+        return await super()._agenerate(prefixes, n, params)
 
 
 def step_scores(t: Trajectory) -> list[float]:

@@ -416,7 +416,7 @@ class CappedPolicy(FakePolicy):
 
     def __init__(self, depth: int = 3, **kw):
         self.depth = depth
-        super().__init__(self._step, **kw)
+        super().__init__(self._step, honour_step_cap=True, **kw)
         self._whole = False
 
     def _step(self, prefix: Trajectory, i: int) -> str | Step:
@@ -433,18 +433,7 @@ class CappedPolicy(FakePolicy):
         self, prefixes: Sequence[Trajectory], n: int, params: SamplingParams
     ) -> PolicyResult:
         self._whole = not params.stop_at_step
-        res = await super()._agenerate(prefixes, n, params)
-        cap = params.max_step_tokens
-        rows = [
-            [s if s.tokens <= cap else Step(text=s.text[: 4 * cap], tokens=cap,
-                                             finish_reason="length") for s in row]
-            for row in res.steps
-        ]  # fmt: skip
-        gen = sum(s.tokens for row in rows for s in row)
-        prompt = res.usage.policy_prompt_tokens
-        usage = Usage(policy_calls=1, policy_prompt_tokens=prompt, policy_generated_tokens=gen,
-                      policy_flops=2.0 * self.num_parameters * (prompt + gen))  # fmt: skip
-        return PolicyResult(steps=rows, usage=usage)
+        return await super()._agenerate(prefixes, n, params)
 
 
 def test_budget_downgrades_to_a_cheaper_allocation_that_fits():
