@@ -75,6 +75,20 @@ def dtype_kwargs(dtype: torch.dtype) -> dict[str, torch.dtype]:
     return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
 
 
+def load_pretrained(
+    path: str | Path,
+    dtype: torch.dtype,
+    *,
+    model_kwargs: dict[str, Any] | None = None,
+    tokenizer_kwargs: dict[str, Any] | None = None,
+    model_class: Any = AutoModelForCausalLM,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """``(model, tokenizer)`` from a local checkpoint (or hub id), the tokenizer loaded first."""
+    tokenizer = AutoTokenizer.from_pretrained(str(path), **(tokenizer_kwargs or {}))
+    model = model_class.from_pretrained(str(path), **dtype_kwargs(dtype), **(model_kwargs or {}))
+    return model, tokenizer
+
+
 def model_device(model: torch.nn.Module) -> torch.device:
     try:
         return next(model.parameters()).device
@@ -185,9 +199,8 @@ class HFPolicy(StepPolicy):
         ``kw`` goes to the constructor (``device``, ``step_delimiter``, ...);
         ``model_kwargs`` / ``tokenizer_kwargs`` to the respective ``from_pretrained``.
         """
-        tokenizer = AutoTokenizer.from_pretrained(str(path), **(tokenizer_kwargs or {}))
-        model = AutoModelForCausalLM.from_pretrained(
-            str(path), **dtype_kwargs(dtype), **(model_kwargs or {})
+        model, tokenizer = load_pretrained(
+            path, dtype, model_kwargs=model_kwargs, tokenizer_kwargs=tokenizer_kwargs
         )
         kw.setdefault("name", f"HFPolicy({Path(str(path)).name})")
         return cls(model, tokenizer, **kw)

@@ -57,7 +57,7 @@ from langchain_tts.core.errors import BackendError, ConfigError
 from langchain_tts.core.types import FinishReason, Step, Trajectory, Usage
 from langchain_tts.policies.base import DEFAULT_STEP_DELIMITER, PolicyResult, StepPolicy
 
-__all__ = ["HTTPBackend", "OpenAIPolicy", "map_finish_reason", "server_root"]
+__all__ = ["HTTPBackend", "OpenAIPolicy", "ServerClient", "map_finish_reason", "server_root"]
 
 ChatTemplateMode = Literal["server", "client", "none"]
 _RETRY_STATUS = frozenset({408, 425, 429})
@@ -247,7 +247,107 @@ class HTTPBackend:
         return BackendError(f"{self.name}: POST {url} failed: {what}", partial=partial)
 
 
-class OpenAIPolicy(StepPolicy):
+class ServerClient:
+    """Shared set-up of the clients of a vLLM / OpenAI-compatible server.
+
+    Holds the :class:`HTTPBackend`, the lazily loaded client-side tokenizer and the chat
+    template rendered by the server itself (``/tokenize`` + ``/detokenize``, counted in
+    ``templating_requests``). Used by :class:`OpenAIPolicy` and
+    :class:`~langchain_tts.prms.http.HTTPRewardPRM`.
+    """
+
+    name: Any
+    http: HTTPBackend
+
+    @staticmethod
+    def _check_chat_template(chat_template: str) -> None:
+        if chat_template not in ("server", "client", "none"):
+            raise ConfigError(
+                f"chat_template must be 'server', 'client' or 'none', got {chat_template!r}"
+            )
+
+    def _init_client(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        name: str,
+        chat_template: ChatTemplateMode,
+        tokenizer: Any,
+        api_key: str | None,
+        timeout: float,
+        max_retries: int,
+        backoff: float,
+        max_connections: int,
+        num_parameters: int,
+        extra_body: dict[str, Any] | None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.chat_template = chat_template
+        self._tokenizer_spec = tokenizer
+        self._tokenizer: Any = None if isinstance(tokenizer, (str, Path)) else tokenizer
+        self.num_parameters = int(num_parameters)
+        self.extra_body = dict(extra_body or {})
+        self.name = name
+        self.http = HTTPBackend(
+            api_key=api_key,
+            timeout=timeout,
+            max_retries=max_retries,
+            backoff=backoff,
+            max_connections=max_connections,
+            name=name,
+        )
+        #: requests sent to /tokenize + /detokenize (``chat_template="server"``), not model calls
+        self.templating_requests = 0
+
+    @property
+    def tokenizer(self) -> Any:
+        """The client-side HF tokenizer (loaded lazily from a path or hub id)."""
+        if self._tokenizer is None and self._tokenizer_spec is not None:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(str(self._tokenizer_spec))
+        return self._tokenizer
+
+    async def _server_chat_template(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        add_generation_prompt: bool,
+        advice: str,
+        note: str = "",
+    ) -> str:
+        """``messages`` rendered by the server's chat template (no tokenizer needed here).
+
+        On failure a :class:`BackendError` that names the endpoints, then ``note`` and
+        ``advice`` (what to configure instead).
+        """
+        root = server_root(self.base_url)
+        try:
+            tok = await self.http.post_json(
+                f"{root}/tokenize",
+                {
+                    "model": self.model,
+                    "messages": messages,
+                    "add_generation_prompt": add_generation_prompt,
+                    "add_special_tokens": False,
+                },
+            )
+            detok = await self.http.post_json(
+                f"{root}/detokenize", {"model": self.model, "tokens": tok["tokens"]}
+            )
+            self.templating_requests += 2
+            return str(detok["prompt"])
+        except (BackendError, KeyError, TypeError) as e:
+            raise BackendError(
+                f"{self.name}: could not apply the server's chat template through {root}/tokenize "
+                f"and /detokenize{note}: {e}. {advice}",
+                partial=getattr(e, "partial", None),
+            ) from e
+
+
+class OpenAIPolicy(ServerClient, StepPolicy):
     """Continue many partial solutions by one step each through ``POST {base_url}/completions``.
 
     ``base_url`` is the OpenAI-style root, e.g. ``http://localhost:8000/v1`` for
@@ -277,10 +377,7 @@ class OpenAIPolicy(StepPolicy):
     ):
         if not step_delimiter:
             raise ConfigError("step_delimiter must be a non-empty string")
-        if chat_template not in ("server", "client", "none"):
-            raise ConfigError(
-                f"chat_template must be 'server', 'client' or 'none', got {chat_template!r}"
-            )
+        self._check_chat_template(chat_template)
         if prompt_template is not None and "{question}" not in prompt_template:
             raise ConfigError("prompt_template must contain the placeholder {question}")
         if chat_template == "client" and tokenizer is None and prompt_template is None:
@@ -288,43 +385,30 @@ class OpenAIPolicy(StepPolicy):
                 "chat_template='client' needs tokenizer= (an HF tokenizer or a path / hub id); "
                 "or use chat_template='server' (vLLM renders its own template) or 'none'"
             )
-        self.base_url = base_url.rstrip("/")
-        self.model = model
-        self.step_delimiter = step_delimiter
-        self.system_prompt = system_prompt
-        self.chat_template = chat_template
-        self.prompt_template = prompt_template
-        self._tokenizer_spec = tokenizer
-        self._tokenizer: Any = None if isinstance(tokenizer, (str, Path)) else tokenizer
-        self.num_parameters = int(num_parameters)
-        self.vllm_extensions = vllm_extensions
-        self.extra_body = dict(extra_body or {})
-        self.name = name or f"OpenAIPolicy({model})"
-        self.http = HTTPBackend(
+        self._init_client(
+            base_url,
+            model,
+            name=name or f"OpenAIPolicy({model})",
+            chat_template=chat_template,
+            tokenizer=tokenizer,
             api_key=api_key,
             timeout=timeout,
             max_retries=max_retries,
             backoff=backoff,
             max_connections=max_connections,
-            name=self.name,
+            num_parameters=num_parameters,
+            extra_body=extra_body,
         )
+        self.step_delimiter = step_delimiter
+        self.system_prompt = system_prompt
+        self.prompt_template = prompt_template
+        self.vllm_extensions = vllm_extensions
         self._heads: dict[tuple[str | None, str], str] = {}
-        #: requests sent to /tokenize + /detokenize (``chat_template="server"``), not policy calls
-        self.templating_requests = 0
 
     # -- prompts ----------------------------------------------------------------------------
     @property
     def completions_url(self) -> str:
         return f"{self.base_url}/completions"
-
-    @property
-    def tokenizer(self) -> Any:
-        """The client-side HF tokenizer (loaded lazily from a path or hub id)."""
-        if self._tokenizer is None and self._tokenizer_spec is not None:
-            from transformers import AutoTokenizer
-
-            self._tokenizer = AutoTokenizer.from_pretrained(str(self._tokenizer_spec))
-        return self._tokenizer
 
     def _messages(self, question: str) -> list[dict[str, str]]:
         messages = []
@@ -356,29 +440,13 @@ class OpenAIPolicy(StepPolicy):
         return self._heads[key]
 
     async def _server_head(self, question: str) -> str:
-        root = server_root(self.base_url)
-        try:
-            tok = await self.http.post_json(
-                f"{root}/tokenize",
-                {
-                    "model": self.model,
-                    "messages": self._messages(question),
-                    "add_generation_prompt": True,
-                    "add_special_tokens": False,
-                },
-            )
-            detok = await self.http.post_json(
-                f"{root}/detokenize", {"model": self.model, "tokens": tok["tokens"]}
-            )
-            self.templating_requests += 2
-            return str(detok["prompt"])
-        except (BackendError, KeyError, TypeError) as e:
-            raise BackendError(
-                f"{self.name}: could not apply the server's chat template through {root}/tokenize "
-                f"and /detokenize (vLLM endpoints): {e}. With a server that lacks them use "
-                "chat_template='client' with tokenizer=..., or 'none', or prompt_template=...",
-                partial=getattr(e, "partial", None),
-            ) from e
+        return await self._server_chat_template(
+            self._messages(question),
+            add_generation_prompt=True,
+            note=" (vLLM endpoints)",
+            advice="With a server that lacks them use chat_template='client' with "
+            "tokenizer=..., or 'none', or prompt_template=...",
+        )
 
     async def render_prompts(self, prefixes: Sequence[Trajectory]) -> list[str]:
         """The full text prompt of every prefix: head + steps, each ending with the delimiter."""

@@ -36,12 +36,11 @@ import asyncio
 import math
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, Literal
 
 from langchain_tts.core.errors import BackendError, ConfigError, PRMOutputError
 from langchain_tts.core.types import Trajectory, Usage
-from langchain_tts.policies.openai import HTTPBackend, server_root
+from langchain_tts.policies.openai import ServerClient, server_root
 from langchain_tts.prms.base import PRMResult, ProcessRewardModel
 
 __all__ = ["HTTPRewardPRM"]
@@ -65,7 +64,7 @@ def _sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
 
 
-class HTTPRewardPRM(ProcessRewardModel):
+class HTTPRewardPRM(ServerClient, ProcessRewardModel):
     """Score every step of many trajectories with one request to a vLLM pooling server."""
 
     def __init__(
@@ -94,20 +93,26 @@ class HTTPRewardPRM(ProcessRewardModel):
             raise ConfigError(
                 f"format must be 'qwen', 'math_shepherd' or a callable, got {format!r}"
             )
-        if chat_template not in ("server", "client", "none"):
-            raise ConfigError(
-                f"chat_template must be 'server', 'client' or 'none', got {chat_template!r}"
-            )
+        self._check_chat_template(chat_template)
         if format == "qwen" and chat_template == "client" and tokenizer is None:
             raise ConfigError("chat_template='client' needs tokenizer= (an HF tokenizer or a path)")
         if activation not in ("auto", "none", "softmax", "sigmoid"):
             raise ConfigError(f"unknown activation {activation!r}")
-        self.base_url = base_url.rstrip("/")
-        self.model = model
+        self._init_client(
+            base_url,
+            model,
+            name=name or f"HTTPRewardPRM({model})",
+            chat_template=chat_template,
+            tokenizer=tokenizer,
+            api_key=api_key,
+            timeout=timeout,
+            max_retries=max_retries,
+            backoff=backoff,
+            max_connections=max_connections,
+            num_parameters=num_parameters,
+            extra_body=extra_body,
+        )
         self.format = format
-        self.chat_template = chat_template
-        self._tokenizer_spec = tokenizer
-        self._tokenizer: Any = None if isinstance(tokenizer, (str, Path)) else tokenizer
         self.system_prompt = system_prompt
         default_tag = {"qwen": "<extra_0>", "math_shepherd": "ки"}
         self.step_tag = step_tag or (default_tag.get(format) if isinstance(format, str) else None)
@@ -116,30 +121,9 @@ class HTTPRewardPRM(ProcessRewardModel):
         self.positive_index = positive_index
         self.activation = activation
         self.url = server_root(self.base_url) + "/" + endpoint.lstrip("/")
-        self.num_parameters = int(num_parameters)
-        self.extra_body = dict(extra_body or {})
-        self.name = name or f"HTTPRewardPRM({model})"
-        self.http = HTTPBackend(
-            api_key=api_key,
-            timeout=timeout,
-            max_retries=max_retries,
-            backoff=backoff,
-            max_connections=max_connections,
-            name=self.name,
-        )
         self._templates: dict[tuple[str | None, str], str] = {}
-        #: requests sent to /tokenize + /detokenize (``chat_template="server"``)
-        self.templating_requests = 0
 
     # -- rendering --------------------------------------------------------------------------
-    @property
-    def tokenizer(self) -> Any:
-        if self._tokenizer is None and self._tokenizer_spec is not None:
-            from transformers import AutoTokenizer
-
-            self._tokenizer = AutoTokenizer.from_pretrained(str(self._tokenizer_spec))
-        return self._tokenizer
-
     @property
     def _templated(self) -> bool:
         return self.format == "qwen" and self.chat_template in ("server", "client")
@@ -169,29 +153,11 @@ class HTTPRewardPRM(ProcessRewardModel):
                 )
             )
         else:
-            root = server_root(self.base_url)
-            try:
-                tok = await self.http.post_json(
-                    f"{root}/tokenize",
-                    {
-                        "model": self.model,
-                        "messages": self._messages(question, _SLOT),
-                        "add_generation_prompt": False,
-                        "add_special_tokens": False,
-                    },
-                )
-                detok = await self.http.post_json(
-                    f"{root}/detokenize", {"model": self.model, "tokens": tok["tokens"]}
-                )
-                self.templating_requests += 2
-                text = str(detok["prompt"])
-            except (BackendError, KeyError, TypeError) as e:
-                raise BackendError(
-                    f"{self.name}: could not apply the server's chat template through "
-                    f"{root}/tokenize and /detokenize: {e}. Use chat_template='client' with "
-                    "tokenizer=..., or 'none'.",
-                    partial=getattr(e, "partial", None),
-                ) from e
+            text = await self._server_chat_template(
+                self._messages(question, _SLOT),
+                add_generation_prompt=False,
+                advice="Use chat_template='client' with tokenizer=..., or 'none'.",
+            )
         if text.count(_SLOT) != 1:
             raise ConfigError(f"{self.name}: the chat template did not keep the assistant answer")
         self._templates[key] = text

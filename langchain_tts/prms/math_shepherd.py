@@ -26,24 +26,20 @@ import time
 from abc import abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from langchain_tts.core.errors import PRMOutputError
 from langchain_tts.core.types import Trajectory, Usage
-from langchain_tts.policies.hf import dtype_kwargs, matmul_parameters, model_device, model_lock
+from langchain_tts.policies.hf import load_pretrained, matmul_parameters, model_device, model_lock
 from langchain_tts.prms.base import PRMResult, ProcessRewardModel
 
 __all__ = ["CausalLMPRM", "MathShepherdPRM", "label_token_ids", "lm_head_logits"]
 
 Encoded = tuple[list[int], list[int]]  # token ids, one read-out position per step
+_PRM = TypeVar("_PRM", bound="CausalLMPRM")
 
 
 def label_token_ids(tokenizer: PreTrainedTokenizerBase, good: str, bad: str) -> list[int]:
@@ -122,6 +118,25 @@ class CausalLMPRM(ProcessRewardModel):
         if pad is None:
             pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
         self.pad_token_id = int(pad)
+
+    @classmethod
+    def from_pretrained(
+        cls: type[_PRM],
+        path: str | Path,
+        dtype: torch.dtype = torch.float32,
+        *,
+        model_kwargs: dict[str, Any] | None = None,
+        tokenizer_kwargs: dict[str, Any] | None = None,
+        **kw: Any,
+    ) -> _PRM:
+        """Load with ``AutoModelForCausalLM`` (e.g. ``peiyi9979/math-shepherd-mistral-7b-prm``
+        for :class:`MathShepherdPRM`, ``RLHFlow/Llama3.1-8B-PRM-Deepseek-Data`` for
+        :class:`~langchain_tts.prms.rlhflow.RLHFlowPRM`)."""
+        model, tokenizer = load_pretrained(
+            path, dtype, model_kwargs=model_kwargs, tokenizer_kwargs=tokenizer_kwargs
+        )
+        kw.setdefault("name", f"{cls.__name__}({Path(str(path)).name})")
+        return cls(model, tokenizer, **kw)
 
     # -- the format: subclasses define these ----------------------------------------------
     @abstractmethod
@@ -236,24 +251,6 @@ class MathShepherdPRM(CausalLMPRM):
         if len(ids) != 2:
             raise ValueError(f"candidate_token_ids must be [good_id, bad_id], got {ids}")
         self.candidate_ids = [int(i) for i in ids]
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        path: str | Path,
-        dtype: torch.dtype = torch.float32,
-        *,
-        model_kwargs: dict[str, Any] | None = None,
-        tokenizer_kwargs: dict[str, Any] | None = None,
-        **kw: Any,
-    ) -> MathShepherdPRM:
-        """Load with ``AutoModelForCausalLM`` (e.g. ``peiyi9979/math-shepherd-mistral-7b-prm``)."""
-        tokenizer = AutoTokenizer.from_pretrained(str(path), **(tokenizer_kwargs or {}))
-        model = AutoModelForCausalLM.from_pretrained(
-            str(path), **dtype_kwargs(dtype), **(model_kwargs or {})
-        )
-        kw.setdefault("name", f"{cls.__name__}({Path(str(path)).name})")
-        return cls(model, tokenizer, **kw)
 
     def render(self, trajectory: Trajectory) -> str:
         """``"{question} {step_1} ки\\n{step_2} ки..."`` (tags inside steps removed)."""

@@ -24,20 +24,16 @@ and the token starting at that offset (fast-tokenizer offsets) must be the ``"+"
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
 
 from langchain_tts.core.errors import PRMOutputError
 from langchain_tts.core.types import Trajectory
-from langchain_tts.policies.hf import dtype_kwargs
 from langchain_tts.prms.math_shepherd import CausalLMPRM, Encoded, lm_head_logits
 
 __all__ = ["RLHFlowPRM"]
@@ -72,24 +68,6 @@ class RLHFlowPRM(CausalLMPRM):
             raise ValueError(f"candidate_token_ids must be [good_id, bad_id], got {ids}")
         self.good_token = good_token
         self.candidate_ids = ids
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        path: str | Path,
-        dtype: torch.dtype = torch.float32,
-        *,
-        model_kwargs: dict[str, Any] | None = None,
-        tokenizer_kwargs: dict[str, Any] | None = None,
-        **kw: Any,
-    ) -> RLHFlowPRM:
-        """Load with ``AutoModelForCausalLM`` (e.g. ``RLHFlow/Llama3.1-8B-PRM-Deepseek-Data``)."""
-        tokenizer = AutoTokenizer.from_pretrained(str(path), **(tokenizer_kwargs or {}))
-        model = AutoModelForCausalLM.from_pretrained(
-            str(path), **dtype_kwargs(dtype), **(model_kwargs or {})
-        )
-        kw.setdefault("name", f"{cls.__name__}({Path(str(path)).name})")
-        return cls(model, tokenizer, **kw)
 
     def conversation(self, trajectory: Trajectory, reply: str | None = None) -> list[dict]:
         """The chat turns: ``question + " " + step_1``, reply, ``step_2``, reply, ..."""

@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModel, PreTrainedModel, PreTrainedTokenizerBase
 
 from langchain_tts.core.types import Trajectory
-from langchain_tts.policies.hf import dtype_kwargs, matmul_parameters
+from langchain_tts.policies.hf import load_pretrained, matmul_parameters
 from langchain_tts.prms.math_shepherd import CausalLMPRM, Encoded
 
 __all__ = ["SkyworkPRM", "load_value_head"]
@@ -124,8 +124,13 @@ class SkyworkPRM(CausalLMPRM):
             from huggingface_hub import snapshot_download
 
             local = Path(snapshot_download(str(path)))
-        tokenizer = AutoTokenizer.from_pretrained(str(local), **(tokenizer_kwargs or {}))
-        model = AutoModel.from_pretrained(str(local), **dtype_kwargs(dtype), **(model_kwargs or {}))
+        model, tokenizer = load_pretrained(
+            local,
+            dtype,
+            model_kwargs=model_kwargs,
+            tokenizer_kwargs=tokenizer_kwargs,
+            model_class=AutoModel,
+        )
         head = load_value_head(local, dtype=torch.float32)
         kw.setdefault("name", f"{cls.__name__}({Path(str(path)).name})")
         return cls(model, tokenizer, head, **kw)
