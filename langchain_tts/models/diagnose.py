@@ -8,7 +8,9 @@ solution from the same solution with one result nudged, for:
 - the policy's own likelihood (min token log-prob of the solution) in the policy's format
   (steps joined by ``"\\n\\n"``) and in the PRM's format (steps joined by ``<extra_0>``);
   the second shows whether a PRM initialised from the policy starts from a working body;
-- the shipped PRMs (strong and weak), through :class:`~langchain_tts.prms.qwen.QwenPRM`.
+- the shipped PRMs (strong and weak), through :class:`~langchain_tts.prms.qwen.QwenPRM`;
+- at selection time also the *large* policy's likelihood: a second model that knows other
+  things than the one that sampled.
 
 Then, on held-out test problems with ``N`` samples each (temperature 0.7, top-p 0.95, as the
 strategies sample): greedy accuracy, pass@N (an oracle picks), majority vote, selection by
@@ -78,12 +80,12 @@ class Diagnosis:
         return "\n".join(lines)
 
 
-def _policy_model():
+def _policy_model(size: str = "small"):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from langchain_tts.models import default_model_path
 
-    path = str(default_model_path("policy-small"))
+    path = str(default_model_path(f"policy-{size}"))
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     return tok, model
@@ -105,6 +107,7 @@ def diagnose(pairs: int = 100, problems: int = 80, samples: int = 16, seed: int 
 
     torch.manual_seed(seed)
     tok, model = _policy_model()
+    _, large = _policy_model("large")  # a second opinion: same tokenizer, other knowledge
     prms = {kind: load_default_prm(kind) for kind in ("strong", "weak")}
     out = Diagnosis(pairs=pairs, problems=problems, samples=samples)
 
@@ -154,6 +157,13 @@ def diagnose(pairs: int = 100, problems: int = 80, samples: int = 16, seed: int 
                 for s in steps
             ]
             hits[f"policy likelihood@{samples}"] += ok[max(range(samples), key=lik.__getitem__)]
+            lik_l = [
+                _min_logprob(tok, large, p.question, s, STEP_DELIMITER) if s else -1e9
+                for s in steps
+            ]
+            hits[f"large policy likelihood@{samples}"] += ok[
+                max(range(samples), key=lik_l.__getitem__)
+            ]
             trajs = [Trajectory(question=p.question, steps=s or [""]) for s in steps]
             for kind, prm in prms.items():
                 last = [s[-1] for s in prm.score(trajs).scores]
