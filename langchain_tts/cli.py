@@ -31,7 +31,9 @@ def solve(
     strategy: Annotated[str, typer.Option(help="cot, best_of_n, beam_search, ...")] = "beam_search",
     budget: Annotated[int, typer.Option(help="samples N per question")] = 16,
     policy: Annotated[str, typer.Option(help="embedded policy size: small | large")] = "small",
-    prm: Annotated[str, typer.Option(help="embedded PRM: strong | weak | none")] = "strong",
+    prm: Annotated[
+        str, typer.Option(help="embedded verifier: strong | weak | likelihood | none")
+    ] = "strong",
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
     compare_cot: Annotated[bool, typer.Option(help="also run greedy CoT for comparison")] = False,
 ) -> None:
@@ -99,7 +101,9 @@ def eval_cmd(
     ] = None,
     prm: Annotated[
         str | None,
-        typer.Option(help="embedded: strong | weak | none; openai: the label [--prm-model]"),
+        typer.Option(
+            help="embedded: strong | weak | likelihood | none; openai: the label [--prm-model]"
+        ),
     ] = None,
     n_problems: Annotated[int, typer.Option("--n", help="problems (0: all)")] = 0,
     out: Annotated[Path, typer.Option(help="JSONL records, appended; reruns resume")] = Path(
@@ -297,7 +301,9 @@ def serve(
         list[str], typer.Option(help="repeatable; default: every strategy the models allow")
     ] = [],  # noqa: B006
     policy: Annotated[str, typer.Option(help="embedded policy size: small | large")] = "small",
-    prm: Annotated[str, typer.Option(help="embedded PRM: strong | weak | none")] = "strong",
+    prm: Annotated[
+        str, typer.Option(help="embedded verifier: strong | weak | likelihood | none")
+    ] = "strong",
     budget: Annotated[int, typer.Option(help="default samples N per question")] = 16,
     checkpoint_db: Annotated[
         Path | None, typer.Option(help="SQLite file for checkpoints (threads resume)")

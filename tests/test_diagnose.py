@@ -16,6 +16,8 @@ def test_diagnosis_measures_verifiers_and_selection():
     # ranks the gold solution first (100/100 on the full diagnosis). This is the signal a
     # PRM initialised from it has to learn to read.
     assert d.pairwise["policy likelihood"] >= 0.75
-    assert {"greedy CoT", "pass@2 (oracle)", "PRM strong@2", "large policy likelihood@2"} <= set(d.accuracy)
+    assert {"greedy CoT", "pass@2 (oracle)", "PRM strong@2", "large policy likelihood@2"} <= set(
+        d.accuracy
+    )
     assert d.accuracy["pass@2 (oracle)"] >= d.accuracy["PRM strong@2"]
     assert "| pick | accuracy % |" in d.markdown()

@@ -122,6 +122,11 @@ EVAL_RUNS: list[tuple[str, str, str, int]] = [
     ("small", "strong", "beam_search", 4),
     ("small", "strong", "beam_search", 16),
     ("small", "weak", "best_of_n", 16),
+    # the large policy's likelihood as the verifier (prms/likelihood.py)
+    ("small", "likelihood", "best_of_n", 4),
+    ("small", "likelihood", "best_of_n", 16),
+    ("small", "likelihood", "beam_search", 4),
+    ("small", "likelihood", "beam_search", 16),
 ]
 SUITES = {"card": RUNS, "strategies": STRATEGY_RUNS, "eval": EVAL_RUNS}
 

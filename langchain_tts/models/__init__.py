@@ -14,11 +14,12 @@ from langchain_tts.core.errors import ConfigError
 
 if TYPE_CHECKING:
     from langchain_tts.policies.hf import HFPolicy
-    from langchain_tts.prms.qwen import QwenPRM
+    from langchain_tts.prms.base import ProcessRewardModel
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 POLICY_SIZES = ("small", "large")
-PRM_KINDS = ("strong", "weak")
+# "likelihood": the large policy read as a verifier (prms/likelihood.py), not a trained PRM.
+PRM_KINDS = ("strong", "weak", "likelihood")
 
 
 def default_model_path(name: str) -> Path:
@@ -42,11 +43,21 @@ def load_default_policy(size: Literal["small", "large"] = "small") -> HFPolicy:
     return policy
 
 
-def load_default_prm(kind: Literal["strong", "weak"] = "strong") -> QwenPRM:
+def load_default_prm(
+    kind: Literal["strong", "weak", "likelihood"] = "strong",
+) -> ProcessRewardModel:
+    """The shipped Qwen-style PRM (``strong`` / ``weak``), or ``likelihood``: the large
+    policy's token likelihoods as step scores (a second model's opinion, no PRM training)."""
     from langchain_tts.prms.qwen import QwenPRM
 
     if kind not in PRM_KINDS:
         raise ConfigError(f"unknown PRM kind {kind!r}; use one of {list(PRM_KINDS)}")
+    if kind == "likelihood":
+        from langchain_tts.prms.likelihood import LikelihoodPRM
+
+        lik = LikelihoodPRM.from_pretrained(str(default_model_path("policy-large")))
+        lik.name = "embedded-likelihood-large"
+        return lik
     prm = QwenPRM.from_pretrained(
         str(default_model_path("prm" if kind == "strong" else "prm-weak"))
     )
@@ -55,7 +66,8 @@ def load_default_prm(kind: Literal["strong", "weak"] = "strong") -> QwenPRM:
 
 
 def load_default(
-    size: Literal["small", "large"] = "small", prm: Literal["strong", "weak"] = "strong"
-) -> tuple[HFPolicy, QwenPRM]:
+    size: Literal["small", "large"] = "small",
+    prm: Literal["strong", "weak", "likelihood"] = "strong",
+) -> tuple[HFPolicy, ProcessRewardModel]:
     """The embedded policy and PRM, on CPU, with no network access."""
     return load_default_policy(size), load_default_prm(prm)

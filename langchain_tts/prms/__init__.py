@@ -14,6 +14,7 @@ _LAZY = {
     "SkyworkPRM": "langchain_tts.prms.skywork",
     "RLHFlowPRM": "langchain_tts.prms.rlhflow",
     "HTTPRewardPRM": "langchain_tts.prms.http",
+    "LikelihoodPRM": "langchain_tts.prms.likelihood",
 }
 
 __all__ = sorted(_LAZY)
