@@ -433,6 +433,12 @@ def _parser() -> argparse.ArgumentParser:
                     help="the router's difficulty estimator: probe (k samples + one PRM call, "
                     "the router's default), agreement (k samples, no PRM call), verifier "
                     "(one greedy attempt + one PRM call)")  # fmt: skip
+    ap.add_argument(
+        "--prm",
+        choices=("strong", "weak", "likelihood"),
+        default="strong",
+        help="the embedded verifier (likelihood: the large policy's likelihoods)",
+    )
     ap.add_argument("--seed", type=int, default=0, help="sampling seed of every run (-1: none)")
     ap.add_argument("--concurrency", type=int, default=16, help="problems in flight (batched)")
     ap.add_argument("--out", type=Path, default=Path("docs/results/router_eval"),
@@ -485,8 +491,11 @@ async def _run(args: argparse.Namespace, runs: list[tuple[str, int]], command: s
     progress = not args.quiet
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr))
 
-    policy, prm = load_default("small", "strong")
-    pol_label, prm_label = f"small@{_fingerprint('policy-small')}", f"strong@{_fingerprint('prm')}"
+    prm_kind = getattr(args, "prm", "strong")
+    policy, prm = load_default("small", prm_kind)
+    weights = {"strong": "prm", "weak": "prm-weak", "likelihood": "policy-large"}[prm_kind]
+    pol_label = f"small@{_fingerprint('policy-small')}"
+    prm_label = f"{prm_kind}@{_fingerprint(weights)}"
     calib = load_synthetic("validation", args.n_calib)
     test = load_synthetic("test", args.n_test)
     graphs = {
