@@ -89,6 +89,24 @@ def load_pretrained(
     return model, tokenizer
 
 
+def pad_batch(
+    seqs: Sequence[Sequence[int]], pad_id: int, *, left: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask)`` of token sequences padded to one width.
+
+    Right padding (the default) keeps every real token at its unbatched position, so a
+    scoring forward needs no position ids; left padding lets generation continue every row.
+    """
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for r, s in enumerate(seqs):
+        span = slice(width - len(s), width) if left else slice(0, len(s))
+        ids[r, span] = torch.tensor(list(s), dtype=torch.long)
+        mask[r, span] = 1
+    return ids, mask
+
+
 def model_device(model: torch.nn.Module) -> torch.device:
     try:
         return next(model.parameters()).device
@@ -303,12 +321,8 @@ class HFPolicy(StepPolicy):
 
     @torch.inference_mode()
     def _generate_chunk(self, prompts: list[list[int]], params: SamplingParams) -> list[Step]:
-        width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for r, p in enumerate(prompts):  # left padding: generation continues every row
-            ids[r, width - len(p) :] = torch.tensor(p, dtype=torch.long)
-            mask[r, width - len(p) :] = 1
+        ids, mask = pad_batch(prompts, self.pad_token_id, left=True)
+        width = ids.shape[1]
         kwargs: dict[str, Any] = {
             "max_new_tokens": params.max_step_tokens,
             "pad_token_id": self.pad_token_id,

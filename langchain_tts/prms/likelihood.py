@@ -29,7 +29,13 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from langchain_tts.core.errors import ConfigError
 from langchain_tts.core.types import Trajectory, Usage
 from langchain_tts.policies.base import DEFAULT_STEP_DELIMITER
-from langchain_tts.policies.hf import load_pretrained, matmul_parameters, model_device, model_lock
+from langchain_tts.policies.hf import (
+    load_pretrained,
+    matmul_parameters,
+    model_device,
+    model_lock,
+    pad_batch,
+)
 from langchain_tts.prms.base import PRMResult, ProcessRewardModel
 
 __all__ = ["LikelihoodPRM"]
@@ -128,12 +134,7 @@ class LikelihoodPRM(ProcessRewardModel):
     @torch.inference_mode()
     def _token_logprobs(self, seqs: list[list[int]]) -> list[list[float]]:
         """log P(token t | tokens < t) for t >= 1 of each sequence (right padding)."""
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for r, s in enumerate(seqs):
-            ids[r, : len(s)] = torch.tensor(s, dtype=torch.long)
-            mask[r, : len(s)] = 1
+        ids, mask = pad_batch(seqs, self.pad_token_id)
         logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device))
         logp = logits.logits.float().log_softmax(-1)[:, :-1]
         picked = logp.gather(2, ids[:, 1:, None].to(logp.device))[..., 0].cpu()

@@ -33,7 +33,13 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from langchain_tts.core.errors import PRMOutputError
 from langchain_tts.core.types import Trajectory, Usage
-from langchain_tts.policies.hf import load_pretrained, matmul_parameters, model_device, model_lock
+from langchain_tts.policies.hf import (
+    load_pretrained,
+    matmul_parameters,
+    model_device,
+    model_lock,
+    pad_batch,
+)
 from langchain_tts.prms.base import PRMResult, ProcessRewardModel
 
 __all__ = ["CausalLMPRM", "MathShepherdPRM", "label_token_ids", "lm_head_logits"]
@@ -198,12 +204,7 @@ class CausalLMPRM(ProcessRewardModel):
 
     @torch.inference_mode()
     def _score_chunk(self, items: list[Encoded]) -> list[list[float]]:
-        width = max(len(ids) for ids, _ in items)
-        ids = torch.full((len(items), width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(items), width), dtype=torch.long)
-        for r, (seq, _) in enumerate(items):
-            ids[r, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-            mask[r, : len(seq)] = 1
+        ids, mask = pad_batch([seq for seq, _ in items], self.pad_token_id)
         hidden = self.hidden_states(ids.to(self.device), mask.to(self.device))
         rows = torch.cat(
             [torch.full((len(p),), r, dtype=torch.long) for r, (_, p) in enumerate(items)]

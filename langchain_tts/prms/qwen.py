@@ -28,7 +28,13 @@ from transformers import (
 from langchain_tts.core.errors import PRMOutputError
 from langchain_tts.core.types import Trajectory, Usage
 from langchain_tts.policies.batching import RequestCoalescer
-from langchain_tts.policies.hf import dtype_kwargs, matmul_parameters, model_device, model_lock
+from langchain_tts.policies.hf import (
+    dtype_kwargs,
+    matmul_parameters,
+    model_device,
+    model_lock,
+    pad_batch,
+)
 from langchain_tts.prms.base import PRMResult, ProcessRewardModel
 
 __all__ = ["DEFAULT_PRM_SYSTEM_PROMPT", "QwenPRM"]
@@ -214,12 +220,7 @@ class QwenPRM(ProcessRewardModel):
 
     @torch.inference_mode()
     def _score_chunk(self, seqs: list[list[int]]) -> list[list[float]]:
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for r, s in enumerate(seqs):
-            ids[r, : len(s)] = torch.tensor(s, dtype=torch.long)
-            mask[r, : len(s)] = 1
+        ids, mask = pad_batch(seqs, self.pad_token_id)
         logits = self._logits(ids.to(self.device), mask.to(self.device))
         if logits.ndim != 3 or logits.shape[-1] != 2:
             raise PRMOutputError(
