@@ -220,6 +220,26 @@ def test_calibrate_picks_the_cheapest_run_within_tolerance():
     assert calibrate(partial, bins).hard.strategy == "beam_search"
 
 
+def test_calibrate_noise_widens_the_tolerance_by_paired_standard_errors():
+    pids = [f"q{i}" for i in range(40)]
+    # the expensive run solves 22/40, the cheap one 20/40: the same 20 plus two more
+    recs = [_rec(p, "beam_search", 16, i < 22, 100.0) for i, p in enumerate(pids)]
+    recs += [_rec(p, "best_of_n", 4, i < 20, 10.0) for i, p in enumerate(pids)]
+    bins = dict.fromkeys(pids, "medium")
+    # plain rule: 5 points behind is outside the 1-point tolerance -> the expensive run
+    assert calibrate(recs, bins).medium.strategy == "beam_search"
+    # paired differences: two 1s in 40 -> SE = sqrt(var/n) ~ 0.035; 0.01 + 2 SE > 0.05
+    t = calibrate(recs, bins, noise=2.0)
+    assert (t.medium.strategy, t.medium.config) == ("best_of_n", {"n": 4})
+    assert "2 paired SE" in (t.medium.note or "")
+    assert calibrate(recs, bins, noise=1.0).medium.strategy == "beam_search"  # 0.045 < 0.05
+    # a real gap survives any reasonable noise allowance: 20 points on 40 paired problems
+    far = [r if r["strategy"] == "beam_search" else {**r, "correct": False} for r in recs]
+    assert calibrate(far, bins, noise=1.0).medium.strategy == "beam_search"
+    with pytest.raises(ConfigError, match="noise"):
+        calibrate(recs, bins, noise=-1.0)
+
+
 def test_calibrate_without_bins_uses_reference_accuracy():
     recs = []
     for pid, solved_by in [("a", 3), ("b", 1), ("c", 0)]:

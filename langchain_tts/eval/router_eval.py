@@ -276,16 +276,18 @@ def _priced(records: list[dict], estimator: Any) -> list[dict]:
     return out
 
 
-def _calibrated_table(records: list[dict], bins: dict[str, str], tolerance: float, seed):
+def _calibrated_table(
+    records: list[dict], bins: dict[str, str], tolerance: float, seed, noise: float = 0.0
+):
     """Per-bin :func:`calibrate`; a bin without problems gets the pooled choice."""
     from langchain_tts.routing import Allocation, BudgetTable, calibrate
 
-    pooled = calibrate(records, {pid: "easy" for pid in bins}, tolerance).easy
+    pooled = calibrate(records, {pid: "easy" for pid in bins}, tolerance, noise=noise).easy
     pooled = pooled.model_copy(
         update={"note": f"no calibration problem: pooled choice; {pooled.note}"}
     )
     base = BudgetTable(easy=pooled, medium=pooled, hard=pooled, source="pooled")
-    table = calibrate(records, bins, tolerance, base=base)
+    table = calibrate(records, bins, tolerance, base=base, noise=noise)
     if seed is None:
         return table
     seeded = {
@@ -377,7 +379,9 @@ def _markdown(result: dict) -> str:
         "",
         f"Calibrated table ({cal['n']} validation problems binned by the router's estimator; "
         "per bin the "
-        f"cheapest run within {cfg['tolerance']} of the bin's best accuracy, FLOPs priced "
+        f"cheapest run within {cfg['tolerance']}"
+        + (f" + {cfg['noise']:g} paired standard errors" if cfg.get("noise") else "")
+        + " of the bin's best accuracy, FLOPs priced "
         f"{'as the router spends them' if cfg['pricing'] == 'router' else 'as swept'}; a "
         "best-of-N / vote reuses the probe's samples):",
         "",
@@ -425,6 +429,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--budgets", type=_budgets, help="budgets N, comma-separated (4,16)")
     ap.add_argument("--tolerance", type=float, default=0.01,
                     help="calibrate: per bin, the cheapest run within this accuracy of the best")  # fmt: skip
+    ap.add_argument("--noise", type=float, default=0.0,
+                    help="calibrate: widen the tolerance by this many standard errors of the "
+                    "paired accuracy difference to the bin's best (1: the one-SE rule)")  # fmt: skip
     ap.add_argument("--pricing", choices=("router", "sweep"), default="router",
                     help="FLOPs calibrate compares: router (as the router spends them: a "
                     "best-of-N / vote reuses the probe's samples) or sweep (as measured alone)")  # fmt: skip
@@ -465,6 +472,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         ap.error("--probe-k must be positive")
     if not 0.0 <= args.tolerance <= 1.0:
         ap.error("--tolerance must be in [0, 1]")
+    if not 0.0 <= args.noise < math.inf:
+        ap.error("--noise must be a number of standard errors >= 0")
     from langchain_tts.core.errors import ConfigError
 
     try:
@@ -535,7 +544,7 @@ async def _run(args: argparse.Namespace, runs: list[tuple[str, int]], command: s
     bins = {pid: r["bin"] for pid, r in probes.items()}
     calib_records = [r for rs in calib_runs.values() for r in rs]
     priced = _priced(calib_records, probe) if args.pricing == "router" else calib_records
-    table = _calibrated_table(priced, bins, args.tolerance, seed)
+    table = _calibrated_table(priced, bins, args.tolerance, seed, args.noise)
     # 3. test: every fixed run, then the router
     test_runs = await sweep("test", test, paths.part("test"))
     router_label = f"{ROUTER}@{_digest([table.model_dump(mode='json'), probe_label])}"
@@ -602,6 +611,7 @@ async def _run(args: argparse.Namespace, runs: list[tuple[str, int]], command: s
             "n_test": args.n_test,
             "runs": [list(r) for r in runs],
             "tolerance": args.tolerance,
+            "noise": args.noise,
             "probe_k": args.probe_k,
             "estimator": args.estimator,
             "pricing": args.pricing,

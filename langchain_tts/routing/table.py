@@ -256,6 +256,7 @@ def calibrate(
     base: BudgetTable | None = None,
     easy: float = EASY_THRESHOLD,
     hard: float = HARD_THRESHOLD,
+    noise: float = 0.0,
 ) -> BudgetTable:
     """A table from eval records (``tts eval`` / :func:`~langchain_tts.eval.runner.run_eval`).
 
@@ -264,6 +265,12 @@ def calibrate(
     ``>= best - tolerance``; choose the one with the lowest mean FLOPs (ties: smaller
     budget, then name). Its config is ``budget_config(strategy, budget)``, the mapping the
     sweep itself used.
+
+    ``noise`` widens the tolerance by that many standard errors of the *paired* accuracy
+    difference between each run and the bin's best, measured on the bin's own problems
+    (the one-standard-error rule of model selection at ``noise=1``): on a few dozen
+    problems a run that looks a point or two better is often noise, and paying 4x the
+    FLOPs for it is what a router exists to avoid. ``noise=0`` is the plain rule.
 
     Bins of problems: ``difficulty_of[problem_id]`` when given (e.g. from
     :func:`~.difficulty.estimate_bins` with the estimator the router will use -- the most
@@ -281,6 +288,8 @@ def calibrate(
 
     if not 0.0 <= tolerance <= 1.0 or math.isnan(tolerance):
         raise ConfigError(f"tolerance must be an accuracy gap in [0, 1], got {tolerance!r}")
+    if not 0.0 <= noise < math.inf:
+        raise ConfigError(f"noise must be a number of standard errors >= 0, got {noise!r}")
     recs = [dict(r) for r in records]
     if not recs:
         raise ConfigError("calibrate needs eval records; run `tts eval` first")
@@ -332,12 +341,21 @@ def calibrate(
                 "finish the sweep (it resumes) or pass difficulty_of for the solved problems"
             )
         best = max(s[0] for s in stats)
-        ok = [s for s in stats if s[0] >= best - tolerance - 1e-12]
+        # the best run's per-problem outcomes, for paired differences (ties: cheapest)
+        top = min((s for s in stats if s[0] == best), key=lambda s: (s[1], s[2], s[3]))
+        top_per = runs[(top[3], top[2])]
+        ok = [
+            s
+            for s in stats
+            if best - s[0]
+            <= tolerance + noise * _paired_se(top_per, runs[(s[3], s[2])], pids) + 1e-12
+        ]
         acc, flops, budget, strategy = min(ok, key=lambda s: (s[1], s[2], s[3]))
         config = budget_config(strategy, budget)
+        rule = f"tolerance {tolerance}" + (f" + {noise:g} paired SE" if noise else "")
         note = (
             f"calibrated on {len(pids)} problems: accuracy {acc:.3f} (best {best:.3f}, "
-            f"tolerance {tolerance}) at {flops:.3g} FLOPs/question; budget {budget}"
+            f"{rule}) at {flops:.3g} FLOPs/question; budget {budget}"
         )
         try:
             chosen[b] = Allocation(strategy=strategy, config=config, note=note)
@@ -346,6 +364,14 @@ def calibrate(
     dataset, policy, prm = next(iter(origins))
     source = f"calibrated from {len(recs)} records (dataset={dataset}, policy={policy}, prm={prm})"
     return BudgetTable(**chosen, source=source)
+
+
+def _paired_se(a: Mapping[str, Any], b: Mapping[str, Any], pids: list[str]) -> float:
+    """Standard error of the mean paired difference correct_a - correct_b over ``pids``."""
+    d = [bool(a[p]["correct"]) - bool(b[p]["correct"]) for p in pids]
+    mean = sum(d) / len(d)
+    var = sum((x - mean) ** 2 for x in d) / max(1, len(d) - 1)
+    return math.sqrt(var / len(d))
 
 
 def _reference_bins(
