@@ -315,3 +315,31 @@ def test_evaluation_doc_python_blocks_run(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "table.json").exists()
     out = capsys.readouterr().out
     assert "small+strong best_of_n gamma=" in out and "calibrated from" in out
+
+
+def test_model_card_claims_read_the_chosen_verifier():
+    from langchain_tts.eval.model_card import claims
+
+    def row(policy, prm, strategy, n, acc):
+        by_level = {"1": 0.9, "8": 0.2} if strategy == "cot" and policy == "small" else {}
+        return {"policy": policy, "prm": prm, "strategy": strategy, "budget": n,
+                "accuracy": acc, "by_level": by_level}  # fmt: skip
+
+    rows = [row("small", "none", "cot", 1, 0.60), row("large", "none", "cot", 1, 0.50)]
+    rows += [row("small", "likelihood", "best_of_n", n, a)
+             for n, a in ((1, 0.55), (4, 0.70), (16, 0.76), (64, 0.77))]  # fmt: skip
+    rows += [row("small", "likelihood", "beam_search", n, a)
+             for n, a in ((4, 0.66), (16, 0.70), (64, 0.69))]  # fmt: skip
+    rows += [row("small", "strong", "best_of_n", 16, 0.58)]
+    rows += [row("small", "weak", s, 16, 0.57) for s in ("best_of_n", "beam_search")]
+    got = {name: (ok, text) for name, ok, text in claims(rows, "likelihood")}
+    assert got["best_of_n N=16 >= CoT + 15 points"] == (True, "76.0% vs 60.0%")
+    assert got["beam_search N=16 >= CoT + 15 points"][0] is False
+    assert got["best_of_n accuracy rises with N"][0] is True
+    assert got["beam_search accuracy rises with N"][0] is True  # 70 -> 69: within noise
+    assert got["small + beam search beats large CoT"][0] is True
+    assert got["likelihood verifier beats weak PRM (best_of_n N=16)"][0] is True
+    assert got["small CoT below 100% and falling with difficulty"][0] is True
+    # the default reads the shipped strong PRM's rows, which say otherwise
+    strong = {name: ok for name, ok, _ in claims(rows)}
+    assert strong["best_of_n N=16 >= CoT + 15 points"] is False

@@ -52,8 +52,9 @@ STRATEGY_RUNS: list[tuple[str, str, str, int]] = [
 ]
 
 
-def claims(rows: list[dict]) -> list[tuple[str, bool, str]]:
-    """The model card's claims, each with whether the records support it."""
+def claims(rows: list[dict], prm: str = "strong") -> list[tuple[str, bool, str]]:
+    """The model card's claims, each with whether the records support it; ``prm`` is the
+    verifier searched with (``strong``: the shipped Qwen-style PRM, or ``likelihood``)."""
     acc = {(r["policy"], r["prm"], r["strategy"], int(r["budget"])): r["accuracy"] for r in rows}
 
     def a(*k) -> float:
@@ -72,16 +73,16 @@ def claims(rows: list[dict]) -> list[tuple[str, bool, str]]:
         )
     )
     for strat, n in (("best_of_n", 16), ("beam_search", 16)):
-        gain = a("small", "strong", strat, n) - cot_s
+        gain = a("small", prm, strat, n) - cot_s
         out.append(
             (
                 f"{strat} N={n} >= CoT + 15 points",
                 gain >= 0.15,
-                f"{100 * a('small', 'strong', strat, n):.1f}% vs {100 * cot_s:.1f}%",
+                f"{100 * a('small', prm, strat, n):.1f}% vs {100 * cot_s:.1f}%",
             )
         )
     for strat, ns in (("best_of_n", (1, 4, 16, 64)), ("beam_search", (4, 16, 64))):
-        seq = [a("small", "strong", strat, n) for n in ns]
+        seq = [a("small", prm, strat, n) for n in ns]
         mono = all(y >= x - 0.02 for x, y in zip(seq, seq[1:]))  # within noise
         out.append(
             (
@@ -90,7 +91,7 @@ def claims(rows: list[dict]) -> list[tuple[str, bool, str]]:
                 " -> ".join(f"N={n}: {100 * x:.1f}" for n, x in zip(ns, seq)),
             )
         )
-    best_beam = max(a("small", "strong", "beam_search", n) for n in (4, 16, 64))
+    best_beam = max(a("small", prm, "beam_search", n) for n in (4, 16, 64))
     out.append(
         (
             "small + beam search beats large CoT",
@@ -99,10 +100,10 @@ def claims(rows: list[dict]) -> list[tuple[str, bool, str]]:
         )
     )
     for strat in ("best_of_n", "beam_search"):
-        s, w = a("small", "strong", strat, 16), a("small", "weak", strat, 16)
+        s, w = a("small", prm, strat, 16), a("small", "weak", strat, 16)
         out.append(
             (
-                f"strong PRM beats weak PRM ({strat} N=16)",
+                f"{prm} verifier beats weak PRM ({strat} N=16)",
                 s > w,
                 f"{100 * s:.1f}% vs {100 * w:.1f}%",
             )
@@ -159,8 +160,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--concurrency", type=int, default=16, help="problems in flight (batched together)"
     )
+    ap.add_argument(
+        "--prm",
+        choices=("strong", "likelihood"),
+        default="strong",
+        help="card suite: the verifier searched with (likelihood: the large policy's "
+        "likelihoods); records go to <out>_likelihood*.jsonl",
+    )
     args = ap.parse_args(argv)
     runs = SUITES[args.suite]
+    if args.suite == "card" and args.prm != "strong":
+        runs = [(size, args.prm if k == "strong" else k, s, n) for size, k, s, n in runs]
+        if args.out == ap.get_default("out"):
+            args.out = Path(f"docs/results/embedded_sweep_{args.prm}.jsonl")
     if args.suite != "card" and args.out == ap.get_default("out"):
         args.out = Path(
             "docs/results/strategies.jsonl"
@@ -187,17 +199,22 @@ def main(argv: list[str] | None = None) -> None:
                 run_eval(graph, problems, meta=meta, out=args.out, concurrency=args.concurrency)
             )
     # Shards (``--out X.part2.jsonl``, run in parallel processes) are reported together.
-    files = sorted(args.out.parent.glob(args.out.name.split(".")[0] + "*.jsonl"))
+    stem = args.out.name.split(".")[0]
+    files = sorted(
+        {*args.out.parent.glob(stem + ".jsonl"), *args.out.parent.glob(stem + ".*.jsonl")}
+    )
     rows = summarize([r for f in files for r in read_records(f)])
     table = markdown_table(rows)
     lines = [table]
     if args.suite == "card":
         lines += ["", "| claim | holds | measured |", "|---|---|---|"]
-        lines += [f"| {c} | {'yes' if ok else 'NO'} | {m} |" for c, ok, m in claims(rows)]
+        lines += [f"| {c} | {'yes' if ok else 'NO'} | {m} |" for c, ok, m in claims(rows, args.prm)]
     text = "\n".join(lines)
     Path(str(files[0] if files else args.out).split(".")[0] + ".md").write_text(
         "# Embedded models on the synthetic test set\n\n"
-        f"Made by `python -m langchain_tts.eval.model_card --suite {args.suite} --n {args.n}` "
+        f"Made by `python -m langchain_tts.eval.model_card --suite {args.suite} --n {args.n}"
+        + (f" --prm {args.prm}" if args.prm != "strong" else "")
+        + "` "
         f"({args.n} held-out problems, equal per level; L1..L8 = number of operations; "
         "accuracy in %; FLOPs = 2 x params x tokens, policy + PRM).\n\n" + text + "\n"
     )
