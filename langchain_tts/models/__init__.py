@@ -7,6 +7,8 @@ Rebuild them with ``python -m langchain_tts.models.train`` (see ``docs/model_car
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -33,12 +35,27 @@ def default_model_path(name: str) -> Path:
     return path
 
 
+@contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """No per-tensor "Loading weights" bar for checkpoints of a few MB (restored after)."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 def load_default_policy(size: Literal["small", "large"] = "small") -> HFPolicy:
     from langchain_tts.policies.hf import HFPolicy
 
     if size not in POLICY_SIZES:
         raise ConfigError(f"unknown policy size {size!r}; use one of {list(POLICY_SIZES)}")
-    policy = HFPolicy.from_pretrained(str(default_model_path(f"policy-{size}")))
+    with _quiet_loading():
+        policy = HFPolicy.from_pretrained(str(default_model_path(f"policy-{size}")))
     policy.name = f"embedded-policy-{size}"
     return policy
 
@@ -55,12 +72,14 @@ def load_default_prm(
     if kind == "likelihood":
         from langchain_tts.prms.likelihood import LikelihoodPRM
 
-        lik = LikelihoodPRM.from_pretrained(str(default_model_path("policy-large")))
+        with _quiet_loading():
+            lik = LikelihoodPRM.from_pretrained(str(default_model_path("policy-large")))
         lik.name = "embedded-likelihood-large"
         return lik
-    prm = QwenPRM.from_pretrained(
-        str(default_model_path("prm" if kind == "strong" else "prm-weak"))
-    )
+    with _quiet_loading():
+        prm = QwenPRM.from_pretrained(
+            str(default_model_path("prm" if kind == "strong" else "prm-weak"))
+        )
     prm.name = f"embedded-prm-{kind}"
     return prm
 
