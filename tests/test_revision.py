@@ -222,3 +222,50 @@ async def test_hybrid_async():
     g = create_tts_graph(chain_policy(), table_prm({}), "hybrid", {"chains": 2, "revisions": 1})
     out = await g.ainvoke({"question": "q"})
     assert out["usage"].policy_calls == 2 and len(out["candidates"]) == 4
+
+
+# -- backtrack revision -----------------------------------------------------------------
+
+
+def _backtrack_policy(prefixes: list[list[str]]) -> FakePolicy:
+    """Writes the steps missing from a 3-step solution, tagged with the round."""
+
+    def step(p: Trajectory, i: int) -> str:
+        prefixes.append(list(p.steps))
+        r = len(prefixes) - 1
+        rest = [f"r{r} s{k}" for k in range(len(p.steps), 3)]
+        return "\n\n".join([*rest, f"\\boxed{{{r}}}"])
+
+    return FakePolicy(step)
+
+
+def test_backtrack_rewrites_from_the_weakest_step():
+    prefixes: list[list[str]] = []
+    weak = {"r0 s1": 0.2, "r1 s2": 0.3}
+    prm = FakePRM(lambda t: [weak.get(s, 0.9) for s in t.steps])
+    cfg = {"revisions": 2, "revise": "backtrack", "stop_threshold": None, "seed": 5}
+    policy = _backtrack_policy(prefixes)
+    out = create_tts_graph(policy, prm, "revision", cfg).invoke({"question": "q"})
+    # round 0 from scratch; round 1 keeps the step before "r0 s1"; round 2 the two before "r1 s2"
+    assert prefixes == [[], ["r0 s0"], ["r0 s0", "r1 s1"]]
+    texts = {c.text for c in out["candidates"]}
+    assert "r0 s0\n\nr1 s1\n\nr2 s2\n\n\\boxed{2}" in texts
+    assert [c[2].seed for c in policy.calls] == [5, 6, 7]  # no round repeats a sample
+    assert out["usage"].policy_calls == 3 and out["usage"].prm_calls == 3
+    # the first of equal minima is cut; an unscored attempt restarts from the question
+    from langchain_tts.strategies.revision import backtrack_prefix
+
+    t = Trajectory(question="q", steps=["a", "b", "c"], step_scores=[0.5, 0.1, 0.1])
+    assert backtrack_prefix(t).steps == ["a"]
+    assert backtrack_prefix(t.copy_with(step_scores=[])).steps == []
+
+
+def test_backtrack_needs_a_prm():
+    policy = _backtrack_policy([])
+    with pytest.raises(ConfigError, match="backtrack.*needs a PRM"):
+        create_tts_graph(policy, None, "revision", {"revise": "backtrack", "selection": "majority"})
+    g = create_tts_graph(policy, None, "hybrid", {"selection": "majority", "chains": 2})
+    with pytest.raises(ConfigError, match="backtrack.*needs a PRM"):  # as a call-time override
+        g.invoke({"question": "q"}, {"configurable": {"revise": "backtrack"}})
+    with pytest.raises(ConfigError, match="revise"):
+        create_tts_graph(policy, FakePRM(lambda t: [0.5]), "revision", {"revise": "rewind"})

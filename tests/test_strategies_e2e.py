@@ -42,6 +42,18 @@ CASES: dict[str, tuple[str, dict[str, Any], str, set[str]]] = {
     "mcts": ("mcts", {"simulations": 3, "expand_k": 2}, "simulate", {"simulations"}),
     "revision": ("revision", {"revisions": 1}, "round", {"confident", "max_revisions"}),
     "hybrid": ("hybrid", {"split": "sqrt", "budget": 4}, "round", {"confident", "max_revisions"}),
+    "revision_backtrack": (
+        "revision",
+        {"revisions": 2, "revise": "backtrack"},
+        "round",
+        {"confident", "max_revisions"},
+    ),
+    "hybrid_backtrack": (
+        "hybrid",
+        {"chains": 2, "revisions": 1, "revise": "backtrack"},
+        "round",
+        {"confident", "max_revisions"},
+    ),
 }
 SAMPLING = ("cot", "best_of_n", "majority_vote", "weighted_vote")
 

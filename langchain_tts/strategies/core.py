@@ -280,11 +280,18 @@ async def expand(
     *,
     stop_at_step: bool = True,
     temperature: float | None = None,
+    seed_offset: int = 0,
 ) -> tuple[list[Trajectory], Usage]:
-    """One policy call: ``n_each`` children for every parent, finished ones marked."""
+    """One policy call: ``n_each`` children for every parent, finished ones marked.
+
+    ``seed_offset`` shifts a seeded config's seed, so that calls which may repeat a prompt
+    (a revision round that restarts from the question) do not repeat its samples.
+    """
     overrides: dict[str, Any] = {"stop_at_step": stop_at_step}
     if temperature is not None:
         overrides["temperature"] = temperature
+    if seed_offset and cfg.seed is not None:
+        overrides["seed"] = cfg.seed + seed_offset
     result = await _backend_call(
         policy,
         f"sampling {n_each} next steps for each of {len(parents)} prefixes",

@@ -1,9 +1,17 @@
 """Sequential revision: the policy writes a solution, then revises its previous attempt.
 
-Round 0: the policy writes a whole solution. Rounds 1..T (``revisions``): the policy
-writes a new whole solution given its previous attempt as context, by putting the attempt
-in the question text through ``revision_template`` (``{question}`` and ``{attempt}`` are
-substituted). Every attempt is scored by the PRM against the *original* question; the
+Round 0: the policy writes a whole solution. Rounds 1..T (``revisions``) write a new
+whole solution from the previous attempt, in one of two ways (``revise``):
+
+- ``"prompt"`` (the papers' way, for a policy fine-tuned to revise, as in Snell et al.):
+  the attempt goes into the question text through ``revision_template`` (``{question}``
+  and ``{attempt}`` are substituted) and the policy writes a new solution from scratch.
+- ``"backtrack"`` (any policy, PRM required): the attempt is cut before its weakest step,
+  the first step with the lowest PRM step score, and the policy writes the rest again from
+  there. A policy never trained on revision prompts cannot use them (the embedded one
+  scores ~4% that way), but every policy can continue a prefix of its own solution; the
+  PRM says where the attempt went wrong. With cumulative scores (``LikelihoodPRM``, a
+  Qwen-style P(correct so far)) that is the step where the score dropped to its minimum. Every attempt is scored by the PRM against the *original* question; the
 revisions stop early once the latest attempt's aggregated score reaches
 ``stop_threshold`` (the verifier is confident). The answer is selected with ``selection``
 among all attempts (a revision can make things worse, so the last one is not privileged).
@@ -27,6 +35,7 @@ voted on.
 from __future__ import annotations
 
 import re
+from typing import Literal
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
@@ -84,6 +93,13 @@ class RevisionConfig(StrategyConfig):
         description="prompt of a revision round; {question} and {attempt} are filled in",
     )
 
+    revise: Literal["prompt", "backtrack"] = Field(
+        "prompt",
+        description="how a round revises: 'prompt' (the attempt in the prompt, for a policy "
+        "trained to revise) or 'backtrack' (rewrite from the attempt's weakest PRM-scored "
+        "step; any policy, needs a PRM)",
+    )
+
     @field_validator("revision_template")
     @classmethod
     def _template(cls, v: str) -> str:
@@ -125,19 +141,32 @@ async def revision_round(
     """
     if round_idx == 0:
         prompts, n_each = [Trajectory(question=question)], cfg.chain_plan[0]
+    elif cfg.revise == "backtrack":
+        prompts, n_each = [backtrack_prefix(a) for a in active], 1
     else:
         prompts = [
             Trajectory(question=render_revision_prompt(cfg.revision_template, question, a.text))
             for a in active
         ]
         n_each = 1
-    attempts, usage = await expand(policy, prompts, n_each, cfg, stop_at_step=False)
+    attempts, usage = await expand(
+        policy, prompts, n_each, cfg, stop_at_step=False, seed_offset=round_idx
+    )
     # The PRM judges the solution to the original question, not to the revision prompt.
     attempts = [a.model_copy(update={"question": question}) for a in attempts]
     if prm is not None:
         attempts, prm_usage = await score(prm, attempts)
         attempts, usage = with_scores(attempts, cfg.aggregation), usage + prm_usage
     return attempts, usage
+
+
+def backtrack_prefix(attempt: Trajectory) -> Trajectory:
+    """The attempt cut before its weakest step: the first step with the lowest PRM score
+    (the whole attempt is dropped when it has no scores). Its ``tokens`` start at 0: an
+    attempt counts the tokens generated for it, and the kept steps were paid for before."""
+    scores = attempt.step_scores[: len(attempt.steps)]
+    cut = scores.index(min(scores)) if scores else 0
+    return Trajectory(question=attempt.question, steps=attempt.steps[:cut])
 
 
 def _confident(t: Trajectory, cfg: RevisionConfig, has_prm: bool) -> bool:
@@ -151,6 +180,14 @@ def build_revision_graph(
     *,
     strategy: str = "revision",
 ) -> StateGraph:
+    def check(cfg: RevisionConfig) -> None:
+        if prm is None and cfg.revise == "backtrack":
+            raise ConfigError(
+                f"{strategy} with revise='backtrack' needs a PRM (its step scores say where "
+                "to cut the previous attempt): pass prm=..., or use revise='prompt'"
+            )
+
+    check(base)
     if prm is None and base.selection != "majority":
         raise ConfigError(
             f"{strategy} with selection={base.selection!r} needs a PRM: pass prm=..., or use "
@@ -159,7 +196,9 @@ def build_revision_graph(
 
     async def prepare(state: TTSState, rc: RunnableConfig) -> dict:
         # resolving fails fast on bad call-time overrides
-        return prepare_update(state, resolve_config(base, rc))
+        cfg = resolve_config(base, rc)
+        check(cfg)
+        return prepare_update(state, cfg)
 
     async def round_node(state: TTSState, rc: RunnableConfig) -> Command:
         cfg = resolve_config(base, rc)
