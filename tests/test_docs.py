@@ -12,7 +12,7 @@ DOCS = Path(__file__).parent.parent / "docs"
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("page", ["quickstart.md"])
+@pytest.mark.parametrize("page", ["quickstart.md", "strategies.md"])
 def test_doc_examples_run(page: str):
     text = (DOCS / page).read_text()
     blocks = re.findall(r"```python\n(.*?)```", text, re.S)
