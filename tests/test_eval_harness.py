@@ -343,3 +343,20 @@ def test_model_card_claims_read_the_chosen_verifier():
     # the default reads the shipped strong PRM's rows, which say otherwise
     strong = {name: ok for name, ok, _ in claims(rows)}
     assert strong["best_of_n N=16 >= CoT + 15 points"] is False
+
+
+@pytest.mark.slow
+def test_model_card_with_the_likelihood_verifier_end_to_end(tmp_path):
+    from langchain_tts.eval.model_card import main as model_card
+
+    out = tmp_path / "card.jsonl"
+    # runs 0 and 4: small CoT and best-of-4, which --prm likelihood verifies with the large policy
+    model_card(["--n", "2", "--runs", "0,4", "--prm", "likelihood", "--out", str(out)])
+    recs = read_records(out)
+    assert {(r["strategy"], r["prm"]) for r in recs} == {
+        ("cot", "none"),
+        ("best_of_n", "likelihood"),
+    }
+    assert len(recs) == 4 and all(r["flops"] > 0 for r in recs)
+    md = (tmp_path / "card.md").read_text()
+    assert "--prm likelihood" in md and "likelihood verifier beats weak PRM" in md

@@ -117,3 +117,12 @@ def test_tiny_router_eval_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert again["claim"]["text"] == result["claim"]["text"]
     assert again["test"]["fixed"] == result["test"]["fixed"]
     assert again["calibration"]["table"] == result["calibration"]["table"]
+
+    # --noise widens the tolerance: per bin, a run no dearer than the plain rule's choice
+    noisy = main([*argv, "--resume", "--noise", "3"])
+    assert noisy["config"]["noise"] == 3.0
+    assert "paired standard errors" in md.read_text()
+    plain_rows, noisy_rows = result["calibration"]["table_rows"], noisy["calibration"]["table_rows"]
+    for b, row in noisy_rows.items():
+        if row["n"]:
+            assert row["router_flops"] <= plain_rows[b]["router_flops"] + 1e-6
