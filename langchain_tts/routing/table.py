@@ -344,12 +344,13 @@ def calibrate(
         # the best run's per-problem outcomes, for paired differences (ties: cheapest)
         top = min((s for s in stats if s[0] == best), key=lambda s: (s[1], s[2], s[3]))
         top_per = runs[(top[3], top[2])]
-        ok = [
-            s
-            for s in stats
-            if best - s[0]
-            <= tolerance + noise * _paired_se(top_per, runs[(s[3], s[2])], pids) + 1e-12
-        ]
+
+        def slack(s: tuple, top_per: dict = top_per, pids: list = pids) -> float:
+            if not noise:
+                return tolerance
+            return tolerance + noise * _paired_se(top_per, runs[(s[3], s[2])], pids)
+
+        ok = [s for s in stats if best - s[0] <= slack(s) + 1e-12]
         acc, flops, budget, strategy = min(ok, key=lambda s: (s[1], s[2], s[3]))
         config = budget_config(strategy, budget)
         rule = f"tolerance {tolerance}" + (f" + {noise:g} paired SE" if noise else "")
