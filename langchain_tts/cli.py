@@ -32,7 +32,7 @@ def solve(
     budget: Annotated[int, typer.Option(help="samples N per question")] = 16,
     policy: Annotated[str, typer.Option(help="embedded policy size: small | large")] = "small",
     prm: Annotated[
-        str, typer.Option(help="embedded verifier: strong | weak | likelihood | none")
+        str, typer.Option(help="embedded verifier: strong | weak | likelihood | calculator | none")
     ] = "strong",
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
     compare_cot: Annotated[bool, typer.Option(help="also run greedy CoT for comparison")] = False,
@@ -102,7 +102,7 @@ def eval_cmd(
     prm: Annotated[
         str | None,
         typer.Option(
-            help="embedded: strong | weak | likelihood | none; openai: the label [--prm-model]"
+            help="embedded: strong | weak | likelihood | calculator | none; openai: the label [--prm-model]"
         ),
     ] = None,
     n_problems: Annotated[int, typer.Option("--n", help="problems (0: all)")] = 0,
@@ -302,7 +302,7 @@ def serve(
     ] = [],  # noqa: B006
     policy: Annotated[str, typer.Option(help="embedded policy size: small | large")] = "small",
     prm: Annotated[
-        str, typer.Option(help="embedded verifier: strong | weak | likelihood | none")
+        str, typer.Option(help="embedded verifier: strong | weak | likelihood | calculator | none")
     ] = "strong",
     budget: Annotated[int, typer.Option(help="default samples N per question")] = 16,
     checkpoint_db: Annotated[

@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument(
         "--prm",
-        choices=("strong", "likelihood"),
+        choices=("strong", "likelihood", "calculator"),
         default="strong",
         help="card suite: the verifier searched with (likelihood: the large policy's "
         "likelihoods); records go to <out>_likelihood*.jsonl",

@@ -442,7 +442,7 @@ def _parser() -> argparse.ArgumentParser:
                     "(one greedy attempt + one PRM call)")  # fmt: skip
     ap.add_argument(
         "--prm",
-        choices=("strong", "weak", "likelihood"),
+        choices=("strong", "weak", "likelihood", "calculator"),
         default="strong",
         help="the embedded verifier (likelihood: the large policy's likelihoods)",
     )

@@ -20,12 +20,14 @@ if TYPE_CHECKING:
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 POLICY_SIZES = ("small", "large")
-# "likelihood": the large policy read as a verifier (prms/likelihood.py), not a trained PRM.
-PRM_KINDS = ("strong", "weak", "likelihood")
+# "likelihood": the large policy read as a verifier (prms/likelihood.py), not a trained PRM;
+# "calculator": a small LM trained on bare equations, checking each step (prms/equation.py).
+PRM_KINDS = ("strong", "weak", "likelihood", "calculator")
 
 
 def default_model_path(name: str) -> Path:
-    """Folder of one shipped model: ``policy-small``, ``policy-large``, ``prm``, ``prm-weak``."""
+    """Folder of one shipped model: ``policy-small``, ``policy-large``, ``prm``, ``prm-weak``,
+    ``verifier-calc``."""
     path = WEIGHTS_DIR / name
     if not (path / "model.safetensors").exists():
         raise FileNotFoundError(
@@ -61,14 +63,23 @@ def load_default_policy(size: Literal["small", "large"] = "small") -> HFPolicy:
 
 
 def load_default_prm(
-    kind: Literal["strong", "weak", "likelihood"] = "strong",
+    kind: Literal["strong", "weak", "likelihood", "calculator"] = "strong",
 ) -> ProcessRewardModel:
-    """The shipped Qwen-style PRM (``strong`` / ``weak``), or ``likelihood``: the large
-    policy's token likelihoods as step scores (a second model's opinion, no PRM training)."""
+    """The shipped Qwen-style PRM (``strong`` / ``weak``); ``likelihood``: the large
+    policy's token likelihoods as step scores (a second model's opinion, no PRM training);
+    or ``calculator``: a calculator LM's likelihood of each equation step's result (the
+    strongest verifier of the embedded task, see docs/model_card.md)."""
     from langchain_tts.prms.qwen import QwenPRM
 
     if kind not in PRM_KINDS:
         raise ConfigError(f"unknown PRM kind {kind!r}; use one of {list(PRM_KINDS)}")
+    if kind == "calculator":
+        from langchain_tts.prms.equation import EquationPRM
+
+        with _quiet_loading():
+            calc = EquationPRM.from_pretrained(str(default_model_path("verifier-calc")))
+        calc.name = "embedded-calculator"
+        return calc
     if kind == "likelihood":
         from langchain_tts.prms.likelihood import LikelihoodPRM
 
@@ -86,7 +97,7 @@ def load_default_prm(
 
 def load_default(
     size: Literal["small", "large"] = "small",
-    prm: Literal["strong", "weak", "likelihood"] = "strong",
+    prm: Literal["strong", "weak", "likelihood", "calculator"] = "strong",
 ) -> tuple[HFPolicy, ProcessRewardModel]:
     """The embedded policy and PRM, on CPU, with no network access."""
     return load_default_policy(size), load_default_prm(prm)

@@ -72,6 +72,11 @@ class TrainRecipe:
     prm_init: str = "small"
     prm_extra_layers: int = 4  # fresh layers stacked on the policy's (see main)  # which trained policy initialises the PRM body
     continue_steps: int = 0  # extra steps for --only continue-large / continue-small
+    # the calculator verifier (prms/equation.py): bare equations, loss on the results.
+    # lr 1e-3, not 3e-3: at 3e-3 it was still on its loss plateau after 750 steps.
+    calculator_steps: int = 3000
+    calculator_lr: float = 1e-3
+    calculator_batch: int = 64  # sequences of 8 equations each
     batch_size: int = 32
     lr: float = 3e-3
     rollout_problems: int = 2400
@@ -159,6 +164,68 @@ def train_policy(
         if step % 50 == 0:
             bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
     stats = {"steps": steps, "seconds": round(time.time() - t0, 1), "final_loss": losses[-1]}
+    return model, stats
+
+
+def calculator_equation(rng: random.Random) -> tuple[str, str]:
+    """A random equation of the task's four operations, values 0..999: (``"a-k="``, result)."""
+    r = rng.random()
+    if r < 0.8:
+        a, k = rng.randint(0, 999), rng.randint(2, 50)
+        if r < 0.4 and a + k <= 999:
+            return f"{a}+{k}=", str(a + k)
+        if a - k >= 0:
+            return f"{a}-{k}=", str(a - k)
+        return f"{a}+{k}=", str(a + k)
+    k = rng.randint(2, 5)
+    if r < 0.9:
+        a = rng.randint(1, 999 // k)
+        return f"{a}*{k}=", str(a * k)
+    c = rng.randint(1, 999 // k)
+    return f"{c * k}/{k}=", str(c)
+
+
+def train_calculator(
+    cfg: TinyLlamaConfig, recipe: TrainRecipe, desc: str = "calculator"
+) -> tuple[TinyLlamaForCausalLM, dict]:
+    """The calculator verifier: a causal LM trained from scratch on packed equations
+    (``"a-k=c" + "\n\n"``, 8 per sequence), loss on the results only, so that it learns
+    arithmetic, not the task's chains. It checks steps; it never writes solutions."""
+    tok = build_tokenizer()
+    vocab = tok.get_vocab()
+    torch.manual_seed(recipe.seed)
+    rng = random.Random(recipe.seed)
+    model = TinyLlamaForCausalLM(cfg)
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=recipe.calculator_lr, weight_decay=0.01, betas=(0.9, 0.98)
+    )
+    steps, t0, losses = recipe.calculator_steps, time.time(), []
+    bar = tqdm(range(steps), desc=desc, mininterval=5)
+    for step in bar:
+        inputs, labels = [], []
+        for _ in range(recipe.calculator_batch):
+            ids, lab = [], []
+            for _ in range(8):
+                q, c = calculator_equation(rng)
+                qi = [vocab[ch] for ch in q]
+                ci = [vocab[ch] for ch in c + STEP_DELIMITER]
+                ids += qi + ci
+                lab += [-100] * len(qi) + ci
+            inputs.append(ids[:-1])
+            labels.append(lab[1:])
+        x, y = _pad(inputs, 0), _pad(labels, -100)
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, steps, recipe.calculator_lr)
+        loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten(), ignore_index=-100)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
+    stats = {"steps": steps, "seconds": round(time.time() - t0, 1),
+             "final_loss": sum(losses[-50:]) / len(losses[-50:])}  # fmt: skip
     return model, stats
 
 
@@ -334,7 +401,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=DEFAULT_DIR)
     ap.add_argument(
         "--only",
-        choices=["small", "large", "prm", "weak_prm", "continue-small", "continue-large"],
+        choices=[
+            "small",
+            "large",
+            "prm",
+            "weak_prm",
+            "calculator",
+            "continue-small",
+            "continue-large",
+        ],  # fmt: skip
         nargs="*",
     )
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
@@ -345,7 +420,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     recipe = TrainRecipe(**{f: getattr(args, f) for f in asdict(TrainRecipe())})
-    only = set(args.only or ["small", "large", "prm", "weak_prm"])
+    only = set(args.only or ["small", "large", "prm", "weak_prm", "calculator"])
     out: Path = args.out
     stats_path = out / "training_stats.json"
     stats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
@@ -406,6 +481,10 @@ def main(argv: list[str] | None = None) -> None:
             )
             save_hf(m, SIZES["small"], out / "prm-weak", "LlamaForTokenClassification", **prm_extra)
             record("prm-weak", s)
+    if "calculator" in only:
+        m, s = train_calculator(SIZES["small"], recipe)
+        save_hf(m, SIZES["small"], out / "verifier-calc", "LlamaForCausalLM")
+        record("verifier-calc", s)
     stats["total_seconds_last_run"] = round(time.time() - t_all, 1)
     stats_path.write_text(json.dumps(stats, indent=2))
     print(json.dumps(stats, indent=2))
