@@ -502,7 +502,12 @@ async def _run(args: argparse.Namespace, runs: list[tuple[str, int]], command: s
 
     prm_kind = getattr(args, "prm", "strong")
     policy, prm = load_default("small", prm_kind)
-    weights = {"strong": "prm", "weak": "prm-weak", "likelihood": "policy-large"}[prm_kind]
+    weights = {
+        "strong": "prm",
+        "weak": "prm-weak",
+        "likelihood": "policy-large",
+        "calculator": "verifier-calc",
+    }[prm_kind]
     pol_label = f"small@{_fingerprint('policy-small')}"
     prm_label = f"{prm_kind}@{_fingerprint(weights)}"
     calib = load_synthetic("validation", args.n_calib)
