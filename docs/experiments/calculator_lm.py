@@ -37,22 +37,8 @@ print("params", sum(p.numel() for p in model.parameters()))
 rng = random.Random(0)
 
 
-def equation(rng):
-    r = rng.random()
-    if r < 0.8:
-        a = rng.randint(0, 999)
-        k = rng.randint(2, 50)
-        if r < 0.4 and a + k <= 999:
-            return f"{a}+{k}=", str(a + k)
-        if a - k >= 0:
-            return f"{a}-{k}=", str(a - k)
-        return f"{a}+{k}=", str(a + k)
-    k = rng.randint(2, 5)
-    if r < 0.9:
-        a = rng.randint(1, 999 // k)
-        return f"{a}*{k}=", str(a * k)
-    c = rng.randint(1, 999 // k)
-    return f"{c * k}/{k}=", str(c)
+# The same generator train.py's calculator stage uses (this script became that stage).
+from langchain_tts.models.train import calculator_equation as equation
 
 
 def batch(rng, bs=64, per=8):

@@ -122,6 +122,21 @@ def _pad(seqs: list[list[int]], value: int) -> torch.Tensor:
     return torch.tensor([s + [value] * (width - len(s)) for s in seqs])
 
 
+def _lm_step(model, opt, inputs, labels, lr: float, losses: list, bar, step: int) -> None:
+    """One language-model optimiser step on padded ``inputs``/``labels`` (-100: no loss)."""
+    x, y = _pad(inputs, 0), _pad(labels, -100)
+    for g in opt.param_groups:
+        g["lr"] = lr
+    loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten(), ignore_index=-100)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    losses.append(loss.item())
+    if step % 50 == 0:
+        bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
+
+
 def train_policy(
     cfg: TinyLlamaConfig,
     steps: int,
@@ -152,17 +167,7 @@ def train_policy(
             inputs.append(ids[:-1])
             # Loss on the solution only: the policy never needs to write questions.
             labels.append(([-100] * len(prompt) + target)[1:])
-        x, y = _pad(inputs, 0), _pad(labels, -100)
-        for g in opt.param_groups:
-            g["lr"] = _lr_at(step, steps, lr)
-        loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten(), ignore_index=-100)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        losses.append(loss.item())
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
+        _lm_step(model, opt, inputs, labels, _lr_at(step, steps, lr), losses, bar, step)
     stats = {"steps": steps, "seconds": round(time.time() - t0, 1), "final_loss": losses[-1]}
     return model, stats
 
@@ -213,17 +218,8 @@ def train_calculator(
                 lab += [-100] * len(qi) + ci
             inputs.append(ids[:-1])
             labels.append(lab[1:])
-        x, y = _pad(inputs, 0), _pad(labels, -100)
-        for g in opt.param_groups:
-            g["lr"] = _lr_at(step, steps, recipe.calculator_lr)
-        loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten(), ignore_index=-100)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        losses.append(loss.item())
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
+        lr = _lr_at(step, steps, recipe.calculator_lr)
+        _lm_step(model, opt, inputs, labels, lr, losses, bar, step)
     stats = {"steps": steps, "seconds": round(time.time() - t0, 1),
              "final_loss": sum(losses[-50:]) / len(losses[-50:])}  # fmt: skip
     return model, stats
