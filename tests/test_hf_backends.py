@@ -14,7 +14,7 @@ from langchain_tts.core.config import SamplingParams
 from langchain_tts.core.errors import PRMOutputError
 from langchain_tts.core.types import Step, Trajectory
 from langchain_tts.models.tokenizer import EOS, STEP_TAG
-from langchain_tts.policies.hf import HFPolicy, _StopAtDelimiter
+from langchain_tts.policies.hf import HFPolicy, _SeededSampler, _StopAtDelimiter, seeded_uniforms
 from langchain_tts.prms.qwen import QwenPRM
 
 QUESTION = "Start with 3. Add 4."
@@ -99,12 +99,50 @@ def test_batch_is_one_generate_call(policy: HFPolicy, monkeypatch: pytest.Monkey
 
 
 def test_all_finish_reasons_and_seed(policy: HFPolicy) -> None:
-    params = SamplingParams(temperature=1.0, seed=3, max_step_tokens=12)
+    params = SamplingParams(temperature=1.0, seed=4, max_step_tokens=12)
     a = policy.generate(PREFIXES, n=8, params=params)
     b = policy.generate(PREFIXES, n=8, params=params)
     assert a.steps == b.steps  # seeded
     reasons = {s.finish_reason for row in a.steps for s in row}
     assert reasons == {"step", "eos", "length"}
+
+
+def test_seeded_samples_do_not_depend_on_the_batch(policy: HFPolicy) -> None:
+    # what a graph run gets for its prefixes, alone, inside a bigger call, in other chunks
+    params = SamplingParams(temperature=1.0, seed=5, max_step_tokens=12)
+    alone = policy.generate(PREFIXES[1:2], n=4, params=params).steps[0]
+    assert len({s.text for s in alone}) > 1  # four different samples, not one copied
+    policy.batch_size = 3  # chunks of other lengths and company
+    with_others = policy.generate(PREFIXES[1:2], n=4, params=params).steps[0]
+    assert with_others == alone
+    # two merged callers (the request coalescer): each keeps its own seeds
+    merged = policy._generate_items(
+        [(PREFIXES[0], 0), (PREFIXES[1], 0)], (4, params.model_dump_json())
+    )
+    assert merged[1][0] == alone
+    # prefix i of one call draws seeds seed + i*n + j, like vLLM: another seed, other samples
+    other = policy.generate(PREFIXES[1:2], n=4, params=params.model_copy(update={"seed": 6}))
+    assert other.steps[0] != alone
+
+
+def test_seeded_sampler_draws_from_the_tempered_top_p_distribution() -> None:
+    u = seeded_uniforms(torch.arange(4), 0, 1000)
+    assert u.shape == (4, 1000) and 0 < u.min() and u.max() < 1
+    assert abs(u.mean().item() - 0.5) < 0.02 and torch.equal(
+        u, seeded_uniforms(torch.arange(4), 0, 1000)
+    )
+    assert not torch.equal(u, seeded_uniforms(torch.arange(4), 1, 1000))  # the next token's draw
+    logits = torch.tensor([2.0, 1.0, 0.0, -1.0])
+    rows = 20000
+    ids = torch.zeros((rows, 3), dtype=torch.long)
+    for temperature, top_p in ((1.0, 1.0), (0.5, 1.0), (1.0, 0.7)):
+        sampler = _SeededSampler(list(range(rows)), 2, temperature, top_p)
+        picks = sampler(ids, logits.expand(rows, 4).clone()).argmax(-1)
+        freq = torch.bincount(picks, minlength=4).float() / rows
+        expect = torch.softmax(logits / temperature, -1)
+        if top_p < 1:  # the nucleus {0, 1} holds 0.67 + 0.24 >= 0.7 of the mass
+            expect = torch.tensor([expect[0], expect[1], 0, 0]) / (expect[0] + expect[1])
+        assert torch.allclose(freq, expect, atol=0.015), (temperature, top_p, freq, expect)
 
 
 def test_chunking(policy: HFPolicy, monkeypatch: pytest.MonkeyPatch) -> None:

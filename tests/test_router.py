@@ -15,6 +15,7 @@ from langchain_tts.core.types import Step, Trajectory, Usage
 from langchain_tts.policies.base import PolicyResult
 from langchain_tts.routing import (
     Allocation,
+    BinThresholds,
     BudgetTable,
     ClassifierEstimator,
     ProbeEstimator,
@@ -22,6 +23,7 @@ from langchain_tts.routing import (
     bin_of,
     calibrate,
     create_router_graph,
+    fit_thresholds,
 )
 from langchain_tts.testing import FakePolicy, FakePRM
 
@@ -258,6 +260,56 @@ def test_calibrate_without_bins_uses_reference_accuracy():
         calibrate([*recs, {**recs[0], "policy": "other"}])
     with pytest.raises(ConfigError, match="records"):
         calibrate([])
+
+
+# -- fitted thresholds --------------------------------------------------------------------
+def test_fit_thresholds_finds_where_the_score_means_50_and_10_percent():
+    # scores 0.1 / 0.3 / 0.6 / 0.9 solve 0 / 1 / 2 / 4 of 4 questions (rounding pools 0.301)
+    scores, solved = {}, {}
+    for x, wins in ((0.1, 0), (0.3, 1), (0.6, 2), (0.9, 4)):
+        for i in range(4):
+            pid = f"{x}-{i}"
+            scores[pid], solved[pid] = x + (0.001 if i == 0 else 0.0), i < wins
+    th = fit_thresholds(scores, solved)
+    assert (th.easy, th.hard) == (0.6, 0.3)
+    assert "fitted on 16 questions" in th.note
+    # a dip that breaks monotonicity is pooled: 0.3 solves 3/4, 0.6 only 1/4 -> both 4/8
+    scores2 = {"a": 0.3, "b": 0.3, "c": 0.3, "d": 0.3, "e": 0.6, "f": 0.6, "g": 0.6, "h": 0.6}
+    solved2 = dict(zip(scores2, [True, True, True, False, True, False, False, False]))
+    assert fit_thresholds(scores2, solved2).easy == 0.3
+    # never 50%: the easy bin starts above every score seen; hard <= easy always
+    never = fit_thresholds({"a": 0.2, "b": 0.4}, {"a": False, "b": False})
+    assert never.easy == never.hard == 0.41
+
+
+def test_fit_thresholds_rejects_unusable_input():
+    with pytest.raises(ConfigError, match="no id in common"):
+        fit_thresholds({"a": 0.5}, {"b": True})
+    with pytest.raises(ConfigError, match="resolution"):
+        fit_thresholds({"a": 0.5}, {"a": True}, resolution=0)
+    with pytest.raises(ConfigError, match="hard"):
+        BinThresholds(easy=0.2, hard=0.3)
+
+
+def test_table_thresholds_rebin_the_router_and_round_trip(tmp_path):
+    # the probe's score is agreement / 2 here: 0.5 for an easy question, 0.125 for a medium
+    # one; cut points fitted where those scores mean a 50% / 10% chance move both down a bin
+    policy, prm = make_policy(), make_prm(0.0)
+    est = ProbeEstimator(policy, prm, k=4)
+    table = BudgetTable(thresholds=BinThresholds(easy=0.6, hard=0.2))
+    path = tmp_path / "t.json"
+    table.to_json(path)
+    assert BudgetTable.from_json(path).thresholds == table.thresholds
+    with pytest.raises(ConfigError, match="budget table thresholds"):
+        BudgetTable.from_dict({"thresholds": {"easy": 0.1, "hard": 0.5}})
+    plain = create_router_graph(policy, prm, estimator=est, reuse_probe=False)
+    fitted = create_router_graph(policy, prm, estimator=est, table=table, reuse_probe=False)
+    assert plain.invoke({"question": "easy q"})["difficulty"].bin == "easy"
+    assert plain.invoke({"question": "medium q"})["difficulty"].bin == "medium"
+    out = fitted.invoke({"question": "easy q"})
+    assert out["difficulty"].bin == "medium" and out["route"].node == "medium_beam_search"
+    assert fitted.invoke({"question": "medium q"})["difficulty"].bin == "hard"
+    assert est.easy == 0.5  # the caller's estimator is left as it was
 
 
 # -- routing -------------------------------------------------------------------------------

@@ -102,6 +102,15 @@ def test_tiny_router_eval_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixtu
         if row["n"]:  # priced after the probe: never dearer than the run alone
             assert 0 <= row["router_flops"] <= row["flops"]
 
+    # the bins' cut points are fitted on the validation CoT outcomes and travel in the table
+    th = result["calibration"]["thresholds"]
+    assert table.thresholds is not None and (th["easy"], th["hard"]) == (
+        table.thresholds.easy,
+        table.thresholds.hard,
+    )
+    assert f"fitted on {result['config']['n_calib']} questions" in th["note"]
+    assert "P(greedy CoT solves)" in text
+
     # the claim check: both conditions and the numbers behind them
     claim = result["claim"]
     assert isinstance(claim["holds"], bool) and claim["holds"] == (
@@ -126,3 +135,13 @@ def test_tiny_router_eval_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixtu
     for b, row in noisy_rows.items():
         if row["n"]:
             assert row["router_flops"] <= plain_rows[b]["router_flops"] + 1e-6
+
+    # --thresholds absolute reads the score as a probability (the paper's 0.5 / 0.1)
+    absolute = main([*argv, "--resume", "--thresholds", "absolute"])
+    assert absolute["calibration"]["table"]["thresholds"] is None
+    assert (
+        absolute["calibration"]["thresholds"]["easy"],
+        absolute["calibration"]["thresholds"]["hard"],
+    ) == (0.5, 0.1)
+    with pytest.raises(SystemExit):
+        main([*argv, "--strategies", "best_of_n"])  # fitted cut points need cot outcomes

@@ -277,7 +277,12 @@ def _priced(records: list[dict], estimator: Any) -> list[dict]:
 
 
 def _calibrated_table(
-    records: list[dict], bins: dict[str, str], tolerance: float, seed, noise: float = 0.0
+    records: list[dict],
+    bins: dict[str, str],
+    tolerance: float,
+    seed,
+    noise: float = 0.0,
+    thresholds=None,
 ):
     """Per-bin :func:`calibrate`; a bin without problems gets the pooled choice."""
     from langchain_tts.routing import Allocation, BudgetTable, calibrate
@@ -287,14 +292,14 @@ def _calibrated_table(
         update={"note": f"no calibration problem: pooled choice; {pooled.note}"}
     )
     base = BudgetTable(easy=pooled, medium=pooled, hard=pooled, source="pooled")
-    table = calibrate(records, bins, tolerance, base=base, noise=noise)
+    table = calibrate(records, bins, tolerance, base=base, noise=noise, thresholds=thresholds)
     if seed is None:
         return table
     seeded = {
         b: Allocation(strategy=a.strategy, config={**a.config, "seed": seed}, note=a.note)
         for b, a in table.items()
     }
-    return BudgetTable(**seeded, source=table.source)
+    return BudgetTable(**seeded, source=table.source, thresholds=table.thresholds)
 
 
 class _RouteTap:
@@ -336,6 +341,16 @@ def _route_summary(routes: list[dict], recs: dict[str, dict]) -> dict[str, Any]:
 
 
 # -- report --------------------------------------------------------------------------------
+def _thresholds_text(th: dict | None) -> str:
+    if not th:
+        return ""
+    if th["note"] == "absolute":
+        return (f" Bins: the estimator's score read as P(solve): easy >= {th['easy']:g}, "
+                f"hard < {th['hard']:g}.")  # fmt: skip
+    return (f" Bins: easy from score {th['easy']:g}, hard below {th['hard']:g}, where "
+            f"P(greedy CoT solves) reaches 50% / 10% ({th['note']}).")  # fmt: skip
+
+
 def _markdown(result: dict) -> str:
     cfg, claim, test = result["config"], result["claim"], result["test"]
     best = claim["best_fixed"]
@@ -383,7 +398,7 @@ def _markdown(result: dict) -> str:
         + (f" + {cfg['noise']:g} paired standard errors" if cfg.get("noise") else "")
         + " of the bin's best accuracy, FLOPs priced "
         f"{'as the router spends them' if cfg['pricing'] == 'router' else 'as swept'}; a "
-        "best-of-N / vote reuses the probe's samples):",
+        "best-of-N / vote reuses the probe's samples)." + _thresholds_text(cal.get("thresholds")),
         "",
         "| bin | calib problems | strategy | config | calib acc % | FLOPs/q alone | "
         "FLOPs/q after the probe |",
@@ -432,6 +447,10 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--noise", type=float, default=0.0,
                     help="calibrate: widen the tolerance by this many standard errors of the "
                     "paired accuracy difference to the bin's best (1: the one-SE rule)")  # fmt: skip
+    ap.add_argument("--thresholds", choices=("fitted", "absolute"), default="fitted",
+                    help="bin cut points on the estimator's score: fitted (where the score "
+                    "means a 50%% / 10%% chance that greedy CoT solves the question, fitted on "
+                    "the validation split) or absolute (the score read as a probability)")  # fmt: skip
     ap.add_argument("--pricing", choices=("router", "sweep"), default="router",
                     help="FLOPs calibrate compares: router (as the router spends them: a "
                     "best-of-N / vote reuses the probe's samples) or sweep (as measured alone)")  # fmt: skip
@@ -480,6 +499,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         runs = parse_runs(args.strategies, args.budgets)
     except ConfigError as e:
         ap.error(str(e))
+    if args.thresholds == "fitted" and ("cot", 1) not in runs:
+        ap.error("--thresholds fitted needs cot among --strategies (its outcomes are fitted)")
     argv_list = list(sys.argv[1:] if argv is None else argv)
     command = "python -m langchain_tts.eval.router_eval " + shlex.join(argv_list)
     return asyncio.run(_run(args, runs, command.strip()))
@@ -490,7 +511,12 @@ async def _run(args: argparse.Namespace, runs: list[tuple[str, int]], command: s
     from langchain_tts.eval.datasets import load_synthetic
     from langchain_tts.eval.runner import budget_config, read_records, run_eval
     from langchain_tts.models import load_default
-    from langchain_tts.routing import ProbeEstimator, VerifierEstimator, create_router_graph
+    from langchain_tts.routing import (
+        ProbeEstimator,
+        VerifierEstimator,
+        create_router_graph,
+        fit_thresholds,
+    )
 
     paths = Paths.of(args.out)
     if not args.resume:
@@ -546,10 +572,16 @@ async def _run(args: argparse.Namespace, runs: list[tuple[str, int]], command: s
         probe_label += f" {prm_label}" if args.estimator == "probe" else ""
     say(f"[validation] difficulty probe ({probe_label})")
     probes = await _probe_bins(probe, calib, paths.part("probe"), probe_label, args.concurrency)
-    bins = {pid: r["bin"] for pid, r in probes.items()}
+    thresholds = None
+    if args.thresholds == "fitted":  # where the probe's score means P(CoT solves) 50% / 10%
+        cot = {r["id"]: bool(r["correct"]) for r in calib_runs.get(("cot", 1), [])}
+        scores = {pid: r["p_solve"] for pid, r in probes.items()}
+        thresholds = fit_thresholds(scores, cot)
+        probe = probe.with_thresholds(thresholds)
+    bins = {pid: probe.bin_of(r["p_solve"]) for pid, r in probes.items()}
     calib_records = [r for rs in calib_runs.values() for r in rs]
     priced = _priced(calib_records, probe) if args.pricing == "router" else calib_records
-    table = _calibrated_table(priced, bins, args.tolerance, seed, args.noise)
+    table = _calibrated_table(priced, bins, args.tolerance, seed, args.noise, thresholds)
     # 3. test: every fixed run, then the router
     test_runs = await sweep("test", test, paths.part("test"))
     router_label = f"{ROUTER}@{_digest([table.model_dump(mode='json'), probe_label])}"
@@ -620,6 +652,7 @@ async def _run(args: argparse.Namespace, runs: list[tuple[str, int]], command: s
             "probe_k": args.probe_k,
             "estimator": args.estimator,
             "pricing": args.pricing,
+            "thresholds": args.thresholds,
             "probe": probe_label,
             "seed": seed,
         },
@@ -629,6 +662,11 @@ async def _run(args: argparse.Namespace, runs: list[tuple[str, int]], command: s
             "probe_flops": _mean([r["flops"] for r in probes.values()]),
             "runs": calib_rows,
             "table": table.model_dump(mode="json"),
+            "thresholds": {
+                "easy": probe.easy,
+                "hard": probe.hard,
+                "note": thresholds.note if thresholds else "absolute",
+            },  # fmt: skip
             "table_rows": table_rows,
         },
         "test": {"n": len(test), "fixed": fixed, "router": router_row},

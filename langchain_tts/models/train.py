@@ -69,14 +69,20 @@ class TrainRecipe:
     prm_steps: int = 1200
     weak_prm_steps: int = 150
     prm_dense: bool = True  # per-token targets as well as step targets (see _prm_example)
+    # which trained model's body the PRM starts from: a policy size, or "calculator"
+    # (verifier-calc, which already predicts each result digit; see main)
     prm_init: str = "small"
-    prm_extra_layers: int = 4  # fresh layers stacked on the policy's (see main)  # which trained policy initialises the PRM body
+    prm_extra_layers: int = 4  # fresh layers stacked on the body's (see main)
     continue_steps: int = 0  # extra steps for --only continue-large / continue-small
     # the calculator verifier (prms/equation.py): bare equations, loss on the results.
     # lr 1e-3, not 3e-3: at 3e-3 it was still on its loss plateau after 750 steps.
     calculator_steps: int = 3000
     calculator_lr: float = 1e-3
     calculator_batch: int = 64  # sequences of 8 equations each
+    # prm_init="calculator": the calculator first learns results inside solutions
+    prm_body_steps: int = 600
+    prm_body_lr: float = 5e-4
+    prm_body_lr_scale: float = 1.0  # the PRM's copied body layers train at this x its LR
     batch_size: int = 32
     lr: float = 3e-3
     rollout_problems: int = 2400
@@ -225,6 +231,72 @@ def train_calculator(
     return model, stats
 
 
+def _context_sequence(tok, p: ArithmeticProblem, steps: list[str], bad: int | None):
+    """``steps`` in the PRM's input format (question, ``"\n\n"``, each step + step tag) with
+    LM targets on the result digits (and the tag closing them) of every equation step except
+    ``bad``, whose written result is wrong."""
+    tag = tok.convert_tokens_to_ids(STEP_TAG)
+    ids = tok(p.question + STEP_DELIMITER)["input_ids"]
+    lab = [-100] * len(ids)
+    for i, step in enumerate(steps):
+        if "=" not in step:  # the boxed answer
+            step_ids = tok(step)["input_ids"]
+            ids += step_ids + [tag]
+            lab += [-100] * (len(step_ids) + 1)
+            continue
+        lhs, rhs = step.split("=")
+        lhs_ids, rhs_ids = tok(lhs + "=")["input_ids"], tok(rhs)["input_ids"] + [tag]
+        ids += lhs_ids + rhs_ids
+        lab += [-100] * len(lhs_ids) + (rhs_ids if i != bad else [-100] * len(rhs_ids))
+    return ids, lab
+
+
+def calculator_in_context(
+    model: TinyLlamaForCausalLM, recipe: TrainRecipe, desc: str = "calculator+context"
+) -> dict:
+    """Continue the calculator on results *inside* solutions in the PRM's input format.
+
+    The calculator computes a bare ``"537-48="`` well (98%) but sees only 11% of result
+    digits right after a question and step tags, which it never saw. Half of each batch is
+    solutions (gold, or a chain with one nudged result, which gets no target), half the bare
+    equations it was trained on, so it keeps its arithmetic. The result is the PRM's body.
+    """
+    tok = build_tokenizer()
+    vocab = tok.get_vocab()
+    torch.manual_seed(recipe.seed + 3)
+    rng = random.Random(recipe.seed + 3)
+    stream = _TrainStream(recipe.seed + 77)
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=recipe.prm_body_lr, weight_decay=0.01, betas=(0.9, 0.98)
+    )
+    steps, t0, losses = recipe.prm_body_steps, time.time(), []
+    bar = tqdm(range(steps), desc=desc, mininterval=5)
+    for step in bar:
+        inputs, labels = [], []
+        for b in range(recipe.calculator_batch):
+            if b % 2 == 0:
+                p = stream.sample()
+                if rng.random() < 0.5:
+                    ids, lab = _context_sequence(tok, p, p.gold_steps, None)
+                else:
+                    st, bad = _corrupt_at(p, rng)
+                    ids, lab = _context_sequence(tok, p, st, bad)
+            else:
+                ids, lab = [], []
+                for _ in range(8):
+                    q, c = calculator_equation(rng)
+                    qi = [vocab[ch] for ch in q]
+                    ci = [vocab[ch] for ch in c + STEP_DELIMITER]
+                    ids += qi + ci
+                    lab += [-100] * len(qi) + ci
+            inputs.append(ids[:-1])
+            labels.append(lab[1:])
+        lr = _lr_at(step, steps, recipe.prm_body_lr)
+        _lm_step(model, opt, inputs, labels, lr, losses, bar, step)
+    return {"steps": steps, "seconds": round(time.time() - t0, 1),
+            "final_loss": sum(losses[-50:]) / len(losses[-50:])}  # fmt: skip
+
+
 def save_hf(
     model: torch.nn.Module, cfg: TinyLlamaConfig, out: Path, architecture: str, **extra: object
 ) -> None:
@@ -305,6 +377,11 @@ def _prm_example(
 
 def _corrupt(p: ArithmeticProblem, rng: random.Random) -> list[str]:
     """Gold steps with one result nudged: teaches the PRM arithmetic errors the policy rarely makes."""
+    return _corrupt_at(p, rng)[0]
+
+
+def _corrupt_at(p: ArithmeticProblem, rng: random.Random) -> tuple[list[str], int]:
+    """:func:`_corrupt` and the index of the nudged step."""
     steps = list(p.gold_steps)
     i = rng.randrange(len(p.ops))
     lhs, rhs = steps[i].split("=")
@@ -318,7 +395,7 @@ def _corrupt(p: ArithmeticProblem, rng: random.Random) -> list[str]:
         steps[j] = f"{value}{o.op}{o.operand}={nxt}"
         value = nxt
     steps[-1] = f"\\boxed{{{value}}}"
-    return steps
+    return steps, i
 
 
 def train_prm(
@@ -340,7 +417,18 @@ def train_prm(
         model.model.norm.load_state_dict(src.norm.state_dict())
         for dst, layer in zip(model.model.layers, src.layers):
             dst.load_state_dict(layer.state_dict())
-    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr / 2, weight_decay=0.01)
+    # The copied body learns slower than the fresh layers and head: at full rate the first
+    # updates, driven by a random head, would wash out what it knows before the head learns.
+    copied: set[int] = set()
+    if init_from is not None:
+        kept = [model.model.embed_tokens, *model.model.layers[: len(init_from.model.layers)]]
+        copied = {id(p) for module in kept for p in module.parameters()}
+    body = [p for p in model.parameters() if id(p) in copied]
+    fresh = [p for p in model.parameters() if id(p) not in copied]
+    groups = [{"params": fresh, "scale": 1.0}]
+    if body:
+        groups.append({"params": body, "scale": recipe.prm_body_lr_scale})
+    opt = torch.optim.AdamW(groups, lr=recipe.lr / 2, weight_decay=0.01)
     t0, losses, accs = time.time(), [], []
     bar = tqdm(range(steps), desc=desc, mininterval=5)
     pool: list[list[tuple[list[int], list[int]]]] = []
@@ -368,7 +456,7 @@ def train_prm(
         batch = pool.pop()
         x, y = _pad([b[0] for b in batch], 0), _pad([b[1] for b in batch], -100)
         for g in opt.param_groups:
-            g["lr"] = _lr_at(step, steps, recipe.lr / 2)
+            g["lr"] = _lr_at(step, steps, recipe.lr / 2) * g["scale"]
         logits = model(x)
         tags = (y >= 0) & (y < DENSE)
         loss = F.cross_entropy(logits[tags], y[tags])
@@ -457,9 +545,14 @@ def main(argv: list[str] | None = None) -> None:
         prm_extra = {"id2label": {0: "bad", 1: "good"}, "label2id": {"bad": 0, "good": 1},
                      "step_tag": STEP_TAG}  # fmt: skip
         if "prm" in only:
-            policy_cfg = SIZES[recipe.prm_init]
+            if recipe.prm_init == "calculator":
+                policy_cfg, body_dir = SIZES["small"], out / "verifier-calc"
+            else:
+                policy_cfg, body_dir = SIZES[recipe.prm_init], out / f"policy-{recipe.prm_init}"
             body = TinyLlamaForCausalLM(policy_cfg)
-            _load_fp16(body, out / f"policy-{recipe.prm_init}")
+            _load_fp16(body, body_dir)
+            if recipe.prm_init == "calculator":
+                record("prm-body", calculator_in_context(body, recipe))
             # The PRM stacks fresh layers on the policy's: at position i they can read the
             # policy's finished next-token prediction made at i-1 and compare it with token
             # i. A same-depth PRM would have to recompute that prediction to check a digit,

@@ -3,6 +3,13 @@
 Every prefix x sample becomes one row of a single left-padded ``model.generate`` call
 (chunked by ``batch_size`` only when needed), so a search step costs one decoding loop
 instead of ``len(prefixes) * n``. Works on CPU or GPU with any causal LM checkpoint.
+
+Seeds: with ``SamplingParams.seed`` set, row ``j`` of prefix ``i`` of a call samples with
+its own random stream, seeded ``seed + i * n + j`` as vLLM does (:mod:`.vllm`), and token
+``t`` of that row uses draw ``t`` of the stream (Gumbel-max sampling, :class:`_SeededSampler`).
+So a seeded call returns the same samples whatever other calls share its batch: concurrent
+graph runs, which the request coalescer merges, stay reproducible. Unseeded calls sample
+with ``generate``'s own multinomial draw.
 """
 
 from __future__ import annotations
@@ -20,10 +27,13 @@ import transformers
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
+    LogitsProcessor,
+    LogitsProcessorList,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     StoppingCriteria,
     StoppingCriteriaList,
+    TopPLogitsWarper,
 )
 
 from langchain_tts.core.config import SamplingParams
@@ -112,6 +122,70 @@ def model_device(model: torch.nn.Module) -> torch.device:
         return next(model.parameters()).device
     except StopIteration:  # pragma: no cover - a model without parameters
         return torch.device("cpu")
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def _signed(x: int) -> int:
+    """A 64-bit pattern as the int64 torch stores."""
+    x &= _MASK64
+    return x - (1 << 64) if x >> 63 else x
+
+
+_GOLDEN, _MIX1, _MIX2 = (_signed(c) for c in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB))  # fmt: skip
+_STEP = _signed(0xD1B54A32D192ED03)
+
+
+def _shr(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Logical right shift of int64 (torch's ``>>`` is arithmetic)."""
+    return (x >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def _mix(z: torch.Tensor) -> torch.Tensor:
+    """SplitMix64's finaliser on int64 (wrapping multiplication)."""
+    z = (z ^ _shr(z, 30)) * _MIX1
+    z = (z ^ _shr(z, 27)) * _MIX2
+    return z ^ _shr(z, 31)
+
+
+def seeded_uniforms(seeds: torch.Tensor, step: int, width: int) -> torch.Tensor:
+    """``(len(seeds), width)`` uniforms in (0, 1): draw ``step`` of each row's stream.
+
+    A counter-based generator (SplitMix64 over seed, step, then column), so each row's
+    numbers depend on its seed alone, on any device, in one vectorised pass.
+    """
+    dev = seeds.device
+    const = {k: torch.tensor(v, dtype=torch.int64, device=dev) for k, v in
+             (("golden", _GOLDEN), ("step", _STEP))}  # fmt: skip
+    key = _mix(seeds.to(torch.int64) * const["golden"] + step * const["step"])
+    cols = torch.arange(1, width + 1, device=dev, dtype=torch.int64)
+    z = _mix(key[:, None] + cols[None, :] * const["golden"])
+    return (_shr(z, 11).to(torch.float64) + 0.5) / float(1 << 53)
+
+
+class _SeededSampler(LogitsProcessor):
+    """Temperature + top-p sampling by Gumbel-max with per-row random streams.
+
+    ``argmax(logits / T + Gumbel)`` over the top-p nucleus is a draw from the same
+    distribution as ``generate``'s multinomial sampling; run with ``do_sample=False``, the
+    argmax is ``generate``'s greedy pick, and the noise of row ``r`` at its ``t``-th new
+    token comes from :func:`seeded_uniforms` of ``seeds[r]`` -- never from another row.
+    """
+
+    def __init__(self, seeds: list[int], width: int, temperature: float, top_p: float):
+        self.seeds = torch.tensor(seeds, dtype=torch.int64)
+        self.width, self.temperature = width, temperature
+        self.top_p = TopPLogitsWarper(top_p) if top_p < 1.0 else None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        logits = scores.float() / self.temperature
+        if self.top_p is not None:
+            logits = self.top_p(input_ids, logits)
+        u = seeded_uniforms(
+            self.seeds.to(scores.device), input_ids.shape[1] - self.width, scores.shape[-1]
+        )
+        return logits - torch.log(-torch.log(u)).to(logits.dtype)
 
 
 class _StopAtDelimiter(StoppingCriteria):
@@ -255,7 +329,9 @@ class HFPolicy(StepPolicy):
     ) -> PolicyResult:
         # Concurrent calls with the same sampling parameters share one generate (see
         # policies/batching.py); a lone call runs as it is.
-        items = self._coalescer.run(prefixes, (n, params.model_dump_json()))
+        items = self._coalescer.run(
+            [(p, i) for i, p in enumerate(prefixes)], (n, params.model_dump_json())
+        )
         steps = [it[0] for it in items]
         prompt = sum(it[1] for it in items)
         generated = sum(
@@ -291,28 +367,33 @@ class HFPolicy(StepPolicy):
         )
 
     def _generate_items(
-        self, prefixes: list[Trajectory], key: tuple[int, str]
+        self, prefixes: Sequence[Trajectory | tuple[Trajectory, int]], key: tuple[int, str]
     ) -> list[tuple[list[Step], int, float]]:
         """Per prefix: its n steps, the prompt tokens computed for it, the batch's seconds."""
         n, params = key[0], SamplingParams.model_validate_json(key[1])
         t0 = time.perf_counter()
-        if params.seed is not None:
-            torch.manual_seed(params.seed)
         greedy = params.temperature == 0
+        # A merged batch holds several callers' prefixes: seeds count from each caller's own
+        # first prefix (``local``), so a call's samples do not depend on its batch-mates.
+        local = [p[1] if isinstance(p, tuple) else i for i, p in enumerate(prefixes)]
+        prefixes = [p[0] if isinstance(p, tuple) else p for p in prefixes]
         prompts = [self._encode(p) for p in prefixes]
         # Greedy samples are identical: decode each prefix once and copy the step n times.
         copies = 1 if greedy else n
-        rows = [(i, ids) for i, ids in enumerate(prompts) for _ in range(copies)]
+        rows = [(i, ids, j) for i, ids in enumerate(prompts) for j in range(copies)]
         order = list(range(len(rows)))
         if len(rows) > self.batch_size:  # several chunks: group similar lengths
             order.sort(key=lambda r: len(rows[r][1]))
         steps_by_row: dict[int, Step] = {}
         for c in range(0, len(order), self.batch_size):
             chunk = order[c : c + self.batch_size]
-            steps = self._generate_chunk([rows[r][1] for r in chunk], params)
+            seeds = None
+            if params.seed is not None and not greedy:
+                seeds = [params.seed + local[rows[r][0]] * n + rows[r][2] for r in chunk]
+            steps = self._generate_chunk([rows[r][1] for r in chunk], params, seeds)
             steps_by_row.update(zip(chunk, steps, strict=True))
         out: list[list[Step]] = [[] for _ in prefixes]
-        for r, (i, _) in enumerate(rows):
+        for r, (i, _, _) in enumerate(rows):
             out[i].append(steps_by_row[r])
         if greedy:
             out = [s * n for s in out]
@@ -320,7 +401,9 @@ class HFPolicy(StepPolicy):
         return [(out[i], len(prompts[i]) * copies, seconds) for i in range(len(prefixes))]
 
     @torch.inference_mode()
-    def _generate_chunk(self, prompts: list[list[int]], params: SamplingParams) -> list[Step]:
+    def _generate_chunk(
+        self, prompts: list[list[int]], params: SamplingParams, seeds: list[int] | None = None
+    ) -> list[Step]:
         ids, mask = pad_batch(prompts, self.pad_token_id, left=True)
         width = ids.shape[1]
         kwargs: dict[str, Any] = {
@@ -330,6 +413,10 @@ class HFPolicy(StepPolicy):
         }
         if params.temperature == 0:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        elif seeds is not None:  # per-row streams; generate's argmax picks the Gumbel draw
+            sampler = _SeededSampler(seeds, width, params.temperature, params.top_p)
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None,
+                          logits_processor=LogitsProcessorList([sampler]))  # fmt: skip
         else:
             # top_k=0 disables HF's default top-k 50: sampling is temperature + top-p only.
             kwargs.update(

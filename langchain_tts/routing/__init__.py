@@ -8,6 +8,7 @@ from eval records with :func:`calibrate`) and runs that strategy. See ``docs/rou
 from langchain_tts.routing.difficulty import (
     BINS,
     Bin,
+    BinThresholds,
     ClassifierEstimator,
     DifficultyEstimate,
     DifficultyEstimator,
@@ -15,6 +16,7 @@ from langchain_tts.routing.difficulty import (
     VerifierEstimator,
     bin_of,
     estimate_bins,
+    fit_thresholds,
     make_estimator,
 )
 from langchain_tts.routing.meter import Ledger, MeteredPolicy, MeteredPRM, meter
@@ -38,6 +40,7 @@ __all__ = [
     "ROUTER_STATE_TYPES",
     "Allocation",
     "Bin",
+    "BinThresholds",
     "BudgetTable",
     "ClassifierEstimator",
     "DifficultyEstimate",
@@ -55,6 +58,7 @@ __all__ = [
     "calibrate",
     "create_router_graph",
     "estimate_bins",
+    "fit_thresholds",
     "make_estimator",
     "meter",
 ]

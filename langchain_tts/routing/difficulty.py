@@ -28,7 +28,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from langchain_tts.core.answers import normalize_answer
 from langchain_tts.core.config import Aggregation, StrategyConfig
@@ -42,6 +42,7 @@ from langchain_tts.strategies.core import expand, score
 __all__ = [
     "BINS",
     "Bin",
+    "BinThresholds",
     "ClassifierEstimator",
     "DifficultyEstimate",
     "DifficultyEstimator",
@@ -49,6 +50,7 @@ __all__ = [
     "VerifierEstimator",
     "bin_of",
     "estimate_bins",
+    "fit_thresholds",
     "make_estimator",
 ]
 
@@ -90,6 +92,90 @@ def bin_of(p: float, *, easy: float = EASY_THRESHOLD, hard: float = HARD_THRESHO
     if p < hard:
         return "hard"
     return "medium"
+
+
+class BinThresholds(BaseModel):
+    """Cut points on an estimator's own ``p_solve`` scale: ``>= easy`` is easy, ``< hard``
+    is hard. :func:`fit_thresholds` finds where the estimator's score means a solve
+    probability of 50% and 10% (the paper's absolute bins); a :class:`~.table.BudgetTable`
+    carries them, and the router applies them to its estimator."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    easy: float = EASY_THRESHOLD
+    hard: float = HARD_THRESHOLD
+    note: str = ""
+
+    def __init__(self, **data: Any):
+        try:
+            super().__init__(**data)
+        except ValidationError as e:
+            inner = [(err.get("ctx") or {}).get("error") for err in e.errors()]
+            mine = next((x for x in inner if isinstance(x, ConfigError)), None)
+            raise (mine or ConfigError(f"invalid bin thresholds:\n{e}")) from None
+
+    @model_validator(mode="after")
+    def _valid(self) -> BinThresholds:
+        _check_thresholds(self.easy, self.hard)
+        return self
+
+
+def fit_thresholds(
+    scores: Mapping[str, float],
+    solved: Mapping[str, bool],
+    *,
+    easy: float = EASY_THRESHOLD,
+    hard: float = HARD_THRESHOLD,
+    resolution: float = 0.01,
+) -> BinThresholds:
+    """Thresholds on an estimator's raw scale that mean solve probabilities ``easy``/``hard``.
+
+    Why: an estimator's ``p_solve`` is a score, not a calibrated probability. The probe's
+    agreement term can never fall below ``1/k`` (with k=4 and half weight, no question is
+    ever "hard"), and a verifier's scores are as sharp as its training made them. Fitting
+    ``P(solved | score)`` on calibration questions puts the bins back where paper 001 puts
+    them.
+
+    ``scores[id]`` is the estimator's ``p_solve``; ``solved[id]`` whether the policy solved
+    the question unaided, e.g. its greedy CoT. Scores are rounded to ``resolution``, and
+    ``P(solved | score)`` is fitted by isotonic regression (pool-adjacent-violators), so it
+    rises with the score. Each threshold is the lowest rounded score whose fitted
+    probability reaches the level; when none does, it lies above every score seen.
+    """
+    common = [pid for pid in scores if pid in solved]
+    if not common:
+        raise ConfigError(
+            "fit_thresholds needs scores and solved outcomes for the same questions; "
+            f"got {len(scores)} scores and {len(solved)} outcomes with no id in common"
+        )
+    if not 0.0 < resolution <= 0.5:
+        raise ConfigError(f"resolution must be in (0, 0.5], got {resolution!r}")
+    _check_thresholds(easy, hard)
+    groups: dict[float, list[float]] = {}
+    for pid in common:
+        x = round(round(float(scores[pid]) / resolution) * resolution, 6)
+        groups.setdefault(x, []).append(float(bool(solved[pid])))
+    blocks: list[list[float]] = []  # [sum, count, lowest score of the block]
+    for x in sorted(groups):
+        blocks.append([sum(groups[x]), len(groups[x]), x])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
+            tail = blocks.pop()
+            blocks[-1][0] += tail[0]
+            blocks[-1][1] += tail[1]
+    above_all = min(1.0, round(max(groups) + resolution, 6))
+
+    def cut(level: float) -> float:
+        return next((b[2] for b in blocks if b[0] / b[1] >= level), above_all)
+
+    fitted = ", ".join(f"{b[2]:g}+: {b[0] / b[1]:.2f}" for b in blocks)
+    return BinThresholds(
+        easy=cut(easy),
+        hard=min(cut(hard), cut(easy)),
+        note=(
+            f"fitted on {len(common)} questions: P(solved) >= {easy} from score "
+            f"{cut(easy):g}, >= {hard} from {cut(hard):g} (isotonic fit: {fitted})"
+        ),
+    )
 
 
 class DifficultyEstimate(BaseModel):
@@ -139,6 +225,12 @@ class DifficultyEstimator(ABC):
 
     def bin_of(self, p: float) -> Bin:
         return bin_of(p, easy=self.easy, hard=self.hard)
+
+    def with_thresholds(self, thresholds: BinThresholds) -> DifficultyEstimator:
+        """A copy that bins its ``p_solve`` with ``thresholds`` (e.g. fitted ones)."""
+        other = copy.copy(self)
+        other.easy, other.hard = thresholds.easy, thresholds.hard
+        return other
 
     def with_models(self, wrap: Callable[[Any], Any]) -> DifficultyEstimator:
         """A copy whose policy and PRM are ``wrap(model)``; no models: ``self``."""

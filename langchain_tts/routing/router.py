@@ -389,7 +389,8 @@ def create_router_graph(
     ``policy``/``prm`` are the small policy and its PRM (the "math/code/logic" tier);
     ``estimator`` is ``"probe"`` (k samples' agreement, PRM-blended when ``prm`` is given),
     ``"verifier"`` (PRM score of a greedy attempt) or any :class:`DifficultyEstimator`;
-    ``table`` maps bins to strategies (default :class:`BudgetTable`); ``tier_fn(question)``
+    ``table`` maps bins to strategies (default :class:`BudgetTable`; its ``thresholds``,
+    when set, replace the estimator's bin cut points); ``tier_fn(question)``
     with ``pool={"large": (policy, prm), "medium": (policy, prm)}`` routes factual and
     general questions to a bigger model answering directly. ``max_flops`` / ``max_tokens``
     cap each run's usage. See the module docstring and ``docs/router.md``.
@@ -410,6 +411,8 @@ def create_router_graph(
     check_budget("max_flops", max_flops)
     check_budget("max_tokens", max_tokens)
     est_obj = make_estimator(estimator, policy, prm)
+    if table.thresholds is not None:  # a calibrated table knows where its bins begin
+        est_obj = est_obj.with_thresholds(table.thresholds)
     budgeted = max_flops is not None or max_tokens is not None
 
     if budgeted:

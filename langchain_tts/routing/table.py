@@ -43,6 +43,7 @@ from langchain_tts.routing.difficulty import (
     EASY_THRESHOLD,
     HARD_THRESHOLD,
     Bin,
+    BinThresholds,
     bin_of,
 )
 
@@ -126,6 +127,11 @@ class BudgetTable(BaseModel):
     )
     hard: Allocation = Field(default_factory=lambda: Allocation(**PRESETS["small_policy"]["hard"]))
     source: str = Field("default: small_policy preset (papers 001, 002)")
+    thresholds: BinThresholds | None = Field(
+        None,
+        description="cut points on the estimator's p_solve scale (fit_thresholds); the "
+        "router bins with these instead of the estimator's own",
+    )
 
     def __init__(self, **data: Any):
         try:
@@ -164,11 +170,11 @@ class BudgetTable(BaseModel):
         """Validate a plain mapping (as read from JSON/YAML); errors are ConfigErrors."""
         if not isinstance(data, Mapping):
             raise ConfigError(f"a budget table must be a mapping, got {type(data).__name__}")
-        unknown = sorted(str(k) for k in data if str(k) not in (*BINS, "source"))
+        unknown = sorted(str(k) for k in data if str(k) not in (*BINS, "source", "thresholds"))
         if unknown:
             raise ConfigError(
                 f"unknown difficulty bin(s) {unknown} in the budget table; its keys are "
-                f"{list(BINS)} (and an optional 'source')"
+                f"{list(BINS)} (and optional 'source' and 'thresholds')"
             )
         return cls(**{str(k): v for k, v in data.items()})
 
@@ -216,6 +222,8 @@ def _config_error(e: ValidationError) -> ConfigError:
         inner = (err.get("ctx") or {}).get("error")
         if isinstance(inner, ConfigError):
             where = err["loc"][0] if err.get("loc") else "?"
+            if where == "thresholds":
+                return ConfigError(f"budget table thresholds: {inner}")
             return ConfigError(f"budget table, bin {where!r}: {inner}")
     return ConfigError(f"invalid budget table:\n{e}")
 
@@ -257,6 +265,7 @@ def calibrate(
     easy: float = EASY_THRESHOLD,
     hard: float = HARD_THRESHOLD,
     noise: float = 0.0,
+    thresholds: BinThresholds | None = None,
 ) -> BudgetTable:
     """A table from eval records (``tts eval`` / :func:`~langchain_tts.eval.runner.run_eval`).
 
@@ -281,6 +290,9 @@ def calibrate(
     strategy's runs (all budgets), a ``(strategy, budget)`` pair exactly that run.
     Problems missing from ``difficulty_of`` are ignored. A bin without problems keeps
     ``base``'s allocation (default: the default table).
+
+    ``thresholds`` (from :func:`~.difficulty.fit_thresholds`, the cut points that made
+    ``difficulty_of``) are stored in the table, so the router bins as calibration did.
 
     Records must come from one (dataset, policy, prm); mixing them raises ConfigError.
     """
@@ -364,7 +376,7 @@ def calibrate(
             raise ConfigError(f"records of bin {b!r} name an unusable run: {e}") from None
     dataset, policy, prm = next(iter(origins))
     source = f"calibrated from {len(recs)} records (dataset={dataset}, policy={policy}, prm={prm})"
-    return BudgetTable(**chosen, source=source)
+    return BudgetTable(**chosen, source=source, thresholds=thresholds)
 
 
 def _paired_se(a: Mapping[str, Any], b: Mapping[str, Any], pids: list[str]) -> float:
