@@ -137,3 +137,27 @@ def test_strategy_accepts_chat_messages(models, problems, case: str):
     assert isinstance(last, AIMessage) and last.content
     if out["answer"] is not None:
         assert last.content == out["solution"]
+
+
+async def test_seeded_runs_reproduce_under_concurrency(models, problems):
+    """A seeded graph run returns the same result alone and among concurrent runs (the
+    policy merges concurrent calls into one batch; its seeded streams are per row), and a
+    seeded difficulty probe returns the same estimate twice."""
+    import asyncio
+
+    from langchain_tts.routing import ProbeEstimator
+
+    policy, prm = models
+    graph = create_tts_graph(policy, prm, "best_of_n", {"n": 4, "seed": 11})
+    q = problems[0].question
+    alone = await graph.ainvoke({"question": q})
+    crowd = await asyncio.gather(
+        *(graph.ainvoke({"question": p}) for p in [q, problems[1].question, q])
+    )
+    texts = [c.text for c in alone["candidates"]]
+    assert [c.text for c in crowd[0]["candidates"]] == texts
+    assert [c.text for c in crowd[2]["candidates"]] == texts
+    probe = ProbeEstimator(policy, prm, k=4, seed=3)
+    a, b = await probe.aestimate(q), await probe.aestimate(q)
+    assert [c.text for c in a.candidates] == [c.text for c in b.candidates]
+    assert a.p_solve == b.p_solve

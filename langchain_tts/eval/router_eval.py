@@ -58,6 +58,7 @@ DEFAULTS = {"n_calib": 320, "n_test": 320, "strategies": DEFAULT_STRATEGIES,
 TINY = {"n_calib": 8, "n_test": 4, "strategies": ("cot", "majority_vote", "best_of_n",
         "beam_search"), "budgets": (2,), "probe_k": 2}  # fmt: skip
 ROUTER = "router"
+PROBE_SEED_OFFSET = 7919  # the probe's seed is the sweep's + this
 ESTIMATORS = ("probe", "agreement", "verifier")
 
 
@@ -567,8 +568,15 @@ async def _run(args: argparse.Namespace, runs: list[tuple[str, int]], command: s
         probe = VerifierEstimator(policy, prm)
         probe_label = f"verifier {pol_label} {prm_label}"
     else:
-        probe = ProbeEstimator(policy, prm if args.estimator == "probe" else None, k=args.probe_k)
+        # its own seed: the strategies' seeded streams would replay the probe's draws
+        probe = ProbeEstimator(
+            policy,
+            prm if args.estimator == "probe" else None,
+            k=args.probe_k,
+            seed=None if seed is None else seed + PROBE_SEED_OFFSET,
+        )
         probe_label = f"{args.estimator} k={args.probe_k} t={probe.temperature} {pol_label}"
+        probe_label += f" seed={probe.seed}" if probe.seed is not None else ""
         probe_label += f" {prm_label}" if args.estimator == "probe" else ""
     say(f"[validation] difficulty probe ({probe_label})")
     probes = await _probe_bins(probe, calib, paths.part("probe"), probe_label, args.concurrency)

@@ -260,6 +260,7 @@ class _ModelEstimator(DifficultyEstimator):
                 max_step_tokens=self.max_tokens,
                 max_total_tokens=max(self.max_tokens, 8192),
                 aggregation=self.aggregation,
+                seed=getattr(self, "seed", None),
             )
         except ValidationError as e:
             raise ConfigError(f"invalid {type(self).__name__} settings:\n{e}") from None
@@ -311,6 +312,10 @@ class ProbeEstimator(_ModelEstimator):
 
     where ``agg`` is ``aggregation`` over step scores; agreement alone cannot tell "always
     the same wrong answer" from "always right", the verifier can.
+
+    ``seed`` makes the probe reproducible. Give it a seed other than the strategies': the
+    router counts the probe's samples among a best-of-N's, and samples drawn with the same
+    seeds would replay the probe's random draws.
     """
 
     def __init__(
@@ -325,6 +330,7 @@ class ProbeEstimator(_ModelEstimator):
         max_tokens: int = 2048,
         easy: float = EASY_THRESHOLD,
         hard: float = HARD_THRESHOLD,
+        seed: int | None = None,
     ):
         _check_models(policy, prm, "ProbeEstimator", need_prm=False)
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
@@ -337,6 +343,7 @@ class ProbeEstimator(_ModelEstimator):
         self.policy, self.prm, self.k = policy, prm, k
         self.temperature, self.prm_weight, self.aggregation = temperature, prm_weight, aggregation
         self.max_tokens, self.easy, self.hard = max_tokens, easy, hard
+        self.seed = seed
         self._sampling_config(temperature)  # validate temperature / caps now
 
     def _samples(self) -> int:
