@@ -70,7 +70,8 @@ class TrainRecipe:
     weak_prm_steps: int = 150
     prm_dense: bool = True  # per-token targets as well as step targets (see _prm_example)
     # which trained model's body the PRM starts from: a policy size, or "calculator"
-    # (verifier-calc, which already predicts each result digit; see main)
+    # (verifier-calc continued on results inside solutions; see main). Measured: the
+    # calculator body did not make the PRM discriminate either (model card item 9).
     prm_init: str = "small"
     prm_extra_layers: int = 4  # fresh layers stacked on the body's (see main)
     continue_steps: int = 0  # extra steps for --only continue-large / continue-small
