@@ -3,7 +3,7 @@
 Each benchmark is short (well under a minute at one thread) and prints its own table;
 numbers are measured in this run, nothing is cached. See ``docs/performance.md``::
 
-    OMP_NUM_THREADS=1 python -m benchmarks.run_all [overhead batching scaling embedded]
+    OMP_NUM_THREADS=1 python -m benchmarks.run_all [overhead batching scaling embedded load]
 """
 
 from __future__ import annotations
@@ -13,13 +13,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from benchmarks import bench_batching, bench_embedded, bench_overhead, bench_scaling
+from benchmarks import bench_batching, bench_embedded, bench_load, bench_overhead, bench_scaling
 
 BENCHMARKS: dict[str, Callable[[], Any]] = {
     "overhead": bench_overhead.main,
     "batching": bench_batching.main,
     "scaling": bench_scaling.main,
     "embedded": bench_embedded.main,
+    "load": bench_load.main,
 }
 
 
@@ -46,6 +47,14 @@ def summary(results: dict[str, Any]) -> list[str]:
     if "embedded" in results:
         for case, r in results["embedded"].items():
             lines.append(f"embedded {case}: HFPolicy / model.generate tokens/s = {r['ratio']:.2f}")
+    if "load" in results:
+        for prm, t in results["load"]["load"].items():
+            lines.append(
+                f"load small + {prm}: import {t['import']:.2f} s + first load_default() "
+                f"{t['first']:.2f} s (again {t['again']:.2f} s)"
+            )
+        s = results["load"]["sampling"]
+        lines.append(f"seeded / unseeded sampling tokens/s = {s['ratio']:.2f}")
     return lines
 
 

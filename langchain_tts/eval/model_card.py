@@ -128,6 +128,11 @@ EVAL_RUNS: list[tuple[str, str, str, int]] = [
     ("small", "likelihood", "best_of_n", 16),
     ("small", "likelihood", "beam_search", 4),
     ("small", "likelihood", "beam_search", 16),
+    # the calculator verifier (prms/equation.py): the one with which search pays
+    ("small", "calculator", "best_of_n", 4),
+    ("small", "calculator", "best_of_n", 16),
+    ("small", "calculator", "beam_search", 4),
+    ("small", "calculator", "beam_search", 16),
 ]
 SUITES = {"card": RUNS, "strategies": STRATEGY_RUNS, "eval": EVAL_RUNS}
 
