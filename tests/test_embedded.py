@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def models():
-    return load_default()
+    return load_default(prm="strong")  # the Qwen-interface PRM's code path
 
 
 @pytest.fixture(scope="module")

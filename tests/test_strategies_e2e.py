@@ -60,7 +60,7 @@ SAMPLING = ("cot", "best_of_n", "majority_vote", "weighted_vote")
 
 @pytest.fixture(scope="module")
 def models():
-    return load_default()  # small policy + strong PRM
+    return load_default(prm="strong")  # small policy + Qwen-interface PRM
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
-"""The embedded default models: a tiny Llama policy (two sizes) and a Qwen2.5-Math-PRM-style
-PRM (strong and weak), trained by this project on the synthetic arithmetic task and shipped
-in Hugging Face format. ``load_default()`` loads them offline on CPU.
+"""The embedded default models: a tiny Llama policy (two sizes), a calculator verifier (the
+default PRM: it makes search pay) and a Qwen2.5-Math-PRM-style PRM (strong and weak),
+trained by this project on the synthetic arithmetic task and shipped in Hugging Face
+format. ``load_default()`` loads them offline on CPU.
 
 Rebuild them with ``python -m langchain_tts.models.train`` (see ``docs/model_card.md``).
 """
@@ -63,12 +64,13 @@ def load_default_policy(size: Literal["small", "large"] = "small") -> HFPolicy:
 
 
 def load_default_prm(
-    kind: Literal["strong", "weak", "likelihood", "calculator"] = "strong",
+    kind: Literal["strong", "weak", "likelihood", "calculator"] = "calculator",
 ) -> ProcessRewardModel:
-    """The shipped Qwen-style PRM (``strong`` / ``weak``); ``likelihood``: the large
-    policy's token likelihoods as step scores (a second model's opinion, no PRM training);
-    or ``calculator``: a calculator LM's likelihood of each equation step's result (the
-    strongest verifier of the embedded task, see docs/model_card.md)."""
+    """``calculator`` (the default): a calculator LM's likelihood of each equation step's
+    result, the verifier with which search pays on the embedded task (docs/model_card.md);
+    the shipped Qwen-interface PRM (``strong`` / ``weak``; the token-classification code
+    path of Qwen2.5-Math-PRM, which does not discriminate yet); or ``likelihood``: the
+    large policy's token likelihoods as step scores."""
     from langchain_tts.prms.qwen import QwenPRM
 
     if kind not in PRM_KINDS:
@@ -97,7 +99,8 @@ def load_default_prm(
 
 def load_default(
     size: Literal["small", "large"] = "small",
-    prm: Literal["strong", "weak", "likelihood", "calculator"] = "strong",
+    prm: Literal["strong", "weak", "likelihood", "calculator"] = "calculator",
 ) -> tuple[HFPolicy, ProcessRewardModel]:
-    """The embedded policy and PRM, on CPU, with no network access."""
+    """The embedded policy and verifier (default: the calculator, see
+    :func:`load_default_prm`), on CPU, with no network access."""
     return load_default_policy(size), load_default_prm(prm)
