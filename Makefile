@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: setup  ## solve a question with PRM beam search on the embedded models
-	$(BIN)/tts solve --compare-cot --prm calculator
+	$(BIN)/tts solve --compare-cot
 
 test: setup  ## the whole suite (unit, end to end on the embedded models, lint)
 	$(BIN)/ruff check .

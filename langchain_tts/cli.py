@@ -32,8 +32,8 @@ def solve(
     budget: Annotated[int, typer.Option(help="samples N per question")] = 16,
     policy: Annotated[str, typer.Option(help="embedded policy size: small | large")] = "small",
     prm: Annotated[
-        str, typer.Option(help="embedded verifier: strong | weak | likelihood | calculator | none")
-    ] = "strong",
+        str, typer.Option(help="embedded verifier: calculator | strong | weak | likelihood | none")
+    ] = "calculator",
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
     compare_cot: Annotated[bool, typer.Option(help="also run greedy CoT for comparison")] = False,
 ) -> None:
@@ -102,7 +102,7 @@ def eval_cmd(
     prm: Annotated[
         str | None,
         typer.Option(
-            help="embedded: strong | weak | likelihood | calculator | none; openai: the label [--prm-model]"
+            help="embedded: calculator (default) | strong | weak | likelihood | none; openai: the label [--prm-model]"
         ),
     ] = None,
     n_problems: Annotated[int, typer.Option("--n", help="problems (0: all)")] = 0,
@@ -169,7 +169,7 @@ def eval_cmd(
         raise typer.BadParameter("must be a JSON object", param_hint="--config")
     problems = load_dataset(dataset, path=data, n=n_problems or None)
     if backend == "embedded":
-        policy, prm = policy or "small", prm or "strong"
+        policy, prm = policy or "small", prm or "calculator"
         pol, verifier = _load(policy, prm)
     elif backend == "openai":
         if not base_url or not model:
@@ -302,8 +302,8 @@ def serve(
     ] = [],  # noqa: B006
     policy: Annotated[str, typer.Option(help="embedded policy size: small | large")] = "small",
     prm: Annotated[
-        str, typer.Option(help="embedded verifier: strong | weak | likelihood | calculator | none")
-    ] = "strong",
+        str, typer.Option(help="embedded verifier: calculator | strong | weak | likelihood | none")
+    ] = "calculator",
     budget: Annotated[int, typer.Option(help="default samples N per question")] = 16,
     checkpoint_db: Annotated[
         Path | None, typer.Option(help="SQLite file for checkpoints (threads resume)")
