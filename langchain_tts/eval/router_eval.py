@@ -462,14 +462,16 @@ def _parser() -> argparse.ArgumentParser:
                     "(one greedy attempt + one PRM call)")  # fmt: skip
     ap.add_argument(
         "--prm",
-        choices=("strong", "weak", "likelihood", "calculator"),
-        default="strong",
-        help="the embedded verifier (likelihood: the large policy's likelihoods)",
+        choices=("calculator", "strong", "weak", "likelihood"),
+        default="calculator",
+        help="the embedded verifier (calculator: the one with which search pays; strong / "
+        "weak: the Qwen-interface PRMs; likelihood: the large policy's likelihoods)",
     )
     ap.add_argument("--seed", type=int, default=0, help="sampling seed of every run (-1: none)")
     ap.add_argument("--concurrency", type=int, default=16, help="problems in flight (batched)")
-    ap.add_argument("--out", type=Path, default=Path("docs/results/router_eval"),
-                    help="writes <out>.md, <out>.json and <out>.*.jsonl records")  # fmt: skip
+    ap.add_argument("--out", type=Path,
+                    help="writes <out>.md, <out>.json and <out>.*.jsonl records (default: "
+                    "docs/results/router_eval_<prm>)")  # fmt: skip
     ap.add_argument("--resume", action="store_true",
                     help="keep the records of an earlier run and solve only what is missing "
                     "(default: start afresh)")  # fmt: skip
@@ -519,6 +521,8 @@ async def _run(args: argparse.Namespace, runs: list[tuple[str, int]], command: s
         fit_thresholds,
     )
 
+    if args.out is None:
+        args.out = Path(f"docs/results/router_eval_{args.prm}")
     paths = Paths.of(args.out)
     if not args.resume:
         for p in paths.records:
@@ -527,7 +531,7 @@ async def _run(args: argparse.Namespace, runs: list[tuple[str, int]], command: s
     progress = not args.quiet
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr))
 
-    prm_kind = getattr(args, "prm", "strong")
+    prm_kind = getattr(args, "prm", "calculator")
     policy, prm = load_default("small", prm_kind)
     weights = {
         "strong": "prm",
