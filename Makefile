@@ -34,7 +34,7 @@ format: setup
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-eval: setup  ## the embedded sweep + report and plots (docs/results/eval/, < 30 min)
+eval: setup  ## the embedded sweep + report and plots (docs/results/eval/, ~20 min)
 	OMP_NUM_THREADS=1 $(BIN)/python -m langchain_tts.eval.model_card --suite eval --n 80
 	$(BIN)/tts report docs/results/eval/sweep.jsonl --out docs/results/eval \
 		--title "Embedded models: accuracy vs compute (make eval, 80 test problems)"
