@@ -197,6 +197,22 @@ def calculator_equation(rng: random.Random) -> tuple[str, str]:
     return f"{c * k}/{k}=", str(c)
 
 
+def _packed_equations(
+    rng: random.Random, vocab: dict[str, int], k: int = 8
+) -> tuple[list[int], list[int]]:
+    """``k`` random equations ``"a-k=c" + "\n\n"`` in one sequence, with LM targets on the
+    results (and the delimiter closing each) only."""
+    ids: list[int] = []
+    lab: list[int] = []
+    for _ in range(k):
+        q, c = calculator_equation(rng)
+        qi = [vocab[ch] for ch in q]
+        ci = [vocab[ch] for ch in c + STEP_DELIMITER]
+        ids += qi + ci
+        lab += [-100] * len(qi) + ci
+    return ids, lab
+
+
 def train_calculator(
     cfg: TinyLlamaConfig, recipe: TrainRecipe, desc: str = "calculator"
 ) -> tuple[TinyLlamaForCausalLM, dict]:
@@ -208,28 +224,26 @@ def train_calculator(
     torch.manual_seed(recipe.seed)
     rng = random.Random(recipe.seed)
     model = TinyLlamaForCausalLM(cfg)
-    opt = torch.optim.AdamW(
-        model.parameters(), lr=recipe.calculator_lr, weight_decay=0.01, betas=(0.9, 0.98)
-    )
-    steps, t0, losses = recipe.calculator_steps, time.time(), []
+
+    def batch() -> tuple[list[list[int]], list[list[int]]]:
+        seqs = [_packed_equations(rng, vocab) for _ in range(recipe.calculator_batch)]
+        return [ids[:-1] for ids, _ in seqs], [lab[1:] for _, lab in seqs]
+
+    stats = _train_lm(model, recipe.calculator_steps, recipe.calculator_lr, batch, desc)
+    return model, stats
+
+
+def _train_lm(model, steps: int, lr: float, batch, desc: str) -> dict:
+    """AdamW (betas 0.9/0.98) on ``batch() -> (inputs, labels)`` for ``steps`` steps, with
+    the warm-up + cosine schedule; returns the stage's stats."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+    t0, losses = time.time(), []
     bar = tqdm(range(steps), desc=desc, mininterval=5)
     for step in bar:
-        inputs, labels = [], []
-        for _ in range(recipe.calculator_batch):
-            ids, lab = [], []
-            for _ in range(8):
-                q, c = calculator_equation(rng)
-                qi = [vocab[ch] for ch in q]
-                ci = [vocab[ch] for ch in c + STEP_DELIMITER]
-                ids += qi + ci
-                lab += [-100] * len(qi) + ci
-            inputs.append(ids[:-1])
-            labels.append(lab[1:])
-        lr = _lr_at(step, steps, recipe.calculator_lr)
-        _lm_step(model, opt, inputs, labels, lr, losses, bar, step)
-    stats = {"steps": steps, "seconds": round(time.time() - t0, 1),
-             "final_loss": sum(losses[-50:]) / len(losses[-50:])}  # fmt: skip
-    return model, stats
+        inputs, labels = batch()
+        _lm_step(model, opt, inputs, labels, _lr_at(step, steps, lr), losses, bar, step)
+    return {"steps": steps, "seconds": round(time.time() - t0, 1),
+            "final_loss": sum(losses[-50:]) / len(losses[-50:])}  # fmt: skip
 
 
 def _context_sequence(tok, p: ArithmeticProblem, steps: list[str], bad: int | None):
@@ -267,12 +281,8 @@ def calculator_in_context(
     torch.manual_seed(recipe.seed + 3)
     rng = random.Random(recipe.seed + 3)
     stream = _TrainStream(recipe.seed + 77)
-    opt = torch.optim.AdamW(
-        model.parameters(), lr=recipe.prm_body_lr, weight_decay=0.01, betas=(0.9, 0.98)
-    )
-    steps, t0, losses = recipe.prm_body_steps, time.time(), []
-    bar = tqdm(range(steps), desc=desc, mininterval=5)
-    for step in bar:
+
+    def batch() -> tuple[list[list[int]], list[list[int]]]:
         inputs, labels = [], []
         for b in range(recipe.calculator_batch):
             if b % 2 == 0:
@@ -283,19 +293,12 @@ def calculator_in_context(
                     st, bad = _corrupt_at(p, rng)
                     ids, lab = _context_sequence(tok, p, st, bad)
             else:
-                ids, lab = [], []
-                for _ in range(8):
-                    q, c = calculator_equation(rng)
-                    qi = [vocab[ch] for ch in q]
-                    ci = [vocab[ch] for ch in c + STEP_DELIMITER]
-                    ids += qi + ci
-                    lab += [-100] * len(qi) + ci
+                ids, lab = _packed_equations(rng, vocab)
             inputs.append(ids[:-1])
             labels.append(lab[1:])
-        lr = _lr_at(step, steps, recipe.prm_body_lr)
-        _lm_step(model, opt, inputs, labels, lr, losses, bar, step)
-    return {"steps": steps, "seconds": round(time.time() - t0, 1),
-            "final_loss": sum(losses[-50:]) / len(losses[-50:])}  # fmt: skip
+        return inputs, labels
+
+    return _train_lm(model, recipe.prm_body_steps, recipe.prm_body_lr, batch, desc)
 
 
 def save_hf(
