@@ -350,7 +350,9 @@ class HFPolicy(StepPolicy):
         self, prefixes: list[Trajectory], n: int, params: SamplingParams
     ) -> PolicyResult:
         """One batched generate for ``prefixes`` (no locking, no coalescing)."""
-        items = self._generate_items(prefixes, (n, params.model_dump_json()))
+        items = self._generate_items(
+            list(zip(prefixes, range(len(prefixes)))), (n, params.model_dump_json())
+        )
         prompt = sum(it[1] for it in items)
         generated = sum(
             s.tokens for it in items for s in it[0][: 1 if params.temperature == 0 else n]
@@ -367,16 +369,17 @@ class HFPolicy(StepPolicy):
         )
 
     def _generate_items(
-        self, prefixes: Sequence[Trajectory | tuple[Trajectory, int]], key: tuple[int, str]
+        self, items: Sequence[tuple[Trajectory, int]], key: tuple[int, str]
     ) -> list[tuple[list[Step], int, float]]:
-        """Per prefix: its n steps, the prompt tokens computed for it, the batch's seconds."""
+        """Per ``(prefix, its index in its caller's call)``: its n steps, the prompt tokens
+        computed for it, the batch's seconds."""
         n, params = key[0], SamplingParams.model_validate_json(key[1])
         t0 = time.perf_counter()
         greedy = params.temperature == 0
         # A merged batch holds several callers' prefixes: seeds count from each caller's own
         # first prefix (``local``), so a call's samples do not depend on its batch-mates.
-        local = [p[1] if isinstance(p, tuple) else i for i, p in enumerate(prefixes)]
-        prefixes = [p[0] if isinstance(p, tuple) else p for p in prefixes]
+        prefixes = [p for p, _ in items]
+        local = [i for _, i in items]
         prompts = [self._encode(p) for p in prefixes]
         # Greedy samples are identical: decode each prefix once and copy the step n times.
         copies = 1 if greedy else n
