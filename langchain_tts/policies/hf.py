@@ -179,12 +179,12 @@ class _SeededSampler(LogitsProcessor):
         self.top_p = TopPLogitsWarper(top_p) if top_p < 1.0 else None
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.seeds.device != scores.device:  # once, not at every token
+            self.seeds = self.seeds.to(scores.device)
         logits = scores.float() / self.temperature
         if self.top_p is not None:
             logits = self.top_p(input_ids, logits)
-        u = seeded_uniforms(
-            self.seeds.to(scores.device), input_ids.shape[1] - self.width, scores.shape[-1]
-        )
+        u = seeded_uniforms(self.seeds, input_ids.shape[1] - self.width, scores.shape[-1])
         return logits - torch.log(-torch.log(u)).to(logits.dtype)
 
 
@@ -351,7 +351,7 @@ class HFPolicy(StepPolicy):
     ) -> PolicyResult:
         """One batched generate for ``prefixes`` (no locking, no coalescing)."""
         items = self._generate_items(
-            list(zip(prefixes, range(len(prefixes)))), (n, params.model_dump_json())
+            [(p, i) for i, p in enumerate(prefixes)], (n, params.model_dump_json())
         )
         prompt = sum(it[1] for it in items)
         generated = sum(

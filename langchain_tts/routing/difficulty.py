@@ -140,7 +140,9 @@ def fit_thresholds(
     the question unaided, e.g. its greedy CoT. Scores are rounded to ``resolution``, and
     ``P(solved | score)`` is fitted by isotonic regression (pool-adjacent-violators), so it
     rises with the score. Each threshold is the lowest rounded score whose fitted
-    probability reaches the level; when none does, it lies above every score seen.
+    probability reaches the level; when none does, it lies above every score seen. The
+    router compares *raw* scores with it, so a raw score just below a threshold (e.g.
+    0.1251 against 0.13) falls in the lower bin although it was fitted in the block above.
     """
     common = [pid for pid in scores if pid in solved]
     if not common:
