@@ -30,7 +30,7 @@ def test_load_default_is_offline_hf_format(models, monkeypatch):
     policy, prm = models
     assert policy.num_parameters > 500_000 and prm.num_parameters > policy.num_parameters
     assert type(policy.model).__name__ == "LlamaForCausalLM"
-    assert type(prm.model).__name__ == "LlamaForTokenClassification"
+    assert type(prm.model).__name__ == "LlamaForProcessRewardModel"
     with pytest.raises(Exception):  # noqa: B017 - any config error will do
         load_default(size="huge")
 
@@ -44,11 +44,6 @@ def test_greedy_policy_solves_most_easy_problems(models):
     assert correct >= 0.8 * len(easy), f"{correct}/{len(easy)}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap (issue 4): the shipped PRM ranks gold over corrupted solutions only "
-    "~65% of the time (docs/model_card.md); this must pass once the PRM is retrained",
-)
 def test_strong_prm_prefers_gold_over_corrupted_steps(models, problems):
     _, prm = models
     rng = random.Random(0)
@@ -59,7 +54,7 @@ def test_strong_prm_prefers_gold_over_corrupted_steps(models, problems):
     g_final = [s[-1] for s in res.scores[: len(hard)]]
     b_final = [s[-1] for s in res.scores[len(hard) :]]
     wins = sum(g > b for g, b in zip(g_final, b_final))
-    assert wins >= 0.8 * len(hard), (g_final, b_final)
+    assert wins >= 0.9 * len(hard), (g_final, b_final)
     assert min(g_final) > 0.5
 
 

@@ -1,5 +1,5 @@
 """The embedded default models: a tiny Llama policy (two sizes), a calculator verifier (the
-default PRM: it makes search pay) and a Qwen2.5-Math-PRM-style PRM (strong and weak),
+default verifier) and a Qwen2.5-Math-PRM-style PRM (strong and weak),
 trained by this project on the synthetic arithmetic task and shipped in Hugging Face
 format. ``load_default()`` loads them offline on CPU.
 
@@ -67,10 +67,11 @@ def load_default_prm(
     kind: Literal["strong", "weak", "likelihood", "calculator"] = "calculator",
 ) -> ProcessRewardModel:
     """``calculator`` (the default): a calculator LM's likelihood of each equation step's
-    result, the verifier with which search pays on the embedded task (docs/model_card.md);
-    the shipped Qwen-interface PRM (``strong`` / ``weak``; the token-classification code
-    path of Qwen2.5-Math-PRM, which does not discriminate yet); or ``likelihood``: the
-    large policy's token likelihoods as step scores."""
+    result, read step by step (``EquationPRM``); ``strong``: the trained PRM with the
+    Qwen2.5-Math-PRM interface (``<extra_0>`` after each step, 2-class logits; a checker
+    head on the calculator's body, ``models/checker_prm.py``), loaded by ``QwenPRM``;
+    ``weak``: a deliberately undertrained Qwen-interface PRM; or ``likelihood``: the large
+    policy's token likelihoods as step scores. See docs/model_card.md for what each buys."""
     from langchain_tts.prms.qwen import QwenPRM
 
     if kind not in PRM_KINDS:

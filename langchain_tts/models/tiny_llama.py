@@ -145,6 +145,82 @@ class TinyLlamaForTokenClassification(nn.Module):
         return self.score(self.model(input_ids))
 
 
+def checker_logits(
+    hidden: torch.Tensor,
+    input_ids: torch.Tensor,
+    lm_head_weight: torch.Tensor,
+    gate: nn.Linear,
+    scale: torch.Tensor,
+    bias: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The checker PRM's read-out: per-token ``[bad, good]`` logits from a causal LM's body.
+
+    Token ``t`` is *evidence of an error* when the LM found it unlikely, ``-log p(x_t |
+    x_<t)``, weighted by a learned gate on the state that made the prediction (``t-1``): the
+    gate learns which predictions are checks (result digits, the tag closing a result) and
+    which are not (question text). The evidence so far is the running maximum (after the first
+    error every later step is wrong, as the step labels say), and ``P(good) = sigmoid(bias -
+    softplus(scale) * evidence)``. A causal read-out: a token's logits see no later token,
+    so a step's score at its tag is the same in any longer solution.
+
+    Why this shape: a token-classification head cannot see whether token ``t`` is what the
+    body predicted at ``t-1`` unless fresh layers learn to move that prediction one position
+    on, which did not train in our budget (docs/model_card.md, items 4 and 9); here the
+    comparison is the LM head's own log-probability, and only the gate, scale and bias (and
+    optionally the body) are learned from step labels.
+    """
+    logp = F.log_softmax((hidden[:, :-1] @ lm_head_weight.T).float(), dim=-1)
+    token_lp = logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+    weight = torch.sigmoid(gate(hidden[:, :-1]).squeeze(-1).float())
+    evidence = F.pad(weight * -token_lp, (1, 0))  # the first token has no prediction
+    if attention_mask is not None:
+        evidence = evidence * attention_mask.to(evidence.dtype)
+    worst = torch.cummax(evidence, dim=1).values
+    good = bias.float() - F.softplus(scale.float()) * worst
+    return torch.stack([torch.zeros_like(good), good], dim=-1)
+
+
+class TinyLlamaForProcessRewardModel(nn.Module):
+    """Training twin of ``LlamaForProcessRewardModel`` (models/checker_prm.py): a causal LM
+    body with its (tied) LM head and the checker read-out of :func:`checker_logits`."""
+
+    def __init__(self, cfg: TinyLlamaConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.model = LlamaBody(cfg)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        self.apply(_init_weights)
+        self.gate = nn.Linear(cfg.hidden_size, 1)
+        init_checker_head(self.gate, None, None)
+        self.scale = nn.Parameter(torch.tensor(CHECKER_INIT_SCALE))
+        self.bias = nn.Parameter(torch.tensor(CHECKER_INIT_BIAS))
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        h = self.model(input_ids)
+        return checker_logits(h, input_ids, self.lm_head.weight, self.gate, self.scale, self.bias)
+
+
+# Untrained, the read-out already reads "good unless some token cost more than ~3 nats":
+# softplus(0.55) ~= 1, bias 3. Gate weights start at zero (every prediction half-counted).
+CHECKER_INIT_SCALE = 0.55
+CHECKER_INIT_BIAS = 3.0
+
+
+def init_checker_head(
+    gate: nn.Linear, scale: torch.Tensor | None, bias: torch.Tensor | None
+) -> None:
+    with torch.no_grad():
+        gate.weight.zero_()
+        gate.bias.zero_()
+        if scale is not None:
+            scale.fill_(CHECKER_INIT_SCALE)
+        if bias is not None:
+            bias.fill_(CHECKER_INIT_BIAS)
+
+
 def _init_weights(module: nn.Module) -> None:
     if isinstance(module, nn.Linear):
         nn.init.normal_(module.weight, std=0.02)

@@ -21,6 +21,7 @@ import math
 import random
 import time
 import zlib
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -41,6 +42,7 @@ from langchain_tts.eval.synthetic import (
 from langchain_tts.models.tiny_llama import (
     TinyLlamaConfig,
     TinyLlamaForCausalLM,
+    TinyLlamaForProcessRewardModel,
     TinyLlamaForTokenClassification,
     hf_config_dict,
 )
@@ -69,10 +71,9 @@ class TrainRecipe:
     prm_steps: int = 1200
     weak_prm_steps: int = 150
     prm_dense: bool = True  # per-token targets as well as step targets (see _prm_example)
-    # which trained model's body the PRM starts from: a policy size, or "calculator"
-    # (verifier-calc continued on results inside solutions; see main). Measured: the
-    # calculator body did not make the PRM discriminate either (model card item 9).
-    prm_init: str = "small"
+    # which trained model's body the PRM starts from: "calculator" (verifier-calc continued
+    # on results inside solutions, see calculator_in_context) or a policy size
+    prm_init: str = "calculator"
     prm_extra_layers: int = 4  # fresh layers stacked on the body's (see main)
     continue_steps: int = 0  # extra steps for --only continue-large / continue-small
     # the calculator verifier (prms/equation.py): bare equations, loss on the results.
@@ -84,6 +85,13 @@ class TrainRecipe:
     prm_body_steps: int = 600
     prm_body_lr: float = 5e-4
     prm_body_lr_scale: float = 1.0  # the PRM's copied body layers train at this x its LR
+    # the PRM's read-out: "checker" (LlamaForProcessRewardModel: the body's own LM head
+    # judges each token, a learned gate picks the checks; models/checker_prm.py) or
+    # "token-classifier" (LlamaForTokenClassification with fresh layers; did not discriminate)
+    prm_head: str = "checker"
+    checker_steps: int = 400
+    checker_head_lr: float = 3e-2
+    checker_body_lr: float = 0.0  # 0: the calculator body stays frozen
     batch_size: int = 32
     lr: float = 3e-3
     rollout_problems: int = 2400
@@ -402,6 +410,100 @@ def _corrupt_at(p: ArithmeticProblem, rng: random.Random) -> tuple[list[str], in
     return steps, i
 
 
+def _prm_batches(
+    rollouts: list[tuple[ArithmeticProblem, list[str]]],
+    recipe: TrainRecipe,
+    rng: random.Random,
+    stream: _TrainStream,
+    dense: bool,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless length-bucketed PRM batches ``(ids, targets)``: 70% the policy's own
+    rollouts, 15% gold solutions, 15% gold with one result nudged (see _prm_example)."""
+    tok = build_tokenizer()
+    pool: list[list[tuple[list[int], list[int]]]] = []
+    while True:
+        if not pool:
+            examples = []
+            for _ in range(recipe.batch_size * 8):
+                r = rng.random()
+                if r < 0.7:
+                    p, st = rng.choice(rollouts)
+                elif r < 0.85:
+                    p = stream.sample()
+                    st = p.gold_steps
+                else:
+                    p = stream.sample()
+                    st = _corrupt(p, rng)
+                ids, y = _prm_example(tok, p, st, dense=dense)
+                examples.append((ids[:512], y[:512]))
+            examples.sort(key=lambda e: len(e[0]))
+            pool = [
+                examples[i : i + recipe.batch_size]
+                for i in range(0, len(examples), recipe.batch_size)
+            ]
+            rng.shuffle(pool)
+        batch = pool.pop()
+        yield _pad([b[0] for b in batch], 0), _pad([b[1] for b in batch], -100)
+
+
+def train_checker_prm(
+    cfg: TinyLlamaConfig,
+    body: TinyLlamaForCausalLM,
+    rollouts: list[tuple[ArithmeticProblem, list[str]]],
+    steps: int,
+    recipe: TrainRecipe,
+    desc: str = "checker prm",
+) -> tuple[TinyLlamaForProcessRewardModel, dict]:
+    """The checker PRM (``checker_logits``) on a causal LM body, trained on step labels.
+
+    The read-out (gate, scale, bias) learns at ``checker_head_lr``; the body at
+    ``checker_body_lr`` (0 keeps it frozen: it is the calculator, already good at results
+    in context), with its LM loss on gold results kept alongside so it stays a calculator.
+    """
+    torch.manual_seed(recipe.seed + 11)
+    rng = random.Random(recipe.seed + 11)
+    stream = _TrainStream(recipe.seed + 111)
+    model = TinyLlamaForProcessRewardModel(cfg)
+    model.model.load_state_dict(body.model.state_dict())
+    head = [model.gate.weight, model.gate.bias, model.scale, model.bias]
+    head_ids = {id(p) for p in head}
+    trunk = [p for p in model.parameters() if id(p) not in head_ids]
+    groups = [{"params": head, "peak": recipe.checker_head_lr, "weight_decay": 0.0}]
+    if recipe.checker_body_lr > 0:
+        groups.append({"params": trunk, "peak": recipe.checker_body_lr, "weight_decay": 0.01})
+    else:
+        for p in trunk:
+            p.requires_grad_(False)
+    opt = torch.optim.AdamW(groups, lr=recipe.checker_head_lr)
+    t0, losses, accs = time.time(), [], []
+    bar = tqdm(range(steps), desc=desc, mininterval=5)
+    batches = _prm_batches(rollouts, recipe, rng, stream, dense=False)
+    for step in bar:
+        x, y = next(batches)
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, steps, g["peak"])
+        logits = model(x)
+        tags = y >= 0
+        loss = F.cross_entropy(logits[tags], y[tags])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        accs.append((logits[tags].argmax(-1) == y[tags]).float().mean().item())
+        losses.append(loss.item())
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
+    stats = {
+        "steps": steps,
+        "seconds": round(time.time() - t0, 1),
+        "final_loss": sum(losses[-50:]) / len(losses[-50:]),
+        "train_step_accuracy": sum(accs[-50:]) / len(accs[-50:]),
+        "scale": F.softplus(model.scale).item(),
+        "bias": model.bias.item(),
+    }
+    return model, stats
+
+
 def train_prm(
     cfg: TinyLlamaConfig,
     init_from: torch.nn.Module | None,
@@ -410,7 +512,6 @@ def train_prm(
     recipe: TrainRecipe,
     desc: str,
 ) -> tuple[TinyLlamaForTokenClassification, dict]:
-    tok = build_tokenizer()
     torch.manual_seed(recipe.seed + 7)
     rng = random.Random(recipe.seed + 7)
     stream = _TrainStream(recipe.seed + 99)
@@ -435,30 +536,9 @@ def train_prm(
     opt = torch.optim.AdamW(groups, lr=recipe.lr / 2, weight_decay=0.01)
     t0, losses, accs = time.time(), [], []
     bar = tqdm(range(steps), desc=desc, mininterval=5)
-    pool: list[list[tuple[list[int], list[int]]]] = []
+    batches = _prm_batches(rollouts, recipe, rng, stream, dense=recipe.prm_dense)
     for step in bar:
-        if not pool:  # length-bucketed batches, as for the policy
-            examples = []
-            for _ in range(recipe.batch_size * 8):
-                r = rng.random()
-                if r < 0.7:
-                    p, st = rng.choice(rollouts)
-                elif r < 0.85:
-                    p = stream.sample()
-                    st = p.gold_steps
-                else:
-                    p = stream.sample()
-                    st = _corrupt(p, rng)
-                ids, y = _prm_example(tok, p, st, dense=recipe.prm_dense)
-                examples.append((ids[:512], y[:512]))
-            examples.sort(key=lambda e: len(e[0]))
-            pool = [
-                examples[i : i + recipe.batch_size]
-                for i in range(0, len(examples), recipe.batch_size)
-            ]
-            rng.shuffle(pool)
-        batch = pool.pop()
-        x, y = _pad([b[0] for b in batch], 0), _pad([b[1] for b in batch], -100)
+        x, y = next(batches)
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, steps, recipe.lr / 2) * g["scale"]
         logits = model(x)
@@ -557,16 +637,21 @@ def main(argv: list[str] | None = None) -> None:
             _load_fp16(body, body_dir)
             if recipe.prm_init == "calculator":
                 record("prm-body", calculator_in_context(body, recipe))
-            # The PRM stacks fresh layers on the policy's: at position i they can read the
-            # policy's finished next-token prediction made at i-1 and compare it with token
-            # i. A same-depth PRM would have to recompute that prediction to check a digit,
-            # and did not learn to (loss plateaued, gold and wrong steps scored alike).
-            prm_cfg = replace(
-                policy_cfg,
-                num_hidden_layers=policy_cfg.num_hidden_layers + recipe.prm_extra_layers,
-            )
-            m, s = train_prm(prm_cfg, body, rollouts, recipe.prm_steps, recipe, "prm")
-            save_hf(m, prm_cfg, out / "prm", "LlamaForTokenClassification", **prm_extra)
+            if recipe.prm_head == "checker":
+                m, s = train_checker_prm(policy_cfg, body, rollouts, recipe.checker_steps, recipe)
+                save_hf(m, policy_cfg, out / "prm", "LlamaForProcessRewardModel",
+                        model_type="llama_checker_prm", **prm_extra)  # fmt: skip
+            else:
+                # Fresh layers on the body's: at position i they could read the body's
+                # next-token prediction made at i-1 and compare it with token i. They did
+                # not learn to in our budget (model card items 4 and 9); the checker head
+                # makes that comparison with the LM head instead.
+                prm_cfg = replace(
+                    policy_cfg,
+                    num_hidden_layers=policy_cfg.num_hidden_layers + recipe.prm_extra_layers,
+                )
+                m, s = train_prm(prm_cfg, body, rollouts, recipe.prm_steps, recipe, "prm")
+                save_hf(m, prm_cfg, out / "prm", "LlamaForTokenClassification", **prm_extra)
             record("prm", s)
         if "weak_prm" in only:
             m, s = train_prm(

@@ -3,7 +3,8 @@
 The solution is rendered as ``[system, user question, assistant "<extra_0>".join(steps) +
 "<extra_0>"]`` with the tokenizer's chat template; the step score is the class-1
 probability of the 2-way softmax at each step-tag position. The same code serves the
-embedded ``LlamaForTokenClassification`` PRM and the real ``Qwen2.5-Math-PRM-7B``
+embedded PRM (``LlamaForProcessRewardModel``, models/checker_prm.py), any
+``*ForTokenClassification`` PRM and the real ``Qwen2.5-Math-PRM-7B``
 (``trust_remote_code=True``, logits in ``outputs[0]``).
 """
 
@@ -110,6 +111,10 @@ class QwenPRM(ProcessRewardModel):
         ``kw`` goes to the constructor (``device``, ``step_tag``, ...);
         ``model_kwargs`` / ``tokenizer_kwargs`` to the respective ``from_pretrained``.
         """
+        # The embedded PRM's own head class (model_type "llama_checker_prm") is registered
+        # with the Auto classes on import, like any Qwen-style PRM's custom head.
+        import langchain_tts.models.checker_prm  # noqa: F401
+
         tokenizer = AutoTokenizer.from_pretrained(
             str(path), trust_remote_code=trust_remote_code, **(tokenizer_kwargs or {})
         )

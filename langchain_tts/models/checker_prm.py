@@ -1,0 +1,100 @@
+"""``LlamaForProcessRewardModel``: the embedded PRM's architecture, in Hugging Face form.
+
+A Qwen2.5-Math-PRM-style model: it reads the question and the steps separated by
+``<extra_0>`` and returns per-token ``[bad, good]`` logits, and ``P(good)`` at each tag is
+that step's score. Like Qwen2.5-Math-PRM's own ``Qwen2ForProcessRewardModel`` it is a
+decoder body with its own head class; here the head is the *checker* read-out of
+:func:`langchain_tts.models.tiny_llama.checker_logits`: the body's LM head says how likely
+each written token was, and a learned gate, scale and bias turn the most surprising
+checked token so far into the step's logits.
+
+``QwenPRM.from_pretrained`` registers the class with transformers' Auto classes, so the
+embedded folder loads through the same code path as any Qwen-style PRM. Outside this
+package, ``import langchain_tts.models.checker_prm`` (or :func:`register`) first.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForTokenClassification,
+    LlamaConfig,
+    LlamaModel,
+    LlamaPreTrainedModel,
+)
+from transformers.modeling_outputs import TokenClassifierOutput
+
+from langchain_tts.models.tiny_llama import checker_logits, init_checker_head
+
+__all__ = ["LlamaForProcessRewardModel", "LlamaPRMConfig", "register"]
+
+
+class LlamaPRMConfig(LlamaConfig):
+    model_type = "llama_checker_prm"
+
+
+class LlamaForProcessRewardModel(LlamaPreTrainedModel):
+    """Llama body + tied LM head + checker read-out; ``forward`` returns per-token logits
+    ``[batch, tokens, 2]`` (class 1 = the solution so far is correct)."""
+
+    config_class = LlamaPRMConfig
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: LlamaPRMConfig):
+        super().__init__(config)
+        self.model = LlamaModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.gate = nn.Linear(config.hidden_size, 1)
+        self.scale = nn.Parameter(torch.zeros(()))
+        self.bias = nn.Parameter(torch.zeros(()))
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if module is self:  # the read-out starts where the training twin starts
+            init_checker_head(self.gate, self.scale, self.bias)
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs: object,
+    ) -> TokenClassifierOutput:
+        if attention_mask is not None and bool((attention_mask[:, 0] == 0).any()):
+            # Left padding would shift positions and put pad tokens before the question.
+            raise ValueError(
+                "LlamaForProcessRewardModel scores right-padded batches only (QwenPRM pads "
+                "on the right); pad at the end of each row."
+            )
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        logits = checker_logits(
+            hidden, input_ids, self.lm_head.weight, self.gate, self.scale, self.bias,
+            attention_mask,
+        )  # fmt: skip
+        return TokenClassifierOutput(logits=logits)
+
+
+_registered = False
+
+
+def register() -> None:
+    """Make ``AutoConfig`` / ``AutoModel`` / ``AutoModelForTokenClassification`` load
+    ``model_type: llama_checker_prm`` folders (idempotent)."""
+    global _registered
+    if _registered:
+        return
+    AutoConfig.register(LlamaPRMConfig.model_type, LlamaPRMConfig, exist_ok=True)
+    AutoModel.register(LlamaPRMConfig, LlamaForProcessRewardModel, exist_ok=True)
+    AutoModelForTokenClassification.register(
+        LlamaPRMConfig, LlamaForProcessRewardModel, exist_ok=True
+    )
+    _registered = True
+
+
+register()
