@@ -181,18 +181,12 @@ def checker_logits(
     return torch.stack([torch.zeros_like(good), good], dim=-1)
 
 
-class TinyLlamaForProcessRewardModel(nn.Module):
+class TinyLlamaForProcessRewardModel(TinyLlamaForCausalLM):
     """Training twin of ``LlamaForProcessRewardModel`` (models/checker_prm.py): a causal LM
     body with its (tied) LM head and the checker read-out of :func:`checker_logits`."""
 
     def __init__(self, cfg: TinyLlamaConfig):
-        super().__init__()
-        self.cfg = cfg
-        self.model = LlamaBody(cfg)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-        if cfg.tie_word_embeddings:
-            self.lm_head.weight = self.model.embed_tokens.weight
-        self.apply(_init_weights)
+        super().__init__(cfg)
         self.gate = nn.Linear(cfg.hidden_size, 1)
         init_checker_head(self.gate, None, None)
         self.scale = nn.Parameter(torch.tensor(CHECKER_INIT_SCALE))

@@ -485,23 +485,31 @@ def train_checker_prm(
         logits = model(x)
         tags = y >= 0
         loss = F.cross_entropy(logits[tags], y[tags])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        accs.append((logits[tags].argmax(-1) == y[tags]).float().mean().item())
-        losses.append(loss.item())
-        if step % 20 == 0:
-            bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
-    stats = {
+        _prm_update(model, opt, loss, logits[tags], y[tags], losses, accs, bar, step)
+    stats = {**_prm_stats(steps, t0, losses, accs),
+             "scale": F.softplus(model.scale).item(), "bias": model.bias.item()}  # fmt: skip
+    return model, stats
+
+
+def _prm_update(model, opt, loss, tag_logits, tag_labels, losses, accs, bar, step) -> None:
+    """One clipped optimizer step on ``loss``; records the loss and step-label accuracy."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    accs.append((tag_logits.argmax(-1) == tag_labels).float().mean().item())
+    losses.append(loss.item())
+    if step % 20 == 0:
+        bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
+
+
+def _prm_stats(steps: int, t0: float, losses: list[float], accs: list[float]) -> dict:
+    return {
         "steps": steps,
         "seconds": round(time.time() - t0, 1),
         "final_loss": sum(losses[-50:]) / len(losses[-50:]),
         "train_step_accuracy": sum(accs[-50:]) / len(accs[-50:]),
-        "scale": F.softplus(model.scale).item(),
-        "bias": model.bias.item(),
     }
-    return model, stats
 
 
 def train_prm(
@@ -547,21 +555,8 @@ def train_prm(
         dense = y >= DENSE
         if dense.any():
             loss = loss + 0.5 * F.cross_entropy(logits[dense], y[dense] - DENSE)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        accs.append((logits[tags].argmax(-1) == y[tags]).float().mean().item())
-        losses.append(loss.item())
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
-    stats = {
-        "steps": steps,
-        "seconds": round(time.time() - t0, 1),
-        "final_loss": sum(losses[-50:]) / len(losses[-50:]),
-        "train_step_accuracy": sum(accs[-50:]) / len(accs[-50:]),
-    }
-    return model, stats
+        _prm_update(model, opt, loss, logits[tags], y[tags], losses, accs, bar, step)
+    return model, _prm_stats(steps, t0, losses, accs)
 
 
 def main(argv: list[str] | None = None) -> None:

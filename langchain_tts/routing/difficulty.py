@@ -139,10 +139,11 @@ def fit_thresholds(
     ``scores[id]`` is the estimator's ``p_solve``; ``solved[id]`` whether the policy solved
     the question unaided, e.g. its greedy CoT. Scores are rounded to ``resolution``, and
     ``P(solved | score)`` is fitted by isotonic regression (pool-adjacent-violators), so it
-    rises with the score. Each threshold is the lowest rounded score whose fitted
-    probability reaches the level; when none does, it lies above every score seen. The
-    router compares *raw* scores with it, so a raw score just below a threshold (e.g.
-    0.1251 against 0.13) falls in the lower bin although it was fitted in the block above.
+    rises with the score. Each threshold is the lower edge of the lowest rounded score
+    whose fitted probability reaches the level (that score minus ``resolution / 2``), so
+    the router, which compares *raw* scores, bins every question as the fit did (a raw
+    0.1251 rounds to 0.13 and is binned with it); when no score reaches the level, the
+    threshold lies above every score seen.
     """
     common = [pid for pid in scores if pid in solved]
     if not common:
@@ -167,7 +168,8 @@ def fit_thresholds(
     above_all = min(1.0, round(max(groups) + resolution, 6))
 
     def cut(level: float) -> float:
-        return next((b[2] for b in blocks if b[0] / b[1] >= level), above_all)
+        low = next((b[2] for b in blocks if b[0] / b[1] >= level), None)
+        return above_all if low is None else max(0.0, round(low - resolution / 2, 6))
 
     fitted = ", ".join(f"{b[2]:g}+: {b[0] / b[1]:.2f}" for b in blocks)
     return BinThresholds(
