@@ -1,11 +1,13 @@
-"""The training recipe's calculator stages (models/train.py), run for a few steps."""
+"""The training recipe's calculator and PRM stages (models/train.py), run for a few steps."""
 
 from __future__ import annotations
 
+import json
 import random
 
 import torch
 
+from langchain_tts.core.types import Trajectory
 from langchain_tts.eval.synthetic import make_split
 from langchain_tts.models import train as T
 from langchain_tts.models.tokenizer import STEP_TAG, build_tokenizer
@@ -35,3 +37,27 @@ def test_calculator_stages_train_and_report():
     more = T.calculator_in_context(model, recipe, desc="test")
     assert more["steps"] == 2 and more["final_loss"] > 0
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_train_command_rebuilds_the_calculator_then_the_prm_on_it(tmp_path):
+    """`train --only calculator prm` in a fresh folder (only the small policy present, for
+    the rollouts): the calculator is trained first, the PRM starts from it and loads
+    through QwenPRM as the shipped one does."""
+    import shutil
+
+    from langchain_tts.models import default_model_path
+    from langchain_tts.prms.qwen import QwenPRM
+
+    shutil.copytree(default_model_path("policy-small"), tmp_path / "policy-small")
+    T.main(["--out", str(tmp_path), "--only", "calculator", "prm", "--threads", "1",
+            "--calculator-steps", "2", "--calculator-batch", "4", "--prm-body-steps", "2",
+            "--checker-steps", "2", "--batch-size", "4", "--rollout-problems", "3",
+            "--rollout-samples", "1"])  # fmt: skip
+    stats = json.loads((tmp_path / "training_stats.json").read_text())
+    assert {"verifier-calc", "prm-body", "prm", "rollouts"} <= set(stats)
+    assert stats["prm"]["steps"] == 2 and stats["rollouts"]["n"] == 3
+    prm = QwenPRM.from_pretrained(tmp_path / "prm")
+    assert type(prm.model).__name__ == "LlamaForProcessRewardModel"
+    p = make_split("test", 1)[0]
+    scores = prm.score([Trajectory(question=p.question, steps=p.gold_steps)]).scores[0]
+    assert len(scores) == len(p.gold_steps) and all(0.0 <= s <= 1.0 for s in scores)

@@ -3,11 +3,15 @@
 Pipeline (all on CPU, seeded):
 
 1. train a small and a larger Llama policy on gold solutions of the synthetic task;
-2. sample the small policy's own rollouts on training problems and label every step
+2. train the calculator verifier on bare equations of the task;
+3. sample the small policy's own rollouts on training problems and label every step
    automatically (:func:`langchain_tts.eval.synthetic.label_steps`);
-3. train the PRM (Qwen2.5-Math-PRM interface: ``<extra_0>`` after each step, 2-class head),
-   initialised from the larger policy, on those rollouts plus gold solutions;
-4. train a deliberately weaker PRM (small body, few steps) to show PRM quality matters.
+4. train the PRM (Qwen2.5-Math-PRM interface: ``<extra_0>`` after each step, 2-class
+   logits): the calculator continued on results inside solutions, then the checker
+   read-out (``LlamaForProcessRewardModel``) on those rollouts plus gold and nudged
+   solutions;
+5. train a deliberately weaker PRM (token classifier, small random body, few steps) to
+   show PRM quality matters.
 
 Each model is saved in Hugging Face format (``config.json``, ``model.safetensors`` in
 fp16, tokenizer files) and loads with transformers from a local path.
@@ -610,6 +614,11 @@ def main(argv: list[str] | None = None) -> None:
             save_hf(m, SIZES[size], path, "LlamaForCausalLM")
             prev = stats.get(f"policy-{size}", {})
             record(f"policy-{size}", {**prev, "continued": s})
+    # The calculator first: the PRM's body starts from it (prm_init="calculator").
+    if "calculator" in only:
+        m, s = train_calculator(SIZES["small"], recipe)
+        save_hf(m, SIZES["small"], out / "verifier-calc", "LlamaForCausalLM")
+        record("verifier-calc", s)
     if only & {"prm", "weak_prm"}:
         t0 = time.time()
         train_stream = _TrainStream(recipe.seed + 1234)
@@ -654,10 +663,6 @@ def main(argv: list[str] | None = None) -> None:
             )
             save_hf(m, SIZES["small"], out / "prm-weak", "LlamaForTokenClassification", **prm_extra)
             record("prm-weak", s)
-    if "calculator" in only:
-        m, s = train_calculator(SIZES["small"], recipe)
-        save_hf(m, SIZES["small"], out / "verifier-calc", "LlamaForCausalLM")
-        record("verifier-calc", s)
     stats["total_seconds_last_run"] = round(time.time() - t_all, 1)
     stats_path.write_text(json.dumps(stats, indent=2))
     print(json.dumps(stats, indent=2))
