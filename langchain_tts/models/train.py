@@ -461,8 +461,8 @@ def train_checker_prm(
     """The checker PRM (``checker_logits``) on a causal LM body, trained on step labels.
 
     The read-out (gate, scale, bias) learns at ``checker_head_lr``; the body at
-    ``checker_body_lr`` (0 keeps it frozen: it is the calculator, already good at results
-    in context), with its LM loss on gold results kept alongside so it stays a calculator.
+    ``checker_body_lr`` (0, the default, keeps it frozen: it is the calculator, already
+    good at results in context; a trained body gets only the step-label loss).
     """
     torch.manual_seed(recipe.seed + 11)
     rng = random.Random(recipe.seed + 11)
