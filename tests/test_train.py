@@ -61,3 +61,13 @@ def test_train_command_rebuilds_the_calculator_then_the_prm_on_it(tmp_path):
     p = make_split("test", 1)[0]
     scores = prm.score([Trajectory(question=p.question, steps=p.gold_steps)]).scores[0]
     assert len(scores) == len(p.gold_steps) and all(0.0 <= s <= 1.0 for s in scores)
+
+
+def test_train_command_rejects_an_unknown_prm_head_or_body_before_training(tmp_path, capsys):
+    import pytest
+
+    for flag, value in (("--prm-head", "checkr"), ("--prm-init", "huge")):
+        with pytest.raises(SystemExit):
+            T.main(["--out", str(tmp_path), "--only", "prm", flag, value])
+        assert value in capsys.readouterr().err
+    assert not (tmp_path / "training_stats.json").exists()  # nothing ran

@@ -68,6 +68,9 @@ SIZES: dict[str, TinyLlamaConfig] = {
 }  # fmt: skip
 
 
+PRM_HEADS = ("checker", "token-classifier")
+
+
 @dataclass
 class TrainRecipe:
     small_steps: int = 3000
@@ -587,6 +590,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     recipe = TrainRecipe(**{f: getattr(args, f) for f in asdict(TrainRecipe())})
+    if recipe.prm_head not in PRM_HEADS:  # before hours of training, not after
+        ap.error(f"--prm-head must be one of {list(PRM_HEADS)}, got {recipe.prm_head!r}")
+    if recipe.prm_init not in ("calculator", *SIZES):
+        ap.error(
+            f"--prm-init must be 'calculator' or one of {list(SIZES)}, got {recipe.prm_init!r}"
+        )
     only = set(args.only or ["small", "large", "prm", "weak_prm", "calculator"])
     out: Path = args.out
     stats_path = out / "training_stats.json"
