@@ -20,7 +20,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
-from transformers import StoppingCriteriaList  # noqa: E402
 
 from benchmarks._util import table  # noqa: E402
 from langchain_tts.core.config import SamplingParams  # noqa: E402
@@ -58,7 +57,7 @@ def plain_generate(policy: HFPolicy, prompts: list[list[int]], stop_at_step: boo
             top_k=None,
             pad_token_id=policy.pad_token_id,
             eos_token_id=policy.eos_token_ids,
-            stopping_criteria=StoppingCriteriaList([stopper]) if stop_at_step else None,
+            stopping_criteria=[stopper] if stop_at_step else None,
         )
     eos = set(policy.eos_token_ids)
     total = 0

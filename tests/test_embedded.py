@@ -29,8 +29,11 @@ def problems():
 def test_load_default_is_offline_hf_format(models, monkeypatch):
     policy, prm = models
     assert policy.num_parameters > 500_000 and prm.num_parameters > policy.num_parameters
-    assert type(policy.model).__name__ == "LlamaForCausalLM"
-    assert type(prm.model).__name__ == "LlamaForProcessRewardModel"
+    # The default runtime is the native one; the folders are what transformers loads.
+    assert type(policy.model).__name__ == "NativeCausalLM"
+    assert type(prm.model).__name__ == "NativeCheckerPRM"
+    assert policy.model.config.architectures == ["LlamaForCausalLM"]
+    assert prm.model.config.architectures == ["LlamaForProcessRewardModel"]
     with pytest.raises(Exception):  # noqa: B017 - any config error will do
         load_default(size="huge")
 

@@ -1,7 +1,10 @@
 """The embedded default models: a tiny Llama policy (two sizes), a calculator verifier (the
 default verifier) and a Qwen2.5-Math-PRM-style PRM (strong and weak),
 trained by this project on the synthetic arithmetic task and shipped in Hugging Face
-format. ``load_default()`` loads them offline on CPU.
+format. ``load_default()`` loads them offline on CPU, by default with the project's own
+runtime (``backend="native"``, :mod:`.native`: no transformers import, so a cold start is
+about a second); ``backend="transformers"`` loads the same folders with transformers' Auto
+classes and gives the same tokens and scores.
 
 Rebuild them with ``python -m langchain_tts.models.train`` (see ``docs/model_card.md``).
 """
@@ -11,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from langchain_tts.core.errors import ConfigError
 
@@ -24,6 +27,8 @@ POLICY_SIZES = ("small", "large")
 # "likelihood": the large policy read as a verifier (prms/likelihood.py), not a trained PRM;
 # "calculator": a small LM trained on bare equations, checking each step (prms/equation.py).
 PRM_KINDS = ("strong", "weak", "likelihood", "calculator")
+BACKENDS = ("native", "transformers")
+Backend = Literal["native", "transformers"]
 
 
 def default_model_path(name: str) -> Path:
@@ -52,48 +57,68 @@ def _quiet_loading() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def load_default_policy(size: Literal["small", "large"] = "small") -> HFPolicy:
+def _check_backend(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown backend {backend!r}; use one of {list(BACKENDS)}")
+
+
+def _load(cls: Any, name: str, backend: Backend) -> Any:
+    """``cls`` (a backend class with ``(model, tokenizer)`` constructor and ``from_pretrained``)
+    over one shipped folder."""
+    path = default_model_path(name)
+    if backend == "native":
+        from langchain_tts.models.native import load_native
+
+        model, tokenizer = load_native(path)
+        return cls(model, tokenizer, name=f"{cls.__name__}({name})")
+    with _quiet_loading():
+        return cls.from_pretrained(str(path))
+
+
+def load_default_policy(
+    size: Literal["small", "large"] = "small", backend: Backend = "native"
+) -> HFPolicy:
+    """The embedded policy (``small`` searches; ``large`` is the no-search baseline)."""
     from langchain_tts.policies.hf import HFPolicy
 
     if size not in POLICY_SIZES:
         raise ConfigError(f"unknown policy size {size!r}; use one of {list(POLICY_SIZES)}")
-    with _quiet_loading():
-        policy = HFPolicy.from_pretrained(str(default_model_path(f"policy-{size}")))
+    _check_backend(backend)
+    policy = _load(HFPolicy, f"policy-{size}", backend)
     policy.name = f"embedded-policy-{size}"
     return policy
 
 
 def load_default_prm(
     kind: Literal["strong", "weak", "likelihood", "calculator"] = "calculator",
+    backend: Backend = "native",
 ) -> ProcessRewardModel:
     """``calculator`` (the default): a calculator LM's likelihood of each equation step's
     result, read step by step (``EquationPRM``); ``strong``: the trained PRM with the
     Qwen2.5-Math-PRM interface (``<extra_0>`` after each step, 2-class logits; a checker
     head on the calculator's body, ``models/checker_prm.py``), loaded by ``QwenPRM``;
     ``weak``: a deliberately undertrained Qwen-interface PRM; or ``likelihood``: the large
-    policy's token likelihoods as step scores. See docs/model_card.md for what each buys."""
-    from langchain_tts.prms.qwen import QwenPRM
-
+    policy's token likelihoods as step scores. See docs/model_card.md for what each buys.
+    ``backend`` as for :func:`load_default_policy`."""
     if kind not in PRM_KINDS:
         raise ConfigError(f"unknown PRM kind {kind!r}; use one of {list(PRM_KINDS)}")
+    _check_backend(backend)
+    prm: ProcessRewardModel
     if kind == "calculator":
         from langchain_tts.prms.equation import EquationPRM
 
-        with _quiet_loading():
-            calc = EquationPRM.from_pretrained(str(default_model_path("verifier-calc")))
-        calc.name = "embedded-calculator"
-        return calc
+        prm = _load(EquationPRM, "verifier-calc", backend)
+        prm.name = "embedded-calculator"
+        return prm
     if kind == "likelihood":
         from langchain_tts.prms.likelihood import LikelihoodPRM
 
-        with _quiet_loading():
-            lik = LikelihoodPRM.from_pretrained(str(default_model_path("policy-large")))
-        lik.name = "embedded-likelihood-large"
-        return lik
-    with _quiet_loading():
-        prm = QwenPRM.from_pretrained(
-            str(default_model_path("prm" if kind == "strong" else "prm-weak"))
-        )
+        prm = _load(LikelihoodPRM, "policy-large", backend)
+        prm.name = "embedded-likelihood-large"
+        return prm
+    from langchain_tts.prms.qwen import QwenPRM
+
+    prm = _load(QwenPRM, "prm" if kind == "strong" else "prm-weak", backend)
     prm.name = f"embedded-prm-{kind}"
     return prm
 
@@ -101,7 +126,10 @@ def load_default_prm(
 def load_default(
     size: Literal["small", "large"] = "small",
     prm: Literal["strong", "weak", "likelihood", "calculator"] = "calculator",
+    backend: Backend = "native",
 ) -> tuple[HFPolicy, ProcessRewardModel]:
     """The embedded policy and verifier (default: the calculator, see
-    :func:`load_default_prm`), on CPU, with no network access."""
-    return load_default_policy(size), load_default_prm(prm)
+    :func:`load_default_prm`), on CPU, with no network access. ``backend="native"`` (the
+    default) runs them on :mod:`langchain_tts.models.native` without importing
+    transformers; ``"transformers"`` loads them with transformers' Auto classes."""
+    return load_default_policy(size, backend), load_default_prm(prm, backend)

@@ -20,26 +20,18 @@ import time
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-import transformers
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    LogitsProcessor,
-    LogitsProcessorList,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-    StoppingCriteria,
-    StoppingCriteriaList,
-    TopPLogitsWarper,
-)
 
 from langchain_tts.core.config import SamplingParams
 from langchain_tts.core.types import FinishReason, Step, Trajectory, Usage
+from langchain_tts.models.native import top_p_filter
 from langchain_tts.policies.base import DEFAULT_STEP_DELIMITER, PolicyResult, StepPolicy
 from langchain_tts.policies.batching import RequestCoalescer
+
+if TYPE_CHECKING:  # transformers is imported on use: the native backend never needs it
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 __all__ = ["HFPolicy", "matmul_parameters", "model_lock"]
 
@@ -81,6 +73,8 @@ def matmul_parameters(model: torch.nn.Module) -> int:
 
 def dtype_kwargs(dtype: torch.dtype) -> dict[str, torch.dtype]:
     """``from_pretrained``'s dtype argument: ``dtype`` since transformers 4.56, else ``torch_dtype``."""
+    import transformers
+
     major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
     return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
 
@@ -91,9 +85,13 @@ def load_pretrained(
     *,
     model_kwargs: dict[str, Any] | None = None,
     tokenizer_kwargs: dict[str, Any] | None = None,
-    model_class: Any = AutoModelForCausalLM,
+    model_class: Any = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """``(model, tokenizer)`` from a local checkpoint (or hub id), the tokenizer loaded first."""
+    """``(model, tokenizer)`` from a local checkpoint (or hub id), the tokenizer loaded first;
+    ``model_class`` defaults to ``AutoModelForCausalLM``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_class = AutoModelForCausalLM if model_class is None else model_class
     tokenizer = AutoTokenizer.from_pretrained(str(path), **(tokenizer_kwargs or {}))
     model = model_class.from_pretrained(str(path), **dtype_kwargs(dtype), **(model_kwargs or {}))
     return model, tokenizer
@@ -164,31 +162,33 @@ def seeded_uniforms(seeds: torch.Tensor, step: int, width: int) -> torch.Tensor:
     return (_shr(z, 11).to(torch.float64) + 0.5) / float(1 << 53)
 
 
-class _SeededSampler(LogitsProcessor):
+class _SeededSampler:
     """Temperature + top-p sampling by Gumbel-max with per-row random streams.
 
     ``argmax(logits / T + Gumbel)`` over the top-p nucleus is a draw from the same
     distribution as ``generate``'s multinomial sampling; run with ``do_sample=False``, the
     argmax is ``generate``'s greedy pick, and the noise of row ``r`` at its ``t``-th new
     token comes from :func:`seeded_uniforms` of ``seeds[r]`` -- never from another row.
+    A plain callable (not a ``transformers.LogitsProcessor`` subclass), so the native
+    backend runs it without importing transformers; ``generate`` accepts any callable.
     """
 
     def __init__(self, seeds: list[int], width: int, temperature: float, top_p: float):
         self.seeds = torch.tensor(seeds, dtype=torch.int64)
         self.width, self.temperature = width, temperature
-        self.top_p = TopPLogitsWarper(top_p) if top_p < 1.0 else None
+        self.top_p = top_p
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if self.seeds.device != scores.device:  # once, not at every token
             self.seeds = self.seeds.to(scores.device)
         logits = scores.float() / self.temperature
-        if self.top_p is not None:
-            logits = self.top_p(input_ids, logits)
+        if self.top_p < 1.0:
+            logits = top_p_filter(logits, self.top_p)
         u = seeded_uniforms(self.seeds, input_ids.shape[1] - self.width, scores.shape[-1])
         return logits - torch.log(-torch.log(u)).to(logits.dtype)
 
 
-class _StopAtDelimiter(StoppingCriteria):
+class _StopAtDelimiter:
     """Per-sequence stop once the *generated* text contains the step delimiter.
 
     Not HF's ``stop_strings``: the prompt itself ends with the delimiter, and a stop string
@@ -419,7 +419,7 @@ class HFPolicy(StepPolicy):
         elif seeds is not None:  # per-row streams; generate's argmax picks the Gumbel draw
             sampler = _SeededSampler(seeds, width, params.temperature, params.top_p)
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None,
-                          logits_processor=LogitsProcessorList([sampler]))  # fmt: skip
+                          logits_processor=[sampler])  # fmt: skip
         else:
             # top_k=0 disables HF's default top-k 50: sampling is temperature + top-p only.
             kwargs.update(
@@ -428,7 +428,7 @@ class HFPolicy(StepPolicy):
         stopper = None
         if params.stop_at_step:
             stopper = _StopAtDelimiter(self.tokenizer, self.step_delimiter, width)
-            kwargs["stopping_criteria"] = StoppingCriteriaList([stopper])
+            kwargs["stopping_criteria"] = [stopper]
         gen = self.model.generate(
             input_ids=ids.to(self.device), attention_mask=mask.to(self.device), **kwargs
         )

@@ -21,10 +21,9 @@ import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from langchain_tts.core.errors import ConfigError
 from langchain_tts.core.types import Trajectory, Usage
@@ -37,6 +36,9 @@ from langchain_tts.policies.hf import (
     pad_batch,
 )
 from langchain_tts.prms.base import PRMResult, ProcessRewardModel
+
+if TYPE_CHECKING:  # imported on use: the native backend (models/native.py) never needs it
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 __all__ = ["LikelihoodPRM"]
 

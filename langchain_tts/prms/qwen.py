@@ -14,17 +14,9 @@ import asyncio
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import (
-    AutoConfig,
-    AutoModel,
-    AutoModelForTokenClassification,
-    AutoTokenizer,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
 
 from langchain_tts.core.errors import PRMOutputError
 from langchain_tts.core.types import Trajectory, Usage
@@ -37,6 +29,9 @@ from langchain_tts.policies.hf import (
     pad_batch,
 )
 from langchain_tts.prms.base import PRMResult, ProcessRewardModel
+
+if TYPE_CHECKING:  # imported on use: the native backend (models/native.py) never needs it
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 __all__ = ["DEFAULT_PRM_SYSTEM_PROMPT", "QwenPRM"]
 
@@ -111,6 +106,13 @@ class QwenPRM(ProcessRewardModel):
         ``kw`` goes to the constructor (``device``, ``step_tag``, ...);
         ``model_kwargs`` / ``tokenizer_kwargs`` to the respective ``from_pretrained``.
         """
+        from transformers import (
+            AutoConfig,
+            AutoModel,
+            AutoModelForTokenClassification,
+            AutoTokenizer,
+        )
+
         # The embedded PRM's own head class (model_type "llama_checker_prm") is registered
         # with the Auto classes on import, like any Qwen-style PRM's custom head.
         import langchain_tts.models.checker_prm  # noqa: F401
