@@ -329,7 +329,10 @@ def serve(
     uvicorn.run(api, host=host, port=port, log_level=log_level)
 
 
-@app.command("train-default", context_settings={"allow_extra_args": True})
+@app.command(
+    "train-default",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
 def train_default(ctx: typer.Context) -> None:
     """Rebuild the embedded models from scratch (flags: see --help of the trainer)."""
     from langchain_tts.models.train import main as train_main

@@ -45,14 +45,22 @@ def test_train_command_rebuilds_the_calculator_then_the_prm_on_it(tmp_path):
     through QwenPRM as the shipped one does."""
     import shutil
 
+    from typer.testing import CliRunner
+
+    from langchain_tts.cli import app
     from langchain_tts.models import default_model_path
     from langchain_tts.prms.qwen import QwenPRM
 
     shutil.copytree(default_model_path("policy-small"), tmp_path / "policy-small")
-    T.main(["--out", str(tmp_path), "--only", "calculator", "prm", "--threads", "1",
-            "--calculator-steps", "2", "--calculator-batch", "4", "--prm-body-steps", "2",
-            "--checker-steps", "2", "--batch-size", "4", "--rollout-problems", "3",
-            "--rollout-samples", "1"])  # fmt: skip
+    # Through the documented command: `tts train-default` hands every flag to the trainer.
+    res = CliRunner().invoke(
+        app,
+        ["train-default", "--out", str(tmp_path), "--only", "calculator", "prm", "--threads",
+         "1", "--calculator-steps", "2", "--calculator-batch", "4", "--prm-body-steps", "2",
+         "--checker-steps", "2", "--batch-size", "4", "--rollout-problems", "3",
+         "--rollout-samples", "1"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
     stats = json.loads((tmp_path / "training_stats.json").read_text())
     assert {"verifier-calc", "prm-body", "prm", "rollouts"} <= set(stats)
     assert stats["prm"]["steps"] == 2 and stats["rollouts"]["n"] == 3
@@ -66,8 +74,23 @@ def test_train_command_rebuilds_the_calculator_then_the_prm_on_it(tmp_path):
 def test_train_command_rejects_an_unknown_prm_head_or_body_before_training(tmp_path, capsys):
     import pytest
 
-    for flag, value in (("--prm-head", "checkr"), ("--prm-init", "huge")):
+    for flag, value in (("--prm-head", "checkr"), ("--prm-init", "huge"), ("--precision", "fp8")):
         with pytest.raises(SystemExit):
             T.main(["--out", str(tmp_path), "--only", "prm", flag, value])
         assert value in capsys.readouterr().err
     assert not (tmp_path / "training_stats.json").exists()  # nothing ran
+
+
+def test_precision_is_resolved_and_both_train():
+    import pytest
+
+    assert T.resolve_precision("fp32") == "fp32" and T.resolve_precision("bf16") == "bf16"
+    assert T.resolve_precision("auto") in ("bf16", "fp32")
+    with pytest.raises(ValueError, match="precision"):
+        T.resolve_precision("fp8")
+    for precision in ("bf16", "fp32"):
+        recipe = T.TrainRecipe(calculator_steps=3, calculator_batch=4, precision=precision)
+        torch.manual_seed(0)
+        model, stats = T.train_calculator(T.SIZES["small"], recipe, desc=precision)
+        assert stats["final_loss"] > 0
+        assert all(p.dtype == torch.float32 for p in model.parameters())  # weights stay fp32
