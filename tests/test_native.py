@@ -230,3 +230,18 @@ def test_transformers_backend_still_loads_the_folders() -> None:
     policy, prm = load_default(prm="strong", backend="transformers")
     assert type(policy.model).__name__ == "LlamaForCausalLM"
     assert type(prm.model).__name__ == "LlamaForProcessRewardModel"
+
+
+def test_weights_dir_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A rebuild (`tts train-default --out DIR`) is used with LANGCHAIN_TTS_WEIGHTS_DIR=DIR.
+    import shutil
+
+    from langchain_tts.models import default_model_path
+
+    shutil.copytree(default_model_path("policy-small"), tmp_path / "policy-small")
+    monkeypatch.setenv("LANGCHAIN_TTS_WEIGHTS_DIR", str(tmp_path))
+    assert default_model_path("policy-small") == tmp_path / "policy-small"
+    policy = load_default_policy()
+    assert policy.model.config._name_or_path == str(tmp_path / "policy-small")
+    with pytest.raises(FileNotFoundError, match=str(tmp_path)):
+        load_default_prm("strong")

@@ -94,3 +94,28 @@ def test_precision_is_resolved_and_both_train():
         model, stats = T.train_calculator(T.SIZES["small"], recipe, desc=precision)
         assert stats["final_loss"] > 0
         assert all(p.dtype == torch.float32 for p in model.parameters())  # weights stay fp32
+
+
+def test_parallel_rebuild_equals_the_one_process_rebuild(tmp_path):
+    """`--jobs 2` runs the stages as one-thread workers (rollouts and the PRM body passed
+    through a scratch folder); every saved model is byte for byte the one-process one."""
+    flags = ["--small-steps", "2", "--large-steps", "2", "--calculator-steps", "2",
+             "--calculator-batch", "4", "--prm-body-steps", "2", "--checker-steps", "2",
+             "--weak-prm-steps", "2", "--batch-size", "4", "--rollout-problems", "3",
+             "--rollout-samples", "2"]  # fmt: skip
+    T.main(["--out", str(tmp_path / "par"), "--jobs", "2", *flags])
+    T.main(["--out", str(tmp_path / "seq"), "--jobs", "1", "--threads", "1", *flags])
+    for name in ("policy-small", "policy-large", "verifier-calc", "prm", "prm-weak"):
+        a = (tmp_path / "par" / name / "model.safetensors").read_bytes()
+        assert a == (tmp_path / "seq" / name / "model.safetensors").read_bytes(), name
+    par = json.loads((tmp_path / "par" / "training_stats.json").read_text())
+    assert par["jobs_last_run"] == 2 and par["rollouts"]["n"] == 6
+    assert {"policy-small", "prm-body", "prm", "prm-weak"} <= set(par)
+
+
+def test_worker_stages_need_the_parallel_runner(tmp_path, capsys):
+    import pytest
+
+    with pytest.raises(SystemExit):
+        T.main(["--out", str(tmp_path), "--only", "rollouts"])
+    assert "worker stages" in capsys.readouterr().err

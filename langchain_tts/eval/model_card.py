@@ -172,7 +172,16 @@ def main(argv: list[str] | None = None) -> None:
         help="card suite: the verifier searched with (likelihood: the large policy's "
         "likelihoods); records go to <out>_likelihood*.jsonl",
     )
+    ap.add_argument(
+        "--weights",
+        type=Path,
+        default=None,
+        help="load the embedded models from this folder (a rebuild: `tts train-default --out "
+        "DIR`) instead of the shipped ones",
+    )
     args = ap.parse_args(argv)
+    if args.weights is not None:
+        os.environ["LANGCHAIN_TTS_WEIGHTS_DIR"] = str(args.weights.resolve())
     runs = SUITES[args.suite]
     if args.suite == "card" and args.prm != "strong":
         runs = [(size, args.prm if k == "strong" else k, s, n) for size, k, s, n in runs]

@@ -11,6 +11,7 @@ Rebuild them with ``python -m langchain_tts.models.train`` (see ``docs/model_car
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,10 +32,17 @@ BACKENDS = ("native", "transformers")
 Backend = Literal["native", "transformers"]
 
 
+def weights_dir() -> Path:
+    """The folder the embedded models load from: the shipped ``weights/``, or
+    ``$LANGCHAIN_TTS_WEIGHTS_DIR`` (e.g. a rebuild: ``tts train-default --out DIR``)."""
+    override = os.environ.get("LANGCHAIN_TTS_WEIGHTS_DIR")
+    return Path(override) if override else WEIGHTS_DIR
+
+
 def default_model_path(name: str) -> Path:
-    """Folder of one shipped model: ``policy-small``, ``policy-large``, ``prm``, ``prm-weak``,
-    ``verifier-calc``."""
-    path = WEIGHTS_DIR / name
+    """Folder of one embedded model: ``policy-small``, ``policy-large``, ``prm``, ``prm-weak``,
+    ``verifier-calc`` (under :func:`weights_dir`)."""
+    path = weights_dir() / name
     if not (path / "model.safetensors").exists():
         raise FileNotFoundError(
             f"embedded model {name!r} not found at {path}. Reinstall langchain-tts, or rebuild "

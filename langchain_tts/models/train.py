@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
 import time
 import zlib
@@ -594,29 +595,50 @@ def train_prm(
     return model, _prm_stats(steps, t0, losses, accs)
 
 
+# Stages of the parallel rebuild (``--jobs``): what each needs first, and its measured
+# minutes on one thread beside another job (bf16; docs/model_card.md), which orders the queue.
+STAGE_DEPS: dict[str, tuple[str, ...]] = {
+    "large": (),
+    "calculator": (),
+    "small": (),
+    "rollouts": ("small",),
+    "prm-body": ("calculator",),
+    "prm": ("prm-body", "rollouts"),
+    "weak_prm": ("rollouts",),
+}
+STAGE_MINUTES = {"large": 39.4, "calculator": 23.9, "small": 24.5, "rollouts": 5.0,
+                 "prm-body": 11.6, "prm": 0.8, "weak_prm": 1.0}  # fmt: skip
+USER_STAGES = [
+    "small",
+    "large",
+    "prm",
+    "weak_prm",
+    "calculator",
+    "continue-small",
+    "continue-large",
+]
+WORKER_STAGES = ["rollouts", "prm-body"]  # intermediate stages, run by --jobs workers only
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--out", type=Path, default=DEFAULT_DIR)
-    ap.add_argument(
-        "--only",
-        choices=[
-            "small",
-            "large",
-            "prm",
-            "weak_prm",
-            "calculator",
-            "continue-small",
-            "continue-large",
-        ],  # fmt: skip
-        nargs="*",
-    )
+    ap.add_argument("--only", choices=USER_STAGES + WORKER_STAGES, nargs="*")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    ap.add_argument(
+        "--jobs",
+        type=int,
+        default=0,
+        help="stages run at once, each a one-thread process (0: one per core; 1: one "
+        "process, in order). Small models train faster as two one-thread jobs than as one "
+        "two-thread job.",
+    )
+    ap.add_argument("--work-dir", type=Path, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--stats-out", type=Path, default=None, help=argparse.SUPPRESS)
     for f, v in asdict(TrainRecipe()).items():
         kind = (lambda x: x.lower() in ("1", "true", "yes")) if isinstance(v, bool) else type(v)
         ap.add_argument(f"--{f.replace('_', '-')}", type=kind, default=v)
     args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     recipe = TrainRecipe(**{f: getattr(args, f) for f in asdict(TrainRecipe())})
     if recipe.prm_head not in PRM_HEADS:  # before hours of training, not after
         ap.error(f"--prm-head must be one of {list(PRM_HEADS)}, got {recipe.prm_head!r}")
@@ -627,16 +649,134 @@ def main(argv: list[str] | None = None) -> None:
             f"--prm-init must be 'calculator' or one of {list(SIZES)}, got {recipe.prm_init!r}"
         )
     only = set(args.only or ["small", "large", "prm", "weak_prm", "calculator"])
-    out: Path = args.out
+    if only & set(WORKER_STAGES) and args.work_dir is None:
+        ap.error(f"--only {sorted(only & set(WORKER_STAGES))} are --jobs worker stages")
+    jobs = args.jobs if args.jobs > 0 else (os.cpu_count() or 1)
+    parallel = [
+        s for s in STAGE_DEPS if s in only or (s in WORKER_STAGES and _needs(s, only, recipe))
+    ]
+    if jobs > 1 and args.work_dir is None and len(parallel) > 1 and not only - set(STAGE_DEPS):
+        _run_stages(parallel, jobs, args.out, recipe, ap)
+        return
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    _train_in_process(only, args.out, recipe, args.work_dir, args.stats_out)
+
+
+def _needs(stage: str, only: set[str], recipe: TrainRecipe) -> bool:
+    """Whether a worker stage feeds one of the stages asked for."""
+    if stage == "rollouts":
+        return bool(only & {"prm", "weak_prm"})
+    return "prm" in only and recipe.prm_init == "calculator"  # prm-body
+
+
+def _recipe_flags(recipe: TrainRecipe) -> list[str]:
+    flags: list[str] = []
+    for f, v in asdict(recipe).items():
+        flags += [f"--{f.replace('_', '-')}", str(v)]
+    return flags
+
+
+def _run_stages(
+    stages: list[str], jobs: int, out: Path, recipe: TrainRecipe, ap: argparse.ArgumentParser
+) -> None:
+    """Run ``stages`` as one-thread worker processes, ``jobs`` at a time, each as soon as
+    the stages it needs are done, longest remaining chain first. Intermediate results
+    (rollouts, the PRM body) pass through a scratch folder; each worker's log is kept
+    there and its tail printed if it fails."""
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="tts-train-"))
+    todo = set(stages)
+
+    def deps(stage: str) -> tuple[str, ...]:
+        if stage == "prm" and recipe.prm_init != "calculator":  # a policy's body
+            return (*STAGE_DEPS[stage], recipe.prm_init)
+        return STAGE_DEPS[stage]
+
+    def chain(stage: str) -> float:  # minutes from this stage's start to the last stage's end
+        after = [chain(s) for s in todo if stage in deps(s)]
+        return STAGE_MINUTES[stage] + max(after, default=0.0)
+
     stats_path = out / "training_stats.json"
     stats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
     stats["recipe"] = {**asdict(recipe), "precision_used": resolve_precision(recipe.precision)}
+    running: dict[str, tuple[subprocess.Popen, float]] = {}
+    done: set[str] = set()
+    t_all = time.time()
+    bar = tqdm(total=len(stages), desc=f"train ({jobs} jobs)", unit="stage")
+    bar.write(f"training {', '.join(stages)}; each worker's progress: tail -f {work}/*.log")
+    shown = ""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    try:
+        while todo - done:
+            ready = [s for s in todo - done - set(running)
+                     if all(d in done or d not in todo for d in deps(s))]  # fmt: skip
+            for stage in sorted(ready, key=chain, reverse=True)[: jobs - len(running)]:
+                cmd = [sys.executable, "-m", "langchain_tts.models.train", "--out", str(out),
+                       "--only", stage, "--threads", "1", "--jobs", "1", "--work-dir",
+                       str(work), "--stats-out", str(work / f"{stage}.stats.json"),
+                       *_recipe_flags(recipe)]  # fmt: skip
+                log = (work / f"{stage}.log").open("w")
+                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+                running[stage] = (proc, time.time())
+            label = "running: " + ", ".join(sorted(running))
+            if label != shown:  # refresh on change only: workers run for many minutes
+                bar.set_postfix_str(shown := label)
+            time.sleep(1.0)
+            for stage, (proc, t0) in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                del running[stage]
+                if proc.returncode != 0:
+                    tail = (work / f"{stage}.log").read_text()[-3000:]
+                    raise SystemExit(
+                        f"training stage {stage!r} failed (exit {proc.returncode}); its log "
+                        f"is {work / f'{stage}.log'}:\n{tail}"
+                    )
+                stats.update(json.loads((work / f"{stage}.stats.json").read_text()))
+                stats_path.write_text(json.dumps(stats, indent=2))
+                done.add(stage)
+                bar.update(1)
+                bar.write(f"{stage}: done in {(time.time() - t0) / 60:.1f} min")
+    finally:
+        for proc, _ in running.values():
+            proc.kill()
+        bar.close()
+    stats["total_seconds_last_run"] = round(time.time() - t_all, 1)
+    stats["jobs_last_run"] = jobs
+    stats_path.write_text(json.dumps(stats, indent=2))
+    shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(stats, indent=2))
+
+
+def _rollout_problems(recipe: TrainRecipe) -> list[ArithmeticProblem]:
+    train_stream = _TrainStream(recipe.seed + 1234)
+    return [train_stream.sample() for _ in range(recipe.rollout_problems)]
+
+
+def _train_in_process(
+    only: set[str], out: Path, recipe: TrainRecipe, work: Path | None, stats_out: Path | None
+) -> None:
+    """The stages in ``only``, in order, in this process. With ``work`` (a ``--jobs``
+    worker), rollouts and the PRM body are read from / written to that folder; with
+    ``stats_out``, this run's records go there for the parent to merge."""
+    stats_path = out / "training_stats.json"
+    if stats_out is not None:
+        stats: dict = {}
+    else:
+        stats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
+        stats["recipe"] = {**asdict(recipe), "precision_used": resolve_precision(recipe.precision)}
     t_all = time.time()
 
     def record(name: str, s: dict) -> None:
         stats[name] = s
         out.mkdir(parents=True, exist_ok=True)
-        stats_path.write_text(json.dumps(stats, indent=2))
+        (stats_out or stats_path).write_text(json.dumps(stats, indent=2))
 
     for size in ("small", "large"):
         if size in only:
@@ -658,53 +798,69 @@ def main(argv: list[str] | None = None) -> None:
         m, s = train_calculator(SIZES["small"], recipe)
         save_hf(m, SIZES["small"], out / "verifier-calc", "LlamaForCausalLM")
         record("verifier-calc", s)
-    if only & {"prm", "weak_prm"}:
+    prm_extra = {"id2label": {0: "bad", 1: "good"}, "label2id": {"bad": 0, "good": 1},
+                 "step_tag": STEP_TAG}  # fmt: skip
+    rollouts: list[tuple[ArithmeticProblem, list[str]]] = []
+    saved_rollouts = work / "rollouts.json" if work is not None else None
+    if only & {"prm", "weak_prm"} and saved_rollouts is not None and saved_rollouts.exists():
+        # a --jobs worker: the rollouts stage sampled them (same problems, same order)
+        expanded = [p for p in _rollout_problems(recipe) for _ in range(recipe.rollout_samples)]
+        rollouts = list(zip(expanded, json.loads(saved_rollouts.read_text()), strict=True))
+    elif only & {"prm", "weak_prm", "rollouts"}:
         t0 = time.time()
-        train_stream = _TrainStream(recipe.seed + 1234)
-        problems = [train_stream.sample() for _ in range(recipe.rollout_problems)]
         rollouts = sample_rollouts(
-            out / "policy-small", problems, recipe.rollout_samples,
+            out / "policy-small", _rollout_problems(recipe), recipe.rollout_samples,
             recipe.rollout_temperature, recipe.seed,
         )  # fmt: skip
         correct = sum(label_steps(p, s).final_correct for p, s in rollouts) / len(rollouts)
         record("rollouts", {"n": len(rollouts), "seconds": round(time.time() - t0, 1),
                             "final_correct": round(correct, 4)})  # fmt: skip
-        prm_extra = {"id2label": {0: "bad", 1: "good"}, "label2id": {"bad": 0, "good": 1},
-                     "step_tag": STEP_TAG}  # fmt: skip
-        if "prm" in only:
-            if recipe.prm_init == "calculator":
-                policy_cfg, body_dir = SIZES["small"], out / "verifier-calc"
-            else:
-                policy_cfg, body_dir = SIZES[recipe.prm_init], out / f"policy-{recipe.prm_init}"
+        if saved_rollouts is not None:
+            saved_rollouts.write_text(json.dumps([steps for _, steps in rollouts]))
+    saved_body = work / "prm-body.pt" if work is not None else None
+    if "prm-body" in only and saved_body is not None:
+        body = TinyLlamaForCausalLM(SIZES["small"])
+        _load_fp16(body, out / "verifier-calc")
+        record("prm-body", calculator_in_context(body, recipe))
+        torch.save(body.state_dict(), saved_body)  # fp32: the same body as in one process
+    if "prm" in only:
+        if recipe.prm_init == "calculator":
+            policy_cfg = SIZES["small"]
             body = TinyLlamaForCausalLM(policy_cfg)
-            _load_fp16(body, body_dir)
-            if recipe.prm_init == "calculator":
-                record("prm-body", calculator_in_context(body, recipe))
-            if recipe.prm_head == "checker":
-                m, s = train_checker_prm(policy_cfg, body, rollouts, recipe.checker_steps, recipe)
-                save_hf(m, policy_cfg, out / "prm", "LlamaForProcessRewardModel",
-                        model_type="llama_checker_prm", **prm_extra)  # fmt: skip
+            if saved_body is not None and saved_body.exists():
+                body.load_state_dict(torch.load(saved_body))
             else:
-                # Fresh layers on the body's: at position i they could read the body's
-                # next-token prediction made at i-1 and compare it with token i. They did
-                # not learn to in our budget (model card items 4 and 9); the checker head
-                # makes that comparison with the LM head instead.
-                prm_cfg = replace(
-                    policy_cfg,
-                    num_hidden_layers=policy_cfg.num_hidden_layers + recipe.prm_extra_layers,
-                )
-                m, s = train_prm(prm_cfg, body, rollouts, recipe.prm_steps, recipe, "prm")
-                save_hf(m, prm_cfg, out / "prm", "LlamaForTokenClassification", **prm_extra)
-            record("prm", s)
-        if "weak_prm" in only:
-            m, s = train_prm(
-                SIZES["small"], None, rollouts, recipe.weak_prm_steps, recipe, "weak_prm"
+                _load_fp16(body, out / "verifier-calc")
+                record("prm-body", calculator_in_context(body, recipe))
+        else:
+            policy_cfg = SIZES[recipe.prm_init]
+            body = TinyLlamaForCausalLM(policy_cfg)
+            _load_fp16(body, out / f"policy-{recipe.prm_init}")
+        if recipe.prm_head == "checker":
+            m, s = train_checker_prm(policy_cfg, body, rollouts, recipe.checker_steps, recipe)
+            save_hf(m, policy_cfg, out / "prm", "LlamaForProcessRewardModel",
+                    model_type="llama_checker_prm", **prm_extra)  # fmt: skip
+        else:
+            # Fresh layers on the body's: at position i they could read the body's
+            # next-token prediction made at i-1 and compare it with token i. They did
+            # not learn to in our budget (model card items 4 and 9); the checker head
+            # makes that comparison with the LM head instead.
+            prm_cfg = replace(
+                policy_cfg,
+                num_hidden_layers=policy_cfg.num_hidden_layers + recipe.prm_extra_layers,
             )
-            save_hf(m, SIZES["small"], out / "prm-weak", "LlamaForTokenClassification", **prm_extra)
-            record("prm-weak", s)
-    stats["total_seconds_last_run"] = round(time.time() - t_all, 1)
-    stats_path.write_text(json.dumps(stats, indent=2))
-    print(json.dumps(stats, indent=2))
+            m, s = train_prm(prm_cfg, body, rollouts, recipe.prm_steps, recipe, "prm")
+            save_hf(m, prm_cfg, out / "prm", "LlamaForTokenClassification", **prm_extra)
+        record("prm", s)
+    if "weak_prm" in only:
+        m, s = train_prm(SIZES["small"], None, rollouts, recipe.weak_prm_steps, recipe, "weak_prm")
+        save_hf(m, SIZES["small"], out / "prm-weak", "LlamaForTokenClassification", **prm_extra)
+        record("prm-weak", s)
+    if stats_out is None:
+        stats["total_seconds_last_run"] = round(time.time() - t_all, 1)
+        stats["jobs_last_run"] = 1
+        stats_path.write_text(json.dumps(stats, indent=2))
+        print(json.dumps(stats, indent=2))
 
 
 def _load_fp16(model: torch.nn.Module, path: Path) -> None:

@@ -2,7 +2,10 @@
 
 Every prefix x sample becomes one row of a single left-padded ``model.generate`` call
 (chunked by ``batch_size`` only when needed), so a search step costs one decoding loop
-instead of ``len(prefixes) * n``. Works on CPU or GPU with any causal LM checkpoint.
+instead of ``len(prefixes) * n``. Works on CPU or GPU with any causal LM checkpoint, and
+with any model exposing the same ``generate`` contract: the embedded models run on
+:class:`~langchain_tts.models.native.NativeCausalLM` (no transformers import). Nothing here
+imports transformers until ``from_pretrained`` is called.
 
 Seeds: with ``SamplingParams.seed`` set, row ``j`` of prefix ``i`` of a call samples with
 its own random stream, seeded ``seed + i * n + j`` as vLLM does (:mod:`.vllm`), and token
