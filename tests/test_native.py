@@ -36,19 +36,13 @@ PREFIXES = [
 ]
 
 
-def _biased(pol: HFPolicy) -> HFPolicy:
-    """Push a random model towards "\\n" and EOS so steps, EOS and length stops all occur."""
+def _push_to_stops(pol: HFPolicy) -> HFPolicy:
+    """Bias a random model's LM head towards "\n" and EOS (a forward hook, on either
+    runtime), so that step, EOS and length stops all occur."""
     bias = torch.zeros(pol.model.config.vocab_size)
     bias[pol.tokenizer.convert_tokens_to_ids("\n")] = 4.0
     bias[pol.tokenizer.convert_tokens_to_ids(EOS)] = 1.5
-    forward = pol.model.forward
-
-    def biased(*args: Any, **kwargs: Any) -> Any:
-        out = forward(*args, **kwargs)
-        out.logits = out.logits + bias.to(out.logits)
-        return out
-
-    pol.model.forward = biased  # type: ignore[method-assign]
+    pol.model.get_output_embeddings().register_forward_hook(lambda _m, _i, out: out + bias)
     return pol
 
 
@@ -59,13 +53,7 @@ def _flat(rows: list[list[float]]) -> list[float]:
 @pytest.fixture
 def pair(tiny_policy_dir: Path) -> tuple[HFPolicy, HFPolicy]:
     native = HFPolicy(*load_native(tiny_policy_dir))
-    # The native decoder calls the LM head itself; bias it there.
-    head = native.model.core.lm_head
-    bias = torch.zeros(native.model.config.vocab_size)
-    bias[native.tokenizer.convert_tokens_to_ids("\n")] = 4.0
-    bias[native.tokenizer.convert_tokens_to_ids(EOS)] = 1.5
-    head.register_forward_hook(lambda _m, _i, out: out + bias)
-    return native, _biased(HFPolicy.from_pretrained(tiny_policy_dir))
+    return _push_to_stops(native), _push_to_stops(HFPolicy.from_pretrained(tiny_policy_dir))
 
 
 @pytest.mark.parametrize(

@@ -183,11 +183,6 @@ def _rope(inv_freq: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor
     return emb.cos()[:, None], emb.sin()[:, None]
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    h = x.shape[-1] // 2
-    return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
-
-
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -205,19 +200,13 @@ def body_forward(
     new_cache: KVCache = []
     for i, layer in enumerate(body.layers):
         attn = layer.self_attn
-        h = layer.input_layernorm(x)
-        b, t, _ = h.shape
-        q = attn.q_proj(h).view(b, t, attn.n_heads, attn.head_dim).transpose(1, 2)
-        k = attn.k_proj(h).view(b, t, attn.n_heads, attn.head_dim).transpose(1, 2)
-        v = attn.v_proj(h).view(b, t, attn.n_heads, attn.head_dim).transpose(1, 2)
-        q = q * cos + _rotate_half(q) * sin
-        k = k * cos + _rotate_half(k) * sin
+        q, k, v = attn.project(layer.input_layernorm(x), cos, sin)
         if cache is not None:
             k = torch.cat((cache[i][0], k), dim=2)
             v = torch.cat((cache[i][1], v), dim=2)
         new_cache.append((k, v))
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
-        x = x + attn.o_proj(out.transpose(1, 2).reshape(b, t, -1))
+        x = x + attn.o_proj(out.transpose(1, 2).reshape(*x.shape[:2], -1))
         x = x + layer.mlp(layer.post_attention_layernorm(x))
     return body.norm(x), new_cache
 
