@@ -45,7 +45,7 @@ model-card: setup  ## the full model-card sweep (hours on 2 cores; docs/results/
 bench: setup  ## orchestration overhead, HTTP batching, scaling, embedded models (docs/performance.md)
 	OMP_NUM_THREADS=1 $(BIN)/python -m benchmarks.run_all
 
-train-default: setup  ## rebuild the embedded weights from scratch (~1.5 h on 2 cores)
+train-default: setup  ## rebuild the embedded weights from scratch (52 min on 2 cores)
 	$(BIN)/tts train-default
 
 clean:
