@@ -630,8 +630,8 @@ def main(argv: list[str] | None = None) -> None:
         type=int,
         default=0,
         help="stages run at once, each a one-thread process (0: one per core; 1: one "
-        "process, in order). Small models train faster as two one-thread jobs than as one "
-        "two-thread job.",
+        "process, in order, with --threads). Small models train faster as two one-thread "
+        "jobs than as one two-thread job.",
     )
     ap.add_argument("--work-dir", type=Path, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--stats-out", type=Path, default=None, help=argparse.SUPPRESS)
@@ -656,7 +656,7 @@ def main(argv: list[str] | None = None) -> None:
         s for s in STAGE_DEPS if s in only or (s in WORKER_STAGES and _needs(s, only, recipe))
     ]
     if jobs > 1 and args.work_dir is None and len(parallel) > 1 and not only - set(STAGE_DEPS):
-        _run_stages(parallel, jobs, args.out, recipe, ap)
+        _run_stages(parallel, jobs, args.out, recipe)
         return
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -677,9 +677,11 @@ def _recipe_flags(recipe: TrainRecipe) -> list[str]:
     return flags
 
 
-def _run_stages(
-    stages: list[str], jobs: int, out: Path, recipe: TrainRecipe, ap: argparse.ArgumentParser
-) -> None:
+def _recipe_record(recipe: TrainRecipe) -> dict:
+    return {**asdict(recipe), "precision_used": resolve_precision(recipe.precision)}
+
+
+def _run_stages(stages: list[str], jobs: int, out: Path, recipe: TrainRecipe) -> None:
     """Run ``stages`` as one-thread worker processes, ``jobs`` at a time, each as soon as
     the stages it needs are done, longest remaining chain first. Intermediate results
     (rollouts, the PRM body) pass through a scratch folder; each worker's log is kept
@@ -704,7 +706,7 @@ def _run_stages(
 
     stats_path = out / "training_stats.json"
     stats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
-    stats["recipe"] = {**asdict(recipe), "precision_used": resolve_precision(recipe.precision)}
+    stats["recipe"] = _recipe_record(recipe)
     running: dict[str, tuple[subprocess.Popen, float]] = {}
     done: set[str] = set()
     t_all = time.time()
@@ -721,8 +723,8 @@ def _run_stages(
                        "--only", stage, "--threads", "1", "--jobs", "1", "--work-dir",
                        str(work), "--stats-out", str(work / f"{stage}.stats.json"),
                        *_recipe_flags(recipe)]  # fmt: skip
-                log = (work / f"{stage}.log").open("w")
-                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+                with (work / f"{stage}.log").open("w") as log:  # the child keeps its copy
+                    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
                 running[stage] = (proc, time.time())
             label = "running: " + ", ".join(sorted(running))
             if label != shown:  # refresh on change only: workers run for many minutes
@@ -770,7 +772,7 @@ def _train_in_process(
         stats: dict = {}
     else:
         stats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
-        stats["recipe"] = {**asdict(recipe), "precision_used": resolve_precision(recipe.precision)}
+        stats["recipe"] = _recipe_record(recipe)
     t_all = time.time()
 
     def record(name: str, s: dict) -> None:
