@@ -78,7 +78,7 @@ def _load(cls: Any, name: str, backend: Backend) -> Any:
         from langchain_tts.models.native import load_native
 
         model, tokenizer = load_native(path)
-        return cls(model, tokenizer, name=f"{cls.__name__}({name})")
+        return cls(model, tokenizer)
     with _quiet_loading():
         return cls.from_pretrained(str(path))
 
