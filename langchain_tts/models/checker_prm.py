@@ -27,7 +27,7 @@ from transformers import (
 )
 from transformers.modeling_outputs import TokenClassifierOutput
 
-from langchain_tts.models.tiny_llama import checker_logits, init_checker_head
+from langchain_tts.models.tiny_llama import LEFT_PADDING_ERROR, checker_logits, init_checker_head
 
 __all__ = ["LlamaForProcessRewardModel", "LlamaPRMConfig", "register"]
 
@@ -68,10 +68,7 @@ class LlamaForProcessRewardModel(LlamaPreTrainedModel):
     ) -> TokenClassifierOutput:
         if attention_mask is not None and bool((attention_mask[:, 0] == 0).any()):
             # Left padding would shift positions and put pad tokens before the question.
-            raise ValueError(
-                "LlamaForProcessRewardModel scores right-padded batches only (QwenPRM pads "
-                "on the right); pad at the end of each row."
-            )
+            raise ValueError(LEFT_PADDING_ERROR)
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         logits = checker_logits(
             hidden, input_ids, self.lm_head.weight, self.gate, self.scale, self.bias,

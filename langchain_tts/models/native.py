@@ -35,6 +35,7 @@ from torch import nn
 
 from langchain_tts.core.errors import ConfigError
 from langchain_tts.models.tiny_llama import (
+    LEFT_PADDING_ERROR,
     LlamaBody,
     TinyLlamaConfig,
     TinyLlamaForCausalLM,
@@ -340,10 +341,7 @@ class NativeCheckerPRM(_NativeModel):
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **_: Any
     ) -> SimpleNamespace:
         if attention_mask is not None and bool((attention_mask[:, 0] == 0).any()):
-            raise ValueError(
-                "LlamaForProcessRewardModel scores right-padded batches only (QwenPRM pads "
-                "on the right); pad at the end of each row."
-            )
+            raise ValueError(LEFT_PADDING_ERROR)
         c = self.core
         hidden = self._hidden(input_ids, attention_mask)
         logits = checker_logits(

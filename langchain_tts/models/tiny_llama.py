@@ -202,6 +202,14 @@ class TinyLlamaForProcessRewardModel(TinyLlamaForCausalLM):
         return checker_logits(h, input_ids, self.lm_head.weight, self.gate, self.scale, self.bias)
 
 
+# The checker PRM's refusal of left padding (it would shift positions and put pad tokens
+# before the question), shared by the HF class and the native runtime.
+LEFT_PADDING_ERROR = (
+    "LlamaForProcessRewardModel scores right-padded batches only (QwenPRM pads on the right); "
+    "pad at the end of each row."
+)
+
+
 # Untrained, the read-out already reads "good unless some token cost more than ~3 nats":
 # softplus(0.55) ~= 1, bias 3. Gate weights start at zero (every prediction half-counted).
 CHECKER_INIT_SCALE = 0.55
