@@ -333,7 +333,7 @@ def test_model_card_claims_read_the_chosen_verifier():
     rows += [row("small", "strong", "best_of_n", 16, 0.58)]
     rows += [row("small", "weak", s, 16, 0.57) for s in ("best_of_n", "beam_search")]
     got = {name: (ok, text) for name, ok, text in claims(rows, "likelihood")}
-    assert got["best_of_n N=16 >= CoT + 15 points"] == (True, "76.0% vs 60.0%")
+    assert got["best_of_n N=16 >= CoT + 15 points"] == (True, "76.0% vs 60.0% (+16.0)")
     assert got["beam_search N=16 >= CoT + 15 points"][0] is False
     assert got["best_of_n accuracy rises with N"][0] is True
     assert got["beam_search accuracy rises with N"][0] is True  # 70 -> 69: within noise
@@ -343,6 +343,16 @@ def test_model_card_claims_read_the_chosen_verifier():
     # the default reads the shipped strong PRM's rows, which say otherwise
     strong = {name: ok for name, ok, _ in claims(rows)}
     assert strong["best_of_n N=16 >= CoT + 15 points"] is False
+    # exactly 15 points holds, whichever way the floats round (260/320 vs 212/320)
+    for cot, best in ((212 / 320, 260 / 320), (0.6625, 0.8125), (0.1, 0.25)):
+        edge = [row("small", "none", "cot", 1, cot), row("small", "strong", "best_of_n", 16, best)]
+        ok = {name: ok for name, ok, _ in claims(edge)}
+        assert ok["best_of_n N=16 >= CoT + 15 points"] is True
+    edge = [
+        row("small", "none", "cot", 1, 212 / 320),
+        row("small", "strong", "best_of_n", 16, 0.81),
+    ]
+    assert {n: ok for n, ok, _ in claims(edge)}["best_of_n N=16 >= CoT + 15 points"] is False
 
 
 @pytest.mark.slow
@@ -360,3 +370,15 @@ def test_model_card_with_the_likelihood_verifier_end_to_end(tmp_path):
     assert len(recs) == 4 and all(r["flops"] > 0 for r in recs)
     md = (tmp_path / "card.md").read_text()
     assert "--prm likelihood" in md and "likelihood verifier beats weak PRM" in md
+
+
+@pytest.mark.slow
+def test_model_card_seed_is_another_recorded_draw(tmp_path):
+    from langchain_tts.eval.model_card import main as model_card
+
+    out = tmp_path / "seed.jsonl"
+    # run 4: best-of-4 with the strong PRM; --seed draws other samples and says so
+    model_card(["--n", "2", "--runs", "4", "--seed", "1000", "--out", str(out)])
+    recs = read_records(out)
+    assert len(recs) == 2 and {r["seed"] for r in recs} == {1000}
+    assert "--seed 1000" in (tmp_path / "seed.md").read_text()
