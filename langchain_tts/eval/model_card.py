@@ -179,7 +179,8 @@ def main(argv: list[str] | None = None) -> None:
         type=int,
         default=0,
         help="sampling seed of every run (0: the card's draw); another seed is an "
-        "independent draw of the same runs, recorded with a 'seed' field",
+        "independent draw of the same runs, recorded with a 'seed' field: give it its own "
+        "--out, since resuming skips the problems a file already has",
     )
     ap.add_argument(
         "--weights",
