@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import warnings
 from typing import Any
 
 import pytest
@@ -164,8 +165,32 @@ def test_failures_raise_backend_error_with_partial_steps():
 
 
 def test_rejects_non_models():
-    with pytest.raises(ConfigError, match="LangChain"):
+    with pytest.raises(ConfigError, match="model must be a LangChain"):
         ChatModelPolicy(object())  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="model must be a LangChain"):
+        ChatModelPolicy()
+
+
+def test_model_keyword_and_positional_are_the_same():
+    llm = ScriptedChat()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the LangChain spelling warns about nothing
+        by_name, by_position = ChatModelPolicy(model=llm), ChatModelPolicy(llm)
+    assert by_name.model is by_position.model is llm
+    assert by_name.name == "ChatModelPolicy(ScriptedChat)"
+    assert by_name.generate(PREFIXES[:1]).steps[0][0].text.startswith("STEP0.")
+
+
+def test_llm_keyword_still_works_with_a_deprecation_warning():
+    llm = ScriptedChat()
+    with pytest.warns(DeprecationWarning, match=r"ChatModelPolicy\(model=\.\.\.\)"):
+        policy = ChatModelPolicy(llm=llm, max_concurrency=2)
+    assert policy.model is llm and policy.max_concurrency == 2
+    assert policy.generate(PREFIXES[:1]).steps[0][0].text.startswith("STEP0.")
+    with pytest.warns(DeprecationWarning, match="use ChatModelPolicy.model"):
+        assert policy.llm is llm
+    with pytest.warns(DeprecationWarning), pytest.raises(ConfigError, match="once"):
+        ChatModelPolicy(llm, llm=llm)
 
 
 def test_beam_search_graph_with_a_chat_model():

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -87,8 +88,9 @@ class ChatModelPolicy(StepPolicy):
 
     def __init__(
         self,
-        llm: BaseLanguageModel,
+        model: BaseLanguageModel | None = None,
         *,
+        llm: BaseLanguageModel | None = None,
         step_delimiter: str = DEFAULT_STEP_DELIMITER,
         max_concurrency: int = 8,
         system_prompt: str | None = None,
@@ -99,9 +101,20 @@ class ChatModelPolicy(StepPolicy):
         num_parameters: int = 0,
         name: str | None = None,
     ):
-        if not isinstance(llm, BaseLanguageModel):
+        if llm is not None:
+            # LangChain calls the wrapped model ``model`` (create_react_agent, init_chat_model)
+            warnings.warn(
+                "ChatModelPolicy(llm=...) is deprecated; pass the model as "
+                "ChatModelPolicy(model=...) or positionally",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            if model is not None:
+                raise ConfigError("pass the LangChain model once, as model=, not also as llm=")
+            model = llm
+        if not isinstance(model, BaseLanguageModel):
             raise ConfigError(
-                f"llm must be a LangChain chat model or LLM, got {type(llm).__name__}"
+                f"model must be a LangChain chat model or LLM, got {type(model).__name__}"
             )
         if not step_delimiter:
             raise ConfigError("step_delimiter must be a non-empty string")
@@ -110,8 +123,8 @@ class ChatModelPolicy(StepPolicy):
         for text in (instruction, solution_instruction):
             if "{question}" not in text:
                 raise ConfigError("instructions must contain the placeholder {question}")
-        self.llm = llm
-        self.is_chat = isinstance(llm, BaseChatModel)
+        self.model = model
+        self.is_chat = isinstance(model, BaseChatModel)
         self.step_delimiter = step_delimiter
         self.max_concurrency = max_concurrency
         self.system_prompt = system_prompt
@@ -120,9 +133,19 @@ class ChatModelPolicy(StepPolicy):
         self.pass_sampling = pass_sampling
         self.timeout = timeout
         self.num_parameters = int(num_parameters)
-        self.name = name or f"ChatModelPolicy({type(llm).__name__})"
+        self.name = name or f"ChatModelPolicy({type(model).__name__})"
         #: None until a call tells whether the model accepts ``stop``
         self.supports_stop: bool | None = None
+
+    @property
+    def llm(self) -> BaseLanguageModel:
+        """Deprecated alias of :attr:`model`."""
+        warnings.warn(
+            "ChatModelPolicy.llm is deprecated; use ChatModelPolicy.model",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.model
 
     # -- prompts ----------------------------------------------------------------------------
     def render_input(self, prefix: Trajectory, *, one_step: bool = True) -> list[BaseMessage] | str:
@@ -157,7 +180,7 @@ class ChatModelPolicy(StepPolicy):
         return kwargs
 
     async def _batch(self, inputs: list[Any], kwargs: dict[str, Any]) -> list[Any]:
-        call = self.llm.abatch(
+        call = self.model.abatch(
             inputs,
             config={"max_concurrency": self.max_concurrency, "run_name": self.name},
             return_exceptions=True,
