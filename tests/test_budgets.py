@@ -266,13 +266,6 @@ def test_no_budget_means_no_wrapping():
     assert ledger is not None and ledger.strict and ledger.max_flops == 1e9
 
 
-def test_routing_meter_imports_still_work():
-    from langchain_tts.routing import Ledger as L1
-    from langchain_tts.routing.meter import PROMPT_OVERHEAD_TOKENS, meter
-
-    assert L1 is Ledger and PROMPT_OVERHEAD_TOKENS == 64 and callable(meter)
-
-
 # -- per run ---------------------------------------------------------------------------------
 async def test_concurrent_runs_each_have_their_own_budget():
     policy, prm = CappedPolicy(depth=4), FakePRM(step_scores)

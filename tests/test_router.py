@@ -14,11 +14,11 @@ from langchain_tts.core.config import SamplingParams
 from langchain_tts.core.types import Step, Trajectory, Usage
 from langchain_tts.policies.base import PolicyResult
 from langchain_tts.routing import (
-    Allocation,
     BinThresholds,
     BudgetTable,
     ClassifierEstimator,
     ProbeEstimator,
+    RouteAllocation,
     VerifierEstimator,
     bin_of,
     calibrate,
@@ -158,8 +158,8 @@ def test_default_table_follows_the_papers():
 
 def test_table_json_and_yaml_round_trip(tmp_path):
     t = BudgetTable(
-        easy=Allocation(strategy="majority_vote", config={"n": 8}),
-        medium=Allocation(strategy="hybrid", config={"split": "sqrt", "budget": 16}),
+        easy=RouteAllocation(strategy="majority_vote", config={"n": 8}),
+        medium=RouteAllocation(strategy="hybrid", config={"split": "sqrt", "budget": 16}),
     )
     assert BudgetTable.from_json(t.to_json()) == t
     assert BudgetTable.from_yaml(t.to_yaml()) == t
@@ -174,7 +174,7 @@ def test_table_json_and_yaml_round_trip(tmp_path):
 
 def test_table_rejects_unknown_strategies_and_bad_configs():
     with pytest.raises(ConfigError, match="unknown strategy 'nope'"):
-        Allocation(strategy="nope")
+        RouteAllocation(strategy="nope")
     bad = json.loads(BudgetTable().to_json())
     bad["hard"]["strategy"] = "nope"
     with pytest.raises(ConfigError, match="bin 'hard'.*unknown strategy 'nope'"):
@@ -353,7 +353,7 @@ def test_probe_reuse_answers_easy_questions_without_a_strategy():
 
 def test_probe_samples_count_towards_best_of_n():
     policy, prm = make_policy(), make_prm(0.9)
-    table = BudgetTable(easy=Allocation(strategy="best_of_n", config={"n": 6}))
+    table = BudgetTable(easy=RouteAllocation(strategy="best_of_n", config={"n": 6}))
     graph = create_router_graph(policy, prm, table=table, reuse_probe=False)
     out = graph.invoke({"question": "easy q"})
     assert out["route"].reused_samples == 4
@@ -363,7 +363,7 @@ def test_probe_samples_count_towards_best_of_n():
 
 def test_cot_reuses_the_verifiers_greedy_attempt():
     policy, prm = make_policy(), make_prm(0.3)  # verifier p_solve 0.3: medium
-    table = BudgetTable(medium=Allocation(strategy="cot"))
+    table = BudgetTable(medium=RouteAllocation(strategy="cot"))
     out = create_router_graph(policy, prm, estimator="verifier", table=table).invoke(
         {"question": "medium q"}
     )
@@ -525,8 +525,8 @@ def test_budget_downgrades_to_a_cheaper_allocation_that_fits():
     assert out["usage"].flops <= budget
     # The probe runs, but what is left cannot pay for any allocation: the probe answers.
     searches = BudgetTable(
-        easy=Allocation(strategy="beam_search", config={"n": 16, "beam_width": 4}),
-        medium=Allocation(strategy="beam_search", config={"n": 16, "beam_width": 4}),
+        easy=RouteAllocation(strategy="beam_search", config={"n": 16, "beam_width": 4}),
+        medium=RouteAllocation(strategy="beam_search", config={"n": 16, "beam_width": 4}),
     )
     out = create_router_graph(
         policy, prm, estimator=est, table=searches, reuse_probe=False, max_flops=3e6
@@ -545,7 +545,7 @@ def test_budget_downgrades_to_a_cheaper_allocation_that_fits():
 
 
 async def test_meter_lowers_the_step_cap_then_refuses():
-    from langchain_tts.routing import Ledger, MeteredPolicy, MeteredPRM
+    from langchain_tts.ledger import Ledger, MeteredPolicy, MeteredPRM
 
     policy = CappedPolicy(num_parameters=10)
     q = Trajectory(question="hard q")  # 6 bytes + 64 overhead = 70 prompt tokens per sample
@@ -585,7 +585,7 @@ def test_usage_never_exceeds_max_flops(seed: int):
     probe_worst = 2 * 1000 * k * cap * 2
     for _ in range(6):
         table = BudgetTable(**{
-            b: Allocation(strategy=s, config=c)
+            b: RouteAllocation(strategy=s, config=c)
             for b, (s, c) in zip(("easy", "medium", "hard"), rng.sample(_ALLOCS, 3))
         })  # fmt: skip
         max_flops = probe_worst * rng.uniform(1.0, 12.0)

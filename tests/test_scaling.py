@@ -15,7 +15,7 @@ import pytest
 
 from langchain_tts.core.types import Usage
 from langchain_tts.scaling import (
-    Allocation,
+    ComputeOptimalAllocation,
     ScalingFit,
     best_allocation,
     compute_optimal_tokens,
@@ -274,7 +274,7 @@ def test_best_allocation_on_the_blog_fits() -> None:
     fits = {m: (blog_fit(m), PARAMS[m]) for m in BLOG}
     # Capped at the measured range (10K tokens), through-base fits pick 70B thinking 2,971.
     best = best_allocation(fits, budget, prompt_tokens=500, max_tokens=10_000)
-    assert isinstance(best, Allocation)
+    assert isinstance(best, ComputeOptimalAllocation)
     assert (best.name, best.tokens) == ("70B", 2971)
     assert best.predicted_accuracy == pytest.approx(72.19, abs=0.01)
     assert best.flops <= budget

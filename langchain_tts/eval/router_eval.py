@@ -286,7 +286,7 @@ def _calibrated_table(
     thresholds=None,
 ):
     """Per-bin :func:`calibrate`; a bin without problems gets the pooled choice."""
-    from langchain_tts.routing import Allocation, BudgetTable, calibrate
+    from langchain_tts.routing import BudgetTable, RouteAllocation, calibrate
 
     pooled = calibrate(records, {pid: "easy" for pid in bins}, tolerance, noise=noise).easy
     pooled = pooled.model_copy(
@@ -297,7 +297,7 @@ def _calibrated_table(
     if seed is None:
         return table
     seeded = {
-        b: Allocation(strategy=a.strategy, config={**a.config, "seed": seed}, note=a.note)
+        b: RouteAllocation(strategy=a.strategy, config={**a.config, "seed": seed}, note=a.note)
         for b, a in table.items()
     }
     return BudgetTable(**seeded, source=table.source, thresholds=table.thresholds)

@@ -19,7 +19,6 @@ from langchain_tts.routing.difficulty import (
     fit_thresholds,
     make_estimator,
 )
-from langchain_tts.routing.meter import Ledger, MeteredPolicy, MeteredPRM, meter
 from langchain_tts.routing.router import (
     DIRECT_TIERS,
     REASONING_TIERS,
@@ -30,7 +29,7 @@ from langchain_tts.routing.router import (
     allocation_cost,
     create_router_graph,
 )
-from langchain_tts.routing.table import PRESETS, Allocation, BudgetTable, calibrate
+from langchain_tts.routing.table import PRESETS, BudgetTable, RouteAllocation, calibrate
 
 __all__ = [
     "BINS",
@@ -38,18 +37,15 @@ __all__ = [
     "PRESETS",
     "REASONING_TIERS",
     "ROUTER_STATE_TYPES",
-    "Allocation",
     "Bin",
     "BinThresholds",
     "BudgetTable",
     "ClassifierEstimator",
     "DifficultyEstimate",
     "DifficultyEstimator",
-    "Ledger",
-    "MeteredPRM",
-    "MeteredPolicy",
     "ProbeEstimator",
     "Route",
+    "RouteAllocation",
     "RouterOutput",
     "RouterState",
     "VerifierEstimator",
@@ -60,5 +56,4 @@ __all__ = [
     "estimate_bins",
     "fit_thresholds",
     "make_estimator",
-    "meter",
 ]

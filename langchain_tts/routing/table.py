@@ -47,10 +47,10 @@ from langchain_tts.routing.difficulty import (
     bin_of,
 )
 
-__all__ = ["PRESETS", "Allocation", "BudgetTable", "calibrate"]
+__all__ = ["PRESETS", "BudgetTable", "RouteAllocation", "calibrate"]
 
 
-class Allocation(BaseModel):
+class RouteAllocation(BaseModel):
     """One table entry: a strategy name (a key of ``STRATEGIES``) and its config."""
 
     model_config = ConfigDict(extra="forbid")
@@ -63,7 +63,7 @@ class Allocation(BaseModel):
         super().__init__(**data)
         self.check()
 
-    def check(self) -> Allocation:
+    def check(self) -> RouteAllocation:
         """Raise :class:`ConfigError` unless the strategy exists and its config validates."""
         from langchain_tts.graph import STRATEGIES, strategy_config  # graph imports strategies
 
@@ -117,15 +117,19 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 
 
 class BudgetTable(BaseModel):
-    """Difficulty bin -> :class:`Allocation`. Defaults: the ``small_policy`` preset."""
+    """Difficulty bin -> :class:`RouteAllocation`. Defaults: the ``small_policy`` preset."""
 
     model_config = ConfigDict(extra="forbid")
 
-    easy: Allocation = Field(default_factory=lambda: Allocation(**PRESETS["small_policy"]["easy"]))
-    medium: Allocation = Field(
-        default_factory=lambda: Allocation(**PRESETS["small_policy"]["medium"])
+    easy: RouteAllocation = Field(
+        default_factory=lambda: RouteAllocation(**PRESETS["small_policy"]["easy"])
     )
-    hard: Allocation = Field(default_factory=lambda: Allocation(**PRESETS["small_policy"]["hard"]))
+    medium: RouteAllocation = Field(
+        default_factory=lambda: RouteAllocation(**PRESETS["small_policy"]["medium"])
+    )
+    hard: RouteAllocation = Field(
+        default_factory=lambda: RouteAllocation(**PRESETS["small_policy"]["hard"])
+    )
     source: str = Field("default: small_policy preset (papers 001, 002)")
     thresholds: BinThresholds | None = Field(
         None,
@@ -141,12 +145,12 @@ class BudgetTable(BaseModel):
         self.check()
 
     # -- access and validation -----------------------------------------------------------
-    def __getitem__(self, bin: Bin) -> Allocation:
+    def __getitem__(self, bin: Bin) -> RouteAllocation:
         if bin not in BINS:
             raise ConfigError(f"unknown difficulty bin {bin!r}; use one of {list(BINS)}")
         return getattr(self, bin)
 
-    def items(self) -> list[tuple[Bin, Allocation]]:
+    def items(self) -> list[tuple[Bin, RouteAllocation]]:
         return [(b, self[b]) for b in BINS]
 
     def check(self) -> BudgetTable:
@@ -334,7 +338,7 @@ def calibrate(
     for pid, b in bins.items():
         by_bin[b].append(pid)
 
-    chosen: dict[str, Allocation] = {}
+    chosen: dict[str, RouteAllocation] = {}
     for b in BINS:
         pids = by_bin.get(b, [])
         if not pids:
@@ -371,7 +375,7 @@ def calibrate(
             f"{rule}) at {flops:.3g} FLOPs/question; budget {budget}"
         )
         try:
-            chosen[b] = Allocation(strategy=strategy, config=config, note=note)
+            chosen[b] = RouteAllocation(strategy=strategy, config=config, note=note)
         except ConfigError as e:
             raise ConfigError(f"records of bin {b!r} name an unusable run: {e}") from None
     dataset, policy, prm = next(iter(origins))

@@ -11,7 +11,7 @@ from langchain_tts.scaling.flops import (
     model_flops,
 )
 from langchain_tts.scaling.law import (
-    Allocation,
+    ComputeOptimalAllocation,
     ScalingFit,
     best_allocation,
     compute_optimal_tokens,
@@ -22,7 +22,7 @@ from langchain_tts.scaling.law import (
 )
 
 __all__ = [
-    "Allocation",
+    "ComputeOptimalAllocation",
     "ScalingFit",
     "best_allocation",
     "compute_optimal_tokens",

@@ -27,7 +27,7 @@ from typing import overload
 from pydantic import BaseModel, ConfigDict
 
 __all__ = [
-    "Allocation",
+    "ComputeOptimalAllocation",
     "ScalingFit",
     "best_allocation",
     "compute_optimal_tokens",
@@ -265,7 +265,7 @@ def compute_optimal_tokens(
     return max(0.0, flops_budget / per_token - prompt_tokens)
 
 
-class Allocation(BaseModel):
+class ComputeOptimalAllocation(BaseModel):
     """One model's best use of a FLOPs budget: its budget ``tokens`` and predicted accuracy."""
 
     model_config = ConfigDict(frozen=True)
@@ -286,7 +286,7 @@ def rank_allocations(
     prm_passes: float = 1.0,
     min_tokens: float = 1.0,
     max_tokens: float | None = None,
-) -> list[Allocation]:
+) -> list[ComputeOptimalAllocation]:
     """Every model that can afford ``min_tokens`` under the budget, best accuracy first.
 
     Why: :func:`best_allocation` gives the winner; this shows the margin over the others.
@@ -302,7 +302,7 @@ def rank_allocations(
         max_tokens = _check_count("max_tokens", max_tokens, positive=True)
         if max_tokens < min_tokens:
             raise ValueError(f"max_tokens ({max_tokens}) must be >= min_tokens ({min_tokens}).")
-    out: list[Allocation] = []
+    out: list[ComputeOptimalAllocation] = []
     for name, entry in fits.items():
         if not (isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], ScalingFit)):
             raise ValueError(f"fits[{name!r}] must be a (ScalingFit, params) tuple, got {entry!r}.")
@@ -323,7 +323,7 @@ def rank_allocations(
         tokens = float(top) if fit.predict(float(top)) >= fit.predict(low) else low
         flops = 2.0 * (params + prm_passes * prm_params) * (prompt_tokens + tokens)
         out.append(
-            Allocation(
+            ComputeOptimalAllocation(
                 name=name,
                 params=float(params),
                 tokens=tokens,
@@ -344,7 +344,7 @@ def best_allocation(
     prm_passes: float = 1.0,
     min_tokens: float = 1.0,
     max_tokens: float | None = None,
-) -> Allocation:
+) -> ComputeOptimalAllocation:
     """The model and thinking budget with the highest predicted accuracy under the budget.
 
     Why: the test-time analogue of Chinchilla: given ``name -> (fit, params)`` and a FLOPs
