@@ -1,5 +1,6 @@
-"""``langgraph dev --config graphs/langgraph.json`` loads every graph, shows the knobs, and
-runs a search over the LangGraph SDK (stream and wait), on the embedded models.
+"""``langgraph dev``, run from the repository root on its ``langgraph.json``, loads every
+graph, shows the knobs, and runs a search over the LangGraph SDK (stream and wait), on the
+embedded models.
 
 The server is a subprocess on 127.0.0.1 with a free port, given at most 90 s to come up and
 killed (its whole process group) afterwards.
@@ -27,7 +28,8 @@ httpx = pytest.importorskip("httpx")
 from langchain_tts.eval.synthetic import make_split  # noqa: E402
 from langchain_tts.models import WEIGHTS_DIR  # noqa: E402
 
-GRAPHS_DIR = Path(__file__).resolve().parent.parent / "graphs"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIG = REPO_ROOT / "langgraph.json"
 HAS_WEIGHTS = (WEIGHTS_DIR / "prm" / "model.safetensors").exists()
 pytestmark = [
     pytest.mark.slow,
@@ -48,16 +50,24 @@ def langgraph_bin() -> str:
     return str(exe) if exe.exists() else "langgraph"
 
 
-def start_dev_server(config_dir: Path, log_path: Path) -> tuple[subprocess.Popen, str]:
-    """Start ``langgraph dev`` and return it with its URL, read from its log once it is up."""
+def start_dev_server(config: Path, log_path: Path) -> tuple[subprocess.Popen, str]:
+    """Start ``langgraph dev`` and return it with its URL, read from its log once it is up.
+
+    It runs in the config's folder: ``langgraph dev`` resolves the graph paths against the
+    working directory."""
     port = free_port()
     cmd = [langgraph_bin(), "dev", "--no-browser", "--no-reload", "--host", "127.0.0.1"]
-    cmd += ["--port", str(port), "--config", "langgraph.json"]
+    cmd += ["--port", str(port), "--config", config.name]
     env = {"OMP_NUM_THREADS": "1", **os.environ}  # one torch thread: steadier on busy CPUs
     env.update(LANGGRAPH_CLI_NO_ANALYTICS="1", HF_HUB_OFFLINE="1")
     log = log_path.open("w")  # outside the project: the watcher must not see it
     proc = subprocess.Popen(
-        cmd, cwd=config_dir, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        cmd,
+        cwd=config.parent,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
     )
     log.close()
     deadline = time.monotonic() + STARTUP_S
@@ -93,7 +103,7 @@ def stop(proc: subprocess.Popen) -> None:
 @pytest.fixture(scope="module")
 def dev_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log = tmp_path_factory.mktemp("langgraph-dev") / "server.log"
-    proc, url = start_dev_server(GRAPHS_DIR, log)
+    proc, url = start_dev_server(CONFIG, log)
     try:
         yield url
     finally:
@@ -110,7 +120,7 @@ def easy_problem():
 
 
 def test_every_graph_in_langgraph_json_is_loaded(client):
-    declared = set(json.loads((GRAPHS_DIR / "langgraph.json").read_text())["graphs"])
+    declared = set(json.loads(CONFIG.read_text())["graphs"])
     loaded = {a["graph_id"] for a in client.assistants.search(limit=100)}
     assert declared <= loaded
 
