@@ -30,6 +30,7 @@ def lik() -> LikelihoodPRM:
     return prm
 
 
+@pytest.mark.slow
 def test_embedded_likelihood_prm_finds_the_nudged_result(lik):
     hard = [p for p in make_split("validation", 200) if p.difficulty >= 3][:20]
     trajs = []
@@ -47,6 +48,7 @@ def test_embedded_likelihood_prm_finds_the_nudged_result(lik):
     assert wins >= 17  # 97/100 measured on the validation split
 
 
+@pytest.mark.slow
 def test_likelihood_prm_drives_a_search_graph(lik):
     policy = load_default_policy()
     graph = create_tts_graph(policy, lik, "beam_search", {"n": 4, "beam_width": 2, "seed": 0})
