@@ -1,4 +1,5 @@
 # Two commands matter: `make demo` and `make test`. Both set up .venv from nothing but Python.
+# `make test-fast` is the quick lane while editing; research tooling runs as `python -m research.*`.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -6,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test lint format eval model-card bench train-default clean
+.PHONY: setup demo test test-fast lint format eval model-card bench train-default clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -21,10 +22,13 @@ setup: $(STAMP)
 demo: setup  ## solve a question with PRM beam search on the embedded models
 	$(BIN)/tts solve --compare-cot
 
-test: setup  ## the whole suite (unit, end to end on the embedded models, lint)
+test: setup  ## the whole suite: lint, tests/ and research/tests/ (unit, end to end, training)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
+
+test-fast: setup  ## the unit tests only (no embedded-model end-to-end runs or training)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not slow"
 
 lint: setup
 	$(BIN)/ruff check .
@@ -35,18 +39,19 @@ format: setup
 	$(BIN)/ruff format .
 
 eval: setup  ## the embedded sweep + report and plots (docs/results/eval/, ~20 min)
-	OMP_NUM_THREADS=1 $(BIN)/python -m langchain_tts.eval.model_card --suite eval --n 80
+	OMP_NUM_THREADS=1 $(BIN)/python -m research.model_card --suite eval --n 80 \
+		--out docs/results/eval/sweep.jsonl
 	$(BIN)/tts report docs/results/eval/sweep.jsonl --out docs/results/eval \
 		--title "Embedded models: accuracy vs compute (make eval, 80 test problems)"
 
 model-card: setup  ## the full model-card sweep (hours on 2 cores; docs/results/embedded_sweep*)
-	OMP_NUM_THREADS=1 $(BIN)/python -m langchain_tts.eval.model_card
+	OMP_NUM_THREADS=1 $(BIN)/python -m research.model_card --out docs/results/embedded_sweep.jsonl
 
 bench: setup  ## orchestration overhead, HTTP batching, scaling, embedded models (docs/performance.md)
 	OMP_NUM_THREADS=1 $(BIN)/python -m benchmarks.run_all
 
-train-default: setup  ## rebuild the embedded weights from scratch (52 min on 2 cores)
-	$(BIN)/tts train-default
+train-default: setup  ## rebuild the shipped embedded weights from scratch (52 min on 2 cores)
+	$(BIN)/tts train-default --out langchain_tts/models/weights
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -16,6 +16,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the embedded default never needs
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
+# A source checkout: the package's parent folder, where research/ (the trainer) lives.
+REPO_ROOT = Path(__file__).resolve().parent.parent
 DEMO_QUESTION = "Start with 14. Add 9. Multiply by 3. Subtract 17. Divide by 2. Add 18."
 
 
@@ -334,10 +336,35 @@ def serve(
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
 )
 def train_default(ctx: typer.Context) -> None:
-    """Rebuild the embedded models from scratch (flags: see --help of the trainer)."""
-    from langchain_tts.models.train import main as train_main
+    """Rebuild the embedded models from scratch (flags: `python -m research.train --help`).
 
-    train_main(list(ctx.args))
+    The trainer lives in the source checkout's research/ folder, not in the package: this
+    runs it there, in its own process, and exits with its status.
+    """
+    import subprocess
+
+    repo = REPO_ROOT
+    if not (repo / "research" / "train.py").is_file():
+        typer.echo(
+            f"tts train-default needs the source checkout: no research/train.py next to the "
+            f"installed package ({repo}). Clone the repository, install it with "
+            "`pip install -e .` and run `tts train-default` (or `make train-default`) there.",
+            err=True,
+        )
+        raise typer.Exit(2)
+    cmd = [sys.executable, "-m", "research.train", *_absolute_out(list(ctx.args))]
+    raise typer.Exit(subprocess.run(cmd, cwd=repo).returncode)
+
+
+def _absolute_out(args: list[str]) -> list[str]:
+    """``--out DIR`` made absolute: the trainer runs in the repo root, not in this folder."""
+    out = list(args)
+    for i, a in enumerate(out):
+        if a == "--out" and i + 1 < len(out):
+            out[i + 1] = str(Path(out[i + 1]).resolve())
+        elif a.startswith("--out="):
+            out[i] = "--out=" + str(Path(a.removeprefix("--out=")).resolve())
+    return out
 
 
 def main() -> None:

@@ -32,8 +32,8 @@ def tiny_policy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-weight ``LlamaForCausalLM`` with the embedded char-level tokenizer."""
     import torch
 
+    from langchain_tts.models.io import save_hf
     from langchain_tts.models.tiny_llama import TinyLlamaForCausalLM
-    from langchain_tts.models.train import save_hf
 
     torch.manual_seed(0)
     cfg = _tiny_config()
@@ -47,9 +47,9 @@ def tiny_prm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-weight 2-label ``LlamaForTokenClassification`` PRM (Qwen PRM read-out)."""
     import torch
 
+    from langchain_tts.models.io import save_hf
     from langchain_tts.models.tiny_llama import TinyLlamaForTokenClassification
     from langchain_tts.models.tokenizer import STEP_TAG
-    from langchain_tts.models.train import save_hf
 
     torch.manual_seed(1)
     cfg = _tiny_config()

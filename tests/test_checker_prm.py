@@ -1,10 +1,9 @@
-"""The checker PRM (``LlamaForProcessRewardModel``): its read-out, its training twin, its
-Hugging Face class through ``QwenPRM``, and a short real training run."""
+"""The checker PRM (``LlamaForProcessRewardModel``): its read-out, its training twin and its
+Hugging Face class through ``QwenPRM`` (its training stage: research/tests/test_train.py)."""
 
 from __future__ import annotations
 
 import math
-import random
 
 import pytest
 import torch
@@ -12,14 +11,13 @@ from torch import nn
 
 from langchain_tts.core.types import Trajectory
 from langchain_tts.eval.synthetic import make_split
+from langchain_tts.models.io import save_hf
 from langchain_tts.models.tiny_llama import (
     TinyLlamaConfig,
-    TinyLlamaForCausalLM,
     TinyLlamaForProcessRewardModel,
     checker_logits,
 )
 from langchain_tts.models.tokenizer import STEP_TAG
-from langchain_tts.models.train import TrainRecipe, _corrupt, save_hf, train_checker_prm
 
 CFG = TinyLlamaConfig(vocab_size=101, hidden_size=64, num_hidden_layers=2,
                       num_attention_heads=1, intermediate_size=128)  # fmt: skip
@@ -109,20 +107,3 @@ def test_left_padding_is_refused(checker_dir):
     model = AutoModel.from_pretrained(path)  # registered on import of the PRM module
     with pytest.raises(ValueError, match="right-padded"):
         model(input_ids=torch.tensor([[0, 5, 6]]), attention_mask=torch.tensor([[0, 1, 1]]))
-
-
-def test_checker_stage_trains_the_read_out_only():
-    """The recipe's checker stage runs on step labels and moves only the read-out while
-    the body is frozen (the shipped PRM's quality is tested in test_embedded.py)."""
-    torch.manual_seed(0)
-    body = TinyLlamaForCausalLM(CFG)
-    rng = random.Random(0)
-    problems = make_split("validation", 40)
-    rollouts = [(p, p.gold_steps) for p in problems] + [(p, _corrupt(p, rng)) for p in problems]
-    recipe = TrainRecipe(batch_size=8, checker_head_lr=3e-2)
-    model, stats = train_checker_prm(CFG, body, rollouts, 30, recipe, desc="test")
-    assert stats["steps"] == 30 and math.isfinite(stats["final_loss"])
-    # The frozen body is untouched; only the read-out moved.
-    for name, p in model.model.state_dict().items():
-        torch.testing.assert_close(p, body.model.state_dict()[name])
-    assert model.gate.weight.abs().sum() > 0

@@ -9,9 +9,8 @@ import pytest
 from langchain_tts import create_tts_graph, load_default
 from langchain_tts.core.types import Trajectory
 from langchain_tts.eval.grading import answers_match
-from langchain_tts.eval.synthetic import make_split
+from langchain_tts.eval.synthetic import corrupt_steps, make_split
 from langchain_tts.models import load_default_policy, load_default_prm
-from langchain_tts.models.train import _corrupt
 
 pytestmark = pytest.mark.slow
 
@@ -52,7 +51,7 @@ def test_strong_prm_prefers_gold_over_corrupted_steps(models, problems):
     rng = random.Random(0)
     hard = [p for p in problems if p.difficulty >= 3]
     gold = [Trajectory(question=p.question, steps=p.gold_steps) for p in hard]
-    bad = [Trajectory(question=p.question, steps=_corrupt(p, rng)) for p in hard]
+    bad = [Trajectory(question=p.question, steps=corrupt_steps(p, rng)) for p in hard]
     res = prm.score(gold + bad)
     g_final = [s[-1] for s in res.scores[: len(hard)]]
     b_final = [s[-1] for s in res.scores[len(hard) :]]

@@ -7,9 +7,8 @@ import pytest
 from langchain_tts import create_tts_graph
 from langchain_tts.core.errors import ConfigError
 from langchain_tts.core.types import Trajectory
-from langchain_tts.eval.synthetic import make_split
+from langchain_tts.eval.synthetic import corrupt_steps, make_split
 from langchain_tts.models import load_default_policy, load_default_prm
-from langchain_tts.models.train import _corrupt
 from langchain_tts.prms.likelihood import LikelihoodPRM, _cumulative_min
 
 
@@ -31,13 +30,14 @@ def lik() -> LikelihoodPRM:
     return prm
 
 
+@pytest.mark.slow
 def test_embedded_likelihood_prm_finds_the_nudged_result(lik):
     hard = [p for p in make_split("validation", 200) if p.difficulty >= 3][:20]
     trajs = []
     for i, p in enumerate(hard):
         trajs += [
             Trajectory(question=p.question, steps=p.gold_steps),
-            Trajectory(question=p.question, steps=_corrupt(p, random.Random(i))),
+            Trajectory(question=p.question, steps=corrupt_steps(p, random.Random(i))),
         ]
     res = lik.score([*trajs, Trajectory(question="no steps yet")])
     assert res.usage.prm_calls == 1 and res.usage.prm_flops > 0
@@ -48,6 +48,7 @@ def test_embedded_likelihood_prm_finds_the_nudged_result(lik):
     assert wins >= 17  # 97/100 measured on the validation split
 
 
+@pytest.mark.slow
 def test_likelihood_prm_drives_a_search_graph(lik):
     policy = load_default_policy()
     graph = create_tts_graph(policy, lik, "beam_search", {"n": 4, "beam_width": 2, "seed": 0})

@@ -16,9 +16,9 @@ from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 from langchain_tts.core.errors import BackendError, PRMOutputError
 from langchain_tts.core.types import Trajectory
+from langchain_tts.models.io import save_hf
 from langchain_tts.models.tiny_llama import LlamaBody, TinyLlamaConfig, TinyLlamaForCausalLM
 from langchain_tts.models.tokenizer import build_tokenizer
-from langchain_tts.models.train import save_hf
 from langchain_tts.prms.http import HTTPRewardPRM
 from langchain_tts.prms.math_shepherd import MathShepherdPRM
 from langchain_tts.prms.rlhflow import RLHFlowPRM

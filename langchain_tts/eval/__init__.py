@@ -12,8 +12,7 @@ Names are imported lazily, so ``import langchain_tts.eval`` stays cheap.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from langchain_tts.core.lazy import lazy_getattr
 
 _EXPORTS = {
     "Problem": "datasets",
@@ -33,9 +32,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -221,19 +221,11 @@ class LawFit:
         return _label(self.policy, self.prm, self.strategy)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "dataset": self.dataset,
-            "policy": self.policy,
-            "prm": self.prm,
-            "strategy": self.strategy,
-            "law_x": self.law_x,
-            "budgets": self.budgets,
-            "x": self.x,
-            "accuracy": self.accuracy,
-            "flops": self.flops,
-            "fit": self.fit.model_dump(),
-            "flops_fit": self.flops_fit.model_dump() if self.flops_fit else None,
-        }
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d.update(
+            fit=self.fit.model_dump(), flops_fit=self.flops_fit and self.flops_fit.model_dump()
+        )
+        return d
 
 
 def fit_laws(rows: Iterable[dict], law_x: str = "generated_tokens") -> list[LawFit]:
@@ -395,16 +387,10 @@ class DatasetReport:
     plots: list[Path] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "dataset": self.dataset,
-            "difficulty": self.difficulty,
-            "bins": self.bins,
-            "bin_counts": self.bin_counts,
-            "runs": self.rows,
-            "laws": [law.to_dict() for law in self.laws],
-            "crossovers": [c.to_dict() for c in self.crossovers],
-            "plots": [p.name for p in self.plots],
-        }
+        d = {k: getattr(self, k) for k in ("dataset", "difficulty", "bins", "bin_counts")}
+        d.update(runs=self.rows, laws=[law.to_dict() for law in self.laws])
+        d.update(crossovers=[c.to_dict() for c in self.crossovers])
+        return {**d, "plots": [p.name for p in self.plots]}
 
 
 def analyze(
@@ -642,162 +628,125 @@ def render_markdown(
         "FLOPs = 2 x params x tokens (policy + PRM)."
     )
     for rep in reports:
-        law_x = rep.laws[0].law_x if rep.laws else "generated_tokens"
-        parts += ["", f"## {rep.dataset}", ""]
-        how = (
-            "the dataset's levels"
-            if rep.difficulty == "level"
-            else "each problem's solve rate over all runs (easy >= 50%, hard < 10%)"
-        )
-        counts = ", ".join(f"{b}: {n}" for b, n in rep.bin_counts.items())
-        parts += [f"Difficulty bins from {how} ({counts}).", ""]
-        parts += ["### Accuracy and compute per run", ""]
-        head = [
-            "policy",
-            "prm",
-            "strategy",
-            "N",
-            "n",
-            "acc %",
-            *rep.bins,
-            "tokens/q",
-            "generated/q",
-            "PRM tokens/q",
-            "FLOPs/q",
-            "s/q",
-        ]
-        lines = []
-        for r in rep.rows:
-            cells = [
-                r["policy"],
-                r["prm"],
-                r["strategy"],
-                r["budget"],
-                r["n"],
-                f"{100 * r['accuracy']:.1f}",
-            ]
-            cells += [
-                f"{100 * r['by_bin'][b]['accuracy']:.0f}" if b in r["by_bin"] else "–"
-                for b in rep.bins
-            ]
-            cells += [
-                f"{r['mean_tokens']:.0f}",
-                f"{r['mean_generated_tokens']:.0f}",
-                f"{r['mean_prm_tokens']:.0f}",
-                f"{r['mean_flops']:.3g}",
-                f"{r['mean_seconds']:.2f}",
-            ]
-            lines.append([str(c) for c in cells])
-        parts.append(_table(head, lines))
-        parts += ["", "### Scaling law Q(T) = Q0 + γ ln T", ""]
-        if rep.laws:
-            parts += [
-                f"Fitted per (policy, prm, strategy) over its budgets by least squares on ln T; "
-                f"T = {LAW_X[law_x]}; Q in %, so γ is points per ln-unit (γ ln 2 per "
-                "doubling). The FLOPs columns fit the same accuracies against FLOPs/problem.",
-                "",
-            ]
-            lines = [
-                [
-                    law.policy,
-                    law.prm,
-                    law.strategy,
-                    ",".join(map(str, law.budgets)),
-                    f"{law.fit.gamma:.3f}",
-                    f"{law.fit.q0:.2f}",
-                    f"{law.fit.r2:.3f}",
-                    f"{law.fit.t_min:.3g}–{law.fit.t_max:.3g}",
-                    _num(law.flops_fit.gamma if law.flops_fit else None, ".3f"),
-                    _num(law.flops_fit.r2 if law.flops_fit else None, ".3f"),
-                ]
-                for law in rep.laws
-            ]
-            parts.append(
-                _table(
-                    [
-                        "policy",
-                        "prm",
-                        "strategy",
-                        "budgets",
-                        "γ",
-                        "Q0",
-                        "R²",
-                        "T range",
-                        "γ (FLOPs)",
-                        "R² (FLOPs)",
-                    ],
-                    lines,
-                )
-            )
-        else:
-            parts.append("No (policy, prm, strategy) has two budgets with different compute.")
-        if rep.crossovers:
-            parts += ["", "### Crossover with a larger model's CoT", ""]
-            parts += [
-                "Where each fitted curve reaches the larger model's CoT accuracy: T* in the "
-                "law's unit, FLOPs* on the FLOPs fit and its ratio to the larger model's "
-                "FLOPs/problem (< 1: cheaper); 'measured' is the cheapest run that already "
-                "reaches it. (extrap.): T* beyond the measured range; '< x': the curve is "
-                "already above the target at the smallest measured budget.",
-                "",
-            ]
-            lines = []
-            for c in rep.crossovers:
-                law = c.law
-                meas = (
-                    "–"
-                    if c.measured_budget is None
-                    else f"N={c.measured_budget} ({c.measured_flops:.3g} FLOPs)"
-                )
-                t, f, ratio = _num(c.tokens, ".4g"), _num(c.flops), _num(c.flops_ratio)
-                if c.tokens < law.fit.t_min:  # the curve is above the target on the whole range
-                    t = f"< {law.fit.t_min:.4g}"
-                elif c.extrapolated and math.isfinite(c.tokens):
-                    t += " (extrap.)"
-                if c.flops is not None and law.flops and c.flops < min(law.flops):
-                    f = f"< {min(law.flops):.3g}"
-                    if c.reference_flops > 0:
-                        ratio = f"< {min(law.flops) / c.reference_flops:.3g}"
-                lines.append(
-                    [
-                        law.policy,
-                        law.prm,
-                        law.strategy,
-                        f"{c.reference_policy} {c.reference_strategy}",
-                        f"{c.target:.1f}",
-                        f"{c.reference_flops:.3g}",
-                        t,
-                        f,
-                        ratio,
-                        meas,
-                    ]
-                )
-            parts.append(
-                _table(
-                    [
-                        "policy",
-                        "prm",
-                        "strategy",
-                        "reference",
-                        "target acc %",
-                        "ref FLOPs/q",
-                        "T*",
-                        "FLOPs*",
-                        "FLOPs*/ref",
-                        "measured",
-                    ],
-                    lines,
-                )
-            )
-        if rep.plots:
-            parts += ["", "### Plots", ""]
-            for p in rep.plots:
-                if p.suffix == ".png":
-                    parts += [f"![{p.stem}]({p.name})", ""]
-            svgs = [p.name for p in rep.plots if p.suffix == ".svg"]
-            if svgs:
-                parts.append("Vector versions: " + ", ".join(f"[{s}]({s})" for s in svgs) + ".")
+        parts += _dataset_section(rep)
     return "\n".join(parts).rstrip() + "\n"
+
+
+def _dataset_section(rep: DatasetReport) -> list[str]:
+    how = (
+        "the dataset's levels"
+        if rep.difficulty == "level"
+        else "each problem's solve rate over all runs (easy >= 50%, hard < 10%)"
+    )
+    counts = ", ".join(f"{b}: {n}" for b, n in rep.bin_counts.items())
+    parts = ["", f"## {rep.dataset}", "", f"Difficulty bins from {how} ({counts}).", ""]
+    parts += ["### Accuracy and compute per run", "", _runs_table(rep)]
+    parts += ["", "### Scaling law Q(T) = Q0 + γ ln T", "", *_laws_section(rep.laws)]
+    if rep.crossovers:
+        parts += ["", "### Crossover with a larger model's CoT", "", *_crossovers_section(rep)]
+    if rep.plots:
+        parts += ["", "### Plots", "", *_plots_section(rep.plots)]
+    return parts
+
+
+_RUN_COMPUTE = {"tokens/q": ("mean_tokens", ".0f"), "generated/q": ("mean_generated_tokens", ".0f"),
+                "PRM tokens/q": ("mean_prm_tokens", ".0f"), "FLOPs/q": ("mean_flops", ".3g"),
+                "s/q": ("mean_seconds", ".2f")}  # fmt: skip
+
+
+def _runs_table(rep: DatasetReport) -> str:
+    """Accuracy overall and per difficulty bin, and the compute per problem, of each run."""
+    head = ["policy", "prm", "strategy", "N", "n", "acc %", *rep.bins, *_RUN_COMPUTE]
+    lines = []
+    for r in rep.rows:
+        cells = [r["policy"], r["prm"], r["strategy"], r["budget"], r["n"]]
+        cells.append(f"{100 * r['accuracy']:.1f}")
+        cells += [
+            f"{100 * r['by_bin'][b]['accuracy']:.0f}" if b in r["by_bin"] else "–" for b in rep.bins
+        ]
+        cells += [format(r[key], fmt) for key, fmt in _RUN_COMPUTE.values()]
+        lines.append([str(c) for c in cells])
+    return _table(head, lines)
+
+
+_LAW_HEAD = ["policy", "prm", "strategy", "budgets", "γ", "Q0", "R²", "T range", "γ (FLOPs)",
+             "R² (FLOPs)"]  # fmt: skip
+
+
+def _laws_section(laws: Sequence[LawFit]) -> list[str]:
+    """The fitted scaling law of each (policy, prm, strategy)."""
+    if not laws:
+        return ["No (policy, prm, strategy) has two budgets with different compute."]
+    intro = (
+        f"Fitted per (policy, prm, strategy) over its budgets by least squares on ln T; "
+        f"T = {LAW_X[laws[0].law_x]}; Q in %, so γ is points per ln-unit (γ ln 2 per "
+        "doubling). The FLOPs columns fit the same accuracies against FLOPs/problem."
+    )
+    lines = [
+        [
+            law.policy,
+            law.prm,
+            law.strategy,
+            ",".join(map(str, law.budgets)),
+            f"{law.fit.gamma:.3f}",
+            f"{law.fit.q0:.2f}",
+            f"{law.fit.r2:.3f}",
+            f"{law.fit.t_min:.3g}–{law.fit.t_max:.3g}",
+            _num(law.flops_fit.gamma if law.flops_fit else None, ".3f"),
+            _num(law.flops_fit.r2 if law.flops_fit else None, ".3f"),
+        ]
+        for law in laws
+    ]
+    return [intro, "", _table(_LAW_HEAD, lines)]
+
+
+_CROSSOVER_HEAD = ["policy", "prm", "strategy", "reference", "target acc %", "ref FLOPs/q", "T*",
+                   "FLOPs*", "FLOPs*/ref", "measured"]  # fmt: skip
+
+
+def _crossovers_section(rep: DatasetReport) -> list[str]:
+    """Where each fitted curve reaches the larger model's CoT accuracy."""
+    intro = (
+        "Where each fitted curve reaches the larger model's CoT accuracy: T* in the "
+        "law's unit, FLOPs* on the FLOPs fit and its ratio to the larger model's "
+        "FLOPs/problem (< 1: cheaper); 'measured' is the cheapest run that already "
+        "reaches it. (extrap.): T* beyond the measured range; '< x': the curve is "
+        "already above the target at the smallest measured budget."
+    )
+    return [intro, "", _table(_CROSSOVER_HEAD, [_crossover_cells(c) for c in rep.crossovers])]
+
+
+def _crossover_cells(c: Crossover) -> list[str]:
+    law = c.law
+    meas = (
+        "–"
+        if c.measured_budget is None
+        else f"N={c.measured_budget} ({c.measured_flops:.3g} FLOPs)"
+    )
+    t, f, ratio = _num(c.tokens, ".4g"), _num(c.flops), _num(c.flops_ratio)
+    if c.tokens < law.fit.t_min:  # the curve is above the target on the whole range
+        t = f"< {law.fit.t_min:.4g}"
+    elif c.extrapolated and math.isfinite(c.tokens):
+        t += " (extrap.)"
+    if c.flops is not None and law.flops and c.flops < min(law.flops):
+        f = f"< {min(law.flops):.3g}"
+        if c.reference_flops > 0:
+            ratio = f"< {min(law.flops) / c.reference_flops:.3g}"
+    reference = f"{c.reference_policy} {c.reference_strategy}"
+    return [law.policy, law.prm, law.strategy, reference, f"{c.target:.1f}",
+            f"{c.reference_flops:.3g}", t, f, ratio, meas]  # fmt: skip
+
+
+def _plots_section(plots: Sequence[Path]) -> list[str]:
+    """The PNG plots inline, then links to their vector versions."""
+    parts: list[str] = []
+    for p in plots:
+        if p.suffix == ".png":
+            parts += [f"![{p.stem}]({p.name})", ""]
+    svgs = [p.name for p in plots if p.suffix == ".svg"]
+    if svgs:
+        parts.append("Vector versions: " + ", ".join(f"[{s}]({s})" for s in svgs) + ".")
+    return parts
 
 
 def _slug(name: str) -> str:

@@ -233,3 +233,29 @@ def label_steps(problem: ArithmeticProblem, steps: list[str]) -> StepLabels:
         on_track = on_track and ok
         labels.append(on_track)
     return StepLabels(labels=labels, final_correct=final_correct)
+
+
+def corrupt_steps_at(problem: ArithmeticProblem, rng: random.Random) -> tuple[list[str], int]:
+    """The gold steps with one result nudged, and the index of the nudged step.
+
+    Later steps continue consistently from the wrong value, as a policy that slipped would,
+    so only that one step is wrong: the negative a verifier must catch.
+    """
+    steps = list(problem.gold_steps)
+    i = rng.randrange(len(problem.ops))
+    lhs, rhs = steps[i].split("=")
+    wrong = int(rhs) + rng.choice([-10, -2, -1, 1, 2, 10])
+    steps[i] = f"{lhs}={wrong}"
+    value = wrong
+    for j in range(i + 1, len(problem.ops)):
+        o = problem.ops[j]
+        nxt = o.apply(value)
+        steps[j] = f"{value}{o.op}{o.operand}={nxt}"
+        value = nxt
+    steps[-1] = f"\\boxed{{{value}}}"
+    return steps, i
+
+
+def corrupt_steps(problem: ArithmeticProblem, rng: random.Random) -> list[str]:
+    """The gold steps with one result nudged (see :func:`corrupt_steps_at`)."""
+    return corrupt_steps_at(problem, rng)[0]

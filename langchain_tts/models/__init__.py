@@ -6,7 +6,7 @@ runtime (``backend="native"``, :mod:`.native`: no transformers import, so a cold
 about a second); ``backend="transformers"`` loads the same folders with transformers' Auto
 classes and gives the same tokens and scores.
 
-Rebuild them with ``python -m langchain_tts.models.train`` (see ``docs/model_card.md``).
+Rebuild them with ``tts train-default`` from a source checkout (see ``docs/model_card.md``).
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ def default_model_path(name: str) -> Path:
     if not (path / "model.safetensors").exists():
         raise FileNotFoundError(
             f"embedded model {name!r} not found at {path}. Reinstall langchain-tts, or rebuild "
-            "the weights with `python -m langchain_tts.models.train`."
+            "the weights from a source checkout with `tts train-default --out DIR` and set "
+            "LANGCHAIN_TTS_WEIGHTS_DIR=DIR."
         )
     return path
 

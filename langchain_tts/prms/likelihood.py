@@ -10,7 +10,7 @@ It needs no PRM training, and it is useful when the model knows *other things* t
 sampling policy: on the embedded task, picking among 16 samples of the small policy by the
 large policy's likelihood gives 67.5% against greedy CoT's 61.2%, while picking by the
 small policy's own likelihood gives 60.0% (it shares the sampler's beliefs; see
-``python -m langchain_tts.models.diagnose``). ``num_parameters`` counts the model's matmul
+``python -m research.diagnose``). ``num_parameters`` counts the model's matmul
 parameters, so its FLOPs are ``2 * num_parameters * tokens`` like any PRM's.
 """
 

@@ -1,8 +1,11 @@
-"""The search diagnosis of the embedded models (``python -m langchain_tts.models.diagnose``)."""
+"""The search diagnosis of the embedded models (``python -m research.diagnose``)."""
 
-from langchain_tts.models.diagnose import diagnose
+import pytest
+
+from research.diagnose import diagnose
 
 
+@pytest.mark.slow
 def test_diagnosis_measures_verifiers_and_selection():
     d = diagnose(pairs=8, problems=2, samples=2)
     assert set(d.pairwise) == {

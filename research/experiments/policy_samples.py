@@ -1,4 +1,4 @@
-# ruff: noqa  -- a session-3 experiment script, kept as run (see README.md here)
+# ruff: noqa  -- an experiment script, kept as run (see README.md here)
 import json
 import sys
 from collections import Counter
@@ -7,7 +7,7 @@ import torch
 
 torch.set_num_threads(1)
 from langchain_tts.eval.synthetic import _STEP_RE, STEP_DELIMITER, label_steps, make_split
-from langchain_tts.models.diagnose import _policy_model, _split
+from research.diagnose import _policy_model, _split
 
 torch.manual_seed(0)
 tok, model = _policy_model()

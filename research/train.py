@@ -1,4 +1,4 @@
-"""Rebuild the embedded default models from scratch: ``python -m langchain_tts.models.train``.
+"""Rebuild the embedded default models from scratch: ``python -m research.train``.
 
 Pipeline (all on CPU, seeded):
 
@@ -14,12 +14,15 @@ Pipeline (all on CPU, seeded):
    show PRM quality matters.
 
 Each model is saved in Hugging Face format (``config.json``, ``model.safetensors`` in
-fp16, tokenizer files) and loads with transformers from a local path.
+fp16, tokenizer files) and loads with transformers from a local path. Models go to
+``research/out/weights`` unless ``--out`` names a folder; ``--out langchain_tts/models/weights``
+replaces the shipped ones, and ``LANGCHAIN_TTS_WEIGHTS_DIR=DIR`` loads a rebuild in ``DIR``.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -32,7 +35,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from langchain_tts.eval.synthetic import (
@@ -40,20 +42,24 @@ from langchain_tts.eval.synthetic import (
     MIN_OPS,
     STEP_DELIMITER,
     ArithmeticProblem,
+    corrupt_steps,
+    corrupt_steps_at,
     label_steps,
     make_problem,
     make_split,
 )
+from langchain_tts.models.io import save_hf
 from langchain_tts.models.tiny_llama import (
     TinyLlamaConfig,
     TinyLlamaForCausalLM,
     TinyLlamaForProcessRewardModel,
     TinyLlamaForTokenClassification,
-    hf_config_dict,
 )
 from langchain_tts.models.tokenizer import EOS, STEP_TAG, build_tokenizer
 
-DEFAULT_DIR = Path(__file__).parent / "weights"
+REPO_ROOT = Path(__file__).resolve().parents[1]  # where `python -m research.train` runs
+# Rebuilding the shipped weights names them: --out langchain_tts/models/weights.
+DEFAULT_DIR = REPO_ROOT / "research" / "out" / "weights"
 
 SIZES: dict[str, TinyLlamaConfig] = {
     # ~1.1M parameters; head size 64 so vLLM's CPU and GPU kernels accept it.
@@ -90,7 +96,7 @@ class TrainRecipe:
     calculator_lr: float = 1e-3
     calculator_batch: int = 64  # sequences of 8 equations each
     # prm_init="calculator": the calculator first learns results inside solutions.
-    # lr 1e-3, not 5e-4 (session 7, same 600 steps): 99.7% of gold results right in context
+    # lr 1e-3, not 5e-4 (same 600 steps): 99.7% of gold results right in context
     # instead of 99.4%; best-of-16 on validation 83.3% vs 82.5% (docs/model_card.md item 11).
     prm_body_steps: int = 600
     prm_body_lr: float = 1e-3
@@ -114,13 +120,18 @@ class TrainRecipe:
     precision: str = "auto"
 
 
+@functools.cache
+def _held_out_questions() -> frozenset[str]:
+    """Every test and validation question (built once: each stage's stream excludes them)."""
+    return frozenset(p.question for p in make_split("test", 1000) + make_split("validation", 1000))
+
+
 class _TrainStream:
     """Endless training problems, never a validation/test question."""
 
     def __init__(self, seed: int):
         self.rng = random.Random(seed)
-        held_out = make_split("test", 1000) + make_split("validation", 1000)
-        self.exclude = {p.question for p in held_out}
+        self.exclude = _held_out_questions()
         self._pool: list[list[ArithmeticProblem]] = []
 
     def batch(self, size: int) -> list[ArithmeticProblem]:
@@ -334,7 +345,7 @@ def calculator_in_context(
                 if rng.random() < 0.5:
                     ids, lab = _context_sequence(tok, p, p.gold_steps, None)
                 else:
-                    st, bad = _corrupt_at(p, rng)
+                    st, bad = corrupt_steps_at(p, rng)
                     ids, lab = _context_sequence(tok, p, st, bad)
             else:
                 ids, lab = _packed_equations(rng, vocab)
@@ -343,22 +354,6 @@ def calculator_in_context(
         return inputs, labels
 
     return _train_lm(model, recipe.prm_body_steps, recipe.prm_body_lr, batch, desc, recipe)
-
-
-def save_hf(
-    model: torch.nn.Module, cfg: TinyLlamaConfig, out: Path, architecture: str, **extra: object
-) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
-    if cfg.tie_word_embeddings:
-        state.pop("lm_head.weight", None)
-    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
-    conf = hf_config_dict(cfg, architecture=architecture, **extra)
-    tok = build_tokenizer()
-    conf.update(pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id)
-    conf["eos_token_id"] = tok.eos_token_id
-    (out / "config.json").write_text(json.dumps(conf, indent=2))
-    tok.save_pretrained(str(out))
 
 
 @torch.no_grad()
@@ -423,29 +418,6 @@ def _prm_example(
     return ids, y
 
 
-def _corrupt(p: ArithmeticProblem, rng: random.Random) -> list[str]:
-    """Gold steps with one result nudged: teaches the PRM arithmetic errors the policy rarely makes."""
-    return _corrupt_at(p, rng)[0]
-
-
-def _corrupt_at(p: ArithmeticProblem, rng: random.Random) -> tuple[list[str], int]:
-    """:func:`_corrupt` and the index of the nudged step."""
-    steps = list(p.gold_steps)
-    i = rng.randrange(len(p.ops))
-    lhs, rhs = steps[i].split("=")
-    wrong = int(rhs) + rng.choice([-10, -2, -1, 1, 2, 10])
-    steps[i] = f"{lhs}={wrong}"
-    # Continue consistently from the wrong value, as a policy would.
-    value = wrong
-    for j in range(i + 1, len(p.ops)):
-        o = p.ops[j]
-        nxt = o.apply(value)
-        steps[j] = f"{value}{o.op}{o.operand}={nxt}"
-        value = nxt
-    steps[-1] = f"\\boxed{{{value}}}"
-    return steps, i
-
-
 def _prm_batches(
     rollouts: list[tuple[ArithmeticProblem, list[str]]],
     recipe: TrainRecipe,
@@ -469,7 +441,7 @@ def _prm_batches(
                     st = p.gold_steps
                 else:
                     p = stream.sample()
-                    st = _corrupt(p, rng)
+                    st = corrupt_steps(p, rng)
                 ids, y = _prm_example(tok, p, st, dense=dense)
                 examples.append((ids[:512], y[:512]))
             examples.sort(key=lambda e: len(e[0]))
@@ -624,7 +596,7 @@ WORKER_STAGES = ["rollouts", "prm-body"]  # intermediate stages, run by --jobs w
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--out", type=Path, default=DEFAULT_DIR)
+    ap.add_argument("--out", type=Path, default=DEFAULT_DIR, help="where the models go")
     ap.add_argument("--only", choices=USER_STAGES + WORKER_STAGES, nargs="*")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     ap.add_argument(
@@ -721,12 +693,14 @@ def _run_stages(stages: list[str], jobs: int, out: Path, recipe: TrainRecipe) ->
             ready = [s for s in todo - done - set(running)
                      if all(d in done or d not in todo for d in deps(s))]  # fmt: skip
             for stage in sorted(ready, key=chain, reverse=True)[: jobs - len(running)]:
-                cmd = [sys.executable, "-m", "langchain_tts.models.train", "--out", str(out),
+                cmd = [sys.executable, "-m", "research.train", "--out", str(out.resolve()),
                        "--only", stage, "--threads", "1", "--jobs", "1", "--work-dir",
                        str(work), "--stats-out", str(work / f"{stage}.stats.json"),
                        *_recipe_flags(recipe)]  # fmt: skip
                 with (work / f"{stage}.log").open("w") as log:  # the child keeps its copy
-                    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+                    proc = subprocess.Popen(
+                        cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT
+                    )
                 running[stage] = (proc, time.time())
             label = "running: " + ", ".join(sorted(running))
             if label != shown:  # refresh on change only: workers run for many minutes

@@ -1,8 +1,9 @@
-"""The embedded models' model-card sweep: ``python -m langchain_tts.eval.model_card``.
+"""The embedded models' model-card sweep: ``python -m research.model_card``.
 
 Runs every (policy, PRM, strategy, budget) the model card reports on the held-out synthetic
-test set, appending records to ``docs/results/embedded_sweep.jsonl`` (resumable), then
-writes the table to ``docs/results/embedded_sweep.md`` and checks the card's claims.
+test set, appending records to a JSONL file (resumable), then writes the table next to it
+(``.md``) and checks the card's claims. Records go to ``research/out/`` unless ``--out``
+names a file; ``make model-card`` names ``docs/results/embedded_sweep.jsonl``.
 """
 
 from __future__ import annotations
@@ -139,6 +140,14 @@ EVAL_RUNS: list[tuple[str, str, str, int]] = [
 SUITES = {"card": RUNS, "strategies": STRATEGY_RUNS, "eval": EVAL_RUNS}
 
 
+def _default_out(suite: str, prm: str) -> Path:
+    """A file under the gitignored ``research/out/``: a bare run never rewrites docs/results."""
+    name = {"card": "embedded_sweep", "strategies": "strategies", "eval": "eval_sweep"}[suite]
+    if suite == "card" and prm != "strong":
+        name += f"_{prm}"
+    return Path("research") / "out" / f"{name}.jsonl"
+
+
 def main(argv: list[str] | None = None) -> None:
     from langchain_tts import create_tts_graph
     from langchain_tts.eval.datasets import load_synthetic
@@ -152,7 +161,12 @@ def main(argv: list[str] | None = None) -> None:
     from langchain_tts.models import load_default_policy, load_default_prm
 
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--out", type=Path, default=Path("docs/results/embedded_sweep.jsonl"))
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="JSONL records, appended (default: research/out/<suite>.jsonl)",
+    )
     ap.add_argument("--n", type=int, default=320, help="test problems (40 per level)")
     ap.add_argument("--only", nargs="*", help="strategy names to run (default: all)")
     ap.add_argument("--runs", type=str, default="", help="comma-separated run indexes")
@@ -186,7 +200,7 @@ def main(argv: list[str] | None = None) -> None:
         "--weights",
         type=Path,
         default=None,
-        help="load the embedded models from this folder (a rebuild: `tts train-default --out "
+        help="load the embedded models from this folder (a rebuild: `python -m research.train --out "
         "DIR`) instead of the shipped ones",
     )
     args = ap.parse_args(argv)
@@ -195,14 +209,8 @@ def main(argv: list[str] | None = None) -> None:
     runs = SUITES[args.suite]
     if args.suite == "card" and args.prm != "strong":
         runs = [(size, args.prm if k == "strong" else k, s, n) for size, k, s, n in runs]
-        if args.out == ap.get_default("out"):
-            args.out = Path(f"docs/results/embedded_sweep_{args.prm}.jsonl")
-    if args.suite != "card" and args.out == ap.get_default("out"):
-        args.out = Path(
-            "docs/results/strategies.jsonl"
-            if args.suite == "strategies"
-            else "docs/results/eval/sweep.jsonl"
-        )
+    if args.out is None:
+        args.out = _default_out(args.suite, args.prm)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     problems = load_synthetic("test", args.n)
     if not args.report_only:
@@ -236,12 +244,12 @@ def main(argv: list[str] | None = None) -> None:
         lines += ["", "| claim | holds | measured |", "|---|---|---|"]
         lines += [f"| {c} | {'yes' if ok else 'NO'} | {m} |" for c, ok, m in claims(rows, args.prm)]
     text = "\n".join(lines)
-    Path(str(files[0] if files else args.out).split(".")[0] + ".md").write_text(
+    (args.out.parent / f"{stem}.md").write_text(
         "# Embedded models on the synthetic test set\n\n"
-        f"Made by `python -m langchain_tts.eval.model_card --suite {args.suite} --n {args.n}"
+        f"Made by `python -m research.model_card --suite {args.suite} --n {args.n}"
         + (f" --prm {args.prm}" if args.prm != "strong" else "")
         + (f" --seed {args.seed}" if args.seed else "")
-        + "` "
+        + f" --out {args.out}` "
         f"({args.n} held-out problems, equal per level; L1..L8 = number of operations; "
         "accuracy in %; FLOPs = 2 x params x tokens, policy + PRM).\n\n" + text + "\n"
     )

@@ -1,4 +1,4 @@
-"""Why search does or does not pay on the embedded models: ``python -m langchain_tts.models.diagnose``.
+"""Why search does or does not pay on the embedded models: ``python -m research.diagnose``.
 
 Best-of-N can only beat greedy CoT when (a) the policy's samples contain correct solutions
 that greedy misses (pass@N well above CoT) and (b) the verifier ranks those samples above
@@ -35,19 +35,12 @@ from langchain_tts.core.answers import extract_answer  # noqa: E402
 from langchain_tts.core.types import Trajectory  # noqa: E402
 from langchain_tts.eval.synthetic import (  # noqa: E402
     STEP_DELIMITER,
-    ArithmeticProblem,
+    corrupt_steps,
     label_steps,
     make_split,
 )
 
-__all__ = ["Diagnosis", "corrupt", "diagnose", "main"]
-
-
-def corrupt(p: ArithmeticProblem, rng: random.Random) -> list[str]:
-    """Gold steps with one result nudged and the chain continued consistently from it."""
-    from langchain_tts.models.train import _corrupt
-
-    return _corrupt(p, rng)
+__all__ = ["Diagnosis", "diagnose", "main"]
 
 
 @dataclass
@@ -112,7 +105,7 @@ def diagnose(pairs: int = 100, problems: int = 80, samples: int = 16, seed: int 
     out = Diagnosis(pairs=pairs, problems=problems, samples=samples)
 
     hard = [p for p in make_split("validation", 8 * pairs) if p.difficulty >= 3][:pairs]
-    duo = [(p, p.gold_steps, corrupt(p, random.Random(i))) for i, p in enumerate(hard)]
+    duo = [(p, p.gold_steps, corrupt_steps(p, random.Random(i))) for i, p in enumerate(hard)]
     for name, joiner in (
         ("policy likelihood", STEP_DELIMITER),
         ("policy likelihood, PRM format", STEP_TAG),

@@ -1,7 +1,7 @@
-"""Does the calibrated router beat fixed strategies? ``python -m langchain_tts.eval.router_eval``
+"""Does the calibrated router beat fixed strategies? ``python -m research.router_eval``
 
-Issue #6's claim, measured on the embedded small policy + strong PRM and the synthetic task:
-the calibrated router reaches the accuracy of the best single fixed strategy within 1 point
+The claim checked, on the embedded small policy + a verifier and the synthetic task: the
+calibrated router reaches the accuracy of the best single fixed strategy within 1 point
 while spending at least 30% fewer FLOPs per question (or, at equal-or-lower FLOPs, is more
 accurate). One command does all of it:
 
@@ -17,7 +17,7 @@ accurate). One command does all of it:
 4. **Report**: a table (run, accuracy, FLOPs/question, FLOPs relative to the best fixed run),
    the claim check, the calibrated table and where the router sent the test questions;
    printed, and written to ``<out>.md`` and ``<out>.json`` (default
-   ``docs/results/router_eval``). Records go to ``<out>.{calib,probe,test,routes}.jsonl``;
+   ``research/out/router_eval_<prm>``; the committed results name ``--out docs/results/...``). Records go to ``<out>.{calib,probe,test,routes}.jsonl``;
    ``--resume`` keeps them and solves only what is missing (without it they are cleared).
 
 Records are labelled with a fingerprint of the model weights (``small@1a2b3c4d``) and the
@@ -45,7 +45,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 __all__ = ["ACC_MARGIN", "FLOPS_SAVING", "check_claim", "main", "parse_runs"]
 
-#: issue #6: within 1 accuracy point of the best fixed run ...
+#: the claim: within 1 accuracy point of the best fixed run ...
 ACC_MARGIN = 0.01
 #: ... with at least 30% fewer FLOPs per question
 FLOPS_SAVING = 0.30
@@ -60,6 +60,7 @@ TINY = {"n_calib": 8, "n_test": 4, "strategies": ("cot", "majority_vote", "best_
 ROUTER = "router"
 PROBE_SEED_OFFSET = 7919  # the probe's seed is the sweep's + this
 ESTIMATORS = ("probe", "agreement", "verifier")
+DEFAULT_OUT = Path("research") / "out" / "router_eval"  # gitignored; docs/results is named
 
 
 # -- options -------------------------------------------------------------------------------
@@ -175,7 +176,7 @@ def _config_text(config: dict) -> str:
 
 # -- the claim -----------------------------------------------------------------------------
 def check_claim(fixed: Sequence[dict], router: dict) -> dict[str, Any]:
-    """Issue #6's check of the router against the best fixed run (rows: ``name``,
+    """The claim's check of the router against the best fixed run (rows: ``name``,
     ``accuracy``, ``flops``).
 
     Best fixed: the most accurate fixed run (ties: fewer FLOPs). The claim holds when the
@@ -379,7 +380,7 @@ def _markdown(result: dict) -> str:
         )
     lines += [
         "",
-        f"**Claim** (issue #6: within {100 * ACC_MARGIN:.0f} point of the best fixed run with "
+        f"**Claim** (within {100 * ACC_MARGIN:.0f} point of the best fixed run with "
         f">= {100 * FLOPS_SAVING:.0f}% fewer FLOPs, or more accurate at equal-or-lower FLOPs): "
         f"{claim['text']}.",
     ]
@@ -433,9 +434,9 @@ def _markdown(result: dict) -> str:
 # -- main ----------------------------------------------------------------------------------
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
-        prog="python -m langchain_tts.eval.router_eval",
+        prog="python -m research.router_eval",
         description="Calibrate the router on validation problems, then compare it with every "
-        "fixed strategy of the sweep on the held-out test set (issue #6).",
+        "fixed strategy of the sweep on the held-out test set.",
     )
     ap.add_argument("--n-calib", type=int, help="validation problems to calibrate on (320)")
     ap.add_argument("--n-test", type=int, help="held-out test problems (320)")
@@ -471,7 +472,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--concurrency", type=int, default=16, help="problems in flight (batched)")
     ap.add_argument("--out", type=Path,
                     help="writes <out>.md, <out>.json and <out>.*.jsonl records (default: "
-                    "docs/results/router_eval_<prm>)")  # fmt: skip
+                    "research/out/router_eval_<prm>)")  # fmt: skip
     ap.add_argument("--resume", action="store_true",
                     help="keep the records of an earlier run and solve only what is missing "
                     "(default: start afresh)")  # fmt: skip
@@ -505,189 +506,254 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.thresholds == "fitted" and ("cot", 1) not in runs:
         ap.error("--thresholds fitted needs cot among --strategies (its outcomes are fitted)")
     argv_list = list(sys.argv[1:] if argv is None else argv)
-    command = "python -m langchain_tts.eval.router_eval " + shlex.join(argv_list)
+    command = "python -m research.router_eval " + shlex.join(argv_list)
     return asyncio.run(_run(args, runs, command.strip()))
 
 
-async def _run(args: argparse.Namespace, runs: list[tuple[str, int]], command: str) -> dict:
+@dataclass
+class _Sweep:
+    """What every stage of one evaluation shares: the models, their labels, one graph per
+    fixed run, where records go."""
+
+    args: argparse.Namespace
+    runs: list[tuple[str, int]]
+    paths: Paths
+    seed: int | None
+    policy: Any
+    prm: Any
+    pol_label: str
+    prm_label: str
+    graphs: dict[tuple[str, int], Any]
+
+    def say(self, text: str) -> None:
+        if not self.args.quiet:
+            print(text, file=sys.stderr)
+
+    def meta(self, split: str, strategy: str, budget: int) -> dict:
+        return {"dataset": f"synthetic-{split}", "policy": self.pol_label,
+                "prm": self.prm_label, "strategy": strategy, "budget": budget}  # fmt: skip
+
+    async def solve(self, split: str, problems: list, path: Path) -> dict[tuple[str, int], list]:
+        """Every fixed run on ``problems`` (resumable), then their records by run."""
+        from langchain_tts.eval.runner import read_records, run_eval
+
+        for s, b in self.runs:
+            self.say(f"[{split}] {_run_name(s, b)}")
+            await run_eval(self.graphs[(s, b)], problems, meta=self.meta(split, s, b), out=path,
+                           concurrency=self.args.concurrency, progress=not self.args.quiet)  # fmt: skip
+        ids = {p.id for p in problems}
+        out: dict[tuple[str, int], list[dict]] = {}
+        for r in read_records(path):
+            key = (str(r["strategy"]), int(r["budget"]))
+            if key in self.graphs and r["id"] in ids and r["dataset"] == f"synthetic-{split}":
+                out.setdefault(key, []).append(r)
+        return out
+
+
+_WEIGHTS = {"strong": "prm", "weak": "prm-weak", "likelihood": "policy-large",
+            "calculator": "verifier-calc"}  # fmt: skip
+
+
+def _setup(args: argparse.Namespace, runs: list[tuple[str, int]]) -> _Sweep:
     from langchain_tts import create_tts_graph
-    from langchain_tts.eval.datasets import load_synthetic
-    from langchain_tts.eval.runner import budget_config, read_records, run_eval
+    from langchain_tts.eval.runner import budget_config
     from langchain_tts.models import load_default
-    from langchain_tts.routing import (
-        ProbeEstimator,
-        VerifierEstimator,
-        create_router_graph,
-        fit_thresholds,
-    )
 
     if args.out is None:
-        args.out = Path(f"docs/results/router_eval_{args.prm}")
+        args.out = DEFAULT_OUT.with_name(f"router_eval_{args.prm}")
     paths = Paths.of(args.out)
     if not args.resume:
         for p in paths.records:
             p.unlink(missing_ok=True)
     seed = None if args.seed is not None and args.seed < 0 else args.seed
-    progress = not args.quiet
-    say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr))
-
-    prm_kind = getattr(args, "prm", "calculator")
-    policy, prm = load_default("small", prm_kind)
-    weights = {
-        "strong": "prm",
-        "weak": "prm-weak",
-        "likelihood": "policy-large",
-        "calculator": "verifier-calc",
-    }[prm_kind]
-    pol_label = f"small@{_fingerprint('policy-small')}"
-    prm_label = f"{prm_kind}@{_fingerprint(weights)}"
-    calib = load_synthetic("validation", args.n_calib)
-    test = load_synthetic("test", args.n_test)
+    policy, prm = load_default("small", args.prm)
     graphs = {
         (s, b): create_tts_graph(policy, prm, s, {**budget_config(s, b), "seed": seed})
         for s, b in runs
     }
+    return _Sweep(args=args, runs=runs, paths=paths, seed=seed, policy=policy, prm=prm,
+                  pol_label=f"small@{_fingerprint('policy-small')}",
+                  prm_label=f"{args.prm}@{_fingerprint(_WEIGHTS[args.prm])}",
+                  graphs=graphs)  # fmt: skip
 
-    def meta(split: str, strategy: str, budget: int) -> dict:
-        return {"dataset": f"synthetic-{split}", "policy": pol_label, "prm": prm_label,
-                "strategy": strategy, "budget": budget}  # fmt: skip
 
-    async def sweep(split: str, problems, path: Path) -> dict[tuple[str, int], list[dict]]:
-        for s, b in runs:
-            say(f"[{split}] {_run_name(s, b)}")
-            await run_eval(graphs[(s, b)], problems, meta=meta(split, s, b), out=path,
-                           concurrency=args.concurrency, progress=progress)  # fmt: skip
-        ids = {p.id for p in problems}
-        out: dict[tuple[str, int], list[dict]] = {}
-        for r in read_records(path):
-            key = (str(r["strategy"]), int(r["budget"]))
-            if key in graphs and r["id"] in ids and r["dataset"] == f"synthetic-{split}":
-                out.setdefault(key, []).append(r)
+def _estimator(sw: _Sweep) -> tuple[Any, str]:
+    """The router's difficulty estimator and its label (part of the router's record label)."""
+    from langchain_tts.routing import ProbeEstimator, VerifierEstimator
+
+    args = sw.args
+    if args.estimator == "verifier":
+        return VerifierEstimator(sw.policy, sw.prm), f"verifier {sw.pol_label} {sw.prm_label}"
+    # its own seed: the strategies' seeded streams would replay the probe's draws
+    probe = ProbeEstimator(
+        sw.policy,
+        sw.prm if args.estimator == "probe" else None,
+        k=args.probe_k,
+        seed=None if sw.seed is None else sw.seed + PROBE_SEED_OFFSET,
+    )
+    label = f"{args.estimator} k={args.probe_k} t={probe.temperature} {sw.pol_label}"
+    label += f" seed={probe.seed}" if probe.seed is not None else ""
+    label += f" {sw.prm_label}" if args.estimator == "probe" else ""
+    return probe, label
+
+
+@dataclass
+class _Calibration:
+    runs: dict[tuple[str, int], list[dict]]  # validation records by fixed run
+    probes: dict[str, dict]  # the estimator's record per validation problem
+    estimator: Any  # with fitted thresholds when --thresholds fitted
+    label: str
+    thresholds: Any
+    bins: dict[str, str]  # problem id -> bin
+    table: Any  # the calibrated BudgetTable
+
+    def per_bin(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = defaultdict(list)
+        for pid, b in self.bins.items():
+            out[b].append(pid)
         return out
 
-    # 1. calibration sweep (validation split)
-    calib_runs = await sweep("validation", calib, paths.part("calib"))
-    # 2. the probe's bins, then the calibrated table
-    if args.estimator == "verifier":
-        probe = VerifierEstimator(policy, prm)
-        probe_label = f"verifier {pol_label} {prm_label}"
-    else:
-        # its own seed: the strategies' seeded streams would replay the probe's draws
-        probe = ProbeEstimator(
-            policy,
-            prm if args.estimator == "probe" else None,
-            k=args.probe_k,
-            seed=None if seed is None else seed + PROBE_SEED_OFFSET,
-        )
-        probe_label = f"{args.estimator} k={args.probe_k} t={probe.temperature} {pol_label}"
-        probe_label += f" seed={probe.seed}" if probe.seed is not None else ""
-        probe_label += f" {prm_label}" if args.estimator == "probe" else ""
-    say(f"[validation] difficulty probe ({probe_label})")
-    probes = await _probe_bins(probe, calib, paths.part("probe"), probe_label, args.concurrency)
+
+async def _calibrate(sw: _Sweep, calib: list) -> _Calibration:
+    """The validation sweep, the estimator's bins, then the calibrated table."""
+    from langchain_tts.routing import fit_thresholds
+
+    runs = await sw.solve("validation", calib, sw.paths.part("calib"))
+    estimator, label = _estimator(sw)
+    sw.say(f"[validation] difficulty probe ({label})")
+    probes = await _probe_bins(estimator, calib, sw.paths.part("probe"), label,
+                               sw.args.concurrency)  # fmt: skip
     thresholds = None
-    if args.thresholds == "fitted":  # where the probe's score means P(CoT solves) 50% / 10%
-        cot = {r["id"]: bool(r["correct"]) for r in calib_runs.get(("cot", 1), [])}
-        scores = {pid: r["p_solve"] for pid, r in probes.items()}
-        thresholds = fit_thresholds(scores, cot)
-        probe = probe.with_thresholds(thresholds)
-    bins = {pid: probe.bin_of(r["p_solve"]) for pid, r in probes.items()}
-    calib_records = [r for rs in calib_runs.values() for r in rs]
-    priced = _priced(calib_records, probe) if args.pricing == "router" else calib_records
-    table = _calibrated_table(priced, bins, args.tolerance, seed, args.noise, thresholds)
-    # 3. test: every fixed run, then the router
-    test_runs = await sweep("test", test, paths.part("test"))
-    router_label = f"{ROUTER}@{_digest([table.model_dump(mode='json'), probe_label])}"
-    router = create_router_graph(policy, prm, estimator=probe, table=table)
-    tap = _RouteTap(router)
+    if sw.args.thresholds == "fitted":  # where the score means P(CoT solves) 50% / 10%
+        cot = {r["id"]: bool(r["correct"]) for r in runs.get(("cot", 1), [])}
+        thresholds = fit_thresholds({pid: r["p_solve"] for pid, r in probes.items()}, cot)
+        estimator = estimator.with_thresholds(thresholds)
+    bins = {pid: estimator.bin_of(r["p_solve"]) for pid, r in probes.items()}
+    records = [r for rs in runs.values() for r in rs]
+    priced = _priced(records, estimator) if sw.args.pricing == "router" else records
+    table = _calibrated_table(priced, bins, sw.args.tolerance, sw.seed, sw.args.noise,
+                              thresholds)  # fmt: skip
+    return _Calibration(runs, probes, estimator, label, thresholds, bins, table)
+
+
+async def _route_test(sw: _Sweep, cal: _Calibration, test: list) -> tuple[str, dict, list]:
+    """The calibrated router on the test problems: its label, records by id and routes."""
+    from langchain_tts.eval.runner import read_records, run_eval
+    from langchain_tts.routing import create_router_graph
+
+    label = f"{ROUTER}@{_digest([cal.table.model_dump(mode='json'), cal.label])}"
+    tap = _RouteTap(create_router_graph(sw.policy, sw.prm, estimator=cal.estimator,
+                                        table=cal.table))  # fmt: skip
     question_of = {p.id: p.problem for p in test}
-    routes_path = paths.part("routes")
+    routes_path = sw.paths.part("routes")
 
     def keep_route(rec: dict) -> None:
         info = tap.info.get(question_of[rec["id"]], {})
-        _append(routes_path, {"router": router_label, "id": rec["id"], **info})
+        _append(routes_path, {"router": label, "id": rec["id"], **info})
 
-    say(f"[test] {router_label}")
-    await run_eval(tap, test, meta=meta("test", router_label, 0), out=paths.part("test"),
-                   concurrency=args.concurrency, progress=progress, on_record=keep_route)  # fmt: skip
+    sw.say(f"[test] {label}")
+    await run_eval(tap, test, meta=sw.meta("test", label, 0), out=sw.paths.part("test"),
+                   concurrency=sw.args.concurrency, progress=not sw.args.quiet,
+                   on_record=keep_route)  # fmt: skip
     ids = {p.id for p in test}
-    router_recs = {r["id"]: r for r in read_records(paths.part("test"))
-                   if r["strategy"] == router_label and r["id"] in ids}  # fmt: skip
-    routes = [r for r in read_records(routes_path) if r.get("router") == router_label
+    recs = {r["id"]: r for r in read_records(sw.paths.part("test"))
+            if r["strategy"] == label and r["id"] in ids}  # fmt: skip
+    routes = [r for r in read_records(routes_path) if r.get("router") == label
               and r["id"] in ids]  # fmt: skip
-    routes = list({r["id"]: r for r in routes}.values())
+    return label, recs, list({r["id"]: r for r in routes}.values())
 
-    # 4. report
-    fixed = [{"name": _run_name(s, b), "strategy": s, "budget": b, **_stats(test_runs[(s, b)])}
-             for s, b in runs]  # fmt: skip
-    router_row = {
+
+def _router_row(label: str, recs: dict[str, dict], routes: list[dict]) -> dict:
+    return {
         "name": ROUTER,
         "strategy": ROUTER,
         "budget": None,
-        **_stats(list(router_recs.values())),
+        **_stats(list(recs.values())),
         "probe_flops": _mean([r["probe_flops"] for r in routes]),
-        "by_bin": _route_summary(routes, router_recs),
+        "by_bin": _route_summary(routes, recs),
         "reasons": dict(Counter(r["reason"] for r in routes)),
-        "label": router_label,
+        "label": label,
     }
-    claim = check_claim(fixed, router_row)
-    per_bin: dict[str, list[str]] = defaultdict(list)
-    for pid, b in bins.items():
-        per_bin[b].append(pid)
-    table_rows = {}
-    for b, alloc in table.items():
+
+
+def _table_rows(cal: _Calibration, runs: list[tuple[str, int]]) -> dict[str, dict]:
+    """Each bin's calibrated choice with its validation accuracy and FLOPs in that bin."""
+    from langchain_tts.eval.runner import budget_config
+
+    per_bin = cal.per_bin()
+    rows = {}
+    for b, alloc in cal.table.items():
         knobs = {k: v for k, v in alloc.config.items() if k != "seed"}
         budget = next((n for s, n in runs if s == alloc.strategy
                        and budget_config(s, n) == knobs), None)  # fmt: skip
         ids_b = set(per_bin[b])
-        recs = [r for r in calib_runs.get((alloc.strategy, budget), []) if r["id"] in ids_b]
-        marginal = _priced(recs, probe)
-        table_rows[b] = {"problems": len(per_bin[b]), "strategy": alloc.strategy,
-                         "budget": budget, "config": _config_text(alloc.config),
-                         **_stats(recs),
-                         "router_flops": _mean([float(r["flops"]) for r in marginal])}  # fmt: skip
-    calib_rows = []
-    for (s, b), rs in calib_runs.items():
+        recs = [r for r in cal.runs.get((alloc.strategy, budget), []) if r["id"] in ids_b]
+        marginal = _priced(recs, cal.estimator)
+        rows[b] = {"problems": len(per_bin[b]), "strategy": alloc.strategy,
+                   "budget": budget, "config": _config_text(alloc.config), **_stats(recs),
+                   "router_flops": _mean([float(r["flops"]) for r in marginal])}  # fmt: skip
+    return rows
+
+
+def _calib_rows(cal: _Calibration) -> list[dict]:
+    """Each fixed run's validation accuracy and FLOPs, overall and per bin."""
+    per_bin = cal.per_bin()
+    rows = []
+    for (s, b), rs in cal.runs.items():
         row = {"name": _run_name(s, b), "strategy": s, "budget": b, **_stats(rs), "by_bin": {}}
         for bn, pids in per_bin.items():
             row["by_bin"][bn] = _stats([r for r in rs if r["id"] in set(pids)])
-        calib_rows.append(row)
+        rows.append(row)
+    return rows
+
+
+def _config_record(sw: _Sweep, probe_label: str) -> dict[str, Any]:
+    args = sw.args
+    return {"policy": sw.pol_label, "prm": sw.prm_label, "n_calib": args.n_calib,
+            "n_test": args.n_test, "runs": [list(r) for r in sw.runs],
+            "tolerance": args.tolerance, "noise": args.noise, "probe_k": args.probe_k,
+            "estimator": args.estimator, "pricing": args.pricing,
+            "thresholds": args.thresholds, "probe": probe_label, "seed": sw.seed}  # fmt: skip
+
+
+async def _run(args: argparse.Namespace, runs: list[tuple[str, int]], command: str) -> dict:
+    from langchain_tts.eval.datasets import load_synthetic
+
+    sw = _setup(args, runs)
+    calib = load_synthetic("validation", args.n_calib)
+    test = load_synthetic("test", args.n_test)
+    cal = await _calibrate(sw, calib)
+    test_runs = await sw.solve("test", test, sw.paths.part("test"))
+    router_label, router_recs, routes = await _route_test(sw, cal, test)
+
+    fixed = [{"name": _run_name(s, b), "strategy": s, "budget": b, **_stats(test_runs[(s, b)])}
+             for s, b in runs]  # fmt: skip
+    router_row = _router_row(router_label, router_recs, routes)
+    per_bin = cal.per_bin()
+    est = cal.estimator
     result = {
         "command": command,
-        "config": {
-            "policy": pol_label,
-            "prm": prm_label,
-            "n_calib": args.n_calib,
-            "n_test": args.n_test,
-            "runs": [list(r) for r in runs],
-            "tolerance": args.tolerance,
-            "noise": args.noise,
-            "probe_k": args.probe_k,
-            "estimator": args.estimator,
-            "pricing": args.pricing,
-            "thresholds": args.thresholds,
-            "probe": probe_label,
-            "seed": seed,
-        },
+        "config": _config_record(sw, cal.label),
         "calibration": {
             "n": len(calib),
             "bins": {b: len(per_bin.get(b, [])) for b in ("easy", "medium", "hard")},
-            "probe_flops": _mean([r["flops"] for r in probes.values()]),
-            "runs": calib_rows,
-            "table": table.model_dump(mode="json"),
+            "probe_flops": _mean([r["flops"] for r in cal.probes.values()]),
+            "runs": _calib_rows(cal),
+            "table": cal.table.model_dump(mode="json"),
             "thresholds": {
-                "easy": probe.easy,
-                "hard": probe.hard,
-                "note": thresholds.note if thresholds else "absolute",
+                "easy": est.easy,
+                "hard": est.hard,
+                "note": cal.thresholds.note if cal.thresholds else "absolute",
             },  # fmt: skip
-            "table_rows": table_rows,
+            "table_rows": _table_rows(cal, runs),
         },
         "test": {"n": len(test), "fixed": fixed, "router": router_row},
-        "claim": claim,
+        "claim": check_claim(fixed, router_row),
     }
     md = _markdown(result)
-    paths.md.parent.mkdir(parents=True, exist_ok=True)
-    paths.md.write_text(md)
-    paths.json.write_text(json.dumps(_finite(result), indent=2, default=str) + "\n")
+    sw.paths.md.parent.mkdir(parents=True, exist_ok=True)
+    sw.paths.md.write_text(md)
+    sw.paths.json.write_text(json.dumps(_finite(result), indent=2, default=str) + "\n")
     print(md)
     return result
 

@@ -1,4 +1,4 @@
-# ruff: noqa  -- a session-3 experiment script, kept as run (see README.md here)
+# ruff: noqa  -- an experiment script, kept as run (see README.md here)
 """Calculator LM: can a tiny Llama learn the task's +/- much better than the policy, fast?"""
 
 import json
@@ -13,7 +13,7 @@ torch.set_num_threads(1)
 from langchain_tts.eval.synthetic import _STEP_RE
 from langchain_tts.models.tiny_llama import TinyLlamaConfig, TinyLlamaForCausalLM
 from langchain_tts.models.tokenizer import build_tokenizer
-from langchain_tts.models.train import _lr_at
+from research.train import _lr_at
 
 EVERY = int(sys.argv[6]) if len(sys.argv) > 6 else 250
 STEPS = int(sys.argv[1])
@@ -38,7 +38,7 @@ rng = random.Random(0)
 
 
 # The same generator train.py's calculator stage uses (this script became that stage).
-from langchain_tts.models.train import calculator_equation as equation
+from research.train import calculator_equation as equation
 
 
 def batch(rng, bs=64, per=8):

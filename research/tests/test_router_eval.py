@@ -1,4 +1,4 @@
-"""``python -m langchain_tts.eval.router_eval`` (issue #6): structure, not the claim.
+"""``python -m research.router_eval``: structure, not the claim.
 
 The end-to-end test runs the ``--tiny`` mode on the embedded models (a few seconds): the
 calibration sweep on validation problems, the probe's bins, ``calibrate``, then every fixed
@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from langchain_tts.core.errors import ConfigError
-from langchain_tts.eval.router_eval import check_claim, main, parse_runs
 from langchain_tts.eval.runner import read_records
 from langchain_tts.routing import BudgetTable
+from research.router_eval import check_claim, main, parse_runs
 
 
 def _row(name: str, acc: float, flops: float) -> dict:

@@ -1,4 +1,4 @@
-# ruff: noqa  -- a session-3 experiment script, kept as run (see README.md here)
+# ruff: noqa  -- an experiment script, kept as run (see README.md here)
 """Pick among 16 samples by a calculator LM: each equation step's result digits, min log-prob."""
 
 import json
@@ -9,7 +9,7 @@ import torch
 
 torch.set_num_threads(1)
 from langchain_tts.eval.synthetic import STEP_DELIMITER
-from langchain_tts.models.diagnose import _policy_model
+from research.diagnose import _policy_model
 from langchain_tts.models.tiny_llama import TinyLlamaConfig, TinyLlamaForCausalLM
 from langchain_tts.models.tokenizer import build_tokenizer
 
