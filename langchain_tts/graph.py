@@ -73,6 +73,4 @@ def create_tts_graph(
         raise ConfigError(
             f"prm must be a ProcessRewardModel (QwenPRM, ...) or None, got {type(prm).__name__}"
         )
-    spec = get_strategy(strategy)
-    builder = spec.build(policy, prm, strategy_config(strategy, config))
-    return builder.compile(checkpointer=checkpointer, name=name or f"tts_{strategy}")
+    return get_strategy(strategy).compile(policy, prm, config, checkpointer=checkpointer, name=name)

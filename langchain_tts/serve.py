@@ -199,14 +199,7 @@ def create_app(
         policy = load_default_policy()
         prm = prm if prm is not None else load_default_prm()
     base_configs = {**default_configs(budget), **(configs or {})}
-    saver_path = checkpointer if isinstance(checkpointer, (str, Path)) else None
-    saver = checkpointer if isinstance(checkpointer, BaseCheckpointSaver) else None
-    if saver_path is not None:
-        from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver  # fail early if missing
-
-        saver_name = AsyncSqliteSaver.__name__
-    else:
-        saver_name = type(saver).__name__ if saver is not None else None
+    saver, saver_path, saver_name = _saver(checkpointer)
     graphs = _served_graphs(policy, prm, strategies, base_configs, saver)
     app = FastAPI(
         title=title,
@@ -216,22 +209,23 @@ def create_app(
     )
     app.middleware("http")(_limit_body)
     _add_error_handlers(app)
-    health = {
-        "status": "ok",
-        "strategies": sorted(graphs),
-        "policy": getattr(policy, "name", None),
-        "prm": getattr(prm, "name", None),
-        "checkpointer": saver_name,
-    }
-
-    @app.get("/health")
-    async def _health() -> dict[str, Any]:
-        """Liveness plus what is served (load balancers and `tts serve` smoke checks)."""
-        return health
-
+    _add_health(app, graphs, policy, prm, saver_name)
     _add_strategy_routes(app, graphs, uses_threads=checkpointer is not None)
     app.state.graphs = graphs
     return app
+
+
+def _saver(
+    checkpointer: BaseCheckpointSaver | str | Path | None,
+) -> tuple[BaseCheckpointSaver | None, str | Path | None, str | None]:
+    """``(saver, SQLite path the lifespan opens, saver class name)`` of ``checkpointer``."""
+    if isinstance(checkpointer, (str, Path)):
+        from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver  # fail early if missing
+
+        return None, checkpointer, AsyncSqliteSaver.__name__
+    if isinstance(checkpointer, BaseCheckpointSaver):
+        return checkpointer, None, type(checkpointer).__name__
+    return None, None, None
 
 
 def _served_graphs(
@@ -335,6 +329,27 @@ def _add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ValidationError, validation_error)
     app.add_exception_handler(BackendError, backend_error)
     app.add_exception_handler(ConfigError, detail(400))
+
+
+def _add_health(
+    app: FastAPI,
+    graphs: dict[str, CompiledStateGraph],
+    policy: StepPolicy,
+    prm: ProcessRewardModel | None,
+    checkpointer: str | None,
+) -> None:
+    served = {
+        "status": "ok",
+        "strategies": sorted(graphs),
+        "policy": getattr(policy, "name", None),
+        "prm": getattr(prm, "name", None),
+        "checkpointer": checkpointer,
+    }
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        """Liveness plus what is served (load balancers and `tts serve` smoke checks)."""
+        return served
 
 
 def _config_modifier(graph: CompiledStateGraph, uses_threads: bool) -> Any:

@@ -53,7 +53,6 @@ from langchain_tts.core.answers import normalize_answer
 from langchain_tts.core.config import StrategyConfig, check_budget
 from langchain_tts.core.errors import ConfigError
 from langchain_tts.core.types import Trajectory, Usage
-from langchain_tts.graph import create_tts_graph
 from langchain_tts.ledger import Ledger, meter
 from langchain_tts.policies.base import StepPolicy, run_sync
 from langchain_tts.prms.base import ProcessRewardModel
@@ -75,7 +74,7 @@ from langchain_tts.strategies.core import (
     question_of,
     score,
 )
-from langchain_tts.strategies.registry import get_strategy, strategy_config
+from langchain_tts.strategies.registry import get_strategy
 from langchain_tts.strategies.selection import select_answer
 
 __all__ = [
@@ -159,8 +158,8 @@ def allocation_cost(
     u = estimate.usage
     if k == 0 or u.policy_calls == 0:
         return None
-    cfg = strategy_config(strategy, config)
     spec = get_strategy(strategy)
+    cfg = spec.validated(config)
     if spec.cost_units is None:
         return None
     gen_u, prm_u = spec.cost_units(cfg, max(1.0, estimate.mean_steps), reused)
@@ -230,12 +229,12 @@ class _StrategyNode:
         max_tokens: float | None,
         reuse_samples: bool,
     ):
-        self.name, self.strategy = name, strategy
+        self.name, self.strategy, self.spec = name, strategy, get_strategy(strategy)
         self.policy, self.prm = policy, prm
-        self.cfg = strategy_config(strategy, config)
+        self.cfg = self.spec.validated(config)
         self.max_flops, self.max_tokens = max_flops, max_tokens
-        self.reuse_samples = reuse_samples and get_strategy(strategy).reuses_samples
-        self.graph = create_tts_graph(policy, prm, strategy, self.cfg, name=f"tts_{name}")
+        self.reuse_samples = reuse_samples and self.spec.reuses_samples
+        self.graph = self.spec.compile(policy, prm, self.cfg, name=f"tts_{name}")
 
     # the pieces shared by the sync and async paths
     def _ledger(self, state: RouterState) -> Ledger | None:
@@ -267,10 +266,9 @@ class _StrategyNode:
         n_run = self.cfg.n - len(reused) if reused else None
         graph = self.graph
         if ledger is not None:
-            graph = create_tts_graph(
+            graph = self.spec.compile(
                 meter(self.policy, ledger),
                 meter(self.prm, ledger),
-                self.strategy,
                 self.cfg,
                 name=f"tts_{self.name}",
             )

@@ -15,6 +15,8 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from langgraph.graph import StateGraph
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.types import Checkpointer
 from pydantic import ValidationError
 
 from langchain_tts.core.config import StrategyConfig
@@ -88,6 +90,30 @@ class StrategySpec:
                 f"StrategySpec.state_types of {self.name!r} must be a tuple of classes"
             )
 
+    def validated(self, config: StrategyConfig | dict | None = None) -> StrategyConfig:
+        """``config`` as this strategy's pydantic config (defaults from the papers)."""
+        if isinstance(config, self.config):
+            return config
+        if isinstance(config, StrategyConfig):
+            config = config.model_dump(exclude_unset=True)
+        try:
+            return self.config.model_validate(config or {})
+        except ValidationError as e:
+            raise ConfigError(f"invalid config for strategy {self.name!r}:\n{e}") from e
+
+    def compile(
+        self,
+        policy: StepPolicy,
+        prm: ProcessRewardModel | None,
+        config: StrategyConfig | dict | None = None,
+        *,
+        checkpointer: Checkpointer = None,
+        name: str | None = None,
+    ) -> CompiledStateGraph:
+        """This strategy's compiled graph (``create_tts_graph`` checks the models first)."""
+        graph = self.build(policy, prm, self.validated(config))
+        return graph.compile(checkpointer=checkpointer, name=name or f"tts_{self.name}")
+
 
 _SPECS: dict[str, StrategySpec] = {}
 #: name -> :class:`StrategySpec` of every registered strategy (read-only, live)
@@ -120,15 +146,7 @@ def get_strategy(name: str) -> StrategySpec:
 
 def strategy_config(strategy: str, config: StrategyConfig | dict | None = None) -> StrategyConfig:
     """The validated pydantic config of ``strategy`` (defaults from the papers)."""
-    cls = get_strategy(strategy).config
-    if isinstance(config, cls):
-        return config
-    if isinstance(config, StrategyConfig):
-        config = config.model_dump(exclude_unset=True)
-    try:
-        return cls.model_validate(config or {})
-    except ValidationError as e:
-        raise ConfigError(f"invalid config for strategy {strategy!r}:\n{e}") from e
+    return get_strategy(strategy).validated(config)
 
 
 def budget_config(strategy: str, budget: int) -> dict[str, Any]:
