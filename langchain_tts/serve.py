@@ -125,7 +125,8 @@ def knobs_schema(strategy: str, base: StrategyConfig | dict | None = None) -> ty
     ns = {
         "__annotations__": annotations,
         "__module__": __name__,
-        "__doc__": f"Per-call knobs of {strategy} (config['configurable'] or run context).",
+        "__doc__": f"{STRATEGY_SPECS[strategy].summary}. Per-call knobs of {strategy} "
+        "(config['configurable'] or run context).",
         "model_config": ConfigDict(extra="allow", title=name),
         **fields,
     }

@@ -197,9 +197,10 @@ def test_a_registered_strategy_is_served(toy: StrategySpec):
     pytest.importorskip("langserve")
     from fastapi.testclient import TestClient
 
-    from langchain_tts.serve import create_app, default_configs
+    from langchain_tts.serve import create_app, default_configs, knobs_schema
 
     assert default_configs(3)["greedy_steps"] == {"width": 3}
+    assert knobs_schema("greedy_steps").__doc__.startswith(toy.summary)  # Studio's description
     app = create_app(FakePolicy(write_step), FakePRM(prm_fn), budget=2)
     assert "greedy_steps" in app.state.graphs
     with TestClient(app) as client:
