@@ -17,20 +17,23 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from langchain_tts.eval.runner import budget_config  # noqa: E402
 from langchain_tts.models import load_default  # noqa: E402
 from langchain_tts.serve import servable_graph  # noqa: E402
+from langchain_tts.strategies import get_strategy  # noqa: E402
 
 BUDGET = 16
 _policy, _prm = load_default()
 
 
-def _graph(strategy: str, prm: bool = True):
-    return servable_graph(_policy, _prm if prm else None, strategy, budget_config(strategy, BUDGET))
+def _graph(strategy: str):
+    """The strategy at BUDGET samples; with the PRM only when its default config uses one."""
+    spec = get_strategy(strategy)
+    prm = _prm if spec.needs_prm else None
+    return servable_graph(_policy, prm, strategy, spec.budget_config(BUDGET))
 
 
-cot = _graph("cot", prm=False)
-majority_vote = _graph("majority_vote", prm=False)
+cot = _graph("cot")
+majority_vote = _graph("majority_vote")
 best_of_n = _graph("best_of_n")
 weighted_vote = _graph("weighted_vote")
 beam_search = _graph("beam_search")

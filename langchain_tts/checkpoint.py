@@ -33,11 +33,15 @@ if TYPE_CHECKING:
 
 
 def state_types() -> list[type]:
-    """The pydantic classes that TTS graph state stores (and checkpoints hold)."""
+    """The pydantic classes that TTS graph state stores (and checkpoints hold): the shared
+    ones and those of every registered strategy (``StrategySpec.state_types``)."""
     from langchain_tts.core.types import Step, Trajectory, Usage
-    from langchain_tts.strategies.mcts import MCTSNode
+    from langchain_tts.strategies import STRATEGY_SPECS
 
-    return [Trajectory, Usage, Step, MCTSNode]
+    out: list[type] = [Trajectory, Usage, Step]
+    for spec in STRATEGY_SPECS.values():
+        out += [t for t in spec.state_types if t not in out]
+    return out
 
 
 def allowed_msgpack_modules(extra: Iterable[type | tuple[str, str]] = ()) -> list[tuple[str, str]]:

@@ -49,13 +49,15 @@ from pydantic import (
 
 from langchain_tts.core.config import StrategyConfig
 from langchain_tts.core.errors import BackendError, ConfigError, InputError
-from langchain_tts.graph import STRATEGIES, create_tts_graph, strategy_config
+from langchain_tts.graph import create_tts_graph
 from langchain_tts.policies.base import StepPolicy
 from langchain_tts.prms.base import ProcessRewardModel
+from langchain_tts.strategies import STRATEGY_SPECS, strategy_config
 from langchain_tts.strategies.core import question_of, resolve_config
 
 if TYPE_CHECKING:
-    from fastapi import FastAPI
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse
 
 #: requests larger than this are refused with 413 before they are parsed
 MAX_BODY_BYTES = 4 * 1024 * 1024
@@ -123,7 +125,8 @@ def knobs_schema(strategy: str, base: StrategyConfig | dict | None = None) -> ty
     ns = {
         "__annotations__": annotations,
         "__module__": __name__,
-        "__doc__": f"Per-call knobs of {strategy} (config['configurable'] or run context).",
+        "__doc__": f"{STRATEGY_SPECS[strategy].summary}. Per-call knobs of {strategy} "
+        "(config['configurable'] or run context).",
         "model_config": ConfigDict(extra="allow", title=name),
         **fields,
     }
@@ -157,10 +160,8 @@ class _ServedGraph(RunnableBinding):
 
 
 def default_configs(budget: int = 16) -> dict[str, dict[str, Any]]:
-    """A config per strategy that spends about ``budget`` samples per question."""
-    from langchain_tts.eval.runner import budget_config
-
-    return {s: budget_config(s, budget) for s in STRATEGIES}
+    """A config per registered strategy that spends about ``budget`` samples per question."""
+    return {name: spec.budget_config(budget) for name, spec in STRATEGY_SPECS.items()}
 
 
 def _thread_id_from_body(body: Any) -> str | None:
@@ -184,15 +185,13 @@ def create_app(
 
     ``policy``/``prm``: default to the embedded models (``load_default()``); with a policy
     of your own and ``prm=None``, only strategies that need no PRM are served.
-    ``strategies``: default all that can run with these models. ``configs``: per-strategy
-    base configs (default: :func:`default_configs` at ``budget``); knobs are overridable per
-    request through ``configurable``. ``checkpointer``: an async-capable saver, or a SQLite
-    path opened as ``AsyncSqliteSaver`` for the app's lifetime; with one, requests without
-    a ``thread_id`` get a fresh one.
+    ``strategies``: default every registered one that can run with these models.
+    ``configs``: per-strategy base configs (default: :func:`default_configs` at ``budget``);
+    knobs are overridable per request through ``configurable``. ``checkpointer``: an
+    async-capable saver, or a SQLite path opened as ``AsyncSqliteSaver`` for the app's
+    lifetime; with one, requests without a ``thread_id`` get a fresh one.
     """
-    from fastapi import FastAPI, HTTPException, Request  # noqa: F811 - runtime import
-    from fastapi.responses import JSONResponse
-    from langserve import add_routes
+    from fastapi import FastAPI  # noqa: F811 - runtime import
 
     if policy is None:  # the embedded models; the embedded PRM too unless one is given
         from langchain_tts.models import load_default_policy, load_default_prm
@@ -201,27 +200,57 @@ def create_app(
         policy = load_default_policy()
         prm = prm if prm is not None else load_default_prm()
     base_configs = {**default_configs(budget), **(configs or {})}
-    saver_path = checkpointer if isinstance(checkpointer, (str, Path)) else None
-    saver = checkpointer if isinstance(checkpointer, BaseCheckpointSaver) else None
-    if saver_path is not None:
+    saver, saver_path, saver_name = _saver(checkpointer)
+    graphs = _served_graphs(policy, prm, strategies, base_configs, saver)
+    app = FastAPI(
+        title=title,
+        version="1",
+        description="Test-time compute scaling strategies (PRM beam search, best-of-N, ...)",
+        lifespan=_lifespan(graphs, saver_path),
+    )
+    app.middleware("http")(_limit_body)
+    _add_error_handlers(app)
+    _add_health(app, graphs, policy, prm, saver_name)
+    _add_strategy_routes(app, graphs, uses_threads=checkpointer is not None)
+    app.state.graphs = graphs
+    return app
+
+
+def _saver(
+    checkpointer: BaseCheckpointSaver | str | Path | None,
+) -> tuple[BaseCheckpointSaver | None, str | Path | None, str | None]:
+    """``(saver, SQLite path the lifespan opens, saver class name)`` of ``checkpointer``."""
+    if isinstance(checkpointer, (str, Path)):
         from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver  # fail early if missing
 
-        saver_type: type = AsyncSqliteSaver
-    else:
-        saver_type = type(saver)
+        return None, checkpointer, AsyncSqliteSaver.__name__
+    if isinstance(checkpointer, BaseCheckpointSaver):
+        return checkpointer, None, type(checkpointer).__name__
+    return None, None, None
 
+
+def _served_graphs(
+    policy: StepPolicy,
+    prm: ProcessRewardModel | None,
+    strategies: Sequence[str] | None,
+    configs: dict[str, StrategyConfig | dict],
+    saver: BaseCheckpointSaver | None,
+) -> dict[str, CompiledStateGraph]:
+    """A servable graph per strategy; when none were named, those these models can run."""
     graphs: dict[str, CompiledStateGraph] = {}
-    for name in strategies or list(STRATEGIES):
+    for name in strategies or list(STRATEGY_SPECS):
         try:
-            graphs[name] = servable_graph(
-                policy, prm, name, base_configs.get(name), checkpointer=saver
-            )
+            graphs[name] = servable_graph(policy, prm, name, configs.get(name), checkpointer=saver)
         except ConfigError:
             if strategies is not None:  # asked for explicitly: say why it cannot be served
                 raise
     if not graphs:
         raise ConfigError("no strategy can be served with these models (pass a PRM?)")
-    uses_threads = checkpointer is not None
+    return graphs
+
+
+def _lifespan(graphs: dict[str, CompiledStateGraph], saver_path: str | Path | None) -> Any:
+    """The app's lifespan: a SQLite saver at ``saver_path`` is open while the app runs."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -239,115 +268,144 @@ def create_app(
                     for g in graphs.values():
                         g.checkpointer = None
 
-    app = FastAPI(
-        title=title,
-        version="1",
-        description="Test-time compute scaling strategies (PRM beam search, best-of-N, ...)",
-        lifespan=lifespan,
+    return lifespan
+
+
+def _too_large(size: int | str) -> JSONResponse:
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse(
+        {"detail": f"request body is {size} bytes; the limit is {MAX_BODY_BYTES}"},
+        status_code=413,
     )
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next: Any) -> Any:
-        size = request.headers.get("content-length")
-        if size is not None and size.isdigit() and int(size) > MAX_BODY_BYTES:
+
+async def _limit_body(request: Request, call_next: Any) -> Any:
+    """Refuse bodies over :data:`MAX_BODY_BYTES` (413) and bodies that are not UTF-8 (422)."""
+    from fastapi.responses import JSONResponse
+
+    size = request.headers.get("content-length")
+    if size is not None and size.isdigit() and int(size) > MAX_BODY_BYTES:
+        return _too_large(size)
+    if request.method in ("POST", "PUT", "PATCH"):
+        # LangServe parses bodies with json.loads and catches only JSONDecodeError: a body
+        # that is not UTF-8 would be a 500. The body is cached for the route to reuse.
+        body = await request.body()
+        if len(body) > MAX_BODY_BYTES:  # chunked (no content-length): refuse before parsing
+            return _too_large(len(body))
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError as e:
             return JSONResponse(
-                {"detail": f"request body is {size} bytes; the limit is {MAX_BODY_BYTES}"},
-                status_code=413,
+                {
+                    "detail": f"Invalid JSON body: not valid UTF-8 (byte 0x{body[e.start]:02x} "
+                    f"at position {e.start})"
+                },
+                status_code=422,
             )
-        if request.method in ("POST", "PUT", "PATCH"):
-            # LangServe parses bodies with json.loads and catches only JSONDecodeError: a body
-            # that is not UTF-8 would be a 500. The body is cached for the route to reuse.
-            body = await request.body()
-            if len(body) > MAX_BODY_BYTES:  # chunked (no content-length): refuse before parsing
-                return JSONResponse(
-                    {"detail": f"request body is {len(body)} bytes; the limit is {MAX_BODY_BYTES}"},
-                    status_code=413,
-                )
-            try:
-                body.decode("utf-8")
-            except UnicodeDecodeError as e:
-                return JSONResponse(
-                    {
-                        "detail": f"Invalid JSON body: not valid UTF-8 (byte 0x{body[e.start]:02x} "
-                        f"at position {e.start})"
-                    },
-                    status_code=422,
-                )
-        return await call_next(request)
+    return await call_next(request)
 
-    @app.exception_handler(InputError)
-    async def _input_error(_: Request, exc: InputError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=422)
 
-    @app.exception_handler(ValidationError)
-    async def _validation_error(_: Request, exc: ValidationError) -> JSONResponse:
+def _add_error_handlers(app: FastAPI) -> None:
+    """Typed errors become 4xx / 502 responses with their message, never a 500."""
+    from fastapi.responses import JSONResponse
+
+    def detail(status: int) -> Any:
+        async def handler(_: Request, exc: Exception) -> JSONResponse:
+            return JSONResponse({"detail": str(exc)}, status_code=status)
+
+        return handler
+
+    async def validation_error(_: Request, exc: ValidationError) -> JSONResponse:
         # LangServe's batch endpoint validates inputs outside its 422 translation.
         return JSONResponse(
             {"detail": exc.errors(include_url=False, include_context=False)}, status_code=422
         )
 
-    @app.exception_handler(BackendError)
-    async def _backend_error(_: Request, exc: BackendError) -> JSONResponse:
+    async def backend_error(_: Request, exc: BackendError) -> JSONResponse:
         # The model backend failed (after its retries), not the request: a bad gateway.
         return JSONResponse({"detail": str(exc), "error": "BackendError"}, status_code=502)
 
-    @app.exception_handler(ConfigError)
-    async def _config_error(_: Request, exc: ConfigError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=400)
+    app.add_exception_handler(InputError, detail(422))
+    app.add_exception_handler(ValidationError, validation_error)
+    app.add_exception_handler(BackendError, backend_error)
+    app.add_exception_handler(ConfigError, detail(400))
+
+
+def _add_health(
+    app: FastAPI,
+    graphs: dict[str, CompiledStateGraph],
+    policy: StepPolicy,
+    prm: ProcessRewardModel | None,
+    checkpointer: str | None,
+) -> None:
+    served = {
+        "status": "ok",
+        "strategies": sorted(graphs),
+        "policy": getattr(policy, "name", None),
+        "prm": getattr(prm, "name", None),
+        "checkpointer": checkpointer,
+    }
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
         """Liveness plus what is served (load balancers and `tts serve` smoke checks)."""
-        return {
-            "status": "ok",
-            "strategies": sorted(graphs),
-            "policy": getattr(policy, "name", None),
-            "prm": getattr(prm, "name", None),
-            "checkpointer": saver_type.__name__ if uses_threads else None,
-        }
+        return served
 
-    def config_modifier(graph: CompiledStateGraph) -> Any:
-        base = graph.context_schema
 
-        async def per_request(config: dict[str, Any], request: Request) -> dict[str, Any]:
-            """Keep ``configurable`` (knobs, ``thread_id``), check knobs before the run."""
-            conf = dict(config.get("configurable") or {})
-            if "thread_id" not in conf and request.method == "POST":
-                try:
-                    tid = _thread_id_from_body(await request.json())
-                except ValueError:
-                    tid = None
-                if tid is not None:
-                    conf["thread_id"] = tid
-            if uses_threads and not conf.get("thread_id"):
-                conf["thread_id"] = uuid.uuid4().hex
-            # LangServe's copy of the knobs schema keeps types but not constraints: apply the
-            # strategy's validation here, so a bad knob is a 400 before any stream starts.
+def _config_modifier(graph: CompiledStateGraph, uses_threads: bool) -> Any:
+    """LangServe's per-request config hook for ``graph``."""
+    from fastapi import HTTPException
+
+    base = graph.context_schema
+
+    async def per_request(config: dict[str, Any], request: Request) -> dict[str, Any]:
+        """Keep ``configurable`` (knobs, ``thread_id``), check knobs before the run."""
+        conf = dict(config.get("configurable") or {})
+        if "thread_id" not in conf and request.method == "POST":
             try:
-                resolve_config(base(), {"configurable": conf})
-            except ConfigError as e:
-                raise HTTPException(status_code=400, detail=str(e)) from e
-            return {**config, "configurable": conf}
+                tid = _thread_id_from_body(await request.json())
+            except ValueError:
+                tid = None
+            if tid is not None:
+                conf["thread_id"] = tid
+        if uses_threads and not conf.get("thread_id"):
+            conf["thread_id"] = uuid.uuid4().hex
+        # LangServe's copy of the knobs schema keeps types but not constraints: apply the
+        # strategy's validation here, so a bad knob is a 400 before any stream starts.
+        try:
+            resolve_config(base(), {"configurable": conf})
+        except ConfigError as e:
+            raise HTTPException(status_code=400, detail=str(e)) from e
+        return {**config, "configurable": conf}
 
-        return per_request
+    return per_request
+
+
+_ENDPOINTS = (
+    "invoke",
+    "batch",
+    "stream",
+    "stream_log",
+    "stream_events",
+    "input_schema",
+    "output_schema",
+    "config_schema",
+    "playground",
+)
+
+
+def _add_strategy_routes(
+    app: FastAPI, graphs: dict[str, CompiledStateGraph], *, uses_threads: bool
+) -> None:
+    """One LangServe route per served strategy, at ``/tts/<strategy>``."""
+    from langserve import add_routes
 
     for name, graph in graphs.items():
         add_routes(
             app,
             _ServedGraph(bound=graph, custom_input_type=TTSRequest),
             path=f"/tts/{name}",
-            per_req_config_modifier=config_modifier(graph),
-            enabled_endpoints=(
-                "invoke",
-                "batch",
-                "stream",
-                "stream_log",
-                "stream_events",
-                "input_schema",
-                "output_schema",
-                "config_schema",
-                "playground",
-            ),
+            per_req_config_modifier=_config_modifier(graph, uses_threads),
+            enabled_endpoints=_ENDPOINTS,
         )
-    app.state.graphs = graphs
-    return app

@@ -251,7 +251,7 @@ def _priced(records: list[dict], estimator: Any) -> list[dict]:
     from langchain_tts.eval.runner import budget_config
     from langchain_tts.graph import strategy_config
     from langchain_tts.routing import ProbeEstimator, VerifierEstimator
-    from langchain_tts.routing.router import REUSE_STRATEGIES
+    from langchain_tts.strategies import STRATEGY_SPECS
 
     if isinstance(estimator, ProbeEstimator):
         k, temperature = estimator.k, estimator.temperature
@@ -263,7 +263,8 @@ def _priced(records: list[dict], estimator: Any) -> list[dict]:
     out = []
     for r in records:
         s, n = str(r["strategy"]), int(r["budget"])
-        cfg = strategy_config(s, budget_config(s, n)) if s in REUSE_STRATEGIES else None
+        spec = STRATEGY_SPECS.get(s)
+        cfg = strategy_config(s, budget_config(s, n)) if spec and spec.reuses_samples else None
         same = cfg is not None and (cfg.temperature, cfg.max_step_tokens) == (
             temperature,
             estimator.max_tokens,

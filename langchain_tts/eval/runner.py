@@ -24,22 +24,11 @@ from tqdm.auto import tqdm
 from langchain_tts.eval.datasets import Problem
 from langchain_tts.eval.grading import answers_match
 
+# The config that spends N samples per question belongs to each strategy's registry
+# record; sweeps name their runs (strategy, budget), so it is re-exported here.
+from langchain_tts.strategies.registry import budget_config as budget_config
+
 RECORD_KEY = ("dataset", "policy", "prm", "strategy", "budget", "id")
-
-
-def budget_config(strategy: str, budget: int) -> dict[str, Any]:
-    """The strategy config that spends ``budget`` samples (N) per question."""
-    if strategy == "cot":
-        return {}
-    if strategy in ("beam_search", "dvts"):
-        return {"n": budget, "beam_width": min(4, budget)}
-    if strategy == "mcts":
-        return {"simulations": budget, "expand_k": 4}
-    if strategy == "revision":
-        return {"revisions": max(0, budget - 1)}
-    if strategy == "hybrid":
-        return {"split": "sqrt", "budget": budget}
-    return {"n": budget}
 
 
 def _key(r: dict) -> tuple:

@@ -53,7 +53,6 @@ from langchain_tts.core.answers import normalize_answer
 from langchain_tts.core.config import StrategyConfig, check_budget
 from langchain_tts.core.errors import ConfigError
 from langchain_tts.core.types import Trajectory, Usage
-from langchain_tts.graph import create_tts_graph, strategy_config
 from langchain_tts.ledger import Ledger, meter
 from langchain_tts.policies.base import StepPolicy, run_sync
 from langchain_tts.prms.base import ProcessRewardModel
@@ -75,6 +74,7 @@ from langchain_tts.strategies.core import (
     question_of,
     score,
 )
+from langchain_tts.strategies.registry import get_strategy
 from langchain_tts.strategies.selection import select_answer
 
 __all__ = [
@@ -91,10 +91,6 @@ __all__ = [
 REASONING_TIERS = ("math", "code", "logic")
 #: direct tiers -> the pool entry that answers them (paper 000: knowledge favours size)
 DIRECT_TIERS: dict[str, str] = {"factual": "large", "knowledge": "large", "general": "medium"}
-SAMPLING_STRATEGIES = ("best_of_n", "majority_vote", "weighted_vote")
-#: strategies that can count the estimator's samples as their own (``reuse_samples``): the
-#: sampling ones, and ``cot`` (one greedy chain: the verifier's attempt when caps match)
-REUSE_STRATEGIES = ("cot", *SAMPLING_STRATEGIES)
 
 RouteReason = Literal["table", "reuse_probe", "budget_downgrade", "budget_probe_only", "tier"]
 
@@ -140,30 +136,6 @@ class RouterState(TTSState, total=False):
 
 
 # -- cost model ----------------------------------------------------------------------------
-def _units(strategy: str, cfg: Any, steps: float, reused: int) -> tuple[float, float] | None:
-    """(generations, PRM-scored solutions), in whole-solution units, of one allocation."""
-    s = max(1.0, steps)
-    if strategy == "cot":
-        return float(max(0, 1 - reused)), 0.0
-    if strategy in SAMPLING_STRATEGIES:
-        gen = max(0, cfg.n - reused)
-        prm = 0 if cfg.selection == "majority" or cfg.n < 2 else cfg.n
-        return float(gen), float(prm)
-    if strategy in ("beam_search", "dvts"):
-        keep = cfg.keep if strategy == "beam_search" else cfg.n_subtrees
-        n = cfg.keep * cfg.expand_each if strategy == "beam_search" else cfg.n
-        # n children per step add up to n solutions; the kept prefixes are re-read as
-        # prompts every step; the PRM re-reads every child (half a solution on average).
-        return n + keep * s, n * (s + 1) / 2
-    if strategy == "mcts":
-        return cfg.simulations * (cfg.expand_k / s + 1), float(cfg.simulations * cfg.expand_k)
-    if strategy in ("revision", "hybrid"):
-        chains, revisions = cfg.chain_plan if strategy == "hybrid" else (1, cfg.revisions)
-        attempts = chains * (revisions + 1)
-        return 2.0 * attempts, float(attempts)  # a revision prompt holds the last attempt
-    return None
-
-
 def allocation_cost(
     strategy: str,
     config: StrategyConfig | dict | None,
@@ -179,18 +151,18 @@ def allocation_cost(
     the budget. The unit is the probe's measured cost of one whole solution (prompt +
     generation tokens per sample; the PRM's tokens per scored sample, or the same token
     count when the probe ran no PRM), priced with each model's parameters; each strategy
-    spends a number of such units (see ``_units``). A heuristic -- the meter enforces the
-    cap. None when the estimate measured nothing (e.g. a classifier).
+    spends a number of such units (its ``StrategySpec.cost_units``). A heuristic -- the
+    meter enforces the cap. None when the estimate measured nothing (e.g. a classifier).
     """
     k = len(estimate.candidates)
     u = estimate.usage
     if k == 0 or u.policy_calls == 0:
         return None
-    cfg = strategy_config(strategy, config)
-    units = _units(strategy, cfg, estimate.mean_steps, reused)
-    if units is None:
+    spec = get_strategy(strategy)
+    cfg = spec.validated(config)
+    if spec.cost_units is None:
         return None
-    gen_u, prm_u = units
+    gen_u, prm_u = spec.cost_units(cfg, max(1.0, estimate.mean_steps), reused)
     pol_tok = (u.policy_prompt_tokens + u.policy_generated_tokens) / k
     prm_tok = u.prm_tokens / k if u.prm_tokens > 0 else pol_tok
     p_pol = float(policy.num_parameters or 0)
@@ -257,12 +229,12 @@ class _StrategyNode:
         max_tokens: float | None,
         reuse_samples: bool,
     ):
-        self.name, self.strategy = name, strategy
+        self.name, self.strategy, self.spec = name, strategy, get_strategy(strategy)
         self.policy, self.prm = policy, prm
-        self.cfg = strategy_config(strategy, config)
+        self.cfg = self.spec.validated(config)
         self.max_flops, self.max_tokens = max_flops, max_tokens
-        self.reuse_samples = reuse_samples and strategy in REUSE_STRATEGIES
-        self.graph = create_tts_graph(policy, prm, strategy, self.cfg, name=f"tts_{name}")
+        self.reuse_samples = reuse_samples and self.spec.reuses_samples
+        self.graph = self.spec.compile(policy, prm, self.cfg, name=f"tts_{name}")
 
     # the pieces shared by the sync and async paths
     def _ledger(self, state: RouterState) -> Ledger | None:
@@ -294,10 +266,9 @@ class _StrategyNode:
         n_run = self.cfg.n - len(reused) if reused else None
         graph = self.graph
         if ledger is not None:
-            graph = create_tts_graph(
+            graph = self.spec.compile(
                 meter(self.policy, ledger),
                 meter(self.prm, ledger),
-                self.strategy,
                 self.cfg,
                 name=f"tts_{self.name}",
             )
@@ -399,38 +370,75 @@ def create_router_graph(
         raise ConfigError(f"policy must be a StepPolicy, got {type(policy).__name__}")
     if prm is not None and not isinstance(prm, ProcessRewardModel):
         raise ConfigError(f"prm must be a ProcessRewardModel or None, got {type(prm).__name__}")
+    table = _as_table(table)
+    if not 0.0 <= reuse_threshold <= 1.0:
+        raise ConfigError(f"reuse_threshold must be in [0, 1], got {reuse_threshold!r}")
+    check_budget("max_flops", max_flops)
+    check_budget("max_tokens", max_tokens)
+    est = make_estimator(estimator, policy, prm)
+    if table.thresholds is not None:  # a calibrated table knows where its bins begin
+        est = est.with_thresholds(table.thresholds)
+    _check_probe_fits(est, max_flops, max_tokens)
+    tiers = _direct_tiers(pool, tier_fn)
+    budget = {"max_flops": max_flops, "max_tokens": max_tokens}
+    runners = {
+        b: _bin_runner(b, alloc, policy, prm, reuse_samples=reuse_samples, **budget)
+        for b, alloc in table.items()
+    }
+    direct = {
+        key: _StrategyNode(f"{tier}_direct", "cot", {}, pol, pr, reuse_samples=False, **budget)
+        for key, tier, pol, pr in tiers
+    }
+    router = _Router(
+        policy,
+        prm,
+        est,
+        table,
+        runners,
+        direct,
+        tier_fn=tier_fn,
+        reuse_probe=reuse_probe,
+        reuse_threshold=reuse_threshold,
+        **budget,
+    )
+    return router.graph().compile(checkpointer=checkpointer, name=name)
+
+
+def _as_table(table: BudgetTable | Mapping[str, Any] | None) -> BudgetTable:
     if table is None:
         table = BudgetTable()
     elif isinstance(table, Mapping):
         table = BudgetTable.from_dict(table)
     elif not isinstance(table, BudgetTable):
         raise ConfigError(f"table must be a BudgetTable or a mapping, got {type(table).__name__}")
-    table.check()
-    if not 0.0 <= reuse_threshold <= 1.0:
-        raise ConfigError(f"reuse_threshold must be in [0, 1], got {reuse_threshold!r}")
-    check_budget("max_flops", max_flops)
-    check_budget("max_tokens", max_tokens)
-    est_obj = make_estimator(estimator, policy, prm)
-    if table.thresholds is not None:  # a calibrated table knows where its bins begin
-        est_obj = est_obj.with_thresholds(table.thresholds)
-    budgeted = max_flops is not None or max_tokens is not None
+    return table.check()
 
-    if budgeted:
-        worst = est_obj.max_cost()
-        if worst is not None:
-            w_flops, w_tokens = worst
-            checks = (("max_flops", max_flops, w_flops), ("max_tokens", max_tokens, w_tokens))
-            for label, cap, need in checks:
-                if cap is not None and need > cap:
-                    raise ConfigError(
-                        f"{label}={cap:.4g} is below the difficulty probe's worst-case cost "
-                        f"({need:.4g}: its samples x token cap, PRM included, prompt aside); "
-                        f"raise the budget, {_cheaper_probe_hint(est_obj)}, or use a "
-                        "ClassifierEstimator, which costs nothing"
-                    )
 
-    # tiers
-    direct: dict[str, tuple[str, StepPolicy, ProcessRewardModel | None]] = {}
+def _check_probe_fits(
+    est: DifficultyEstimator, max_flops: float | None, max_tokens: float | None
+) -> None:
+    """A budget below the probe's worst-case cost is a :class:`ConfigError` at build time."""
+    worst = est.max_cost() if max_flops is not None or max_tokens is not None else None
+    if worst is None:
+        return
+    w_flops, w_tokens = worst
+    for label, cap, need in (
+        ("max_flops", max_flops, w_flops),
+        ("max_tokens", max_tokens, w_tokens),
+    ):
+        if cap is not None and need > cap:
+            raise ConfigError(
+                f"{label}={cap:.4g} is below the difficulty probe's worst-case cost "
+                f"({need:.4g}: its samples x token cap, PRM included, prompt aside); "
+                f"raise the budget, {_cheaper_probe_hint(est)}, or use a "
+                "ClassifierEstimator, which costs nothing"
+            )
+
+
+def _direct_tiers(
+    pool: Mapping[str, Any] | None, tier_fn: Callable[[str], Any] | None
+) -> list[tuple[str, str, StepPolicy, ProcessRewardModel | None]]:
+    """``(pool key, tier node prefix, policy, prm)`` of each direct tier, checked."""
     if pool is not None and not isinstance(pool, Mapping):
         raise ConfigError(
             f"pool must be a mapping name -> (policy, prm), got {type(pool).__name__}"
@@ -442,63 +450,80 @@ def create_router_graph(
         )
     if pool is not None and tier_fn is None:
         raise ConfigError("pool is only used with tier_fn(question) -> tier; pass tier_fn too")
-    if tier_fn is not None:
-        if not callable(tier_fn):
-            raise ConfigError(f"tier_fn must be callable, got {type(tier_fn).__name__}")
-        if pool is None:
-            raise ConfigError(
-                "tier_fn needs pool={'large': (policy, prm), 'medium': (policy, prm)}: "
-                "factual questions go to 'large', general ones to 'medium'"
-            )
-        for key in sorted(set(DIRECT_TIERS.values())):
-            if key not in pool:
-                tiers = [t for t, k in DIRECT_TIERS.items() if k == key]
-                raise ConfigError(
-                    f"pool has no {key!r} entry, needed for the {tiers} tiers; pool has "
-                    f"{sorted(pool)}"
-                )
-            direct[key] = (key, *_pool_entry(pool, key))
-
-    g = StateGraph(RouterState, input_schema=TTSInput, output_schema=RouterOutput)
-    nodes: dict[str, str] = {}  # bin -> node name
-    runners: dict[str, _StrategyNode] = {}
-    for b, alloc in table.items():
-        node_name = f"{b}_{alloc.strategy}"
-        try:
-            runner = _StrategyNode(
-                node_name,
-                alloc.strategy,
-                alloc.config,
-                policy,
-                prm,
-                max_flops=max_flops,
-                max_tokens=max_tokens,
-                reuse_samples=reuse_samples,
-            )
-        except ConfigError as e:
-            raise ConfigError(f"budget table, bin {b!r}: {e}") from None
-        nodes[b], runners[b] = node_name, runner
-        g.add_node(node_name, runner.runnable())
-    tier_nodes: dict[str, str] = {}
-    for key, (_, pol, pr) in direct.items():
-        tier_name = "factual" if key == "large" else "general"
-        node_name = f"{tier_name}_direct"
-        runner = _StrategyNode(
-            node_name,
-            "cot",
-            {},
-            pol,
-            pr,
-            max_flops=max_flops,
-            max_tokens=max_tokens,
-            reuse_samples=False,
+    if tier_fn is None:
+        return []
+    if not callable(tier_fn):
+        raise ConfigError(f"tier_fn must be callable, got {type(tier_fn).__name__}")
+    if pool is None:
+        raise ConfigError(
+            "tier_fn needs pool={'large': (policy, prm), 'medium': (policy, prm)}: "
+            "factual questions go to 'large', general ones to 'medium'"
         )
-        tier_nodes[key] = node_name
-        g.add_node(node_name, runner.runnable())
+    out = []
+    for key in sorted(set(DIRECT_TIERS.values())):
+        if key not in pool:
+            tiers = [t for t, k in DIRECT_TIERS.items() if k == key]
+            raise ConfigError(
+                f"pool has no {key!r} entry, needed for the {tiers} tiers; pool has {sorted(pool)}"
+            )
+        out.append((key, "factual" if key == "large" else "general", *_pool_entry(pool, key)))
+    return out
 
-    same_policy = getattr(est_obj, "policy", None) is policy
 
-    async def prepare(state: RouterState, config: RunnableConfig) -> dict:
+def _bin_runner(
+    b: str, alloc: Any, policy: StepPolicy, prm: ProcessRewardModel | None, **kwargs: Any
+) -> _StrategyNode:
+    """The node of bin ``b``: ``"{bin}_{strategy}"`` running the bin's allocation."""
+    try:
+        return _StrategyNode(
+            f"{b}_{alloc.strategy}", alloc.strategy, alloc.config, policy, prm, **kwargs
+        )
+    except ConfigError as e:
+        raise ConfigError(f"budget table, bin {b!r}: {e}") from None
+
+
+class _Router:
+    """The router graph's own nodes (prepare, estimate, finalize) and its routing choices."""
+
+    def __init__(
+        self,
+        policy: StepPolicy,
+        prm: ProcessRewardModel | None,
+        est: DifficultyEstimator,
+        table: BudgetTable,
+        runners: dict[str, _StrategyNode],
+        direct: dict[str, _StrategyNode],
+        *,
+        tier_fn: Callable[[str], Any] | None,
+        max_flops: float | None,
+        max_tokens: float | None,
+        reuse_probe: bool,
+        reuse_threshold: float,
+    ):
+        self.policy, self.prm, self.est, self.table = policy, prm, est, table
+        self.runners, self.direct, self.tier_fn = runners, direct, tier_fn
+        self.max_flops, self.max_tokens = max_flops, max_tokens
+        self.budgeted = max_flops is not None or max_tokens is not None
+        self.reuse_probe, self.reuse_threshold = reuse_probe, reuse_threshold
+        self.same_policy = getattr(est, "policy", None) is policy
+
+    def graph(self) -> StateGraph:
+        g = StateGraph(RouterState, input_schema=TTSInput, output_schema=RouterOutput)
+        workers = {r.name: r for r in [*self.runners.values(), *self.direct.values()]}
+        for worker_name, runner in workers.items():
+            g.add_node(worker_name, runner.runnable())
+        g.add_node("prepare", node(self.prepare, "prepare"))
+        g.add_node("estimate", node(self.estimate, "estimate"))
+        g.add_node("finalize", node(self.finalize, "finalize"))
+        g.add_edge(START, "prepare")
+        g.add_edge("prepare", "estimate")
+        g.add_conditional_edges("estimate", _route_node, sorted({*workers, "finalize"}))
+        for worker_name in workers:
+            g.add_edge(worker_name, "finalize")
+        g.add_edge("finalize", END)
+        return g
+
+    async def prepare(self, state: RouterState, config: RunnableConfig) -> dict:
         return {
             "question": question_of(state),
             "difficulty": None,
@@ -510,67 +535,84 @@ def create_router_graph(
             "usage_at_start": state.get("usage") or Usage(),
         }
 
-    def _left(spent: Usage) -> tuple[float, float]:
-        f = math.inf if max_flops is None else max_flops - spent.flops
-        t = math.inf if max_tokens is None else max_tokens - spent.tokens
-        return f, t
-
-    async def estimate(state: RouterState, config: RunnableConfig) -> dict:
+    async def estimate(self, state: RouterState, config: RunnableConfig) -> dict:
         q = state["question"]
-        tier: str | None = None
-        if tier_fn is not None:
-            raw = await _maybe_await(tier_fn(q))
-            tier = raw.strip().lower() if isinstance(raw, str) else None
-            if tier in DIRECT_TIERS:
-                key = DIRECT_TIERS[tier]
-                route = Route(
-                    tier=tier, strategy="cot", node=tier_nodes[key], model=key, reason="tier"
-                )
-                return {"route": route, "difficulty": None}
-            if tier not in REASONING_TIERS:
-                raise ConfigError(
-                    f"tier_fn returned {raw!r}; expected one of "
-                    f"{list(REASONING_TIERS) + list(DIRECT_TIERS)}"
-                )
-        runner_est, ledger = est_obj, None
-        if budgeted:
-            ledger = Ledger(max_flops, max_tokens)
-            runner_est = est_obj.with_models(lambda m: meter(m, ledger))
-        est = await runner_est.aestimate(q)
+        tier = await self._tier(q)
+        if tier in DIRECT_TIERS:
+            key = DIRECT_TIERS[tier]
+            route = Route(
+                tier=tier, strategy="cot", node=self.direct[key].name, model=key, reason="tier"
+            )
+            return {"route": route, "difficulty": None}
+        est, ledger = self.est, None
+        if self.budgeted:
+            ledger = Ledger(self.max_flops, self.max_tokens)
+            est = self.est.with_models(lambda m: meter(m, ledger))
+        found = await est.aestimate(q)
+        return {
+            "difficulty": found,
+            "usage": found.usage,
+            "route": self._route(tier, found, ledger),
+        }
+
+    async def _tier(self, question: str) -> str | None:
+        """The task type ``tier_fn`` names (None without one); a reasoning or direct tier."""
+        if self.tier_fn is None:
+            return None
+        raw = await _maybe_await(self.tier_fn(question))
+        tier = raw.strip().lower() if isinstance(raw, str) else None
+        if tier not in DIRECT_TIERS and tier not in REASONING_TIERS:
+            raise ConfigError(
+                f"tier_fn returned {raw!r}; expected one of "
+                f"{list(REASONING_TIERS) + list(DIRECT_TIERS)}"
+            )
+        return tier
+
+    def _reused(self, b: str, est: DifficultyEstimate) -> int:
+        return len(self.runners[b].reusable(est, self.same_policy))
+
+    def _route(self, tier: str | None, est: DifficultyEstimate, ledger: Ledger | None) -> Route:
+        """The table's allocation for the estimated bin, unless the probe's answer will do
+        (``reuse_probe``) or the budget calls for a cheaper allocation."""
         b = est.bin
-        reused = len(runners[b].reusable(est, same_policy))
         route = Route(
             tier=tier,
             bin=b,
-            strategy=table[b].strategy,
-            config=table[b].config,
-            node=nodes[b],
-            reused_samples=reused,
+            strategy=self.table[b].strategy,
+            config=self.table[b].config,
+            node=self.runners[b].name,
+            reused_samples=self._reused(b, est),
         )
-        agreed = est.agreement is None or est.agreement >= reuse_threshold
+        agreed = est.agreement is None or est.agreement >= self.reuse_threshold
         if (
-            reuse_probe
+            self.reuse_probe
             and b == "easy"
             and est.answer is not None
-            and est.p_solve >= reuse_threshold
+            and est.p_solve >= self.reuse_threshold
             and agreed
         ):
-            route = Route(tier=tier, bin=b, strategy="probe", node="finalize", reason="reuse_probe")
-        elif ledger is not None and ledger.exhausted:
+            return Route(tier=tier, bin=b, strategy="probe", node="finalize", reason="reuse_probe")
+        if ledger is not None and ledger.exhausted:
             # The budget could not even pay for the probe: its estimate means nothing and
             # no strategy can fit; answer with whatever the probe got.
-            route = route.model_copy(update=_PROBE_ONLY | {"budget_stopped": True})
-        elif budgeted:
-            route = _fit(route, est, _left(est.usage))
-        return {"difficulty": est, "usage": est.usage, "route": route}
+            return route.model_copy(update=_PROBE_ONLY | {"budget_stopped": True})
+        if self.budgeted:
+            return self._fit(route, est, self._left(est.usage))
+        return route
 
-    def _fit(route: Route, est: DifficultyEstimate, left: tuple[float, float]) -> Route:
+    def _left(self, spent: Usage) -> tuple[float, float]:
+        f = math.inf if self.max_flops is None else self.max_flops - spent.flops
+        t = math.inf if self.max_tokens is None else self.max_tokens - spent.tokens
+        return f, t
+
+    def _fit(self, route: Route, est: DifficultyEstimate, left: tuple[float, float]) -> Route:
         """The bin's allocation if it is predicted to fit, else the dearest one that does."""
         costs: dict[str, tuple[float, float] | None] = {}
         for b in BINS:
-            r = runners[b]
-            reused = len(r.reusable(est, same_policy))
-            costs[b] = allocation_cost(r.strategy, r.cfg, est, policy, prm, reused=reused)
+            r = self.runners[b]
+            costs[b] = allocation_cost(
+                r.strategy, r.cfg, est, self.policy, self.prm, reused=self._reused(b, est)
+            )
         mine = costs[route.bin]  # type: ignore[index]
         fits = lambda c: c[0] <= left[0] and c[1] <= left[1]  # noqa: E731
         if mine is None or fits(mine):
@@ -583,15 +625,15 @@ def create_router_graph(
         _, b = max(options, key=lambda o: (o[0][0], o[0][1]))
         return route.model_copy(
             update={
-                "strategy": table[b].strategy,
-                "config": table[b].config,
-                "node": nodes[b],
+                "strategy": self.table[b].strategy,
+                "config": self.table[b].config,
+                "node": self.runners[b].name,
                 "reason": "budget_downgrade",
-                "reused_samples": len(runners[b].reusable(est, same_policy)),
+                "reused_samples": self._reused(b, est),
             }
         )
 
-    async def finalize(state: RouterState, config: RunnableConfig) -> dict:
+    async def finalize(self, state: RouterState, config: RunnableConfig) -> dict:
         route, est = state.get("route"), state.get("difficulty")
         update: dict[str, Any] = {}
         solution = state.get("solution") or ""
@@ -607,17 +649,6 @@ def create_router_graph(
             update["messages"] = [AIMessage(content=solution or "(no solution found)")]
         return update
 
-    def pick(state: RouterState) -> str:
-        return state["route"].node
 
-    targets = sorted(set(nodes.values()) | set(tier_nodes.values()) | {"finalize"})
-    g.add_node("prepare", node(prepare, "prepare"))
-    g.add_node("estimate", node(estimate, "estimate"))
-    g.add_node("finalize", node(finalize, "finalize"))
-    g.add_edge(START, "prepare")
-    g.add_edge("prepare", "estimate")
-    g.add_conditional_edges("estimate", pick, targets)
-    for n in set(nodes.values()) | set(tier_nodes.values()):
-        g.add_edge(n, "finalize")
-    g.add_edge("finalize", END)
-    return g.compile(checkpointer=checkpointer, name=name)
+def _route_node(state: RouterState) -> str:
+    return state["route"].node

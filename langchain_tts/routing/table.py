@@ -46,12 +46,13 @@ from langchain_tts.routing.difficulty import (
     BinThresholds,
     bin_of,
 )
+from langchain_tts.strategies.registry import budget_config, strategy_config
 
 __all__ = ["PRESETS", "BudgetTable", "RouteAllocation", "calibrate"]
 
 
 class RouteAllocation(BaseModel):
-    """One table entry: a strategy name (a key of ``STRATEGIES``) and its config."""
+    """One table entry: a registered strategy's name and its config."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -65,19 +66,11 @@ class RouteAllocation(BaseModel):
 
     def check(self) -> RouteAllocation:
         """Raise :class:`ConfigError` unless the strategy exists and its config validates."""
-        from langchain_tts.graph import STRATEGIES, strategy_config  # graph imports strategies
-
-        if self.strategy not in STRATEGIES:
-            raise ConfigError(
-                f"unknown strategy {self.strategy!r}; available: {sorted(STRATEGIES)}"
-            )
-        strategy_config(self.strategy, self.config)  # raises ConfigError with the details
+        strategy_config(self.strategy, self.config)  # a ConfigError names what is wrong
         return self
 
     def validated_config(self) -> Any:
         """The strategy's pydantic config for this allocation."""
-        from langchain_tts.graph import strategy_config
-
         return strategy_config(self.strategy, self.config)
 
 
@@ -300,8 +293,6 @@ def calibrate(
 
     Records must come from one (dataset, policy, prm); mixing them raises ConfigError.
     """
-    from langchain_tts.eval.runner import budget_config
-
     if not 0.0 <= tolerance <= 1.0 or math.isnan(tolerance):
         raise ConfigError(f"tolerance must be an accuracy gap in [0, 1], got {tolerance!r}")
     if not 0.0 <= noise < math.inf:

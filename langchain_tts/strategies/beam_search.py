@@ -25,32 +25,16 @@ from the best kept beams (else from that step's unscored children).
 
 from __future__ import annotations
 
-from langchain_core.runnables import RunnableConfig
-from langgraph.graph import END, START, StateGraph
-from langgraph.types import Command
+from langgraph.graph import StateGraph
 from pydantic import Field, model_validator
 
 from langchain_tts.core.config import StrategyConfig, check_split
-from langchain_tts.core.errors import BudgetExceededError, ConfigError
 from langchain_tts.core.types import Trajectory, Usage
 from langchain_tts.policies.base import StepPolicy
 from langchain_tts.prms.base import ProcessRewardModel
-from langchain_tts.strategies.core import (
-    TTSInput,
-    TTSOutput,
-    TTSState,
-    budget_final_update,
-    budget_refused,
-    budget_stopped,
-    expand,
-    finalize_update,
-    metered,
-    next_node,
-    node,
-    prepare_update,
-    resolve_config,
-    score,
-)
+from langchain_tts.strategies.core import TTSState, expand, finalize_update, score
+from langchain_tts.strategies.loop import Search, SearchLoop, require_prm, search_graph
+from langchain_tts.strategies.registry import StrategySpec
 from langchain_tts.strategies.selection import top_k
 
 
@@ -123,65 +107,50 @@ async def beam_step(
 def beam_final_update(state: TTSState, cfg: BeamSearchConfig) -> dict:
     """The ``finalize`` update: the answer among finished (and cut-short) beams."""
     active, finished = state.get("active") or [], state.get("finished") or []
-    if budget_stopped(state, cfg):
-        return budget_final_update(state, finished + active, cfg)
     reason = _search_done(active, finished, state.get("step", 0), cfg) or "max_steps"
     # Cut-short beams compete too when fewer than n solutions finished.
     cands = finished + active if len(finished) < cfg.target_finished else finished
     return finalize_update(state, cands, cfg, reason)
 
 
+async def _step(
+    policy: StepPolicy, prm: ProcessRewardModel, cfg: BeamSearchConfig, q: str, s: Search, i: int
+) -> tuple[Search, Usage]:
+    active, finished, usage = await beam_step(policy, prm, cfg, q, s["active"], s["finished"], i)
+    return {"active": active, "finished": finished}, usage
+
+
+BEAM_SEARCH_LOOP: SearchLoop[BeamSearchConfig] = SearchLoop(
+    node="step",
+    step=_step,
+    done=lambda s, i, cfg: _search_done(s["active"], s["finished"], i, cfg),
+    answer=beam_final_update,
+)
+
+
 def build_beam_search_graph(
     policy: StepPolicy, prm: ProcessRewardModel | None, base: BeamSearchConfig
 ) -> StateGraph:
-    if prm is None:
-        raise ConfigError("beam_search needs a PRM: pass prm=... (e.g. from load_default())")
+    return search_graph(BEAM_SEARCH_LOOP, policy, require_prm(prm, "beam_search"), base)
 
-    async def prepare(state: TTSState, rc: RunnableConfig) -> dict:
-        # resolving fails fast on bad call-time overrides
-        return prepare_update(state, resolve_config(base, rc))
 
-    async def step(state: TTSState, rc: RunnableConfig) -> Command:
-        cfg = resolve_config(base, rc)
-        pol, pr, ledger = metered(policy, prm, cfg, state)  # as they are without a budget
-        active, finished = state.get("active") or [], state.get("finished") or []
-        i, usage, stop = state.get("step", 0), Usage(), ""
-        while True:
-            try:
-                active, finished, u = await beam_step(
-                    pol, pr, cfg, state["question"], active, finished, i
-                )
-            except BudgetExceededError as e:  # this step is not paid for: stop before it
-                usage, stop = budget_refused(e, state, ledger, cfg), "budget"
-                # children a refused PRM call left unscored still compete (as a last resort)
-                finished = finished + [t for t in e.unscored if t.finished]
-                active = active + [t for t in e.unscored if not t.finished]
-                break
-            i, usage = i + 1, usage + u
-            if ledger is not None and ledger.ended:  # the meter cut this step short
-                stop = "budget"
-                break
-            # Finish inside this node when LangGraph's recursion limit is near (a user's
-            # small recursion_limit must not kill a 40-step search).
-            if _search_done(active, finished, i, cfg) or state.get("remaining_steps", 99) > 3:
-                break
-        update = {"active": active, "finished": finished, "step": i, "usage": usage}
-        if stop:
-            update["stop_reason"] = stop
-        # The node routes itself (a Command): a conditional edge costs LangGraph a
-        # fresh copy of every channel per step (docs/performance.md).
-        return Command(
-            update=update, goto=next_node(stop or _search_done(active, finished, i, cfg), "step")
-        )
+def width_budget(n: int) -> dict[str, int]:
+    """``n`` candidates per step in groups of (at most) 4, the search-and-learn width."""
+    return {"n": n, "beam_width": min(4, n)}
 
-    async def finalize(state: TTSState, rc: RunnableConfig) -> dict:
-        return beam_final_update(state, resolve_config(base, rc))
 
-    g = StateGraph(TTSState, input_schema=TTSInput, output_schema=TTSOutput)
-    g.add_node("prepare", node(prepare, "prepare"))
-    g.add_node("step", node(step, "step"), destinations=("step", "finalize"))
-    g.add_node("finalize", node(finalize, "finalize"))
-    g.add_edge(START, "prepare")
-    g.add_edge("prepare", "step")
-    g.add_edge("finalize", END)
-    return g
+def search_units(children: int, kept: int, steps: float) -> tuple[float, float]:
+    """Cost units of a step-level search that samples ``children`` per step from ``kept``
+    prefixes: the children add up to ``children`` solutions; the kept prefixes are re-read
+    as prompts every step; the PRM re-reads every child (half a solution on average)."""
+    return children + kept * steps, children * (steps + 1) / 2
+
+
+SPEC = StrategySpec(
+    name="beam_search",
+    config=BeamSearchConfig,
+    build=build_beam_search_graph,
+    budget_config=width_budget,
+    cost_units=lambda cfg, steps, reused: search_units(cfg.keep * cfg.expand_each, cfg.keep, steps),
+    summary="PRM-guided beam search: keep the best prefixes each step, expand each into more",
+)

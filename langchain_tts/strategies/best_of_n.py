@@ -14,6 +14,9 @@ majority answer of the (unscored) samples.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
 from pydantic import Field
@@ -24,20 +27,20 @@ from langchain_tts.core.types import Trajectory
 from langchain_tts.policies.base import StepPolicy
 from langchain_tts.prms.base import ProcessRewardModel
 from langchain_tts.strategies.core import (
+    BUDGET,
     TTSInput,
     TTSOutput,
     TTSState,
-    budget_final_update,
     budget_refused,
-    budget_stopped,
     expand,
     finalize_update,
     metered,
     node,
-    prepare_update,
     resolve_config,
     score,
 )
+from langchain_tts.strategies.loop import finalize_node, prepare_node
+from langchain_tts.strategies.registry import StrategySpec
 
 
 class BestOfNConfig(StrategyConfig):
@@ -63,6 +66,14 @@ class CoTConfig(BestOfNConfig):
     temperature: float = Field(0.0, ge=0.0, le=5.0)
 
 
+def _samples(state: TTSState) -> list[Trajectory]:
+    return state.get("finished") or []
+
+
+def _answer(state: TTSState, cfg: BestOfNConfig) -> dict:
+    return finalize_update(state, _samples(state), cfg, "sampled")
+
+
 def build_best_of_n_graph(
     policy: StepPolicy, prm: ProcessRewardModel | None, base: BestOfNConfig
 ) -> StateGraph:
@@ -71,9 +82,6 @@ def build_best_of_n_graph(
             f"best_of_n with selection={base.selection!r} needs a PRM: pass prm=..., or use "
             "selection='majority' (self-consistency) without one"
         )
-
-    async def prepare(state: TTSState, rc: RunnableConfig) -> dict:
-        return prepare_update(state, resolve_config(base, rc))
 
     async def sample(state: TTSState, rc: RunnableConfig) -> dict:
         cfg = resolve_config(base, rc)
@@ -86,7 +94,7 @@ def build_best_of_n_graph(
             raise  # pragma: no cover - budget_refused raised
         update = {"finished": sols, "step": 1, "usage": usage}
         if ledger is not None and ledger.ended:  # the meter cut samples short
-            update["stop_reason"] = "budget"
+            update["stop_reason"] = BUDGET
         return update
 
     async def score_all(state: TTSState, rc: RunnableConfig) -> dict:
@@ -98,23 +106,67 @@ def build_best_of_n_graph(
         try:
             scored, usage = await score(pr, state["finished"])
         except BudgetExceededError as e:  # the samples stay unscored
-            return {"stop_reason": "budget", "usage": budget_refused(e, state, ledger, cfg)}
+            return {"stop_reason": BUDGET, "usage": budget_refused(e, state, ledger, cfg)}
         return {"finished": scored, "usage": usage}
 
-    async def finalize(state: TTSState, rc: RunnableConfig) -> dict:
-        cfg = resolve_config(base, rc)
-        if budget_stopped(state, cfg):
-            return budget_final_update(state, state.get("finished") or [], cfg)
-        return finalize_update(state, state.get("finished") or [], cfg, "sampled")
-
     g = StateGraph(TTSState, input_schema=TTSInput, output_schema=TTSOutput)
-    g.add_node("prepare", node(prepare, "prepare"))
+    g.add_node("prepare", prepare_node(base))
     g.add_node("sample", node(sample, "sample"))
     g.add_node("score", node(score_all, "score"))
-    g.add_node("finalize", node(finalize, "finalize"))
+    g.add_node("finalize", finalize_node(base, _answer, _samples))
     g.add_edge(START, "prepare")
     g.add_edge("prepare", "sample")
     g.add_edge("sample", "score")
     g.add_edge("score", "finalize")
     g.add_edge("finalize", END)
     return g
+
+
+def sampling_units(cfg: BestOfNConfig, steps: float, reused: int) -> tuple[float, float]:
+    """Cost units of ``n`` whole solutions, less the probe samples reused; the PRM scores
+    them all unless the selection needs no scores (majority, or a single sample)."""
+    prm = 0 if cfg.selection == "majority" or cfg.n < 2 else cfg.n
+    return float(max(0, cfg.n - reused)), float(prm)
+
+
+def _sampling_spec(
+    name: str,
+    config: type[BestOfNConfig],
+    summary: str,
+    *,
+    needs_prm: bool = True,
+    budget: Callable[[int], dict[str, Any]] = lambda n: {"n": n},
+) -> StrategySpec:
+    return StrategySpec(
+        name=name,
+        config=config,
+        build=build_best_of_n_graph,
+        budget_config=budget,
+        summary=summary,
+        needs_prm=needs_prm,
+        cost_units=sampling_units,
+        reuses_samples=True,  # n independent whole solutions, as the router's probe samples
+    )
+
+
+SPECS = (
+    _sampling_spec(
+        "cot",
+        CoTConfig,
+        "One greedy chain of thought, the baseline every search is measured against",
+        needs_prm=False,
+        budget=lambda n: {},
+    ),
+    _sampling_spec("best_of_n", BestOfNConfig, "N whole solutions, the PRM's best one"),
+    _sampling_spec(
+        "majority_vote",
+        MajorityVoteConfig,
+        "Self-consistency: the most frequent answer among N solutions (no PRM)",
+        needs_prm=False,
+    ),
+    _sampling_spec(
+        "weighted_vote",
+        WeightedVoteConfig,
+        "PRM-vote: the answer with the largest sum of PRM scores among N solutions",
+    ),
+)

@@ -30,32 +30,17 @@ else from their best partial leaves (else from that step's unscored children).
 
 from __future__ import annotations
 
-from langchain_core.runnables import RunnableConfig
-from langgraph.graph import END, START, StateGraph
-from langgraph.types import Command
+from langgraph.graph import StateGraph
 from pydantic import Field, model_validator
 
 from langchain_tts.core.config import StrategyConfig, check_split
-from langchain_tts.core.errors import BudgetExceededError, ConfigError
 from langchain_tts.core.types import Trajectory, Usage
 from langchain_tts.policies.base import StepPolicy
 from langchain_tts.prms.base import ProcessRewardModel
-from langchain_tts.strategies.core import (
-    TTSInput,
-    TTSOutput,
-    TTSState,
-    budget_final_update,
-    budget_refused,
-    budget_stopped,
-    expand,
-    finalize_update,
-    metered,
-    next_node,
-    node,
-    prepare_update,
-    resolve_config,
-    score,
-)
+from langchain_tts.strategies.beam_search import search_units, width_budget
+from langchain_tts.strategies.core import TTSState, expand, finalize_update, score
+from langchain_tts.strategies.loop import Search, SearchLoop, require_prm, search_graph
+from langchain_tts.strategies.registry import StrategySpec
 from langchain_tts.strategies.selection import top_k
 
 
@@ -81,14 +66,6 @@ class DVTSConfig(StrategyConfig):
 class DVTSState(TTSState, total=False):
     #: ``subtrees[i]``: the current leaf of subtree ``i`` (finished or not)
     subtrees: list[Trajectory]
-
-
-def _done(subtrees: list[Trajectory], step: int, cfg: DVTSConfig) -> str:
-    if subtrees and all(t.finished for t in subtrees):
-        return "all_finished"
-    if step >= cfg.max_steps:
-        return "max_steps"
-    return ""
 
 
 async def dvts_step(
@@ -117,63 +94,60 @@ async def dvts_step(
     return new, usage + prm_usage
 
 
+def _done(subtrees: list[Trajectory], step: int, cfg: DVTSConfig) -> str:
+    if subtrees and all(t.finished for t in subtrees):
+        return "all_finished"
+    if step >= cfg.max_steps:
+        return "max_steps"
+    return ""
+
+
+def _leaves(subtrees: list[Trajectory]) -> Search:
+    """The subtrees and their current leaves, as ``active`` and ``finished`` candidates."""
+    return {
+        "subtrees": subtrees,
+        "active": [t for t in subtrees if not t.finished],
+        "finished": [t for t in subtrees if t.finished],
+    }
+
+
+async def _step(
+    policy: StepPolicy, prm: ProcessRewardModel, cfg: DVTSConfig, q: str, s: Search, i: int
+) -> tuple[Search, Usage]:
+    subtrees, usage = await dvts_step(policy, prm, cfg, q, s["subtrees"], i)
+    return _leaves(subtrees), usage
+
+
+def dvts_final_update(state: DVTSState, cfg: DVTSConfig) -> dict:
+    """The ``finalize`` update: the answer among the subtrees' leaves."""
+    subtrees = state.get("subtrees") or []
+    reason = _done(subtrees, state.get("step", 0), cfg) or "max_steps"
+    # One candidate per subtree: its leaf (unfinished only when the search was cut).
+    return finalize_update(state, subtrees, cfg, reason)
+
+
+DVTS_LOOP: SearchLoop[DVTSConfig] = SearchLoop(
+    node="step",
+    step=_step,
+    done=lambda s, i, cfg: _done(s["subtrees"], i, cfg),
+    answer=dvts_final_update,
+    start=lambda state: _leaves(state.get("subtrees") or []),
+    fresh=lambda: {"subtrees": []},
+    state_schema=DVTSState,
+)
+
+
 def build_dvts_graph(
     policy: StepPolicy, prm: ProcessRewardModel | None, base: DVTSConfig
 ) -> StateGraph:
-    if prm is None:
-        raise ConfigError("dvts needs a PRM: pass prm=... (e.g. from load_default())")
+    return search_graph(DVTS_LOOP, policy, require_prm(prm, "dvts"), base)
 
-    async def prepare(state: DVTSState, rc: RunnableConfig) -> dict:
-        # resolving fails fast on bad call-time overrides
-        return {**prepare_update(state, resolve_config(base, rc)), "subtrees": []}
 
-    async def step(state: DVTSState, rc: RunnableConfig) -> Command:
-        cfg = resolve_config(base, rc)
-        pol, pr, ledger = metered(policy, prm, cfg, state)  # as they are without a budget
-        subtrees = state.get("subtrees") or []
-        i, usage, stop, unscored = state.get("step", 0), Usage(), "", []
-        #: ``unscored``: children a refused PRM call left unscored (a last resort)
-        while True:
-            try:
-                subtrees, u = await dvts_step(pol, pr, cfg, state["question"], subtrees, i)
-            except BudgetExceededError as e:  # this step is not paid for: stop before it
-                usage, stop = budget_refused(e, state, ledger, cfg), "budget"
-                unscored = e.unscored
-                break
-            i, usage = i + 1, usage + u
-            if ledger is not None and ledger.ended:  # the meter cut this step short
-                stop = "budget"
-                break
-            # Finish inside this node when LangGraph's recursion limit is near.
-            if _done(subtrees, i, cfg) or state.get("remaining_steps", 99) > 3:
-                break
-        update = {
-            "subtrees": subtrees,
-            "active": [t for t in subtrees if not t.finished]
-            + [t for t in unscored if not t.finished],
-            "finished": [t for t in subtrees if t.finished] + [t for t in unscored if t.finished],
-            "step": i,
-            "usage": usage,
-        }
-        if stop:
-            update["stop_reason"] = stop
-        return Command(update=update, goto=next_node(stop or _done(subtrees, i, cfg), "step"))
-
-    async def finalize(state: DVTSState, rc: RunnableConfig) -> dict:
-        cfg = resolve_config(base, rc)
-        if budget_stopped(state, cfg):
-            cands = (state.get("finished") or []) + (state.get("active") or [])
-            return budget_final_update(state, cands, cfg)
-        subtrees = state.get("subtrees") or []
-        reason = _done(subtrees, state.get("step", 0), cfg) or "max_steps"
-        # One candidate per subtree: its leaf (unfinished only when the search was cut).
-        return finalize_update(state, subtrees, cfg, reason)
-
-    g = StateGraph(DVTSState, input_schema=TTSInput, output_schema=TTSOutput)
-    g.add_node("prepare", node(prepare, "prepare"))
-    g.add_node("step", node(step, "step"), destinations=("step", "finalize"))
-    g.add_node("finalize", node(finalize, "finalize"))
-    g.add_edge(START, "prepare")
-    g.add_edge("prepare", "step")
-    g.add_edge("finalize", END)
-    return g
+SPEC = StrategySpec(
+    name="dvts",
+    config=DVTSConfig,
+    build=build_dvts_graph,
+    budget_config=width_budget,
+    cost_units=lambda cfg, steps, reused: search_units(cfg.n, cfg.n_subtrees, steps),
+    summary="Diverse verifier tree search: n / beam_width independent greedy PRM-guided subtrees",
+)

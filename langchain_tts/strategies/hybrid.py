@@ -25,7 +25,8 @@ from pydantic import Field, model_validator
 from langchain_tts.core.errors import ConfigError
 from langchain_tts.policies.base import StepPolicy
 from langchain_tts.prms.base import ProcessRewardModel
-from langchain_tts.strategies.revision import RevisionConfig, build_revision_graph
+from langchain_tts.strategies.registry import StrategySpec
+from langchain_tts.strategies.revision import RevisionConfig, attempts_units, build_revision_graph
 
 
 def sqrt_split(budget: int) -> tuple[int, int]:
@@ -84,3 +85,13 @@ def build_hybrid_graph(
     policy: StepPolicy, prm: ProcessRewardModel | None, base: HybridConfig
 ) -> StateGraph:
     return build_revision_graph(policy, prm, base, strategy="hybrid")
+
+
+SPEC = StrategySpec(
+    name="hybrid",
+    config=HybridConfig,
+    build=build_hybrid_graph,
+    budget_config=lambda n: {"split": "sqrt", "budget": n},
+    cost_units=attempts_units,
+    summary="Parallel x sequential: M chains revised side by side, the sqrt split of a budget",
+)

@@ -45,33 +45,25 @@ import math
 from collections.abc import Sequence
 from typing import Literal
 
-from langchain_core.runnables import RunnableConfig
-from langgraph.graph import END, START, StateGraph
-from langgraph.types import Command
+from langgraph.graph import StateGraph
 from pydantic import BaseModel, Field
 
 from langchain_tts.core.config import StrategyConfig
-from langchain_tts.core.errors import BudgetExceededError, ConfigError
 from langchain_tts.core.types import Trajectory, Usage, model_replace
 from langchain_tts.policies.base import StepPolicy
 from langchain_tts.prms.aggregate import aggregate_scores
 from langchain_tts.prms.base import ProcessRewardModel
 from langchain_tts.strategies.core import (
-    TTSInput,
-    TTSOutput,
+    BUDGET,
     TTSState,
     budget_final_update,
-    budget_refused,
     budget_stopped,
     expand,
     finalize_update,
-    metered,
-    next_node,
-    node,
-    prepare_update,
-    resolve_config,
     score,
 )
+from langchain_tts.strategies.loop import Search, SearchLoop, require_prm, search_graph
+from langchain_tts.strategies.registry import StrategySpec
 from langchain_tts.strategies.selection import with_scores
 
 FinalRule = Literal["most_visited", "best_leaf"]
@@ -237,7 +229,7 @@ def mcts_final_update(state: MCTSState, cfg: MCTSConfig) -> dict:
     done = [trajectory_of(tree, i, q) for i in ends if tree[i].finished]
     reason = "simulations"
     if budget_stopped(state, cfg):
-        reason = "budget"
+        reason = BUDGET
         # The children a refused evaluation left unscored: answers when the tree has none.
         unscored = state.get("finished") or []
         if unscored and not done and (len(tree) == 1 or any(t.finished for t in unscored)):
@@ -260,50 +252,43 @@ def mcts_final_update(state: MCTSState, cfg: MCTSConfig) -> dict:
     return update
 
 
+async def _simulate(
+    policy: StepPolicy, prm: ProcessRewardModel, cfg: MCTSConfig, q: str, s: Search, i: int
+) -> tuple[Search, Usage]:
+    tree, usage = await simulate(policy, prm, cfg, q, s["tree"])
+    return {"tree": tree}, usage
+
+
+MCTS_LOOP: SearchLoop[MCTSConfig] = SearchLoop(
+    node="simulate",
+    step=_simulate,
+    done=lambda s, i, cfg: "simulations" if i >= cfg.simulations else "",
+    start=lambda state: {"tree": state["tree"]},
+    # Not paid for: the tree stays as it was; the refused evaluation's children are kept
+    # for the answer (see mcts_final_update).
+    refused=lambda s, unscored: {**s, "finished": unscored},
+    answer=mcts_final_update,  # it answers budget stops too: from the tree
+    budget_candidates=None,
+    fresh=lambda: {"tree": [MCTSNode()]},
+    state_schema=MCTSState,
+)
+
+
 def build_mcts_graph(
     policy: StepPolicy, prm: ProcessRewardModel | None, base: MCTSConfig
 ) -> StateGraph:
-    if prm is None:
-        raise ConfigError("mcts needs a PRM (its evaluation step): pass prm=...")
+    return search_graph(MCTS_LOOP, policy, require_prm(prm, "mcts", " (its evaluation step)"), base)
 
-    async def prepare(state: MCTSState, rc: RunnableConfig) -> dict:
-        # resolving fails fast on bad call-time overrides
-        return {**prepare_update(state, resolve_config(base, rc)), "tree": [MCTSNode()]}
 
-    async def simulate_node(state: MCTSState, rc: RunnableConfig) -> Command:
-        cfg = resolve_config(base, rc)
-        pol, pr, ledger = metered(policy, prm, cfg, state)  # as they are without a budget
-        tree, i, usage = state["tree"], state.get("step", 0), Usage()
-        update: dict = {}
-        while True:
-            try:
-                tree, u = await simulate(pol, pr, cfg, state["question"], tree)
-            except BudgetExceededError as e:  # not paid for: the tree stays as it was
-                usage = budget_refused(e, state, ledger, cfg)
-                update = {
-                    "stop_reason": "budget",
-                    "finished": e.unscored,
-                }
-                break
-            i, usage = i + 1, usage + u
-            if ledger is not None and ledger.ended:  # the meter cut this expansion short
-                update = {"stop_reason": "budget"}
-                break
-            # Run the rest inside this node when LangGraph's recursion limit is near.
-            if i >= cfg.simulations or state.get("remaining_steps", 99) > 3:
-                break
-        update.update(tree=tree, step=i, usage=usage)
-        done = bool(update.get("stop_reason")) or i >= cfg.simulations
-        return Command(update=update, goto=next_node(done, "simulate"))
-
-    async def finalize(state: MCTSState, rc: RunnableConfig) -> dict:
-        return mcts_final_update(state, resolve_config(base, rc))
-
-    g = StateGraph(MCTSState, input_schema=TTSInput, output_schema=TTSOutput)
-    g.add_node("prepare", node(prepare, "prepare"))
-    g.add_node("simulate", node(simulate_node, "simulate"), destinations=("simulate", "finalize"))
-    g.add_node("finalize", node(finalize, "finalize"))
-    g.add_edge(START, "prepare")
-    g.add_edge("prepare", "simulate")
-    g.add_edge("finalize", END)
-    return g
+SPEC = StrategySpec(
+    name="mcts",
+    config=MCTSConfig,
+    build=build_mcts_graph,
+    budget_config=lambda n: {"simulations": n, "expand_k": 4},
+    cost_units=lambda cfg, steps, reused: (
+        cfg.simulations * (cfg.expand_k / steps + 1),
+        float(cfg.simulations * cfg.expand_k),
+    ),
+    state_types=(MCTSNode,),
+    summary="Monte Carlo tree search over reasoning steps: UCB1 selection, PRM evaluation",
+)

@@ -37,32 +37,17 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from langchain_core.runnables import RunnableConfig
-from langgraph.graph import END, START, StateGraph
-from langgraph.types import Command
+from langgraph.graph import StateGraph
 from pydantic import Field, field_validator
 
 from langchain_tts.core.config import StrategyConfig
-from langchain_tts.core.errors import BudgetExceededError, ConfigError
+from langchain_tts.core.errors import ConfigError
 from langchain_tts.core.types import Trajectory, Usage
 from langchain_tts.policies.base import StepPolicy
 from langchain_tts.prms.base import ProcessRewardModel
-from langchain_tts.strategies.core import (
-    TTSInput,
-    TTSOutput,
-    TTSState,
-    budget_final_update,
-    budget_refused,
-    budget_stopped,
-    expand,
-    finalize_update,
-    metered,
-    next_node,
-    node,
-    prepare_update,
-    resolve_config,
-    score,
-)
+from langchain_tts.strategies.core import TTSState, expand, finalize_update, score
+from langchain_tts.strategies.loop import Search, SearchLoop, search_graph
+from langchain_tts.strategies.registry import StrategySpec
 from langchain_tts.strategies.selection import with_scores
 
 DEFAULT_REVISION_TEMPLATE = "{question}\n\nPrevious attempt:\n{attempt}\n\nRevise the solution."
@@ -173,6 +158,36 @@ def _confident(t: Trajectory, cfg: RevisionConfig, has_prm: bool) -> bool:
     return has_prm and cfg.stop_threshold is not None and (t.score or 0.0) >= cfg.stop_threshold
 
 
+async def _round(
+    policy: StepPolicy,
+    prm: ProcessRewardModel | None,
+    cfg: RevisionConfig,
+    q: str,
+    s: Search,
+    i: int,
+) -> tuple[Search, Usage]:
+    new, usage = await revision_round(policy, prm, cfg, q, s["active"], i)
+    active = [t for t in new if not _confident(t, cfg, prm is not None)]
+    return {"active": active, "finished": s["finished"] + new}, usage
+
+
+def revision_final_update(state: TTSState, cfg: RevisionConfig) -> dict:
+    """The ``finalize`` update: the answer among every attempt of every chain."""
+    reason = _done(state.get("active") or [], state.get("step", 0), cfg) or "max_revisions"
+    return finalize_update(state, state.get("finished") or [], cfg, reason)
+
+
+REVISION_LOOP: SearchLoop[RevisionConfig] = SearchLoop(
+    node="round",
+    step=_round,
+    done=lambda s, i, cfg: _done(s["active"], i, cfg),
+    answer=revision_final_update,
+    # a refused round's attempts rank below every scored attempt
+    refused=lambda s, unscored: {**s, "finished": s["finished"] + unscored},
+    budget_candidates=lambda state: state.get("finished") or [],
+)
+
+
 def build_revision_graph(
     policy: StepPolicy,
     prm: ProcessRewardModel | None,
@@ -193,52 +208,22 @@ def build_revision_graph(
             f"{strategy} with selection={base.selection!r} needs a PRM: pass prm=..., or use "
             "selection='majority' without one"
         )
+    return search_graph(REVISION_LOOP, policy, prm, base, check=check)
 
-    async def prepare(state: TTSState, rc: RunnableConfig) -> dict:
-        # resolving fails fast on bad call-time overrides
-        cfg = resolve_config(base, rc)
-        check(cfg)
-        return prepare_update(state, cfg)
 
-    async def round_node(state: TTSState, rc: RunnableConfig) -> Command:
-        cfg = resolve_config(base, rc)
-        pol, pr, ledger = metered(policy, prm, cfg, state)  # as they are without a budget
-        q = state["question"]
-        active, attempts = state.get("active") or [], list(state.get("finished") or [])
-        i, usage, stop = state.get("step", 0), Usage(), ""
-        while True:
-            try:
-                new, u = await revision_round(pol, pr, cfg, q, active, i)
-            except BudgetExceededError as e:  # this round is not paid for: stop before it
-                usage, stop = budget_refused(e, state, ledger, cfg), "budget"
-                attempts += e.unscored  # ranked below every scored attempt
-                break
-            attempts += new
-            active = [t for t in new if not _confident(t, cfg, prm is not None)]
-            i, usage = i + 1, usage + u
-            if ledger is not None and ledger.ended:  # the meter cut this round short
-                stop = "budget"
-                break
-            # Run the remaining rounds here when LangGraph's recursion limit is near.
-            if _done(active, i, cfg) or state.get("remaining_steps", 99) > 3:
-                break
-        update = {"active": active, "finished": attempts, "step": i, "usage": usage}
-        if stop:
-            update["stop_reason"] = stop
-        return Command(update=update, goto=next_node(stop or _done(active, i, cfg), "round"))
+def attempts_units(cfg: RevisionConfig, steps: float, reused: int) -> tuple[float, float]:
+    """Cost units of M chains x (1 + T) attempts: a revision prompt holds the last attempt
+    (two solutions read or written per attempt), and the PRM scores every attempt."""
+    chains, revisions = cfg.chain_plan
+    attempts = chains * (revisions + 1)
+    return 2.0 * attempts, float(attempts)
 
-    async def finalize(state: TTSState, rc: RunnableConfig) -> dict:
-        cfg = resolve_config(base, rc)
-        if budget_stopped(state, cfg):
-            return budget_final_update(state, state.get("finished") or [], cfg)
-        reason = _done(state.get("active") or [], state.get("step", 0), cfg) or "max_revisions"
-        return finalize_update(state, state.get("finished") or [], cfg, reason)
 
-    g = StateGraph(TTSState, input_schema=TTSInput, output_schema=TTSOutput)
-    g.add_node("prepare", node(prepare, "prepare"))
-    g.add_node("round", node(round_node, "round"), destinations=("round", "finalize"))
-    g.add_node("finalize", node(finalize, "finalize"))
-    g.add_edge(START, "prepare")
-    g.add_edge("prepare", "round")
-    g.add_edge("finalize", END)
-    return g
+SPEC = StrategySpec(
+    name="revision",
+    config=RevisionConfig,
+    build=build_revision_graph,
+    budget_config=lambda n: {"revisions": max(0, n - 1)},
+    cost_units=attempts_units,
+    summary="Sequential revision: write a solution, then revise the previous attempt T times",
+)
