@@ -10,11 +10,12 @@ import torch
 from transformers import AutoModelForTokenClassification, AutoTokenizer
 from transformers.modeling_outputs import TokenClassifierOutput
 
+from langchain_tts.backends.sampling import SeededSampler, seeded_uniforms
 from langchain_tts.core.config import SamplingParams
 from langchain_tts.core.errors import PRMOutputError
 from langchain_tts.core.types import Step, Trajectory
 from langchain_tts.models.tokenizer import EOS, STEP_TAG
-from langchain_tts.policies.hf import HFPolicy, _SeededSampler, _StopAtDelimiter, seeded_uniforms
+from langchain_tts.policies.hf import HFPolicy, _StopAtDelimiter
 from langchain_tts.prms.qwen import QwenPRM
 
 QUESTION = "Start with 3. Add 4."
@@ -86,7 +87,7 @@ def test_batch_is_one_generate_call(policy: HFPolicy, monkeypatch: pytest.Monkey
     assert {s.finish_reason for s in steps} >= {"step"}
 
     u = result.usage
-    prompt_tokens = 4 * sum(len(policy._encode(p)) for p in PREFIXES)
+    prompt_tokens = 4 * sum(len(policy.encode(p)) for p in PREFIXES)
     assert u.policy_calls == 1 and u.prm_calls == 0
     assert u.policy_prompt_tokens == prompt_tokens
     assert u.policy_generated_tokens == sum(s.tokens for s in steps)
@@ -136,7 +137,7 @@ def test_seeded_sampler_draws_from_the_tempered_top_p_distribution() -> None:
     rows = 20000
     ids = torch.zeros((rows, 3), dtype=torch.long)
     for temperature, top_p in ((1.0, 1.0), (0.5, 1.0), (1.0, 0.7)):
-        sampler = _SeededSampler(list(range(rows)), 2, temperature, top_p)
+        sampler = SeededSampler(list(range(rows)), 2, temperature, top_p)
         picks = sampler(ids, logits.expand(rows, 4).clone()).argmax(-1)
         freq = torch.bincount(picks, minlength=4).float() / rows
         expect = torch.softmax(logits / temperature, -1)
@@ -160,7 +161,7 @@ def test_greedy(policy: HFPolicy, monkeypatch: pytest.MonkeyPatch) -> None:
     assert calls == [3]  # decoded once per prefix, copied n times
     for row in result.steps:
         assert all(s == row[0] for s in row)
-    assert result.usage.policy_prompt_tokens == sum(len(policy._encode(p)) for p in PREFIXES)
+    assert result.usage.policy_prompt_tokens == sum(len(policy.encode(p)) for p in PREFIXES)
     assert result.usage.policy_generated_tokens == sum(row[0].tokens for row in result.steps)
     # left padding does not change a prefix's continuation
     alone = policy.generate([PREFIXES[0]], n=1, params=params)

@@ -3,8 +3,7 @@ torch, httpx or vLLM until a backend class is used."""
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from langchain_tts.backends.lazy import lazy_exports
 
 _LAZY = {
     "StepPolicy": "langchain_tts.policies.base",
@@ -17,8 +16,4 @@ _LAZY = {
 
 __all__ = sorted(_LAZY)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)

@@ -3,8 +3,7 @@ torch or httpx until a PRM class is used."""
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from langchain_tts.backends.lazy import lazy_exports
 
 _LAZY = {
     "ProcessRewardModel": "langchain_tts.prms.base",
@@ -19,8 +18,4 @@ _LAZY = {
 
 __all__ = sorted(_LAZY)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)
