@@ -117,9 +117,7 @@ def test_seeded_samples_do_not_depend_on_the_batch(policy: HFPolicy) -> None:
     with_others = policy.generate(PREFIXES[1:2], n=4, params=params).steps[0]
     assert with_others == alone
     # two merged callers (the request coalescer): each keeps its own seeds
-    merged = policy._generate_items(
-        [(PREFIXES[0], 0), (PREFIXES[1], 0)], (4, params.model_dump_json())
-    )
+    merged = policy._run_items([(PREFIXES[0], 0), (PREFIXES[1], 0)], (4, params.model_dump_json()))
     assert merged[1][0] == alone
     # prefix i of one call draws seeds seed + i*n + j, like vLLM: another seed, other samples
     other = policy.generate(PREFIXES[1:2], n=4, params=params.model_copy(update={"seed": 6}))
@@ -340,3 +338,31 @@ async def test_concurrent_calls_serialize_on_the_model(
     )
     assert peak[0] == 1
     assert all(len(r.steps) == 2 for r in results[:3]) and len(results[3].scores) == 3
+
+
+async def test_local_calls_never_wait_for_the_default_executor(
+    policy: HFPolicy, prm: QwenPRM
+) -> None:
+    """A peer that holds every thread of the loop's default pool while it awaits our models
+    (a sync-to-async bridge, say) must not starve them: they run on the package's pool."""
+    import asyncio
+    import concurrent.futures
+    import threading
+
+    loop = asyncio.get_running_loop()
+    default = concurrent.futures.ThreadPoolExecutor(1)
+    loop.set_default_executor(default)
+    release = threading.Event()
+    held = loop.run_in_executor(None, release.wait, 30)  # the default pool's only thread
+    try:
+        params = SamplingParams(seed=0, max_step_tokens=4)
+        steps, scores = await asyncio.wait_for(
+            asyncio.gather(policy.agenerate(PREFIXES[:1], n=2, params=params), prm.ascore(TRAJS)),
+            timeout=20,
+        )
+        assert len(steps.steps) == 1 and len(scores.scores) == len(TRAJS)
+        assert not held.done()  # the default pool was busy the whole time
+    finally:
+        release.set()
+        await held
+        default.shutdown(wait=False)

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Callable, Sequence
+from abc import abstractmethod
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -126,10 +127,13 @@ def model_device(model: torch.nn.Module) -> torch.device:
 class LocalModel:
     """The ``(model, tokenizer)`` pair of an in-process policy or PRM (see the module doc).
 
-    Subclasses call :meth:`_init_local` from their constructor; :meth:`from_pretrained`
-    loads a checkpoint with :meth:`_load_pretrained` (``AutoModelForCausalLM`` unless
-    overridden) and passes what it returns to the constructor.
+    Subclasses call :meth:`_init_local` from their constructor and define ``_run_items(items,
+    key)``, which runs one merged batch (at most ``merge`` chunks of ``batch_size``);
+    :meth:`from_pretrained` loads a checkpoint with :meth:`_load_pretrained`
+    (``AutoModelForCausalLM`` unless overridden) and passes what it returns to the constructor.
     """
+
+    merge: int = 4
 
     model: Any
     tokenizer: Any
@@ -149,12 +153,8 @@ class LocalModel:
         device: str | torch.device | None,
         batch_size: int,
         name: str | None,
-        run_items: Callable[[list[Any], Any], list[Any]],
-        merge: int,
         eos_token_ids: Sequence[int] = (),
     ) -> None:
-        """``run_items(items, key)`` runs one merged batch; ``merge``: how many
-        ``batch_size`` chunks one merged batch may hold."""
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         if device is not None:
@@ -167,12 +167,18 @@ class LocalModel:
         label = getattr(getattr(model, "config", None), "_name_or_path", "") or "model"
         self.name = name or f"{type(self).__name__}({label})"
         self._lock = model_lock(self.model)
-        self._coalescer = RequestCoalescer(run_items, self._lock, max_items=batch_size * merge)
+        self._coalescer = RequestCoalescer(
+            self._run_items, self._lock, max_items=batch_size * self.merge
+        )
         pad = tokenizer.pad_token_id
         if pad is None:
             eos = list(eos_token_ids) or [tokenizer.eos_token_id]
             pad = eos[0] if eos[0] is not None else 0
         self.pad_token_id = int(pad)
+
+    @abstractmethod
+    def _run_items(self, items: list[Any], key: Any) -> list[Any]:
+        """One merged batch: a result per item (``key``: what merged requests share)."""
 
     @classmethod
     def _load_pretrained(

@@ -119,8 +119,6 @@ class HFPolicy(LocalModel, StepPolicy):
             device=device,
             batch_size=batch_size,
             name=name,
-            run_items=self._generate_items,
-            merge=4,
             eos_token_ids=self.eos_token_ids,
         )
         self.step_delimiter = step_delimiter
@@ -158,7 +156,7 @@ class HFPolicy(LocalModel, StepPolicy):
         seconds = max((it[2] for it in items), default=0.0)
         return PolicyResult(steps=steps, usage=self._call_usage(prompt, generated, seconds=seconds))
 
-    def _generate_items(
+    def _run_items(
         self, items: Sequence[tuple[Trajectory, int]], key: tuple[int, str]
     ) -> list[tuple[list[Step], int, float]]:
         """Per ``(prefix, its index in its caller's call)``: its n steps, the prompt tokens

@@ -49,7 +49,7 @@ class LikelihoodPRM(LocalPRM):
     ):
         if not step_delimiter:
             raise ConfigError("step_delimiter must be a non-empty string")
-        self._init_prm(model, tokenizer, device=device, batch_size=batch_size, name=name)
+        self._init_local(model, tokenizer, device=device, batch_size=batch_size, name=name)
         self.step_delimiter = step_delimiter
         self.system_prompt = system_prompt
 

@@ -34,24 +34,7 @@ class LocalPRM(LocalModel, ProcessRewardModel):
     num_parameters * tokens``). Calls on one model are serialized and run in a worker thread.
     """
 
-    def _init_prm(
-        self,
-        model: Any,
-        tokenizer: Any,
-        *,
-        device: str | torch.device | None,
-        batch_size: int,
-        name: str | None,
-    ) -> None:
-        self._init_local(
-            model,
-            tokenizer,
-            device=device,
-            batch_size=batch_size,
-            name=name,
-            run_items=self._score_items,
-            merge=8,
-        )
+    merge = 8
 
     @abstractmethod
     def _encoded(self, trajectory: Trajectory) -> Encoded:
@@ -73,7 +56,7 @@ class LocalPRM(LocalModel, ProcessRewardModel):
         return PRMResult(scores=[it[0] for it in items], usage=usage)
 
     @torch.inference_mode()
-    def _score_items(
+    def _run_items(
         self, trajectories: list[Trajectory], _key: object = None
     ) -> list[tuple[list[float], int, float]]:
         """Per trajectory: its step scores, its tokens, the batch's seconds."""

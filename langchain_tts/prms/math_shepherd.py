@@ -97,7 +97,7 @@ class CausalLMPRM(LocalPRM):
         batch_size: int = 16,
         name: str | None = None,
     ):
-        self._init_prm(model, tokenizer, device=device, batch_size=batch_size, name=name)
+        self._init_local(model, tokenizer, device=device, batch_size=batch_size, name=name)
 
     # -- the format: subclasses define these ----------------------------------------------
     @abstractmethod

@@ -54,7 +54,7 @@ class QwenPRM(LocalPRM):
                 f"{ids}); pass the tag this PRM was trained with via step_tag=..., or add it "
                 "to the tokenizer as a special token."
             )
-        self._init_prm(model, tokenizer, device=device, batch_size=batch_size, name=name)
+        self._init_local(model, tokenizer, device=device, batch_size=batch_size, name=name)
         self.step_tag = step_tag
         self.step_tag_id = int(tag_id)
         self.system_prompt = system_prompt
