@@ -42,7 +42,7 @@ async def _close_at_loop_shutdown(client: httpx.AsyncClient) -> AsyncIterator[No
 class HTTPBackend:
     """Pooled async HTTP JSON client with timeouts, retries and :class:`BackendError`.
 
-    One ``httpx.AsyncClient`` per event loop, created lazily: :func:`run_sync` may drive the
+    One ``httpx.AsyncClient`` per event loop, created lazily: :func:`~.sync.run_sync` may drive the
     same backend from several loops (and threads), and an httpx client must not cross loops.
     Retries (exponential backoff, ``Retry-After`` honoured) on 408/425/429/5xx, timeouts and
     connection errors; any other status fails at once. Every attempt is bounded by
@@ -84,7 +84,7 @@ class HTTPBackend:
         """The pooled client of the running event loop (created on first use).
 
         It is closed when that loop shuts down (``asyncio.run`` finalizes async generators
-        before closing the loop), so sync calls through :func:`run_sync` leak no sockets.
+        before closing the loop), so sync calls through :func:`~.sync.run_sync` leak no sockets.
         """
         loop = asyncio.get_running_loop()
         with self._guard:

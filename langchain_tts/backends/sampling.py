@@ -2,7 +2,7 @@
 
 Seeded sampling draws the noise of row ``r`` at its ``t``-th new token from a counter-based
 stream of that row's seed alone, so a seeded call samples the same tokens whatever other
-calls share its batch (see :class:`~langchain_tts.policies.hf.HFPolicy`).
+calls share its batch (concurrent calls that the request coalescer merges).
 """
 
 from __future__ import annotations

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 from langchain_tts.backends.lazy import lazy_exports
 
-_LAZY = {
-    "StepPolicy": "langchain_tts.policies.base",
-    "PolicyResult": "langchain_tts.policies.base",
-    "HFPolicy": "langchain_tts.policies.hf",
-    "OpenAIPolicy": "langchain_tts.policies.openai",
-    "ChatModelPolicy": "langchain_tts.policies.chat_model",
-    "VLLMPolicy": "langchain_tts.policies.vllm",
-}
-
-__all__ = sorted(_LAZY)
-
-__getattr__ = lazy_exports(__name__, _LAZY)
+__getattr__, __all__ = lazy_exports(
+    __name__,
+    {
+        "base": ("StepPolicy", "PolicyResult"),
+        "hf": ("HFPolicy",),
+        "openai": ("OpenAIPolicy",),
+        "chat_model": ("ChatModelPolicy",),
+        "vllm": ("VLLMPolicy",),
+    },
+)

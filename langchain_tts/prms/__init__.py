@@ -5,17 +5,15 @@ from __future__ import annotations
 
 from langchain_tts.backends.lazy import lazy_exports
 
-_LAZY = {
-    "ProcessRewardModel": "langchain_tts.prms.base",
-    "PRMResult": "langchain_tts.prms.base",
-    "QwenPRM": "langchain_tts.prms.qwen",
-    "MathShepherdPRM": "langchain_tts.prms.math_shepherd",
-    "SkyworkPRM": "langchain_tts.prms.skywork",
-    "RLHFlowPRM": "langchain_tts.prms.rlhflow",
-    "HTTPRewardPRM": "langchain_tts.prms.http",
-    "LikelihoodPRM": "langchain_tts.prms.likelihood",
-}
-
-__all__ = sorted(_LAZY)
-
-__getattr__ = lazy_exports(__name__, _LAZY)
+__getattr__, __all__ = lazy_exports(
+    __name__,
+    {
+        "base": ("ProcessRewardModel", "PRMResult"),
+        "qwen": ("QwenPRM",),
+        "math_shepherd": ("MathShepherdPRM",),
+        "skywork": ("SkyworkPRM",),
+        "rlhflow": ("RLHFlowPRM",),
+        "http": ("HTTPRewardPRM",),
+        "likelihood": ("LikelihoodPRM",),
+    },
+)
