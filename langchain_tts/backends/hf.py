@@ -133,6 +133,7 @@ class LocalModel:
     (``AutoModelForCausalLM`` unless overridden) and passes what it returns to the constructor.
     """
 
+    #: a merged batch holds at most ``merge x batch_size`` items
     merge: int = 4
 
     model: Any
