@@ -72,7 +72,7 @@ def measure(policy: HFPolicy, batch: int, stop_at_step: bool) -> dict[str, float
     params = SamplingParams(
         temperature=0.0, max_step_tokens=MAX_NEW_TOKENS, stop_at_step=stop_at_step
     )
-    prompts = [policy._encode(p) for p in prefixes]  # the plain side gets them for free
+    prompts = [policy.encode(p) for p in prefixes]  # the plain side gets them for free
     best = {"policy": float("inf"), "plain": float("inf")}
     tokens = {"policy": 0, "plain": 0}
     for _ in range(REPEATS):  # interleaved: background load hits both sides alike

@@ -8,9 +8,9 @@ import time
 
 import pytest
 
+from langchain_tts.backends.batching import RequestCoalescer
 from langchain_tts.core.config import SamplingParams
 from langchain_tts.core.types import Trajectory
-from langchain_tts.policies.batching import RequestCoalescer
 from langchain_tts.policies.hf import HFPolicy
 from langchain_tts.prms.qwen import QwenPRM
 

@@ -10,11 +10,12 @@ import torch
 from transformers import AutoModelForTokenClassification, AutoTokenizer
 from transformers.modeling_outputs import TokenClassifierOutput
 
+from langchain_tts.backends.sampling import SeededSampler, seeded_uniforms
 from langchain_tts.core.config import SamplingParams
 from langchain_tts.core.errors import PRMOutputError
 from langchain_tts.core.types import Step, Trajectory
 from langchain_tts.models.tokenizer import EOS, STEP_TAG
-from langchain_tts.policies.hf import HFPolicy, _SeededSampler, _StopAtDelimiter, seeded_uniforms
+from langchain_tts.policies.hf import HFPolicy, _StopAtDelimiter
 from langchain_tts.prms.qwen import QwenPRM
 
 QUESTION = "Start with 3. Add 4."
@@ -86,7 +87,7 @@ def test_batch_is_one_generate_call(policy: HFPolicy, monkeypatch: pytest.Monkey
     assert {s.finish_reason for s in steps} >= {"step"}
 
     u = result.usage
-    prompt_tokens = 4 * sum(len(policy._encode(p)) for p in PREFIXES)
+    prompt_tokens = 4 * sum(len(policy.encode(p)) for p in PREFIXES)
     assert u.policy_calls == 1 and u.prm_calls == 0
     assert u.policy_prompt_tokens == prompt_tokens
     assert u.policy_generated_tokens == sum(s.tokens for s in steps)
@@ -116,9 +117,7 @@ def test_seeded_samples_do_not_depend_on_the_batch(policy: HFPolicy) -> None:
     with_others = policy.generate(PREFIXES[1:2], n=4, params=params).steps[0]
     assert with_others == alone
     # two merged callers (the request coalescer): each keeps its own seeds
-    merged = policy._generate_items(
-        [(PREFIXES[0], 0), (PREFIXES[1], 0)], (4, params.model_dump_json())
-    )
+    merged = policy._run_items([(PREFIXES[0], 0), (PREFIXES[1], 0)], (4, params.model_dump_json()))
     assert merged[1][0] == alone
     # prefix i of one call draws seeds seed + i*n + j, like vLLM: another seed, other samples
     other = policy.generate(PREFIXES[1:2], n=4, params=params.model_copy(update={"seed": 6}))
@@ -136,7 +135,7 @@ def test_seeded_sampler_draws_from_the_tempered_top_p_distribution() -> None:
     rows = 20000
     ids = torch.zeros((rows, 3), dtype=torch.long)
     for temperature, top_p in ((1.0, 1.0), (0.5, 1.0), (1.0, 0.7)):
-        sampler = _SeededSampler(list(range(rows)), 2, temperature, top_p)
+        sampler = SeededSampler(list(range(rows)), 2, temperature, top_p)
         picks = sampler(ids, logits.expand(rows, 4).clone()).argmax(-1)
         freq = torch.bincount(picks, minlength=4).float() / rows
         expect = torch.softmax(logits / temperature, -1)
@@ -160,7 +159,7 @@ def test_greedy(policy: HFPolicy, monkeypatch: pytest.MonkeyPatch) -> None:
     assert calls == [3]  # decoded once per prefix, copied n times
     for row in result.steps:
         assert all(s == row[0] for s in row)
-    assert result.usage.policy_prompt_tokens == sum(len(policy._encode(p)) for p in PREFIXES)
+    assert result.usage.policy_prompt_tokens == sum(len(policy.encode(p)) for p in PREFIXES)
     assert result.usage.policy_generated_tokens == sum(row[0].tokens for row in result.steps)
     # left padding does not change a prefix's continuation
     alone = policy.generate([PREFIXES[0]], n=1, params=params)
@@ -339,3 +338,31 @@ async def test_concurrent_calls_serialize_on_the_model(
     )
     assert peak[0] == 1
     assert all(len(r.steps) == 2 for r in results[:3]) and len(results[3].scores) == 3
+
+
+async def test_local_calls_never_wait_for_the_default_executor(
+    policy: HFPolicy, prm: QwenPRM
+) -> None:
+    """A peer that holds every thread of the loop's default pool while it awaits our models
+    (a sync-to-async bridge, say) must not starve them: they run on the package's pool."""
+    import asyncio
+    import concurrent.futures
+    import threading
+
+    loop = asyncio.get_running_loop()
+    default = concurrent.futures.ThreadPoolExecutor(1)
+    loop.set_default_executor(default)
+    release = threading.Event()
+    held = loop.run_in_executor(None, release.wait, 30)  # the default pool's only thread
+    try:
+        params = SamplingParams(seed=0, max_step_tokens=4)
+        steps, scores = await asyncio.wait_for(
+            asyncio.gather(policy.agenerate(PREFIXES[:1], n=2, params=params), prm.ascore(TRAJS)),
+            timeout=20,
+        )
+        assert len(steps.steps) == 1 and len(scores.scores) == len(TRAJS)
+        assert not held.done()  # the default pool was busy the whole time
+    finally:
+        release.set()
+        await held
+        default.shutdown(wait=False)

@@ -19,12 +19,13 @@ import pytest
 import torch
 from transformers import AutoTokenizer, TopPLogitsWarper
 
+from langchain_tts.backends.sampling import top_p_filter
 from langchain_tts.core.config import SamplingParams
 from langchain_tts.core.errors import ConfigError
 from langchain_tts.core.types import Trajectory
 from langchain_tts.eval.synthetic import make_split
 from langchain_tts.models import load_default, load_default_policy, load_default_prm
-from langchain_tts.models.native import NativeTokenizer, load_native, top_p_filter
+from langchain_tts.models.native import NativeTokenizer, load_native
 from langchain_tts.models.tokenizer import EOS
 from langchain_tts.policies.hf import HFPolicy
 from langchain_tts.prms.qwen import QwenPRM

@@ -13,9 +13,11 @@ from typing import Any
 import pytest
 
 from langchain_tts import BackendError, ConfigError, create_tts_graph
+from langchain_tts.backends.http import server_root
+from langchain_tts.backends.text import map_finish_reason
 from langchain_tts.core.config import SamplingParams
 from langchain_tts.core.types import Trajectory
-from langchain_tts.policies.openai import OpenAIPolicy, _distribute, map_finish_reason, server_root
+from langchain_tts.policies.openai import OpenAIPolicy, _distribute
 from langchain_tts.testing import FakeOpenAIServer, FakePRM
 
 Handler = Callable[[str, dict], tuple]

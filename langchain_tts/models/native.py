@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from langchain_tts.backends.sampling import top_p_filter
 from langchain_tts.core.errors import ConfigError
 from langchain_tts.models.tiny_llama import (
     LEFT_PADDING_ERROR,
@@ -50,7 +51,6 @@ __all__ = [
     "NativeTokenClassifier",
     "NativeTokenizer",
     "load_native",
-    "top_p_filter",
 ]
 
 # -- tokenizer -------------------------------------------------------------------------------
@@ -82,21 +82,10 @@ class NativeTokenizer:
     def _id(self, token: str | None) -> int | None:
         return None if token is None else self._tok.token_to_id(token)
 
-    @property
-    def bos_token_id(self) -> int | None:
-        return self._id(self.bos_token)
-
-    @property
-    def eos_token_id(self) -> int | None:
-        return self._id(self.eos_token)
-
-    @property
-    def pad_token_id(self) -> int | None:
-        return self._id(self.pad_token)
-
-    @property
-    def unk_token_id(self) -> int | None:
-        return self._id(self.unk_token)
+    bos_token_id = property(lambda self: self._id(self.bos_token))
+    eos_token_id = property(lambda self: self._id(self.eos_token))
+    pad_token_id = property(lambda self: self._id(self.pad_token))
+    unk_token_id = property(lambda self: self._id(self.unk_token))
 
     def __len__(self) -> int:
         return self._tok.get_vocab_size(with_added_tokens=True)
@@ -164,17 +153,6 @@ def _token_text(value: object) -> str | None:
 
 
 # -- models ----------------------------------------------------------------------------------
-
-
-def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Nucleus filtering exactly as transformers' ``TopPLogitsWarper`` (keep >= 1 token):
-    the smallest-probability tokens whose cumulative mass is <= 1 - top_p get -inf."""
-    sorted_logits, sorted_idx = torch.sort(logits, descending=False)
-    cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-    remove_sorted = cumulative <= (1 - top_p)
-    remove_sorted[..., -1:] = False
-    remove = remove_sorted.scatter(1, sorted_idx, remove_sorted)
-    return logits.masked_fill(remove, -float("inf"))
 
 
 def _rope(inv_freq: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -3,22 +3,15 @@ torch, httpx or vLLM until a backend class is used."""
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from langchain_tts.backends.lazy import lazy_exports
 
-_LAZY = {
-    "StepPolicy": "langchain_tts.policies.base",
-    "PolicyResult": "langchain_tts.policies.base",
-    "HFPolicy": "langchain_tts.policies.hf",
-    "OpenAIPolicy": "langchain_tts.policies.openai",
-    "ChatModelPolicy": "langchain_tts.policies.chat_model",
-    "VLLMPolicy": "langchain_tts.policies.vllm",
-}
-
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __all__ = lazy_exports(
+    __name__,
+    {
+        "base": ("StepPolicy", "PolicyResult"),
+        "hf": ("HFPolicy",),
+        "openai": ("OpenAIPolicy",),
+        "chat_model": ("ChatModelPolicy",),
+        "vllm": ("VLLMPolicy",),
+    },
+)

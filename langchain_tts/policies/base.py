@@ -2,34 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 from abc import ABC, abstractmethod
-from collections.abc import Coroutine, Sequence
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
-from langchain_core.runnables import Runnable, RunnableConfig
+from langchain_core.runnables import RunnableConfig
 from pydantic import BaseModel, ConfigDict, Field
 
+from langchain_tts.backends.sync import AsyncFirstRunnable, run_sync
+from langchain_tts.backends.text import DEFAULT_STEP_DELIMITER
 from langchain_tts.core.config import SamplingParams
 from langchain_tts.core.errors import InputError
 from langchain_tts.core.types import Step, Trajectory, Usage
-
-T = TypeVar("T")
-DEFAULT_STEP_DELIMITER = "\n\n"
-
-
-def run_sync(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine from sync code, also when the caller already has an event loop."""
-    try:
-        asyncio.get_running_loop()
-        in_loop = True
-    except RuntimeError:
-        in_loop = False
-    if not in_loop:  # outside the except block: errors don't chain "no running event loop"
-        return asyncio.run(coro)
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, coro).result()
 
 
 class PolicyResult(BaseModel):
@@ -55,7 +39,7 @@ class PolicyInput(BaseModel):
     sampling: SamplingParams = Field(default_factory=SamplingParams)
 
 
-class StepPolicy(Runnable[PolicyInput | dict, list[Step]], ABC):
+class StepPolicy(AsyncFirstRunnable[PolicyInput | dict, list[Step]], ABC):
     """A policy that continues many partial solutions by one step each, in one call.
 
     Implementations override :meth:`_agenerate`. Callers use :meth:`agenerate` (batched,
@@ -98,11 +82,6 @@ class StepPolicy(Runnable[PolicyInput | dict, list[Step]], ABC):
     def _parse_input(input: PolicyInput | dict) -> PolicyInput:
         return input if isinstance(input, PolicyInput) else PolicyInput.model_validate(input)
 
-    def invoke(
-        self, input: PolicyInput | dict, config: RunnableConfig | None = None, **kwargs: Any
-    ) -> list[Step]:
-        return run_sync(self.ainvoke(input, config, **kwargs))
-
     async def ainvoke(
         self, input: PolicyInput | dict, config: RunnableConfig | None = None, **kwargs: Any
     ) -> list[Step]:
@@ -110,6 +89,19 @@ class StepPolicy(Runnable[PolicyInput | dict, list[Step]], ABC):
         prefix = Trajectory(question=inp.question, steps=inp.steps)
         result = await self.agenerate([prefix], inp.n, inp.sampling)
         return result.steps[0]
+
+    def _call_usage(
+        self, prompt_tokens: int, generated_tokens: int, *, cached: int = 0, seconds: float = 0.0
+    ) -> Usage:
+        """The usage of one call: its tokens and ``2 x num_parameters`` FLOPs per token."""
+        return Usage(
+            policy_calls=1,
+            policy_prompt_tokens=prompt_tokens,
+            policy_cached_tokens=cached,
+            policy_generated_tokens=generated_tokens,
+            policy_flops=2.0 * self.num_parameters * (prompt_tokens + generated_tokens),
+            seconds=seconds,
+        )
 
     def render_prefix(self, prefix: Trajectory) -> str:
         """The solution text so far, each finished step followed by the delimiter."""

@@ -41,10 +41,11 @@ from typing import Any
 from langchain_core.language_models import BaseChatModel, BaseLanguageModel
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 
+from langchain_tts.backends.text import DEFAULT_STEP_DELIMITER
 from langchain_tts.core.config import SamplingParams
 from langchain_tts.core.errors import BackendError, ConfigError
 from langchain_tts.core.types import FinishReason, Step, Trajectory, Usage
-from langchain_tts.policies.base import DEFAULT_STEP_DELIMITER, PolicyResult, StepPolicy
+from langchain_tts.policies.base import PolicyResult, StepPolicy
 
 __all__ = ["DEFAULT_INSTRUCTION", "DEFAULT_SOLUTION_INSTRUCTION", "ChatModelPolicy"]
 

@@ -12,7 +12,7 @@ concurrent graphs share its batches).
 
 The engine lives on one event loop, on a private daemon thread: vLLM's async engine binds its
 output handler to the loop it first runs on, while LangGraph's sync ``invoke`` runs every node
-on a fresh loop (:func:`~langchain_tts.policies.base.run_sync`). Calls from any loop or thread
+on a fresh loop (:func:`~langchain_tts.backends.sync.run_sync`). Calls from any loop or thread
 are handed to that loop with ``asyncio.run_coroutine_threadsafe``. Cancelling a call aborts
 its requests (vLLM aborts a request whose ``generate`` is cancelled).
 
@@ -54,11 +54,17 @@ import weakref
 from collections.abc import Sequence
 from typing import Any
 
+from langchain_tts.backends.text import (
+    DEFAULT_STEP_DELIMITER,
+    cut_at_delimiter,
+    encode_prompt,
+    map_finish_reason,
+    prompt_head,
+)
 from langchain_tts.core.config import SamplingParams
 from langchain_tts.core.errors import BackendError, ConfigError
 from langchain_tts.core.types import Step, Trajectory, Usage
-from langchain_tts.policies.base import DEFAULT_STEP_DELIMITER, PolicyResult, StepPolicy
-from langchain_tts.policies.openai import map_finish_reason
+from langchain_tts.policies.base import PolicyResult, StepPolicy
 
 __all__ = ["VLLMPolicy", "estimate_matmul_parameters", "import_vllm", "request_outputs_to_steps"]
 
@@ -82,7 +88,7 @@ def estimate_matmul_parameters(config: Any) -> int:
     """Matmul parameters of a Llama/Qwen/Mistral-style decoder from its HF config.
 
     Counts the attention and gated-MLP projections of every layer plus the LM head (as
-    :func:`langchain_tts.policies.hf.matmul_parameters` does); norms and biases are ignored.
+    :func:`langchain_tts.backends.hf.matmul_parameters` does); norms and biases are ignored.
     Returns 0 when the config lacks the fields.
     """
     try:
@@ -131,9 +137,7 @@ def request_outputs_to_steps(
             )
             text = c.text
             if stop_at_step:
-                head, found, _ = text.partition(delimiter)
-                if found:
-                    text, reason = head, "step"
+                text, reason, _ = cut_at_delimiter(text, reason, delimiter)
             tokens = len(c.token_ids)
             generated += tokens
             row.append(Step(text=text, tokens=tokens, finish_reason=reason))
@@ -331,29 +335,15 @@ class VLLMPolicy(StepPolicy):
         self._finalizer()
 
     # -- prompts ----------------------------------------------------------------------------
-    @property
-    def _templated(self) -> bool:
-        return bool(getattr(self.tokenizer, "chat_template", None))
-
     def render_prompt(self, prefix: Trajectory) -> str:
         """Chat-templated question + the steps so far (each ending with the delimiter)."""
-        if self._templated:
-            messages = []
-            if self.system_prompt is not None:
-                messages.append({"role": "system", "content": self.system_prompt})
-            messages.append({"role": "user", "content": prefix.question})
-            head = self.tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=True
-            )
-        else:
-            head = prefix.question + self.step_delimiter
-        return str(head) + self.render_prefix(prefix)
+        head = prompt_head(self.tokenizer, prefix.question, self.system_prompt, self.step_delimiter)
+        return head + self.render_prefix(prefix)
 
     def encode(self, prefix: Trajectory) -> list[int]:
         text = self.render_prompt(prefix)
         with self._encode_lock:
-            ids = self.tokenizer(text, add_special_tokens=not self._templated)["input_ids"]
-        return list(ids)
+            return encode_prompt(self.tokenizer, text)
 
     def sampling_params(self, n: int, params: SamplingParams, seed: int | None = None) -> Any:
         """The ``vllm.SamplingParams`` of one request (``seed`` overrides ``params.seed``)."""
@@ -409,10 +399,12 @@ class VLLMPolicy(StepPolicy):
         )
         if copies != n:
             steps = [row * n for row in steps]
-        usage.policy_flops = (
-            2.0 * self.num_parameters * (usage.policy_prompt_tokens + usage.policy_generated_tokens)
+        usage = self._call_usage(
+            usage.policy_prompt_tokens,
+            usage.policy_generated_tokens,
+            cached=usage.policy_cached_tokens,
+            seconds=time.perf_counter() - t0,
         )
-        usage.seconds = time.perf_counter() - t0
         return PolicyResult(steps=steps, usage=usage)
 
     async def _run_step(self, requests: list[tuple[dict, Any]], step_id: str) -> list[Any]:

@@ -3,24 +3,17 @@ torch or httpx until a PRM class is used."""
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from langchain_tts.backends.lazy import lazy_exports
 
-_LAZY = {
-    "ProcessRewardModel": "langchain_tts.prms.base",
-    "PRMResult": "langchain_tts.prms.base",
-    "QwenPRM": "langchain_tts.prms.qwen",
-    "MathShepherdPRM": "langchain_tts.prms.math_shepherd",
-    "SkyworkPRM": "langchain_tts.prms.skywork",
-    "RLHFlowPRM": "langchain_tts.prms.rlhflow",
-    "HTTPRewardPRM": "langchain_tts.prms.http",
-    "LikelihoodPRM": "langchain_tts.prms.likelihood",
-}
-
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __all__ = lazy_exports(
+    __name__,
+    {
+        "base": ("ProcessRewardModel", "PRMResult"),
+        "qwen": ("QwenPRM",),
+        "math_shepherd": ("MathShepherdPRM",),
+        "skywork": ("SkyworkPRM",),
+        "rlhflow": ("RLHFlowPRM",),
+        "http": ("HTTPRewardPRM",),
+        "likelihood": ("LikelihoodPRM",),
+    },
+)

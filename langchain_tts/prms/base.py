@@ -6,11 +6,16 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
-from langchain_core.runnables import Runnable, RunnableConfig
+from langchain_core.runnables import RunnableConfig
 from pydantic import BaseModel, Field
 
+from langchain_tts.backends.sync import AsyncFirstRunnable, run_sync
 from langchain_tts.core.types import Trajectory, Usage, check_scores
-from langchain_tts.policies.base import run_sync
+
+#: the system prompt of Qwen2.5-Math-PRM's chat format
+DEFAULT_PRM_SYSTEM_PROMPT = (
+    "Please reason step by step, and put your final answer within \\boxed{}."
+)
 
 
 class PRMResult(BaseModel):
@@ -25,7 +30,7 @@ class PRMInput(BaseModel):
     steps: list[str]
 
 
-class ProcessRewardModel(Runnable[PRMInput | dict, list[float]], ABC):
+class ProcessRewardModel(AsyncFirstRunnable[PRMInput | dict, list[float]], ABC):
     """Scores every step of many partial solutions in one batched call.
 
     Implementations override :meth:`_ascore`; :meth:`ascore` validates the output (one
@@ -49,10 +54,14 @@ class ProcessRewardModel(Runnable[PRMInput | dict, list[float]], ABC):
     def score(self, trajectories: Sequence[Trajectory]) -> PRMResult:
         return run_sync(self.ascore(trajectories))
 
-    def invoke(
-        self, input: PRMInput | dict, config: RunnableConfig | None = None, **kwargs: Any
-    ) -> list[float]:
-        return run_sync(self.ainvoke(input, config, **kwargs))
+    def _call_usage(self, tokens: int, seconds: float = 0.0) -> Usage:
+        """The usage of one call: its tokens and ``2 x num_parameters`` FLOPs per token."""
+        return Usage(
+            prm_calls=1,
+            prm_tokens=tokens,
+            prm_flops=2.0 * self.num_parameters * tokens,
+            seconds=seconds,
+        )
 
     async def ainvoke(
         self, input: PRMInput | dict, config: RunnableConfig | None = None, **kwargs: Any

@@ -27,7 +27,8 @@ softmaxed (``activation="auto"``); a one-entry row is used as is when in [0, 1],
 through a sigmoid. Force the choice with ``activation="none" | "softmax" | "sigmoid"``.
 A row count that differs from the step count (e.g. ALL-token pooling) is a
 :class:`PRMOutputError` that says to configure STEP pooling. Retries, timeouts and errors
-behave as in :class:`~langchain_tts.policies.openai.OpenAIPolicy` (:class:`HTTPBackend`).
+behave as in :class:`~langchain_tts.policies.openai.OpenAIPolicy`
+(:class:`~langchain_tts.backends.http.HTTPBackend`).
 """
 
 from __future__ import annotations
@@ -38,16 +39,13 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
+from langchain_tts.backends.http import ChatTemplateMode, ServerClient, server_root
+from langchain_tts.backends.text import chat_messages
 from langchain_tts.core.errors import BackendError, ConfigError, PRMOutputError
 from langchain_tts.core.types import Trajectory, Usage
-from langchain_tts.policies.openai import ServerClient, server_root
-from langchain_tts.prms.base import PRMResult, ProcessRewardModel
+from langchain_tts.prms.base import DEFAULT_PRM_SYSTEM_PROMPT, PRMResult, ProcessRewardModel
 
 __all__ = ["HTTPRewardPRM"]
-
-DEFAULT_PRM_SYSTEM_PROMPT = (
-    "Please reason step by step, and put your final answer within \\boxed{}."
-)
 _SLOT = "@@LANGCHAIN_TTS_PRM_ANSWER@@"
 _MAX_LABELS = 16  # wider rows are not label scores
 Activation = Literal["auto", "none", "softmax", "sigmoid"]
@@ -73,7 +71,7 @@ class HTTPRewardPRM(ServerClient, ProcessRewardModel):
         model: str,
         *,
         format: Literal["qwen", "math_shepherd"] | Callable[[Trajectory], str] = "qwen",
-        chat_template: Literal["server", "client", "none"] = "server",
+        chat_template: ChatTemplateMode = "server",
         tokenizer: Any = None,
         system_prompt: str | None = DEFAULT_PRM_SYSTEM_PROMPT,
         step_tag: str | None = None,
@@ -93,7 +91,6 @@ class HTTPRewardPRM(ServerClient, ProcessRewardModel):
             raise ConfigError(
                 f"format must be 'qwen', 'math_shepherd' or a callable, got {format!r}"
             )
-        self._check_chat_template(chat_template)
         if format == "qwen" and chat_template == "client" and tokenizer is None:
             raise ConfigError("chat_template='client' needs tokenizer= (an HF tokenizer or a path)")
         if activation not in ("auto", "none", "softmax", "sigmoid"):
@@ -121,20 +118,11 @@ class HTTPRewardPRM(ServerClient, ProcessRewardModel):
         self.positive_index = positive_index
         self.activation = activation
         self.url = server_root(self.base_url) + "/" + endpoint.lstrip("/")
-        self._templates: dict[tuple[str | None, str], str] = {}
 
     # -- rendering --------------------------------------------------------------------------
     @property
     def _templated(self) -> bool:
         return self.format == "qwen" and self.chat_template in ("server", "client")
-
-    def _messages(self, question: str, answer: str) -> list[dict[str, str]]:
-        messages = []
-        if self.system_prompt is not None:
-            messages.append({"role": "system", "content": self.system_prompt})
-        messages.append({"role": "user", "content": question})
-        messages.append({"role": "assistant", "content": answer})
-        return messages
 
     def _answer(self, trajectory: Trajectory) -> str:
         tag = self.step_tag or ""
@@ -143,24 +131,13 @@ class HTTPRewardPRM(ServerClient, ProcessRewardModel):
 
     async def _template(self, question: str) -> str:
         """The rendered conversation with the answer as a placeholder (cached per question)."""
-        key = (self.system_prompt, question)
-        if key in self._templates:
-            return self._templates[key]
-        if self.chat_template == "client":
-            text = str(
-                self.tokenizer.apply_chat_template(
-                    self._messages(question, _SLOT), tokenize=False, add_generation_prompt=False
-                )
-            )
-        else:
-            text = await self._server_chat_template(
-                self._messages(question, _SLOT),
-                add_generation_prompt=False,
-                advice="Use chat_template='client' with tokenizer=..., or 'none'.",
-            )
+        text = await self.render_chat(
+            chat_messages(question, self.system_prompt, _SLOT),
+            add_generation_prompt=False,
+            advice="Use chat_template='client' with tokenizer=..., or 'none'.",
+        )
         if text.count(_SLOT) != 1:
             raise ConfigError(f"{self.name}: the chat template did not keep the assistant answer")
-        self._templates[key] = text
         return text
 
     async def render_inputs(self, trajectories: Sequence[Trajectory]) -> list[str]:
@@ -212,13 +189,9 @@ class HTTPRewardPRM(ServerClient, ProcessRewardModel):
         tokens = raw.get("prompt_tokens")
         if tokens is None:
             tokens = sum(-(-len(t) // 4) for t in texts)
-        usage = Usage(
-            prm_calls=1,
-            prm_tokens=int(tokens),
-            prm_flops=2.0 * self.num_parameters * int(tokens),
-            seconds=time.perf_counter() - t0,
+        return PRMResult(
+            scores=scores, usage=self._call_usage(int(tokens), time.perf_counter() - t0)
         )
-        return PRMResult(scores=scores, usage=usage)
 
     def _step_scores(self, rows: Any, num_steps: int, i: int) -> list[float]:
         if not isinstance(rows, list) or len(rows) != num_steps:
@@ -251,7 +224,3 @@ class HTTPRewardPRM(ServerClient, ProcessRewardModel):
         elif self.activation == "sigmoid":
             return _sigmoid(values[self.positive_index])
         return values[self.positive_index]
-
-    async def aclose(self) -> None:
-        """Close the pooled connections of the running event loop."""
-        await self.http.aclose()

@@ -16,26 +16,16 @@ parameters, so its FLOPs are ``2 * num_parameters * tokens`` like any PRM's.
 
 from __future__ import annotations
 
-import asyncio
 import math
-import time
-from collections.abc import Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
+from langchain_tts.backends.hf import pad_batch
+from langchain_tts.backends.text import DEFAULT_STEP_DELIMITER, encode_prompt, prompt_head
 from langchain_tts.core.errors import ConfigError
-from langchain_tts.core.types import Trajectory, Usage
-from langchain_tts.policies.base import DEFAULT_STEP_DELIMITER
-from langchain_tts.policies.hf import (
-    load_pretrained,
-    matmul_parameters,
-    model_device,
-    model_lock,
-    pad_batch,
-)
-from langchain_tts.prms.base import PRMResult, ProcessRewardModel
+from langchain_tts.core.types import Trajectory
+from langchain_tts.prms.local import Encoded, LocalPRM
 
 if TYPE_CHECKING:  # imported on use: the native backend (models/native.py) never needs it
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -43,7 +33,7 @@ if TYPE_CHECKING:  # imported on use: the native backend (models/native.py) neve
 __all__ = ["LikelihoodPRM"]
 
 
-class LikelihoodPRM(ProcessRewardModel):
+class LikelihoodPRM(LocalPRM):
     """Step scores from a causal LM's token log-probabilities (one forward per chunk)."""
 
     def __init__(
@@ -53,53 +43,23 @@ class LikelihoodPRM(ProcessRewardModel):
         *,
         step_delimiter: str = DEFAULT_STEP_DELIMITER,
         system_prompt: str | None = None,
+        device: str | torch.device | None = None,
         batch_size: int = 32,
         name: str | None = None,
     ):
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         if not step_delimiter:
             raise ConfigError("step_delimiter must be a non-empty string")
-        self.model = model.eval()
-        self.tokenizer = tokenizer
+        self._init_local(model, tokenizer, device=device, batch_size=batch_size, name=name)
         self.step_delimiter = step_delimiter
         self.system_prompt = system_prompt
-        self.batch_size = batch_size
-        self.device = model_device(self.model)
-        self.num_parameters = matmul_parameters(self.model)
-        self.name = (
-            name or f"LikelihoodPRM({getattr(model.config, '_name_or_path', '') or 'model'})"
-        )
-        self._lock = model_lock(self.model)
-        pad = tokenizer.pad_token_id
-        self.pad_token_id = int(pad if pad is not None else (tokenizer.eos_token_id or 0))
-
-    @classmethod
-    def from_pretrained(
-        cls, path: str | Path, dtype: torch.dtype = torch.float32, **kw: Any
-    ) -> LikelihoodPRM:
-        """Load a causal LM and its tokenizer with transformers (``kw`` go to the constructor)."""
-        model, tokenizer = load_pretrained(path, dtype)
-        kw.setdefault("name", f"LikelihoodPRM({Path(str(path)).name})")
-        return cls(model, tokenizer, **kw)
-
-    # -- rendering --------------------------------------------------------------------------
-    def _head(self, question: str) -> list[int]:
-        if getattr(self.tokenizer, "chat_template", None):
-            messages = []
-            if self.system_prompt is not None:
-                messages.append({"role": "system", "content": self.system_prompt})
-            messages.append({"role": "user", "content": question})
-            text = self.tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=True
-            )
-            return list(self.tokenizer(str(text), add_special_tokens=False)["input_ids"])
-        return list(self.tokenizer(question + self.step_delimiter)["input_ids"])
 
     def encode(self, trajectory: Trajectory) -> tuple[list[int], list[int]]:
         """Token ids, and for each token after the head the index of the step it belongs to
         (the delimiter after a step counts with that step; -1 for the head)."""
-        ids = self._head(trajectory.question)
+        head = prompt_head(
+            self.tokenizer, trajectory.question, self.system_prompt, self.step_delimiter
+        )
+        ids = encode_prompt(self.tokenizer, head)
         owner = [-1] * len(ids)
         for j, step in enumerate(trajectory.steps):
             text = step + (self.step_delimiter if j < len(trajectory.steps) - 1 else "")
@@ -108,32 +68,18 @@ class LikelihoodPRM(ProcessRewardModel):
             owner += [j] * len(piece)
         return ids, owner
 
-    # -- scoring ----------------------------------------------------------------------------
-    async def _ascore(self, trajectories: Sequence[Trajectory]) -> PRMResult:
-        return await asyncio.to_thread(self._score, list(trajectories))
+    def _encoded(self, trajectory: Trajectory) -> Encoded:
+        return self.encode(trajectory)
 
-    def _score(self, trajectories: list[Trajectory]) -> PRMResult:
-        t0 = time.perf_counter()
-        scores: list[list[float]] = [[] for _ in trajectories]
-        tokens = 0
-        todo = [(i, *self.encode(t)) for i, t in enumerate(trajectories) if t.steps]
-        todo.sort(key=lambda item: len(item[1]))
-        with self._lock:
-            for c in range(0, len(todo), self.batch_size):
-                chunk = todo[c : c + self.batch_size]
-                logps = self._token_logprobs([ids for _, ids, _ in chunk])
-                for (i, ids, owner), lp in zip(chunk, logps, strict=True):
-                    scores[i] = _cumulative_min(lp, owner, len(trajectories[i].steps))
-                    tokens += len(ids)
-        usage = Usage(
-            prm_calls=1,
-            prm_tokens=tokens,
-            prm_flops=2.0 * self.num_parameters * tokens,
-            seconds=time.perf_counter() - t0,
-        )
-        return PRMResult(scores=scores, usage=usage)
+    def _score_chunk(
+        self, trajectories: list[Trajectory], encoded: list[Encoded]
+    ) -> list[list[float]]:
+        logps = self._token_logprobs([ids for ids, _ in encoded])
+        return [
+            _cumulative_min(lp, owner, len(t.steps))
+            for t, (_, owner), lp in zip(trajectories, encoded, logps, strict=True)
+        ]
 
-    @torch.inference_mode()
     def _token_logprobs(self, seqs: list[list[int]]) -> list[list[float]]:
         """log P(token t | tokens < t) for t >= 1 of each sequence (right padding)."""
         ids, mask = pad_batch(seqs, self.pad_token_id)

@@ -14,38 +14,28 @@ Exact contract of ``peiyi9979/math-shepherd-mistral-7b-prm`` (its model card):
 This module also holds :class:`CausalLMPRM`, the shared machinery of the decoder-based PRMs
 (Math-Shepherd, RLHFlow, Skywork): every trajectory is encoded to token ids plus one read-out
 position per step, all trajectories go through **one** right-padded forward of the model body
-(chunked by ``batch_size`` only when needed), and only the hidden states at the read-out
-positions are projected -- onto the two candidate rows of the LM head here, so a 32k-128k
-vocabulary is never materialised for every token.
+(chunked by ``batch_size`` only when needed, :class:`~langchain_tts.prms.local.LocalPRM`),
+and only the hidden states at the read-out positions are projected -- onto the two candidate
+rows of the LM head here, so a 32k-128k vocabulary is never materialised for every token.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
 from abc import abstractmethod
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from langchain_tts.core.errors import PRMOutputError
-from langchain_tts.core.types import Trajectory, Usage
-from langchain_tts.policies.hf import (
-    load_pretrained,
-    matmul_parameters,
-    model_device,
-    model_lock,
-    pad_batch,
-)
-from langchain_tts.prms.base import PRMResult, ProcessRewardModel
+from langchain_tts.backends.hf import pad_batch
+from langchain_tts.core.errors import ConfigError, PRMOutputError
+from langchain_tts.core.types import Trajectory
+from langchain_tts.prms.local import LocalPRM
 
-__all__ = ["CausalLMPRM", "MathShepherdPRM", "label_token_ids", "lm_head_logits"]
+__all__ = ["CausalLMPRM", "LabelTokenPRM", "MathShepherdPRM", "label_token_ids", "lm_head_logits"]
 
 Encoded = tuple[list[int], list[int]]  # token ids, one read-out position per step
-_PRM = TypeVar("_PRM", bound="CausalLMPRM")
 
 
 def label_token_ids(tokenizer: PreTrainedTokenizerBase, good: str, bad: str) -> list[int]:
@@ -56,7 +46,7 @@ def label_token_ids(tokenizer: PreTrainedTokenizerBase, good: str, bad: str) -> 
         return ids
     pair = [tokenizer.encode(t, add_special_tokens=False) for t in (good, bad)]
     if not all(pair) or pair[0][-1] == pair[1][-1]:
-        raise ValueError(
+        raise ConfigError(
             f"cannot find single tokens for the labels {good!r} / {bad!r} in this tokenizer; "
             "pass candidate_token_ids=[good_id, bad_id]"
         )
@@ -73,7 +63,7 @@ def lm_head_logits(
     """
     head = model.get_output_embeddings()
     if head is None or getattr(head, "weight", None) is None:
-        raise ValueError(f"{type(model).__name__} has no LM head; load it as a causal LM")
+        raise ConfigError(f"{type(model).__name__} has no LM head; load it as a causal LM")
     idx = torch.tensor(token_ids, device=head.weight.device)
     w = head.weight.index_select(0, idx).float()
     logits = hidden.float().to(w.device) @ w.T
@@ -90,13 +80,12 @@ def lm_head_logits(
     return logits
 
 
-class CausalLMPRM(ProcessRewardModel):
+class CausalLMPRM(LocalPRM):
     """Decoder PRM base: encode -> one batched forward of the body -> read-out per step.
 
-    Right padding keeps every real token at the positions it has when scored alone, and
-    causal attention never looks at the padding, so batched scores equal unbatched ones.
-    ``num_parameters`` counts every parameter but the input embedding (``prm_flops = 2 *
-    num_parameters * tokens``). Calls on one model are serialized and run in a worker thread.
+    ``from_pretrained`` loads with ``AutoModelForCausalLM`` (e.g.
+    ``peiyi9979/math-shepherd-mistral-7b-prm`` for :class:`MathShepherdPRM`,
+    ``RLHFlow/Llama3.1-8B-PRM-Deepseek-Data`` for :class:`~langchain_tts.prms.rlhflow.RLHFlowPRM`).
     """
 
     def __init__(
@@ -108,41 +97,7 @@ class CausalLMPRM(ProcessRewardModel):
         batch_size: int = 16,
         name: str | None = None,
     ):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if device is not None:
-            model = model.to(device)
-        self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.batch_size = batch_size
-        self.device = model_device(self.model)
-        self.num_parameters = matmul_parameters(self.model)
-        label = getattr(getattr(model, "config", None), "_name_or_path", "") or "model"
-        self.name = name or f"{type(self).__name__}({label})"
-        self._lock = model_lock(self.model)
-        pad = tokenizer.pad_token_id
-        if pad is None:
-            pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
-        self.pad_token_id = int(pad)
-
-    @classmethod
-    def from_pretrained(
-        cls: type[_PRM],
-        path: str | Path,
-        dtype: torch.dtype = torch.float32,
-        *,
-        model_kwargs: dict[str, Any] | None = None,
-        tokenizer_kwargs: dict[str, Any] | None = None,
-        **kw: Any,
-    ) -> _PRM:
-        """Load with ``AutoModelForCausalLM`` (e.g. ``peiyi9979/math-shepherd-mistral-7b-prm``
-        for :class:`MathShepherdPRM`, ``RLHFlow/Llama3.1-8B-PRM-Deepseek-Data`` for
-        :class:`~langchain_tts.prms.rlhflow.RLHFlowPRM`)."""
-        model, tokenizer = load_pretrained(
-            path, dtype, model_kwargs=model_kwargs, tokenizer_kwargs=tokenizer_kwargs
-        )
-        kw.setdefault("name", f"{cls.__name__}({Path(str(path)).name})")
-        return cls(model, tokenizer, **kw)
+        self._init_local(model, tokenizer, device=device, batch_size=batch_size, name=name)
 
     # -- the format: subclasses define these ----------------------------------------------
     @abstractmethod
@@ -159,42 +114,15 @@ class CausalLMPRM(ProcessRewardModel):
         return body if isinstance(body, torch.nn.Module) else self.model
 
     # -- scoring ----------------------------------------------------------------------------
-    async def _ascore(self, trajectories: Sequence[Trajectory]) -> PRMResult:
-        return await asyncio.to_thread(self._score_locked, list(trajectories))
-
-    def _score_locked(self, trajectories: list[Trajectory]) -> PRMResult:
-        with self._lock:
-            return self._score_sync(trajectories)
-
-    def _score_sync(self, trajectories: list[Trajectory]) -> PRMResult:
-        t0 = time.perf_counter()
-        scores: list[list[float]] = [[] for _ in trajectories]
-        todo: list[tuple[int, Encoded]] = []
-        for i, t in enumerate(trajectories):
-            if not t.steps:  # nothing to score
-                continue
-            ids, pos = self.encode(t)
-            if len(pos) != len(t.steps):
-                raise PRMOutputError(
-                    f"{self.name}: the encoded input of trajectory {i} has {len(pos)} score "
-                    f"positions for {len(t.steps)} steps; the tokenizer merged or split a step "
-                    "tag (check the tag/label tokens of this PRM)."
-                )
-            todo.append((i, (ids, pos)))
-        todo.sort(key=lambda item: len(item[1][0]))  # similar lengths share a chunk
-        for c in range(0, len(todo), self.batch_size):
-            chunk = todo[c : c + self.batch_size]
-            rows = self._score_chunk([enc for _, enc in chunk])
-            for (i, _), row in zip(chunk, rows, strict=True):
-                scores[i] = row
-        tokens = sum(len(enc[0]) for _, enc in todo)
-        usage = Usage(
-            prm_calls=1,
-            prm_tokens=tokens,
-            prm_flops=2.0 * self.num_parameters * tokens,
-            seconds=time.perf_counter() - t0,
-        )
-        return PRMResult(scores=scores, usage=usage)
+    def _encoded(self, trajectory: Trajectory) -> Encoded:
+        ids, pos = self.encode(trajectory)
+        if len(pos) != len(trajectory.steps):
+            raise PRMOutputError(
+                f"{self.name}: the encoded input has {len(pos)} score positions for "
+                f"{len(trajectory.steps)} steps; the tokenizer merged or split a step tag "
+                "(check the tag/label tokens of this PRM)."
+            )
+        return ids, pos
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Last hidden states [B, T, H] of the body (after its final norm)."""
@@ -202,24 +130,57 @@ class CausalLMPRM(ProcessRewardModel):
         hidden = getattr(out, "last_hidden_state", None)
         return hidden if hidden is not None else out[0]
 
-    @torch.inference_mode()
-    def _score_chunk(self, items: list[Encoded]) -> list[list[float]]:
-        ids, mask = pad_batch([seq for seq, _ in items], self.pad_token_id)
+    def _score_chunk(
+        self, trajectories: list[Trajectory], encoded: list[Encoded]
+    ) -> list[list[float]]:
+        ids, mask = pad_batch([seq for seq, _ in encoded], self.pad_token_id)
         hidden = self.hidden_states(ids.to(self.device), mask.to(self.device))
         rows = torch.cat(
-            [torch.full((len(p),), r, dtype=torch.long) for r, (_, p) in enumerate(items)]
+            [torch.full((len(p),), r, dtype=torch.long) for r, (_, p) in enumerate(encoded)]
         )
-        cols = torch.tensor([q for _, p in items for q in p], dtype=torch.long)
+        cols = torch.tensor([q for _, p in encoded for q in p], dtype=torch.long)
         probs = self.readout(hidden[rows.to(hidden.device), cols.to(hidden.device)])
         flat = probs.float().cpu().tolist()
         out, k = [], 0
-        for _, p in items:
+        for _, p in encoded:
             out.append(flat[k : k + len(p)])
             k += len(p)
         return out
 
 
-class MathShepherdPRM(CausalLMPRM):
+class LabelTokenPRM(CausalLMPRM):
+    """A causal LM read as a judge: at each read-out position, P(good label) against the bad
+    label from the two LM-head rows (``candidate_token_ids``, else derived by
+    :meth:`label_ids` from ``good_token`` / ``bad_token``)."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        good_token: str = "+",
+        bad_token: str = "-",
+        candidate_token_ids: Sequence[int] | None = None,
+        **kw: Any,
+    ):
+        super().__init__(model, tokenizer, **kw)
+        if candidate_token_ids is None:
+            candidate_token_ids = self.label_ids(tokenizer, good_token, bad_token)
+        ids = [int(i) for i in candidate_token_ids]
+        if len(ids) != 2 or ids[0] == ids[1]:
+            raise ConfigError(f"candidate_token_ids must be [good_id, bad_id], got {ids}")
+        self.good_token = good_token
+        self.candidate_ids = ids
+
+    @staticmethod
+    def label_ids(tokenizer: PreTrainedTokenizerBase, good: str, bad: str) -> list[int]:
+        return label_token_ids(tokenizer, good, bad)
+
+    def readout(self, hidden: torch.Tensor) -> torch.Tensor:
+        return lm_head_logits(self.model, hidden, self.candidate_ids).softmax(-1)[:, 0]
+
+
+class MathShepherdPRM(LabelTokenPRM):
     """Math-Shepherd: a causal LM read at every ``ки``; score = P("+") vs "-" (module doc)."""
 
     def __init__(
@@ -228,30 +189,19 @@ class MathShepherdPRM(CausalLMPRM):
         tokenizer: PreTrainedTokenizerBase,
         *,
         step_tag: str = "ки",
-        good_token: str = "+",
-        bad_token: str = "-",
-        candidate_token_ids: Sequence[int] | None = None,
         step_separator: str = "\n",
         **kw: Any,
     ):
         super().__init__(model, tokenizer, **kw)
         tag_ids = tokenizer.encode(step_tag, add_special_tokens=False)
         if not tag_ids or tokenizer.convert_ids_to_tokens(tag_ids[-1]) == tokenizer.unk_token:
-            raise ValueError(
+            raise ConfigError(
                 f"the tokenizer has no token for the step tag {step_tag!r}; pass the tag this "
                 "PRM was trained with via step_tag=..., or add it to the tokenizer"
             )
         self.step_tag = step_tag
         self.step_tag_id = int(tag_ids[-1])
         self.step_separator = step_separator
-        ids = (
-            list(candidate_token_ids)
-            if candidate_token_ids is not None
-            else label_token_ids(tokenizer, good_token, bad_token)
-        )
-        if len(ids) != 2:
-            raise ValueError(f"candidate_token_ids must be [good_id, bad_id], got {ids}")
-        self.candidate_ids = [int(i) for i in ids]
 
     def render(self, trajectory: Trajectory) -> str:
         """``"{question} {step_1} ки\\n{step_2} ки..."`` (tags inside steps removed)."""
@@ -266,6 +216,3 @@ class MathShepherdPRM(CausalLMPRM):
         return ids, pos[len(pos) - len(trajectory.steps) :] if len(pos) > len(
             trajectory.steps
         ) else pos
-
-    def readout(self, hidden: torch.Tensor) -> torch.Tensor:
-        return lm_head_logits(self.model, hidden, self.candidate_ids).softmax(-1)[:, 0]

@@ -10,43 +10,29 @@ embedded PRM (``LlamaForProcessRewardModel``, models/checker_prm.py), any
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from langchain_tts.core.errors import PRMOutputError
-from langchain_tts.core.types import Trajectory, Usage
-from langchain_tts.policies.batching import RequestCoalescer
-from langchain_tts.policies.hf import (
-    dtype_kwargs,
-    matmul_parameters,
-    model_device,
-    model_lock,
-    pad_batch,
-)
-from langchain_tts.prms.base import PRMResult, ProcessRewardModel
+from langchain_tts.backends.hf import dtype_kwargs, pad_batch
+from langchain_tts.backends.text import chat_messages, encode_prompt, has_chat_template
+from langchain_tts.core.errors import ConfigError, PRMOutputError
+from langchain_tts.core.types import Trajectory
+from langchain_tts.prms.base import DEFAULT_PRM_SYSTEM_PROMPT
+from langchain_tts.prms.local import Encoded, LocalPRM
 
 if TYPE_CHECKING:  # imported on use: the native backend (models/native.py) never needs it
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-__all__ = ["DEFAULT_PRM_SYSTEM_PROMPT", "QwenPRM"]
-
-DEFAULT_PRM_SYSTEM_PROMPT = (
-    "Please reason step by step, and put your final answer within \\boxed{}."
-)
+__all__ = ["QwenPRM"]
 
 
-class QwenPRM(ProcessRewardModel):
+class QwenPRM(LocalPRM):
     """Scores every step of many trajectories in one (chunked) right-padded forward.
 
-    Right padding keeps every real token at the positions it has when scored alone (no
-    position ids needed), and causal attention never looks at the padding, so a batched
-    score equals the unbatched one. ``num_parameters`` counts every parameter except the
-    input embedding table, so ``prm_flops = 2 * num_parameters * tokens``.
+    ``from_pretrained`` loads with ``AutoModelForTokenClassification``, else ``AutoModel``
+    (remote-code PRMs such as Qwen2.5-Math-PRM, with ``trust_remote_code=True``).
     """
 
     def __init__(
@@ -60,52 +46,29 @@ class QwenPRM(ProcessRewardModel):
         batch_size: int = 32,
         name: str | None = None,
     ):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         ids = tokenizer.encode(step_tag, add_special_tokens=False)
         tag_id = tokenizer.convert_tokens_to_ids(step_tag)
         if len(ids) != 1 or ids[0] != tag_id or tag_id == tokenizer.unk_token_id:
-            raise ValueError(
+            raise ConfigError(
                 f"The PRM tokenizer must encode the step tag {step_tag!r} as one token (got "
                 f"{ids}); pass the tag this PRM was trained with via step_tag=..., or add it "
                 "to the tokenizer as a special token."
             )
-        if device is not None:
-            model = model.to(device)
-        self.model = model.eval()
-        self.tokenizer = tokenizer
+        self._init_local(model, tokenizer, device=device, batch_size=batch_size, name=name)
         self.step_tag = step_tag
         self.step_tag_id = int(tag_id)
         self.system_prompt = system_prompt
-        self.batch_size = batch_size
-        self.device = model_device(self.model)
-        self.num_parameters = matmul_parameters(self.model)
-        self.name = name or f"QwenPRM({getattr(model.config, '_name_or_path', '') or 'model'})"
-        self._lock = model_lock(self.model)
-        self._coalescer: RequestCoalescer[Trajectory, tuple[list[float], int, float]] = (
-            RequestCoalescer(self._score_items, self._lock, max_items=max(batch_size, 1) * 8)
-        )
-        pad = tokenizer.pad_token_id
-        if pad is None:
-            pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
-        self.pad_token_id = int(pad)
 
     @classmethod
-    def from_pretrained(
+    def _load_pretrained(
         cls,
         path: str | Path,
-        dtype: torch.dtype = torch.float32,
-        trust_remote_code: bool = False,
+        dtype: torch.dtype,
         *,
+        trust_remote_code: bool = False,
         model_kwargs: dict[str, Any] | None = None,
         tokenizer_kwargs: dict[str, Any] | None = None,
-        **kw: Any,
-    ) -> QwenPRM:
-        """Load with ``AutoModelForTokenClassification``, else ``AutoModel`` (remote code).
-
-        ``kw`` goes to the constructor (``device``, ``step_tag``, ...);
-        ``model_kwargs`` / ``tokenizer_kwargs`` to the respective ``from_pretrained``.
-        """
+    ) -> tuple[Any, ...]:
         from transformers import (
             AutoConfig,
             AutoModel,
@@ -132,17 +95,15 @@ class QwenPRM(ProcessRewardModel):
             and remote
             and not any(a.endswith("ForTokenClassification") for a in archs)
         ):
-            model = AutoModel.from_pretrained(str(path), **mk)
-        else:
+            return AutoModel.from_pretrained(str(path), **mk), tokenizer
+        try:
+            model = AutoModelForTokenClassification.from_pretrained(str(path), **mk)
+        except (ValueError, KeyError) as first:  # no token-classification class
             try:
-                model = AutoModelForTokenClassification.from_pretrained(str(path), **mk)
-            except (ValueError, KeyError) as first:  # no token-classification class
-                try:
-                    model = AutoModel.from_pretrained(str(path), **mk)
-                except Exception as second:
-                    raise second from first
-        kw.setdefault("name", f"QwenPRM({Path(str(path)).name})")
-        return cls(model, tokenizer, **kw)
+                model = AutoModel.from_pretrained(str(path), **mk)
+            except Exception as second:
+                raise second from first
+        return model, tokenizer
 
     # -- rendering --------------------------------------------------------------------------
     def render(self, trajectory: Trajectory) -> str:
@@ -153,70 +114,21 @@ class QwenPRM(ProcessRewardModel):
         """
         steps = [s.replace(self.step_tag, "") for s in trajectory.steps]
         answer = self.step_tag.join(steps) + self.step_tag
-        if getattr(self.tokenizer, "chat_template", None):
-            messages = []
-            if self.system_prompt is not None:
-                messages.append({"role": "system", "content": self.system_prompt})
-            messages.append({"role": "user", "content": trajectory.question})
-            messages.append({"role": "assistant", "content": answer})
-            return str(
-                self.tokenizer.apply_chat_template(
-                    messages, tokenize=False, add_generation_prompt=False
-                )
+        if not has_chat_template(self.tokenizer):
+            return trajectory.question + "\n\n" + answer
+        messages = chat_messages(trajectory.question, self.system_prompt, answer)
+        return str(
+            self.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=False
             )
-        return trajectory.question + "\n\n" + answer
+        )
 
     def encode(self, trajectory: Trajectory) -> list[int]:
-        templated = bool(getattr(self.tokenizer, "chat_template", None))
-        text = self.render(trajectory)
-        return list(self.tokenizer(text, add_special_tokens=not templated)["input_ids"])
+        return encode_prompt(self.tokenizer, self.render(trajectory))
 
     # -- scoring ----------------------------------------------------------------------------
-    async def _ascore(self, trajectories: Sequence[Trajectory]) -> PRMResult:
-        return await asyncio.to_thread(self._score_locked, list(trajectories))
-
-    def _score_locked(self, trajectories: list[Trajectory]) -> PRMResult:
-        # Concurrent calls share one forward (see policies/batching.py).
-        items = self._coalescer.run(trajectories, None)
-        tokens = sum(it[1] for it in items)
-        usage = Usage(
-            prm_calls=1,
-            prm_tokens=tokens,
-            prm_flops=2.0 * self.num_parameters * tokens,
-            seconds=max((it[2] for it in items), default=0.0),
-        )
-        return PRMResult(scores=[it[0] for it in items], usage=usage)
-
-    def _score_sync(self, trajectories: list[Trajectory]) -> PRMResult:
-        """One batched scoring pass (no locking, no coalescing)."""
-        items = self._score_items(trajectories, None)
-        tokens = sum(it[1] for it in items)
-        usage = Usage(
-            prm_calls=1,
-            prm_tokens=tokens,
-            prm_flops=2.0 * self.num_parameters * tokens,
-            seconds=max((it[2] for it in items), default=0.0),
-        )
-        return PRMResult(scores=[it[0] for it in items], usage=usage)
-
-    def _score_items(
-        self, trajectories: list[Trajectory], _key: object
-    ) -> list[tuple[list[float], int, float]]:
-        """Per trajectory: its step scores, its tokens, the batch's seconds."""
-        t0 = time.perf_counter()
-        scores: list[list[float]] = [[] for _ in trajectories]
-        lengths = [0] * len(trajectories)
-        # Trajectories without steps have nothing to score and never enter the batch.
-        todo = [(i, self.encode(t)) for i, t in enumerate(trajectories) if t.steps]
-        todo.sort(key=lambda item: len(item[1]))  # similar lengths share a chunk
-        for c in range(0, len(todo), self.batch_size):
-            chunk = todo[c : c + self.batch_size]
-            rows = self._score_chunk([ids for _, ids in chunk])
-            for (i, ids), row in zip(chunk, rows, strict=True):
-                scores[i] = row
-                lengths[i] = len(ids)
-        seconds = time.perf_counter() - t0
-        return [(scores[i], lengths[i], seconds) for i in range(len(trajectories))]
+    def _encoded(self, trajectory: Trajectory) -> Encoded:
+        return self.encode(trajectory), None
 
     def _logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         out = self.model(input_ids=input_ids, attention_mask=attention_mask)
@@ -225,8 +137,10 @@ class QwenPRM(ProcessRewardModel):
             logits = out[0]
         return logits
 
-    @torch.inference_mode()
-    def _score_chunk(self, seqs: list[list[int]]) -> list[list[float]]:
+    def _score_chunk(
+        self, trajectories: list[Trajectory], encoded: list[Encoded]
+    ) -> list[list[float]]:
+        seqs = [ids for ids, _ in encoded]
         ids, mask = pad_batch(seqs, self.pad_token_id)
         logits = self._logits(ids.to(self.device), mask.to(self.device))
         if logits.ndim != 3 or logits.shape[-1] != 2:

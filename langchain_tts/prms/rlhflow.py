@@ -23,51 +23,33 @@ and the token starting at that offset (fast-tokenizer offsets) must be the ``"+"
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
-import torch
-from transformers import (
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from langchain_tts.core.errors import PRMOutputError
+from langchain_tts.core.errors import ConfigError, PRMOutputError
 from langchain_tts.core.types import Trajectory
-from langchain_tts.prms.math_shepherd import CausalLMPRM, Encoded, lm_head_logits
+from langchain_tts.prms.math_shepherd import Encoded, LabelTokenPRM
 
 __all__ = ["RLHFlowPRM"]
 
 _SLOT = "@@LANGCHAIN_TTS_PRM_REPLY@@"
 
 
-class RLHFlowPRM(CausalLMPRM):
+class RLHFlowPRM(LabelTokenPRM):
     """RLHFlow: multi-turn chat, P("+") vs "-" at every assistant reply (module doc)."""
 
-    def __init__(
-        self,
-        model: PreTrainedModel,
-        tokenizer: PreTrainedTokenizerBase,
-        *,
-        good_token: str = "+",
-        bad_token: str = "-",
-        candidate_token_ids: Sequence[int] | None = None,
-        **kw: Any,
-    ):
-        super().__init__(model, tokenizer, **kw)
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, **kw: Any):
         if not getattr(tokenizer, "chat_template", None):
-            raise ValueError("RLHFlowPRM needs a tokenizer with a chat template")
+            raise ConfigError("RLHFlowPRM needs a tokenizer with a chat template")
         if not getattr(tokenizer, "is_fast", False):
-            raise ValueError("RLHFlowPRM needs a fast tokenizer (character offsets)")
-        if candidate_token_ids is None:
-            candidate_token_ids = [
-                tokenizer.encode(t, add_special_tokens=False)[-1] for t in (good_token, bad_token)
-            ]
-        ids = [int(i) for i in candidate_token_ids]
-        if len(ids) != 2 or ids[0] == ids[1]:
-            raise ValueError(f"candidate_token_ids must be [good_id, bad_id], got {ids}")
-        self.good_token = good_token
-        self.candidate_ids = ids
+            raise ConfigError("RLHFlowPRM needs a fast tokenizer (character offsets)")
+        super().__init__(model, tokenizer, **kw)
+
+    @staticmethod
+    def label_ids(tokenizer: PreTrainedTokenizerBase, good: str, bad: str) -> list[int]:
+        """The last id of each label encoded alone, as the reference code takes them."""
+        return [tokenizer.encode(t, add_special_tokens=False)[-1] for t in (good, bad)]
 
     def conversation(self, trajectory: Trajectory, reply: str | None = None) -> list[dict]:
         """The chat turns: ``question + " " + step_1``, reply, ``step_2``, reply, ..."""
@@ -116,6 +98,3 @@ class RLHFlowPRM(CausalLMPRM):
                 )
             positions.append(t - 1)  # the logits that predict the reply
         return ids, positions
-
-    def readout(self, hidden: torch.Tensor) -> torch.Tensor:
-        return lm_head_logits(self.model, hidden, self.candidate_ids).softmax(-1)[:, 0]

@@ -31,8 +31,9 @@ from typing import Any
 import torch
 from transformers import AutoModel, PreTrainedModel, PreTrainedTokenizerBase
 
+from langchain_tts.backends.hf import load_pretrained, matmul_parameters
+from langchain_tts.core.errors import ConfigError
 from langchain_tts.core.types import Trajectory
-from langchain_tts.policies.hf import load_pretrained, matmul_parameters
 from langchain_tts.prms.math_shepherd import CausalLMPRM, Encoded
 
 __all__ = ["SkyworkPRM", "load_value_head"]
@@ -67,7 +68,7 @@ def load_value_head(path: str | Path, dtype: torch.dtype = torch.float32) -> tor
                 if key.endswith(_HEAD_KEYS):
                     tensors[key.split("v_head.summary.")[-1]] = value
     if "weight" not in tensors:
-        raise ValueError(
+        raise ConfigError(
             f"no value head ({_HEAD_KEYS[0]}) in the checkpoint at {path}; is this a "
             "Skywork-o1-Open-PRM checkpoint?"
         )
@@ -94,46 +95,30 @@ class SkyworkPRM(CausalLMPRM):
     ):
         super().__init__(model, tokenizer, **kw)
         if value_head.out_features != 1:
-            raise ValueError(f"the value head must map to 1 output, got {value_head.out_features}")
+            raise ConfigError(f"the value head must map to 1 output, got {value_head.out_features}")
         self.value_head = value_head.to(self.device).eval()
         self.num_parameters = matmul_parameters(self.model) + sum(
             p.numel() for p in self.value_head.parameters()
         )
         ids = tokenizer.encode(step_token, add_special_tokens=False)
         if not ids:
-            raise ValueError(f"the tokenizer cannot encode the step token {step_token!r}")
+            raise ConfigError(f"the tokenizer cannot encode the step token {step_token!r}")
         self.step_token = step_token
         self.step_token_id = int(ids[-1])
 
     @classmethod
-    def from_pretrained(
-        cls,
-        path: str | Path,
-        dtype: torch.dtype = torch.float32,
-        *,
-        model_kwargs: dict[str, Any] | None = None,
-        tokenizer_kwargs: dict[str, Any] | None = None,
-        **kw: Any,
-    ) -> SkyworkPRM:
-        """Load the body with ``AutoModel`` and ``v_head`` from the checkpoint files.
-
-        ``path`` is a local folder or a hub id (downloaded with ``huggingface_hub``).
-        """
+    def _load_pretrained(
+        cls, path: str | Path, dtype: torch.dtype, **options: Any
+    ) -> tuple[Any, ...]:
+        """The body with ``AutoModel`` and ``v_head`` from the checkpoint files (``path``: a
+        local folder or a hub id, downloaded with ``huggingface_hub``)."""
         local = Path(str(path))
         if not local.is_dir():
             from huggingface_hub import snapshot_download
 
             local = Path(snapshot_download(str(path)))
-        model, tokenizer = load_pretrained(
-            local,
-            dtype,
-            model_kwargs=model_kwargs,
-            tokenizer_kwargs=tokenizer_kwargs,
-            model_class=AutoModel,
-        )
-        head = load_value_head(local, dtype=torch.float32)
-        kw.setdefault("name", f"{cls.__name__}({Path(str(path)).name})")
-        return cls(model, tokenizer, head, **kw)
+        model, tokenizer = load_pretrained(local, dtype, model_class=AutoModel, **options)
+        return model, tokenizer, load_value_head(local, dtype=torch.float32)
 
     def encode(self, trajectory: Trajectory) -> Encoded:
         bos = self.tokenizer.bos_token if isinstance(self.tokenizer.bos_token, str) else ""

@@ -30,11 +30,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from langchain_tts.backends.sync import run_sync
 from langchain_tts.core.answers import normalize_answer
 from langchain_tts.core.config import Aggregation, StrategyConfig
 from langchain_tts.core.errors import ConfigError, InputError
 from langchain_tts.core.types import Trajectory, Usage
-from langchain_tts.policies.base import StepPolicy, run_sync
+from langchain_tts.policies.base import StepPolicy
 from langchain_tts.prms.aggregate import aggregate_scores
 from langchain_tts.prms.base import ProcessRewardModel
 from langchain_tts.strategies.core import expand, score

@@ -49,12 +49,13 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Checkpointer
 from pydantic import BaseModel, Field
 
+from langchain_tts.backends.sync import run_sync
 from langchain_tts.core.answers import normalize_answer
 from langchain_tts.core.config import StrategyConfig, check_budget
 from langchain_tts.core.errors import ConfigError
 from langchain_tts.core.types import Trajectory, Usage
 from langchain_tts.ledger import Ledger, meter
-from langchain_tts.policies.base import StepPolicy, run_sync
+from langchain_tts.policies.base import StepPolicy
 from langchain_tts.prms.base import ProcessRewardModel
 from langchain_tts.routing.difficulty import (
     BINS,

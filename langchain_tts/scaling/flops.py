@@ -95,7 +95,7 @@ def count_parameters(model: Any, *, exclude_embeddings: bool = False) -> int:
     With ``exclude_embeddings=True`` every ``torch.nn.Embedding`` table (token and learned
     position embeddings) is left out, since a lookup costs no FLOPs, *except* a table tied
     to the output head (``get_output_embeddings``), which is a real matmul there. For
-    Llama/Qwen-style models this equals ``langchain_tts.policies.hf.matmul_parameters``.
+    Llama/Qwen-style models this equals ``langchain_tts.backends.hf.matmul_parameters``.
 
     Accepts anything with a ``parameters()`` method; torch is imported only when
     ``exclude_embeddings`` is set.

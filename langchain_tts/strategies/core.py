@@ -27,6 +27,7 @@ from langgraph.managed import RemainingSteps
 from pydantic import ValidationError
 from typing_extensions import TypedDict
 
+from langchain_tts.backends.sync import run_sync
 from langchain_tts.core.config import Selection, StrategyConfig
 from langchain_tts.core.errors import (
     BackendError,
@@ -37,7 +38,7 @@ from langchain_tts.core.errors import (
 )
 from langchain_tts.core.types import Trajectory, Usage, add_usage
 from langchain_tts.ledger import Ledger, meter
-from langchain_tts.policies.base import StepPolicy, run_sync
+from langchain_tts.policies.base import StepPolicy
 from langchain_tts.prms.base import ProcessRewardModel
 from langchain_tts.strategies.selection import select_answer
 

@@ -1,0 +1,220 @@
+"""In-process torch / ``transformers`` models: loading, the per-model lock, padding, FLOPs.
+
+:class:`LocalModel` is what every local policy and PRM does with its ``(model, tokenizer)``
+pair: eval mode on its device, the matmul parameter count (FLOPs = 2 x params x tokens), one
+lock per model object, a pad id, and a :class:`~.batching.RequestCoalescer` that merges
+concurrent calls into one forward. Nothing here imports transformers until a checkpoint is
+loaded: the embedded models run on :mod:`langchain_tts.models.native` without it.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from abc import abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import torch
+
+from langchain_tts.backends.batching import RequestCoalescer
+from langchain_tts.core.errors import ConfigError
+
+if TYPE_CHECKING:  # transformers is imported on use: the native backend never needs it
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+__all__ = [
+    "LocalModel",
+    "dtype_kwargs",
+    "load_pretrained",
+    "matmul_parameters",
+    "model_device",
+    "model_lock",
+    "pad_batch",
+]
+
+_LOCKS: weakref.WeakKeyDictionary[torch.nn.Module, threading.Lock] = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+_L = TypeVar("_L", bound="LocalModel")
+
+
+def model_lock(model: torch.nn.Module) -> threading.Lock:
+    """One lock per model object, shared by every backend wrapping it.
+
+    A threading lock (not an asyncio one) because :func:`~.sync.run_sync` may drive calls
+    from different event loops and threads; the torch work runs in worker threads anyway.
+    """
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(model)
+        if lock is None:
+            lock = _LOCKS[model] = threading.Lock()
+        return lock
+
+
+def matmul_parameters(model: torch.nn.Module) -> int:
+    """Parameters that cost ``2`` FLOPs per token: all of them but the input embedding.
+
+    The input embedding is a table lookup, so it is excluded; an LM head is a real matmul,
+    so it is counted, also when tied to the input embedding.
+    """
+    params = {id(p): p.numel() for p in model.parameters()}
+    total = sum(params.values())
+    get_in = getattr(model, "get_input_embeddings", None)
+    get_out = getattr(model, "get_output_embeddings", None)
+    emb = get_in() if callable(get_in) else None
+    head = get_out() if callable(get_out) else None
+    if emb is not None and getattr(emb, "weight", None) is not None:
+        tied = head is not None and getattr(head, "weight", None) is emb.weight
+        if not tied:
+            total -= emb.weight.numel()
+    return total
+
+
+def dtype_kwargs(dtype: torch.dtype) -> dict[str, torch.dtype]:
+    """``from_pretrained``'s dtype argument: ``dtype`` since transformers 4.56, else ``torch_dtype``."""
+    import transformers
+
+    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+    return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
+
+
+def load_pretrained(
+    path: str | Path,
+    dtype: torch.dtype,
+    *,
+    model_kwargs: dict[str, Any] | None = None,
+    tokenizer_kwargs: dict[str, Any] | None = None,
+    model_class: Any = None,
+    trust_remote_code: bool = False,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """``(model, tokenizer)`` from a local checkpoint (or hub id), the tokenizer loaded first;
+    ``model_class`` defaults to ``AutoModelForCausalLM``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_class = AutoModelForCausalLM if model_class is None else model_class
+    remote = {"trust_remote_code": True} if trust_remote_code else {}
+    tokenizer = AutoTokenizer.from_pretrained(str(path), **remote, **(tokenizer_kwargs or {}))
+    mk = {**dtype_kwargs(dtype), **remote, **(model_kwargs or {})}
+    return model_class.from_pretrained(str(path), **mk), tokenizer
+
+
+def pad_batch(
+    seqs: Sequence[Sequence[int]], pad_id: int, *, left: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask)`` of token sequences padded to one width.
+
+    Right padding (the default) keeps every real token at its unbatched position, so a
+    scoring forward needs no position ids; left padding lets generation continue every row.
+    """
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for r, s in enumerate(seqs):
+        span = slice(width - len(s), width) if left else slice(0, len(s))
+        ids[r, span] = torch.tensor(list(s), dtype=torch.long)
+        mask[r, span] = 1
+    return ids, mask
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:  # pragma: no cover - a model without parameters
+        return torch.device("cpu")
+
+
+class LocalModel:
+    """The ``(model, tokenizer)`` pair of an in-process policy or PRM (see the module doc).
+
+    Subclasses call :meth:`_init_local` from their constructor and define ``_run_items(items,
+    key)``, which runs one merged batch (at most ``merge`` chunks of ``batch_size``);
+    :meth:`from_pretrained` loads a checkpoint with :meth:`_load_pretrained`
+    (``AutoModelForCausalLM`` unless overridden) and passes what it returns to the constructor.
+    """
+
+    #: a merged batch holds at most ``merge x batch_size`` items
+    merge: int = 4
+
+    model: Any
+    tokenizer: Any
+    device: torch.device
+    batch_size: int
+    num_parameters: int
+    pad_token_id: int
+    name: str | None
+    _lock: threading.Lock
+    _coalescer: RequestCoalescer[Any, Any]
+
+    def _init_local(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        device: str | torch.device | None,
+        batch_size: int,
+        name: str | None,
+        eos_token_ids: Sequence[int] = (),
+    ) -> None:
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        if device is not None:
+            model = model.to(device)
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.device = model_device(self.model)
+        self.num_parameters = matmul_parameters(self.model)
+        label = getattr(getattr(model, "config", None), "_name_or_path", "") or "model"
+        self.name = name or f"{type(self).__name__}({label})"
+        self._lock = model_lock(self.model)
+        self._coalescer = RequestCoalescer(
+            self._run_items, self._lock, max_items=batch_size * self.merge
+        )
+        pad = tokenizer.pad_token_id
+        if pad is None:
+            eos = list(eos_token_ids) or [tokenizer.eos_token_id]
+            pad = eos[0] if eos[0] is not None else 0
+        self.pad_token_id = int(pad)
+
+    @abstractmethod
+    def _run_items(self, items: list[Any], key: Any) -> list[Any]:
+        """One merged batch: a result per item (``key``: what merged requests share)."""
+
+    @classmethod
+    def _load_pretrained(
+        cls,
+        path: str | Path,
+        dtype: torch.dtype,
+        **options: Any,
+    ) -> tuple[Any, ...]:
+        """The constructor's leading arguments, loaded from ``path`` (``options``: those of
+        :func:`load_pretrained`)."""
+        return load_pretrained(path, dtype, **options)
+
+    @classmethod
+    def from_pretrained(
+        cls: type[_L],
+        path: str | Path,
+        dtype: torch.dtype = torch.float32,
+        *,
+        trust_remote_code: bool = False,
+        model_kwargs: dict[str, Any] | None = None,
+        tokenizer_kwargs: dict[str, Any] | None = None,
+        **kw: Any,
+    ) -> _L:
+        """Load a local checkpoint (or hub id) with transformers.
+
+        ``kw`` goes to the constructor (``device``, ``batch_size``, ...); ``model_kwargs`` /
+        ``tokenizer_kwargs`` to the respective ``from_pretrained``; ``trust_remote_code`` to
+        both (checkpoints whose head class ships with them).
+        """
+        args = cls._load_pretrained(
+            path,
+            dtype,
+            trust_remote_code=trust_remote_code,
+            model_kwargs=model_kwargs,
+            tokenizer_kwargs=tokenizer_kwargs,
+        )
+        kw.setdefault("name", f"{cls.__name__}({Path(str(path)).name})")
+        return cls(*args, **kw)

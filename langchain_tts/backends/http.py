@@ -1,0 +1,298 @@
+"""The HTTP client of OpenAI-compatible / vLLM servers, shared by the policy and the PRM.
+
+:class:`HTTPBackend` is a pooled async JSON client with timeouts, retries and typed errors;
+:class:`ServerClient` holds what every client of one served model needs on top of it: the
+lazily loaded client-side tokenizer and the server's own chat template (vLLM's
+``/tokenize`` + ``/detokenize``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import weakref
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+
+from langchain_tts.core.errors import BackendError, ConfigError
+
+__all__ = ["ChatTemplateMode", "HTTPBackend", "ServerClient", "server_root"]
+
+ChatTemplateMode = Literal["server", "client", "none"]
+_RETRY_STATUS = frozenset({408, 425, 429})
+
+
+def server_root(base_url: str) -> str:
+    """``http://host:8000/v1`` -> ``http://host:8000``: vLLM serves its extras at the root."""
+    url = base_url.rstrip("/")
+    return url[: -len("/v1")] if url.endswith("/v1") else url
+
+
+async def _close_at_loop_shutdown(client: httpx.AsyncClient) -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        await client.aclose()
+
+
+class HTTPBackend:
+    """Pooled async HTTP JSON client with timeouts, retries and :class:`BackendError`.
+
+    One ``httpx.AsyncClient`` per event loop, created lazily: :func:`~.sync.run_sync` may drive the
+    same backend from several loops (and threads), and an httpx client must not cross loops.
+    Retries (exponential backoff, ``Retry-After`` honoured) on 408/425/429/5xx, timeouts and
+    connection errors; any other status fails at once. Every attempt is bounded by
+    ``timeout`` seconds, so a call ends after at most ``(max_retries + 1) * timeout`` plus
+    the backoff sleeps.
+    """
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        timeout: float = 60.0,
+        max_retries: int = 3,
+        backoff: float = 0.5,
+        max_connections: int = 64,
+        name: str = "backend",
+    ):
+        if timeout <= 0:
+            raise ConfigError(f"timeout must be > 0 seconds, got {timeout}")
+        if max_retries < 0:
+            raise ConfigError(f"max_retries must be >= 0, got {max_retries}")
+        if max_connections < 1:
+            raise ConfigError(f"max_connections must be >= 1, got {max_connections}")
+        self.timeout = float(timeout)
+        self.max_retries = int(max_retries)
+        self.backoff = max(0.0, float(backoff))
+        self.max_connections = int(max_connections)
+        self.name = name
+        self._headers = {"Content-Type": "application/json"}
+        if api_key:
+            self._headers["Authorization"] = f"Bearer {api_key}"
+        # loop -> (client, closer): the closer is an async generator parked in the loop, so
+        # the loop's shutdown_asyncgens() (run by asyncio.run) closes the client in time.
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[Any, Any]]
+        self._clients = weakref.WeakKeyDictionary()
+        self._guard = threading.Lock()
+
+    async def client(self) -> httpx.AsyncClient:
+        """The pooled client of the running event loop (created on first use).
+
+        It is closed when that loop shuts down (``asyncio.run`` finalizes async generators
+        before closing the loop), so sync calls through :func:`~.sync.run_sync` leak no sockets.
+        """
+        loop = asyncio.get_running_loop()
+        with self._guard:
+            entry = self._clients.get(loop)
+            if entry is not None and not entry[0].is_closed:
+                return entry[0]
+            client = httpx.AsyncClient(
+                headers=self._headers,
+                timeout=httpx.Timeout(self.timeout),
+                limits=httpx.Limits(
+                    max_connections=self.max_connections,
+                    max_keepalive_connections=self.max_connections,
+                ),
+            )
+            closer = _close_at_loop_shutdown(client)
+            self._clients[loop] = (client, closer)
+        await closer.asend(None)  # park it: registered with the loop's async generators
+        return client
+
+    async def aclose(self) -> None:
+        """Close the client of the running loop (others close when their loop shuts down)."""
+        loop = asyncio.get_running_loop()
+        with self._guard:
+            entry = self._clients.pop(loop, None)
+        if entry is not None:
+            await entry[1].aclose()  # runs the closer's finally: client.aclose()
+
+    def _delay(self, attempt: int, retry_after: str | None) -> float:
+        delay = self.backoff * (2 ** (attempt - 1))
+        if retry_after:
+            try:
+                delay = max(delay, min(float(retry_after), 60.0))
+            except ValueError:
+                pass
+        return delay
+
+    async def post_json(self, url: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """POST ``payload``; the decoded JSON object, or :class:`BackendError` after retries.
+
+        ``BackendError.partial`` is a dict with ``url``, ``attempts``, ``status`` (last HTTP
+        status or None) and ``errors`` (one line per failed attempt).
+        """
+        errors: list[str] = []
+        status: int | None = None
+        retry_after: str | None = None
+        attempts = 0
+        for attempt in range(self.max_retries + 1):
+            if attempt:
+                await asyncio.sleep(self._delay(attempt, retry_after))
+            attempts += 1
+            retry_after = None
+            try:
+                resp = await (await self.client()).post(url, json=payload)
+            except httpx.TimeoutException as e:
+                errors.append(f"timed out after {self.timeout:g}s ({type(e).__name__})")
+                continue
+            except httpx.TransportError as e:
+                errors.append(f"connection error: {type(e).__name__}: {e}")
+                continue
+            status = resp.status_code
+            if 200 <= status < 300:
+                try:
+                    data = resp.json()
+                except (json.JSONDecodeError, ValueError):
+                    errors.append(
+                        f"HTTP {status} with a body that is not JSON: {resp.text[:300]!r}"
+                    )
+                    continue
+                if not isinstance(data, dict):
+                    raise self._error(
+                        url, attempts, status, errors, f"unexpected body {data!r:.300}"
+                    )
+                return data
+            body = resp.text[:500]
+            errors.append(f"HTTP {status}: {body}")
+            if status in _RETRY_STATUS or status >= 500:
+                retry_after = resp.headers.get("retry-after")
+                continue
+            raise self._error(url, attempts, status, errors, f"HTTP {status}: {body}")
+        raise self._error(
+            url, attempts, status, errors, f"gave up after {attempts} attempts; last: {errors[-1]}"
+        )
+
+    def _error(
+        self, url: str, attempts: int, status: int | None, errors: list[str], what: str
+    ) -> BackendError:
+        partial = {"url": url, "attempts": attempts, "status": status, "errors": list(errors)}
+        return BackendError(f"{self.name}: POST {url} failed: {what}", partial=partial)
+
+
+class ServerClient:
+    """Shared set-up of the clients of a vLLM / OpenAI-compatible server.
+
+    Holds the :class:`HTTPBackend`, the lazily loaded client-side tokenizer and the chat
+    template, rendered by that tokenizer (``chat_template="client"``) or by the server itself
+    (``"server"``: ``/tokenize`` + ``/detokenize``, counted in ``templating_requests``). Used
+    by :class:`~langchain_tts.policies.openai.OpenAIPolicy` and
+    :class:`~langchain_tts.prms.http.HTTPRewardPRM`.
+    """
+
+    name: Any
+    http: HTTPBackend
+
+    def _init_client(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        name: str,
+        chat_template: ChatTemplateMode,
+        tokenizer: Any,
+        api_key: str | None,
+        timeout: float,
+        max_retries: int,
+        backoff: float,
+        max_connections: int,
+        num_parameters: int,
+        extra_body: dict[str, Any] | None,
+    ) -> None:
+        if chat_template not in ("server", "client", "none"):
+            raise ConfigError(
+                f"chat_template must be 'server', 'client' or 'none', got {chat_template!r}"
+            )
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.chat_template = chat_template
+        self._tokenizer_spec = tokenizer
+        self._tokenizer: Any = None if isinstance(tokenizer, (str, Path)) else tokenizer
+        self.num_parameters = int(num_parameters)
+        self.extra_body = dict(extra_body or {})
+        self.name = name
+        self.http = HTTPBackend(
+            api_key=api_key,
+            timeout=timeout,
+            max_retries=max_retries,
+            backoff=backoff,
+            max_connections=max_connections,
+            name=name,
+        )
+        self._rendered: dict[tuple[Any, ...], str] = {}
+        #: requests sent to /tokenize + /detokenize (``chat_template="server"``), not model calls
+        self.templating_requests = 0
+
+    @property
+    def tokenizer(self) -> Any:
+        """The client-side HF tokenizer (loaded lazily from a path or hub id)."""
+        if self._tokenizer is None and self._tokenizer_spec is not None:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(str(self._tokenizer_spec))
+        return self._tokenizer
+
+    async def render_chat(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        add_generation_prompt: bool,
+        advice: str,
+        note: str = "",
+    ) -> str:
+        """``messages`` through the chat template of ``chat_template`` (``"client"`` or
+        ``"server"``), cached per conversation.
+
+        On a server failure a :class:`BackendError` that names the endpoints, then ``note``
+        and ``advice`` (what to configure instead).
+        """
+        key = (add_generation_prompt, *((m["role"], m["content"]) for m in messages))
+        if key in self._rendered:
+            return self._rendered[key]
+        if self.chat_template == "client":
+            text = str(
+                self.tokenizer.apply_chat_template(
+                    messages, tokenize=False, add_generation_prompt=add_generation_prompt
+                )
+            )
+        else:
+            text = await self._server_chat_template(
+                messages, add_generation_prompt=add_generation_prompt, advice=advice, note=note
+            )
+        self._rendered[key] = text
+        return text
+
+    async def _server_chat_template(
+        self, messages: list[dict[str, str]], *, add_generation_prompt: bool, advice: str, note: str
+    ) -> str:
+        root = server_root(self.base_url)
+        try:
+            tok = await self.http.post_json(
+                f"{root}/tokenize",
+                {
+                    "model": self.model,
+                    "messages": messages,
+                    "add_generation_prompt": add_generation_prompt,
+                    "add_special_tokens": False,
+                },
+            )
+            detok = await self.http.post_json(
+                f"{root}/detokenize", {"model": self.model, "tokens": tok["tokens"]}
+            )
+            self.templating_requests += 2
+            return str(detok["prompt"])
+        except (BackendError, KeyError, TypeError) as e:
+            raise BackendError(
+                f"{self.name}: could not apply the server's chat template through {root}/tokenize "
+                f"and /detokenize{note}: {e}. {advice}",
+                partial=getattr(e, "partial", None),
+            ) from e
+
+    async def aclose(self) -> None:
+        """Close the pooled connections of the running event loop."""
+        await self.http.aclose()

@@ -1,0 +1,81 @@
+"""The sync bridge: run async backends from sync code, and blocking model calls off the loop.
+
+Local models (torch forwards, ``generate``) run on this package's own worker pool, never on
+asyncio's default executor: a caller that holds default-pool threads while it awaits a
+policy (a peer library bridging its own sync code) would otherwise starve the very call it
+waits for, and deadlock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+import functools
+import os
+import threading
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+from langchain_core.runnables import Runnable, RunnableConfig
+
+T = TypeVar("T")
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+#: threads of the worker pool; a call waiting for a busy model holds one, so this caps how
+#: many concurrent calls one batch can merge
+WORKER_THREADS = 64
+
+_POOL: concurrent.futures.ThreadPoolExecutor | None = None
+_POOL_GUARD = threading.Lock()
+
+
+def _forget_pool() -> None:  # a forked child has none of the parent's threads
+    global _POOL
+    _POOL = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
+def worker_pool() -> concurrent.futures.ThreadPoolExecutor:
+    """The package's thread pool for blocking model calls (created on first use)."""
+    global _POOL
+    with _POOL_GUARD:
+        if _POOL is None:
+            _POOL = concurrent.futures.ThreadPoolExecutor(
+                WORKER_THREADS, thread_name_prefix="langchain-tts-worker"
+            )
+        return _POOL
+
+
+async def run_in_worker(fn: Callable[..., T], /, *args: Any) -> T:
+    """``await fn(*args)`` on :func:`worker_pool` (like ``asyncio.to_thread``, context vars
+    included, but independent of the loop's default executor)."""
+    loop = asyncio.get_running_loop()
+    call = functools.partial(contextvars.copy_context().run, fn, *args)
+    return await loop.run_in_executor(worker_pool(), call)
+
+
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine from sync code, also when the caller already has an event loop."""
+    try:
+        asyncio.get_running_loop()
+        in_loop = True
+    except RuntimeError:
+        in_loop = False
+    if not in_loop:  # outside the except block: errors don't chain "no running event loop"
+        return asyncio.run(coro)
+    # A thread of its own (not the worker pool): the coroutine may itself wait for workers.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+class AsyncFirstRunnable(Runnable[In, Out]):
+    """A runnable whose async path is the real one: ``invoke`` runs ``ainvoke`` through
+    :func:`run_sync`, so a sync caller inside an event loop works too."""
+
+    def invoke(self, input: In, config: RunnableConfig | None = None, **kwargs: Any) -> Out:
+        return run_sync(self.ainvoke(input, config, **kwargs))
