@@ -106,7 +106,7 @@ def create_tts_graph(
         )
     # This graph's own copy: it carries the graph's name (its knobs namespace).
     cfg = strategy_config(strategy, config).model_copy()
-    name = name or f"tts_{strategy}"
+    name = f"tts_{strategy}" if name is None else name
     _check_name(name, "name", cfg)
     if output_key is not None:
         _check_name(output_key, "output_key", cfg)

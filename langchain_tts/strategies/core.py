@@ -182,8 +182,11 @@ def resolve_config(base: C, config: RunnableConfig | None) -> C:
                 elif k != name:
                     _check_loose_key(k, cls, fields, "the run context")
             ctx_own = ctx.get(name) if name else None
-        elif name:  # a parent's context object: only this graph's own attribute is ours
-            ctx_own = getattr(ctx, name, None)
+        else:
+            if isinstance(ctx, StrategyConfig):  # another knobs model (a served graph's)
+                overrides.update({k: getattr(ctx, k) for k in ctx.model_fields_set & fields})
+            # a parent's context object: only the attribute named like this graph is ours
+            ctx_own = getattr(ctx, name, None) if name else None
     if name:
         for where, own in (
             (f"config['configurable'][{name!r}]", conf.get(name)),
@@ -567,7 +570,9 @@ class _Fn(Runnable[Any, Any]):
 def node(fn: Callable[[Any, RunnableConfig], Awaitable[Any]], name: str) -> Runnable:
     """A graph node from one async function, runnable from both invoke and ainvoke.
 
-    A :class:`BackendError` leaving the node carries the search state it started from
+    Every node but ``prepare`` reads this run's question as ``state["question"]`` (from
+    ``run_question``: the ``question`` channel holds only the run's input). A
+    :class:`BackendError` leaving the node carries the search state it started from
     (``progress``): the last completed search step.
     """
 
