@@ -127,8 +127,8 @@ _RESERVED_KEYS = frozenset(TTSState.__annotations__) | {"tts_usage", "subtrees",
 
 
 def _check_name(value: object, what: str, cfg: StrategyConfig) -> None:
-    if not isinstance(value, str) or not value.isidentifier():
-        raise ConfigError(f"{what} must be an identifier-like string, got {value!r}")
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{what} must be a non-empty string, got {value!r}")
     if value in type(cfg).model_fields:
         raise ConfigError(
             f"{what} {value!r} is a knob of {type(cfg).__name__}; pick another (knobs under "

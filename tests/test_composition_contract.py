@@ -160,9 +160,9 @@ def test_the_default_contract_shares_its_keys_and_a_usage_reducer_sums_them():
     [
         ({"output_key": "usage"}, "output_key 'usage' is a key of the TTS state"),
         ({"output_key": "tts_usage"}, "is a key of the TTS state"),
-        ({"output_key": "my key"}, "output_key must be an identifier"),
+        ({"output_key": ""}, "output_key must be a non-empty string"),
         ({"name": "n"}, "name 'n' is a knob of BeamSearchConfig"),
-        ({"name": ""}, "name must be an identifier"),
+        ({"name": 3}, "name must be a non-empty string"),
     ],
 )
 def test_bad_names_are_config_errors(kwargs: dict, match: str):
