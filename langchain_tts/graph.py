@@ -56,14 +56,26 @@ def create_tts_graph(
     *,
     checkpointer: Checkpointer = None,
     name: str | None = None,
+    output_key: str | None = None,
 ) -> CompiledStateGraph:
     """A compiled LangGraph graph running ``strategy`` with ``policy`` (and ``prm``).
 
     ``strategy``: a built-in (:data:`StrategyName`) or any name given to
     ``register_strategy``. The result is a LangChain runnable: ``invoke({"question": ...})``
-    returns ``answer``, ``solution``, ``candidates`` and ``usage``; it also accepts
-    ``{"messages": [...]}`` and can be added as a node of another graph. Knobs can be
-    overridden per call through ``config={"configurable": {...}}``.
+    returns ``answer``, ``solution``, ``candidates`` and ``usage`` (this run's); it also
+    accepts ``{"messages": [...]}`` (the newest human message is the question) and can be
+    added as a node of another graph. Each run of a checkpointer thread answers that run's
+    question.
+
+    Knobs (fields of the strategy's config) can be set per run through the run context,
+    ``invoke(..., context={"n": 8})`` (the graph's ``context_schema``), or
+    ``config={"configurable": {"n": 8}}``; under the graph's ``name``
+    (``{"tts_beam_search": {"n": 8}}``) they apply to this graph only.
+
+    ``output_key``: the graph as a node of a parent graph with keys of its own. It reads only
+    ``messages`` and writes only ``messages`` (the answer as an AI message), ``output_key``
+    (the result as plain JSON data: question, answer, solution, stop_reason, usage,
+    candidates) and ``tts_usage`` (summed over TTS nodes by :class:`TTSUsageState`).
     """
     if not isinstance(policy, StepPolicy):
         raise ConfigError(
@@ -73,4 +85,6 @@ def create_tts_graph(
         raise ConfigError(
             f"prm must be a ProcessRewardModel (QwenPRM, ...) or None, got {type(prm).__name__}"
         )
-    return get_strategy(strategy).compile(policy, prm, config, checkpointer=checkpointer, name=name)
+    return get_strategy(strategy).compile(
+        policy, prm, config, checkpointer=checkpointer, name=name, output_key=output_key
+    )

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import copy
+import difflib
 import math
+from collections.abc import Iterable
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from langchain_tts.core.errors import ConfigError
 
@@ -48,6 +59,10 @@ class StrategyConfig(BaseModel):
         description="budget of one run in tokens (policy prompt + generated + PRM); None: no "
         "cap. Enforced like max_flops",
     )
+    #: the name of the graph built on this config (its knobs namespace in ``configurable``
+    #: and the run context), and that graph's context schema: set by ``create_tts_graph``
+    _graph_name: str | None = PrivateAttr(None)
+    _knobs: type[BaseModel] | None = PrivateAttr(None)
 
     @field_validator("max_flops", "max_tokens", mode="before")
     @classmethod
@@ -106,3 +121,51 @@ def check_split(n: int, beam_width: int, what: str) -> None:
             f"n ({n}) must be a multiple of beam_width ({beam_width}); "
             f"e.g. n={beam_width * max(1, n // beam_width)}"
         )
+
+
+def did_you_mean(key: str, valid: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` when ``key`` is close to one of ``valid``, else ``""``."""
+    close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def knobs_model(cfg: StrategyConfig, title: str | None = None) -> type[BaseModel]:
+    """The knobs of ``cfg``'s strategy as a pydantic model defaulting to ``cfg`` itself.
+
+    A graph's ``context_schema``: ``invoke(..., context={"n": 4})`` checks each value's type
+    and range against it (an invalid one is a :class:`ConfigError` naming the field), and
+    its JSON schema shows the built config as defaults. Combinations (``n`` a multiple of
+    ``beam_width``) are checked once all of a run's knobs are merged, and extra keys pass
+    here (a graph's name holds its own knobs): the graph rejects unknown ones when it
+    resolves its config.
+    """
+    cls = type(cfg)
+    annotations: dict[str, Any] = {}
+    ns: dict[str, Any] = {}
+    for name, info in cls.model_fields.items():
+        f = copy.copy(info)
+        f.default = getattr(cfg, name)
+        f.default_factory = None
+        annotations[name] = info.annotation
+        ns[name] = f
+    title = title or cls.__name__.removesuffix("Config") + "Knobs"
+
+    def __init__(self: BaseModel, **data: Any) -> None:
+        try:
+            super(knobs, self).__init__(**data)
+        except ValidationError as e:
+            raise ConfigError(f"invalid run context for {title}: {e}") from e
+
+    knobs = type(
+        title,
+        (BaseModel,),
+        {
+            **ns,
+            "__annotations__": annotations,
+            "__module__": __name__,
+            "__doc__": f"Per-run knobs of {cls.__name__} (run context or config['configurable']).",
+            "__init__": __init__,
+            "model_config": ConfigDict(extra="allow", title=title),
+        },
+    )
+    return knobs

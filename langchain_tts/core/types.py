@@ -140,9 +140,30 @@ class Usage(BaseModel):
         return d
 
 
-def add_usage(left: Usage | None, right: Usage | None) -> Usage:
-    """LangGraph reducer: every node returns the usage of its own calls."""
+#: a ``usage`` write that starts the count again (a graph's first node writes it: the state
+#: of a reused checkpointer thread holds the previous run's usage, and usage is per run)
+RESET_USAGE = "reset"
+
+
+def add_usage(left: Usage | None, right: Usage | str | None) -> Usage:
+    """LangGraph reducer: every node returns the usage of its own calls; :data:`RESET_USAGE`
+    sets it back to zero."""
+    if isinstance(right, str):
+        if right != RESET_USAGE:
+            raise ValueError(f"a usage update is a Usage or {RESET_USAGE!r}, got {right!r}")
+        return Usage()
     return (left or Usage()) + right
+
+
+def add_usage_summaries(
+    left: dict[str, float] | None, right: dict[str, float] | None
+) -> dict[str, float]:
+    """LangGraph reducer summing :meth:`Usage.summary` dicts key by key (plain JSON data, so
+    a parent graph's state and checkpoints need no package types)."""
+    out = dict(left or {})
+    for k, v in (right or {}).items():
+        out[k] = out.get(k, 0) + v
+    return out
 
 
 def check_scores(scores: list[list[float]], expected_lengths: list[int], source: str) -> None:

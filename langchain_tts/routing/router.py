@@ -131,6 +131,7 @@ class RouterOutput(TTSOutput, total=False):
 
 
 class RouterState(TTSState, total=False):
+    question: str  # a plain channel: the router's nodes read it on every step
     difficulty: DifficultyEstimate | None
     route: Route | None
     usage_at_start: Usage

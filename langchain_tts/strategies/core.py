@@ -16,19 +16,21 @@ the node stops the search with ``stop_reason="budget"`` and ``finalize`` answers
 
 from __future__ import annotations
 
+import difflib
 import math
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Annotated, Any, TypeVar
 
 from langchain_core.messages import AIMessage, AnyMessage, HumanMessage
 from langchain_core.runnables import Runnable, RunnableConfig, ensure_config
+from langgraph.channels import EphemeralValue
 from langgraph.graph.message import add_messages
 from langgraph.managed import RemainingSteps
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from typing_extensions import TypedDict
 
 from langchain_tts.backends.sync import run_sync
-from langchain_tts.core.config import Selection, StrategyConfig
+from langchain_tts.core.config import Selection, StrategyConfig, did_you_mean
 from langchain_tts.core.errors import (
     BackendError,
     BudgetExceededError,
@@ -36,7 +38,13 @@ from langchain_tts.core.errors import (
     InputError,
     TTSError,
 )
-from langchain_tts.core.types import Trajectory, Usage, add_usage
+from langchain_tts.core.types import (
+    RESET_USAGE,
+    Trajectory,
+    Usage,
+    add_usage,
+    add_usage_summaries,
+)
 from langchain_tts.ledger import Ledger, meter
 from langchain_tts.policies.base import StepPolicy
 from langchain_tts.prms.base import ProcessRewardModel
@@ -87,33 +95,106 @@ def add_chat_messages(left: Any, right: Any) -> list[AnyMessage]:
 
 
 class TTSState(TypedDict, total=False):
-    question: str
+    """A strategy graph's state. Every run answers its own question from a fresh search.
+
+    ``question`` is the run's input only: an ephemeral channel, cleared on every step that
+    does not write it, so the next run on a checkpointer thread does not see it and asks the
+    newest human message instead. ``prepare`` keeps the run's question in ``run_question``
+    (checkpointed, so a resumed run goes on with it; :func:`node` hands it to the other
+    nodes as ``question``) and resets the search state; ``finalize`` writes ``question``
+    again for the output. ``usage`` is this run's; ``thread_usage`` sums the thread's
+    finished runs.
+    """
+
+    question: Annotated[str, EphemeralValue(str)]
+    run_question: str
     messages: Annotated[list[AnyMessage], add_chat_messages]
     active: list[Trajectory]
     finished: list[Trajectory]
     step: int
     usage: Annotated[Usage, add_usage]
+    thread_usage: Annotated[Usage, add_usage]
     answer: str | None
     solution: str
     candidates: list[Trajectory]
     stop_reason: str
     remaining_steps: RemainingSteps
-    #: ``usage`` when this run started (budgeted runs only): a reused checkpointer thread
-    #: carries earlier runs' usage, and the budget is per run
-    usage_at_start: Usage
+
+
+class TTSUsageState(TypedDict, total=False):
+    """Mix into a parent graph's state to sum the usage of all its TTS nodes.
+
+    Every graph built with ``output_key`` writes its run's ``Usage.summary()`` to
+    ``tts_usage``; this reducer adds them up (plain JSON data, like the result key).
+    """
+
+    tts_usage: Annotated[dict[str, float], add_usage_summaries]
+
+
+#: ``configurable`` keys of LangGraph and LangChain themselves (``__pregel_*`` and other
+#: ``__`` keys are skipped too): never a misspelled knob
+_RUNTIME_KEYS = frozenset(
+    {"thread_id", "checkpoint_ns", "checkpoint_id", "checkpoint_map", "run_id", "run_name"}
+)
+_RUNTIME = "__pregel_runtime"  # langgraph's CONFIG_KEY_RUNTIME: what get_runtime() reads
 
 
 def resolve_config(base: C, config: RunnableConfig | None) -> C:
-    """The strategy config with call-time ``config["configurable"]`` overrides applied.
+    """The strategy config with this run's knobs applied, last wins:
 
-    Keys that are not fields of the config (``thread_id``, other graphs' knobs) are ignored.
+    1. knobs at the top of ``config["configurable"]``, then of the run context
+       (``invoke(..., context={...})``): they apply to every TTS graph of the run;
+    2. the dict under this graph's name (``create_tts_graph(..., name=...)``) in
+       ``configurable``, then in the context: this graph's own knobs.
+
+    Unknown keys: in this graph's own context (``context`` of a direct invoke) and under its
+    name they are a :class:`ConfigError` naming the valid knobs; at the top of
+    ``configurable`` (or of a parent's context dict) they may be LangGraph's or the user's
+    own, so only a close misspelling of a knob is an error.
     """
     cls = type(base)
-    fields = _FIELDS.get(cls)
-    if fields is None:
-        fields = _FIELDS[cls] = frozenset(cls.model_fields)
+    fields = _fields_of(cls)
     conf = (config or {}).get("configurable") or {}
-    overrides = {k: v for k, v in conf.items() if k in fields}
+    name = base._graph_name
+    overrides: dict[str, Any] = {}
+    for k, v in conf.items():
+        if k in fields:
+            overrides[k] = v
+        elif k != name:
+            _check_loose_key(k, cls, fields, "config['configurable']")
+    runtime = conf.get(_RUNTIME)
+    ctx = getattr(runtime, "context", None)
+    ctx_own: Any = None
+    if ctx is not None:
+        if base._knobs is not None and type(ctx) is base._knobs:  # this graph's own context
+            overrides.update({k: getattr(ctx, k) for k in ctx.model_fields_set & fields})
+            extra = dict(ctx.model_extra or {})
+            ctx_own = extra.pop(name, None) if name else None
+            for k in extra:
+                raise ConfigError(
+                    f"unknown knob {k!r} in the run context of {cls.__name__}"
+                    f"{did_you_mean(k, [*fields, *([name] if name else [])])}; valid knobs: "
+                    f"{sorted(fields)}, or a dict of them under the graph's name {name!r}"
+                )
+        elif isinstance(ctx, Mapping):  # a parent's context dict: shared with the parent
+            for k, v in ctx.items():
+                if k in fields:
+                    overrides[k] = v
+                elif k != name:
+                    _check_loose_key(k, cls, fields, "the run context")
+            ctx_own = ctx.get(name) if name else None
+        else:
+            if isinstance(ctx, StrategyConfig):  # another knobs model (a served graph's)
+                overrides.update({k: getattr(ctx, k) for k in ctx.model_fields_set & fields})
+            # a parent's context object: only the attribute named like this graph is ours
+            ctx_own = getattr(ctx, name, None) if name else None
+    if name:
+        for where, own in (
+            (f"config['configurable'][{name!r}]", conf.get(name)),
+            (f"the run context's {name!r}", ctx_own),
+        ):
+            if own is not None:
+                overrides.update(_own_knobs(own, fields, cls, where))
     if not overrides:
         return base
     # Every node of every step resolves the same overrides: validate them once.
@@ -128,7 +209,9 @@ def resolve_config(base: C, config: RunnableConfig | None) -> C:
     try:
         resolved = cls.model_validate({**base.model_dump(), **overrides})
     except ValidationError as e:
-        raise ConfigError(f"invalid call-time configurable for {cls.__name__}: {e}") from e
+        raise ConfigError(
+            f"invalid call-time configurable or run context for {cls.__name__}: {e}"
+        ) from e
     if key is not None:
         if len(_RESOLVED) >= 256:  # bounded; clear() is atomic across threads
             _RESOLVED.clear()
@@ -136,9 +219,68 @@ def resolve_config(base: C, config: RunnableConfig | None) -> C:
     return resolved
 
 
+def _fields_of(cls: type[StrategyConfig]) -> frozenset[str]:
+    fields = _FIELDS.get(cls)
+    if fields is None:
+        fields = _FIELDS[cls] = frozenset(cls.model_fields)
+    return fields
+
+
+def _own_knobs(
+    own: Any, fields: frozenset[str], cls: type[StrategyConfig], where: str
+) -> dict[str, Any]:
+    """The knobs under a graph's name: all of them ours, so any unknown key is an error."""
+    if isinstance(own, BaseModel):
+        own = {k: getattr(own, k) for k in own.model_fields_set}
+    if not isinstance(own, Mapping):
+        raise ConfigError(
+            f"{where} must be a dict of {cls.__name__} knobs, got {type(own).__name__}"
+        )
+    for k in own:
+        if k not in fields:
+            raise ConfigError(
+                f"unknown knob {k!r} in {where}{did_you_mean(str(k), fields)}; valid knobs: "
+                f"{sorted(fields)}"
+            )
+    return dict(own)
+
+
+def _check_loose_key(k: Any, cls: type[StrategyConfig], fields: frozenset[str], where: str) -> None:
+    """A shared key that is no knob of ``cls``: an error only when it is a close misspelling
+    of one (``beamwidth``), not a knob of another strategy and not LangGraph's own."""
+    if not isinstance(k, str) or k in _RUNTIME_KEYS or k.startswith("__"):
+        return
+    memo = (cls, k)
+    hint = _LOOSE.get(memo)
+    if hint is None:
+        close = difflib.get_close_matches(k, sorted(fields), n=1, cutoff=0.8)
+        hint = "" if not close or k in _all_knobs() else close[0]
+        if len(_LOOSE) >= 1024:
+            _LOOSE.clear()
+        _LOOSE[memo] = hint
+    if hint:
+        raise ConfigError(
+            f"unknown knob {k!r} in {where} (did you mean {hint!r}?); valid knobs of "
+            f"{cls.__name__}: {sorted(fields)}"
+        )
+
+
+def _all_knobs() -> frozenset[str]:
+    """The knobs of every strategy config class (a knob of another strategy is no typo)."""
+    out: set[str] = set()
+    todo = [StrategyConfig]
+    while todo:
+        c = todo.pop()
+        out.update(c.model_fields)
+        todo.extend(c.__subclasses__())
+    return frozenset(out)
+
+
 _FIELDS: dict[type, frozenset[str]] = {}
 #: (id(base), overrides) -> (base, resolved config); ``base`` is kept so the id stays its own
 _RESOLVED: dict[Any, tuple[StrategyConfig, StrategyConfig]] = {}
+#: (config class, key) -> the knob it misspells, or ""
+_LOOSE: dict[tuple[type, str], str] = {}
 
 
 def question_of(state: TTSState) -> str:
@@ -171,11 +313,19 @@ def _text_of(content: list) -> str:
 
 
 def prepare_update(state: TTSState, cfg: StrategyConfig | None = None) -> dict:
-    update = {"question": question_of(state), "step": 0, "active": [], "finished": []}
-    if cfg is not None and cfg.budgeted:
-        update["usage_at_start"] = state.get("usage") or Usage()
-        update["stop_reason"] = ""  # a reused thread may hold an earlier run's "budget"
-    return update
+    """The ``prepare`` update: this run's question and a fresh search (a reused checkpointer
+    thread holds the previous run's beams, stop reason and usage)."""
+    return {
+        "run_question": question_of(state),
+        "step": 0,
+        "active": [],
+        "finished": [],
+        "stop_reason": "",
+        "usage": RESET_USAGE,
+        "answer": None,
+        "solution": "",
+        "candidates": [],
+    }
 
 
 # -- budgets ---------------------------------------------------------------------------------
@@ -183,11 +333,9 @@ BUDGET = "budget"  #: the ``stop_reason`` of a search its compute budget ended
 
 
 def run_usage(state: TTSState) -> Usage:
-    """What this run has spent so far (``usage`` less what the thread held at its start)."""
-    now, start = state.get("usage") or Usage(), state.get("usage_at_start")
-    if start is None or start == Usage():
-        return now
-    return Usage(**{k: getattr(now, k) - getattr(start, k) for k in Usage.model_fields})
+    """What this run has spent so far (``prepare`` starts ``usage`` at zero: budgets are per
+    run)."""
+    return state.get("usage") or Usage()
 
 
 def metered(
@@ -384,10 +532,12 @@ def finalize_update(
     chosen, answer, scored = select_answer(candidates, selection or cfg.selection, cfg.aggregation)
     solution = chosen.text if chosen else ""
     update: dict[str, Any] = {
+        "question": state.get("run_question") or state.get("question") or "",
         "answer": answer,
         "solution": solution,
         "candidates": sorted(scored, key=lambda t: -(t.score or 0.0)),
         "stop_reason": stop_reason,
+        "thread_usage": state.get("usage") or Usage(),
     }
     if state.get("messages"):
         update["messages"] = [AIMessage(content=solution or "(no solution found)")]
@@ -421,11 +571,17 @@ class _Fn(Runnable[Any, Any]):
 def node(fn: Callable[[Any, RunnableConfig], Awaitable[Any]], name: str) -> Runnable:
     """A graph node from one async function, runnable from both invoke and ainvoke.
 
-    A :class:`BackendError` leaving the node carries the search state it started from
+    Every node but ``prepare`` reads this run's question as ``state["question"]`` (from
+    ``run_question``: the ``question`` channel holds only the run's input). A
+    :class:`BackendError` leaving the node carries the search state it started from
     (``progress``): the last completed search step.
     """
 
     async def afunc(state: TTSState, config: RunnableConfig) -> Any:
+        if name != "prepare" and "run_question" in state:
+            # ``question`` is the run's input only (cleared after a step); every node after
+            # ``prepare`` reads the question this run answers under that name
+            state["question"] = state["run_question"]
         try:
             return await fn(state, config)
         except BackendError as e:
@@ -439,7 +595,7 @@ def node(fn: Callable[[Any, RunnableConfig], Awaitable[Any]], name: str) -> Runn
     return _Fn(sync, afunc, name)
 
 
-_NOT_PROGRESS = frozenset({"messages", "remaining_steps"})
+_NOT_PROGRESS = frozenset({"messages", "remaining_steps", "run_question", "thread_usage"})
 
 
 def next_node(done: object, again: str) -> str:

@@ -23,6 +23,7 @@ from langchain_tts.core.config import StrategyConfig
 from langchain_tts.core.errors import ConfigError
 from langchain_tts.policies.base import StepPolicy
 from langchain_tts.prms.base import ProcessRewardModel
+from langchain_tts.strategies.contract import compile_strategy_graph
 
 #: The built-in strategies (``create_tts_graph`` also takes any registered name).
 StrategyName = Literal[
@@ -109,10 +110,20 @@ class StrategySpec:
         *,
         checkpointer: Checkpointer = None,
         name: str | None = None,
+        output_key: str | None = None,
     ) -> CompiledStateGraph:
-        """This strategy's compiled graph (``create_tts_graph`` checks the models first)."""
-        graph = self.build(policy, prm, self.validated(config))
-        return graph.compile(checkpointer=checkpointer, name=name or f"tts_{self.name}")
+        """This strategy's compiled graph (``create_tts_graph`` checks the models first),
+        with the composition contract of :mod:`langchain_tts.strategies.contract`."""
+        return compile_strategy_graph(
+            self.build,
+            self.name,
+            policy,
+            prm,
+            self.validated(config),
+            checkpointer=checkpointer,
+            name=name,
+            output_key=output_key,
+        )
 
 
 _SPECS: dict[str, StrategySpec] = {}

@@ -1,0 +1,162 @@
+"""The composition contract: how a strategy's graph sits inside someone else's LangGraph app.
+
+Every compiled strategy graph carries its knobs as ``context_schema`` and its ``name`` (the
+knobs namespace). With ``output_key`` it reads only ``messages`` from its parent and writes
+only ``messages``, ``output_key`` (the result as plain JSON data) and ``tts_usage`` (summed
+over TTS nodes), so a parent's own keys are never touched (docs/composition.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from langchain_core.messages import AnyMessage
+from langchain_core.runnables import Runnable, RunnableConfig
+from langgraph.graph import StateGraph
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.types import Checkpointer
+from pydantic import BaseModel
+from typing_extensions import TypedDict
+
+from langchain_tts.core.config import StrategyConfig, knobs_model
+from langchain_tts.core.errors import ConfigError
+from langchain_tts.core.types import Trajectory, Usage
+from langchain_tts.strategies.core import TTSState
+
+__all__ = ["TTSMessagesInput", "compile_strategy_graph"]
+
+
+def compile_strategy_graph(
+    build: Any,
+    strategy: str,
+    policy: Any,
+    prm: Any,
+    cfg: StrategyConfig,
+    *,
+    checkpointer: Checkpointer = None,
+    name: str | None = None,
+    output_key: str | None = None,
+) -> CompiledStateGraph:
+    """``build(policy, prm, cfg)`` compiled with the contract: knobs as ``context_schema``,
+    ``name`` as the knobs namespace, and (with ``output_key``) namespaced output."""
+    # This graph's own copy: it carries the graph's name (its knobs namespace).
+    cfg = cfg.model_copy()
+    name = f"tts_{strategy}" if name is None else name
+    _check_name(name, "name", cfg)
+    if output_key is not None:
+        _check_name(output_key, "output_key", cfg)
+        if output_key in _RESERVED_KEYS:
+            raise ConfigError(
+                f"output_key {output_key!r} is a key of the TTS state; pick a key of your own "
+                "graph's, e.g. output_key='tts'"
+            )
+    knobs = knobs_model(cfg, title=_title(name) + "Knobs")
+    cfg._graph_name, cfg._knobs = name, knobs
+    builder = _with_contract(build(policy, prm, cfg), knobs, strategy, output_key)
+    return builder.compile(checkpointer=checkpointer, name=name)
+
+
+#: keys a parent must not be handed as ``output_key``: the graph's own state keys
+_RESERVED_KEYS = frozenset(TTSState.__annotations__) | {"tts_usage", "subtrees", "tree"}
+
+
+def _check_name(value: object, what: str, cfg: StrategyConfig) -> None:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{what} must be a non-empty string, got {value!r}")
+    if value in type(cfg).model_fields:
+        raise ConfigError(
+            f"{what} {value!r} is a knob of {type(cfg).__name__}; pick another (knobs under "
+            "the graph's name would be read as that knob)"
+        )
+
+
+def _title(name: str) -> str:
+    return "".join(p[:1].upper() + p[1:] for p in name.split("_"))
+
+
+class TTSMessagesInput(TypedDict, total=False):
+    """Input of a graph built with ``output_key``: only the parent's chat messages."""
+
+    messages: list[AnyMessage]
+
+
+def _with_contract(
+    g: StateGraph, knobs: type[BaseModel], strategy: str, output_key: str | None
+) -> StateGraph:
+    """``g`` with the knobs as its ``context_schema``; with ``output_key``, also reading only
+    ``messages`` and writing only ``messages``, ``output_key`` and ``tts_usage``."""
+    if output_key is None:
+        g.context_schema = knobs
+        return g
+    output = TypedDict(  # type: ignore[misc]
+        f"{_title(output_key)}Output",
+        {
+            "messages": list[AnyMessage],
+            output_key: dict[str, Any],
+            "tts_usage": dict[str, float],
+        },
+        total=False,
+    )
+    out = StateGraph(g.state_schema, knobs, input_schema=TTSMessagesInput, output_schema=output)
+    for key, spec in g.nodes.items():
+        runnable = spec.runnable
+        if key == "finalize":
+            runnable = _Publish(runnable, output_key, strategy)
+        out.add_node(
+            key,
+            runnable,
+            defer=spec.defer,
+            metadata=spec.metadata,
+            input_schema=spec.input_schema,
+            retry_policy=spec.retry_policy,
+            cache_policy=spec.cache_policy,
+            destinations=spec.ends,
+        )
+    for start, end in g.edges:
+        out.add_edge(start, end)
+    for starts, end in g.waiting_edges:
+        out.add_edge(list(starts), end)
+    for source, branches in g.branches.items():
+        out.branches[source].update(branches)
+    return out
+
+
+class _Publish(Runnable[Any, Any]):
+    """The ``finalize`` node of an ``output_key`` graph: its update plus the result as plain
+    data under ``output_key`` and the run's usage under ``tts_usage``."""
+
+    def __init__(self, finalize: Runnable, output_key: str, strategy: str):
+        self.finalize, self.output_key, self.strategy = finalize, output_key, strategy
+        self.name = getattr(finalize, "name", None) or "finalize"
+
+    def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
+        return self._publish(input, self.finalize.invoke(input, config))
+
+    async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
+        return self._publish(input, await self.finalize.ainvoke(input, config))
+
+    def _publish(self, state: Mapping[str, Any], update: dict) -> dict:
+        usage = (state.get("usage") or Usage()) + update.get("usage")
+        summary = usage.summary()
+        result = {
+            "strategy": self.strategy,
+            "question": update.get("question") or state.get("run_question"),
+            "answer": update.get("answer"),
+            "solution": update.get("solution", ""),
+            "stop_reason": update.get("stop_reason", ""),
+            "usage": summary,
+            "candidates": [_summary(t) for t in update.get("candidates") or []],
+        }
+        return {**update, self.output_key: result, "tts_usage": summary}
+
+
+def _summary(t: Trajectory) -> dict[str, Any]:
+    return {
+        "answer": t.answer,
+        "score": t.score,
+        "steps": len(t.steps),
+        "tokens": t.tokens,
+        "finished": t.finished,
+        "finish_reason": t.finish_reason,
+    }

@@ -1,0 +1,172 @@
+"""Knobs at run time: LangGraph's run context (each graph's ``context_schema``) and
+``configurable``, namespaced by the graph's name; unknown knobs are errors that name the
+valid ones."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from langgraph.graph import END, START, MessagesState, StateGraph
+
+from langchain_tts.core.errors import ConfigError
+from langchain_tts.core.types import Trajectory
+from langchain_tts.graph import STRATEGIES, create_tts_graph, strategy_config
+from langchain_tts.testing import FakePolicy, FakePRM
+
+Q = "Start with 5. Add 6."
+
+
+def adder(prefix: Trajectory, i: int) -> str:
+    nums = [int(x) for x in re.findall(r"-?\d+", prefix.question)]
+    return f"The answer is \\boxed{{{sum(nums)}}}"
+
+
+def models() -> tuple[FakePolicy, FakePRM]:
+    return FakePolicy(adder), FakePRM(lambda t: [0.9] * len(t.steps))
+
+
+def samples_of(policy: FakePolicy) -> int:
+    """Samples the last policy call drew (prefixes x n)."""
+    prefixes, n, _ = policy.calls[-1]
+    return prefixes * n
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_every_graph_has_its_knobs_as_context_schema(strategy: str):
+    policy, prm = models()
+    built = {"seed": 3, "temperature": 0.5}
+    graph = create_tts_graph(policy, prm, strategy, built)
+    schema = graph.get_context_jsonschema()
+    assert schema is not None
+    cfg = strategy_config(strategy, built)
+    props = schema["properties"]
+    assert set(props) == set(type(cfg).model_fields)
+    assert props["seed"]["default"] == 3 and props["temperature"]["default"] == 0.5
+    assert props["max_steps"]["default"] == cfg.max_steps
+
+
+def test_context_sets_knobs_in_process():
+    policy, prm = models()
+    graph = create_tts_graph(policy, prm, "best_of_n", {"n": 8})
+    graph.invoke({"question": Q})
+    assert samples_of(policy) == 8
+    out = graph.invoke({"question": Q}, context={"n": 3})
+    assert samples_of(policy) == 3 and out["answer"] == "11"
+    graph.invoke({"question": Q}, {"configurable": {"n": 5}})  # configurable keeps working
+    assert samples_of(policy) == 5
+
+
+async def test_context_under_ainvoke_and_stream():
+    policy, prm = models()
+    graph = create_tts_graph(policy, prm, "beam_search", {"n": 8, "beam_width": 4})
+    await graph.ainvoke({"question": Q}, context={"n": 4, "beam_width": 2})
+    assert samples_of(policy) == 4
+    list(graph.stream({"question": Q}, context={"n": 2, "beam_width": 2}))
+    assert samples_of(policy) == 2
+
+
+def test_precedence_configurable_then_context_then_the_graphs_own():
+    policy, prm = models()
+    graph = create_tts_graph(policy, prm, "best_of_n", {"n": 8}, name="bon")
+    graph.invoke({"question": Q}, {"configurable": {"n": 5}}, context={"n": 4})
+    assert samples_of(policy) == 4  # context over configurable
+    graph.invoke({"question": Q}, {"configurable": {"bon": {"n": 3}}}, context={"n": 4})
+    assert samples_of(policy) == 3  # the graph's own over shared knobs
+    graph.invoke({"question": Q}, {"configurable": {"bon": {"n": 3}}}, context={"bon": {"n": 2}})
+    assert samples_of(policy) == 2
+
+
+def test_combinations_are_checked_once_all_knobs_are_merged():
+    policy, prm = models()
+    graph = create_tts_graph(policy, prm, "beam_search", {"n": 8, "beam_width": 4})
+    # n=6 alone is no multiple of the built beam_width 4; with beam_width=2 it is
+    graph.invoke({"question": Q}, context={"n": 6, "tts_beam_search": {"beam_width": 2}})
+    assert samples_of(policy) == 6
+    with pytest.raises(ConfigError, match=r"(?s)n \(6\) must be a multiple of beam_width"):
+        graph.invoke({"question": Q}, context={"n": 6})
+
+
+@pytest.mark.parametrize(
+    ("context", "match"),
+    [
+        ({"beamwidth": 2}, r"unknown knob 'beamwidth'.*did you mean 'beam_width'"),
+        ({"bogus": 1}, r"unknown knob 'bogus'.*valid knobs: \['aggregation', 'beam_width'"),
+        ({"tts_beam_search": {"beam_widht": 2}}, r"'beam_widht'.*did you mean 'beam_width'"),
+        ({"tts_beam_search": 4}, r"must be a dict of BeamSearchConfig knobs, got int"),
+        ({"n": "many"}, r"(?s)invalid run context.*\bn\b"),
+        ({"n": 0}, r"(?s)invalid run context.*greater than or equal to 1"),
+    ],
+)
+def test_unknown_or_invalid_context_knobs_are_config_errors(context: dict, match: str):
+    policy, prm = models()
+    graph = create_tts_graph(policy, prm, "beam_search", {"n": 8, "beam_width": 4})
+    with pytest.raises(ConfigError, match=match):
+        graph.invoke({"question": Q}, context=context)
+    assert not policy.calls  # refused before any model call
+
+
+def test_configurable_rejects_only_close_misspellings_of_a_knob():
+    policy, prm = models()
+    graph = create_tts_graph(policy, prm, "beam_search", {"n": 4, "beam_width": 2})
+    with pytest.raises(ConfigError, match=r"'beamwidth'.*did you mean 'beam_width'"):
+        graph.invoke({"question": Q}, {"configurable": {"beamwidth": 2}})
+    with pytest.raises(ConfigError, match=r"'temprature'.*did you mean 'temperature'"):
+        graph.invoke({"question": Q}, {"configurable": {"temprature": 0.1}})
+    # LangGraph's keys, the user's own keys and other strategies' knobs pass through
+    shared = {
+        "thread_id": "t",
+        "user_id": "u1",
+        "bogus": 1,
+        "n_subtrees": 2,
+        "simulations": 3,
+        "chains": 2,
+        "revisions": 1,
+    }
+    out = graph.invoke({"question": Q}, {"configurable": shared})
+    assert out["answer"] == "11"
+    with pytest.raises(ConfigError, match=r"unknown knob 'nn'.*did you mean 'n'"):
+        graph.invoke({"question": Q}, {"configurable": {"tts_beam_search": {"nn": 2}}})
+
+
+@dataclass
+class AppContext:
+    """A parent app's own run context: only the attribute named like a TTS graph is read."""
+
+    user: str = "ada"
+    n: int = 99  # the app's own field, no knob of the TTS graph
+    bon: dict[str, Any] = field(default_factory=dict)
+
+
+class ChatState(MessagesState, total=False):
+    answer: str | None
+
+
+def _chat_app(graph: Any, context_schema: Any = None) -> Any:
+    g = StateGraph(ChatState, context_schema)
+    g.add_node("tts", graph)
+    g.add_edge(START, "tts")
+    g.add_edge("tts", END)
+    return g.compile()
+
+
+def test_a_parents_context_reaches_the_subgraph():
+    policy, prm = models()
+    tts = create_tts_graph(policy, prm, "best_of_n", {"n": 8}, name="bon")
+    msg = {"messages": [("human", Q)]}
+    # a parent without a schema: its context dict is shared with the TTS graph
+    app = _chat_app(tts)
+    assert app.invoke(msg, context={"n": 3, "users_key": 1})["answer"] == "11"
+    assert samples_of(policy) == 3
+    app.invoke(msg, context={"bon": {"n": 2}})
+    assert samples_of(policy) == 2
+    with pytest.raises(ConfigError, match="did you mean 'n'"):
+        app.invoke(msg, context={"bon": {"nn": 2}})
+    # a parent with its own dataclass context: only its ``bon`` attribute is the graph's
+    app = _chat_app(tts, AppContext)
+    app.invoke(msg, context=AppContext(bon={"n": 4}))
+    assert samples_of(policy) == 4
+    app.invoke(msg, context=AppContext())
+    assert samples_of(policy) == 8
