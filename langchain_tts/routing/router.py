@@ -55,6 +55,7 @@ from langchain_tts.core.errors import ConfigError
 from langchain_tts.core.types import Trajectory, Usage
 from langchain_tts.graph import create_tts_graph, strategy_config
 from langchain_tts.ledger import Ledger, meter
+from langchain_tts.models.task import domain_warnings
 from langchain_tts.policies.base import StepPolicy, run_sync
 from langchain_tts.prms.base import ProcessRewardModel
 from langchain_tts.routing.difficulty import (
@@ -499,8 +500,10 @@ def create_router_graph(
     same_policy = getattr(est_obj, "policy", None) is policy
 
     async def prepare(state: RouterState, config: RunnableConfig) -> dict:
+        question = question_of(state)
         return {
-            "question": question_of(state),
+            "question": question,
+            "warnings": domain_warnings(question, policy),
             "difficulty": None,
             "route": None,
             "answer": None,

@@ -139,7 +139,7 @@ def build_beam_search_graph(
 
     async def prepare(state: TTSState, rc: RunnableConfig) -> dict:
         # resolving fails fast on bad call-time overrides
-        return prepare_update(state, resolve_config(base, rc))
+        return prepare_update(state, resolve_config(base, rc), policy=policy)
 
     async def step(state: TTSState, rc: RunnableConfig) -> Command:
         cfg = resolve_config(base, rc)

@@ -73,7 +73,7 @@ def build_best_of_n_graph(
         )
 
     async def prepare(state: TTSState, rc: RunnableConfig) -> dict:
-        return prepare_update(state, resolve_config(base, rc))
+        return prepare_update(state, resolve_config(base, rc), policy=policy)
 
     async def sample(state: TTSState, rc: RunnableConfig) -> dict:
         cfg = resolve_config(base, rc)

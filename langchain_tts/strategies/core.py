@@ -37,6 +37,7 @@ from langchain_tts.core.errors import (
 )
 from langchain_tts.core.types import Trajectory, Usage, add_usage
 from langchain_tts.ledger import Ledger, meter
+from langchain_tts.models.task import domain_warnings
 from langchain_tts.policies.base import StepPolicy, run_sync
 from langchain_tts.prms.base import ProcessRewardModel
 from langchain_tts.strategies.selection import select_answer
@@ -63,6 +64,8 @@ class TTSOutput(TypedDict, total=False):
     usage: Usage
     stop_reason: str
     messages: list[AnyMessage]
+    #: sentences about trusting the answer, e.g. an embedded model asked outside its task
+    warnings: list[str]
 
 
 def add_chat_messages(left: Any, right: Any) -> list[AnyMessage]:
@@ -96,6 +99,7 @@ class TTSState(TypedDict, total=False):
     solution: str
     candidates: list[Trajectory]
     stop_reason: str
+    warnings: list[str]
     remaining_steps: RemainingSteps
     #: ``usage`` when this run started (budgeted runs only): a reused checkpointer thread
     #: carries earlier runs' usage, and the budget is per run
@@ -169,8 +173,15 @@ def _text_of(content: list) -> str:
     return "".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in content)
 
 
-def prepare_update(state: TTSState, cfg: StrategyConfig | None = None) -> dict:
-    update = {"question": question_of(state), "step": 0, "active": [], "finished": []}
+def prepare_update(
+    state: TTSState, cfg: StrategyConfig | None = None, *, policy: StepPolicy | None = None
+) -> dict:
+    """A run's first update; ``warnings`` when ``policy`` was not trained on questions like
+    this one (the embedded models: :func:`~langchain_tts.models.task.domain_warnings`)."""
+    q = question_of(state)
+    update = {"question": q, "step": 0, "active": [], "finished": [], "warnings": []}
+    if policy is not None:
+        update["warnings"] = domain_warnings(q, policy)
     if cfg is not None and cfg.budgeted:
         update["usage_at_start"] = state.get("usage") or Usage()
         update["stop_reason"] = ""  # a reused thread may hold an earlier run's "budget"

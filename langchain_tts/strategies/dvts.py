@@ -125,7 +125,7 @@ def build_dvts_graph(
 
     async def prepare(state: DVTSState, rc: RunnableConfig) -> dict:
         # resolving fails fast on bad call-time overrides
-        return {**prepare_update(state, resolve_config(base, rc)), "subtrees": []}
+        return {**prepare_update(state, resolve_config(base, rc), policy=policy), "subtrees": []}
 
     async def step(state: DVTSState, rc: RunnableConfig) -> Command:
         cfg = resolve_config(base, rc)

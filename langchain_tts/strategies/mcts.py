@@ -268,7 +268,10 @@ def build_mcts_graph(
 
     async def prepare(state: MCTSState, rc: RunnableConfig) -> dict:
         # resolving fails fast on bad call-time overrides
-        return {**prepare_update(state, resolve_config(base, rc)), "tree": [MCTSNode()]}
+        return {
+            **prepare_update(state, resolve_config(base, rc), policy=policy),
+            "tree": [MCTSNode()],
+        }
 
     async def simulate_node(state: MCTSState, rc: RunnableConfig) -> Command:
         cfg = resolve_config(base, rc)

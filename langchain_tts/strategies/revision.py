@@ -198,7 +198,7 @@ def build_revision_graph(
         # resolving fails fast on bad call-time overrides
         cfg = resolve_config(base, rc)
         check(cfg)
-        return prepare_update(state, cfg)
+        return prepare_update(state, cfg, policy=policy)
 
     async def round_node(state: TTSState, rc: RunnableConfig) -> Command:
         cfg = resolve_config(base, rc)
