@@ -17,7 +17,9 @@ ending in a boxed answer::
 
 Difficulty is the number of operations. Because every step is a checkable equation,
 answers grade exactly and every step of any model's rollout gets an automatic label,
-which is what trains the embedded PRM.
+which is what trains the embedded PRM. The problem types and the question grammar live in
+:mod:`langchain_tts.models.task` (the embedded models' domain check uses them too); this
+module generates the data and labels rollouts.
 """
 
 from __future__ import annotations
@@ -26,91 +28,47 @@ import random
 import re
 from dataclasses import dataclass, field
 
-STEP_DELIMITER = "\n\n"
-MIN_OPS, MAX_OPS = 1, 8
-# Values up to three digits: a ~1M-parameter model learns the format and most of the
-# arithmetic on a CPU in minutes, yet carries and products still make it err, more often on
-# longer chains (with values <= 99 it solved 99% greedily and search had nothing to add).
-MAX_VALUE = 999
-_OP_WORDS = {"+": "Add {k}.", "-": "Subtract {k}.", "*": "Multiply by {k}.", "/": "Divide by {k}."}
+from langchain_tts.models.task import (
+    ADD_RANGE,
+    MAX_OPS,
+    MAX_VALUE,
+    MIN_OPS,
+    MUL_RANGE,
+    START_RANGE,
+    STEP_DELIMITER,
+    ArithmeticProblem,
+    Operation,
+    parse_question,
+)
+
+__all__ = [
+    "MAX_OPS",
+    "MAX_VALUE",
+    "MIN_OPS",
+    "SPLIT_SEEDS",
+    "STEP_DELIMITER",
+    "ArithmeticProblem",
+    "Operation",
+    "StepLabels",
+    "label_steps",
+    "make_problem",
+    "make_split",
+    "parse_question",
+]
+
 _STEP_RE = re.compile(r"^\s*(-?\d+)\s*([+\-*/])\s*(-?\d+)\s*=\s*(-?\d+)\s*$")
 _BOXED_RE = re.compile(r"^\s*\\boxed\{\s*(-?\d+)\s*\}\s*$")
-
-
-@dataclass(frozen=True)
-class Operation:
-    op: str  # one of + - * /
-    operand: int
-
-    def apply(self, value: int) -> int:
-        if self.op == "+":
-            return value + self.operand
-        if self.op == "-":
-            return value - self.operand
-        if self.op == "*":
-            return value * self.operand
-        return value // self.operand
-
-    def words(self) -> str:
-        return _OP_WORDS[self.op].format(k=self.operand)
-
-
-@dataclass(frozen=True)
-class ArithmeticProblem:
-    start: int
-    ops: tuple[Operation, ...]
-    uid: str = ""
-
-    @property
-    def difficulty(self) -> int:
-        return len(self.ops)
-
-    @property
-    def question(self) -> str:
-        return " ".join([f"Start with {self.start}."] + [o.words() for o in self.ops])
-
-    @property
-    def values(self) -> list[int]:
-        """Running values: values[0] is the start, values[i] after the i-th operation."""
-        vals = [self.start]
-        for o in self.ops:
-            vals.append(o.apply(vals[-1]))
-        return vals
-
-    @property
-    def answer(self) -> str:
-        return str(self.values[-1])
-
-    @property
-    def gold_steps(self) -> list[str]:
-        vals = self.values
-        steps = [f"{vals[i]}{o.op}{o.operand}={vals[i + 1]}" for i, o in enumerate(self.ops)]
-        return steps + [f"\\boxed{{{vals[-1]}}}"]
-
-    @property
-    def solution(self) -> str:
-        return STEP_DELIMITER.join(self.gold_steps)
-
-    def to_record(self) -> dict:
-        return {
-            "id": self.uid,
-            "problem": self.question,
-            "solution": self.solution,
-            "answer": self.answer,
-            "level": self.difficulty,
-            "subject": "arithmetic",
-        }
 
 
 def _valid_ops(value: int, rng: random.Random) -> list[Operation]:
     cands: list[Operation] = []
     for _ in range(6):
-        k = rng.randint(2, 50)
+        k = rng.randint(*ADD_RANGE)
         if value + k <= MAX_VALUE:
             cands.append(Operation("+", k))
         if value - k >= 0:
             cands.append(Operation("-", k))
-    for k in range(2, 6):
+    for k in range(MUL_RANGE[0], MUL_RANGE[1] + 1):
         if 2 <= value * k <= MAX_VALUE:
             cands.append(Operation("*", k))
         if value >= k and value % k == 0:
@@ -120,7 +78,7 @@ def _valid_ops(value: int, rng: random.Random) -> list[Operation]:
 
 def make_problem(rng: random.Random, n_ops: int, uid: str = "") -> ArithmeticProblem:
     """A random chain of ``n_ops`` operations whose running values stay in 0..MAX_VALUE."""
-    start = rng.randint(2, 30)
+    start = rng.randint(*START_RANGE)
     ops: list[Operation] = []
     value = start
     for _ in range(n_ops):
@@ -181,19 +139,6 @@ def _raw_split(split: str, n: int, min_ops: int, max_ops: int) -> list[Arithmeti
             seen.add(p.question)
             out.append(p)
     return out
-
-
-def parse_question(question: str) -> ArithmeticProblem | None:
-    """Rebuild the problem from its text (None if it is not a synthetic question)."""
-    m = re.match(r"^\s*Start with (\d+)\.(.*)$", question.strip(), re.S)
-    if not m:
-        return None
-    ops: list[Operation] = []
-    for part in re.findall(r"(Add|Subtract|Multiply by|Divide by) (\d+)\.", m.group(2)):
-        word, k = part
-        op = {"Add": "+", "Subtract": "-", "Multiply by": "*", "Divide by": "/"}[word]
-        ops.append(Operation(op, int(k)))
-    return ArithmeticProblem(start=int(m.group(1)), ops=tuple(ops))
 
 
 @dataclass

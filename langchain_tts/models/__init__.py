@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from langchain_tts.core.errors import ConfigError
+from langchain_tts.models.task import EMBEDDED_ARITHMETIC, mark_domain
 
 if TYPE_CHECKING:
     from langchain_tts.policies.hf import HFPolicy
@@ -73,15 +74,19 @@ def _check_backend(backend: str) -> None:
 
 def _load(cls: Any, name: str, backend: Backend) -> Any:
     """``cls`` (a backend class with ``(model, tokenizer)`` constructor and ``from_pretrained``)
-    over one shipped folder."""
+    over one shipped folder, marked with the task it was trained on (graphs warn on questions
+    outside it: :mod:`.task`)."""
     path = default_model_path(name)
     if backend == "native":
         from langchain_tts.models.native import load_native
 
         model, tokenizer = load_native(path)
-        return cls(model, tokenizer)
-    with _quiet_loading():
-        return cls.from_pretrained(str(path))
+        obj = cls(model, tokenizer)
+    else:
+        with _quiet_loading():
+            obj = cls.from_pretrained(str(path))
+    mark_domain(obj, EMBEDDED_ARITHMETIC)
+    return obj
 
 
 def load_default_policy(

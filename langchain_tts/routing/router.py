@@ -52,6 +52,7 @@ from pydantic import BaseModel, Field
 from langchain_tts.backends.sync import run_sync
 from langchain_tts.core.answers import normalize_answer
 from langchain_tts.core.config import StrategyConfig, check_budget
+from langchain_tts.core.domain import domain_warnings
 from langchain_tts.core.errors import ConfigError
 from langchain_tts.core.types import Trajectory, Usage
 from langchain_tts.ledger import Ledger, meter
@@ -526,8 +527,10 @@ class _Router:
         return g
 
     async def prepare(self, state: RouterState, config: RunnableConfig) -> dict:
+        question = question_of(state)
         return {
-            "question": question_of(state),
+            "question": question,
+            "warnings": domain_warnings(question, self.policy),
             "difficulty": None,
             "route": None,
             "answer": None,

@@ -31,6 +31,7 @@ from typing_extensions import TypedDict
 
 from langchain_tts.backends.sync import run_sync
 from langchain_tts.core.config import Selection, StrategyConfig, did_you_mean
+from langchain_tts.core.domain import domain_warnings
 from langchain_tts.core.errors import (
     BackendError,
     BudgetExceededError,
@@ -72,6 +73,8 @@ class TTSOutput(TypedDict, total=False):
     usage: Usage
     stop_reason: str
     messages: list[AnyMessage]
+    #: sentences about trusting the answer, e.g. an embedded model asked outside its task
+    warnings: list[str]
 
 
 def add_chat_messages(left: Any, right: Any) -> list[AnyMessage]:
@@ -118,6 +121,7 @@ class TTSState(TypedDict, total=False):
     solution: str
     candidates: list[Trajectory]
     stop_reason: str
+    warnings: list[str]
     remaining_steps: RemainingSteps
 
 
@@ -312,11 +316,16 @@ def _text_of(content: list) -> str:
     return "".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in content)
 
 
-def prepare_update(state: TTSState, cfg: StrategyConfig | None = None) -> dict:
+def prepare_update(
+    state: TTSState, cfg: StrategyConfig | None = None, *, policy: StepPolicy | None = None
+) -> dict:
     """The ``prepare`` update: this run's question and a fresh search (a reused checkpointer
-    thread holds the previous run's beams, stop reason and usage)."""
+    thread holds the previous run's beams, stop reason and usage); ``warnings`` when
+    ``policy`` was not trained on questions like this one (:mod:`langchain_tts.core.domain`)."""
+    question = question_of(state)
     return {
-        "run_question": question_of(state),
+        "run_question": question,
+        "warnings": [] if policy is None else domain_warnings(question, policy),
         "step": 0,
         "active": [],
         "finished": [],

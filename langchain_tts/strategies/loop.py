@@ -150,7 +150,7 @@ def search_graph(
 ) -> StateGraph:
     """``prepare -> <loop.node> (loops) -> finalize``; ``check``: see :func:`prepare_node`."""
     g = StateGraph(loop.state_schema, input_schema=TTSInput, output_schema=TTSOutput)
-    g.add_node("prepare", prepare_node(base, fresh=loop.fresh, check=check))
+    g.add_node("prepare", prepare_node(base, policy=policy, fresh=loop.fresh, check=check))
     g.add_node(loop.node, loop_node(loop, policy, prm, base), destinations=(loop.node, "finalize"))
     g.add_node("finalize", finalize_node(base, loop.answer, loop.budget_candidates))
     g.add_edge(START, "prepare")
@@ -160,7 +160,11 @@ def search_graph(
 
 
 def prepare_node(
-    base: C, *, fresh: Callable[[], Search] = dict, check: Callable[[C], None] | None = None
+    base: C,
+    *,
+    policy: StepPolicy | None = None,
+    fresh: Callable[[], Search] = dict,
+    check: Callable[[C], None] | None = None,
 ) -> Runnable:
     """The ``prepare`` node: the question, fresh search keys (``fresh()``), the run's budget.
 
@@ -172,7 +176,7 @@ def prepare_node(
         cfg = resolve_config(base, rc)
         if check is not None:
             check(cfg)
-        return {**prepare_update(state, cfg), **fresh()}
+        return {**prepare_update(state, cfg, policy=policy), **fresh()}
 
     return node(prepare, "prepare")
 
