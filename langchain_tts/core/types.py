@@ -117,6 +117,7 @@ class Usage(BaseModel):
     policy_flops: float = 0.0
     prm_calls: int = 0
     prm_tokens: int = 0
+    prm_cached_tokens: int = 0
     prm_flops: float = 0.0
     seconds: float = 0.0
 
