@@ -1,22 +1,23 @@
-"""Lazy re-exports for a package ``__init__``: a name is imported from its submodule on first
-use, so importing the package loads no torch, transformers or matplotlib."""
+"""Lazy re-exports: a package names its public classes without importing their modules, so
+importing it loads no torch, httpx or vLLM until a class is used."""
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["lazy_getattr"]
 
-
-def lazy_getattr(package: str, exports: Mapping[str, str]) -> Callable[[str], Any]:
-    """A module ``__getattr__`` for ``package``: ``exports`` maps each public name to the
-    submodule (relative to ``package``) that defines it."""
+def lazy_exports(
+    package: str, modules: dict[str, tuple[str, ...]]
+) -> tuple[Callable[[str], Any], list[str]]:
+    """A module ``__getattr__`` and ``__all__`` for ``{submodule: names}`` of ``package``:
+    each name is imported from ``package.submodule`` on first use."""
+    where = {name: f"{package}.{sub}" for sub, names in modules.items() for name in names}
 
     def __getattr__(name: str) -> Any:
-        if name in exports:
-            return getattr(importlib.import_module(f"{package}.{exports[name]}"), name)
+        if name in where:
+            return getattr(importlib.import_module(where[name]), name)
         raise AttributeError(f"module {package!r} has no attribute {name!r}")
 
-    return __getattr__
+    return __getattr__, sorted(where)

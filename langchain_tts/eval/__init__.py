@@ -12,24 +12,22 @@ Names are imported lazily, so ``import langchain_tts.eval`` stays cheap.
 
 from __future__ import annotations
 
-from langchain_tts.core.lazy import lazy_getattr
+from langchain_tts.core.lazy import lazy_exports
 
-_EXPORTS = {
-    "Problem": "datasets",
-    "load_dataset": "datasets",
-    "load_jsonl": "datasets",
-    "answers_match": "grading",
-    "grade": "grading",
-    "budget_config": "runner",
-    "calibration_records": "runner",
-    "load_records": "runner",
-    "markdown_table": "runner",
-    "read_records": "runner",
-    "run_eval": "runner",
-    "summarize": "runner",
-    "analyze": "report",
-    "write_report": "report",
-}
-
-__all__ = sorted(_EXPORTS)
-__getattr__ = lazy_getattr(__name__, _EXPORTS)
+__getattr__, __all__ = lazy_exports(
+    __name__,
+    {
+        "datasets": ("Problem", "load_dataset", "load_jsonl"),
+        "grading": ("answers_match", "grade"),
+        "runner": (
+            "budget_config",
+            "calibration_records",
+            "load_records",
+            "markdown_table",
+            "read_records",
+            "run_eval",
+            "summarize",
+        ),
+        "report": ("analyze", "write_report"),
+    },
+)

@@ -3,7 +3,7 @@ torch, httpx or vLLM until a backend class is used."""
 
 from __future__ import annotations
 
-from langchain_tts.backends.lazy import lazy_exports
+from langchain_tts.core.lazy import lazy_exports
 
 __getattr__, __all__ = lazy_exports(
     __name__,
