@@ -127,3 +127,21 @@ def test_old_checkpoints_holding_objects_still_load():
     agg = PlainAggregate(Usage, add_usage).from_checkpoint(Usage(policy_calls=2))
     agg.update([Usage(policy_calls=1)])
     assert agg.get() == Usage(policy_calls=3) and agg.checkpoint()["policy_calls"] == 3
+
+
+def test_the_router_checkpoints_plain_data(saver: Any, no_warnings: None):
+    from langchain_tts.routing.difficulty import DifficultyEstimate
+    from langchain_tts.routing.router import Route, create_router_graph
+
+    graph = create_router_graph(
+        FakePolicy(adder), FakePRM(prefer_right), checkpointer=saver, reuse_samples=False
+    )
+    rc = {"configurable": {"thread_id": "router"}}
+    for turn in TURNS:
+        out = graph.invoke({"question": turn}, rc)
+        assert out["question"] == turn and isinstance(out["route"], Route)
+    saved = saver.get_tuple(rc).checkpoint["channel_values"]
+    assert isinstance(saved["route"], dict) and isinstance(saved["difficulty"], dict)
+    state = graph.get_state(rc).values
+    assert isinstance(state["difficulty"], DifficultyEstimate)
+    assert isinstance(state["usage_at_start"], Usage)
