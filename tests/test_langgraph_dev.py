@@ -169,3 +169,27 @@ def test_context_knobs_and_the_agent_graph(client):
         None, "agent", input={"messages": [{"role": "user", "content": p.question}]}
     )
     assert out["route"] == "direct" and out["answer"] == p.answer
+
+
+def test_custom_stream_carries_each_search_step(client):
+    p = easy_problem()
+    thread = client.threads.create()
+    custom, updates = [], []
+    for chunk in client.runs.stream(
+        thread["thread_id"],
+        "beam_search",
+        input={"question": p.question},
+        context={"n": 4, "seed": 0},
+        stream_mode=["custom", "updates"],
+    ):
+        assert chunk.event != "error", chunk.data
+        if chunk.event == "custom":
+            custom.append(chunk.data)
+        elif chunk.event == "updates":
+            updates.append(chunk.data)
+    steps = [e for e in custom if e["event"] == "tts_step"]
+    assert steps and [e["step"] for e in steps] == list(range(1, len(steps) + 1))
+    assert all(e["strategy"] == "beam_search" and len(e["beams"]) <= 8 for e in steps)
+    assert any(b["score"] is not None for b in steps[-1]["beams"])
+    assert custom[-1]["event"] == "tts_done" and custom[-1]["answer"] == p.answer
+    assert updates  # the usual updates still come alongside

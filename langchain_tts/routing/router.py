@@ -40,9 +40,8 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable, Mapping
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from langchain_core.messages import AIMessage
 from langchain_core.runnables import RunnableConfig, RunnableLambda
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
@@ -50,6 +49,7 @@ from langgraph.types import Checkpointer
 from pydantic import BaseModel, Field
 
 from langchain_tts.backends.sync import run_sync
+from langchain_tts.checkpoint import PlainValue
 from langchain_tts.core.answers import normalize_answer
 from langchain_tts.core.config import StrategyConfig, check_budget
 from langchain_tts.core.domain import domain_warnings
@@ -72,6 +72,7 @@ from langchain_tts.strategies.core import (
     TTSInput,
     TTSOutput,
     TTSState,
+    answer_message,
     node,
     question_of,
     score,
@@ -126,16 +127,21 @@ class Route(BaseModel):
 ROUTER_STATE_TYPES: list[type] = [DifficultyEstimate, Route]
 
 
+# channels that checkpoint the objects as plain data (langchain_tts.checkpoint)
+Estimate = Annotated[DifficultyEstimate | None, PlainValue(DifficultyEstimate | None)]
+RouteValue = Annotated[Route | None, PlainValue(Route | None)]
+
+
 class RouterOutput(TTSOutput, total=False):
-    difficulty: DifficultyEstimate | None
-    route: Route | None
+    difficulty: Estimate
+    route: RouteValue
 
 
 class RouterState(TTSState, total=False):
     question: str  # a plain channel: the router's nodes read it on every step
-    difficulty: DifficultyEstimate | None
-    route: Route | None
-    usage_at_start: Usage
+    difficulty: Estimate
+    route: RouteValue
+    usage_at_start: Annotated[Usage, PlainValue(Usage)]
 
 
 # -- cost model ----------------------------------------------------------------------------
@@ -404,6 +410,7 @@ def create_router_graph(
         reuse_threshold=reuse_threshold,
         **budget,
     )
+    router.graph_name = name
     return router.graph().compile(checkpointer=checkpointer, name=name)
 
 
@@ -487,6 +494,8 @@ def _bin_runner(
 
 class _Router:
     """The router graph's own nodes (prepare, estimate, finalize) and its routing choices."""
+
+    graph_name: str | None = None  #: the compiled graph's name (its chat replies' ``name``)
 
     def __init__(
         self,
@@ -651,7 +660,8 @@ class _Router:
                 "stop_reason": "probe" if route.reason == "reuse_probe" else "budget",
             }
         if state.get("messages"):
-            update["messages"] = [AIMessage(content=solution or "(no solution found)")]
+            usage = state.get("usage") or Usage()
+            update["messages"] = [answer_message(solution, self.graph_name, usage)]
         return update
 
 

@@ -40,6 +40,7 @@ from langchain_tts.strategies.core import (
     score,
 )
 from langchain_tts.strategies.loop import finalize_node, prepare_node
+from langchain_tts.strategies.progress import Progress, step_event
 from langchain_tts.strategies.registry import StrategySpec
 
 
@@ -95,6 +96,9 @@ def build_best_of_n_graph(
         update = {"finished": sols, "step": 1, "usage": usage}
         if ledger is not None and ledger.ended:  # the meter cut samples short
             update["stop_reason"] = BUDGET
+        progress = Progress(rc)
+        if progress.active:
+            await progress.emit(step_event(cfg, "sample", 1, {"finished": sols}, usage))
         return update
 
     async def score_all(state: TTSState, rc: RunnableConfig) -> dict:
@@ -107,6 +111,9 @@ def build_best_of_n_graph(
             scored, usage = await score(pr, state["finished"])
         except BudgetExceededError as e:  # the samples stay unscored
             return {"stop_reason": BUDGET, "usage": budget_refused(e, state, ledger, cfg)}
+        progress = Progress(rc)
+        if progress.active:
+            await progress.emit(step_event(cfg, "score", 1, {"finished": scored}, usage))
         return {"finished": scored, "usage": usage}
 
     g = StateGraph(TTSState, input_schema=TTSInput, output_schema=TTSOutput)

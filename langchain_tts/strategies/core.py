@@ -30,6 +30,7 @@ from pydantic import BaseModel, ValidationError
 from typing_extensions import TypedDict
 
 from langchain_tts.backends.sync import run_sync
+from langchain_tts.checkpoint import PlainAggregate, PlainValue
 from langchain_tts.core.config import Selection, StrategyConfig, did_you_mean
 from langchain_tts.core.domain import domain_warnings
 from langchain_tts.core.errors import (
@@ -65,12 +66,17 @@ class TTSInput(TypedDict, total=False):
     messages: list[AnyMessage]
 
 
+#: state keys holding package objects: channels that checkpoint them as plain data, so a
+#: saver with LangGraph's default serializer needs no registered types (checkpoint.py)
+Trajectories = Annotated[list[Trajectory], PlainValue(list[Trajectory])]
+
+
 class TTSOutput(TypedDict, total=False):
     question: str
     answer: str | None
     solution: str
-    candidates: list[Trajectory]
-    usage: Usage
+    candidates: Trajectories
+    usage: Annotated[Usage, PlainValue(Usage)]
     stop_reason: str
     messages: list[AnyMessage]
     #: sentences about trusting the answer, e.g. an embedded model asked outside its task
@@ -112,14 +118,14 @@ class TTSState(TypedDict, total=False):
     question: Annotated[str, EphemeralValue(str)]
     run_question: str
     messages: Annotated[list[AnyMessage], add_chat_messages]
-    active: list[Trajectory]
-    finished: list[Trajectory]
+    active: Trajectories
+    finished: Trajectories
     step: int
-    usage: Annotated[Usage, add_usage]
-    thread_usage: Annotated[Usage, add_usage]
+    usage: Annotated[Usage, PlainAggregate(Usage, add_usage)]
+    thread_usage: Annotated[Usage, PlainAggregate(Usage, add_usage)]
     answer: str | None
     solution: str
-    candidates: list[Trajectory]
+    candidates: Trajectories
     stop_reason: str
     warnings: list[str]
     remaining_steps: RemainingSteps
@@ -549,8 +555,29 @@ def finalize_update(
         "thread_usage": state.get("usage") or Usage(),
     }
     if state.get("messages"):
-        update["messages"] = [AIMessage(content=solution or "(no solution found)")]
+        update["messages"] = [
+            answer_message(solution, cfg._graph_name, state.get("usage") or Usage())
+        ]
     return update
+
+
+def answer_message(solution: str, name: str | None, usage: Usage) -> AIMessage:
+    """The chat reply of a run: the solution, named after the graph, with its token usage.
+
+    ``usage_metadata`` counts the policy's tokens only, over every call of the run: prompt
+    tokens as input, generated tokens as output (what a chat app bills as "the model").
+    The PRM's tokens and FLOPs are in the run's ``usage``.
+    """
+    tokens_in, tokens_out = usage.policy_prompt_tokens, usage.policy_generated_tokens
+    return AIMessage(
+        content=solution or "(no solution found)",
+        name=name,
+        usage_metadata={
+            "input_tokens": tokens_in,
+            "output_tokens": tokens_out,
+            "total_tokens": tokens_in + tokens_out,
+        },
+    )
 
 
 class _Fn(Runnable[Any, Any]):

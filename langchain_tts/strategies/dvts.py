@@ -38,7 +38,7 @@ from langchain_tts.core.types import Trajectory, Usage
 from langchain_tts.policies.base import StepPolicy
 from langchain_tts.prms.base import ProcessRewardModel
 from langchain_tts.strategies.beam_search import search_units, width_budget
-from langchain_tts.strategies.core import TTSState, expand, finalize_update, score
+from langchain_tts.strategies.core import Trajectories, TTSState, expand, finalize_update, score
 from langchain_tts.strategies.loop import Search, SearchLoop, require_prm, search_graph
 from langchain_tts.strategies.registry import StrategySpec
 from langchain_tts.strategies.selection import top_k
@@ -65,7 +65,7 @@ class DVTSConfig(StrategyConfig):
 
 class DVTSState(TTSState, total=False):
     #: ``subtrees[i]``: the current leaf of subtree ``i`` (finished or not)
-    subtrees: list[Trajectory]
+    subtrees: Trajectories
 
 
 async def dvts_step(

@@ -38,6 +38,7 @@ from langchain_tts.strategies.core import (
     prepare_update,
     resolve_config,
 )
+from langchain_tts.strategies.progress import Progress, done_event, step_event
 
 C = TypeVar("C", bound=StrategyConfig)
 
@@ -109,6 +110,7 @@ def loop_node(
         cfg = resolve_config(base, rc)
         pol, pr, ledger = metered(policy, prm, cfg, state)  # as they are without a budget
         search, i, usage, stop = loop.start(state), state.get("step", 0), Usage(), ""
+        progress = Progress(rc)
         while True:
             try:
                 search, u = await loop.step(pol, pr, cfg, state["question"], search, i)
@@ -116,7 +118,9 @@ def loop_node(
                 usage, stop = budget_refused(e, state, ledger, cfg), BUDGET
                 search = loop.refused(search, e.unscored)
                 break
-            i, usage = i + 1, usage + u  # one search step done (per-step progress: here)
+            i, usage = i + 1, usage + u  # one search step done
+            if progress.active:
+                await progress.emit(step_event(cfg, loop.node, i, search, u))
             if ledger is not None and ledger.ended:  # the meter cut this step short
                 stop = BUDGET
                 break
@@ -193,8 +197,13 @@ def finalize_node(
     async def finalize(state: TTSState, rc: RunnableConfig) -> dict:
         cfg = resolve_config(base, rc)
         if budget_candidates is not None and budget_stopped(state, cfg):
-            return budget_final_update(state, budget_candidates(state), cfg)
-        return answer(state, cfg)
+            update = budget_final_update(state, budget_candidates(state), cfg)
+        else:
+            update = answer(state, cfg)
+        progress = Progress(rc)
+        if progress.active:
+            await progress.emit(done_event(cfg, state, update))
+        return update
 
     return node(finalize, "finalize")
 

@@ -43,11 +43,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import Annotated, Literal
 
 from langgraph.graph import StateGraph
 from pydantic import BaseModel, Field
 
+from langchain_tts.checkpoint import PlainValue
 from langchain_tts.core.config import StrategyConfig
 from langchain_tts.core.types import Trajectory, Usage, model_replace
 from langchain_tts.policies.base import StepPolicy
@@ -107,7 +108,7 @@ class MCTSNode(BaseModel):
 
 class MCTSState(TTSState, total=False):
     #: the search tree; ``tree[0]`` is the root, a node's id is its index
-    tree: list[MCTSNode]
+    tree: Annotated[list[MCTSNode], PlainValue(list[MCTSNode])]
 
 
 def ucb1(child: MCTSNode, parent_visits: int, c: float) -> float:

@@ -1,0 +1,180 @@
+"""Per-step progress events: one ``tts_step`` per search step and a ``tts_done``, on
+LangGraph's custom stream (standalone, from a parent with ``subgraphs=True``, with and
+without ``output_key``) and as LangChain custom events (``astream_events``, LangServe);
+nothing is built when nobody listens. And the chat reply: named, with token usage."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from langchain_core.messages import AIMessage
+from langgraph.graph import START, MessagesState, StateGraph
+
+from langchain_tts.graph import create_tts_graph
+from langchain_tts.strategies import progress
+from langchain_tts.testing import FakePolicy, FakePRM
+from tests.test_turns import CONFIGS, TURNS, adder, prefer_right
+
+STEP_KEYS = {
+    "event",
+    "graph",
+    "strategy",
+    "node",
+    "step",
+    "beams",
+    "candidates",
+    "finished",
+    "usage",
+}
+LOOPING = ["beam_search", "dvts", "mcts", "revision", "hybrid"]
+
+
+def graph_of(strategy: str, **kw: Any):
+    return create_tts_graph(
+        FakePolicy(adder), FakePRM(prefer_right), strategy, CONFIGS[strategy], **kw
+    )
+
+
+def check_events(events: list[dict], strategy: str, graph: str) -> None:
+    steps = [e for e in events if e["event"] == progress.STEP_EVENT]
+    done = [e for e in events if e["event"] == progress.DONE_EVENT]
+    assert steps and len(done) == 1 and events[-1] is done[0]
+    json.dumps(events)  # plain JSON, as a server sends it
+    for e in steps:
+        assert set(e) == STEP_KEYS
+        assert e["graph"] == graph and e["strategy"] == strategy
+        assert len(e["beams"]) <= progress.TOP_BEAMS and e["candidates"] >= len(e["beams"])
+        assert e["usage"]["policy_calls"] + e["usage"]["prm_calls"] >= 1
+        for b in e["beams"]:
+            assert set(b) == {"score", "steps", "finished", "text"}
+            assert len(b["text"]) <= progress.TEXT_CHARS
+    scores = [b["score"] for b in steps[-1]["beams"] if b["score"] is not None]
+    assert scores == sorted(scores, reverse=True)
+    total = sum(e["usage"]["policy_calls"] for e in steps)
+    assert done[0]["usage"]["policy_calls"] == total  # each step's own usage, summed
+    assert done[0]["strategy"] == strategy and done[0]["stop_reason"]
+
+
+@pytest.mark.parametrize("strategy", LOOPING)
+def test_standalone_custom_stream_has_each_step(strategy: str):
+    g = graph_of(strategy)
+    events = list(g.stream({"question": TURNS[0]}, stream_mode="custom"))
+    check_events(events, strategy, f"tts_{strategy}")
+    steps = [e["step"] for e in events if e["event"] == progress.STEP_EVENT]
+    assert steps == list(range(1, len(steps) + 1))
+    assert events[-1]["answer"] == "11" or strategy in ("revision", "hybrid")
+
+
+def test_best_of_n_sends_its_samples_and_their_scores():
+    g = graph_of("best_of_n")
+    events = list(g.stream({"question": TURNS[0]}, stream_mode="custom"))
+    check_events(events, "best_of_n", "tts_best_of_n")
+    sample, scored = events[0], events[1]
+    assert (sample["node"], scored["node"]) == ("sample", "score")
+    assert all(b["score"] is None for b in sample["beams"])
+    assert all(b["score"] is not None for b in scored["beams"])
+
+
+def test_mcts_beams_are_the_tree_leaves():
+    events = list(graph_of("mcts").stream({"question": TURNS[0]}, stream_mode="custom"))
+    first = events[0]
+    assert first["candidates"] == CONFIGS["mcts"]["expand_k"]  # the root's children
+    assert all(b["steps"] == 1 for b in first["beams"])
+
+
+@pytest.mark.parametrize("output_key", [None, "tts"])
+def test_a_parent_with_subgraphs_sees_the_events(output_key: str | None):
+    tts = graph_of("beam_search", name="searcher", output_key=output_key)
+
+    class Parent(MessagesState, total=False):
+        tts: dict
+
+    builder = StateGraph(Parent)
+    builder.add_node("searcher", tts)
+    builder.add_edge(START, "searcher")
+    parent = builder.compile()
+    custom, updates = [], []
+    for ns, mode, chunk in parent.stream(
+        {"messages": [("human", TURNS[1])]}, stream_mode=["updates", "custom"], subgraphs=True
+    ):
+        (custom if mode == "custom" else updates).append((ns, chunk))
+    assert custom and all(ns and ns[0].startswith("searcher:") for ns, _ in custom)
+    check_events([c for _, c in custom], "beam_search", "searcher")
+    assert custom[-1][1]["answer"] == "56"
+
+
+async def test_astream_events_shows_them_as_custom_events():
+    g = graph_of("beam_search")
+    events = [
+        e
+        async for e in g.astream_events({"question": TURNS[0]}, version="v2")
+        if e["event"] == "on_custom_event"
+    ]
+    assert {e["name"] for e in events} == {progress.STEP_EVENT, progress.DONE_EVENT}
+    check_events([e["data"] for e in events], "beam_search", "tts_beam_search")
+
+
+def test_nothing_is_built_when_nobody_listens(monkeypatch: pytest.MonkeyPatch):
+    def boom(*a: Any, **k: Any) -> dict:
+        raise AssertionError("an event was built for nobody")
+
+    monkeypatch.setattr("langchain_tts.strategies.loop.step_event", boom)
+    monkeypatch.setattr("langchain_tts.strategies.loop.done_event", boom)
+    g = graph_of("beam_search")
+    assert g.invoke({"question": TURNS[0]})["answer"] == "11"
+    assert list(g.stream({"question": TURNS[0]}, stream_mode="updates"))
+    with pytest.raises(AssertionError, match="for nobody"):
+        list(g.stream({"question": TURNS[0]}, stream_mode="custom"))
+
+
+def test_the_chat_reply_is_named_and_carries_token_usage():
+    g = graph_of("beam_search", name="math_search")
+    out = g.invoke({"messages": [("human", TURNS[0])]})
+    reply = out["messages"][-1]
+    assert isinstance(reply, AIMessage) and reply.name == "math_search"
+    u = out["usage"]
+    assert reply.usage_metadata == {
+        "input_tokens": u.policy_prompt_tokens,
+        "output_tokens": u.policy_generated_tokens,
+        "total_tokens": u.policy_prompt_tokens + u.policy_generated_tokens,
+    }
+    assert reply.usage_metadata["output_tokens"] > 0
+
+
+# LangServe 0.3.3 reads model_fields off instances (pydantic 2.11+ deprecates it).
+@pytest.mark.filterwarnings("ignore:Accessing the 'model_fields':DeprecationWarning")
+async def test_langserve_stream_events_carry_them():
+    pytest.importorskip("langserve")
+    from langserve import RemoteRunnable
+
+    from langchain_tts.serve import create_app
+    from tests.test_serve import QUESTION, OraclePolicy, ThreadServer
+
+    app = create_app(OraclePolicy(), FakePRM(lambda t: [0.9] * len(t.steps)), ["beam_search"])
+    with ThreadServer(app) as server:
+        remote = RemoteRunnable(f"{server.url}/tts/beam_search/", timeout=60)
+        events = [
+            e
+            async for e in remote.astream_events(
+                {"question": QUESTION}, {"configurable": {"n": 4}}, version="v2"
+            )
+            if e["event"] == "on_custom_event"
+        ]
+    data = [e["data"] for e in events]
+    assert [d["step"] for d in data if d["event"] == progress.STEP_EVENT] == [1, 2, 3]
+    assert data[-1]["event"] == progress.DONE_EVENT and data[-1]["answer"] == "14"
+
+
+def test_the_router_passes_its_search_events_on_and_names_its_reply():
+    from langchain_tts.routing.router import create_router_graph
+
+    g = create_router_graph(
+        FakePolicy(adder), FakePRM(prefer_right), reuse_probe=False, reuse_samples=False
+    )
+    events = [c for _, c in g.stream({"question": TURNS[0]}, stream_mode="custom", subgraphs=True)]
+    route = g.invoke({"question": TURNS[0]})["route"]
+    check_events(events, route.strategy, f"tts_{route.node}")
+    reply = g.invoke({"messages": [("human", TURNS[0])]})["messages"][-1]
+    assert reply.name == "tts_router" and reply.usage_metadata["output_tokens"] > 0
