@@ -7,6 +7,7 @@ they are fast and exact; one runs ``tts serve`` on the embedded models.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sqlite3
@@ -215,6 +216,12 @@ BAD_CONFIGS = {
     "wrong type": ({"n": "lots"}, 422, "valid integer"),
     "n not a multiple of beam_width": ({"n": 5}, 400, "multiple of beam_width"),
     "out of range": ({"temperature": -1.0}, 400, "temperature"),
+    "misspelled knob": ({"beamwidth": 2}, 400, "did you mean 'beam_width'"),
+    "unknown knob under the graph's name": (
+        {"tts_beam_search": {"bogus": 1}},
+        400,
+        "valid knobs: ['aggregation', 'beam_width'",
+    ),
 }
 
 
@@ -228,6 +235,48 @@ def test_bad_knobs_are_4xx_before_the_run(server: ThreadServer, endpoint: str, c
     r = httpx.post(f"{server.url}/tts/beam_search/{endpoint}", json=body, timeout=30)
     assert r.status_code == status, r.text[:300]
     assert needle in r.text
+
+
+def test_a_misspelled_knob_names_the_valid_ones(server: ThreadServer):
+    r = httpx.post(
+        f"{server.url}/tts/beam_search/invoke",
+        json={"input": {"question": QUESTION}, "config": {"configurable": {"beamwidth": 2}}},
+        timeout=30,
+    )
+    assert r.status_code == 400
+    detail = r.json()["detail"]
+    assert "'beamwidth'" in detail and "did you mean 'beam_width'" in detail
+    assert "'n'" in detail and "'temperature'" in detail  # the valid knobs
+    r = httpx.post(
+        f"{server.url}/tts/router/invoke",
+        json={"input": {"question": QUESTION}, "config": {"configurable": {"reuseprobe": 0}}},
+        timeout=30,
+    )
+    assert r.status_code == 400 and "did you mean 'reuse_probe'" in r.text
+
+
+def test_router_route(server: ThreadServer):
+    assert "router" in httpx.get(f"{server.url}/health", timeout=10).json()["strategies"]
+    router = remote(server, "router")
+    out = router.invoke({"question": QUESTION})
+    assert out["answer"] == "14" and out["route"]["reason"] == "reuse_probe"
+    assert out["difficulty"]["bin"] == "easy"
+    out = router.invoke({"question": QUESTION}, {"configurable": {"reuse_probe": False}})
+    assert out["answer"] == "14" and out["route"]["node"] == "easy_best_of_n"
+    schema = httpx.get(f"{server.url}/tts/router/config_schema", timeout=10).json()
+    assert "reuse_threshold" in json.dumps(schema)
+
+
+@pytest.mark.parametrize("route", ["beam_search", "router"])
+def test_three_turns_on_one_thread_answer_each_turn(server: ThreadServer, route: str):
+    r = remote(server, route)
+    rc = {"configurable": {"thread_id": f"chat-{route}"}}
+    problems = make_split("test", 6)[3:]  # three different answers
+    for k, p in enumerate(problems):
+        out = r.invoke({"messages": [("human", p.question)]}, rc)
+        assert out["question"] == p.question and out["answer"] == p.answer
+        assert len(out["messages"]) == 2 * (k + 1)  # the thread's chat: every turn
+        assert out["messages"][-1].content == out["solution"]
 
 
 def test_errors_raised_inside_the_graph_are_mapped_not_500(server: ThreadServer):
