@@ -299,13 +299,33 @@ def test_oversized_body_is_413(server: ThreadServer):
     assert r.status_code == 413
 
 
+def greedy_right(n: int) -> list:
+    """``n`` questions (different answers) that a greedy CoT on the embedded policy solves."""
+    from langchain_tts.graph import create_tts_graph
+    from langchain_tts.models import load_default_policy
+    from langchain_tts.strategies import get_strategy
+
+    cot = create_tts_graph(
+        load_default_policy(), None, "cot", get_strategy("cot").budget_config(16)
+    )
+    out: list = []
+    for p in make_split("test", 40):
+        if all(p.answer != q.answer for q in out):
+            if cot.invoke({"question": p.question})["answer"] == p.answer:
+                out.append(p)
+        if len(out) == n:
+            return out
+    raise AssertionError(f"fewer than {n} questions a greedy CoT gets right")
+
+
 @pytest.mark.slow
 @requires_weights
 def test_tts_serve_command_on_the_embedded_models(tmp_path: Path):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "langchain_tts.cli", "serve", "--port", str(port)]
-    cmd += ["--strategy", "beam_search", "--strategy", "cot", "--log-level", "warning"]
+    cmd += ["--strategy", "beam_search", "--strategy", "cot", "--strategy", "router"]
+    cmd += ["--checkpoint-db", str(tmp_path / "threads.db"), "--log-level", "warning"]
     # One torch thread: on a small, busy machine oversubscribed threads are 10x slower.
     env = {"OMP_NUM_THREADS": "1", **os.environ, "HF_HUB_OFFLINE": "1"}
     log = (tmp_path / "serve.log").open("w")
@@ -328,8 +348,17 @@ def test_tts_serve_command_on_the_embedded_models(tmp_path: Path):
         assert len(out["candidates"]) == 4
         steps = list(beam.stream({"question": easy.question}, knobs))
         assert "finalize" in steps[-1]
-        cot = RemoteRunnable(f"{url}/tts/cot/", timeout=120).invoke({"question": easy.question})
-        assert cot["answer"] == easy.answer
+        cot = RemoteRunnable(f"{url}/tts/cot/", timeout=120)
+        assert cot.invoke({"question": easy.question})["answer"] == easy.answer
+        # three turns on one thread: each answers its own question (the served cot is greedy)
+        rc = {"configurable": {"thread_id": "chat-1"}}
+        for k, p in enumerate(greedy_right(3)):
+            out = cot.invoke({"messages": [("human", p.question)]}, rc)
+            assert out["question"] == p.question and out["answer"] == p.answer
+            assert len(out["messages"]) == 2 * k + 2
+        router = RemoteRunnable(f"{url}/tts/router/", timeout=120)
+        out = router.invoke({"question": easy.question}, {"configurable": {"thread_id": "r"}})
+        assert out["question"] == easy.question and out["route"]["bin"] is not None
     finally:
         proc.terminate()
         try:
