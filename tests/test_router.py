@@ -724,3 +724,15 @@ def test_a_parent_keeps_its_own_route_with_output_key():
     assert out["tts_usage"]["policy_calls"] == total == 3
     with pytest.raises(ConfigError, match="key of the router's state"):
         create_router_graph(policy, prm, output_key="route")
+
+
+def test_reuse_samples_is_a_per_run_knob():
+    policy, prm = FakePolicy(adder), make_prm(0.9)
+    table = BudgetTable(easy=RouteAllocation(strategy="best_of_n", config={"n": 6}))
+    router = create_router_graph(policy, prm, table=table, reuse_probe=False, reuse_samples=False)
+    q = {"question": TURNS[0]}
+    assert router.invoke(q)["route"].reused_samples == 0
+    assert whole_calls(policy) == [(1, 4), (1, 6)]
+    policy.calls.clear()
+    out = router.invoke(q, context={"reuse_samples": True})
+    assert out["route"].reused_samples == 4 and whole_calls(policy) == [(1, 4), (1, 2)]

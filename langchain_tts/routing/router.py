@@ -465,7 +465,8 @@ def create_router_graph(
     knobs._graph_name = name
     knobs._knobs = knobs_model(knobs, title=_title(name) + "Knobs")  # type: ignore[arg-type]
     runners = {
-        b: _bin_runner(b, alloc, policy, prm, reuse_samples=reuse_samples, router=knobs)
+        # reuse_samples is a per-run knob: the runners may reuse, the knob decides
+        b: _bin_runner(b, alloc, policy, prm, reuse_samples=True, router=knobs)
         for b, alloc in table.items()
     }
     direct = {
