@@ -268,7 +268,9 @@ def test_router_route(server: ThreadServer):
 
 
 @pytest.mark.parametrize("route", ["beam_search", "router"])
-def test_three_turns_on_one_thread_answer_each_turn(server: ThreadServer, route: str):
+def test_three_turns_on_one_thread_answer_each_turn(
+    server: ThreadServer, route: str, caplog: pytest.LogCaptureFixture
+):
     r = remote(server, route)
     rc = {"configurable": {"thread_id": f"chat-{route}"}}
     problems = make_split("test", 6)[3:]  # three different answers
@@ -277,6 +279,8 @@ def test_three_turns_on_one_thread_answer_each_turn(server: ThreadServer, route:
         assert out["question"] == p.question and out["answer"] == p.answer
         assert len(out["messages"]) == 2 * (k + 1)  # the thread's chat: every turn
         assert out["messages"][-1].content == out["solution"]
+    # the saver knows the router's types: none blocked or "unregistered"
+    assert "unregistered type" not in caplog.text and "Blocked deser" not in caplog.text
 
 
 def test_errors_raised_inside_the_graph_are_mapped_not_500(server: ThreadServer):
