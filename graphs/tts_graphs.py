@@ -1,7 +1,8 @@
 """Ready graphs for `langgraph dev` / LangGraph Platform (see langgraph.json).
 
 Each graph runs on the embedded default models (CPU, offline), with a budget of about 16
-samples per question. Knobs show in LangGraph Studio (each graph's context schema is its
+samples per question; ``router`` picks the strategy per question (difficulty probe + its
+default budget table). Knobs show in LangGraph Studio (each graph's context schema is its
 strategy config) and are overridable per run through ``context`` or
 ``config["configurable"]`` (e.g. ``{"n": 64, "beam_width": 4}``).
 
@@ -18,7 +19,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from langchain_tts.models import load_default  # noqa: E402
-from langchain_tts.serve import servable_graph  # noqa: E402
+from langchain_tts.serve import servable_graph, servable_router  # noqa: E402
 from langchain_tts.strategies import get_strategy  # noqa: E402
 
 BUDGET = 16
@@ -41,6 +42,8 @@ dvts = _graph("dvts")
 mcts = _graph("mcts")
 revision = _graph("revision")
 hybrid = _graph("hybrid")
+# The router: a difficulty probe, then its default budget table's strategy for the bin.
+router = servable_router(_policy, _prm)
 
 
 def _agent_example():

@@ -10,6 +10,10 @@ the embedded task greedy accuracy falls with the number of operations (about 100
 under 60% at four), which is where search pays; swap in a classifier or a difficulty probe
 (PRM score of a first attempt) for other tasks.
 
+:func:`build_router_agent` lets the package's router decide instead (a difficulty probe,
+then the budget table's strategy), as a node of a chat app with keys of its own: the
+router runs with ``output_key``, so the app's own ``route`` stays the app's.
+
 Run it offline on the embedded models::
 
     python integrations/agent_example.py
@@ -23,12 +27,14 @@ from typing import Any, Literal
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from langchain_core.messages import HumanMessage  # noqa: E402
+from langchain_core.messages import AIMessage, HumanMessage  # noqa: E402
 from langgraph.graph import END, START, MessagesState, StateGraph  # noqa: E402
 from langgraph.graph.state import CompiledStateGraph  # noqa: E402
 from langgraph.types import Checkpointer  # noqa: E402
 
 from langchain_tts import ProcessRewardModel, StepPolicy, Usage, create_tts_graph  # noqa: E402
+from langchain_tts.routing import create_router_graph  # noqa: E402
+from langchain_tts.strategies.core import TTSUsageState  # noqa: E402
 
 Route = Literal["direct", "careful"]
 _OPERATION = re.compile(
@@ -93,6 +99,41 @@ def build_agent(
     return g.compile(checkpointer=checkpointer, name="tts_agent")
 
 
+class ChatState(MessagesState, TTSUsageState, total=False):
+    route: Literal["math", "other"]  # the app's own key: the router's route is in tts
+    tts: dict  # the router's result, plain JSON: answer, route, difficulty, usage, ...
+
+
+def triage(state: ChatState) -> dict:
+    """The app's own routing: arithmetic goes to the TTS router, anything else is declined."""
+    return {"route": "math" if _NUMBER.search(_last_question(state)) else "other"}
+
+
+def decline(state: ChatState) -> dict:
+    return {"messages": [AIMessage(content="I only answer arithmetic questions.")]}
+
+
+def build_router_agent(
+    policy: StepPolicy,
+    prm: ProcessRewardModel | None,
+    *,
+    checkpointer: Checkpointer = None,
+    **router_kwargs: Any,
+) -> CompiledStateGraph:
+    """A chat app: triage -> (the TTS router | decline) -> end. ``router_kwargs`` go to
+    ``create_router_graph`` (``table``, ``max_flops``, ...)."""
+    router = create_router_graph(policy, prm, name="tts_router", output_key="tts", **router_kwargs)
+    g = StateGraph(ChatState)
+    g.add_node("triage", triage)
+    g.add_node("router", router)  # reads messages; writes messages, tts and tts_usage
+    g.add_node("decline", decline)
+    g.add_edge(START, "triage")
+    g.add_conditional_edges("triage", lambda s: s["route"], {"math": "router", "other": "decline"})
+    g.add_edge("router", END)
+    g.add_edge("decline", END)
+    return g.compile(checkpointer=checkpointer, name="tts_router_agent")
+
+
 def main(n: int = 8) -> None:
     from langchain_tts.eval.synthetic import make_split
     from langchain_tts.models import load_default
@@ -104,6 +145,21 @@ def main(n: int = 8) -> None:
         print(
             f"{ok} {out['route']:>7} ({p.difficulty} ops): answer {out['answer']!s:>4} gold "
             f"{p.answer:>4}  {out['usage'].flops:9.3g} FLOPs  {p.question}"
+        )
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    from langchain_tts.checkpoint import serializer
+    from langchain_tts.routing import ROUTER_STATE_TYPES
+
+    saver = InMemorySaver(serde=serializer(extra=ROUTER_STATE_TYPES))
+    chat = build_router_agent(*load_default(), checkpointer=saver)
+    cfg = {"configurable": {"thread_id": "chat"}}
+    for p in make_split("test", 3):  # several turns on one thread: each answers its own
+        out = chat.invoke({"messages": [("human", p.question)]}, cfg)
+        tts = out["tts"]
+        print(
+            f"router: {tts['route']['node']:>18} answer {tts['answer']!s:>4} gold "
+            f"{p.answer:>4}  {tts['usage']['flops']:9.3g} FLOPs  {p.question}"
         )
 
 

@@ -7,7 +7,7 @@ finished steps are not recomputed.
 
 The state holds pydantic objects (:class:`~langchain_tts.core.types.Trajectory`,
 :class:`~langchain_tts.core.types.Usage`, MCTS tree nodes). Their keys are
-:class:`PlainValue` / :class:`PlainAggregate` channels, which checkpoint them as plain
+:class:`~langchain_tts.core.channels.PlainValue` / ``PlainAggregate`` channels, which checkpoint them as plain
 JSON-like data and rebuild the objects on load: any saver with LangGraph's default
 serializer (a plain ``InMemorySaver()``, ``SqliteSaver``, ``langgraph dev``) stores them
 without "Deserializing unregistered type ..." warnings. :func:`serializer` additionally
@@ -18,68 +18,16 @@ registers the classes, for savers that also load a step's pending writes under
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from langgraph._internal._typing import MISSING
-from langgraph.channels import BinaryOperatorAggregate, LastValue
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
-from pydantic import TypeAdapter
 
 if TYPE_CHECKING:
     from langgraph.checkpoint.sqlite import SqliteSaver
     from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
-
-
-@cache
-def _adapter(typ: Any) -> TypeAdapter:
-    return TypeAdapter(typ)
-
-
-def to_plain(typ: Any, value: Any) -> Any:
-    """``value`` (of type ``typ``) as plain data: dicts, lists, strings, numbers."""
-    return value if value is MISSING else _adapter(typ).dump_python(value)
-
-
-def from_plain(typ: Any, data: Any) -> Any:
-    """The ``typ`` value that ``data`` holds (objects already of that type pass as they are:
-    checkpoints written before these channels held the objects themselves)."""
-    return data if data is MISSING else _adapter(typ).validate_python(data)
-
-
-class PlainValue(LastValue):
-    """A ``LastValue`` channel whose checkpoint is plain data, rebuilt as ``typ`` on load.
-
-    Use it as ``Annotated[list[Trajectory], PlainValue(list[Trajectory])]`` in a state
-    schema. The running graph holds the objects; only checkpoints see plain data.
-    """
-
-    __slots__ = ()
-
-    def checkpoint(self) -> Any:
-        return to_plain(self.typ, self.value)
-
-    def from_checkpoint(self, checkpoint: Any) -> PlainValue:
-        return super().from_checkpoint(from_plain(self.typ, checkpoint))
-
-
-class PlainAggregate(BinaryOperatorAggregate):
-    """A ``BinaryOperatorAggregate`` (a reducer's channel) checkpointed as plain data:
-    ``Annotated[Usage, PlainAggregate(Usage, add_usage)]``."""
-
-    __slots__ = ()
-
-    def __init__(self, typ: Any, operator: Callable[[Any, Any], Any]):
-        super().__init__(typ, operator)
-
-    def checkpoint(self) -> Any:
-        return to_plain(self.typ, self.value)
-
-    def from_checkpoint(self, checkpoint: Any) -> PlainAggregate:
-        return super().from_checkpoint(from_plain(self.typ, checkpoint))
 
 
 def state_types() -> list[type]:

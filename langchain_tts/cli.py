@@ -300,7 +300,11 @@ def serve(
     host: Annotated[str, typer.Option(help="interface to bind")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port")] = 8000,
     strategy: Annotated[
-        list[str], typer.Option(help="repeatable; default: every strategy the models allow")
+        list[str],
+        typer.Option(
+            help="repeatable, a strategy or 'router'; default: every strategy the models "
+            "allow and the router"
+        ),
     ] = [],  # noqa: B006
     policy: Annotated[str, typer.Option(help="embedded policy size: small | large")] = "small",
     prm: Annotated[
@@ -312,7 +316,8 @@ def serve(
     ] = None,
     log_level: Annotated[str, typer.Option()] = "info",
 ) -> None:
-    """Serve the strategies over HTTP (LangServe): POST /tts/<strategy>/invoke, /stream, ..."""
+    """Serve the strategies and the router over HTTP (LangServe): POST /tts/<strategy>/invoke,
+    /tts/router/invoke, /stream, ..."""
     import uvicorn
 
     from langchain_tts.serve import create_app

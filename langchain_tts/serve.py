@@ -1,19 +1,19 @@
 """Serve TTS graphs over HTTP with LangServe: one route per strategy, knobs per request.
 
 ``create_app()`` returns a FastAPI app with ``/tts/<strategy>/invoke|batch|stream|...`` for
-every strategy (on the embedded default models unless you pass a policy and PRM) and
-``/health``. ``tts serve`` runs it with uvicorn. Clients use ``langserve.RemoteRunnable``::
+every strategy and ``/tts/router`` for the router (difficulty probe + budget table), on the
+embedded default models unless you pass a policy and PRM, and ``/health``. ``tts serve`` runs it with uvicorn. Clients use ``langserve.RemoteRunnable``::
 
     RemoteRunnable("http://127.0.0.1:8000/tts/beam_search/").invoke(
         {"question": "..."}, {"configurable": {"n": 8, "thread_id": "t1"}})
 
 Why the extra plumbing around ``add_routes``:
 
-* LangServe validates ``config["configurable"]`` against the runnable's config schema and
-  drops what the schema lacks; a plain TTS graph has none, so knobs and ``thread_id`` would
-  vanish. :func:`servable_graph` gives each graph a knobs schema (also what LangGraph
-  Studio shows); LangServe's copy of it keeps types but not constraints, so the per-request
-  modifier re-validates knobs (400) and restores ``thread_id``.
+* LangServe validates ``config["configurable"]`` against the runnable's config schema: the
+  graph's own knobs (its ``context_schema``, also what LangGraph Studio shows). LangServe's
+  copy of it keeps types but not constraints and drops keys it does not know, so the
+  per-request modifier checks the knobs the client sent with the graph's own rules (400,
+  with a "did you mean" for a misspelled one) and restores ``thread_id``.
 * Bad input must be a 4xx with a clear message, never a 500 (nor a 500 event inside a
   200 stream): requests are validated before the graph runs (:class:`TTSRequest`), a body
   that is not UTF-8 is a 422, and ``InputError`` / ``ConfigError`` that still escape are
@@ -25,7 +25,6 @@ Why the extra plumbing around ``add_routes``:
 
 from __future__ import annotations
 
-import copy
 import os
 import uuid
 import warnings
@@ -47,7 +46,7 @@ from pydantic import (
     model_validator,
 )
 
-from langchain_tts.core.config import StrategyConfig
+from langchain_tts.core.config import StrategyConfig, knobs_model
 from langchain_tts.core.errors import BackendError, ConfigError, InputError
 from langchain_tts.graph import create_tts_graph
 from langchain_tts.policies.base import StepPolicy
@@ -61,6 +60,8 @@ if TYPE_CHECKING:
 
 #: requests larger than this are refused with 413 before they are parsed
 MAX_BODY_BYTES = 4 * 1024 * 1024
+#: the route of the router graph (``/tts/router``): difficulty probe + budget table
+ROUTER = "router"
 
 
 class TTSRequest(BaseModel):
@@ -103,34 +104,18 @@ class TTSRequest(BaseModel):
         return self
 
 
-def knobs_schema(strategy: str, base: StrategyConfig | dict | None = None) -> type[StrategyConfig]:
-    """The per-call knobs of ``strategy`` as a pydantic model, defaulting to ``base``.
-
-    Defaults are the served config (not the class defaults), because LangServe fills every
-    field in. Extra keys are allowed so ``thread_id`` and other graphs' keys pass through;
-    the strategy's own validators still reject bad combinations (e.g. ``n`` not a multiple
-    of ``beam_width``).
-    """
+def knobs_schema(strategy: str, base: StrategyConfig | dict | None = None) -> type[BaseModel]:
+    """The per-call knobs of ``strategy`` as a pydantic model, defaulting to ``base``: the
+    ``context_schema`` a graph built on that config carries (what LangGraph Studio shows)."""
     cfg = strategy_config(strategy, base)
-    cls = type(cfg)
-    annotations: dict[str, Any] = {}
-    fields: dict[str, Any] = {}
-    for name, info in cls.model_fields.items():
-        f = copy.copy(info)
-        f.default = getattr(cfg, name)
-        f.default_factory = None
-        annotations[name] = info.annotation
-        fields[name] = f
-    name = "".join(p.title() for p in strategy.split("_")) + "Knobs"
-    ns = {
-        "__annotations__": annotations,
-        "__module__": __name__,
-        "__doc__": f"{STRATEGY_SPECS[strategy].summary}. Per-call knobs of {strategy} "
-        "(config['configurable'] or run context).",
-        "model_config": ConfigDict(extra="allow", title=name),
-        **fields,
-    }
-    return type(name, (cls,), ns)
+    title = "".join(p.title() for p in strategy.split("_")) + "Knobs"
+    knobs = knobs_model(cfg, title=title)
+    knobs.__doc__ = _knobs_doc(STRATEGY_SPECS[strategy].summary, strategy)
+    return knobs
+
+
+def _knobs_doc(summary: str, what: str) -> str:
+    return f"{summary}. Per-call knobs of {what} (config['configurable'] or run context)."
 
 
 def servable_graph(
@@ -141,9 +126,30 @@ def servable_graph(
     *,
     checkpointer: BaseCheckpointSaver | None = None,
 ) -> CompiledStateGraph:
-    """``create_tts_graph`` plus a knobs schema, for LangServe and LangGraph Studio."""
+    """``create_tts_graph`` for LangServe and LangGraph Studio: its knobs (``context_schema``,
+    defaulting to ``config``) carry the strategy's summary as their description."""
     graph = create_tts_graph(policy, prm, strategy, config, checkpointer=checkpointer)
-    return graph.copy(update={"context_schema": knobs_schema(strategy, config)})
+    graph.context_schema.__doc__ = _knobs_doc(STRATEGY_SPECS[strategy].summary, strategy)
+    return graph
+
+
+def servable_router(
+    policy: StepPolicy,
+    prm: ProcessRewardModel | None,
+    *,
+    checkpointer: BaseCheckpointSaver | None = None,
+    **kwargs: Any,
+) -> CompiledStateGraph:
+    """``create_router_graph`` (its default table unless ``table=`` is given) for LangServe
+    and LangGraph Studio; ``kwargs`` go to :func:`create_router_graph`."""
+    from langchain_tts.routing.router import create_router_graph
+
+    graph = create_router_graph(policy, prm, checkpointer=checkpointer, **kwargs)
+    graph.context_schema.__doc__ = _knobs_doc(
+        "Estimates each question's difficulty and runs the budget table's strategy for it",
+        "the router",
+    )
+    return graph
 
 
 class _ServedGraph(RunnableBinding):
@@ -164,11 +170,11 @@ def default_configs(budget: int = 16) -> dict[str, dict[str, Any]]:
     return {name: spec.budget_config(budget) for name, spec in STRATEGY_SPECS.items()}
 
 
-def _thread_id_from_body(body: Any) -> str | None:
+def _configurable_from_body(body: Any) -> dict[str, Any]:
+    """``config["configurable"]`` of a request body as the client sent it (or ``{}``)."""
     cfg = body.get("config") if isinstance(body, dict) else None
     conf = cfg.get("configurable") if isinstance(cfg, dict) else None
-    tid = conf.get("thread_id") if isinstance(conf, dict) else None
-    return str(tid) if tid is not None else None
+    return dict(conf) if isinstance(conf, dict) else {}
 
 
 def create_app(
@@ -185,9 +191,11 @@ def create_app(
 
     ``policy``/``prm``: default to the embedded models (``load_default()``); with a policy
     of your own and ``prm=None``, only strategies that need no PRM are served.
-    ``strategies``: default every registered one that can run with these models.
+    ``strategies``: default every registered one that can run with these models, and
+    :data:`ROUTER` (``/tts/router``, on its default table).
     ``configs``: per-strategy base configs (default: :func:`default_configs` at ``budget``);
-    knobs are overridable per request through ``configurable``. ``checkpointer``: an
+    ``configs["router"]``: keyword arguments of ``create_router_graph``. Knobs are
+    overridable per request through ``configurable``. ``checkpointer``: an
     async-capable saver, or a SQLite path opened as ``AsyncSqliteSaver`` for the app's
     lifetime; with one, requests without a ``thread_id`` get a fresh one.
     """
@@ -236,11 +244,19 @@ def _served_graphs(
     configs: dict[str, StrategyConfig | dict],
     saver: BaseCheckpointSaver | None,
 ) -> dict[str, CompiledStateGraph]:
-    """A servable graph per strategy; when none were named, those these models can run."""
+    """A servable graph per strategy (and the router, :data:`ROUTER`); when none were named,
+    those these models can run. ``configs["router"]``: keyword arguments of
+    :func:`~langchain_tts.routing.create_router_graph` (``table``, ``max_flops``, ...)."""
     graphs: dict[str, CompiledStateGraph] = {}
-    for name in strategies or list(STRATEGY_SPECS):
+    for name in strategies or [*STRATEGY_SPECS, ROUTER]:
         try:
-            graphs[name] = servable_graph(policy, prm, name, configs.get(name), checkpointer=saver)
+            if name == ROUTER:
+                kwargs = dict(configs.get(ROUTER) or {})
+                graphs[name] = servable_router(policy, prm, checkpointer=saver, **kwargs)
+            else:
+                graphs[name] = servable_graph(
+                    policy, prm, name, configs.get(name), checkpointer=saver
+                )
         except ConfigError:
             if strategies is not None:  # asked for explicitly: say why it cannot be served
                 raise
@@ -256,9 +272,15 @@ def _lifespan(graphs: dict[str, CompiledStateGraph], saver_path: str | Path | No
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             if saver_path is not None:
-                from langchain_tts.checkpoint import async_sqlite_saver
+                import aiosqlite
+                from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
-                opened = await stack.enter_async_context(async_sqlite_saver(saver_path))
+                from langchain_tts.checkpoint import serializer
+                from langchain_tts.routing.router import ROUTER_STATE_TYPES
+
+                conn = await stack.enter_async_context(aiosqlite.connect(str(saver_path)))
+                # the router's state holds its Route and DifficultyEstimate too
+                opened = AsyncSqliteSaver(conn, serde=serializer(extra=ROUTER_STATE_TYPES))
                 for g in graphs.values():
                     g.checkpointer = opened
             try:
@@ -353,28 +375,41 @@ def _add_health(
         return served
 
 
-def _config_modifier(graph: CompiledStateGraph, uses_threads: bool) -> Any:
-    """LangServe's per-request config hook for ``graph``."""
+def _knobs_base(name: str, graph: CompiledStateGraph) -> Any:
+    """The config the route's graph was built on (its knobs' defaults), named like the graph:
+    the base :func:`resolve_config` checks a request's knobs against."""
+    from langchain_tts.routing.router import RouterConfig
+
+    cls = RouterConfig if name == ROUTER else STRATEGY_SPECS[name].config
+    base = cls.model_validate(graph.context_schema().model_dump())
+    base._graph_name, base._knobs = graph.name, graph.context_schema
+    return base
+
+
+def _config_modifier(name: str, graph: CompiledStateGraph, uses_threads: bool) -> Any:
+    """LangServe's per-request config hook for the route ``name`` serving ``graph``."""
     from fastapi import HTTPException
 
-    base = graph.context_schema
+    base = _knobs_base(name, graph)
 
     async def per_request(config: dict[str, Any], request: Request) -> dict[str, Any]:
         """Keep ``configurable`` (knobs, ``thread_id``), check knobs before the run."""
         conf = dict(config.get("configurable") or {})
-        if "thread_id" not in conf and request.method == "POST":
+        sent: dict[str, Any] = {}
+        if request.method == "POST":
             try:
-                tid = _thread_id_from_body(await request.json())
+                sent = _configurable_from_body(await request.json())
             except ValueError:
-                tid = None
-            if tid is not None:
-                conf["thread_id"] = tid
+                sent = {}
+        if "thread_id" not in conf and sent.get("thread_id") is not None:
+            conf["thread_id"] = str(sent["thread_id"])
         if uses_threads and not conf.get("thread_id"):
             conf["thread_id"] = uuid.uuid4().hex
-        # LangServe's copy of the knobs schema keeps types but not constraints: apply the
-        # strategy's validation here, so a bad knob is a 400 before any stream starts.
+        # LangServe's copy of the knobs schema keeps types but not constraints, and drops
+        # keys it does not know: check what the client sent with the graph's own rules, so
+        # a bad or misspelled knob is a 400 before any stream starts.
         try:
-            resolve_config(base(), {"configurable": conf})
+            resolve_config(base, {"configurable": {**sent, **conf}})
         except ConfigError as e:
             raise HTTPException(status_code=400, detail=str(e)) from e
         return {**config, "configurable": conf}
@@ -398,7 +433,7 @@ _ENDPOINTS = (
 def _add_strategy_routes(
     app: FastAPI, graphs: dict[str, CompiledStateGraph], *, uses_threads: bool
 ) -> None:
-    """One LangServe route per served strategy, at ``/tts/<strategy>``."""
+    """One LangServe route per served graph, at ``/tts/<strategy>`` and ``/tts/router``."""
     from langserve import add_routes
 
     for name, graph in graphs.items():
@@ -406,6 +441,6 @@ def _add_strategy_routes(
             app,
             _ServedGraph(bound=graph, custom_input_type=TTSRequest),
             path=f"/tts/{name}",
-            per_req_config_modifier=_config_modifier(graph, uses_threads),
+            per_req_config_modifier=_config_modifier(name, graph, uses_threads),
             enabled_endpoints=_ENDPOINTS,
         )

@@ -96,6 +96,32 @@ def test_agent_routes_and_answers_synthetic_questions():
         )
 
 
+def test_router_agent_keeps_its_route_and_answers_each_turn():
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    from langchain_tts.checkpoint import serializer
+    from langchain_tts.routing import ROUTER_STATE_TYPES
+
+    ex = load_example()
+    prm = FakePRM(lambda t: [0.9] * len(t.steps))
+    saver = InMemorySaver(serde=serializer(extra=ROUTER_STATE_TYPES))
+    chat = ex.build_router_agent(OraclePolicy(), prm, checkpointer=saver, reuse_probe=False)
+    cfg = {"configurable": {"thread_id": "chat"}}
+    spent = 0.0
+    for k, p in enumerate(make_split("test", 3)):
+        out = chat.invoke({"messages": [("human", p.question)]}, cfg)
+        assert out["route"] == "math"  # the app's own key, not the router's Route
+        tts = out["tts"]
+        assert tts["question"] == p.question and tts["answer"] == p.answer
+        assert tts["route"]["node"] == f"{tts['difficulty']['bin']}_{tts['route']['strategy']}"
+        assert out["messages"][-1].content == tts["solution"] and len(out["messages"]) == 2 * k + 2
+        spent += tts["usage"]["flops"]
+    assert out["tts_usage"]["flops"] == pytest.approx(spent)  # summed over the turns
+    out = chat.invoke({"messages": [("human", "Hello there")]}, cfg)
+    assert out["route"] == "other" and out["messages"][-1].content.startswith("I only")
+    assert out["tts"]["question"] == make_split("test", 3)[-1].question  # the last math turn's
+
+
 @pytest.mark.slow
 @requires_weights
 def test_agent_on_the_embedded_models(one_torch_thread: None):

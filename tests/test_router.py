@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from collections.abc import Sequence
 
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.graph import END, START, MessagesState, StateGraph
 
 from langchain_tts import ConfigError, InputError, create_tts_graph
+from langchain_tts.checkpoint import serializer
 from langchain_tts.core.config import SamplingParams
 from langchain_tts.core.types import Step, Trajectory, Usage
 from langchain_tts.policies.base import PolicyResult
 from langchain_tts.routing import (
+    ROUTER_STATE_TYPES,
     BinThresholds,
     BudgetTable,
     ClassifierEstimator,
@@ -25,6 +30,7 @@ from langchain_tts.routing import (
     create_router_graph,
     fit_thresholds,
 )
+from langchain_tts.strategies.core import TTSUsageState
 from langchain_tts.testing import FakePolicy, FakePRM
 
 # -- fakes ---------------------------------------------------------------------------------
@@ -596,3 +602,137 @@ def test_usage_never_exceeds_max_flops(seed: int):
         q = rng.choice(["easy q", "medium q", "hard q"])
         out = graph.invoke({"question": q})
         assert out["usage"].flops <= max_flops, (seed, table, q, out["route"])
+
+
+# -- turns, knobs and the composition contract ------------------------------------------------
+TURNS = ["Start with 5. Add 6.", "Start with 50. Add 6.", "Start with 7. Add 1."]
+SUMS = ["11", "56", "8"]
+
+
+def adder(prefix: Trajectory, i: int) -> str:
+    """Every sample boxes the sum of the question's numbers: the probe agrees (easy)."""
+    nums = [int(x) for x in re.findall(r"-?\d+", prefix.question.split("\n\n")[0])]
+    return f"so the answer is \\boxed{{{sum(nums)}}}"
+
+
+def test_three_turns_on_one_thread_answer_each_turn():
+    policy, prm = FakePolicy(adder), make_prm(0.9)
+    saver = InMemorySaver(serde=serializer(extra=ROUTER_STATE_TYPES))
+    router = create_router_graph(policy, prm, checkpointer=saver)
+    fresh = create_router_graph(policy, prm)
+    rc = {"configurable": {"thread_id": "chat-1"}}
+    # turn 2 turns probe reuse off through the run context: the easy bin's best-of-N runs
+    contexts = [None, {"reuse_probe": False}, None]
+    outs = []
+    for q, gold, ctx in zip(TURNS, SUMS, contexts):
+        out = router.invoke({"messages": [("human", q)]}, rc, context=ctx)
+        assert out["question"] == q and out["answer"] == gold
+        assert all(t.question.startswith(q) for t in out["candidates"])
+        assert out["usage"] == fresh.invoke({"question": q}, context=ctx)["usage"]
+        assert out["messages"][-1].content == out["solution"]
+        outs.append(out)
+    assert [o["route"].node for o in outs] == ["finalize", "easy_best_of_n", "finalize"]
+    assert outs[1]["route"].reason == "table" and outs[0]["route"].reason == "reuse_probe"
+    state = router.get_state(rc).values
+    assert state["thread_usage"] == outs[0]["usage"] + outs[1]["usage"] + outs[2]["usage"]
+    assert [type(m) for m in outs[-1]["messages"]] == [HumanMessage, AIMessage] * 3
+
+
+def test_router_knobs_are_its_context_schema_with_did_you_mean_errors():
+    policy, prm = FakePolicy(adder), make_prm(0.9)
+    router = create_router_graph(policy, prm, reuse_threshold=0.5)
+    schema = router.get_context_jsonschema()
+    assert schema["properties"]["reuse_threshold"]["default"] == 0.5
+    assert {"max_flops", "max_tokens", "reuse_probe", "reuse_samples"} <= set(schema["properties"])
+    q = {"question": TURNS[0]}
+    with pytest.raises(ConfigError, match=r"reuseprobe.*did you mean 'reuse_probe'"):
+        router.invoke(q, context={"reuseprobe": False})
+    with pytest.raises(ConfigError, match="reuse_threshold"):
+        router.invoke(q, {"configurable": {"reuse_threshold": 2.0}})
+    with pytest.raises(ConfigError, match=r"did you mean 'reuse_probe'"):
+        router.invoke(q, {"configurable": {"reuse_prob": False}})
+    # strategy knobs are the table's, not the router's: an error in its own context
+    with pytest.raises(ConfigError, match="unknown knob 'n'"):
+        router.invoke(q, context={"n": 4})
+    # under the graph's name, in configurable
+    out = router.invoke(q, {"configurable": {"tts_router": {"reuse_probe": False}}})
+    assert out["route"].node == "easy_best_of_n"
+    # a per-run budget the probe cannot fit is refused before any model call
+    policy.calls.clear()
+    with pytest.raises(ConfigError, match="max_tokens"):
+        router.invoke(q, context={"max_tokens": 10})
+    assert policy.calls == []
+
+
+def test_a_parents_context_does_not_reach_the_tables_strategies():
+    policy, prm = FakePolicy(adder), make_prm(0.9)
+    table = BudgetTable(easy=RouteAllocation(strategy="best_of_n", config={"n": 4}))
+    router = create_router_graph(
+        policy, prm, table=table, reuse_samples=False, name="router", output_key="tts"
+    )
+
+    class App(MessagesState, total=False):
+        tts: dict
+
+    g = StateGraph(App)
+    g.add_node("router", router)
+    g.add_edge(START, "router")
+    g.add_edge("router", END)
+    app = g.compile()
+    msgs = {"messages": [("human", TURNS[0])]}
+    # "n" is a knob of other TTS nodes of the parent: the router's table keeps its n = 4
+    out = app.invoke(msgs, context={"n": 6, "router": {"reuse_probe": False}})
+    assert out["tts"]["route"]["node"] == "easy_best_of_n" and out["tts"]["answer"] == "11"
+    assert whole_calls(policy) == [(1, 4), (1, 4)] and len(out["tts"]["candidates"]) == 4
+
+
+def test_a_parent_keeps_its_own_route_with_output_key():
+    policy, prm = FakePolicy(adder), make_prm(0.9)
+
+    class App(MessagesState, TTSUsageState, total=False):
+        route: str  # the parent's own keys: the router neither reads nor writes them
+        difficulty: str
+        question: dict
+        usage: dict
+        tts: dict
+
+    def front(state: App) -> dict:
+        n = len(state["messages"])
+        return {"route": "math", "difficulty": "mine", "question": {"turn": n}, "usage": {}}
+
+    router = create_router_graph(policy, prm, name="router", output_key="tts")
+    assert router.get_output_jsonschema()["properties"].keys() == {"messages", "tts", "tts_usage"}
+    g = StateGraph(App)
+    g.add_node("front", front)
+    g.add_node("router", router)
+    g.add_edge(START, "front")
+    g.add_edge("front", "router")
+    g.add_edge("router", END)
+    app = g.compile(checkpointer=InMemorySaver(serde=serializer()))
+    rc = {"configurable": {"thread_id": "app"}}
+    total = 0
+    for q, gold in zip(TURNS, SUMS):
+        out = app.invoke({"messages": [("human", q)]}, rc)
+        assert out["route"] == "math" and out["difficulty"] == "mine" and out["usage"] == {}
+        tts = out["tts"]
+        assert tts["question"] == q and tts["answer"] == gold and tts["strategy"] == "router"
+        assert tts["route"]["node"] == "finalize" and tts["route"]["reason"] == "reuse_probe"
+        assert tts["difficulty"]["bin"] == "easy" and tts["difficulty"]["samples"] == 4
+        assert json.loads(json.dumps(tts)) == tts  # plain JSON data
+        assert out["messages"][-1].content == tts["solution"]
+        total += tts["usage"]["policy_calls"]
+    assert out["tts_usage"]["policy_calls"] == total == 3
+    with pytest.raises(ConfigError, match="key of the router's state"):
+        create_router_graph(policy, prm, output_key="route")
+
+
+def test_reuse_samples_is_a_per_run_knob():
+    policy, prm = FakePolicy(adder), make_prm(0.9)
+    table = BudgetTable(easy=RouteAllocation(strategy="best_of_n", config={"n": 6}))
+    router = create_router_graph(policy, prm, table=table, reuse_probe=False, reuse_samples=False)
+    q = {"question": TURNS[0]}
+    assert router.invoke(q)["route"].reused_samples == 0
+    assert whole_calls(policy) == [(1, 4), (1, 6)]
+    policy.calls.clear()
+    out = router.invoke(q, context={"reuse_samples": True})
+    assert out["route"].reused_samples == 4 and whole_calls(policy) == [(1, 4), (1, 2)]

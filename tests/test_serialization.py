@@ -118,7 +118,7 @@ def test_a_crashed_run_resumes_from_plain_checkpoints(saver: Any, no_warnings: N
 
 def test_old_checkpoints_holding_objects_still_load():
     """A thread saved before the channels (objects in the checkpoint) resumes as before."""
-    from langchain_tts.checkpoint import PlainAggregate, PlainValue
+    from langchain_tts.core.channels import PlainAggregate, PlainValue
     from langchain_tts.core.types import add_usage
 
     t = Trajectory(question="q", steps=["a"], step_scores=[0.5])
@@ -144,4 +144,4 @@ def test_the_router_checkpoints_plain_data(saver: Any, no_warnings: None):
     assert isinstance(saved["route"], dict) and isinstance(saved["difficulty"], dict)
     state = graph.get_state(rc).values
     assert isinstance(state["difficulty"], DifficultyEstimate)
-    assert isinstance(state["usage_at_start"], Usage)
+    assert isinstance(state["usage"], Usage)

@@ -7,6 +7,7 @@ they are fast and exact; one runs ``tts serve`` on the embedded models.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sqlite3
@@ -215,6 +216,12 @@ BAD_CONFIGS = {
     "wrong type": ({"n": "lots"}, 422, "valid integer"),
     "n not a multiple of beam_width": ({"n": 5}, 400, "multiple of beam_width"),
     "out of range": ({"temperature": -1.0}, 400, "temperature"),
+    "misspelled knob": ({"beamwidth": 2}, 400, "did you mean 'beam_width'"),
+    "unknown knob under the graph's name": (
+        {"tts_beam_search": {"bogus": 1}},
+        400,
+        "valid knobs: ['aggregation', 'beam_width'",
+    ),
 }
 
 
@@ -228,6 +235,52 @@ def test_bad_knobs_are_4xx_before_the_run(server: ThreadServer, endpoint: str, c
     r = httpx.post(f"{server.url}/tts/beam_search/{endpoint}", json=body, timeout=30)
     assert r.status_code == status, r.text[:300]
     assert needle in r.text
+
+
+def test_a_misspelled_knob_names_the_valid_ones(server: ThreadServer):
+    r = httpx.post(
+        f"{server.url}/tts/beam_search/invoke",
+        json={"input": {"question": QUESTION}, "config": {"configurable": {"beamwidth": 2}}},
+        timeout=30,
+    )
+    assert r.status_code == 400
+    detail = r.json()["detail"]
+    assert "'beamwidth'" in detail and "did you mean 'beam_width'" in detail
+    assert "'n'" in detail and "'temperature'" in detail  # the valid knobs
+    r = httpx.post(
+        f"{server.url}/tts/router/invoke",
+        json={"input": {"question": QUESTION}, "config": {"configurable": {"reuseprobe": 0}}},
+        timeout=30,
+    )
+    assert r.status_code == 400 and "did you mean 'reuse_probe'" in r.text
+
+
+def test_router_route(server: ThreadServer):
+    assert "router" in httpx.get(f"{server.url}/health", timeout=10).json()["strategies"]
+    router = remote(server, "router")
+    out = router.invoke({"question": QUESTION})
+    assert out["answer"] == "14" and out["route"]["reason"] == "reuse_probe"
+    assert out["difficulty"]["bin"] == "easy"
+    out = router.invoke({"question": QUESTION}, {"configurable": {"reuse_probe": False}})
+    assert out["answer"] == "14" and out["route"]["node"] == "easy_best_of_n"
+    schema = httpx.get(f"{server.url}/tts/router/config_schema", timeout=10).json()
+    assert "reuse_threshold" in json.dumps(schema)
+
+
+@pytest.mark.parametrize("route", ["beam_search", "router"])
+def test_three_turns_on_one_thread_answer_each_turn(
+    server: ThreadServer, route: str, caplog: pytest.LogCaptureFixture
+):
+    r = remote(server, route)
+    rc = {"configurable": {"thread_id": f"chat-{route}"}}
+    problems = make_split("test", 6)[3:]  # three different answers
+    for k, p in enumerate(problems):
+        out = r.invoke({"messages": [("human", p.question)]}, rc)
+        assert out["question"] == p.question and out["answer"] == p.answer
+        assert len(out["messages"]) == 2 * (k + 1)  # the thread's chat: every turn
+        assert out["messages"][-1].content == out["solution"]
+    # the saver knows the router's types: none blocked or "unregistered"
+    assert "unregistered type" not in caplog.text and "Blocked deser" not in caplog.text
 
 
 def test_errors_raised_inside_the_graph_are_mapped_not_500(server: ThreadServer):
@@ -250,13 +303,33 @@ def test_oversized_body_is_413(server: ThreadServer):
     assert r.status_code == 413
 
 
+def greedy_right(n: int) -> list:
+    """``n`` questions (different answers) that a greedy CoT on the embedded policy solves."""
+    from langchain_tts.graph import create_tts_graph
+    from langchain_tts.models import load_default_policy
+    from langchain_tts.strategies import get_strategy
+
+    cot = create_tts_graph(
+        load_default_policy(), None, "cot", get_strategy("cot").budget_config(16)
+    )
+    out: list = []
+    for p in make_split("test", 40):
+        if all(p.answer != q.answer for q in out):
+            if cot.invoke({"question": p.question})["answer"] == p.answer:
+                out.append(p)
+        if len(out) == n:
+            return out
+    raise AssertionError(f"fewer than {n} questions a greedy CoT gets right")
+
+
 @pytest.mark.slow
 @requires_weights
 def test_tts_serve_command_on_the_embedded_models(tmp_path: Path):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "langchain_tts.cli", "serve", "--port", str(port)]
-    cmd += ["--strategy", "beam_search", "--strategy", "cot", "--log-level", "warning"]
+    cmd += ["--strategy", "beam_search", "--strategy", "cot", "--strategy", "router"]
+    cmd += ["--checkpoint-db", str(tmp_path / "threads.db"), "--log-level", "warning"]
     # One torch thread: on a small, busy machine oversubscribed threads are 10x slower.
     env = {"OMP_NUM_THREADS": "1", **os.environ, "HF_HUB_OFFLINE": "1"}
     log = (tmp_path / "serve.log").open("w")
@@ -279,8 +352,17 @@ def test_tts_serve_command_on_the_embedded_models(tmp_path: Path):
         assert len(out["candidates"]) == 4
         steps = list(beam.stream({"question": easy.question}, knobs))
         assert "finalize" in steps[-1]
-        cot = RemoteRunnable(f"{url}/tts/cot/", timeout=120).invoke({"question": easy.question})
-        assert cot["answer"] == easy.answer
+        cot = RemoteRunnable(f"{url}/tts/cot/", timeout=120)
+        assert cot.invoke({"question": easy.question})["answer"] == easy.answer
+        # three turns on one thread: each answers its own question (the served cot is greedy)
+        rc = {"configurable": {"thread_id": "chat-1"}}
+        for k, p in enumerate(greedy_right(3)):
+            out = cot.invoke({"messages": [("human", p.question)]}, rc)
+            assert out["question"] == p.question and out["answer"] == p.answer
+            assert len(out["messages"]) == 2 * k + 2
+        router = RemoteRunnable(f"{url}/tts/router/", timeout=120)
+        out = router.invoke({"question": easy.question}, {"configurable": {"thread_id": "r"}})
+        assert out["question"] == easy.question and out["route"]["bin"] is not None
     finally:
         proc.terminate()
         try:

@@ -11,7 +11,8 @@ Graph: ``prepare -> estimate -> <one strategy node per table bin | tier node> ->
   compiled strategy graph (``create_tts_graph`` with the bin's config baked in) as a
   subgraph, invoked with the node's config, so checkpointing and ``stream(...,
   subgraphs=True)`` see inside it. Baking the config in keeps the table authoritative:
-  call-time ``configurable`` keys that are knobs of that strategy are not passed on.
+  the subgraph gets only LangGraph's own ``configurable`` keys and a run context of its
+  own, so neither the caller's knobs nor a parent's context reach the strategy.
 * Compute is saved in two places. ``reuse_probe``: an *easy* question whose probe already
   agrees (``p_solve`` and agreement >= ``reuse_threshold``) is answered with the probe's
   majority answer, no strategy runs. ``reuse_samples``: a sampling strategy (best-of-N,
@@ -32,27 +33,30 @@ Graph: ``prepare -> estimate -> <one strategy node per table bin | tier node> ->
 
 Output: the TTS output (``answer``, ``solution``, ``candidates``, ``usage``,
 ``stop_reason``) plus ``difficulty`` (:class:`DifficultyEstimate`, None for direct tiers)
-and ``route`` (:class:`Route`).
+and ``route`` (:class:`Route`). The strategy graphs' contract holds here too
+(docs/composition.md): each run answers its own question with its own ``usage``; the
+per-run knobs (:class:`RouterConfig`) are the ``context_schema``; with ``output_key`` the
+graph writes only ``messages``, ``output_key`` (plain JSON) and ``tts_usage``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal
 
-from langchain_core.runnables import RunnableConfig, RunnableLambda
+from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Checkpointer
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from langchain_tts.backends.sync import run_sync
-from langchain_tts.checkpoint import PlainValue
 from langchain_tts.core.answers import normalize_answer
-from langchain_tts.core.config import StrategyConfig, check_budget
-from langchain_tts.core.domain import domain_warnings
+from langchain_tts.core.channels import PlainValue
+from langchain_tts.core.config import StrategyConfig, check_budget, knobs_model
 from langchain_tts.core.errors import ConfigError
 from langchain_tts.core.types import Trajectory, Usage
 from langchain_tts.ledger import Ledger, meter
@@ -68,13 +72,15 @@ from langchain_tts.routing.difficulty import (
     make_estimator,
 )
 from langchain_tts.routing.table import BudgetTable
+from langchain_tts.strategies.contract import _RESERVED_KEYS, _check_name, _title, _with_contract
 from langchain_tts.strategies.core import (
     TTSInput,
     TTSOutput,
     TTSState,
     answer_message,
     node,
-    question_of,
+    prepare_update,
+    resolve_config,
     score,
 )
 from langchain_tts.strategies.registry import get_strategy
@@ -138,10 +144,44 @@ class RouterOutput(TTSOutput, total=False):
 
 
 class RouterState(TTSState, total=False):
-    question: str  # a plain channel: the router's nodes read it on every step
     difficulty: Estimate
     route: RouteValue
-    usage_at_start: Annotated[Usage, PlainValue(Usage)]
+
+
+class RouterConfig(BaseModel):
+    """The router's per-run knobs (its graph's ``context_schema``); the budget table sets each
+    strategy's own config, so strategy knobs (``n``, ``beam_width``) are not among them."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    max_flops: float | None = Field(
+        None, description="compute budget of one run in FLOPs, probe included; None: no cap"
+    )
+    max_tokens: float | None = Field(
+        None, description="budget of one run in tokens, probe included; None: no cap"
+    )
+    reuse_probe: bool = Field(
+        True, description="answer an easy question whose probe agrees with the probe's answer"
+    )
+    reuse_threshold: float = Field(
+        0.75, ge=0.0, le=1.0, description="p_solve and agreement an easy probe needs for reuse"
+    )
+    reuse_samples: bool = Field(
+        True, description="count the probe's samples among a sampling strategy's N"
+    )
+    #: the graph's name (its knobs namespace) and context schema, set when it is compiled
+    _graph_name: str | None = PrivateAttr(None)
+    _knobs: type[BaseModel] | None = PrivateAttr(None)
+
+    @field_validator("max_flops", "max_tokens", mode="before")
+    @classmethod
+    def _budget(cls, v: Any, info: Any) -> Any:
+        check_budget(info.field_name, v)
+        return v
+
+    @property
+    def budgeted(self) -> bool:
+        return self.max_flops is not None or self.max_tokens is not None
 
 
 # -- cost model ----------------------------------------------------------------------------
@@ -223,6 +263,13 @@ def _pool_entry(pool: Mapping[str, Any], key: str) -> tuple[StepPolicy, ProcessR
     return pol, prm
 
 
+#: ``configurable`` keys a strategy subgraph is given: LangGraph's own. A user's keys (and the
+#: strategy's knobs) stay out: the budget table sets the strategy's config.
+_SUBGRAPH_KEYS = frozenset(
+    {"thread_id", "checkpoint_ns", "checkpoint_id", "checkpoint_map", "run_id", "run_name"}
+)
+
+
 class _StrategyNode:
     """Runs one allocation's compiled strategy graph as a subgraph, under the budget."""
 
@@ -234,31 +281,32 @@ class _StrategyNode:
         policy: StepPolicy,
         prm: ProcessRewardModel | None,
         *,
-        max_flops: float | None,
-        max_tokens: float | None,
         reuse_samples: bool,
+        router: RouterConfig,
     ):
         self.name, self.strategy, self.spec = name, strategy, get_strategy(strategy)
         self.policy, self.prm = policy, prm
         self.cfg = self.spec.validated(config)
-        self.max_flops, self.max_tokens = max_flops, max_tokens
         self.reuse_samples = reuse_samples and self.spec.reuses_samples
+        self.router = router
         self.graph = self.spec.compile(policy, prm, self.cfg, name=f"tts_{name}")
 
     # the pieces shared by the sync and async paths
-    def _ledger(self, state: RouterState) -> Ledger | None:
-        if self.max_flops is None and self.max_tokens is None:
+    def _ledger(self, state: RouterState, knobs: RouterConfig) -> Ledger | None:
+        if not knobs.budgeted:
             return None
-        start, now = state.get("usage_at_start") or Usage(), state.get("usage") or Usage()
-        spent_f, spent_t = now.flops - start.flops, now.tokens - start.tokens
+        spent = state.get("usage") or Usage()  # this run's: the probe's so far
         return Ledger(
-            None if self.max_flops is None else self.max_flops - spent_f,
-            None if self.max_tokens is None else self.max_tokens - spent_t,
+            None if knobs.max_flops is None else knobs.max_flops - spent.flops,
+            None if knobs.max_tokens is None else knobs.max_tokens - spent.tokens,
         )
 
-    def reusable(self, est: DifficultyEstimate | None, same_policy: bool) -> list[Trajectory]:
+    def reusable(
+        self, est: DifficultyEstimate | None, same_policy: bool, knobs: RouterConfig
+    ) -> list[Trajectory]:
         """Probe samples that count as this strategy's own samples (drawn the same way)."""
-        if not (self.reuse_samples and same_policy and est and est.candidates):
+        ok = self.reuse_samples and knobs.reuse_samples
+        if not (ok and same_policy and est and est.candidates):
             return []
         if (est.temperature, est.max_step_tokens) != (
             self.cfg.temperature,
@@ -268,7 +316,8 @@ class _StrategyNode:
         return list(est.candidates[: self.cfg.n])
 
     def _plan(self, state: RouterState, config: RunnableConfig):
-        ledger = self._ledger(state)
+        knobs = resolve_config(self.router, config)
+        ledger = self._ledger(state, knobs)
         route = state["route"]
         est = state.get("difficulty")
         reused = list(est.candidates[: route.reused_samples]) if est else []
@@ -281,13 +330,17 @@ class _StrategyNode:
                 self.cfg,
                 name=f"tts_{self.name}",
             )
-        fields = type(self.cfg).model_fields
-        conf = {k: v for k, v in (config.get("configurable") or {}).items() if k not in fields}
-        if n_run:
-            conf["n"] = n_run
+        conf = {
+            k: v
+            for k, v in (config.get("configurable") or {}).items()
+            if k in _SUBGRAPH_KEYS or k.startswith("__")
+        }
         sub_config: RunnableConfig = {**config, "configurable": conf}
+        # A run context of the subgraph's own: the router's (or its parent's) context must
+        # not set the strategy's knobs; only the probe samples it reuses lower its n.
+        context = {"n": n_run} if n_run else {}
         run = n_run is None or n_run > 0
-        return ledger, reused, graph, sub_config, run
+        return ledger, reused, graph, sub_config, context, run
 
     async def _complete(
         self, state: RouterState, out: dict | None, reused: list[Trajectory], ledger: Ledger | None
@@ -333,13 +386,15 @@ class _StrategyNode:
         # Sync and async bodies call the subgraph's own invoke / ainvoke, so a sync
         # checkpointer (SqliteSaver) works under invoke and an async one under ainvoke.
         def sync(state: RouterState, config: RunnableConfig) -> dict:
-            ledger, reused, graph, sub_config, run = self._plan(state, config)
-            out = graph.invoke({"question": state["question"]}, sub_config) if run else None
+            ledger, reused, graph, sub_config, context, run = self._plan(state, config)
+            q = {"question": state["run_question"]}
+            out = graph.invoke(q, sub_config, context=context) if run else None
             return run_sync(self._complete(state, out, reused, ledger))
 
         async def afunc(state: RouterState, config: RunnableConfig) -> dict:
-            ledger, reused, graph, sub_config, run = self._plan(state, config)
-            out = await graph.ainvoke({"question": state["question"]}, sub_config) if run else None
+            ledger, reused, graph, sub_config, context, run = self._plan(state, config)
+            q = {"question": state["run_question"]}
+            out = await graph.ainvoke(q, sub_config, context=context) if run else None
             return await self._complete(state, out, reused, ledger)
 
         return RunnableLambda(sync, afunc=afunc, name=self.name)
@@ -361,6 +416,7 @@ def create_router_graph(
     reuse_threshold: float = 0.75,
     reuse_samples: bool = True,
     name: str = "tts_router",
+    output_key: str | None = None,
 ) -> CompiledStateGraph:
     """A compiled graph that spends test-time compute according to estimated difficulty.
 
@@ -374,44 +430,105 @@ def create_router_graph(
     with ``pool={"large": (policy, prm), "medium": (policy, prm)}`` routes factual and
     general questions to a bigger model answering directly. ``max_flops`` / ``max_tokens``
     cap each run's usage. See the module docstring and ``docs/router.md``.
+
+    Like a strategy graph (``create_tts_graph``), each run answers its own question (also on
+    a reused checkpointer thread) and reports its own ``usage``. ``max_flops``,
+    ``max_tokens``, ``reuse_probe``, ``reuse_threshold`` and ``reuse_samples`` are the
+    defaults of its per-run knobs (:class:`RouterConfig`, its ``context_schema``): set them
+    per run with ``context={...}`` or ``configurable``, at the top or under ``name``.
+    ``output_key``: as a node of a parent graph with keys of its own, it reads only
+    ``messages`` and writes only ``messages``, ``output_key`` (plain JSON: the result plus
+    ``route`` and ``difficulty``) and ``tts_usage``.
     """
     if not isinstance(policy, StepPolicy):
         raise ConfigError(f"policy must be a StepPolicy, got {type(policy).__name__}")
     if prm is not None and not isinstance(prm, ProcessRewardModel):
         raise ConfigError(f"prm must be a ProcessRewardModel or None, got {type(prm).__name__}")
     table = _as_table(table)
-    if not 0.0 <= reuse_threshold <= 1.0:
-        raise ConfigError(f"reuse_threshold must be in [0, 1], got {reuse_threshold!r}")
-    check_budget("max_flops", max_flops)
-    check_budget("max_tokens", max_tokens)
+    knobs = _router_config(
+        max_flops=max_flops,
+        max_tokens=max_tokens,
+        reuse_probe=reuse_probe,
+        reuse_threshold=reuse_threshold,
+        reuse_samples=reuse_samples,
+    )
     est = make_estimator(estimator, policy, prm)
     if table.thresholds is not None:  # a calibrated table knows where its bins begin
         est = est.with_thresholds(table.thresholds)
     _check_probe_fits(est, max_flops, max_tokens)
     tiers = _direct_tiers(pool, tier_fn)
-    budget = {"max_flops": max_flops, "max_tokens": max_tokens}
+
+    # The strategy graphs' contract (strategies/contract.py): knobs as context_schema, name
+    # as their namespace, output_key for a parent with keys of its own.
+    _check_name(name, "name", knobs)
+    if output_key is not None:
+        _check_name(output_key, "output_key", knobs)
+        if output_key in _RESERVED_KEYS or output_key in RouterState.__annotations__:
+            raise ConfigError(
+                f"output_key {output_key!r} is a key of the router's state; pick a key of your "
+                "own graph's, e.g. output_key='tts'"
+            )
+    knobs._graph_name = name
+    knobs._knobs = knobs_model(knobs, title=_title(name) + "Knobs")  # type: ignore[arg-type]
     runners = {
-        b: _bin_runner(b, alloc, policy, prm, reuse_samples=reuse_samples, **budget)
+        # reuse_samples is a per-run knob: the runners may reuse, the knob decides
+        b: _bin_runner(b, alloc, policy, prm, reuse_samples=True, router=knobs)
         for b, alloc in table.items()
     }
     direct = {
-        key: _StrategyNode(f"{tier}_direct", "cot", {}, pol, pr, reuse_samples=False, **budget)
+        key: _StrategyNode(f"{tier}_direct", "cot", {}, pol, pr, reuse_samples=False, router=knobs)
         for key, tier, pol, pr in tiers
     }
-    router = _Router(
-        policy,
-        prm,
-        est,
-        table,
-        runners,
-        direct,
-        tier_fn=tier_fn,
-        reuse_probe=reuse_probe,
-        reuse_threshold=reuse_threshold,
-        **budget,
-    )
+    router = _Router(policy, prm, est, table, runners, direct, knobs, tier_fn=tier_fn)
     router.graph_name = name
-    return router.graph().compile(checkpointer=checkpointer, name=name)
+    builder = _with_contract(router.graph(), knobs._knobs, "router", output_key)
+    if output_key is not None:
+        spec = builder.nodes["finalize"]
+        builder.nodes["finalize"] = dataclasses.replace(
+            spec, runnable=_PublishRoute(spec.runnable, output_key)
+        )
+    return builder.compile(checkpointer=checkpointer, name=name)
+
+
+class _PublishRoute(Runnable[Any, Any]):
+    """The ``finalize`` node of a router built with ``output_key``: the strategy graphs'
+    published result plus ``route`` and ``difficulty`` as plain JSON data."""
+
+    def __init__(self, publish: Runnable, output_key: str):
+        self.publish, self.output_key = publish, output_key
+        self.name = getattr(publish, "name", None) or "finalize"
+
+    def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
+        return self._add_route(input, self.publish.invoke(input, config))
+
+    async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
+        return self._add_route(input, await self.publish.ainvoke(input, config))
+
+    def _add_route(self, state: Mapping[str, Any], update: dict) -> dict:
+        route = update.get("route") or state.get("route")
+        est = update.get("difficulty") or state.get("difficulty")
+        result = dict(update[self.output_key])
+        result["route"] = route.model_dump(mode="json") if route is not None else None
+        result["difficulty"] = _difficulty_summary(est)
+        return {**update, self.output_key: result}
+
+
+def _difficulty_summary(est: DifficultyEstimate | None) -> dict[str, Any] | None:
+    """A difficulty estimate as plain JSON data (its samples are in ``candidates``)."""
+    if est is None:
+        return None
+    out = est.model_dump(mode="json", exclude={"candidates", "usage"})
+    out["samples"] = len(est.candidates)
+    out["usage"] = est.usage.summary()
+    return out
+
+
+def _router_config(**knobs: Any) -> RouterConfig:
+    try:
+        return RouterConfig(**knobs)
+    except ValidationError as e:
+        err = e.errors(include_url=False)[0]
+        raise ConfigError(f"{err['loc'][0]}: {err['msg']}") from None
 
 
 def _as_table(table: BudgetTable | Mapping[str, Any] | None) -> BudgetTable:
@@ -505,18 +622,13 @@ class _Router:
         table: BudgetTable,
         runners: dict[str, _StrategyNode],
         direct: dict[str, _StrategyNode],
+        knobs: RouterConfig,
         *,
         tier_fn: Callable[[str], Any] | None,
-        max_flops: float | None,
-        max_tokens: float | None,
-        reuse_probe: bool,
-        reuse_threshold: float,
     ):
         self.policy, self.prm, self.est, self.table = policy, prm, est, table
         self.runners, self.direct, self.tier_fn = runners, direct, tier_fn
-        self.max_flops, self.max_tokens = max_flops, max_tokens
-        self.budgeted = max_flops is not None or max_tokens is not None
-        self.reuse_probe, self.reuse_threshold = reuse_probe, reuse_threshold
+        self.knobs = knobs
         self.same_policy = getattr(est, "policy", None) is policy
 
     def graph(self) -> StateGraph:
@@ -536,21 +648,14 @@ class _Router:
         return g
 
     async def prepare(self, state: RouterState, config: RunnableConfig) -> dict:
-        question = question_of(state)
-        return {
-            "question": question,
-            "warnings": domain_warnings(question, self.policy),
-            "difficulty": None,
-            "route": None,
-            "answer": None,
-            "solution": "",
-            "candidates": [],
-            "stop_reason": "",
-            "usage_at_start": state.get("usage") or Usage(),
-        }
+        knobs = resolve_config(self.knobs, config)  # a bad knob fails before any model call
+        if knobs is not self.knobs:
+            _check_probe_fits(self.est, knobs.max_flops, knobs.max_tokens)
+        return {**prepare_update(state, policy=self.policy), "difficulty": None, "route": None}
 
     async def estimate(self, state: RouterState, config: RunnableConfig) -> dict:
         q = state["question"]
+        knobs = resolve_config(self.knobs, config)
         tier = await self._tier(q)
         if tier in DIRECT_TIERS:
             key = DIRECT_TIERS[tier]
@@ -559,14 +664,14 @@ class _Router:
             )
             return {"route": route, "difficulty": None}
         est, ledger = self.est, None
-        if self.budgeted:
-            ledger = Ledger(self.max_flops, self.max_tokens)
+        if knobs.budgeted:
+            ledger = Ledger(knobs.max_flops, knobs.max_tokens)
             est = self.est.with_models(lambda m: meter(m, ledger))
         found = await est.aestimate(q)
         return {
             "difficulty": found,
             "usage": found.usage,
-            "route": self._route(tier, found, ledger),
+            "route": self._route(tier, found, ledger, knobs),
         }
 
     async def _tier(self, question: str) -> str | None:
@@ -582,10 +687,12 @@ class _Router:
             )
         return tier
 
-    def _reused(self, b: str, est: DifficultyEstimate) -> int:
-        return len(self.runners[b].reusable(est, self.same_policy))
+    def _reused(self, b: str, est: DifficultyEstimate, knobs: RouterConfig) -> int:
+        return len(self.runners[b].reusable(est, self.same_policy, knobs))
 
-    def _route(self, tier: str | None, est: DifficultyEstimate, ledger: Ledger | None) -> Route:
+    def _route(
+        self, tier: str | None, est: DifficultyEstimate, ledger: Ledger | None, knobs: RouterConfig
+    ) -> Route:
         """The table's allocation for the estimated bin, unless the probe's answer will do
         (``reuse_probe``) or the budget calls for a cheaper allocation."""
         b = est.bin
@@ -595,14 +702,14 @@ class _Router:
             strategy=self.table[b].strategy,
             config=self.table[b].config,
             node=self.runners[b].name,
-            reused_samples=self._reused(b, est),
+            reused_samples=self._reused(b, est, knobs),
         )
-        agreed = est.agreement is None or est.agreement >= self.reuse_threshold
+        agreed = est.agreement is None or est.agreement >= knobs.reuse_threshold
         if (
-            self.reuse_probe
+            knobs.reuse_probe
             and b == "easy"
             and est.answer is not None
-            and est.p_solve >= self.reuse_threshold
+            and est.p_solve >= knobs.reuse_threshold
             and agreed
         ):
             return Route(tier=tier, bin=b, strategy="probe", node="finalize", reason="reuse_probe")
@@ -610,22 +717,23 @@ class _Router:
             # The budget could not even pay for the probe: its estimate means nothing and
             # no strategy can fit; answer with whatever the probe got.
             return route.model_copy(update=_PROBE_ONLY | {"budget_stopped": True})
-        if self.budgeted:
-            return self._fit(route, est, self._left(est.usage))
+        if knobs.budgeted:
+            return self._fit(route, est, _left(knobs, est.usage), knobs)
         return route
 
-    def _left(self, spent: Usage) -> tuple[float, float]:
-        f = math.inf if self.max_flops is None else self.max_flops - spent.flops
-        t = math.inf if self.max_tokens is None else self.max_tokens - spent.tokens
-        return f, t
-
-    def _fit(self, route: Route, est: DifficultyEstimate, left: tuple[float, float]) -> Route:
+    def _fit(
+        self,
+        route: Route,
+        est: DifficultyEstimate,
+        left: tuple[float, float],
+        knobs: RouterConfig,
+    ) -> Route:
         """The bin's allocation if it is predicted to fit, else the dearest one that does."""
         costs: dict[str, tuple[float, float] | None] = {}
         for b in BINS:
             r = self.runners[b]
             costs[b] = allocation_cost(
-                r.strategy, r.cfg, est, self.policy, self.prm, reused=self._reused(b, est)
+                r.strategy, r.cfg, est, self.policy, self.prm, reused=self._reused(b, est, knobs)
             )
         mine = costs[route.bin]  # type: ignore[index]
         fits = lambda c: c[0] <= left[0] and c[1] <= left[1]  # noqa: E731
@@ -643,17 +751,24 @@ class _Router:
                 "config": self.table[b].config,
                 "node": self.runners[b].name,
                 "reason": "budget_downgrade",
-                "reused_samples": self._reused(b, est),
+                "reused_samples": self._reused(b, est, knobs),
             }
         )
 
     async def finalize(self, state: RouterState, config: RunnableConfig) -> dict:
         route, est = state.get("route"), state.get("difficulty")
-        update: dict[str, Any] = {}
-        solution = state.get("solution") or ""
+        update: dict[str, Any] = {  # the whole result: output_key publishes this update
+            "question": state["question"],
+            "answer": state.get("answer"),
+            "solution": state.get("solution") or "",
+            "candidates": state.get("candidates") or [],
+            "stop_reason": state.get("stop_reason") or "",
+            "thread_usage": state.get("usage") or Usage(),
+        }
+        solution = update["solution"]
         if route is not None and route.node == "finalize" and est is not None:
             solution, cands = _probe_pick(est)
-            update = {
+            update |= {
                 "answer": est.answer,
                 "solution": solution,
                 "candidates": cands,
@@ -663,6 +778,13 @@ class _Router:
             usage = state.get("usage") or Usage()
             update["messages"] = [answer_message(solution, self.graph_name, usage)]
         return update
+
+
+def _left(knobs: RouterConfig, spent: Usage) -> tuple[float, float]:
+    """What is left of the run's budget after ``spent`` (inf: no cap)."""
+    f = math.inf if knobs.max_flops is None else knobs.max_flops - spent.flops
+    t = math.inf if knobs.max_tokens is None else knobs.max_tokens - spent.tokens
+    return f, t
 
 
 def _route_node(state: RouterState) -> str:

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ValidationError
 from typing_extensions import TypedDict
 
 from langchain_tts.backends.sync import run_sync
-from langchain_tts.checkpoint import PlainAggregate, PlainValue
+from langchain_tts.core.channels import PlainAggregate, PlainValue
 from langchain_tts.core.config import Selection, StrategyConfig, did_you_mean
 from langchain_tts.core.domain import domain_warnings
 from langchain_tts.core.errors import (

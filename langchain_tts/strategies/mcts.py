@@ -48,7 +48,7 @@ from typing import Annotated, Literal
 from langgraph.graph import StateGraph
 from pydantic import BaseModel, Field
 
-from langchain_tts.checkpoint import PlainValue
+from langchain_tts.core.channels import PlainValue
 from langchain_tts.core.config import StrategyConfig
 from langchain_tts.core.types import Trajectory, Usage, model_replace
 from langchain_tts.policies.base import StepPolicy
