@@ -253,3 +253,18 @@ def test_langsmith_tracer_gets_the_model_calls_offline():
     assert all(r["session_name"] == "tts-tests" for r in runs.values())
     (summary,) = by_name["tts_summary"]
     assert summary["extra"]["metadata"]["tts_stop_reason"] == out["stop_reason"]
+
+
+def test_router_trace_has_difficulty_route_and_the_probe_calls():
+    from langchain_tts.routing import create_router_graph
+
+    policy, prm = models()
+    rec = Recorder()
+    out = create_router_graph(policy, prm).invoke({"question": QUESTION}, {"callbacks": [rec]})
+    runs = walk(rec.roots[0])
+    (estimate,) = [r for r in runs if r.name == "estimate"]
+    kinds = [k.name for k in estimate.child_runs]
+    assert kinds.count("fake-policy") >= 1 and "tts_route" in kinds  # the probe's calls
+    (route,) = [r for r in runs if r.name == "tts_route"]
+    assert route.metadata["tts_difficulty_bin"] == out["difficulty"].bin == route.outputs["bin"]
+    assert route.metadata["tts_route"] == out["route"].strategy
