@@ -21,7 +21,6 @@ content deltas, a final chunk with ``finish_reason``, a usage chunk when
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 import uuid
@@ -29,8 +28,9 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 from urllib.parse import parse_qsl
 
+import anyio
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, convert_to_messages
 from langgraph.graph.state import CompiledStateGraph
 from pydantic import BaseModel, ValidationError
@@ -53,8 +53,6 @@ _SAMPLING_FIELDS = {
     "max_tokens": "max_total_tokens",
 }
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
-#: seconds between checks that a non-streaming client is still connected
-_DISCONNECT_POLL_S = 0.25
 
 
 class OpenAIError(Exception):
@@ -283,24 +281,43 @@ def _run_error(e: Exception) -> OpenAIError:
     return OpenAIError(500, f"{type(e).__name__}: {e}", type="server_error")
 
 
-async def _until_disconnect(request: Request, task: asyncio.Task) -> None:
-    """Cancel ``task`` (the graph run) when the client goes away before it ends."""
-    while not task.done():
-        if await request.is_disconnected():
-            task.cancel()
-            return
-        await asyncio.sleep(_DISCONNECT_POLL_S)
+class _CompletionResponse(Response):
+    """The JSON answer of a non-streaming request, computed while the response is sent, so
+    that a client hanging up cancels its search (as a stream's does): the disconnect is
+    watched on the ASGI channel itself, which the app's HTTP middlewares pass through."""
+
+    def __init__(self, req: _Request):
+        self.req, self.background = req, None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        result: tuple[int, dict[str, Any]] | None = None
+
+        async with anyio.create_task_group() as tg:
+
+            async def run() -> None:
+                nonlocal result
+                try:
+                    result = 200, await _complete(self.req)
+                except OpenAIError as e:
+                    result = e.status, e.body()
+                tg.cancel_scope.cancel()
+
+            async def watch() -> None:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                tg.cancel_scope.cancel()  # the client left: stop its search
+
+            tg.start_soon(run)
+            tg.start_soon(watch)
+        if result is not None:
+            await JSONResponse(result[1], status_code=result[0])(scope, receive, send)
 
 
-async def _complete(req: _Request, request: Request) -> dict[str, Any]:
-    run = asyncio.ensure_future(req.graph.ainvoke({"messages": req.messages}, req.config()))
-    watch = asyncio.ensure_future(_until_disconnect(request, run))
+async def _complete(req: _Request) -> dict[str, Any]:
     try:
-        out = await run
+        out = await req.graph.ainvoke({"messages": req.messages}, req.config())
     except Exception as e:
         raise _run_error(e) from e
-    finally:
-        watch.cancel()
     return {
         "id": req.id,
         "object": "chat.completion",
@@ -425,7 +442,7 @@ def add_openai_routes(
                     media_type="text/event-stream",
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
                 )
-            return await _complete(req, request)
+            return _CompletionResponse(req)
         except OpenAIError as e:
             return _error_response(e)
 

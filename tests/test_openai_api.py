@@ -5,6 +5,7 @@ one runs beam search on the embedded models."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -314,3 +315,41 @@ def test_openai_client_gets_the_right_answer_on_the_embedded_models():
     assert r.model_extra["tts"]["answer"] == prob.answer
     assert f"\\boxed{{{prob.answer}}}" in r.choices[0].message.content
     assert r.usage.completion_tokens > 0
+
+
+class SlowPolicy(StepPolicy):
+    """Never finishes a solution; each call takes a while (a search to walk away from)."""
+
+    name = "slow"
+    num_parameters = 1000
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def _agenerate(
+        self, prefixes: Sequence[Trajectory], n: int, params: SamplingParams
+    ) -> PolicyResult:
+        self.calls += 1
+        await asyncio.sleep(0.1)
+        return PolicyResult(steps=[[Step(text="more", tokens=1)] * n for _ in prefixes])
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_client_that_leaves_cancels_its_search(stream: bool):
+    policy = SlowPolicy()
+    app = create_app(policy, FakePRM(lambda t: [0.5] * len(t.steps)), ["beam_search"])
+    body = {"model": "beam_search?n=4&max_steps=40", "messages": USER, "stream": stream}
+    with ThreadServer(app) as s:
+        url = f"{s.url}/v1/chat/completions"
+        if stream:  # read the first progress comments, then hang up
+            with httpx.stream("POST", url, json=body, timeout=10) as r:
+                lines = r.iter_lines()
+                assert next(lines).startswith("data:")
+                next(lines)
+        else:
+            with pytest.raises(httpx.ReadTimeout):
+                httpx.post(url, json=body, timeout=0.5)
+        time.sleep(1.0)  # the server notices the client is gone
+        calls = policy.calls
+        time.sleep(0.6)
+        assert policy.calls == calls < 40  # the search stopped when the client left
