@@ -3,7 +3,7 @@
 Each benchmark is short (well under a minute at one thread) and prints its own table;
 numbers are measured in this run, nothing is cached. See ``docs/performance.md``::
 
-    OMP_NUM_THREADS=1 python -m benchmarks.run_all [overhead batching scaling embedded load]
+    OMP_NUM_THREADS=1 python -m benchmarks.run_all [overhead batching scaling embedded load tracing]
 """
 
 from __future__ import annotations
@@ -13,7 +13,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from benchmarks import bench_batching, bench_embedded, bench_load, bench_overhead, bench_scaling
+from benchmarks import (
+    bench_batching,
+    bench_embedded,
+    bench_load,
+    bench_overhead,
+    bench_scaling,
+    bench_tracing,
+)
 
 BENCHMARKS: dict[str, Callable[[], Any]] = {
     "overhead": bench_overhead.main,
@@ -21,6 +28,7 @@ BENCHMARKS: dict[str, Callable[[], Any]] = {
     "scaling": bench_scaling.main,
     "embedded": bench_embedded.main,
     "load": bench_load.main,
+    "tracing": bench_tracing.main,
 }
 
 
@@ -55,6 +63,12 @@ def summary(results: dict[str, Any]) -> list[str]:
             )
         s = results["load"]["sampling"]
         lines.append(f"seeded / unseeded sampling tokens/s = {s['ratio']:.2f}")
+    if "tracing" in results:
+        for models, r in results["tracing"].items():
+            lines.append(
+                f"tracing on {models}: model-call runs {r['calls_us']:.0f} us/step "
+                f"({r['calls_pct']:.1f}% of a step), all runs {r['all_pct']:.1f}%"
+            )
     return lines
 
 

@@ -186,6 +186,7 @@ def create_app(
     budget: int = 16,
     checkpointer: BaseCheckpointSaver | str | Path | None = None,
     title: str = "langchain-tts",
+    openai_api: bool = True,
 ) -> FastAPI:
     """A FastAPI app serving one LangServe route per strategy at ``/tts/<strategy>``.
 
@@ -220,6 +221,10 @@ def create_app(
     _add_error_handlers(app)
     _add_health(app, graphs, policy, prm, saver_name)
     _add_strategy_routes(app, graphs, uses_threads=checkpointer is not None)
+    if openai_api:  # /v1/chat/completions and /v1/models, the model naming the strategy
+        from langchain_tts.openai_api import add_openai_routes
+
+        add_openai_routes(app, graphs, max_body_bytes=MAX_BODY_BYTES)
     app.state.graphs = graphs
     return app
 

@@ -85,6 +85,7 @@ from langchain_tts.strategies.core import (
 )
 from langchain_tts.strategies.registry import get_strategy
 from langchain_tts.strategies.selection import select_answer
+from langchain_tts.tracing import trace_event
 
 __all__ = [
     "DIRECT_TIERS",
@@ -668,11 +669,11 @@ class _Router:
             ledger = Ledger(knobs.max_flops, knobs.max_tokens)
             est = self.est.with_models(lambda m: meter(m, ledger))
         found = await est.aestimate(q)
-        return {
-            "difficulty": found,
-            "usage": found.usage,
-            "route": self._route(tier, found, ledger, knobs),
-        }
+        route = self._route(tier, found, ledger, knobs)
+        meta = {"tts_difficulty_bin": found.bin, "tts_route": route.strategy}
+        out = {"p_solve": found.p_solve, "bin": found.bin, "route": route.model_dump(mode="json")}
+        await trace_event("tts_route", out, config=config, metadata=meta, tags=["tts:route"])
+        return {"difficulty": found, "usage": found.usage, "route": route}
 
     async def _tier(self, question: str) -> str | None:
         """The task type ``tier_fn`` names (None without one); a reasoning or direct tier."""

@@ -9,6 +9,8 @@ over TTS nodes), so a parent's own keys are never touched (docs/composition.md).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
+from functools import partial
 from typing import Any
 
 from langchain_core.messages import AnyMessage
@@ -22,7 +24,8 @@ from typing_extensions import TypedDict
 from langchain_tts.core.config import StrategyConfig, knobs_model
 from langchain_tts.core.errors import ConfigError
 from langchain_tts.core.types import Trajectory, Usage
-from langchain_tts.strategies.core import TTSState
+from langchain_tts.strategies.core import TTSState, resolve_config
+from langchain_tts.tracing import TracedFinalize, graph_run_config
 
 __all__ = ["TTSMessagesInput", "compile_strategy_graph"]
 
@@ -53,8 +56,16 @@ def compile_strategy_graph(
             )
     knobs = knobs_model(cfg, title=_title(name) + "Knobs")
     cfg._graph_name, cfg._knobs = name, knobs
-    builder = _with_contract(build(policy, prm, cfg), knobs, strategy, output_key)
-    return builder.compile(checkpointer=checkpointer, name=name)
+    g = build(policy, prm, cfg)
+    spec = g.nodes.get("finalize")
+    if spec is not None:  # stop reason, FLOPs: known at the end, a ``tts_summary`` run
+        resolve = partial(resolve_config, cfg)
+        g.nodes["finalize"] = replace(
+            spec, runnable=TracedFinalize(spec.runnable, strategy, resolve)
+        )
+    builder = _with_contract(g, knobs, strategy, output_key)
+    graph = builder.compile(checkpointer=checkpointer, name=name)
+    return graph.with_config(graph_run_config(strategy, cfg))
 
 
 #: keys a parent must not be handed as ``output_key``: the graph's own state keys

@@ -51,6 +51,7 @@ from langchain_tts.ledger import Ledger, meter
 from langchain_tts.policies.base import StepPolicy
 from langchain_tts.prms.base import ProcessRewardModel
 from langchain_tts.strategies.selection import select_answer
+from langchain_tts.tracing import traced_call
 
 C = TypeVar("C", bound=StrategyConfig)
 R = TypeVar("R")
@@ -522,10 +523,11 @@ async def _backend_call(
     """``await fn(*args)``; an untyped failure of a policy / PRM becomes a :class:`BackendError`.
 
     Typed errors (``BackendError``, ``PRMOutputError``, ``InputError``, ...) pass as they are;
-    cancellation (``asyncio.CancelledError``, a ``BaseException``) is never caught.
+    cancellation (``asyncio.CancelledError``, a ``BaseException``) is never caught. With a
+    callback handler listening, the call is a child run of the node (:mod:`langchain_tts.tracing`).
     """
     try:
-        return await fn(*args)
+        return await traced_call(backend, fn, *args)
     except TTSError:
         raise
     except Exception as e:

@@ -1,0 +1,457 @@
+"""An OpenAI-compatible front for the served strategy graphs: the model name picks the strategy.
+
+``POST /v1/chat/completions`` runs the graph named by ``model`` on the request's messages
+(the last user message is the question) and answers with the solution as the assistant
+message; ``GET /v1/models`` lists the served strategies. Any client of the OpenAI API
+(``openai``, ``ChatOpenAI``, curl) can then use a TTS graph without a client of its own.
+
+Knobs: in the model name as a query string (``"beam_search?n=8&beam_width=4"``) and/or under
+``"tts"`` in the body (``extra_body={"tts": {"n": 8}}`` with the ``openai`` client), the
+body winning; OpenAI's ``temperature``, ``top_p`` and ``seed`` set the knobs of the same name
+and ``max_completion_tokens`` / ``max_tokens`` set ``max_total_tokens``. ``usage`` counts the
+policy's tokens the OpenAI way and carries the whole ledger under ``usage.tts``; the top-level
+``tts`` field says what ran (strategy, knobs, stop reason, answer, warnings).
+
+``stream=true``: Server-Sent Events; one SSE comment per graph node as the search goes
+(``: tts {"node": "step", "step": 2, ...}``, ignored by OpenAI clients), then the solution as
+content deltas, a final chunk with ``finish_reason``, a usage chunk when
+``stream_options.include_usage`` is set, and ``data: [DONE]``. Errors follow OpenAI's
+``{"error": {"message", "type", "param", "code"}}`` with 4xx codes for the client's mistakes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+from urllib.parse import parse_qsl
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, convert_to_messages
+from langgraph.graph.state import CompiledStateGraph
+from pydantic import BaseModel, ValidationError
+
+from langchain_tts.core.config import did_you_mean
+from langchain_tts.core.errors import BackendError, ConfigError, InputError
+from langchain_tts.core.types import Usage
+from langchain_tts.strategies.core import question_of
+
+__all__ = ["OpenAIError", "add_openai_routes", "parse_model"]
+
+#: default limit of a request body (``tts serve`` passes its own); larger ones are a 413
+MAX_BODY_BYTES = 4 * 1024 * 1024
+#: OpenAI request fields that set a knob of the same meaning
+_SAMPLING_FIELDS = {
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "seed": "seed",
+    "max_completion_tokens": "max_total_tokens",
+    "max_tokens": "max_total_tokens",
+}
+_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+
+
+class OpenAIError(Exception):
+    """A request error in OpenAI's format: HTTP ``status`` and the ``error`` object."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",  # noqa: A002 - OpenAI's field name
+        param: str | None = None,
+        code: str | None = None,
+    ):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = (
+            status,
+            message,
+            type,
+            param,
+            code,
+        )
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+def parse_model(model: Any, served: Mapping[str, Any]) -> tuple[str, dict[str, str]]:
+    """``"beam_search?n=8&beam_width=4"`` -> ``("beam_search", {"n": "8", ...})``; an unknown
+    strategy is a 404 naming the served ones."""
+    if not isinstance(model, str) or not model.strip():
+        raise OpenAIError(
+            400, "model must name a served strategy, e.g. 'beam_search'", param="model"
+        )
+    name, _, query = model.strip().partition("?")
+    if name not in served:
+        raise OpenAIError(
+            404,
+            f"model {name!r} is not served{did_you_mean(name, served)}; served: "
+            f"{sorted(served)} (knobs go after '?', e.g. 'beam_search?n=8')",
+            param="model",
+            code="model_not_found",
+        )
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
+    except ValueError as e:
+        raise OpenAIError(
+            400,
+            f"knobs in the model name must be a query string like 'n=8&beam_width=4': {e}",
+            param="model",
+            code="invalid_knob",
+        ) from None
+    return name, dict(pairs)
+
+
+def _knobs(graph: CompiledStateGraph, body: Mapping[str, Any], query: dict[str, str]) -> dict:
+    """This request's knobs (model query < OpenAI sampling fields < ``tts``), validated."""
+    knobs: dict[str, Any] = {
+        k: (None if v.lower() in ("none", "null") else v) for k, v in query.items()
+    }
+    for field, knob in _SAMPLING_FIELDS.items():
+        if body.get(field) is not None:
+            knobs[knob] = body[field]
+    extra = body.get("tts")
+    if extra is not None and not isinstance(extra, Mapping):
+        raise OpenAIError(400, "tts must be an object of knobs, e.g. {'n': 8}", param="tts")
+    knobs.update(extra or {})
+    schema: type[BaseModel] | None = graph.context_schema
+    fields = set(schema.model_fields) if schema is not None else set()
+    for k in knobs:
+        if k not in fields:
+            raise OpenAIError(
+                400,
+                f"unknown knob {k!r} for {graph.name}{did_you_mean(k, fields)}; valid knobs: "
+                f"{sorted(fields)}",
+                param=k,
+                code="invalid_knob",
+            )
+    if knobs and schema is not None:
+        try:
+            checked = schema.model_validate(knobs)
+        except ValidationError as e:
+            err = e.errors(include_url=False)[0]
+            loc = ".".join(str(x) for x in err.get("loc", ())) or None
+            where = f" {loc!r}" if loc else "s"
+            raise OpenAIError(
+                400,
+                f"bad knob{where} for {graph.name}: {err['msg']} (got {err.get('input')!r})",
+                param=loc,
+                code="invalid_knob",
+            ) from None
+        # the validated values (typed: "8" -> 8), only for the knobs the request set
+        knobs = {k: getattr(checked, k) for k in knobs}
+    return knobs
+
+
+def _messages(body: Mapping[str, Any]) -> list[BaseMessage]:
+    raw = body.get("messages")
+    if not isinstance(raw, list) or not raw:
+        raise OpenAIError(
+            400,
+            "messages must be a non-empty list, e.g. [{'role': 'user', 'content': '...'}]",
+            param="messages",
+        )
+    for i, m in enumerate(raw):
+        if not isinstance(m, Mapping) or m.get("role") not in _ROLES:
+            raise OpenAIError(
+                400,
+                f"messages[{i}] must be an object with a 'role' in {sorted(_ROLES)}",
+                param=f"messages[{i}]",
+            )
+    try:
+        msgs = convert_to_messages([{**m, "content": _text(m.get("content"))} for m in raw])
+    except (NotImplementedError, ValueError, TypeError, KeyError) as e:
+        raise OpenAIError(400, f"messages are not chat messages: {e}", param="messages") from None
+    if not any(isinstance(m, HumanMessage) for m in msgs):
+        raise OpenAIError(400, "messages hold no user message to answer", param="messages")
+    try:
+        question_of({"messages": msgs})
+    except InputError as e:
+        raise OpenAIError(400, str(e), param="messages") from None
+    return msgs
+
+
+def _text(content: Any) -> str:
+    """A message's text: a string, or OpenAI's list of content parts (text parts joined)."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            p.get("text", "") for p in content if isinstance(p, Mapping) and p.get("type") == "text"
+        )
+    raise OpenAIError(400, "message content must be a string or a list of parts", param="messages")
+
+
+def openai_usage(usage: Usage) -> dict[str, Any]:
+    """OpenAI's ``usage`` (the policy's tokens) with the whole ledger under ``tts``."""
+    prompt, gen = usage.policy_prompt_tokens, usage.policy_generated_tokens
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": gen,
+        "total_tokens": prompt + gen,
+        "prompt_tokens_details": {"cached_tokens": usage.policy_cached_tokens},
+        "tts": usage.summary(),
+    }
+
+
+class _Request:
+    """A validated chat completion request."""
+
+    def __init__(self, body: Any, graphs: Mapping[str, CompiledStateGraph]):
+        if not isinstance(body, Mapping):
+            raise OpenAIError(400, "the request body must be a JSON object")
+        self.model = body.get("model")
+        name, query = parse_model(self.model, graphs)
+        self.strategy, self.graph = name, graphs[name]
+        if body.get("n") not in (None, 1):
+            raise OpenAIError(
+                400,
+                "n (choices) must be 1; the strategy's samples are the knob 'n' under tts",
+                param="n",
+            )
+        self.knobs = _knobs(self.graph, body, query)
+        self.messages = _messages(body)
+        self.stream = bool(body.get("stream"))
+        opts = body.get("stream_options") or {}
+        self.include_usage = isinstance(opts, Mapping) and bool(opts.get("include_usage"))
+        self.id = f"chatcmpl-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+
+    def config(self) -> dict[str, Any]:
+        conf: dict[str, Any] = dict(self.knobs)
+        if self.graph.checkpointer is not None:  # the API is stateless: a thread per request
+            conf["thread_id"] = f"openai-{uuid.uuid4().hex}"
+        return {"configurable": conf, "metadata": {"tts_endpoint": "openai"}}
+
+    def extension(self, out: Mapping[str, Any]) -> dict[str, Any]:
+        return {
+            "strategy": self.strategy,
+            "knobs": self.knobs,
+            "answer": out.get("answer"),
+            "stop_reason": out.get("stop_reason", ""),
+            "warnings": out.get("warnings") or [],
+        }
+
+    def chunk(self, delta: dict, finish: str | None = None, **extra: Any) -> str:
+        data = {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+            **extra,
+        }
+        return f"data: {json.dumps(data)}\n\n"
+
+
+def _content(out: Mapping[str, Any]) -> str:
+    msgs = out.get("messages") or []
+    if msgs and isinstance(msgs[-1], AIMessage) and isinstance(msgs[-1].content, str):
+        return msgs[-1].content
+    return out.get("solution") or "(no solution found)"
+
+
+def _finish_reason(out: Mapping[str, Any]) -> str:
+    return "length" if out.get("stop_reason") == "budget" else "stop"
+
+
+def _run_error(e: Exception) -> OpenAIError:
+    """A failure of the graph run in OpenAI's form (4xx: the request; 502: the backend)."""
+    if isinstance(e, InputError):
+        return OpenAIError(400, str(e), param="messages")
+    if isinstance(e, ConfigError):
+        return OpenAIError(400, str(e), code="invalid_knob")
+    if isinstance(e, BackendError):
+        return OpenAIError(502, str(e), type="server_error", code="backend_error")
+    return OpenAIError(500, f"{type(e).__name__}: {e}", type="server_error")
+
+
+class _CompletionResponse(Response):
+    """The JSON answer of a non-streaming request, computed while the response is sent, so
+    that a client hanging up cancels its search (as a stream's does): the disconnect is
+    watched on the ASGI channel itself, which the app's HTTP middlewares pass through."""
+
+    def __init__(self, req: _Request):
+        self.req, self.background = req, None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        result: tuple[int, dict[str, Any]] | None = None
+
+        async with anyio.create_task_group() as tg:
+
+            async def run() -> None:
+                nonlocal result
+                try:
+                    result = 200, await _complete(self.req)
+                except OpenAIError as e:
+                    result = e.status, e.body()
+                tg.cancel_scope.cancel()
+
+            async def watch() -> None:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                tg.cancel_scope.cancel()  # the client left: stop its search
+
+            tg.start_soon(run)
+            tg.start_soon(watch)
+        if result is not None:
+            await JSONResponse(result[1], status_code=result[0])(scope, receive, send)
+
+
+async def _complete(req: _Request) -> dict[str, Any]:
+    try:
+        out = await req.graph.ainvoke({"messages": req.messages}, req.config())
+    except Exception as e:
+        raise _run_error(e) from e
+    return {
+        "id": req.id,
+        "object": "chat.completion",
+        "created": req.created,
+        "model": req.model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": _content(out)},
+                "finish_reason": _finish_reason(out),
+                "logprobs": None,
+            }
+        ],
+        "usage": openai_usage(out.get("usage") or Usage()),
+        "tts": req.extension(out),
+        "system_fingerprint": None,
+    }
+
+
+async def _stream(req: _Request) -> AsyncIterator[str]:
+    """SSE: progress comments while the graph runs, then the answer, then ``[DONE]``."""
+    yield req.chunk({"role": "assistant", "content": ""})
+    out: dict[str, Any] = {}
+    try:
+        async for mode, data in req.graph.astream(
+            {"messages": req.messages}, req.config(), stream_mode=["updates", "values"]
+        ):
+            if mode == "values":
+                out = data
+                continue
+            for node, update in (data or {}).items():
+                yield f": tts {json.dumps(_progress(node, update))}\n\n"
+    except Exception as e:  # the stream has started: the error is an event, then the end
+        yield f"data: {json.dumps(_run_error(e).body())}\n\n"
+        yield "data: [DONE]\n\n"
+        return
+    for piece in _pieces(_content(out)):
+        yield req.chunk({"content": piece})
+    yield req.chunk({}, _finish_reason(out), tts=req.extension(out))
+    if req.include_usage:
+        usage = openai_usage(out.get("usage") or Usage())
+        data = {
+            "id": req.id,
+            "object": "chat.completion.chunk",
+            "created": req.created,
+            "model": req.model,
+            "choices": [],
+            "usage": usage,
+        }
+        yield f"data: {json.dumps(data)}\n\n"
+    yield "data: [DONE]\n\n"
+
+
+def _progress(node: str, update: Any) -> dict[str, Any]:
+    """What a progress comment says about one node's update (counts, not the beams)."""
+    info: dict[str, Any] = {"node": node}
+    if isinstance(update, Mapping):
+        for key in ("step", "stop_reason"):
+            if update.get(key) not in (None, ""):
+                info[key] = update[key]
+        for key in ("active", "finished"):
+            if isinstance(update.get(key), list):
+                info[key] = len(update[key])
+    return info
+
+
+def _pieces(text: str) -> list[str]:
+    """The answer as content deltas, a step (paragraph) each."""
+    parts = text.split("\n\n")
+    return [p + ("\n\n" if i < len(parts) - 1 else "") for i, p in enumerate(parts)] or [""]
+
+
+def _error_response(e: OpenAIError) -> JSONResponse:
+    return JSONResponse(e.body(), status_code=e.status)
+
+
+def add_openai_routes(
+    app: FastAPI,
+    graphs: Mapping[str, CompiledStateGraph],
+    *,
+    max_body_bytes: int = MAX_BODY_BYTES,
+) -> None:
+    """Mount ``POST /v1/chat/completions`` and ``GET /v1/models`` serving ``graphs`` (strategy
+    name -> compiled graph) on ``app``; bodies over ``max_body_bytes`` are a 413."""
+    created = int(time.time())
+
+    async def limit(request: Request, call_next: Any) -> Any:
+        # Before the app's own body check: an over-long body gets OpenAI's error format here.
+        if request.url.path.startswith("/v1/") and request.method == "POST":
+            size = request.headers.get("content-length")
+            if size is not None and size.isdigit() and int(size) > max_body_bytes:
+                return _too_large(size, max_body_bytes)
+            body = await request.body()
+            if len(body) > max_body_bytes:
+                return _too_large(len(body), max_body_bytes)
+        return await call_next(request)
+
+    app.middleware("http")(limit)
+
+    @app.get("/v1/models")
+    async def list_models() -> dict[str, Any]:
+        """The served strategies, as OpenAI models (knobs: ``"<name>?n=8&..."``)."""
+        data = [
+            {"id": name, "object": "model", "created": created, "owned_by": "langchain-tts"}
+            for name in sorted(graphs)
+        ]
+        return {"object": "list", "data": data}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Any:
+        """Run the strategy ``model`` names on ``messages``; OpenAI's request and response."""
+        try:
+            raw = await request.body()
+            try:
+                body = json.loads(raw)
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise OpenAIError(400, f"the request body is not valid JSON: {e}") from None
+            req = _Request(body, graphs)
+            if req.stream:
+                return StreamingResponse(
+                    _stream(req),
+                    media_type="text/event-stream",
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+                )
+            return _CompletionResponse(req)
+        except OpenAIError as e:
+            return _error_response(e)
+
+
+def _too_large(size: int | str, limit: int) -> JSONResponse:
+    return _error_response(
+        OpenAIError(
+            413,
+            f"request body is {size} bytes; the limit is {limit}",
+            code="request_too_large",
+        )
+    )
