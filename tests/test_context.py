@@ -170,3 +170,12 @@ def test_a_parents_context_reaches_the_subgraph():
     assert samples_of(policy) == 4
     app.invoke(msg, context=AppContext())
     assert samples_of(policy) == 8
+
+
+def test_the_chat_reply_keeps_the_graph_name_when_knobs_come_from_the_context():
+    policy, prm = models()
+    graph = create_tts_graph(policy, prm, "best_of_n", {"n": 2}, name="bon")
+    for context in (None, {"n": 3}, {"bon": {"n": 4}}):
+        out = graph.invoke({"messages": [("human", Q)]}, context=context)
+        reply = out["messages"][-1]
+        assert reply.name == "bon" and reply.usage_metadata["total_tokens"] > 0, context

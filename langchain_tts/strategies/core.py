@@ -223,6 +223,8 @@ def resolve_config(base: C, config: RunnableConfig | None) -> C:
         raise ConfigError(
             f"invalid call-time configurable or run context for {cls.__name__}: {e}"
         ) from e
+    # the graph's identity (its name: chat replies, knob namespace) survives the overrides
+    resolved._graph_name, resolved._knobs = base._graph_name, base._knobs
     if key is not None:
         if len(_RESOLVED) >= 256:  # bounded; clear() is atomic across threads
             _RESOLVED.clear()
