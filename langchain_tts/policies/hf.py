@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from langchain_tts.backends.hf import LocalModel, pad_batch
+from langchain_tts.backends.prefix_cache import DEFAULT_PREFIX_CACHE_MB, PrefixCache
 from langchain_tts.backends.sampling import SeededSampler
 from langchain_tts.backends.sync import run_in_worker
 from langchain_tts.backends.text import (
@@ -104,6 +105,8 @@ class HFPolicy(LocalModel, StepPolicy):
         device: str | torch.device | None = None,
         batch_size: int = 64,
         name: str | None = None,
+        prefix_cache: bool = True,
+        prefix_cache_mb: float = DEFAULT_PREFIX_CACHE_MB,
     ):
         if not step_delimiter:
             raise ConfigError("step_delimiter must be a non-empty string")
@@ -123,6 +126,12 @@ class HFPolicy(LocalModel, StepPolicy):
         )
         self.step_delimiter = step_delimiter
         self.system_prompt = system_prompt
+        if prefix_cache_mb <= 0:
+            raise ConfigError(f"prefix_cache_mb must be > 0, got {prefix_cache_mb}")
+        #: the KV cache carried between calls (None: off, or the model cannot take one)
+        self.prefix_cache: PrefixCache | None = None
+        if prefix_cache and getattr(model, "supports_prefix_cache", False):
+            self.prefix_cache = PrefixCache(prefix_cache_mb * 2**20)
 
     # -- prompts ----------------------------------------------------------------------------
     def render_prompt(self, prefix: Trajectory) -> str:
@@ -149,18 +158,20 @@ class HFPolicy(LocalModel, StepPolicy):
             [(p, i) for i, p in enumerate(prefixes)], (n, params.model_dump_json())
         )
         steps = [it[0] for it in items]
-        prompt = sum(it[1] for it in items)
+        computed = sum(it[1] for it in items)
+        cached = sum(it[2] for it in items)
         generated = sum(
             s.tokens for row in steps for s in row[: 1 if params.temperature == 0 else n]
         )
-        seconds = max((it[2] for it in items), default=0.0)
-        return PolicyResult(steps=steps, usage=self._call_usage(prompt, generated, seconds=seconds))
+        seconds = max((it[3] for it in items), default=0.0)
+        usage = self._call_usage(computed + cached, generated, cached=cached, seconds=seconds)
+        return PolicyResult(steps=steps, usage=usage)
 
     def _run_items(
         self, items: Sequence[tuple[Trajectory, int]], key: tuple[int, str]
-    ) -> list[tuple[list[Step], int, float]]:
+    ) -> list[tuple[list[Step], int, int, float]]:
         """Per ``(prefix, its index in its caller's call)``: its n steps, the prompt tokens
-        computed for it, the batch's seconds."""
+        computed for it and read from the prefix cache, the batch's seconds."""
         n, params = key[0], SamplingParams.model_validate_json(key[1])
         t0 = time.perf_counter()
         greedy = params.temperature == 0
@@ -176,25 +187,31 @@ class HFPolicy(LocalModel, StepPolicy):
         if len(rows) > self.batch_size:  # several chunks: group similar lengths
             order.sort(key=lambda r: len(rows[r][1]))
         steps_by_row: dict[int, Step] = {}
+        computed, cached = [0] * len(prefixes), [0] * len(prefixes)
         for c in range(0, len(order), self.batch_size):
             chunk = order[c : c + self.batch_size]
             seeds = None
             if params.seed is not None and not greedy:
                 seeds = [params.seed + local[rows[r][0]] * n + rows[r][2] for r in chunk]
-            steps = self._generate_chunk([rows[r][1] for r in chunk], params, seeds)
+            steps, counts = self._generate_chunk([rows[r][1] for r in chunk], params, seeds)
             steps_by_row.update(zip(chunk, steps, strict=True))
+            for r, (done, read) in zip(chunk, counts, strict=True):
+                computed[rows[r][0]] += done
+                cached[rows[r][0]] += read
         out: list[list[Step]] = [[] for _ in prefixes]
         for r, (i, _, _) in enumerate(rows):
             out[i].append(steps_by_row[r])
         if greedy:
             out = [s * n for s in out]
         seconds = time.perf_counter() - t0
-        return [(out[i], len(prompts[i]) * copies, seconds) for i in range(len(prefixes))]
+        return [(out[i], computed[i], cached[i], seconds) for i in range(len(prefixes))]
 
     @torch.inference_mode()
     def _generate_chunk(
         self, prompts: list[list[int]], params: SamplingParams, seeds: list[int] | None = None
-    ) -> list[Step]:
+    ) -> tuple[list[Step], list[tuple[int, int]]]:
+        """The steps of one ``generate`` and, per row, ``(prompt tokens computed, read from
+        the prefix cache)``."""
         ids, mask = pad_batch(prompts, self.pad_token_id, left=True)
         width = ids.shape[1]
         kwargs: dict[str, Any] = {
@@ -217,11 +234,16 @@ class HFPolicy(LocalModel, StepPolicy):
         if params.stop_at_step:
             stopper = _StopAtDelimiter(self.tokenizer, self.step_delimiter, width)
             kwargs["stopping_criteria"] = [stopper]
+        counts = [(len(p), 0) for p in prompts]
+        if self.prefix_cache is not None:
+            kwargs["prefix_cache"] = self.prefix_cache
         gen = self.model.generate(
             input_ids=ids.to(self.device), attention_mask=mask.to(self.device), **kwargs
         )
+        if self.prefix_cache is not None:
+            counts = self.prefix_cache.last_rows
         gen = gen[:, width:].cpu().tolist()
-        return [self._to_step(r, row, stopper) for r, row in enumerate(gen)]
+        return [self._to_step(r, row, stopper) for r, row in enumerate(gen)], counts
 
     def _to_step(self, r: int, row: list[int], stopper: _StopAtDelimiter | None) -> Step:
         """Cut a generated row at the first delimiter / EOS and label why it ended."""
