@@ -90,7 +90,16 @@ class HFPolicy(LocalModel, StepPolicy):
 
     ``num_parameters`` counts every parameter except the input embedding table (see
     :func:`~langchain_tts.backends.hf.matmul_parameters`), so ``policy_flops = 2 *
-    num_parameters * tokens``. Calls on one model are serialized by a lock and run in a
+    num_parameters * tokens`` over the tokens computed.
+
+    Prefix reuse (``prefix_cache=True``, the default, for models whose ``generate`` takes a
+    cache: the native runtime of the embedded models): the keys/values of every prompt and
+    sampled row stay in a :class:`~langchain_tts.backends.prefix_cache.PrefixCache` of at
+    most ``prefix_cache_mb``, so a beam's children prefill only the tokens their parent's
+    cache lacks, and the ``n`` samples of one prompt prefill it once. Cached prompt tokens
+    are booked as ``policy_cached_tokens``, not computed. Seeded samples are the same with
+    the cache on or off. The transformers backend runs without it (see docs/backends.md).
+    Calls on one model are serialized by a lock and run in a
     worker thread; concurrent calls with the same sampling parameters share one generate.
     ``from_pretrained(path)`` loads a checkpoint with ``AutoModelForCausalLM``.
     """
@@ -143,6 +152,23 @@ class HFPolicy(LocalModel, StepPolicy):
         """Token ids of the prompt of ``prefix``."""
         return encode_prompt(self.tokenizer, self.render_prompt(prefix))
 
+    def prompt_tokens_bound(
+        self, prefixes: Sequence[Trajectory], n: int, params: SamplingParams
+    ) -> int | None:
+        """The prompt tokens a call computes at most, whatever the cache holds: each row's
+        prompt without a cache; with one, each distinct prompt once per batch chunk its
+        copies can span (cache hits are not credited: a concurrent call may evict them
+        before this one runs; the ledger books what the call really computed)."""
+        copies = 1 if params.temperature == 0 else n
+        lengths: dict[tuple[int, ...], int] = {}
+        for p in prefixes:
+            ids = tuple(self.encode(p))
+            lengths[ids] = lengths.get(ids, 0) + copies
+        if self.prefix_cache is None:
+            return sum(len(ids) * rows for ids, rows in lengths.items())
+        spans = {ids: min(rows, -(-rows // self.batch_size) + 1) for ids, rows in lengths.items()}
+        return sum(len(ids) * spans[ids] for ids in lengths)
+
     # -- generation -------------------------------------------------------------------------
     async def _agenerate(
         self, prefixes: Sequence[Trajectory], n: int, params: SamplingParams
@@ -184,8 +210,9 @@ class HFPolicy(LocalModel, StepPolicy):
         copies = 1 if greedy else n
         rows = [(i, ids, j) for i, ids in enumerate(prompts) for j in range(copies)]
         order = list(range(len(rows)))
-        if len(rows) > self.batch_size:  # several chunks: group similar lengths
-            order.sort(key=lambda r: len(rows[r][1]))
+        if len(rows) > self.batch_size:  # several chunks: group similar lengths, and copies
+            # of one prompt side by side (prefilled once per chunk: see prompt_tokens_bound)
+            order.sort(key=lambda r: (len(rows[r][1]), rows[r][1]))
         steps_by_row: dict[int, Step] = {}
         computed, cached = [0] * len(prefixes), [0] * len(prefixes)
         for c in range(0, len(order), self.batch_size):

@@ -1,0 +1,129 @@
+"""Policy prefix reuse: the KV cache, seeded samples with it on and off, the ledger's count."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from langchain_tts.backends.prefix_cache import PrefixCache
+from langchain_tts.core.config import SamplingParams
+from langchain_tts.core.types import Trajectory
+from langchain_tts.graph import create_tts_graph
+from langchain_tts.models import load_default_policy, load_default_prm
+from langchain_tts.policies.hf import HFPolicy
+from langchain_tts.scaling.flops import flops_without_cache
+
+
+def _kv(tokens: int, value: float, layers: int = 2) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    t = torch.full((1, tokens, 4), value)
+    return [(t, t + 1) for _ in range(layers)]
+
+
+# -- the cache -------------------------------------------------------------------------------
+def test_lookup_finds_the_longest_shared_prefix_across_siblings():
+    cache = PrefixCache()
+    prompt = list(range(40))
+    root = cache.put(prompt, None, 0, _kv(40, 0.0))
+    a = cache.put(prompt + [100, 101, 102], root, 40, _kv(3, 1.0))
+    b = cache.put(prompt + [200, 201], root, 40, _kv(2, 2.0))
+    assert len(cache) == 3
+    # a child of sample a: shares 42 tokens with a, 40 with b
+    entry, m = cache.lookup(prompt + [100, 101, 7, 8])
+    assert (entry, m) == (a, 42)
+    kv = entry.prefix_kv(m)
+    assert kv[0][0].shape == (1, 42, 4)
+    assert kv[0][0][0, :40].eq(0.0).all() and kv[0][0][0, 40:].eq(1.0).all()  # root + own
+    assert cache.lookup(prompt + [200, 201, 5]) == (b, 42)
+    assert cache.lookup(prompt + [200, 201, 5], max_len=41)[1] == 41
+    entry, m = cache.lookup(prompt[:30] + [999] * 20)  # past a whole block, into the next
+    assert m == 30 and entry in (root, a, b)
+    assert cache.lookup([5] * 40) == (None, 0)
+
+
+def test_eviction_by_size_keeps_recently_used_chains():
+    per_token = 2 * 2 * 4 * 4  # keys + values, 2 layers, 4 floats of 4 bytes
+    cache = PrefixCache(max_bytes=per_token * 55)
+    root = cache.put(list(range(32)), None, 0, _kv(32, 0.0))
+    a = cache.put(list(range(32)) + [1] * 10, root, 32, _kv(10, 1.0))
+    assert cache.nbytes == per_token * 42
+    cache.lookup(list(range(32)) + [1] * 10)  # refreshes a, then root: root outlives a
+    cache.put(list(range(100, 120)), None, 0, _kv(20, 3.0))  # over the bound: a goes first
+    assert cache.nbytes == per_token * 52 and cache.stats.evictions == 1
+    assert cache.lookup(list(range(32)) + [1] * 10) == (root, 32)
+    del a
+
+
+# -- the embedded policy ---------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def policies() -> tuple[HFPolicy, HFPolicy]:
+    on = load_default_policy()
+    off = HFPolicy(on.model, on.tokenizer, prefix_cache=False)
+    assert on.prefix_cache is not None and off.prefix_cache is None
+    return on, off
+
+
+def test_two_step_beam_by_hand(policies):
+    """Step 1 prefills the question once for its 4 samples; step 2's beams prefill only the
+    one token their parent's cached row lacks (its last sampled token was never fed)."""
+    on, _ = policies
+    on.prefix_cache.clear()
+    params = SamplingParams(temperature=0.8, seed=3, max_step_tokens=48)
+    root = Trajectory(question="What is 17 + 25?")
+    first = on.generate([root], n=4, params=params)
+    length = len(on.encode(root))
+    u = first.usage
+    assert (u.policy_prompt_tokens, u.policy_cached_tokens) == (length, 3 * length)
+    generated = sum(s.tokens for s in first.steps[0])
+    assert u.policy_generated_tokens == generated
+    assert u.policy_flops == 2.0 * on.num_parameters * (length + generated)
+
+    beams = [root.extend(s) for s in first.steps[0][:3]]
+    assert all(s.finish_reason == "step" for s in first.steps[0][:3])
+    lengths = [len(on.encode(b)) for b in beams]
+    # char-level tokens: a child's prompt is its parent's prompt + the step's tokens
+    assert lengths == [length + s.tokens for s in first.steps[0][:3]]
+    second = on.generate(beams, n=4, params=params)
+    u = second.usage
+    distinct = len({b.text for b in beams})  # two equal beams are one prompt
+    assert u.policy_prompt_tokens == distinct  # one computed token per distinct beam
+    assert u.policy_cached_tokens == 4 * sum(lengths) - distinct
+    generated = sum(s.tokens for row in second.steps for s in row)
+    assert u.policy_flops == 2.0 * on.num_parameters * (distinct + generated)
+    total = first.usage + second.usage
+    without = flops_without_cache(total, policy_params=on.num_parameters)
+    assert without == 2.0 * on.num_parameters * (4 * length + 4 * sum(lengths) + total.policy_generated_tokens)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "strategy,cfg",
+    [("beam_search", {"n": 8, "beam_width": 2}), ("best_of_n", {"n": 8})],
+)
+def test_seeded_runs_are_the_same_with_the_cache_on_and_off(policies, strategy, cfg):
+    on, off = policies
+    prm = load_default_prm()
+    questions = ["What is 17 + 25?", "Start with 9. Multiply by 3, then subtract 4."]
+    outs = {}
+    for name, policy in (("on", on), ("off", off)):
+        graph = create_tts_graph(policy, prm, strategy, {**cfg, "seed": 7, "max_steps": 6})
+        outs[name] = [graph.invoke({"question": q}) for q in questions]
+    for a, b in zip(outs["on"], outs["off"], strict=True):
+        assert [c.steps for c in a["candidates"]] == [c.steps for c in b["candidates"]]
+        assert a["answer"] == b["answer"]
+        ua, ub = a["usage"], b["usage"]
+        # the same prompt tokens read; with the cache most of them are not computed
+        assert ua.policy_generated_tokens == ub.policy_generated_tokens
+        assert ua.policy_prompt_tokens + ua.policy_cached_tokens == ub.policy_prompt_tokens
+        assert ub.policy_cached_tokens == 0 and ua.policy_cached_tokens > 0
+        assert ua.policy_flops < ub.policy_flops
+
+
+def test_the_ledger_reserves_what_a_cached_call_can_compute(policies):
+    on, off = policies
+    prefixes = [Trajectory(question="What is 2 + 3?")] * 2
+    params = SamplingParams(temperature=0.8)
+    length = len(on.encode(prefixes[0]))
+    assert off.prompt_tokens_bound(prefixes, 4, params) == 8 * length
+    # one prefill per chunk the 8 copies can span (a merged batch may split them in two)
+    assert on.prompt_tokens_bound(prefixes, 4, params) == 2 * length
+    greedy = SamplingParams(temperature=0.0)
+    assert off.prompt_tokens_bound(prefixes, 4, greedy) == 2 * length
