@@ -306,7 +306,8 @@ class NativeCausalLM(_NativeModel):
         emitted = torch.zeros(ids.shape[0], dtype=torch.long)  # tokens before a row ended
         for step in range(max_new_tokens):
             if step:
-                hidden, cache = body_forward(body, step_ids, next_pos, _allowed(kv_mask, 1), cache)
+                new = ids[:, -1:]  # the token sampled last
+                hidden, cache = body_forward(body, new, next_pos, _allowed(kv_mask, 1), cache)
                 last, next_pos = hidden[:, -1], next_pos + 1
             scores = self.core.lm_head(last).float()
             for proc in logits_processor or ():
@@ -323,7 +324,6 @@ class NativeCausalLM(_NativeModel):
             emitted += unfinished.long()
             ids = torch.cat((ids, nxt[:, None]), dim=1)
             kv_mask = torch.cat((kv_mask, torch.ones_like(kv_mask[:, :1])), dim=1)
-            step_ids = nxt[:, None]
             done = torch.isin(nxt, eos)
             for crit in stopping_criteria or ():
                 done = done | torch.as_tensor(crit(ids, scores), dtype=torch.bool)
