@@ -3,7 +3,7 @@
 Each benchmark is short (well under a minute at one thread) and prints its own table;
 numbers are measured in this run, nothing is cached. See ``docs/performance.md``::
 
-    OMP_NUM_THREADS=1 python -m benchmarks.run_all [overhead batching scaling embedded load]
+    OMP_NUM_THREADS=1 python -m benchmarks.run_all [overhead batching scaling embedded load reuse]
 """
 
 from __future__ import annotations
@@ -13,7 +13,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from benchmarks import bench_batching, bench_embedded, bench_load, bench_overhead, bench_scaling
+from benchmarks import (
+    bench_batching,
+    bench_embedded,
+    bench_load,
+    bench_overhead,
+    bench_reuse,
+    bench_scaling,
+)
 
 BENCHMARKS: dict[str, Callable[[], Any]] = {
     "overhead": bench_overhead.main,
@@ -21,6 +28,7 @@ BENCHMARKS: dict[str, Callable[[], Any]] = {
     "scaling": bench_scaling.main,
     "embedded": bench_embedded.main,
     "load": bench_load.main,
+    "reuse": bench_reuse.main,
 }
 
 
@@ -55,6 +63,15 @@ def summary(results: dict[str, Any]) -> list[str]:
             )
         s = results["load"]["sampling"]
         lines.append(f"seeded / unseeded sampling tokens/s = {s['ratio']:.2f}")
+    if "reuse" in results:
+        r = results["reuse"]["ratios"]
+        lines.append(
+            f"reuse: beam search N=16 / best-of-16 FLOPs {r['beam/bon flops reuse on']:.2f} "
+            f"(policy {r['beam/bon policy flops reuse on']:.2f}), wall "
+            f"{r['beam/bon wall reuse on']:.2f}; without reuse {r['beam/bon flops reuse off']:.2f}"
+            f" / {r['beam/bon wall reuse off']:.2f}; same seeded answers: "
+            f"{r['beam_search same answers'] and r['best_of_16 same answers']}"
+        )
     return lines
 
 

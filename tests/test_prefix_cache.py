@@ -127,3 +127,21 @@ def test_the_ledger_reserves_what_a_cached_call_can_compute(policies):
     assert on.prompt_tokens_bound(prefixes, 4, params) == 2 * length
     greedy = SamplingParams(temperature=0.0)
     assert off.prompt_tokens_bound(prefixes, 4, greedy) == 2 * length
+
+
+def test_the_transformers_backend_reuses_past_key_values_with_the_same_samples():
+    on = load_default_policy(backend="transformers")
+    off = HFPolicy(on.model, on.tokenizer, prefix_cache=False)
+    assert on.prefix_cache is not None
+    params = SamplingParams(temperature=0.8, seed=3, max_step_tokens=48)
+    roots = [Trajectory(question="What is 17 + 25?"), Trajectory(question="Start with 9.")]
+    first = on.generate(roots, n=4, params=params)
+    assert first.steps == off.generate(roots, n=4, params=params).steps
+    beams = [roots[0].extend(first.steps[0][0]), roots[1].extend(first.steps[1][1])]
+    a, b = on.generate(beams, n=4, params=params), off.generate(beams, n=4, params=params)
+    assert a.steps == b.steps
+    read = 4 * sum(len(on.encode(t)) for t in beams)
+    assert b.usage.policy_prompt_tokens == read and b.usage.policy_cached_tokens == 0
+    assert a.usage.policy_prompt_tokens + a.usage.policy_cached_tokens == read
+    assert a.usage.policy_cached_tokens > read // 2  # each row computes past the cut only
+    assert a.usage.policy_flops < b.usage.policy_flops

@@ -182,4 +182,3 @@ class PrefixCache:
                 if not holders:
                     del self._index[h]
         return entry
-

@@ -24,7 +24,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from langchain_tts.backends.hf import LocalModel, pad_batch
+from langchain_tts.backends.hf import (
+    LocalModel,
+    generate_with_prefix_cache,
+    pad_batch,
+    supports_prefix_reuse,
+)
 from langchain_tts.backends.prefix_cache import DEFAULT_PREFIX_CACHE_MB, PrefixCache
 from langchain_tts.backends.sampling import SeededSampler
 from langchain_tts.backends.sync import run_in_worker
@@ -92,13 +97,14 @@ class HFPolicy(LocalModel, StepPolicy):
     :func:`~langchain_tts.backends.hf.matmul_parameters`), so ``policy_flops = 2 *
     num_parameters * tokens`` over the tokens computed.
 
-    Prefix reuse (``prefix_cache=True``, the default, for models whose ``generate`` takes a
-    cache: the native runtime of the embedded models): the keys/values of every prompt and
+    Prefix reuse (``prefix_cache=True``, the default): the keys/values of every prompt and
     sampled row stay in a :class:`~langchain_tts.backends.prefix_cache.PrefixCache` of at
     most ``prefix_cache_mb``, so a beam's children prefill only the tokens their parent's
     cache lacks, and the ``n`` samples of one prompt prefill it once. Cached prompt tokens
     are booked as ``policy_cached_tokens``, not computed. Seeded samples are the same with
-    the cache on or off. The transformers backend runs without it (see docs/backends.md).
+    the cache on or off. Transformers models on a plain ``DynamicCache`` reuse the cache too
+    (:func:`~langchain_tts.backends.hf.generate_with_prefix_cache`: every row prefills
+    what follows the batch's shortest cached width); others run without it.
     Calls on one model are serialized by a lock and run in a
     worker thread; concurrent calls with the same sampling parameters share one generate.
     ``from_pretrained(path)`` loads a checkpoint with ``AutoModelForCausalLM``.
@@ -139,7 +145,9 @@ class HFPolicy(LocalModel, StepPolicy):
             raise ConfigError(f"prefix_cache_mb must be > 0, got {prefix_cache_mb}")
         #: the KV cache carried between calls (None: off, or the model cannot take one)
         self.prefix_cache: PrefixCache | None = None
-        if prefix_cache and getattr(model, "supports_prefix_cache", False):
+        native = getattr(model, "supports_prefix_cache", False)
+        self._native_cache = bool(native)
+        if prefix_cache and (native or supports_prefix_reuse(model)):
             self.prefix_cache = PrefixCache(prefix_cache_mb * 2**20)
 
     # -- prompts ----------------------------------------------------------------------------
@@ -156,15 +164,15 @@ class HFPolicy(LocalModel, StepPolicy):
         self, prefixes: Sequence[Trajectory], n: int, params: SamplingParams
     ) -> int | None:
         """The prompt tokens a call computes at most, whatever the cache holds: each row's
-        prompt without a cache; with one, each distinct prompt once per batch chunk its
-        copies can span (cache hits are not credited: a concurrent call may evict them
+        prompt; with the native runtime's cache, each distinct prompt once per batch chunk
+        its copies can span (cache hits are not credited: a concurrent call may evict them
         before this one runs; the ledger books what the call really computed)."""
         copies = 1 if params.temperature == 0 else n
         lengths: dict[tuple[int, ...], int] = {}
         for p in prefixes:
             ids = tuple(self.encode(p))
             lengths[ids] = lengths.get(ids, 0) + copies
-        if self.prefix_cache is None:
+        if self.prefix_cache is None or not self._native_cache:  # a prefill per row
             return sum(len(ids) * rows for ids, rows in lengths.items())
         spans = {ids: min(rows, -(-rows // self.batch_size) + 1) for ids, rows in lengths.items()}
         return sum(len(ids) * spans[ids] for ids in lengths)
@@ -262,11 +270,14 @@ class HFPolicy(LocalModel, StepPolicy):
             stopper = _StopAtDelimiter(self.tokenizer, self.step_delimiter, width)
             kwargs["stopping_criteria"] = [stopper]
         counts = [(len(p), 0) for p in prompts]
-        if self.prefix_cache is not None:
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        if self.prefix_cache is None:
+            gen = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+        elif self._native_cache:
             kwargs["prefix_cache"] = self.prefix_cache
-        gen = self.model.generate(
-            input_ids=ids.to(self.device), attention_mask=mask.to(self.device), **kwargs
-        )
+            gen = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+        else:
+            gen = generate_with_prefix_cache(self.model, ids, mask, self.prefix_cache, **kwargs)
         if self.prefix_cache is not None:
             counts = self.prefix_cache.last_rows
         gen = gen[:, width:].cpu().tolist()

@@ -1,0 +1,110 @@
+"""Prefix reuse: beam search N=16 vs best-of-16 on the embedded models, reuse on and off.
+
+Beam search re-reads every beam's whole prefix at each step; with the policy's prefix KV
+cache (``HFPolicy(prefix_cache=True)``, the default of the native runtime) a beam's
+children prefill only what their parent's cached row lacks. This runs both strategies, seeded,
+on the same embedded test problems with the cache on and off (one policy object each, the
+same weights), and prints per question the computed FLOPs (policy and PRM apart), wall
+time, prompt tokens computed and read from cache, and the accuracy; then the ratios
+beam / best-of-n and off / on, and whether every seeded answer is the same either way::
+
+    OMP_NUM_THREADS=1 python -m benchmarks.bench_reuse [problems]
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from benchmarks._util import table  # noqa: E402
+from langchain_tts.core.types import Usage  # noqa: E402
+from langchain_tts.eval.datasets import load_synthetic  # noqa: E402
+from langchain_tts.eval.grading import grade  # noqa: E402
+from langchain_tts.graph import create_tts_graph  # noqa: E402
+from langchain_tts.models import load_default_policy, load_default_prm  # noqa: E402
+from langchain_tts.policies.hf import HFPolicy  # noqa: E402
+
+PROBLEMS = 20
+CASES: dict[str, tuple[str, dict[str, Any]]] = {
+    "beam_search": ("beam_search", {"n": 16, "beam_width": 4}),
+    "best_of_16": ("best_of_n", {"n": 16}),
+}
+
+
+def run_case(policy: HFPolicy, prm: Any, strategy: str, cfg: dict, problems: list) -> dict:
+    """Every problem once, seeded; totals per question and the answers given."""
+    if policy.prefix_cache is not None:
+        policy.prefix_cache.clear()  # each case starts cold
+    graph = create_tts_graph(policy, prm, strategy, {**cfg, "seed": 0})
+    usage, seconds, correct, answers = Usage(), 0.0, 0, []
+    for p in problems:
+        t0 = time.perf_counter()
+        out = graph.invoke({"question": p.problem})
+        seconds += time.perf_counter() - t0
+        usage = usage + out["usage"]
+        answers.append(out["answer"])
+        correct += grade(out["solution"] or "", p.answer)[1]
+    k = len(problems)
+    return {
+        "policy_gflops": usage.policy_flops / k / 1e9,
+        "prm_gflops": usage.prm_flops / k / 1e9,
+        "gflops": usage.flops / k / 1e9,
+        "seconds": seconds / k,
+        "prompt": usage.policy_prompt_tokens / k,
+        "cached": usage.policy_cached_tokens / k,
+        "prm_tokens": usage.prm_tokens / k,
+        "prm_cached": usage.prm_cached_tokens / k,
+        "generated": usage.policy_generated_tokens / k,
+        "accuracy": correct / k,
+        "answers": answers,
+    }
+
+
+def main(problems: int = PROBLEMS) -> dict[str, Any]:
+    on = load_default_policy()
+    off = HFPolicy(on.model, on.tokenizer, prefix_cache=False, name="HFPolicy(no reuse)")
+    prm = load_default_prm()
+    data = load_synthetic("test", problems)
+    run_case(on, prm, "best_of_n", {"n": 4}, data[:1])  # warm-up: first-call costs
+    results: dict[str, dict[str, Any]] = {}
+    for case, (strategy, cfg) in CASES.items():
+        for reuse, policy in (("on", on), ("off", off)):
+            results[f"{case} reuse {reuse}"] = run_case(policy, prm, strategy, cfg, data)
+    rows = [
+        [name, r["policy_gflops"], r["prm_gflops"], r["gflops"], r["seconds"], r["prompt"],
+         r["cached"], r["generated"], r["prm_tokens"], f"{r['accuracy']:.0%}"]
+        for name, r in results.items()
+    ]  # fmt: skip
+    print(f"{problems} embedded test problems, per question, seeded (seed 0):")
+    print(
+        table(
+            ["run", "policy GFLOPs", "PRM GFLOPs", "GFLOPs", "wall s", "prompt computed",
+             "prompt cached", "generated", "PRM tokens", "accuracy"],
+            rows,
+        )
+    )  # fmt: skip
+    ratios: dict[str, float | bool] = {}
+    for reuse in ("on", "off"):
+        beam, bon = results[f"beam_search reuse {reuse}"], results[f"best_of_16 reuse {reuse}"]
+        ratios[f"beam/bon flops reuse {reuse}"] = beam["gflops"] / bon["gflops"]
+        ratios[f"beam/bon policy flops reuse {reuse}"] = beam["policy_gflops"] / bon["policy_gflops"]  # fmt: skip
+        ratios[f"beam/bon wall reuse {reuse}"] = beam["seconds"] / bon["seconds"]
+    for case in CASES:
+        a, b = results[f"{case} reuse off"], results[f"{case} reuse on"]
+        ratios[f"{case} off/on flops"] = a["gflops"] / b["gflops"]
+        ratios[f"{case} off/on policy flops"] = a["policy_gflops"] / b["policy_gflops"]
+        ratios[f"{case} off/on wall"] = a["seconds"] / b["seconds"]
+        ratios[f"{case} same answers"] = a["answers"] == b["answers"]
+    print()
+    for k, v in ratios.items():
+        print(f"{k}: {v:.2f}" if not isinstance(v, bool) else f"{k}: {v}")
+    return {"results": results, "ratios": ratios}
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else PROBLEMS)
