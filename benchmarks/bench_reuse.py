@@ -8,7 +8,9 @@ same weights), and prints per question the computed FLOPs (policy and PRM apart)
 time, prompt tokens computed and read from cache, and the accuracy; then the ratios
 beam / best-of-n and off / on, and whether every seeded answer is the same either way::
 
-    OMP_NUM_THREADS=1 python -m benchmarks.bench_reuse [problems]
+    OMP_NUM_THREADS=1 python -m benchmarks.bench_reuse [problems] [--all]
+
+``--all`` adds DVTS, MCTS and revision (FLOPs per question, reuse on and off).
 """
 
 from __future__ import annotations
@@ -33,6 +35,12 @@ PROBLEMS = 20
 CASES: dict[str, tuple[str, dict[str, Any]]] = {
     "beam_search": ("beam_search", {"n": 16, "beam_width": 4}),
     "best_of_16": ("best_of_n", {"n": 16}),
+}
+#: ``--all``: the other step-level searches, their FLOPs per question with reuse on and off
+MORE_CASES: dict[str, tuple[str, dict[str, Any]]] = {
+    "dvts": ("dvts", {"n": 16, "beam_width": 4}),
+    "mcts": ("mcts", {"simulations": 16, "expand_k": 4}),
+    "revision": ("revision", {}),
 }
 
 
@@ -65,14 +73,15 @@ def run_case(policy: HFPolicy, prm: Any, strategy: str, cfg: dict, problems: lis
     }
 
 
-def main(problems: int = PROBLEMS) -> dict[str, Any]:
+def main(problems: int = PROBLEMS, more: bool = False) -> dict[str, Any]:
     on = load_default_policy()
     off = HFPolicy(on.model, on.tokenizer, prefix_cache=False, name="HFPolicy(no reuse)")
     prm = load_default_prm()
     data = load_synthetic("test", problems)
     run_case(on, prm, "best_of_n", {"n": 4}, data[:1])  # warm-up: first-call costs
     results: dict[str, dict[str, Any]] = {}
-    for case, (strategy, cfg) in CASES.items():
+    cases = {**CASES, **(MORE_CASES if more else {})}
+    for case, (strategy, cfg) in cases.items():
         for reuse, policy in (("on", on), ("off", off)):
             results[f"{case} reuse {reuse}"] = run_case(policy, prm, strategy, cfg, data)
     rows = [
@@ -94,7 +103,7 @@ def main(problems: int = PROBLEMS) -> dict[str, Any]:
         ratios[f"beam/bon flops reuse {reuse}"] = beam["gflops"] / bon["gflops"]
         ratios[f"beam/bon policy flops reuse {reuse}"] = beam["policy_gflops"] / bon["policy_gflops"]  # fmt: skip
         ratios[f"beam/bon wall reuse {reuse}"] = beam["seconds"] / bon["seconds"]
-    for case in CASES:
+    for case in cases:
         a, b = results[f"{case} reuse off"], results[f"{case} reuse on"]
         ratios[f"{case} off/on flops"] = a["gflops"] / b["gflops"]
         ratios[f"{case} off/on policy flops"] = a["policy_gflops"] / b["policy_gflops"]
@@ -107,4 +116,5 @@ def main(problems: int = PROBLEMS) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else PROBLEMS)
+    args = [a for a in sys.argv[1:] if a != "--all"]
+    main(int(args[0]) if args else PROBLEMS, more="--all" in sys.argv[1:])
