@@ -3,8 +3,8 @@
 Beam search re-reads every beam's whole prefix at each step; with the policy's prefix KV
 cache (``HFPolicy(prefix_cache=True)``, the default of the native runtime) a beam's
 children prefill only what their parent's cached row lacks. This runs both strategies, seeded,
-on the same embedded test problems with the cache on and off (one policy object each, the
-same weights), and prints per question the computed FLOPs (policy and PRM apart), wall
+on the same embedded test problems with the cache on and off (a policy object per variant on the
+same weights, each with its own cache), interleaved problem by problem, and prints per question the computed FLOPs (policy and PRM apart), wall
 time, prompt tokens computed and read from cache, and the accuracy; then the ratios
 beam / best-of-n and off / on, and whether every seeded answer is the same either way::
 
@@ -44,46 +44,55 @@ MORE_CASES: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-def run_case(policy: HFPolicy, prm: Any, strategy: str, cfg: dict, problems: list) -> dict:
-    """Every problem once, seeded; totals per question and the answers given."""
-    if policy.prefix_cache is not None:
-        policy.prefix_cache.clear()  # each case starts cold
-    graph = create_tts_graph(policy, prm, strategy, {**cfg, "seed": 0})
-    usage, seconds, correct, answers = Usage(), 0.0, 0, []
-    for p in problems:
+class _Run:
+    """One variant (strategy x reuse): its graph, its own policy object, running totals."""
+
+    def __init__(self, policy: HFPolicy, prm: Any, strategy: str, cfg: dict):
+        self.graph = create_tts_graph(policy, prm, strategy, {**cfg, "seed": 0})
+        self.usage, self.seconds, self.correct = Usage(), 0.0, 0
+        self.answers: list[str | None] = []
+
+    def solve(self, problem: Any) -> None:
         t0 = time.perf_counter()
-        out = graph.invoke({"question": p.problem})
-        seconds += time.perf_counter() - t0
-        usage = usage + out["usage"]
-        answers.append(out["answer"])
-        correct += grade(out["solution"] or "", p.answer)[1]
-    k = len(problems)
-    return {
-        "policy_gflops": usage.policy_flops / k / 1e9,
-        "prm_gflops": usage.prm_flops / k / 1e9,
-        "gflops": usage.flops / k / 1e9,
-        "seconds": seconds / k,
-        "prompt": usage.policy_prompt_tokens / k,
-        "cached": usage.policy_cached_tokens / k,
-        "prm_tokens": usage.prm_tokens / k,
-        "prm_cached": usage.prm_cached_tokens / k,
-        "generated": usage.policy_generated_tokens / k,
-        "accuracy": correct / k,
-        "answers": answers,
-    }
+        out = self.graph.invoke({"question": problem.problem})
+        self.seconds += time.perf_counter() - t0
+        self.usage = self.usage + out["usage"]
+        self.answers.append(out["answer"])
+        self.correct += grade(out["solution"] or "", problem.answer)[1]
+
+    def per_question(self) -> dict[str, Any]:
+        usage, k = self.usage, len(self.answers)
+        return {
+            "policy_gflops": usage.policy_flops / k / 1e9,
+            "prm_gflops": usage.prm_flops / k / 1e9,
+            "gflops": usage.flops / k / 1e9,
+            "seconds": self.seconds / k,
+            "prompt": usage.policy_prompt_tokens / k,
+            "cached": usage.policy_cached_tokens / k,
+            "prm_tokens": usage.prm_tokens / k,
+            "prm_cached": usage.prm_cached_tokens / k,
+            "generated": usage.policy_generated_tokens / k,
+            "accuracy": self.correct / k,
+            "answers": self.answers,
+        }
 
 
 def main(problems: int = PROBLEMS, more: bool = False) -> dict[str, Any]:
-    on = load_default_policy()
-    off = HFPolicy(on.model, on.tokenizer, prefix_cache=False, name="HFPolicy(no reuse)")
+    base = load_default_policy()
     prm = load_default_prm()
     data = load_synthetic("test", problems)
-    run_case(on, prm, "best_of_n", {"n": 4}, data[:1])  # warm-up: first-call costs
-    results: dict[str, dict[str, Any]] = {}
     cases = {**CASES, **(MORE_CASES if more else {})}
+    runs: dict[str, _Run] = {}
     for case, (strategy, cfg) in cases.items():
-        for reuse, policy in (("on", on), ("off", off)):
-            results[f"{case} reuse {reuse}"] = run_case(policy, prm, strategy, cfg, data)
+        for reuse in ("on", "off"):
+            # a policy object per variant (same weights): no variant reads another's cache
+            policy = HFPolicy(base.model, base.tokenizer, prefix_cache=reuse == "on")
+            runs[f"{case} reuse {reuse}"] = _Run(policy, prm, strategy, cfg)
+    _Run(base, prm, "best_of_n", {"n": 4}).solve(data[0])  # warm-up: first-call costs
+    for p in data:  # interleaved: background load spreads evenly over the variants
+        for run in runs.values():
+            run.solve(p)
+    results = {name: run.per_question() for name, run in runs.items()}
     rows = [
         [name, r["policy_gflops"], r["prm_gflops"], r["gflops"], r["seconds"], r["prompt"],
          r["cached"], r["generated"], r["prm_tokens"], f"{r['accuracy']:.0%}"]

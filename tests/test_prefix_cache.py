@@ -10,7 +10,7 @@ from langchain_tts.core.config import SamplingParams
 from langchain_tts.core.types import Trajectory
 from langchain_tts.graph import create_tts_graph
 from langchain_tts.models import load_default_policy, load_default_prm
-from langchain_tts.policies.hf import HFPolicy
+from langchain_tts.policies.hf import HFPolicy, delimiter_completers
 from langchain_tts.scaling.flops import flops_without_cache
 
 
@@ -145,3 +145,18 @@ def test_the_transformers_backend_reuses_past_key_values_with_the_same_samples()
     assert a.usage.policy_prompt_tokens + a.usage.policy_cached_tokens == read
     assert a.usage.policy_cached_tokens > read // 2  # each row computes past the cut only
     assert a.usage.policy_flops < b.usage.policy_flops
+
+
+def test_the_stop_check_decodes_only_rows_that_can_complete_the_delimiter(policies):
+    """Rows whose newest token cannot end the delimiter are not decoded; the steps are
+    the same as when every row is decoded at every token."""
+    _, off = policies
+    slow = HFPolicy(off.model, off.tokenizer, prefix_cache=False)
+    slow._completers = (None,)  # decode every row, as without the filter
+    mask = delimiter_completers(off.tokenizer, "\n\n")
+    assert mask is not None and mask[off.tokenizer.encode("\n", add_special_tokens=False)].all()
+    assert not mask[off.tokenizer.encode("7", add_special_tokens=False)].any()
+    assert delimiter_completers(off.tokenizer, "end ") is None  # a space: no filter
+    params = SamplingParams(temperature=0.8, seed=5, max_step_tokens=48)
+    roots = [Trajectory(question="What is 17 + 25?"), Trajectory(question="Start with 9.")]
+    assert off.generate(roots, n=8, params=params).steps == slow.generate(roots, 8, params).steps

@@ -60,10 +60,19 @@ class _StopAtDelimiter:
     cost stays linear in the step length.
     """
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, delimiter: str, prompt_width: int):
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        delimiter: str,
+        prompt_width: int,
+        completers: torch.Tensor | None = None,
+    ):
         self.tokenizer = tokenizer
         self.delimiter = delimiter
         self.prompt_width = prompt_width
+        # Per token id: whether it can complete the delimiter (see delimiter_completers);
+        # a row whose newest token cannot is not decoded at all.
+        self.completers = completers
         # Enough tokens to hold the delimiter even with byte-level (one byte per token) pieces.
         self.window = len(delimiter.encode()) + 2
         self.stop_len: dict[int, int] = {}  # row -> generated tokens incl. the delimiter
@@ -74,6 +83,9 @@ class _StopAtDelimiter:
         generated = input_ids.shape[1] - self.prompt_width
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         rows = [i for i in range(input_ids.shape[0]) if i not in self.stop_len]
+        if rows and generated > 0 and self.completers is not None:
+            newest = input_ids[rows, -1].clamp(0, len(self.completers) - 1).cpu()
+            rows = [i for i, ok in zip(rows, self.completers[newest].tolist()) if ok]
         if rows and generated > 0:
             start = input_ids.shape[1] - min(generated, self.window)
             tails = input_ids[rows, start:].tolist()
@@ -84,6 +96,21 @@ class _StopAtDelimiter:
         for i in self.stop_len:
             done[i] = True
         return done  # type: ignore[return-value]
+
+
+def delimiter_completers(tokenizer: PreTrainedTokenizerBase, delimiter: str) -> torch.Tensor | None:
+    """Per token id, whether the token's own text holds the delimiter's last character.
+
+    The token that completes the delimiter in the generated text supplies its last
+    character, so only rows whose newest token is such a token need decoding. Exact for an
+    ASCII last character other than a space (a byte-level or byte-fallback token holding
+    that byte decodes to it on its own); None (decode every row) otherwise.
+    """
+    last = delimiter[-1]
+    if not last.isascii() or last == " ":
+        return None
+    texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+    return torch.tensor([last in t for t in texts], dtype=torch.bool)
 
 
 class HFPolicy(LocalModel, StepPolicy):
@@ -145,6 +172,7 @@ class HFPolicy(LocalModel, StepPolicy):
             raise ConfigError(f"prefix_cache_mb must be > 0, got {prefix_cache_mb}")
         #: the KV cache carried between calls (None: off, or the model cannot take one)
         self.prefix_cache: PrefixCache | None = None
+        self._completers: tuple[torch.Tensor | None] | None = None  # computed on first use
         native = getattr(model, "supports_prefix_cache", False)
         self._native_cache = bool(native)
         if prefix_cache and (native or supports_prefix_reuse(model)):
@@ -267,7 +295,11 @@ class HFPolicy(LocalModel, StepPolicy):
             )
         stopper = None
         if params.stop_at_step:
-            stopper = _StopAtDelimiter(self.tokenizer, self.step_delimiter, width)
+            if self._completers is None:
+                self._completers = (delimiter_completers(self.tokenizer, self.step_delimiter),)
+            stopper = _StopAtDelimiter(
+                self.tokenizer, self.step_delimiter, width, self._completers[0]
+            )
             kwargs["stopping_criteria"] = [stopper]
         counts = [(len(p), 0) for p in prompts]
         ids, mask = ids.to(self.device), mask.to(self.device)
