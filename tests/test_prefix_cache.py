@@ -9,6 +9,7 @@ from langchain_tts.backends.prefix_cache import PrefixCache
 from langchain_tts.core.config import SamplingParams
 from langchain_tts.core.types import Trajectory
 from langchain_tts.graph import create_tts_graph
+from langchain_tts.ledger import Ledger, MeteredPolicy
 from langchain_tts.models import load_default_policy, load_default_prm
 from langchain_tts.policies.hf import HFPolicy, delimiter_completers
 from langchain_tts.scaling.flops import flops_without_cache
@@ -160,3 +161,22 @@ def test_the_stop_check_decodes_only_rows_that_can_complete_the_delimiter(polici
     params = SamplingParams(temperature=0.8, seed=5, max_step_tokens=48)
     roots = [Trajectory(question="What is 17 + 25?"), Trajectory(question="Start with 9.")]
     assert off.generate(roots, n=8, params=params).steps == slow.generate(roots, 8, params).steps
+
+
+def test_a_metered_policy_reserves_the_tokenized_bound_and_books_computed_tokens(policies):
+    on, _ = policies
+    on.prefix_cache.clear()
+    ledger = Ledger(max_tokens=10_000)
+    metered = MeteredPolicy(on, ledger)
+    root = Trajectory(question="What is 2 + 3?")
+    params = SamplingParams(temperature=0.8, seed=1, max_step_tokens=32)
+    length = len(on.encode(root))
+    assert metered.prompt_bound([root], 4, params) == 2 * length  # not 4 x (bytes + 64)
+    first = metered.generate([root], 4, params)
+    beams = [root.extend(s) for s in first.steps[0][:2]]
+    second = metered.generate(beams, 4, params)
+    spent = ledger.spent
+    assert spent.policy_prompt_tokens == length + len({b.text for b in beams})
+    assert spent.policy_prompt_tokens == (first.usage + second.usage).policy_prompt_tokens
+    assert spent.tokens == spent.policy_prompt_tokens + spent.policy_generated_tokens
+    assert ledger.left()[1] == 10_000 - spent.tokens  # the reservations were released
