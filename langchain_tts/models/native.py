@@ -13,7 +13,9 @@ weights does. So ``load_default()`` reads the same files with this module instea
   and a ``generate`` that follows transformers' decoding loop step for step (left padding,
   position ids from the attention mask, logits processors, stopping criteria, EOS then
   padding), so ``HFPolicy`` drives it unchanged and greedy and seeded samples are the same
-  tokens as with transformers (tests compare them).
+  tokens as with transformers (tests compare them). Given a
+  :class:`~langchain_tts.backends.prefix_cache.PrefixCache`, ``generate`` prefills each
+  distinct prompt once, from its longest cached prefix on, and caches every row.
 - :class:`NativeCheckerPRM` / :class:`NativeTokenClassifier`: the embedded PRMs' heads.
 
 Only the Llama shapes the project trains are accepted (no GQA, no rope scaling, SiLU); any
@@ -365,13 +367,13 @@ def _prefill_cached(
     hits = [prefix_cache.lookup(p, len(p) - 1) for p in prompts]  # >= 1 token to compute
     past_len = max(m for _, m in hits)
     new_len = max(len(p) - m for p, (_, m) in zip(prompts, hits))
-    n = len(prompts)
-    new_ids = torch.zeros((n, new_len), dtype=torch.long)
-    new_mask = torch.zeros((n, new_len), dtype=torch.bool)
-    past_mask = torch.zeros((n, past_len), dtype=torch.bool)
+    n, dev = len(prompts), body.embed_tokens.weight.device
+    new_ids = torch.zeros((n, new_len), dtype=torch.long, device=dev)
+    new_mask = torch.zeros((n, new_len), dtype=torch.bool, device=dev)
+    past_mask = torch.zeros((n, past_len), dtype=torch.bool, device=dev)
     past: KVCache | None = None
     for u, (p, (entry, m)) in enumerate(zip(prompts, hits)):
-        new_ids[u, new_len - (len(p) - m) :] = torch.tensor(p[m:], dtype=torch.long)
+        new_ids[u, new_len - (len(p) - m) :] = torch.tensor(p[m:], dtype=torch.long, device=dev)
         new_mask[u, new_len - (len(p) - m) :] = True
         if entry is None:
             continue
@@ -384,7 +386,7 @@ def _prefill_cached(
         for (pk, pv), (k, v) in zip(past, kv, strict=True):
             pk[u, :, past_len - m :] = k
             pv[u, :, past_len - m :] = v
-    starts = torch.tensor([m for _, m in hits], dtype=torch.long)[:, None]
+    starts = torch.tensor([m for _, m in hits], dtype=torch.long, device=dev)[:, None]
     positions = (starts + new_mask.long().cumsum(-1) - 1).masked_fill(~new_mask, 0)
     key_mask = torch.cat((past_mask, new_mask), dim=1)
     hidden, kv = body_forward(body, new_ids, positions, _allowed(key_mask, new_len), past)
@@ -400,8 +402,8 @@ def _prefill_cached(
         stats.append((len(p) - m, m) if u not in seen else (0, len(p)))
         seen.add(u)
     prefix_cache.record(stats)
-    idx = torch.tensor(row_u, dtype=torch.long)
-    lengths = torch.tensor([len(p) for p in prompts], dtype=torch.long)[:, None]
+    idx = torch.tensor(row_u, dtype=torch.long, device=dev)
+    lengths = torch.tensor([len(p) for p in prompts], dtype=torch.long, device=dev)[:, None]
     return (
         hidden[idx, -1],
         [(k[idx], v[idx]) for k, v in kv],
