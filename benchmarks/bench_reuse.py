@@ -1,12 +1,13 @@
 """Prefix reuse: beam search N=16 vs best-of-16 on the embedded models, reuse on and off.
 
 Beam search re-reads every beam's whole prefix at each step; with the policy's prefix KV
-cache (``HFPolicy(prefix_cache=True)``, the default of the native runtime) a beam's
-children prefill only what their parent's cached row lacks. This runs both strategies, seeded,
-on the same embedded test problems with the cache on and off (a policy object per variant on the
-same weights, each with its own cache), interleaved problem by problem, and prints per question the computed FLOPs (policy and PRM apart), wall
-time, prompt tokens computed and read from cache, and the accuracy; then the ratios
-beam / best-of-n and off / on, and whether every seeded answer is the same either way::
+cache (``HFPolicy(prefix_cache=True)``, the default) a beam's children prefill only what
+their parent's cached row lacks. This runs both strategies, seeded, on the same embedded
+test problems with the cache on and off (a policy object per variant on the same weights,
+each with its own cache), interleaved problem by problem, and prints per question the
+computed FLOPs (policy and PRM apart), wall time, prompt tokens computed and read from
+cache, and the accuracy; then the ratios beam / best-of-n and off / on, and whether every
+seeded answer is the same either way::
 
     OMP_NUM_THREADS=1 python -m benchmarks.bench_reuse [problems] [--all]
 
@@ -110,7 +111,8 @@ def main(problems: int = PROBLEMS, more: bool = False) -> dict[str, Any]:
     for reuse in ("on", "off"):
         beam, bon = results[f"beam_search reuse {reuse}"], results[f"best_of_16 reuse {reuse}"]
         ratios[f"beam/bon flops reuse {reuse}"] = beam["gflops"] / bon["gflops"]
-        ratios[f"beam/bon policy flops reuse {reuse}"] = beam["policy_gflops"] / bon["policy_gflops"]  # fmt: skip
+        policy_ratio = beam["policy_gflops"] / bon["policy_gflops"]
+        ratios[f"beam/bon policy flops reuse {reuse}"] = policy_ratio
         ratios[f"beam/bon wall reuse {reuse}"] = beam["seconds"] / bon["seconds"]
     for case in cases:
         a, b = results[f"{case} reuse off"], results[f"{case} reuse on"]
