@@ -3,7 +3,7 @@
 Each benchmark is short (well under a minute at one thread) and prints its own table;
 numbers are measured in this run, nothing is cached. See ``docs/performance.md``::
 
-    OMP_NUM_THREADS=1 python -m benchmarks.run_all [overhead batching scaling embedded load tracing]
+    OMP_NUM_THREADS=1 python -m benchmarks.run_all [overhead batching scaling embedded load tracing reuse]
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from benchmarks import (
     bench_embedded,
     bench_load,
     bench_overhead,
+    bench_reuse,
     bench_scaling,
     bench_tracing,
 )
@@ -29,6 +30,7 @@ BENCHMARKS: dict[str, Callable[[], Any]] = {
     "embedded": bench_embedded.main,
     "load": bench_load.main,
     "tracing": bench_tracing.main,
+    "reuse": bench_reuse.main,
 }
 
 
@@ -69,6 +71,15 @@ def summary(results: dict[str, Any]) -> list[str]:
                 f"tracing on {models}: model-call runs {r['calls_us']:.0f} us/step "
                 f"({r['calls_pct']:.1f}% of a step), all runs {r['all_pct']:.1f}%"
             )
+    if "reuse" in results:
+        r = results["reuse"]["ratios"]
+        lines.append(
+            f"reuse: beam search N=16 / best-of-16 FLOPs {r['beam/bon flops reuse on']:.2f} "
+            f"(policy {r['beam/bon policy flops reuse on']:.2f}), wall "
+            f"{r['beam/bon wall reuse on']:.2f}; without reuse {r['beam/bon flops reuse off']:.2f}"
+            f" / {r['beam/bon wall reuse off']:.2f}; same seeded answers: "
+            f"{r['beam_search same answers'] and r['best_of_16 same answers']}"
+        )
     return lines
 
 

@@ -6,9 +6,14 @@ the router) are enforced *before* each model call (DESIGN section 3), not after 
 :class:`MeteredPRM` reserve a call's worst-case cost first.
 
 * A policy call's worst case is ``prompt + prefixes x n x max_step_tokens`` tokens (FLOPs:
-  ``2 x params x tokens``). The prompt is bounded by its UTF-8 bytes (no tokenizer emits
-  more tokens than bytes) plus :data:`PROMPT_OVERHEAD_TOKENS` for templates and special
-  tokens, counted once per sample (chat backends send one prompt per sample). When the
+  ``2 x params x tokens``). The prompt is the policy's own bound on the prompt tokens it
+  will compute (:meth:`~langchain_tts.policies.base.StepPolicy.prompt_tokens_bound`: the
+  local policies tokenize, and prefill a prompt shared by ``n`` samples once); otherwise
+  its UTF-8 bytes (no tokenizer emits more tokens than bytes) plus
+  :data:`PROMPT_OVERHEAD_TOKENS` for templates and special tokens, counted once per sample
+  (chat backends send one prompt per sample). After the call the reservation is released
+  and the call's actual usage booked: computed tokens only, prefix-cache hits cost
+  nothing (see :class:`~langchain_tts.core.types.Usage`). When the
   full per-step cap does not fit, the call runs with a smaller ``max_step_tokens`` that
   does (the result's ``max_step_tokens`` says so; the samples it cut, ``finish_reason=
   "length"``, are counted in :attr:`Ledger.cut`). When not even one token per sample fits,
@@ -167,8 +172,20 @@ class MeteredPolicy(StepPolicy):
     def render_prefix(self, prefix: Trajectory) -> str:
         return self.inner.render_prefix(prefix)
 
-    def prompt_bound(self, prefixes: Sequence[Trajectory], n: int) -> int:
-        """Upper bound on the prompt tokens of one call (bytes + overhead, per sample)."""
+    def prompt_tokens_bound(
+        self, prefixes: Sequence[Trajectory], n: int, params: SamplingParams
+    ) -> int | None:
+        return self.inner.prompt_tokens_bound(prefixes, n, params)
+
+    def prompt_bound(
+        self, prefixes: Sequence[Trajectory], n: int, params: SamplingParams | None = None
+    ) -> int:
+        """Upper bound on the prompt tokens one call computes: the policy's own bound when
+        it has one (and ``params`` are given), else bytes + overhead per sample."""
+        if params is not None:
+            exact = self.inner.prompt_tokens_bound(prefixes, n, params)
+            if exact is not None:
+                return exact
         per = sum(
             _nbytes(p.question) + _nbytes(self.inner.render_prefix(p)) + PROMPT_OVERHEAD_TOKENS
             for p in prefixes
@@ -178,7 +195,7 @@ class MeteredPolicy(StepPolicy):
     async def _agenerate(
         self, prefixes: Sequence[Trajectory], n: int, params: SamplingParams
     ) -> PolicyResult:
-        fixed = self.prompt_bound(prefixes, n)
+        fixed = self.prompt_bound(prefixes, n, params)
         units = len(prefixes) * n
         p = float(self.num_parameters or 0)
         cap = self.ledger.reserve(p, fixed, units, params.max_step_tokens)

@@ -176,6 +176,26 @@ def test_finish_reasons_and_token_counts(serve):
     assert [row[0].tokens for row in steps] == [2, 3, 4, 5, 6]  # token_ids win when present
 
 
+def test_server_prefix_cache_hits_are_booked_as_cached_not_computed(serve):
+    def answer(body: dict) -> dict:
+        choices = [
+            {"index": i, "text": "x", "finish_reason": "stop", "stop_reason": "\n\n"}
+            for i in range(len(body["prompt"]))
+        ]
+        usage = {
+            "prompt_tokens": 50,
+            "completion_tokens": 6,
+            "prompt_tokens_details": {"cached_tokens": 32},
+        }
+        return {"choices": choices, "usage": usage}
+
+    server = serve(completions(answer))
+    u = make_policy(server, num_parameters=1000).generate(PREFIXES, n=1).usage
+    assert (u.policy_prompt_tokens, u.policy_cached_tokens) == (18, 32)  # 50 read, 32 hits
+    assert u.policy_generated_tokens == 6
+    assert u.policy_flops == 2.0 * 1000 * (18 + 6)  # cached tokens cost no FLOPs
+
+
 def test_map_finish_reason_without_vllm_fields():
     assert map_finish_reason("stop", stop_sent=True) == "step"
     assert map_finish_reason("stop", stop_sent=False) == "eos"

@@ -24,6 +24,7 @@ from langchain_tts.scaling import (
     crossover_tokens,
     fit_scaling_law,
     flops_of_usage,
+    flops_without_cache,
     inference_flops,
     model_flops,
     rank_allocations,
@@ -205,8 +206,10 @@ def test_flops_of_usage() -> None:
         prm_flops=7.0,
     )
     assert flops_of_usage(usage) == usage.flops == 130.0
+    # prompt tokens are the computed ones: the 40 cached tokens are not priced
     assert flops_of_usage(usage, policy_params=10) == 2 * 10 * 150 + 7.0
-    assert flops_of_usage(usage, policy_params=10, exclude_cached=True) == 2 * 10 * 110 + 7.0
+    no_reuse = flops_without_cache(usage, policy_params=10, prm_params=5)
+    assert no_reuse == 2 * 10 * (100 + 40 + 50) + 2 * 5 * 30
     assert flops_of_usage(usage, prm_params=5) == 123.0 + 2 * 5 * 30
     assert flops_of_usage(usage + usage) == 260.0
     with pytest.raises(ValueError, match="Usage"):

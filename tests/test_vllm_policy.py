@@ -131,9 +131,10 @@ def test_request_outputs_to_steps_orders_labels_and_counts():
         [("a", 3, "step"), ("b", 4, "eos")],
         [("ccccc", 8, "length"), ("d", 5, "step")],
     ]
+    # 22 prompt tokens, 6 of them prefix-cache hits: 16 computed
     assert (usage.policy_calls, usage.policy_prompt_tokens, usage.policy_generated_tokens) == (
         1,
-        22,
+        16,
         20,
     )
     assert usage.policy_cached_tokens == 6
@@ -267,8 +268,13 @@ def test_one_step_submits_every_prefix_at_once(vllm, policies):
     assert u.policy_cached_tokens == 0 and u.seconds > 0
 
     again = policy.generate(prefixes, n=3, params=params)  # the same prompts: cache hits
-    assert again.usage.policy_cached_tokens == sum(c.num_cached_tokens for c in engine.calls[2:])
-    assert again.usage.policy_cached_tokens > 0
+    hits = sum(c.num_cached_tokens for c in engine.calls[2:])
+    assert again.usage.policy_cached_tokens == hits > 0
+    # the ledger counts computed prompt tokens: the hits are read, not computed (no FLOPs)
+    read = sum(len(c.prompt_token_ids) for c in engine.calls[2:])
+    assert again.usage.policy_prompt_tokens == read - hits
+    gen = again.usage.policy_generated_tokens
+    assert again.usage.policy_flops == 2.0 * TINY_PARAMS * (read - hits + gen)
 
 
 def test_finish_reasons_and_token_counts(monkeypatch, policies):
@@ -354,8 +360,9 @@ def test_beam_search_graph_one_engine_round_per_search_step(vllm, policies):
     assert u.policy_generated_tokens == sum(
         len(c.token_ids) for call in engine.calls for c in call.outputs
     )
-    assert u.policy_prompt_tokens == sum(len(c.prompt_token_ids) for c in engine.calls)
+    read = sum(len(c.prompt_token_ids) for c in engine.calls)
     assert u.policy_cached_tokens == sum(c.num_cached_tokens for c in engine.calls) > 0
+    assert u.policy_prompt_tokens == read - u.policy_cached_tokens  # computed only
     assert u.policy_flops == 2.0 * TINY_PARAMS * (
         u.policy_prompt_tokens + u.policy_generated_tokens
     )

@@ -31,7 +31,9 @@ __all__ = [
     "matmul_parameters",
     "model_device",
     "model_lock",
+    "generate_with_prefix_cache",
     "pad_batch",
+    "supports_prefix_reuse",
 ]
 
 _LOCKS: weakref.WeakKeyDictionary[torch.nn.Module, threading.Lock] = weakref.WeakKeyDictionary()
@@ -218,3 +220,87 @@ class LocalModel:
         )
         kw.setdefault("name", f"{cls.__name__}({Path(str(path)).name})")
         return cls(*args, **kw)
+
+
+def supports_prefix_reuse(model: Any) -> bool:
+    """Whether :func:`generate_with_prefix_cache` can reuse keys/values with ``model``: a
+    transformers model on the default ``DynamicCache`` with full attention in every layer
+    (sliding-window, recurrent and hybrid caches cannot be cut at any token)."""
+    try:
+        from transformers import DynamicCache, PreTrainedModel
+    except ImportError:  # pragma: no cover - the native backend needs no transformers
+        return False
+    if not isinstance(model, PreTrainedModel) or not model.can_generate():
+        return False
+    try:
+        cache = DynamicCache(config=model.config)
+    except Exception:  # noqa: BLE001 - a config this cache class cannot read
+        return False
+    return not any(getattr(layer, "is_sliding", False) for layer in cache.layers) and all(
+        type(layer).__name__ == "DynamicLayer" for layer in cache.layers
+    )
+
+
+@torch.inference_mode()
+def generate_with_prefix_cache(
+    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: Any, **kwargs: Any
+) -> torch.Tensor:
+    """``model.generate`` on a left-padded batch, its prompts' cached keys/values reused.
+
+    transformers continues a ``past_key_values`` that covers the first columns of the
+    batch, so the cached columns are the first ``C`` of the left-padded layout, where ``C``
+    is the least cached width over the rows (pad + cached prefix): every row keeps its
+    padding and positions, as without a cache. After the call each row (prompt and
+    sampled tokens) goes into ``cache`` (a :class:`~.prefix_cache.PrefixCache`);
+    ``cache.last_rows`` gets ``(computed, read)`` prompt tokens per row.
+    """
+    from transformers import DynamicCache
+
+    mask = attention_mask.bool()
+    batch, width = input_ids.shape
+    rows = [input_ids[r][mask[r]].tolist() for r in range(batch)]
+    pads = [width - len(row) for row in rows]
+    hits = [cache.lookup(row, len(row) - 1) for row in rows]
+    cut = min(p + m for p, (_, m) in zip(pads, hits, strict=True))
+    past = None
+    if cut > 0 and all(m >= cut - p for p, (_, m) in zip(pads, hits, strict=True)):
+        filled = [e.prefix_kv(cut - p) if cut > p else None for p, (e, _) in zip(pads, hits)]
+        ref = next(kv for kv in filled if kv is not None)
+        past = DynamicCache(config=model.config)
+        for layer, (k0, _) in enumerate(ref):
+            shape = (batch, k0.shape[0], cut, k0.shape[2])
+            keys, values = k0.new_zeros(shape), k0.new_zeros(shape)
+            for r, kv in enumerate(filled):
+                if kv is not None:
+                    keys[r, :, pads[r] :] = kv[layer][0].to(keys.device)
+                    values[r, :, pads[r] :] = kv[layer][1].to(values.device)
+            past.update(keys, values, layer)
+    else:
+        cut = 0
+    import transformers
+
+    # transformers 5 names generate's cache argument ``cache`` (``past_key_values`` before)
+    name = "cache" if int(transformers.__version__.split(".")[0]) >= 5 else "past_key_values"
+    out = model.generate(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        return_dict_in_generate=True,
+        **{name: past},
+        **kwargs,
+    )
+    cache.record([(len(row) - (cut - p), cut - p) for row, p in zip(rows, pads, strict=True)])
+    done = getattr(out, "past_key_values", None) or getattr(out, "cache", None)
+    layers = [(layer.keys, layer.values) for layer in done.layers]
+    stored = layers[0][0].shape[2]  # the last sampled token was never fed
+    seqs = out.sequences
+    pad = kwargs.get("pad_token_id")
+    for r, (row, (entry, _)) in enumerate(zip(rows, hits, strict=True)):
+        new = seqs[r, width:stored].tolist()
+        while new and new[-1] == pad:  # a finished row's padding (a prefix is still right)
+            new.pop()
+        reused = max(0, cut - pads[r])  # tokens of this row that came from ``entry``
+        start = pads[r] + reused
+        cols = torch.arange(start, width + len(new), device=layers[0][0].device)
+        own = [(k[r].index_select(1, cols), v[r].index_select(1, cols)) for k, v in layers]
+        cache.put(row + new, entry if reused else None, reused, own)
+    return seqs

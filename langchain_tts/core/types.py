@@ -107,6 +107,19 @@ class Trajectory(BaseModel):
 class Usage(BaseModel):
     """Compute spent: tokens, FLOPs (2 x params x tokens per model), calls and seconds.
 
+    Tokens are the ones a model *computed*; tokens read back from a cache are counted
+    apart and cost no FLOPs:
+
+    * ``policy_prompt_tokens``: prompt tokens the policy computed (prefill). Prompt tokens
+      whose keys/values came from a prefix cache (the embedded runtime's, vLLM's, a
+      server's ``cached_tokens``) are ``policy_cached_tokens`` instead, so every prompt
+      token read is ``policy_prompt_tokens + policy_cached_tokens``.
+    * ``policy_generated_tokens``: sampled tokens (each is one decode step).
+    * ``policy_flops = 2 x params x (policy_prompt_tokens + policy_generated_tokens)``.
+    * ``prm_tokens`` / ``prm_cached_tokens`` / ``prm_flops``: the same split for the PRM
+      (``prm_flops = 2 x params x prm_tokens``).
+
+    ``tokens`` and ``flops``, and so every token / FLOPs budget, count computed work only.
     Usages add up with ``+``, which is also the graph-state reducer.
     """
 

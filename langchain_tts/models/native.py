@@ -13,7 +13,9 @@ weights does. So ``load_default()`` reads the same files with this module instea
   and a ``generate`` that follows transformers' decoding loop step for step (left padding,
   position ids from the attention mask, logits processors, stopping criteria, EOS then
   padding), so ``HFPolicy`` drives it unchanged and greedy and seeded samples are the same
-  tokens as with transformers (tests compare them).
+  tokens as with transformers (tests compare them). Given a
+  :class:`~langchain_tts.backends.prefix_cache.PrefixCache`, ``generate`` prefills each
+  distinct prompt once, from its longest cached prefix on, and caches every row.
 - :class:`NativeCheckerPRM` / :class:`NativeTokenClassifier`: the embedded PRMs' heads.
 
 Only the Llama shapes the project trains are accepted (no GQA, no rope scaling, SiLU); any
@@ -33,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from langchain_tts.backends.prefix_cache import CacheEntry, PrefixCache
 from langchain_tts.backends.sampling import top_p_filter
 from langchain_tts.core.errors import ConfigError
 from langchain_tts.models.tiny_llama import (
@@ -243,6 +246,9 @@ class NativeCausalLM(_NativeModel):
     ) -> SimpleNamespace:
         return SimpleNamespace(logits=self.core.lm_head(self._hidden(input_ids, attention_mask)))
 
+    #: ``generate`` takes a ``prefix_cache`` (HFPolicy passes its cache only to such models)
+    supports_prefix_cache = True
+
     @torch.inference_mode()
     def generate(
         self,
@@ -258,10 +264,18 @@ class NativeCausalLM(_NativeModel):
         top_k: int | None = None,
         logits_processor: Sequence[Callable[..., torch.Tensor]] | None = None,
         stopping_criteria: Sequence[Callable[..., torch.Tensor]] | None = None,
+        prefix_cache: PrefixCache | None = None,
         **unused: Any,
     ) -> torch.Tensor:
         """Decode like ``transformers``' ``generate``: prompt + new tokens, finished rows
-        padded with ``pad_token_id``, stopping when every row hit EOS or a criterion."""
+        padded with ``pad_token_id``, stopping when every row hit EOS or a criterion.
+
+        With a ``prefix_cache``, identical prompts are prefilled once, each prompt computes
+        only what follows its longest cached prefix, and every prompt and row (prompt plus
+        its generated tokens) is cached for the next call; ``prefix_cache.last_rows`` then
+        says per row how many prompt tokens were computed and how many read from cache.
+        The logits processors and stopping criteria see the same ``input_ids`` either way.
+        """
         if unused:
             raise ConfigError(
                 f"NativeCausalLM.generate does not support {sorted(unused)}; load the model "
@@ -277,14 +291,27 @@ class NativeCausalLM(_NativeModel):
             dtype=torch.long,
         )  # fmt: skip
         pad = 0 if pad_token_id is None else int(pad_token_id)
-        positions = (mask.long().cumsum(-1) - 1).masked_fill(~mask, 0)
-        unfinished = torch.ones(ids.shape[0], dtype=torch.bool)
-        step_ids, cache = ids, None
-        for _ in range(max_new_tokens):
-            hidden, cache = body_forward(
-                self.core.model, step_ids, positions, _allowed(mask, step_ids.shape[1]), cache
+        body = self.core.model
+        rows: list[list[int]] = []
+        prompt_entries: list[CacheEntry | None] = []
+        if prefix_cache is None:
+            positions = (mask.long().cumsum(-1) - 1).masked_fill(~mask, 0)
+            hidden, cache = body_forward(body, ids, positions, _allowed(mask, ids.shape[1]))
+            last, kv_mask, next_pos = hidden[:, -1], mask, positions[:, -1:] + 1
+        else:
+            rows = [ids[r][mask[r]].tolist() for r in range(ids.shape[0])]
+            last, cache, kv_mask, next_pos, prompt_entries = _prefill_cached(
+                body, rows, prefix_cache
             )
-            scores = self.core.lm_head(hidden[:, -1]).float()
+        prefilled = cache[0][0].shape[2]
+        unfinished = torch.ones(ids.shape[0], dtype=torch.bool)
+        emitted = torch.zeros(ids.shape[0], dtype=torch.long)  # tokens before a row ended
+        for step in range(max_new_tokens):
+            if step:
+                new = ids[:, -1:]  # the token sampled last
+                hidden, cache = body_forward(body, new, next_pos, _allowed(kv_mask, 1), cache)
+                last, next_pos = hidden[:, -1], next_pos + 1
+            scores = self.core.lm_head(last).float()
             for proc in logits_processor or ():
                 scores = proc(ids, scores)
             if do_sample:
@@ -296,17 +323,94 @@ class NativeCausalLM(_NativeModel):
             else:
                 nxt = scores.argmax(dim=-1)
             nxt = torch.where(unfinished, nxt, torch.full_like(nxt, pad))
+            emitted += unfinished.long()
             ids = torch.cat((ids, nxt[:, None]), dim=1)
-            mask = torch.cat((mask, torch.ones_like(mask[:, :1])), dim=1)
-            positions = positions[:, -1:] + 1
-            step_ids = nxt[:, None]
+            kv_mask = torch.cat((kv_mask, torch.ones_like(kv_mask[:, :1])), dim=1)
             done = torch.isin(nxt, eos)
             for crit in stopping_criteria or ():
                 done = done | torch.as_tensor(crit(ids, scores), dtype=torch.bool)
             unfinished = unfinished & ~done
             if not bool(unfinished.any()):
                 break
+        if prefix_cache is not None:
+            # A row's last token was never fed, so its keys/values cover one token less.
+            width = input_ids.shape[1]
+            for r, (row, entry) in enumerate(zip(rows, prompt_entries, strict=True)):
+                g = min(int(emitted[r]) - 1, cache[0][0].shape[2] - prefilled)
+                if g <= 0:
+                    continue
+                own = [(k[r, :, prefilled : prefilled + g], v[r, :, prefilled : prefilled + g])
+                       for k, v in cache]  # fmt: skip
+                prefix_cache.put(row + ids[r, width : width + g].tolist(), entry, len(row), own)
         return ids
+
+
+def _prefill_cached(
+    body: LlamaBody, rows: list[list[int]], prefix_cache: PrefixCache
+) -> tuple[torch.Tensor, KVCache, torch.Tensor, torch.Tensor, list[CacheEntry | None]]:
+    """The prompt pass of :meth:`NativeCausalLM.generate` with a prefix cache.
+
+    Each distinct prompt is computed once, from its longest cached prefix on. The batch's
+    keys are ``[cached prefix | new tokens]``, each part left-padded, so the padding is a
+    gap in the middle of some rows: the boolean mask hides it and positions count real
+    tokens only. Returns the last hidden state, keys/values and key mask per row, each
+    row's next position, and the cache entry of each row's prompt.
+    """
+    distinct: dict[tuple[int, ...], int] = {}
+    prompts: list[list[int]] = []
+    row_u = []
+    for row in rows:
+        u = distinct.setdefault(tuple(row), len(prompts))
+        if u == len(prompts):
+            prompts.append(row)
+        row_u.append(u)
+    hits = [prefix_cache.lookup(p, len(p) - 1) for p in prompts]  # >= 1 token to compute
+    past_len = max(m for _, m in hits)
+    new_len = max(len(p) - m for p, (_, m) in zip(prompts, hits))
+    n, dev = len(prompts), body.embed_tokens.weight.device
+    new_ids = torch.zeros((n, new_len), dtype=torch.long, device=dev)
+    new_mask = torch.zeros((n, new_len), dtype=torch.bool, device=dev)
+    past_mask = torch.zeros((n, past_len), dtype=torch.bool, device=dev)
+    past: KVCache | None = None
+    for u, (p, (entry, m)) in enumerate(zip(prompts, hits)):
+        new_ids[u, new_len - (len(p) - m) :] = torch.tensor(p[m:], dtype=torch.long, device=dev)
+        new_mask[u, new_len - (len(p) - m) :] = True
+        if entry is None:
+            continue
+        past_mask[u, past_len - m :] = True
+        kv = entry.prefix_kv(m)
+        if past is None:
+            heads, _, dim = kv[0][0].shape
+            shape = (n, heads, past_len, dim)
+            past = [(kv[0][0].new_zeros(shape), kv[0][0].new_zeros(shape)) for _ in kv]
+        for (pk, pv), (k, v) in zip(past, kv, strict=True):
+            pk[u, :, past_len - m :] = k
+            pv[u, :, past_len - m :] = v
+    starts = torch.tensor([m for _, m in hits], dtype=torch.long, device=dev)[:, None]
+    positions = (starts + new_mask.long().cumsum(-1) - 1).masked_fill(~new_mask, 0)
+    key_mask = torch.cat((past_mask, new_mask), dim=1)
+    hidden, kv = body_forward(body, new_ids, positions, _allowed(key_mask, new_len), past)
+    entries = []
+    stats: list[tuple[int, int]] = []
+    for u, (p, (entry, m)) in enumerate(zip(prompts, hits)):
+        cols = slice(past_len + new_len - (len(p) - m), past_len + new_len)
+        own = [(k[u, :, cols], v[u, :, cols]) for k, v in kv]
+        entries.append(prefix_cache.put(p, entry, m, own))
+    seen: set[int] = set()
+    for u in row_u:  # the first row of a prompt computed it; its copies read it
+        p, m = prompts[u], hits[u][1]
+        stats.append((len(p) - m, m) if u not in seen else (0, len(p)))
+        seen.add(u)
+    prefix_cache.record(stats)
+    idx = torch.tensor(row_u, dtype=torch.long, device=dev)
+    lengths = torch.tensor([len(p) for p in prompts], dtype=torch.long, device=dev)[:, None]
+    return (
+        hidden[idx, -1],
+        [(k[idx], v[idx]) for k, v in kv],
+        key_mask[idx],
+        lengths[idx],
+        [entries[u] for u in row_u],
+    )
 
 
 class NativeCheckerPRM(_NativeModel):

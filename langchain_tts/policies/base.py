@@ -93,15 +93,27 @@ class StepPolicy(AsyncFirstRunnable[PolicyInput | dict, list[Step]], ABC):
     def _call_usage(
         self, prompt_tokens: int, generated_tokens: int, *, cached: int = 0, seconds: float = 0.0
     ) -> Usage:
-        """The usage of one call: its tokens and ``2 x num_parameters`` FLOPs per token."""
+        """The usage of one call from every prompt token it read (``prompt_tokens``, the
+        ``cached`` ones included): ``policy_prompt_tokens`` are the computed ones
+        (``prompt_tokens - cached``), and FLOPs are ``2 x num_parameters`` per computed
+        token (see :class:`~langchain_tts.core.types.Usage`)."""
+        cached = min(max(0, cached), prompt_tokens)
+        computed = prompt_tokens - cached
         return Usage(
             policy_calls=1,
-            policy_prompt_tokens=prompt_tokens,
+            policy_prompt_tokens=computed,
             policy_cached_tokens=cached,
             policy_generated_tokens=generated_tokens,
-            policy_flops=2.0 * self.num_parameters * (prompt_tokens + generated_tokens),
+            policy_flops=2.0 * self.num_parameters * (computed + generated_tokens),
             seconds=seconds,
         )
+
+    def prompt_tokens_bound(
+        self, prefixes: Sequence[Trajectory], n: int, params: SamplingParams
+    ) -> int | None:
+        """An upper bound on the prompt tokens a call will *compute*, or None when the
+        backend cannot say (budget meters then bound the prompt by its bytes)."""
+        return None
 
     def render_prefix(self, prefix: Trajectory) -> str:
         """The solution text so far, each finished step followed by the delimiter."""

@@ -24,7 +24,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from langchain_tts.backends.hf import LocalModel, pad_batch
+from langchain_tts.backends.hf import (
+    LocalModel,
+    generate_with_prefix_cache,
+    pad_batch,
+    supports_prefix_reuse,
+)
+from langchain_tts.backends.prefix_cache import DEFAULT_PREFIX_CACHE_MB, PrefixCache
 from langchain_tts.backends.sampling import SeededSampler
 from langchain_tts.backends.sync import run_in_worker
 from langchain_tts.backends.text import (
@@ -54,10 +60,19 @@ class _StopAtDelimiter:
     cost stays linear in the step length.
     """
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, delimiter: str, prompt_width: int):
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        delimiter: str,
+        prompt_width: int,
+        completers: torch.Tensor | None = None,
+    ):
         self.tokenizer = tokenizer
         self.delimiter = delimiter
         self.prompt_width = prompt_width
+        # Per token id: whether it can complete the delimiter (see delimiter_completers);
+        # a row whose newest token cannot is not decoded at all.
+        self.completers = completers
         # Enough tokens to hold the delimiter even with byte-level (one byte per token) pieces.
         self.window = len(delimiter.encode()) + 2
         self.stop_len: dict[int, int] = {}  # row -> generated tokens incl. the delimiter
@@ -68,6 +83,9 @@ class _StopAtDelimiter:
         generated = input_ids.shape[1] - self.prompt_width
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         rows = [i for i in range(input_ids.shape[0]) if i not in self.stop_len]
+        if rows and generated > 0 and self.completers is not None:
+            newest = input_ids[rows, -1].clamp(0, len(self.completers) - 1).cpu()
+            rows = [i for i, ok in zip(rows, self.completers[newest].tolist()) if ok]
         if rows and generated > 0:
             start = input_ids.shape[1] - min(generated, self.window)
             tails = input_ids[rows, start:].tolist()
@@ -80,6 +98,21 @@ class _StopAtDelimiter:
         return done  # type: ignore[return-value]
 
 
+def delimiter_completers(tokenizer: PreTrainedTokenizerBase, delimiter: str) -> torch.Tensor | None:
+    """Per token id, whether the token's own text holds the delimiter's last character.
+
+    The token that completes the delimiter in the generated text supplies its last
+    character, so only rows whose newest token is such a token need decoding. Exact for an
+    ASCII last character other than a space (a byte-level or byte-fallback token holding
+    that byte decodes to it on its own); None (decode every row) otherwise.
+    """
+    last = delimiter[-1]
+    if not last.isascii() or last == " ":
+        return None
+    texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+    return torch.tensor([last in t for t in texts], dtype=torch.bool)
+
+
 class HFPolicy(LocalModel, StepPolicy):
     """Continue many partial solutions by one step each with a ``transformers`` causal LM.
 
@@ -89,7 +122,17 @@ class HFPolicy(LocalModel, StepPolicy):
 
     ``num_parameters`` counts every parameter except the input embedding table (see
     :func:`~langchain_tts.backends.hf.matmul_parameters`), so ``policy_flops = 2 *
-    num_parameters * tokens``. Calls on one model are serialized by a lock and run in a
+    num_parameters * tokens`` over the tokens computed.
+
+    Prefix reuse (``prefix_cache=True``, the default): the keys/values of every prompt and
+    sampled row stay in a :class:`~langchain_tts.backends.prefix_cache.PrefixCache` of at
+    most ``prefix_cache_mb``, so a beam's children prefill only the tokens their parent's
+    cache lacks, and the ``n`` samples of one prompt prefill it once. Cached prompt tokens
+    are booked as ``policy_cached_tokens``, not computed. Seeded samples are the same with
+    the cache on or off. Transformers models on a plain ``DynamicCache`` reuse the cache too
+    (:func:`~langchain_tts.backends.hf.generate_with_prefix_cache`: every row prefills
+    what follows the batch's shortest cached width); others run without it.
+    Calls on one model are serialized by a lock and run in a
     worker thread; concurrent calls with the same sampling parameters share one generate.
     ``from_pretrained(path)`` loads a checkpoint with ``AutoModelForCausalLM``.
     """
@@ -104,6 +147,8 @@ class HFPolicy(LocalModel, StepPolicy):
         device: str | torch.device | None = None,
         batch_size: int = 64,
         name: str | None = None,
+        prefix_cache: bool = True,
+        prefix_cache_mb: float = DEFAULT_PREFIX_CACHE_MB,
     ):
         if not step_delimiter:
             raise ConfigError("step_delimiter must be a non-empty string")
@@ -123,6 +168,15 @@ class HFPolicy(LocalModel, StepPolicy):
         )
         self.step_delimiter = step_delimiter
         self.system_prompt = system_prompt
+        if prefix_cache_mb <= 0:
+            raise ConfigError(f"prefix_cache_mb must be > 0, got {prefix_cache_mb}")
+        #: the KV cache carried between calls (None: off, or the model cannot take one)
+        self.prefix_cache: PrefixCache | None = None
+        self._completers: tuple[torch.Tensor | None] | None = None  # computed on first use
+        native = getattr(model, "supports_prefix_cache", False)
+        self._native_cache = bool(native)
+        if prefix_cache and (native or supports_prefix_reuse(model)):
+            self.prefix_cache = PrefixCache(prefix_cache_mb * 2**20)
 
     # -- prompts ----------------------------------------------------------------------------
     def render_prompt(self, prefix: Trajectory) -> str:
@@ -133,6 +187,23 @@ class HFPolicy(LocalModel, StepPolicy):
     def encode(self, prefix: Trajectory) -> list[int]:
         """Token ids of the prompt of ``prefix``."""
         return encode_prompt(self.tokenizer, self.render_prompt(prefix))
+
+    def prompt_tokens_bound(
+        self, prefixes: Sequence[Trajectory], n: int, params: SamplingParams
+    ) -> int | None:
+        """The prompt tokens a call computes at most, whatever the cache holds: each row's
+        prompt; with the native runtime's cache, each distinct prompt once per batch chunk
+        its copies can span (cache hits are not credited: a concurrent call may evict them
+        before this one runs; the ledger books what the call really computed)."""
+        copies = 1 if params.temperature == 0 else n
+        lengths: dict[tuple[int, ...], int] = {}
+        for p in prefixes:
+            ids = tuple(self.encode(p))
+            lengths[ids] = lengths.get(ids, 0) + copies
+        if self.prefix_cache is None or not self._native_cache:  # a prefill per row
+            return sum(len(ids) * rows for ids, rows in lengths.items())
+        spans = {ids: min(rows, -(-rows // self.batch_size) + 1) for ids, rows in lengths.items()}
+        return sum(len(ids) * spans[ids] for ids in lengths)
 
     # -- generation -------------------------------------------------------------------------
     async def _agenerate(
@@ -149,18 +220,20 @@ class HFPolicy(LocalModel, StepPolicy):
             [(p, i) for i, p in enumerate(prefixes)], (n, params.model_dump_json())
         )
         steps = [it[0] for it in items]
-        prompt = sum(it[1] for it in items)
+        computed = sum(it[1] for it in items)
+        cached = sum(it[2] for it in items)
         generated = sum(
             s.tokens for row in steps for s in row[: 1 if params.temperature == 0 else n]
         )
-        seconds = max((it[2] for it in items), default=0.0)
-        return PolicyResult(steps=steps, usage=self._call_usage(prompt, generated, seconds=seconds))
+        seconds = max((it[3] for it in items), default=0.0)
+        usage = self._call_usage(computed + cached, generated, cached=cached, seconds=seconds)
+        return PolicyResult(steps=steps, usage=usage)
 
     def _run_items(
         self, items: Sequence[tuple[Trajectory, int]], key: tuple[int, str]
-    ) -> list[tuple[list[Step], int, float]]:
+    ) -> list[tuple[list[Step], int, int, float]]:
         """Per ``(prefix, its index in its caller's call)``: its n steps, the prompt tokens
-        computed for it, the batch's seconds."""
+        computed for it and read from the prefix cache, the batch's seconds."""
         n, params = key[0], SamplingParams.model_validate_json(key[1])
         t0 = time.perf_counter()
         greedy = params.temperature == 0
@@ -173,28 +246,35 @@ class HFPolicy(LocalModel, StepPolicy):
         copies = 1 if greedy else n
         rows = [(i, ids, j) for i, ids in enumerate(prompts) for j in range(copies)]
         order = list(range(len(rows)))
-        if len(rows) > self.batch_size:  # several chunks: group similar lengths
-            order.sort(key=lambda r: len(rows[r][1]))
+        if len(rows) > self.batch_size:  # several chunks: group similar lengths, and copies
+            # of one prompt side by side (prefilled once per chunk: see prompt_tokens_bound)
+            order.sort(key=lambda r: (len(rows[r][1]), rows[r][1]))
         steps_by_row: dict[int, Step] = {}
+        computed, cached = [0] * len(prefixes), [0] * len(prefixes)
         for c in range(0, len(order), self.batch_size):
             chunk = order[c : c + self.batch_size]
             seeds = None
             if params.seed is not None and not greedy:
                 seeds = [params.seed + local[rows[r][0]] * n + rows[r][2] for r in chunk]
-            steps = self._generate_chunk([rows[r][1] for r in chunk], params, seeds)
+            steps, counts = self._generate_chunk([rows[r][1] for r in chunk], params, seeds)
             steps_by_row.update(zip(chunk, steps, strict=True))
+            for r, (done, read) in zip(chunk, counts, strict=True):
+                computed[rows[r][0]] += done
+                cached[rows[r][0]] += read
         out: list[list[Step]] = [[] for _ in prefixes]
         for r, (i, _, _) in enumerate(rows):
             out[i].append(steps_by_row[r])
         if greedy:
             out = [s * n for s in out]
         seconds = time.perf_counter() - t0
-        return [(out[i], len(prompts[i]) * copies, seconds) for i in range(len(prefixes))]
+        return [(out[i], computed[i], cached[i], seconds) for i in range(len(prefixes))]
 
     @torch.inference_mode()
     def _generate_chunk(
         self, prompts: list[list[int]], params: SamplingParams, seeds: list[int] | None = None
-    ) -> list[Step]:
+    ) -> tuple[list[Step], list[tuple[int, int]]]:
+        """The steps of one ``generate`` and, per row, ``(prompt tokens computed, read from
+        the prefix cache)``."""
         ids, mask = pad_batch(prompts, self.pad_token_id, left=True)
         width = ids.shape[1]
         kwargs: dict[str, Any] = {
@@ -215,13 +295,25 @@ class HFPolicy(LocalModel, StepPolicy):
             )
         stopper = None
         if params.stop_at_step:
-            stopper = _StopAtDelimiter(self.tokenizer, self.step_delimiter, width)
+            if self._completers is None:
+                self._completers = (delimiter_completers(self.tokenizer, self.step_delimiter),)
+            stopper = _StopAtDelimiter(
+                self.tokenizer, self.step_delimiter, width, self._completers[0]
+            )
             kwargs["stopping_criteria"] = [stopper]
-        gen = self.model.generate(
-            input_ids=ids.to(self.device), attention_mask=mask.to(self.device), **kwargs
-        )
+        counts = [(len(p), 0) for p in prompts]
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        if self.prefix_cache is None:
+            gen = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+        elif self._native_cache:
+            kwargs["prefix_cache"] = self.prefix_cache
+            gen = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+        else:
+            gen = generate_with_prefix_cache(self.model, ids, mask, self.prefix_cache, **kwargs)
+        if self.prefix_cache is not None:
+            counts = self.prefix_cache.last_rows
         gen = gen[:, width:].cpu().tolist()
-        return [self._to_step(r, row, stopper) for r, row in enumerate(gen)]
+        return [self._to_step(r, row, stopper) for r, row in enumerate(gen)], counts
 
     def _to_step(self, r: int, row: list[int], stopper: _StopAtDelimiter | None) -> Step:
         """Cut a generated row at the first delimiter / EOS and label why it ended."""

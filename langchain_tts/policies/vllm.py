@@ -30,7 +30,8 @@ last output would hold only some of them); samples are placed by ``CompletionOut
 stop string -> ``"step"``; with ``stop_reason`` ``None`` (EOS) or an int (a stop token such as
 ``<|eot_id|>``) -> ``"eos"``; anything else (``"abort"``, ``"error"``) is a
 :class:`BackendError`. Token counts are ``len(prompt_token_ids)`` and ``len(token_ids)``;
-``num_cached_tokens`` (prefix-cache hits) goes to ``Usage.policy_cached_tokens``.
+``num_cached_tokens`` (prefix-cache hits) goes to ``Usage.policy_cached_tokens`` and the
+rest of the prompt to ``policy_prompt_tokens`` (the computed ones, which FLOPs count).
 
 Seeds: vLLM seeds sample ``j`` of a request with ``seed + j``; prompt ``i`` of a call is sent
 ``seed + i * n``, so two prompts of one step (two identical beams, say) never replay the same
@@ -144,9 +145,10 @@ def request_outputs_to_steps(
         steps.append(row)
         prompt_tokens += len(out.prompt_token_ids or [])
         cached += int(getattr(out, "num_cached_tokens", None) or 0)
-    usage = Usage(
+    cached = min(cached, prompt_tokens)
+    usage = Usage(  # prompt tokens: the computed ones (see Usage)
         policy_calls=1,
-        policy_prompt_tokens=prompt_tokens,
+        policy_prompt_tokens=prompt_tokens - cached,
         policy_cached_tokens=cached,
         policy_generated_tokens=generated,
     )
@@ -400,7 +402,7 @@ class VLLMPolicy(StepPolicy):
         if copies != n:
             steps = [row * n for row in steps]
         usage = self._call_usage(
-            usage.policy_prompt_tokens,
+            usage.policy_prompt_tokens + usage.policy_cached_tokens,
             usage.policy_generated_tokens,
             cached=usage.policy_cached_tokens,
             seconds=time.perf_counter() - t0,

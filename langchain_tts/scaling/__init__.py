@@ -7,6 +7,7 @@ Torch- and numpy-free at import time.
 from langchain_tts.scaling.flops import (
     count_parameters,
     flops_of_usage,
+    flops_without_cache,
     inference_flops,
     model_flops,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "crossover_tokens",
     "fit_scaling_law",
     "flops_of_usage",
+    "flops_without_cache",
     "inference_flops",
     "model_flops",
     "rank_allocations",

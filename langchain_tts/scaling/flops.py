@@ -5,7 +5,10 @@ matmul parameter per token, for prompt (prefill) and generated (decode) tokens a
 is the accounting of the references (the blog's ``flops_per_query`` and the "Can 1B surpass
 405B" paper), and the one :class:`~langchain_tts.core.types.Usage` records, so budgets,
 measured usage and compute-optimal allocations are all in the same unit. Attention's
-``O(context)`` term is ignored, as in those references.
+``O(context)`` term is ignored, as in those references. Only *computed* tokens count: a
+prompt token whose keys/values are read from a prefix cache costs no FLOPs, and
+:class:`~langchain_tts.core.types.Usage` books it apart (``policy_cached_tokens``,
+``prm_cached_tokens``).
 
 Nothing here imports torch at module import time: the parameter counter is duck-typed and
 imports torch only when asked to skip embedding tables.
@@ -21,6 +24,7 @@ from langchain_tts.core.types import Usage
 __all__ = [
     "count_parameters",
     "flops_of_usage",
+    "flops_without_cache",
     "inference_flops",
     "model_flops",
 ]
@@ -64,16 +68,15 @@ def flops_of_usage(
     *,
     policy_params: float | None = None,
     prm_params: float | None = None,
-    exclude_cached: bool = False,
 ) -> float:
     """Total FLOPs recorded in a :class:`Usage` (``policy_flops + prm_flops``).
 
     Why: backends already price their calls, so by default this just sums them. Pass
-    ``policy_params`` / ``prm_params`` to re-price the recorded *tokens* with another
-    parameter count instead (e.g. a usage logged by a fake backend, or a what-if for a
-    bigger model); the other model keeps its recorded FLOPs. ``exclude_cached`` drops the
-    ``policy_cached_tokens`` (prefix-cache hits, no prefill compute) from the re-priced
-    prompt tokens.
+    ``policy_params`` / ``prm_params`` to re-price the recorded *computed* tokens with
+    another parameter count instead (e.g. a usage logged by a fake backend, or a what-if for
+    a bigger model); the other model keeps its recorded FLOPs. Cached tokens are not
+    priced, as the backends do not price them; to price a run *without* prefix reuse, use
+    :func:`flops_without_cache`.
     """
     if not isinstance(usage, Usage):
         raise ValueError(f"usage must be a langchain_tts Usage, got {type(usage).__name__}.")
@@ -81,11 +84,21 @@ def flops_of_usage(
         policy = usage.policy_flops
     else:
         prompt = usage.policy_prompt_tokens
-        if exclude_cached:
-            prompt = max(0, prompt - usage.policy_cached_tokens)
         policy = model_flops(policy_params, prompt + usage.policy_generated_tokens)
     prm = usage.prm_flops if prm_params is None else model_flops(prm_params, usage.prm_tokens)
     return policy + prm
+
+
+def flops_without_cache(usage: Usage, *, policy_params: float, prm_params: float = 0) -> float:
+    """FLOPs the same run would have cost with every cached token recomputed.
+
+    Why: the saving of prefix reuse is ``flops_without_cache(u, ...) - u.flops``; the
+    cached tokens are priced like computed ones (each read token re-prefilled).
+    """
+    policy = usage.policy_prompt_tokens + usage.policy_cached_tokens
+    policy += usage.policy_generated_tokens
+    prm = usage.prm_tokens + usage.prm_cached_tokens
+    return model_flops(policy_params, policy) + model_flops(prm_params, prm)
 
 
 def count_parameters(model: Any, *, exclude_embeddings: bool = False) -> int:
