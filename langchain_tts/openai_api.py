@@ -143,6 +143,10 @@ def _knobs(graph: CompiledStateGraph, body: Mapping[str, Any], query: dict[str, 
             checked = schema.model_validate(knobs)
         except ValidationError as e:
             err = e.errors(include_url=False)[0]
+            # the knobs model wraps its own field errors in a ConfigError: report the field's
+            cause = getattr((err.get("ctx") or {}).get("error"), "__cause__", None)
+            if isinstance(cause, ValidationError):
+                err = cause.errors(include_url=False)[0]
             loc = ".".join(str(x) for x in err.get("loc", ())) or None
             where = f" {loc!r}" if loc else "s"
             raise OpenAIError(
