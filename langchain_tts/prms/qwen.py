@@ -142,7 +142,11 @@ class QwenPRM(LocalPRM):
     ) -> list[list[float]]:
         seqs = [ids for ids, _ in encoded]
         ids, mask = pad_batch(seqs, self.pad_token_id)
-        logits = self._logits(ids.to(self.device), mask.to(self.device))
+        hidden = self._cached_hidden(seqs)
+        if hidden is not None:  # a native PRM: its read-out on the (reused) states
+            logits = self.model.head(hidden, ids.to(self.device), mask.to(self.device))
+        else:
+            logits = self._logits(ids.to(self.device), mask.to(self.device))
         if logits.ndim != 3 or logits.shape[-1] != 2:
             raise PRMOutputError(
                 f"{self.name} produced logits of shape {tuple(logits.shape)}; a Qwen-style PRM "
