@@ -1,0 +1,110 @@
+"""PRM-side reuse: incremental scoring through the prefix cache, and dedupe before scoring."""
+
+from __future__ import annotations
+
+import pytest
+
+from langchain_tts.core.types import Trajectory
+from langchain_tts.models import load_default_prm
+from langchain_tts.testing import FakePRM
+
+Q = "What is 12 + 7 * 3?"
+STEPS = ["7 * 3 = 21", "12 + 21 = 33", "The answer is \\boxed{33}"]
+WRONG = ["7 * 3 = 20", "12 + 20 = 32"]
+
+
+def _calls() -> list[list[Trajectory]]:
+    """The PRM calls of a small search: roots' children, then their children, then a
+    repeat, a second question and a branch that leaves the first path."""
+    t = lambda steps, q=Q: Trajectory(question=q, steps=steps)  # noqa: E731
+    return [
+        [t(STEPS[:1]), t(WRONG[:1])],
+        [t(STEPS[:2]), t(WRONG[:2]), t([STEPS[0], "12 + 21 = 34"])],
+        [t(STEPS), t(STEPS[:2]), t(["5 + 5 = 10"], "What is 5 + 5?")],
+    ]
+
+
+def _common(a: list[int], b: list[int]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+@pytest.fixture(scope="module", params=["calculator", "strong", "weak", "likelihood"])
+def kind(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+def test_scores_are_the_same_with_the_cache_on_and_off(kind: str) -> None:
+    on, off = load_default_prm(kind), load_default_prm(kind)
+    off.cache_tokens = 0
+    assert off.prefix_cache() is None and on.prefix_cache() is not None
+    computed = cached = total = 0
+    for call in _calls():
+        a, b = on.score(call), off.score(call)
+        for row_on, row_off in zip(a.scores, b.scores, strict=True):
+            assert row_on == pytest.approx(row_off, abs=1e-5)
+        # every token is either computed or read, and only computed ones cost FLOPs
+        assert a.usage.prm_tokens + a.usage.prm_cached_tokens == b.usage.prm_tokens
+        assert a.usage.prm_flops == 2.0 * on.num_parameters * a.usage.prm_tokens
+        assert b.usage.prm_cached_tokens == 0
+        computed += a.usage.prm_tokens
+        cached += a.usage.prm_cached_tokens
+        total += b.usage.prm_tokens
+    assert cached > 0 and computed < 0.7 * total
+
+
+def test_a_child_computes_only_its_new_step() -> None:
+    """Hand count: the child's tokens past the longest prefix it shares with its parent."""
+    prm = load_default_prm("strong")
+    parent = Trajectory(question=Q, steps=STEPS[:1])
+    child = Trajectory(question=Q, steps=STEPS[:2])
+    p_ids, c_ids = prm.encode(parent), prm.encode(child)
+    shared = _common(p_ids, c_ids)
+    first = prm.score([parent])
+    assert (first.usage.prm_tokens, first.usage.prm_cached_tokens) == (len(p_ids), 0)
+    second = prm.score([child])
+    assert second.usage.prm_cached_tokens == shared
+    assert second.usage.prm_tokens == len(c_ids) - shared
+    again = prm.score([child])  # scored before: nothing to compute
+    assert (again.usage.prm_tokens, again.usage.prm_cached_tokens) == (0, len(c_ids))
+
+
+def test_siblings_compute_their_shared_prefix_once() -> None:
+    prm = load_default_prm("strong")
+    a = Trajectory(question=Q, steps=STEPS[:1])
+    b = Trajectory(question=Q, steps=WRONG[:1])
+    ids_a, ids_b = prm.encode(a), prm.encode(b)
+    shared = _common(ids_a, ids_b)
+    got = prm.score([a, b])
+    assert got.usage.prm_tokens == len(ids_a) + len(ids_b) - shared
+    assert got.usage.prm_cached_tokens == shared
+
+
+def test_the_cache_holds_at_most_cache_tokens() -> None:
+    prm = load_default_prm("calculator")
+    prm.cache_tokens = 40
+    for call in _calls():
+        prm.score(call)
+        cache = prm.prefix_cache()
+        assert cache is not None and 0 < cache.tokens <= 40
+
+
+def test_identical_candidates_are_scored_once() -> None:
+    seen: list[tuple[str, ...]] = []
+
+    def fn(t: Trajectory) -> list[float]:
+        seen.append(tuple(t.steps))
+        return [1.0 / (1 + len(s) + len(t.question)) for s in t.steps]
+
+    prm = FakePRM(fn)
+    same = Trajectory(question=Q, steps=STEPS[:2])
+    other_question = Trajectory(question="another", steps=STEPS[:2])
+    trajs = [same, Trajectory(question=Q, steps=WRONG), same.copy_with(), other_question]
+    result = prm.score(trajs)
+    assert prm.calls == [3]  # the copy of `same` is not sent again
+    assert result.scores[2] == result.scores[0] == fn(same)
+    assert result.scores[3] == fn(other_question)
+    result.scores[0][0] = -1.0  # fanned-out rows are copies
+    assert result.scores[2][0] != -1.0
