@@ -8,9 +8,9 @@ from langchain_tts.core.types import Trajectory
 from langchain_tts.models import load_default_prm
 from langchain_tts.testing import FakePRM
 
-Q = "What is 12 + 7 * 3?"
-STEPS = ["7 * 3 = 21", "12 + 21 = 33", "The answer is \\boxed{33}"]
-WRONG = ["7 * 3 = 20", "12 + 20 = 32"]
+Q = "Start with 21. Subtract 16. Multiply by 3."  # the embedded models' task
+STEPS = ["21-16=5", "5*3=15", "\\boxed{15}"]
+WRONG = ["21-16=6", "6*3=18"]
 
 
 def _calls() -> list[list[Trajectory]]:
@@ -19,8 +19,8 @@ def _calls() -> list[list[Trajectory]]:
     t = lambda steps, q=Q: Trajectory(question=q, steps=steps)  # noqa: E731
     return [
         [t(STEPS[:1]), t(WRONG[:1])],
-        [t(STEPS[:2]), t(WRONG[:2]), t([STEPS[0], "12 + 21 = 34"])],
-        [t(STEPS), t(STEPS[:2]), t(["5 + 5 = 10"], "What is 5 + 5?")],
+        [t(STEPS[:2]), t(WRONG[:2]), t([STEPS[0], "5*3=16"])],
+        [t(STEPS), t(STEPS[:2]), t(["9+36=45"], "Start with 9. Add 36.")],
     ]
 
 
