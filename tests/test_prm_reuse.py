@@ -6,6 +6,7 @@ import pytest
 
 from langchain_tts.core.types import Trajectory
 from langchain_tts.models import load_default_prm
+from langchain_tts.strategies.core import score
 from langchain_tts.testing import FakePRM
 
 Q = "Start with 21. Subtract 16. Multiply by 3."  # the embedded models' task
@@ -91,7 +92,7 @@ def test_the_cache_holds_at_most_cache_tokens() -> None:
         assert cache is not None and 0 < cache.tokens <= 40
 
 
-def test_identical_candidates_are_scored_once() -> None:
+async def test_identical_candidates_are_scored_once() -> None:
     seen: list[tuple[str, ...]] = []
 
     def fn(t: Trajectory) -> list[float]:
@@ -102,9 +103,14 @@ def test_identical_candidates_are_scored_once() -> None:
     same = Trajectory(question=Q, steps=STEPS[:2])
     other_question = Trajectory(question="another", steps=STEPS[:2])
     trajs = [same, Trajectory(question=Q, steps=WRONG), same.copy_with(), other_question]
-    result = prm.score(trajs)
-    assert prm.calls == [3]  # the copy of `same` is not sent again
-    assert result.scores[2] == result.scores[0] == fn(same)
-    assert result.scores[3] == fn(other_question)
-    result.scores[0][0] = -1.0  # fanned-out rows are copies
-    assert result.scores[2][0] != -1.0
+    scored, usage = await score(prm, trajs)
+    assert prm.calls == [3] and usage.prm_calls == 1  # the copy of `same` is not sent again
+    assert scored[2].step_scores == scored[0].step_scores == fn(same)
+    assert scored[3].step_scores == fn(other_question)
+    assert [t.steps for t in scored] == [t.steps for t in trajs]
+    scored[0].step_scores[0] = -1.0  # duplicates never share one list
+    assert scored[2].step_scores[0] != -1.0
+    kids = [same.copy_with(), same.copy_with()]
+    in_place, _ = await score(prm, kids, in_place=True)
+    assert in_place[0] is kids[0] and kids[0].step_scores == kids[1].step_scores
+    assert kids[0].step_scores is not kids[1].step_scores and prm.calls[-1] == 1

@@ -45,21 +45,11 @@ class ProcessRewardModel(AsyncFirstRunnable[PRMInput | dict, list[float]], ABC):
     async def _ascore(self, trajectories: Sequence[Trajectory]) -> PRMResult: ...
 
     async def ascore(self, trajectories: Sequence[Trajectory]) -> PRMResult:
-        """Step scores of every trajectory. Identical ones (same question and steps, as
-        sampling often makes) are scored once and the scores fanned back out."""
         if not trajectories:
             return PRMResult(scores=[])
-        first: dict[tuple[str, tuple[str, ...]], int] = {}
-        where = [first.setdefault((t.question, tuple(t.steps)), len(first)) for t in trajectories]
-        unique = trajectories
-        if len(first) < len(trajectories):
-            unique = [trajectories[where.index(k)] for k in range(len(first))]
-        result = await self._ascore(unique)
-        check_scores(result.scores, [len(t.steps) for t in unique], type(self).__name__)
-        if unique is trajectories:
-            return result
-        scores = [list(result.scores[k]) for k in where]
-        return PRMResult(scores=scores, usage=result.usage)
+        result = await self._ascore(trajectories)
+        check_scores(result.scores, [len(t.steps) for t in trajectories], type(self).__name__)
+        return result
 
     def score(self, trajectories: Sequence[Trajectory]) -> PRMResult:
         return run_sync(self.ascore(trajectories))

@@ -71,6 +71,9 @@ class LikelihoodPRM(LocalPRM):
     def _encoded(self, trajectory: Trajectory) -> Encoded:
         return self.encode(trajectory)
 
+    def _reads_hidden(self) -> bool:
+        return self.model.get_output_embeddings() is not None  # log-probs from the LM head
+
     def _score_chunk(
         self, trajectories: list[Trajectory], encoded: list[Encoded]
     ) -> list[list[float]]:

@@ -6,7 +6,7 @@ a chunk. Right padding keeps every real token at the position it has when scored
 causal attention never looks at the padding, so a batched score equals the unbatched one;
 that is also why concurrent calls can share one forward (the request coalescer).
 
-On the embedded (native) models a :class:`~langchain_tts.models.prefix_cache.PrefixCache`
+On the embedded (native) models a :class:`~langchain_tts.backends.prefix_cache.PrefixCache`
 makes scoring incremental: a child that is its parent plus one step computes only the new
 step's tokens (``cache_tokens`` bounds it; ``0`` turns it off). Tokens read from the cache
 are booked as ``prm_cached_tokens``, only computed ones as ``prm_tokens`` / ``prm_flops``.
@@ -28,7 +28,7 @@ from langchain_tts.core.types import Trajectory, Usage
 from langchain_tts.prms.base import PRMResult, ProcessRewardModel
 
 if TYPE_CHECKING:
-    from langchain_tts.models.prefix_cache import PrefixCache
+    from langchain_tts.backends.prefix_cache import PrefixCache
 
 __all__ = ["Encoded", "LocalPRM"]
 
@@ -99,21 +99,20 @@ class LocalPRM(LocalModel, ProcessRewardModel):
     def prefix_cache(self) -> PrefixCache | None:
         """The cache of this PRM's scored prefixes, or None where scoring is not incremental
         (a transformers model, or ``cache_tokens == 0``)."""
-        from langchain_tts.models.native import (
-            NativeCausalLM,
-            NativeCheckerPRM,
-            NativeTokenClassifier,
-        )
+        from langchain_tts.backends.prefix_cache import PrefixCache, incremental_body
 
-        if self.cache_tokens <= 0:
+        if self.cache_tokens <= 0 or not self._reads_hidden():
             return None
-        if not isinstance(self.model, (NativeCausalLM, NativeCheckerPRM, NativeTokenClassifier)):
+        if incremental_body(self.model) is None:
             return None
         if self._prefix_cache is None or self._prefix_cache.max_tokens != self.cache_tokens:
-            from langchain_tts.models.prefix_cache import PrefixCache
-
             self._prefix_cache = PrefixCache(self.cache_tokens)
         return self._prefix_cache
+
+    def _reads_hidden(self) -> bool:
+        """Whether this PRM's read-out can run on the body's final hidden states (what the
+        prefix cache returns)."""
+        return False
 
     def _cached_hidden(self, seqs: list[list[int]]) -> torch.Tensor | None:
         """The final hidden states of ``seqs`` (right padded) through the prefix cache, with
@@ -121,8 +120,10 @@ class LocalPRM(LocalModel, ProcessRewardModel):
         cache = self.prefix_cache()
         if cache is None:
             return None
-        from langchain_tts.models.prefix_cache import cached_hidden
+        from langchain_tts.backends.prefix_cache import cached_hidden, incremental_body
 
-        out = cached_hidden(self.model.core.model, seqs, cache, self.device)
+        body = incremental_body(self.model)
+        assert body is not None  # prefix_cache() checked it
+        out = cached_hidden(body, seqs, cache, self.device)
         self._counts = (out.computed, out.cached)
         return out.hidden

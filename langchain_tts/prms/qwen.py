@@ -130,6 +130,9 @@ class QwenPRM(LocalPRM):
     def _encoded(self, trajectory: Trajectory) -> Encoded:
         return self.encode(trajectory), None
 
+    def _reads_hidden(self) -> bool:
+        return callable(getattr(self.model, "head", None))  # the native PRMs' read-out
+
     def _logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         out = self.model(input_ids=input_ids, attention_mask=attention_mask)
         logits = getattr(out, "logits", None)

@@ -9,6 +9,9 @@ hidden states a full forward gives (causal attention: a token's state depends on
 tokens only). The PRM's read-out then runs on those states unchanged, so scores with the
 cache equal scores without it up to float rounding.
 
+It runs the project's own Llama body (``models/tiny_llama.py``, what the native runtime
+loads), found by its shape (:func:`incremental_body`): this layer imports no model code.
+
 Prefixes that several sequences of one batch share and nothing cached covers yet (the
 question every first step of a search starts from) are computed once first.
 """
@@ -21,10 +24,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from langchain_tts.core.errors import ConfigError
 
-__all__ = ["CachedForward", "PrefixCache", "cached_hidden"]
+__all__ = ["CachedForward", "PrefixCache", "cached_hidden", "incremental_body"]
 
 _MASK = (1 << 61) - 1  # polynomial prefix hashes mod a Mersenne prime
 _BASE = 1_000_003
@@ -46,6 +50,47 @@ class CachedForward:
     hidden: torch.Tensor  # (batch, width, hidden)
     computed: list[int]
     cached: list[int]
+
+
+def incremental_body(model: object) -> torch.nn.Module | None:
+    """The Llama body of a native-runtime model (``model.core.model``: embeddings, layers
+    with ``self_attn.project``, final norm, rotary ``inv_freq``), else None."""
+    body = getattr(getattr(model, "core", None), "model", None)
+    layers = getattr(body, "layers", None)
+    if not isinstance(body, torch.nn.Module) or not layers or not hasattr(body, "inv_freq"):
+        return None
+    if not callable(getattr(layers[0].self_attn, "project", None)):
+        return None
+    return body
+
+
+def _body_forward(
+    body: torch.nn.Module,
+    input_ids: torch.Tensor,
+    positions: torch.Tensor,
+    allowed: torch.Tensor,
+    past: torch.Tensor | None,
+) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """The body on new tokens at ``positions`` (batch, new), attention ``allowed`` (batch,
+    1, new, past + new), after ``past`` keys/values (layers, 2, batch, heads, past, dim):
+    the native runtime's forward with a past, returning the final hidden states of the new
+    tokens and every layer's keys/values (past + new)."""
+    freqs = positions[..., None].float() * body.inv_freq
+    emb = torch.cat((freqs, freqs), dim=-1)
+    cos, sin = emb.cos()[:, None], emb.sin()[:, None]
+    x = body.embed_tokens(input_ids)
+    kv = []
+    for i, layer in enumerate(body.layers):
+        attn = layer.self_attn
+        q, k, v = attn.project(layer.input_layernorm(x), cos, sin)
+        if past is not None:
+            k = torch.cat((past[i, 0], k), dim=2)
+            v = torch.cat((past[i, 1], v), dim=2)
+        kv.append((k, v))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+        x = x + attn.o_proj(out.transpose(1, 2).reshape(*x.shape[:2], -1))
+        x = x + layer.mlp(layer.post_attention_layernorm(x))
+    return body.norm(x), kv
 
 
 def _prefix_hashes(ids: Sequence[int]) -> list[int]:
@@ -147,8 +192,6 @@ def _extend(
 
     Returns per sequence its full keys/values and full hidden states (cached + new).
     """
-    from langchain_tts.models.native import body_forward
-
     b = len(seqs)
     plen = [n for n, _ in past]
     nlen = [len(s) - n for s, n in zip(seqs, plen)]
@@ -173,10 +216,10 @@ def _extend(
     allowed = key_mask[:, None, None, :].expand(b, 1, nmax, pmax + nmax).clone()
     allowed[..., pmax:] &= causal_new[None, None]
     allowed |= ~allowed.any(dim=-1, keepdim=True)  # padding queries: never all-masked
-    cache = [(past_kv[i, 0], past_kv[i, 1]) for i in range(layers)] if pmax else None
-    hidden, kv = body_forward(
-        body, new_ids.to(device), positions.to(device), allowed.to(device), cache
-    )
+    hidden, kv = _body_forward(
+        body, new_ids.to(device), positions.to(device), allowed.to(device),
+        past_kv if pmax else None,
+    )  # fmt: skip
     full_kv, full_hidden = [], []
     for r, (n, entry) in enumerate(past):
         new_part = torch.stack(
