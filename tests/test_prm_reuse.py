@@ -56,6 +56,17 @@ def test_scores_are_the_same_with_the_cache_on_and_off(kind: str) -> None:
     assert cached > 0 and computed < 0.7 * total
 
 
+def test_the_transformers_backend_computes_every_token_and_agrees(kind: str) -> None:
+    native, hf = load_default_prm(kind), load_default_prm(kind, backend="transformers")
+    assert hf.prefix_cache() is None
+    for call in _calls():
+        a, b = native.score(call), hf.score(call)
+        for row_native, row_hf in zip(a.scores, b.scores, strict=True):
+            assert row_native == pytest.approx(row_hf, abs=1e-5)
+        assert b.usage.prm_cached_tokens == 0
+        assert a.usage.prm_tokens + a.usage.prm_cached_tokens == b.usage.prm_tokens
+
+
 def test_a_child_computes_only_its_new_step() -> None:
     """Hand count: the child's tokens past the longest prefix it shares with its parent."""
     prm = load_default_prm("strong")
@@ -90,6 +101,27 @@ def test_the_cache_holds_at_most_cache_tokens() -> None:
         prm.score(call)
         cache = prm.prefix_cache()
         assert cache is not None and 0 < cache.tokens <= 40
+
+
+async def test_prefix_cache_finds_prefixes_inside_a_sequence_and_forgets_the_oldest() -> None:
+    import torch
+
+    from langchain_tts.backends.prefix_cache import PrefixCache
+
+    def kv(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.zeros(1, 2, 1, n, 2), torch.arange(n, dtype=torch.float)[:, None]
+
+    cache = PrefixCache(max_tokens=8)
+    cache.add([1, 2, 3, 4, 5], *kv(5))
+    n, entry = cache.lookup([1, 2, 3, 9])  # a prefix that ends inside the cached sequence
+    assert n == 3 and entry is not None and entry.hidden[:n, 0].tolist() == [0, 1, 2]
+    assert cache.lookup([7, 1, 2]) == (0, None)
+    cache.add([6, 7, 8], *kv(3))
+    assert cache.tokens == 8 and len(cache) == 2
+    cache.lookup([1, 2])  # used: the other one is now the oldest
+    cache.add([9, 9], *kv(2))
+    assert cache.lookup([6, 7])[0] == 0 and cache.lookup([1, 2, 3])[0] == 3
+    assert cache.tokens == 7 and len(cache) == 2
 
 
 async def test_identical_candidates_are_scored_once() -> None:

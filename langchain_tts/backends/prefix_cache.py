@@ -32,7 +32,7 @@ __all__ = ["CachedForward", "PrefixCache", "cached_hidden", "incremental_body"]
 
 _MASK = (1 << 61) - 1  # polynomial prefix hashes mod a Mersenne prime
 _BASE = 1_000_003
-#: a shared, uncached prefix is computed on its own only when it is at least this long
+#: a shared prefix is computed on its own only when it has at least this many uncached tokens
 MIN_SHARED_PREFIX = 8
 
 
@@ -177,7 +177,7 @@ def _shared_prefixes(seqs: list[tuple[int, ...]], hit: list[int]) -> list[tuple[
             n += 1
         # at least one new token each, else the shorter one is itself the prefix
         n = min(n, len(sa) - 1, len(sb) - 1)
-        if n >= MIN_SHARED_PREFIX and n > max(hit[a], hit[b]):
+        if n - max(hit[a], hit[b]) >= MIN_SHARED_PREFIX:  # worth a forward of its own
             shared.add(sa[:n])
     return sorted(shared, key=len)
 
