@@ -508,7 +508,8 @@ async def score(
         if k == len(unique):
             unique.append(t)
         where.append(k)
-    usage, found = Usage(), []
+    usage = Usage()
+    found: list[list[float]] = []
     if unique:
         try:
             what = f"scoring {len(unique)} trajectories"
