@@ -94,6 +94,27 @@ def test_siblings_compute_their_shared_prefix_once() -> None:
     assert got.usage.prm_cached_tokens == shared
 
 
+def test_concurrent_questions_compute_each_head_once() -> None:
+    prm, off = load_default_prm("strong"), load_default_prm("strong")
+    off.cache_tokens = 0
+    q2 = "Start with 9. Add 36."
+    trajs = [
+        Trajectory(question=Q, steps=STEPS[:1]),
+        Trajectory(question=q2, steps=["9+36=45"]),
+        Trajectory(question=Q, steps=WRONG[:1]),
+        Trajectory(question=q2, steps=["9+36=44"]),
+    ]
+    ids = [prm.encode(t) for t in trajs]
+    # the least there is to compute: every distinct prefix once (the system prompt, each
+    # question's head, each step), as the nodes of a trie of the four sequences
+    trie = {tuple(s[:k]) for s in ids for k in range(1, len(s) + 1)}
+    got = prm.score(trajs)
+    assert got.usage.prm_tokens == len(trie)
+    assert got.usage.prm_cached_tokens == sum(map(len, ids)) - len(trie)
+    for row, ref in zip(got.scores, off.score(trajs).scores, strict=True):
+        assert row == pytest.approx(ref, abs=1e-5)
+
+
 def test_the_cache_holds_at_most_cache_tokens() -> None:
     prm = load_default_prm("calculator")
     prm.cache_tokens = 40

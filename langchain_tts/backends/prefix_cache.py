@@ -248,11 +248,18 @@ def cached_hidden(
     rows = [tuple(int(t) for t in s) for s in seqs]
     looked = [cache.lookup(s) for s in rows]
     paid: list[tuple[tuple[int, ...], int]] = []  # shared prefixes computed, new tokens
-    for prefix in _shared_prefixes(rows, [n for n, _ in looked]):
-        got = cache.lookup(prefix)
-        kv, hid = _extend(body, [prefix], [got], device)
-        cache.add(prefix, kv[0], hid[0])
-        paid.append((prefix, len(prefix) - got[0]))
+    todo_prefixes = _shared_prefixes(rows, [n for n, _ in looked])
+    while todo_prefixes:  # one forward per nesting level (one question head per run, ...)
+        wave = [
+            p for p in todo_prefixes
+            if not any(len(q) < len(p) and p[: len(q)] == q for q in todo_prefixes)
+        ]  # fmt: skip
+        todo_prefixes = [p for p in todo_prefixes if p not in wave]
+        got = [cache.lookup(p) for p in wave]
+        kv, hid = _extend(body, wave, got, device)
+        for p, g, k, h in zip(wave, got, kv, hid):
+            cache.add(p, k, h)
+            paid.append((p, len(p) - g[0]))
     looked = [cache.lookup(s) for s in rows]
     # a sequence held whole needs no forward; keep one token to compute otherwise
     full = [n == len(s) for s, (n, _) in zip(rows, looked)]
