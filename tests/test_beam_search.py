@@ -44,6 +44,7 @@ def test_keeps_exactly_top_k_each_step(aggregation: str, n: int, width: int, k: 
     expand_each = k if k else width
     prev: list[Trajectory] | None = None
     steps_seen = 0
+    distinct: list[int] = []  # children per step the PRM must see: identical ones once
     for update in graph.stream({"question": "q"}, stream_mode="updates"):
         if "step" not in update:
             continue
@@ -57,6 +58,7 @@ def test_keeps_exactly_top_k_each_step(aggregation: str, n: int, width: int, k: 
             for i in range(n_each):
                 t = Trajectory(question="q", steps=[*p.steps, policy.fn(p, i)])
                 children.append(t)
+        distinct.append(len({tuple(c.steps) for c in children}))
         unfinished = [c for c in children if "boxed" not in c.steps[-1]]
         ranked = sorted(
             unfinished, key=lambda c: -aggregate_scores([_h(s) for s in c.steps], aggregation)
@@ -69,7 +71,7 @@ def test_keeps_exactly_top_k_each_step(aggregation: str, n: int, width: int, k: 
     assert len(policy.calls) == len(prm.calls) == 5
     assert policy.calls[0][:2] == (1, keep * expand_each)
     assert all(c[:2] == (keep, expand_each) for c in policy.calls[1:])
-    assert prm.calls == [keep * expand_each] * 5
+    assert prm.calls == distinct and max(distinct) == keep * expand_each
 
 
 def test_finished_beams_are_set_aside_and_search_stops_when_all_finish():

@@ -74,7 +74,10 @@ def test_beam_search_end_to_end(models, problems):
     u = out["usage"]
     # Exactly one policy call and one PRM call per search step.
     assert u.policy_calls == u.prm_calls == len(steps)
-    assert u.policy_generated_tokens > 0 and u.prm_tokens > 0
+    assert u.policy_generated_tokens > 0
+    # the same seeded run again: the PRM reads what it scored in the stream above
+    assert u.prm_cached_tokens > 0
+    assert u.prm_flops == pytest.approx(2 * prm.num_parameters * u.prm_tokens)
     assert u.policy_flops == pytest.approx(
         2 * policy.num_parameters * (u.policy_prompt_tokens + u.policy_generated_tokens)
     )

@@ -105,7 +105,7 @@ def test_best_of_n_graph_one_policy_call_one_prm_call():
     assert out["answer"] == "3"
     assert len(policy.calls) == 1 and policy.calls[0][:2] == (1, 4)
     assert not policy.calls[0][2].stop_at_step
-    assert prm.calls == [4]
+    assert prm.calls == [3]  # the two identical "4" samples are scored once
     assert [len(c.steps) for c in out["candidates"]] == [2] * 4
     out = create_tts_graph(policy, prm, "weighted_vote", {"n": 4}).invoke({"question": "q"})
     assert out["answer"] == "3"  # 0.9 > 0.6

@@ -424,12 +424,17 @@ class NativeCheckerPRM(_NativeModel):
     ) -> SimpleNamespace:
         if attention_mask is not None and bool((attention_mask[:, 0] == 0).any()):
             raise ValueError(LEFT_PADDING_ERROR)
-        c = self.core
         hidden = self._hidden(input_ids, attention_mask)
-        logits = checker_logits(
+        return SimpleNamespace(logits=self.head(hidden, input_ids, attention_mask))
+
+    def head(
+        self, hidden: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The read-out on the body's hidden states (also those of a prefix cache)."""
+        c = self.core
+        return checker_logits(
             hidden, input_ids, c.lm_head.weight, c.gate, c.scale, c.bias, attention_mask
         )
-        return SimpleNamespace(logits=logits)
 
 
 class NativeTokenClassifier(_NativeModel):
@@ -440,7 +445,14 @@ class NativeTokenClassifier(_NativeModel):
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **_: Any
     ) -> SimpleNamespace:
-        return SimpleNamespace(logits=self.core.score(self._hidden(input_ids, attention_mask)))
+        hidden = self._hidden(input_ids, attention_mask)
+        return SimpleNamespace(logits=self.head(hidden, input_ids, attention_mask))
+
+    def head(
+        self, hidden: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The read-out on the body's hidden states (also those of a prefix cache)."""
+        return self.core.score(hidden)
 
 
 _ARCHITECTURES: dict[str, tuple[type[_NativeModel], Callable[[TinyLlamaConfig], nn.Module]]] = {

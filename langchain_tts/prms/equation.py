@@ -6,6 +6,10 @@ result token, cumulated over the steps like :class:`~.likelihood.LikelihoodPRM` 
 scores ``exp(min log-prob)`` over the results of steps ``1..j``), so ``aggregation="last"``
 judges the whole solution. Steps that are not equations (a final ``\\boxed{}``) add nothing.
 
+The equations are packed into one causal sequence, so a step's score also depends on the
+equations before it; a child scored after its parent computes only its new equation,
+through the prefix cache of :class:`~.local.LocalPRM`.
+
 The model never sees the question: it is a *calculator*, not a second policy. That is
 enough when a policy's mistakes are arithmetic slips (on the embedded task every first
 wrong step is one), and it is why it can be much better at checking than the policy is at

@@ -71,6 +71,9 @@ class LikelihoodPRM(LocalPRM):
     def _encoded(self, trajectory: Trajectory) -> Encoded:
         return self.encode(trajectory)
 
+    def _reads_hidden(self) -> bool:
+        return self.model.get_output_embeddings() is not None  # log-probs from the LM head
+
     def _score_chunk(
         self, trajectories: list[Trajectory], encoded: list[Encoded]
     ) -> list[list[float]]:
@@ -83,8 +86,13 @@ class LikelihoodPRM(LocalPRM):
     def _token_logprobs(self, seqs: list[list[int]]) -> list[list[float]]:
         """log P(token t | tokens < t) for t >= 1 of each sequence (right padding)."""
         ids, mask = pad_batch(seqs, self.pad_token_id)
-        logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device))
-        logp = logits.logits.float().log_softmax(-1)[:, :-1]
+        hidden = self._cached_hidden(seqs)
+        if hidden is not None:  # a native causal LM: its LM head on the (reused) states
+            logits = self.model.get_output_embeddings()(hidden)
+        else:
+            out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device))
+            logits = out.logits
+        logp = logits.float().log_softmax(-1)[:, :-1]
         picked = logp.gather(2, ids[:, 1:, None].to(logp.device))[..., 0].cpu()
         return [picked[r, : len(s) - 1].tolist() for r, s in enumerate(seqs)]
 

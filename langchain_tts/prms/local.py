@@ -5,6 +5,12 @@ encodings are sorted by length and scored ``batch_size`` at a time, so similar l
 a chunk. Right padding keeps every real token at the position it has when scored alone and
 causal attention never looks at the padding, so a batched score equals the unbatched one;
 that is also why concurrent calls can share one forward (the request coalescer).
+
+On the embedded (native) models a :class:`~langchain_tts.backends.prefix_cache.ScoringCache`
+makes scoring incremental: a child that is its parent plus one step computes only the new
+step's tokens (``cache_tokens`` bounds it; ``0`` turns it off). Tokens read from the cache
+are booked as ``prm_cached_tokens``, only computed ones as ``prm_tokens`` / ``prm_flops``.
+The transformers backend computes every token (see :attr:`LocalPRM.cache_tokens`).
 """
 
 from __future__ import annotations
@@ -12,14 +18,17 @@ from __future__ import annotations
 import time
 from abc import abstractmethod
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from langchain_tts.backends.hf import LocalModel
 from langchain_tts.backends.sync import run_in_worker
-from langchain_tts.core.types import Trajectory
+from langchain_tts.core.types import Trajectory, Usage
 from langchain_tts.prms.base import PRMResult, ProcessRewardModel
+
+if TYPE_CHECKING:
+    from langchain_tts.backends.scoring_cache import ScoringCache
 
 __all__ = ["Encoded", "LocalPRM"]
 
@@ -35,6 +44,14 @@ class LocalPRM(LocalModel, ProcessRewardModel):
     """
 
     merge = 8
+    #: tokens the prefix cache holds (native models only; 0: every token is computed).
+    #: A token costs ``(2 x layers + 1) x hidden`` floats: 4.6 KB on the embedded PRMs, so
+    #: ~150 MB when full. Transformers models compute every token: a batch of cached
+    #: prefixes of different lengths needs per-row past lengths that their
+    #: ``past_key_values`` do not take.
+    cache_tokens: int = 32_768
+    _prefix_cache: ScoringCache | None = None
+    _counts: tuple[list[int], list[int]] | None = None
 
     @abstractmethod
     def _encoded(self, trajectory: Trajectory) -> Encoded:
@@ -51,25 +68,64 @@ class LocalPRM(LocalModel, ProcessRewardModel):
 
     def _score_coalesced(self, trajectories: list[Trajectory]) -> PRMResult:
         items = self._coalescer.run(trajectories, None)
-        seconds = max((it[2] for it in items), default=0.0)
-        usage = self._call_usage(sum(it[1] for it in items), seconds)
+        seconds = max((it[3] for it in items), default=0.0)
+        usage = self._call_usage(sum(it[1] for it in items), seconds) + Usage(
+            prm_cached_tokens=sum(it[2] for it in items)
+        )
         return PRMResult(scores=[it[0] for it in items], usage=usage)
 
     @torch.inference_mode()
     def _run_items(
         self, trajectories: list[Trajectory], _key: object = None
-    ) -> list[tuple[list[float], int, float]]:
-        """Per trajectory: its step scores, its tokens, the batch's seconds."""
+    ) -> list[tuple[list[float], int, int, float]]:
+        """Per trajectory: its step scores, its computed and cached tokens, the batch's
+        seconds."""
         t0 = time.perf_counter()
         scores: list[list[float]] = [[] for _ in trajectories]
-        lengths = [0] * len(trajectories)
+        computed = [0] * len(trajectories)
+        cached = [0] * len(trajectories)
         # Trajectories without steps have nothing to score and never enter the batch.
         todo = [(i, self._encoded(t)) for i, t in enumerate(trajectories) if t.steps]
         todo.sort(key=lambda item: len(item[1][0]))  # similar lengths share a chunk
         for c in range(0, len(todo), self.batch_size):
             chunk = todo[c : c + self.batch_size]
+            self._counts = None
             rows = self._score_chunk([trajectories[i] for i, _ in chunk], [e for _, e in chunk])
-            for (i, enc), row in zip(chunk, rows, strict=True):
-                scores[i], lengths[i] = row, len(enc[0])
+            counts = self._counts or ([len(e[0]) for _, e in chunk], [0] * len(chunk))
+            for k, ((i, _), row) in enumerate(zip(chunk, rows, strict=True)):
+                scores[i], computed[i], cached[i] = row, counts[0][k], counts[1][k]
         seconds = time.perf_counter() - t0
-        return [(scores[i], lengths[i], seconds) for i in range(len(trajectories))]
+        return [(scores[i], computed[i], cached[i], seconds) for i in range(len(trajectories))]
+
+    # -- prefix reuse -----------------------------------------------------------------------
+    def prefix_cache(self) -> ScoringCache | None:
+        """The cache of this PRM's scored prefixes, or None where scoring is not incremental
+        (a transformers model, or ``cache_tokens == 0``)."""
+        from langchain_tts.backends.scoring_cache import ScoringCache, incremental_body
+
+        if self.cache_tokens <= 0 or not self._reads_hidden():
+            return None
+        if incremental_body(self.model) is None:
+            return None
+        if self._prefix_cache is None or self._prefix_cache.max_tokens != self.cache_tokens:
+            self._prefix_cache = ScoringCache(self.cache_tokens)
+        return self._prefix_cache
+
+    def _reads_hidden(self) -> bool:
+        """Whether this PRM's read-out can run on the body's final hidden states (what the
+        prefix cache returns)."""
+        return False
+
+    def _cached_hidden(self, seqs: list[list[int]]) -> torch.Tensor | None:
+        """The final hidden states of ``seqs`` (right padded) through the prefix cache, with
+        the computed / cached token counts recorded for the chunk; None without a cache."""
+        cache = self.prefix_cache()
+        if cache is None:
+            return None
+        from langchain_tts.backends.scoring_cache import cached_hidden, incremental_body
+
+        body = incremental_body(self.model)
+        assert body is not None  # prefix_cache() checked it
+        out = cached_hidden(body, seqs, cache, self.device)
+        self._counts = (out.computed, out.cached)
+        return out.hidden

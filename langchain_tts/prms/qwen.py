@@ -130,6 +130,9 @@ class QwenPRM(LocalPRM):
     def _encoded(self, trajectory: Trajectory) -> Encoded:
         return self.encode(trajectory), None
 
+    def _reads_hidden(self) -> bool:
+        return callable(getattr(self.model, "head", None))  # the native PRMs' read-out
+
     def _logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         out = self.model(input_ids=input_ids, attention_mask=attention_mask)
         logits = getattr(out, "logits", None)
@@ -142,7 +145,11 @@ class QwenPRM(LocalPRM):
     ) -> list[list[float]]:
         seqs = [ids for ids, _ in encoded]
         ids, mask = pad_batch(seqs, self.pad_token_id)
-        logits = self._logits(ids.to(self.device), mask.to(self.device))
+        hidden = self._cached_hidden(seqs)
+        if hidden is not None:  # a native PRM: its read-out on the (reused) states
+            logits = self.model.head(hidden, ids.to(self.device), mask.to(self.device))
+        else:
+            logits = self._logits(ids.to(self.device), mask.to(self.device))
         if logits.ndim != 3 or logits.shape[-1] != 2:
             raise PRMOutputError(
                 f"{self.name} produced logits of shape {tuple(logits.shape)}; a Qwen-style PRM "

@@ -10,20 +10,29 @@ With a budget (``max_flops`` / ``max_tokens``) the samples are drawn under a low
 cap when the full one does not fit (a sample it cuts short is no solution), and the PRM call
 is skipped when it does not fit; then ``stop_reason="budget"`` and the answer is the
 majority answer of the (unscored) samples.
+
+With ``early_stop=True`` the votes (``majority``, ``prm_vote``) sample in rounds of
+``round_size`` and stop once the leading answer is decided: the samples left cannot
+overtake it, or its lead over the runner-up is significant under a Beta posterior
+(``stop_confidence``), as in "Let's Sample Step by Step: Adaptive-Consistency for Efficient
+Reasoning and Coding with LLMs" (Aggarwal, Madaan, Yang, Mausam).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections import defaultdict
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
 from pydantic import Field
 
+from langchain_tts.core.answers import normalize_answer
 from langchain_tts.core.config import Selection, StrategyConfig
 from langchain_tts.core.errors import BudgetExceededError, ConfigError
-from langchain_tts.core.types import Trajectory
+from langchain_tts.core.types import Trajectory, Usage
 from langchain_tts.policies.base import StepPolicy
 from langchain_tts.prms.base import ProcessRewardModel
 from langchain_tts.strategies.core import (
@@ -34,6 +43,7 @@ from langchain_tts.strategies.core import (
     budget_refused,
     expand,
     finalize_update,
+    is_scored,
     metered,
     node,
     resolve_config,
@@ -42,10 +52,24 @@ from langchain_tts.strategies.core import (
 from langchain_tts.strategies.loop import finalize_node, prepare_node
 from langchain_tts.strategies.progress import Progress, step_event
 from langchain_tts.strategies.registry import StrategySpec
+from langchain_tts.strategies.selection import with_scores
 
 
 class BestOfNConfig(StrategyConfig):
     n: int = Field(16, ge=1, description="solutions sampled")
+    early_stop: bool = Field(
+        False,
+        description="votes only (majority, prm_vote): sample in rounds of round_size and "
+        "stop once the leading answer is decided (adaptive consistency)",
+    )
+    round_size: int = Field(4, ge=1, description="samples per round with early_stop")
+    stop_confidence: float = Field(
+        0.95,
+        gt=0.5,
+        le=1.0,
+        description="with early_stop: stop when P(leader beats runner-up) under a Beta "
+        "posterior reaches this; 1.0 stops only when the rest cannot change the answer",
+    )
 
 
 class MajorityVoteConfig(BestOfNConfig):
@@ -67,6 +91,42 @@ class CoTConfig(BestOfNConfig):
     temperature: float = Field(0.0, ge=0.0, le=5.0)
 
 
+def beta_lead_probability(lead: float, second: float) -> float:
+    """P(p > 1/2) for p ~ Beta(lead + 1, second + 1): how sure the votes so far are that
+    the leading answer beats the runner-up (Adaptive-Consistency's Beta criterion)."""
+    a, b = lead + 1.0, second + 1.0
+    log_norm = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
+    steps = 400  # Simpson's rule on [1/2, 1]: the integrand is smooth there
+
+    def pdf(x: float) -> float:
+        if x >= 1.0:
+            return 0.0 if b > 1.0 else math.exp(log_norm)
+        return math.exp(log_norm + (a - 1) * math.log(x) + (b - 1) * math.log1p(-x))
+
+    h = 0.5 / steps
+    total = pdf(0.5) + pdf(1.0)
+    total += sum((4 if k % 2 else 2) * pdf(0.5 + k * h) for k in range(1, steps))
+    return min(1.0, total * h / 3)
+
+
+def votes_decided(samples: Sequence[Trajectory], cfg: BestOfNConfig, remaining: int) -> bool:
+    """Whether more samples can be spared: the leader cannot be overtaken by ``remaining``
+    votes of weight at most 1, or its Beta-posterior lead reaches ``stop_confidence``."""
+    weight: dict[str, float] = defaultdict(float)
+    for t in with_scores(samples, cfg.aggregation):
+        key = normalize_answer(t.answer)
+        if key is not None:
+            weight[key] += 1.0 if cfg.selection == "majority" else (t.score or 0.0)
+    if not weight:
+        return remaining <= 0
+    top = sorted(weight.values(), reverse=True) + [0.0]
+    if top[0] - top[1] > remaining:
+        return True
+    return cfg.stop_confidence < 1.0 and beta_lead_probability(top[0], top[1]) >= (
+        cfg.stop_confidence
+    )
+
+
 def _samples(state: TTSState) -> list[Trajectory]:
     return state.get("finished") or []
 
@@ -86,6 +146,8 @@ def build_best_of_n_graph(
 
     async def sample(state: TTSState, rc: RunnableConfig) -> dict:
         cfg = resolve_config(base, rc)
+        if cfg.early_stop and cfg.n > 1:
+            return await sample_rounds(state, cfg)
         pol, _, ledger = metered(policy, None, cfg, state)  # as it is without a budget
         root = Trajectory(question=state["question"])
         try:
@@ -101,11 +163,53 @@ def build_best_of_n_graph(
             await progress.emit(step_event(cfg, "sample", 1, {"finished": sols}, usage))
         return update
 
+    async def sample_rounds(state: TTSState, cfg: BestOfNConfig) -> dict:
+        """Adaptive consistency: rounds of ``round_size`` samples until the vote is decided
+        (a weighted vote scores each round, so the score node has nothing left to do)."""
+        if cfg.selection == "prm_max":
+            raise ConfigError(
+                "early_stop applies to votes: set selection='majority' or 'prm_vote' "
+                "(majority_vote / weighted_vote), or early_stop=False"
+            )
+        weighted = cfg.selection == "prm_vote" and prm is not None
+        pol, pr, ledger = metered(policy, prm if weighted else None, cfg, state)
+        root = Trajectory(question=state["question"])
+        sols: list[Trajectory] = []
+        usage = Usage()
+        update: dict[str, Any] = {}
+        for r in range(math.ceil(cfg.n / cfg.round_size)):
+            k = min(cfg.round_size, cfg.n - len(sols))
+            try:
+                new, u = await expand(pol, [root], k, cfg, stop_at_step=False, seed_offset=r)
+            except BudgetExceededError as e:
+                if not sols:  # the run's first call: a ConfigError
+                    budget_refused(e, state, ledger, cfg)
+                update["stop_reason"] = BUDGET
+                break
+            usage += u
+            if weighted and pr is not None:
+                try:
+                    new, u = await score(pr, new, in_place=True)
+                except BudgetExceededError:  # this round stays unscored: it cannot vote
+                    update["stop_reason"] = BUDGET
+                    sols += new
+                    break
+                usage += u
+            sols += new
+            if ledger is not None and ledger.ended:
+                update["stop_reason"] = BUDGET
+                break
+            if votes_decided(sols, cfg, cfg.n - len(sols)):
+                break
+        return {**update, "finished": sols, "step": 1, "usage": usage}
+
     async def score_all(state: TTSState, rc: RunnableConfig) -> dict:
         cfg = resolve_config(base, rc)
         # Majority needs no scores, and one sample needs no choosing: save the PRM call.
         if prm is None or cfg.selection == "majority" or len(state["finished"]) < 2:
             return {}
+        if cfg.early_stop and all(is_scored(t) for t in state["finished"]):
+            return {}  # the vote rounds scored every sample already
         _, pr, ledger = metered(policy, prm, cfg, state)
         try:
             scored, usage = await score(pr, state["finished"])

@@ -502,21 +502,38 @@ async def score(
 ) -> tuple[list[Trajectory], Usage]:
     """One PRM call scoring every step of every trajectory.
 
-    Returns copies with ``step_scores`` set; ``in_place=True`` sets them on the given
-    trajectories instead (for children just made by :func:`expand`, which nothing else
-    holds yet: it saves a copy per child on every search step).
+    Identical trajectories (same question and steps: samples often repeat) are scored
+    once and their scores shared; trajectories without steps have nothing to score, and a
+    call with nothing to score is not made. Returns copies with ``step_scores`` set;
+    ``in_place=True`` sets them on the given trajectories instead (for children just made
+    by :func:`expand`, which nothing else holds yet: it saves a copy per child on every
+    search step).
     """
-    try:
-        result = await _backend_call(prm, f"scoring {len(trajs)} trajectories", prm.ascore, trajs)
-    except BudgetExceededError as e:
-        e.unscored = list(trajs)  # what the search had, left unscored
-        raise
+    first: dict[tuple[str, tuple[str, ...]], int] = {}
+    unique: list[Trajectory] = []
+    where: list[int] = []  # index into unique; -1: no steps
+    for t in trajs:
+        k = first.setdefault((t.question, tuple(t.steps)), len(unique)) if t.steps else -1
+        if k == len(unique):
+            unique.append(t)
+        where.append(k)
+    usage = Usage()
+    found: list[list[float]] = []
+    if unique:
+        try:
+            what = f"scoring {len(unique)} trajectories"
+            result = await _backend_call(prm, what, prm.ascore, unique)
+        except BudgetExceededError as e:
+            e.unscored = list(trajs)  # what the search had, left unscored
+            raise
+        usage, found = result.usage, result.scores
+    rows = [list(found[k]) if k >= 0 else [] for k in where]  # never one list for two
     if in_place:
-        for t, s in zip(trajs, result.scores):
+        for t, s in zip(trajs, rows):
             t.step_scores = s
-        return list(trajs), result.usage
-    scored = [t.copy_with(step_scores=s) for t, s in zip(trajs, result.scores)]
-    return scored, result.usage
+        return list(trajs), usage
+    scored = [t.copy_with(step_scores=s) for t, s in zip(trajs, rows)]
+    return scored, usage
 
 
 async def _backend_call(

@@ -1,0 +1,299 @@
+"""Incremental scoring for the embedded PRMs: a scored prefix is never read twice.
+
+(The policy's own KV cache for generation is :mod:`langchain_tts.backends.prefix_cache`;
+this one also keeps the final hidden states a PRM's read-out needs.)
+
+A search scores a child as its parent's solution plus one new step, and siblings share
+their parent's whole prefix. :class:`ScoringCache` keeps, for the token sequences a PRM
+read, every layer's keys/values and the final hidden states (a bounded LRU, keyed by
+token prefix); :func:`cached_hidden` runs the body only on each sequence's tokens past
+its longest cached prefix, with the cached keys/values as the past, and returns the same
+hidden states a full forward gives (causal attention: a token's state depends on earlier
+tokens only). The PRM's read-out then runs on those states unchanged, so scores with the
+cache equal scores without it up to float rounding.
+
+It runs the project's own Llama body (``models/tiny_llama.py``, what the native runtime
+loads), found by its shape (:func:`incremental_body`): this layer imports no model code.
+
+Prefixes that several sequences of one batch share and nothing cached covers yet (the
+question every first step of a search starts from) are computed once first.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from langchain_tts.core.errors import ConfigError
+
+__all__ = ["CachedForward", "ScoringCache", "cached_hidden", "incremental_body"]
+
+_MASK = (1 << 61) - 1  # polynomial prefix hashes mod a Mersenne prime
+_BASE = 1_000_003
+#: a shared prefix is computed on its own only when it has at least this many uncached tokens
+MIN_SHARED_PREFIX = 8
+
+
+@dataclass
+class _Entry:
+    ids: tuple[int, ...]
+    kv: torch.Tensor  # (layers, 2, heads, tokens, head_dim)
+    hidden: torch.Tensor  # (tokens, hidden)
+
+
+@dataclass
+class CachedForward:
+    """Hidden states of a batch (right padded) and how many tokens were computed/read."""
+
+    hidden: torch.Tensor  # (batch, width, hidden)
+    computed: list[int]
+    cached: list[int]
+
+
+def incremental_body(model: object) -> torch.nn.Module | None:
+    """The Llama body of a native-runtime model (``model.core.model``: embeddings, layers
+    with ``self_attn.project``, final norm, rotary ``inv_freq``), else None."""
+    body = getattr(getattr(model, "core", None), "model", None)
+    layers = getattr(body, "layers", None)
+    if not isinstance(body, torch.nn.Module) or not layers or not hasattr(body, "inv_freq"):
+        return None
+    if not callable(getattr(layers[0].self_attn, "project", None)):
+        return None
+    return body
+
+
+def _body_forward(
+    body: torch.nn.Module,
+    input_ids: torch.Tensor,
+    positions: torch.Tensor,
+    allowed: torch.Tensor,
+    past: torch.Tensor | None,
+) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """The body on new tokens at ``positions`` (batch, new), attention ``allowed`` (batch,
+    1, new, past + new), after ``past`` keys/values (layers, 2, batch, heads, past, dim):
+    the native runtime's forward with a past, returning the final hidden states of the new
+    tokens and every layer's keys/values (past + new)."""
+    freqs = positions[..., None].float() * body.inv_freq
+    emb = torch.cat((freqs, freqs), dim=-1)
+    cos, sin = emb.cos()[:, None], emb.sin()[:, None]
+    x = body.embed_tokens(input_ids)
+    kv = []
+    for i, layer in enumerate(body.layers):
+        attn = layer.self_attn
+        q, k, v = attn.project(layer.input_layernorm(x), cos, sin)
+        if past is not None:
+            k = torch.cat((past[i, 0], k), dim=2)
+            v = torch.cat((past[i, 1], v), dim=2)
+        kv.append((k, v))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+        x = x + attn.o_proj(out.transpose(1, 2).reshape(*x.shape[:2], -1))
+        x = x + layer.mlp(layer.post_attention_layernorm(x))
+    return body.norm(x), kv
+
+
+def _prefix_hashes(ids: Sequence[int]) -> list[int]:
+    out, h = [], 0
+    for t in ids:
+        h = (h * _BASE + int(t) + 1) & _MASK
+        out.append(h)
+    return out
+
+
+class ScoringCache:
+    """An LRU of token sequences with their keys/values and hidden states.
+
+    ``max_tokens`` bounds the tokens held (the oldest sequences are dropped first); a
+    lookup finds the longest cached prefix of a sequence, also one that ends inside a
+    cached sequence. Thread safe: concurrent PRM calls share one cache.
+    """
+
+    def __init__(self, max_tokens: int = 32_768):
+        if max_tokens < 1:
+            raise ConfigError(f"prefix cache max_tokens must be >= 1, got {max_tokens}")
+        self.max_tokens = max_tokens
+        self._entries: OrderedDict[int, _Entry] = OrderedDict()  # by id(entry)
+        self._index: dict[tuple[int, int], _Entry] = {}  # (length, prefix hash) -> entry
+        self._tokens = 0
+        self._lock = threading.Lock()
+        #: tokens read from the cache / computed, since creation (for benchmarks)
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def tokens(self) -> int:
+        return self._tokens
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._index.clear()
+            self._tokens = 0
+
+    def lookup(self, ids: Sequence[int]) -> tuple[int, _Entry | None]:
+        """The longest cached prefix of ``ids``: its length and the entry holding it."""
+        hashes = _prefix_hashes(ids)
+        with self._lock:
+            for n in range(len(ids), 0, -1):
+                entry = self._index.get((n, hashes[n - 1]))
+                if entry is not None and entry.ids[:n] == tuple(ids[:n]):  # no hash collision
+                    self._entries.move_to_end(id(entry))
+                    return n, entry
+        return 0, None
+
+    def add(self, ids: Sequence[int], kv: torch.Tensor, hidden: torch.Tensor) -> None:
+        """Hold ``ids`` with its keys/values ``(layers, 2, heads, tokens, head_dim)`` and
+        hidden states ``(tokens, hidden)``, evicting the least recently used to fit."""
+        if len(ids) > self.max_tokens:
+            return
+        entry = _Entry(tuple(int(t) for t in ids), kv, hidden)
+        with self._lock:
+            self._entries[id(entry)] = entry
+            self._tokens += len(ids)
+            for n, h in enumerate(_prefix_hashes(ids), start=1):
+                self._index[(n, h)] = entry  # the newest sequence holds a shared prefix
+            while self._tokens > self.max_tokens:
+                _, old = self._entries.popitem(last=False)
+                self._tokens -= len(old.ids)
+                for n, h in enumerate(_prefix_hashes(old.ids), start=1):
+                    if self._index.get((n, h)) is old:
+                        del self._index[(n, h)]
+
+
+def _shared_prefixes(seqs: list[tuple[int, ...]], hit: list[int]) -> list[tuple[int, ...]]:
+    """Prefixes that two or more sequences share beyond what the cache holds for them."""
+    order = sorted(range(len(seqs)), key=lambda i: seqs[i])
+    shared: set[tuple[int, ...]] = set()
+    for a, b in zip(order, order[1:]):
+        sa, sb = seqs[a], seqs[b]
+        n = 0
+        for x, y in zip(sa, sb):
+            if x != y:
+                break
+            n += 1
+        # at least one new token each, else the shorter one is itself the prefix
+        n = min(n, len(sa) - 1, len(sb) - 1)
+        if n - max(hit[a], hit[b]) >= MIN_SHARED_PREFIX:  # worth a forward of its own
+            shared.add(sa[:n])
+    return sorted(shared, key=len)
+
+
+def _extend(
+    body: torch.nn.Module,
+    seqs: list[tuple[int, ...]],
+    past: list[tuple[int, _Entry | None]],
+    device: torch.device,
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """One forward over each sequence's tokens past its cached prefix.
+
+    Returns per sequence its full keys/values and full hidden states (cached + new).
+    """
+    b = len(seqs)
+    plen = [n for n, _ in past]
+    nlen = [len(s) - n for s, n in zip(seqs, plen)]
+    pmax, nmax = max(plen), max(nlen)
+    layers = len(body.layers)
+    ref = next(body.parameters())
+    heads = body.layers[0].self_attn.n_heads
+    hd = body.layers[0].self_attn.head_dim
+    past_kv = torch.zeros((layers, 2, b, heads, pmax, hd), dtype=ref.dtype, device=device)
+    new_ids = torch.zeros((b, nmax), dtype=torch.long)
+    key_mask = torch.zeros((b, pmax + nmax), dtype=torch.bool)
+    for r, (s, (n, entry)) in enumerate(zip(seqs, past)):
+        if entry is not None and n:
+            past_kv[:, :, r, :, :n] = entry.kv[:, :, :, :n]
+        new_ids[r, : nlen[r]] = torch.tensor(s[n:], dtype=torch.long)
+        key_mask[r, :n] = True
+        key_mask[r, pmax : pmax + nlen[r]] = True
+    positions = torch.tensor(plen)[:, None] + torch.arange(nmax)[None, :]
+    # query q of row r sees the row's cached keys and its new keys up to q
+    q = torch.arange(nmax)[:, None]
+    causal_new = torch.arange(nmax)[None, :] <= q  # (nmax, nmax)
+    allowed = key_mask[:, None, None, :].expand(b, 1, nmax, pmax + nmax).clone()
+    allowed[..., pmax:] &= causal_new[None, None]
+    allowed |= ~allowed.any(dim=-1, keepdim=True)  # padding queries: never all-masked
+    hidden, kv = _body_forward(
+        body, new_ids.to(device), positions.to(device), allowed.to(device),
+        past_kv if pmax else None,
+    )  # fmt: skip
+    full_kv, full_hidden = [], []
+    for r, (n, entry) in enumerate(past):
+        new_part = torch.stack(
+            [torch.stack((k[r, :, pmax : pmax + nlen[r]], v[r, :, pmax : pmax + nlen[r]]))
+             for k, v in kv]
+        )  # fmt: skip
+        h_new = hidden[r, : nlen[r]]
+        if entry is not None and n:
+            full_kv.append(torch.cat((entry.kv[:, :, :, :n], new_part), dim=3))
+            full_hidden.append(torch.cat((entry.hidden[:n], h_new), dim=0))
+        else:
+            full_kv.append(new_part)
+            full_hidden.append(h_new)
+    return full_kv, full_hidden
+
+
+@torch.inference_mode()
+def cached_hidden(
+    body: torch.nn.Module,
+    seqs: Sequence[Sequence[int]],
+    cache: ScoringCache,
+    device: torch.device,
+) -> CachedForward:
+    """Final hidden states of ``seqs`` (right padded to one width), computing only the
+    tokens past each sequence's longest cached prefix; every sequence is then cached."""
+    rows = [tuple(int(t) for t in s) for s in seqs]
+    looked = [cache.lookup(s) for s in rows]
+    paid: list[tuple[tuple[int, ...], int]] = []  # shared prefixes computed, new tokens
+    todo_prefixes = _shared_prefixes(rows, [n for n, _ in looked])
+    while todo_prefixes:  # one forward per nesting level (one question head per run, ...)
+        wave = [
+            p for p in todo_prefixes
+            if not any(len(q) < len(p) and p[: len(q)] == q for q in todo_prefixes)
+        ]  # fmt: skip
+        todo_prefixes = [p for p in todo_prefixes if p not in wave]
+        got = [cache.lookup(p) for p in wave]
+        kv, hid = _extend(body, wave, got, device)
+        for p, g, k, h in zip(wave, got, kv, hid):
+            cache.add(p, k, h)
+            paid.append((p, len(p) - g[0]))
+    looked = [cache.lookup(s) for s in rows]
+    # a sequence held whole needs no forward; keep one token to compute otherwise
+    full = [n == len(s) for s, (n, _) in zip(rows, looked)]
+    todo = [r for r in range(len(rows)) if not full[r]]
+    hidden_rows: list[torch.Tensor | None] = [None] * len(rows)
+    computed, cached = [0] * len(rows), [0] * len(rows)
+    for r in range(len(rows)):
+        if full[r]:
+            n, entry = looked[r]
+            assert entry is not None
+            hidden_rows[r] = entry.hidden[:n]
+            cached[r] = n
+    if todo:
+        kv, hid = _extend(body, [rows[r] for r in todo], [looked[r] for r in todo], device)
+        for k, r in enumerate(todo):
+            hidden_rows[r] = hid[k]
+            cached[r] = looked[r][0]
+            computed[r] = len(rows[r]) - looked[r][0]
+            cache.add(rows[r], kv[k], hid[k])
+    # a shared prefix computed above counts once, with the first sequence that has it
+    for prefix, new in paid:
+        r = next(r for r, s in enumerate(rows) if s[: len(prefix)] == prefix)
+        computed[r] += new
+        cached[r] -= new
+    width = max(len(s) for s in rows)
+    first = hidden_rows[0]
+    assert first is not None
+    out = torch.zeros((len(rows), width, first.shape[-1]), dtype=first.dtype, device=device)
+    for r, h in enumerate(hidden_rows):
+        assert h is not None
+        out[r, : h.shape[0]] = h
+    cache.hits += sum(cached)
+    cache.misses += sum(computed)
+    return CachedForward(hidden=out, computed=computed, cached=cached)

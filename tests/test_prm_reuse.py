@@ -1,0 +1,169 @@
+"""PRM-side reuse: incremental scoring through the prefix cache, and dedupe before scoring."""
+
+from __future__ import annotations
+
+import pytest
+
+from langchain_tts.core.types import Trajectory
+from langchain_tts.models import load_default_prm
+from langchain_tts.strategies.core import score
+from langchain_tts.testing import FakePRM
+
+Q = "Start with 21. Subtract 16. Multiply by 3."  # the embedded models' task
+STEPS = ["21-16=5", "5*3=15", "\\boxed{15}"]
+WRONG = ["21-16=6", "6*3=18"]
+
+
+def _calls() -> list[list[Trajectory]]:
+    """The PRM calls of a small search: roots' children, then their children, then a
+    repeat, a second question and a branch that leaves the first path."""
+    t = lambda steps, q=Q: Trajectory(question=q, steps=steps)  # noqa: E731
+    return [
+        [t(STEPS[:1]), t(WRONG[:1])],
+        [t(STEPS[:2]), t(WRONG[:2]), t([STEPS[0], "5*3=16"])],
+        [t(STEPS), t(STEPS[:2]), t(["9+36=45"], "Start with 9. Add 36.")],
+    ]
+
+
+def _common(a: list[int], b: list[int]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+@pytest.fixture(scope="module", params=["calculator", "strong", "weak", "likelihood"])
+def kind(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+def test_scores_are_the_same_with_the_cache_on_and_off(kind: str) -> None:
+    on, off = load_default_prm(kind), load_default_prm(kind)
+    off.cache_tokens = 0
+    assert off.prefix_cache() is None and on.prefix_cache() is not None
+    computed = cached = total = 0
+    for call in _calls():
+        a, b = on.score(call), off.score(call)
+        for row_on, row_off in zip(a.scores, b.scores, strict=True):
+            assert row_on == pytest.approx(row_off, abs=1e-5)
+        # every token is either computed or read, and only computed ones cost FLOPs
+        assert a.usage.prm_tokens + a.usage.prm_cached_tokens == b.usage.prm_tokens
+        assert a.usage.prm_flops == 2.0 * on.num_parameters * a.usage.prm_tokens
+        assert b.usage.prm_cached_tokens == 0
+        computed += a.usage.prm_tokens
+        cached += a.usage.prm_cached_tokens
+        total += b.usage.prm_tokens
+    assert cached > 0 and computed < 0.7 * total
+
+
+def test_the_transformers_backend_computes_every_token_and_agrees(kind: str) -> None:
+    native, hf = load_default_prm(kind), load_default_prm(kind, backend="transformers")
+    assert hf.prefix_cache() is None
+    for call in _calls():
+        a, b = native.score(call), hf.score(call)
+        for row_native, row_hf in zip(a.scores, b.scores, strict=True):
+            assert row_native == pytest.approx(row_hf, abs=1e-5)
+        assert b.usage.prm_cached_tokens == 0
+        assert a.usage.prm_tokens + a.usage.prm_cached_tokens == b.usage.prm_tokens
+
+
+def test_a_child_computes_only_its_new_step() -> None:
+    """Hand count: the child's tokens past the longest prefix it shares with its parent."""
+    prm = load_default_prm("strong")
+    parent = Trajectory(question=Q, steps=STEPS[:1])
+    child = Trajectory(question=Q, steps=STEPS[:2])
+    p_ids, c_ids = prm.encode(parent), prm.encode(child)
+    shared = _common(p_ids, c_ids)
+    first = prm.score([parent])
+    assert (first.usage.prm_tokens, first.usage.prm_cached_tokens) == (len(p_ids), 0)
+    second = prm.score([child])
+    assert second.usage.prm_cached_tokens == shared
+    assert second.usage.prm_tokens == len(c_ids) - shared
+    again = prm.score([child])  # scored before: nothing to compute
+    assert (again.usage.prm_tokens, again.usage.prm_cached_tokens) == (0, len(c_ids))
+
+
+def test_siblings_compute_their_shared_prefix_once() -> None:
+    prm = load_default_prm("strong")
+    a = Trajectory(question=Q, steps=STEPS[:1])
+    b = Trajectory(question=Q, steps=WRONG[:1])
+    ids_a, ids_b = prm.encode(a), prm.encode(b)
+    shared = _common(ids_a, ids_b)
+    got = prm.score([a, b])
+    assert got.usage.prm_tokens == len(ids_a) + len(ids_b) - shared
+    assert got.usage.prm_cached_tokens == shared
+
+
+def test_concurrent_questions_compute_each_head_once() -> None:
+    prm, off = load_default_prm("strong"), load_default_prm("strong")
+    off.cache_tokens = 0
+    q2 = "Start with 9. Add 36."
+    trajs = [
+        Trajectory(question=Q, steps=STEPS[:1]),
+        Trajectory(question=q2, steps=["9+36=45"]),
+        Trajectory(question=Q, steps=WRONG[:1]),
+        Trajectory(question=q2, steps=["9+36=44"]),
+    ]
+    ids = [prm.encode(t) for t in trajs]
+    # the least there is to compute: every distinct prefix once (the system prompt, each
+    # question's head, each step), as the nodes of a trie of the four sequences
+    trie = {tuple(s[:k]) for s in ids for k in range(1, len(s) + 1)}
+    got = prm.score(trajs)
+    assert got.usage.prm_tokens == len(trie)
+    assert got.usage.prm_cached_tokens == sum(map(len, ids)) - len(trie)
+    for row, ref in zip(got.scores, off.score(trajs).scores, strict=True):
+        assert row == pytest.approx(ref, abs=1e-5)
+
+
+def test_the_cache_holds_at_most_cache_tokens() -> None:
+    prm = load_default_prm("calculator")
+    prm.cache_tokens = 40
+    for call in _calls():
+        prm.score(call)
+        cache = prm.prefix_cache()
+        assert cache is not None and 0 < cache.tokens <= 40
+
+
+async def test_prefix_cache_finds_prefixes_inside_a_sequence_and_forgets_the_oldest() -> None:
+    import torch
+
+    from langchain_tts.backends.scoring_cache import ScoringCache
+
+    def kv(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.zeros(1, 2, 1, n, 2), torch.arange(n, dtype=torch.float)[:, None]
+
+    cache = ScoringCache(max_tokens=8)
+    cache.add([1, 2, 3, 4, 5], *kv(5))
+    n, entry = cache.lookup([1, 2, 3, 9])  # a prefix that ends inside the cached sequence
+    assert n == 3 and entry is not None and entry.hidden[:n, 0].tolist() == [0, 1, 2]
+    assert cache.lookup([7, 1, 2]) == (0, None)
+    cache.add([6, 7, 8], *kv(3))
+    assert cache.tokens == 8 and len(cache) == 2
+    cache.lookup([1, 2])  # used: the other one is now the oldest
+    cache.add([9, 9], *kv(2))
+    assert cache.lookup([6, 7])[0] == 0 and cache.lookup([1, 2, 3])[0] == 3
+    assert cache.tokens == 7 and len(cache) == 2
+
+
+async def test_identical_candidates_are_scored_once() -> None:
+    seen: list[tuple[str, ...]] = []
+
+    def fn(t: Trajectory) -> list[float]:
+        seen.append(tuple(t.steps))
+        return [1.0 / (1 + len(s) + len(t.question)) for s in t.steps]
+
+    prm = FakePRM(fn)
+    same = Trajectory(question=Q, steps=STEPS[:2])
+    other_question = Trajectory(question="another", steps=STEPS[:2])
+    trajs = [same, Trajectory(question=Q, steps=WRONG), same.copy_with(), other_question]
+    scored, usage = await score(prm, trajs)
+    assert prm.calls == [3] and usage.prm_calls == 1  # the copy of `same` is not sent again
+    assert scored[2].step_scores == scored[0].step_scores == fn(same)
+    assert scored[3].step_scores == fn(other_question)
+    assert [t.steps for t in scored] == [t.steps for t in trajs]
+    scored[0].step_scores[0] = -1.0  # duplicates never share one list
+    assert scored[2].step_scores[0] != -1.0
+    kids = [same.copy_with(), same.copy_with()]
+    in_place, _ = await score(prm, kids, in_place=True)
+    assert in_place[0] is kids[0] and kids[0].step_scores == kids[1].step_scores
+    assert kids[0].step_scores is not kids[1].step_scores and prm.calls[-1] == 1
