@@ -9,11 +9,13 @@ can tell which worker computed which step: a resumed run must not recompute fini
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,7 +48,8 @@ class SlowOracle(StepPolicy):
     ) -> PolicyResult:
         if self.log:
             with open(self.log, "a", encoding="utf-8") as f:
-                f.write(f"{os.getpid()} {len(prefixes[0].steps)}\n")
+                qid = hashlib.sha256(prefixes[0].question.encode()).hexdigest()[:8]
+                f.write(f"{os.getpid()} {len(prefixes[0].steps)} {qid}\n")
         await asyncio.sleep(self.delay)
         rows = []
         for p in prefixes:
@@ -70,12 +73,40 @@ def create(**kwargs: Any) -> Any:
     return create_app(policy, FakePRM(lambda t: [0.9] * len(t.steps)), **kwargs)
 
 
-def calls(log: Path) -> list[tuple[int, int]]:
-    """``(pid, step)`` of every policy call so far."""
+def qid(question: str) -> str:
+    """How the call log names a question."""
+    return hashlib.sha256(question.encode()).hexdigest()[:8]
+
+
+def calls(log: Path, question: str | None = None) -> list[tuple[int, int]]:
+    """``(pid, step)`` of every policy call so far (on ``question`` only, if given)."""
     if not log.exists():
         return []
     rows = [line.split() for line in log.read_text().splitlines() if line.strip()]
-    return [(int(pid), int(step)) for pid, step in rows]
+    want = None if question is None else qid(question)
+    return [(int(p), int(s)) for p, s, q in rows if want is None or q == want]
+
+
+def wait_for_calls(log: Path, question: str, at_least: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while len(calls(log, question)) < at_least:
+        assert time.monotonic() < deadline, f"fewer than {at_least} policy calls in {timeout} s"
+        time.sleep(0.02)
+
+
+def in_background(fn: Any, *args: Any) -> threading.Thread:
+    """Run ``fn(*args)`` in a daemon thread, ignoring the transport error a killed server
+    gives it."""
+
+    def run() -> None:
+        try:
+            fn(*args)
+        except httpx.TransportError:
+            pass
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
 
 
 def free_port() -> int:
@@ -137,6 +168,10 @@ class Worker:
         self._log.close()
 
 
-def invoke_body(question: str, thread_id: str | None = None, **knobs: Any) -> dict:
-    conf = {**knobs, **({"thread_id": thread_id} if thread_id else {})}
-    return {"input": {"question": question}, "config": {"configurable": conf}}
+def invoke_body(question: str, thread_id: str | None = None, *, chat: bool = False) -> dict:
+    """A LangServe invoke body: ``question`` (as a chat turn with ``chat``) on a thread."""
+    conf: dict[str, Any] = {"n": 2, "beam_width": 1}
+    if thread_id:
+        conf["thread_id"] = thread_id
+    inp = {"messages": [{"role": "user", "content": question}]} if chat else {"question": question}
+    return {"input": inp, "config": {"configurable": conf}}
