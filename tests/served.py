@@ -149,8 +149,8 @@ class Worker:
             except httpx.TransportError:
                 time.sleep(0.1)
 
-    def post(self, route: str, body: dict, **kw: Any) -> httpx.Response:
-        return httpx.post(f"{self.url}{route}", json=body, timeout=kw.pop("timeout", 60), **kw)
+    def post(self, route: str, body: dict, headers: dict | None = None) -> httpx.Response:
+        return httpx.post(f"{self.url}{route}", json=body, headers=headers, timeout=60)
 
     def kill(self) -> None:
         """SIGKILL: no cleanup, as in a crash."""
