@@ -37,6 +37,8 @@ from langchain_tts.threads import (  # noqa: E402
     namespaced,
 )
 
+# LangServe 0.3.3 reads model_fields off instances (pydantic 2.11+ deprecates it).
+pytestmark = pytest.mark.filterwarnings("ignore:Accessing the 'model_fields':DeprecationWarning")
 OTHER_QUESTION = "Start with 5. Add 2. Multiply by 3. Subtract 4. Add 9. Multiply by 2."
 INVOKE = "/tts/beam_search/invoke"
 STEPS = 7  # LONG_QUESTION's gold steps: six operations and the boxed answer
@@ -148,6 +150,16 @@ def test_killed_run_resumes_after_restart_and_a_running_thread_is_409(
         # and the thread is free again once its run ended
         r = again.post(INVOKE, invoke_body(LONG_QUESTION, "t"))
         assert r.status_code == 200 and r.json()["output"]["answer"] == "46"
+        # streamed runs (stream, stream_events) hold their thread too
+        for route in ("/tts/beam_search/stream", "/tts/beam_search/stream_events"):
+            question = f"{LONG_QUESTION} Add {len(route)}."
+            body = invoke_body(question, route)
+            if route.endswith("events"):
+                body["version"] = "v2"
+            in_background(again.post, route, body)
+            wait_for_calls(log, question, 2)
+            r = again.post(INVOKE, invoke_body(question, route))
+            assert r.status_code == 409, (route, r.text)
     finally:
         again.stop()
 
@@ -188,3 +200,30 @@ def test_api_keys_isolate_threads_and_old_checkpoints_are_pruned(tmp_path: Path,
         counts = dict(rows.fetchall())
     assert set(counts) == {"alice:t1", "bob:t1"}
     assert all(n <= 2 for n in counts.values()), counts  # --keep-checkpoints 2
+
+
+def test_async_auth_hook_and_a_saver_object_in_process():
+    from fastapi.testclient import TestClient
+    from langgraph.checkpoint.memory import InMemorySaver
+    from served import SlowOracle
+
+    from langchain_tts.serve import create_app
+    from langchain_tts.testing import FakePRM
+
+    async def auth(request) -> str | None:  # e.g. a session lookup
+        return {"s1": "alice", "s2": "bob"}.get(request.cookies.get("session", ""))
+
+    saver = InMemorySaver()
+    prm = FakePRM(lambda t: [0.9] * len(t.steps))
+    app = create_app(SlowOracle(), prm, ["beam_search"], checkpointer=saver, auth=auth)
+    with TestClient(app) as client:
+        body = invoke_body(LONG_QUESTION, "t1", chat=True)
+        assert client.post(INVOKE, json=body).status_code == 401
+        client.cookies.set("session", "s1")
+        r = client.post(INVOKE, json=body)
+        assert r.status_code == 200 and r.json()["output"]["answer"] == "46"
+        client.cookies.set("session", "s2")
+        r = client.post(INVOKE, json=invoke_body(OTHER_QUESTION, "t1", chat=True))
+        assert len(r.json()["output"]["messages"]) == 2
+    stored = {c.config["configurable"]["thread_id"] for c in saver.list(None)}
+    assert stored == {"alice:t1", "bob:t1"}
