@@ -216,7 +216,14 @@ class PostgresThreadLocks(ThreadLocks):
             raise ThreadBusyError(thread_id)
 
         async def release() -> None:
-            await conn.close()  # ends the session: the lock goes with it
+            # Unlock before closing: the server drops a closed session's locks only once
+            # its backend exits, which may be after the next run on this thread asks.
+            try:
+                await conn.execute(
+                    "SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (thread_id,)
+                )
+            finally:
+                await conn.close()
 
         return release
 

@@ -138,7 +138,7 @@ class Worker:
             [*cmd, *args], stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=ROOT
         )
 
-    def wait_ready(self, timeout: float = 30.0) -> Worker:
+    def wait_ready(self, timeout: float = 90.0) -> Worker:
         deadline = time.monotonic() + timeout
         while True:
             assert self.proc.poll() is None, self.log_path.read_text()[-3000:]
