@@ -293,7 +293,7 @@ def create_app(
 def _saver(
     checkpointer: BaseCheckpointSaver | str | Path | None,
 ) -> tuple[BaseCheckpointSaver | None, str | Path | None, str | None]:
-    """``(saver, SQLite path the lifespan opens, saver class name)`` of ``checkpointer``."""
+    """``(saver, database the lifespan opens, saver class name)`` of ``checkpointer``."""
     if isinstance(checkpointer, (str, Path)):
         from langchain_tts.checkpoint import parse_db
 
