@@ -23,7 +23,10 @@ from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
+
+from langchain_tts.core.errors import ConfigError
 
 if TYPE_CHECKING:
     from langgraph.checkpoint.sqlite import SqliteSaver
@@ -93,3 +96,75 @@ async def async_sqlite_saver(path: str | Path = ":memory:") -> AsyncIterator[Asy
 
     async with aiosqlite.connect(str(path)) as conn:
         yield AsyncSqliteSaver(conn, serde=serializer())
+
+
+def parse_db(db: str | Path) -> tuple[str, str]:
+    """``("sqlite", path)`` or ``("postgres", url)`` for a checkpoint database given as a
+    file path, ``sqlite:///path`` or ``postgresql://user@host:port/dbname``."""
+    text = str(db)
+    if text.startswith(("postgresql://", "postgres://")):
+        return "postgres", text
+    if text.startswith("sqlite://"):
+        path = text.removeprefix("sqlite://")
+        if path.startswith("/") and not path.startswith("//"):
+            path = path[1:]  # sqlite:///rel.db is relative, sqlite:////abs.db absolute
+        elif path.startswith("//"):
+            path = path[1:]
+        if not path:
+            raise ConfigError(f"checkpoint db {text!r}: name a file, e.g. sqlite:///threads.db")
+        return "sqlite", path
+    if "://" in text:
+        raise ConfigError(
+            f"checkpoint db {text!r}: use a file path, sqlite:///FILE or postgresql://..."
+        )
+    return "sqlite", text
+
+
+@asynccontextmanager
+async def async_saver(
+    db: str | Path, *, extra: Iterable[type | tuple[str, str]] = (), pool_size: int = 10
+) -> AsyncIterator[BaseCheckpointSaver]:
+    """An async saver on ``db`` (see :func:`parse_db`) using :func:`serializer` with
+    ``extra`` types, its tables created: ``AsyncSqliteSaver`` or ``AsyncPostgresSaver``
+    (``pip install 'langchain-tts[postgres]'``) on a pool of ``pool_size`` connections.
+
+    Open it inside the event loop that will use it (e.g. a FastAPI lifespan). Several
+    processes may share one Postgres database: the tables are created under a lock.
+    """
+    kind, target = parse_db(db)
+    serde = serializer(extra)
+    if kind == "sqlite":
+        import aiosqlite
+        from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+
+        async with aiosqlite.connect(target, timeout=30) as conn:
+            saver = AsyncSqliteSaver(conn, serde=serde)
+            await saver.setup()
+            yield saver
+        return
+    try:
+        from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+        from psycopg.rows import dict_row
+        from psycopg_pool import AsyncConnectionPool
+    except ImportError as e:
+        raise ConfigError(
+            f"checkpoint db {target!r} needs the Postgres saver: pip install "
+            f"'langchain-tts[postgres]' ({e})"
+        ) from None
+    kwargs = {"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row}
+    pool = AsyncConnectionPool(
+        target, min_size=1, max_size=max(2, pool_size), kwargs=kwargs, open=False
+    )
+    await pool.open(wait=True, timeout=30)
+    try:
+        saver = AsyncPostgresSaver(pool, serde=serde)
+        async with pool.connection() as conn:
+            # workers starting together must not run the migrations twice
+            await conn.execute("SELECT pg_advisory_lock(hashtextextended('tts-setup', 0))")
+            try:
+                await saver.setup()
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock(hashtextextended('tts-setup', 0))")
+        yield saver
+    finally:
+        await pool.close()

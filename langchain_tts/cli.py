@@ -312,7 +312,30 @@ def serve(
     ] = "calculator",
     budget: Annotated[int, typer.Option(help="default samples N per question")] = 16,
     checkpoint_db: Annotated[
-        Path | None, typer.Option(help="SQLite file for checkpoints (threads resume)")
+        str | None,
+        typer.Option(
+            help="checkpoint database (threads resume): a SQLite file, sqlite:///FILE or "
+            "postgresql://user@host:port/db (workers sharing it share threads)"
+        ),
+    ] = None,
+    keep_checkpoints: Annotated[
+        int | None,
+        typer.Option(help="after each run, keep only a thread's last K checkpoints", min=1),
+    ] = None,
+    api_keys: Annotated[
+        Path | None,
+        typer.Option(
+            help="file of 'KEY NAMESPACE' lines: requests need a key (401 otherwise) and each "
+            "namespace has its own threads"
+        ),
+    ] = None,
+    app_factory: Annotated[
+        str | None,
+        typer.Option(
+            "--app",
+            help="module:factory returning the app, called with create_app's keyword "
+            "arguments (your own models); --policy/--prm are then unused",
+        ),
     ] = None,
     log_level: Annotated[str, typer.Option()] = "info",
 ) -> None:
@@ -320,20 +343,44 @@ def serve(
     /tts/router/invoke, /stream, ..."""
     import uvicorn
 
+    from langchain_tts.core.errors import ConfigError
     from langchain_tts.serve import create_app
+    from langchain_tts.threads import api_key_auth, load_api_keys
 
-    pol, verifier = _load(policy, prm)
-    api = create_app(
-        pol,
-        verifier,
-        strategy or None,
-        budget=budget,
-        checkpointer=checkpoint_db,
-        title=f"langchain-tts (policy={policy}, prm={prm})",
-    )
+    try:
+        auth = api_key_auth(load_api_keys(api_keys)) if api_keys is not None else None
+    except (OSError, ConfigError) as e:
+        raise typer.BadParameter(str(e), param_hint="--api-keys") from None
+    kwargs = {
+        "strategies": strategy or None,
+        "budget": budget,
+        "checkpointer": checkpoint_db,
+        "keep_checkpoints": keep_checkpoints,
+        "auth": auth,
+    }
+    if app_factory is not None:
+        api = _factory(app_factory)(**kwargs, title=f"langchain-tts ({app_factory})")
+    else:
+        pol, verifier = _load(policy, prm)
+        api = create_app(
+            pol, verifier, **kwargs, title=f"langchain-tts (policy={policy}, prm={prm})"
+        )
     routes = ", ".join(f"/tts/{s}" for s in sorted(api.state.graphs))
     typer.echo(f"Serving {routes} on http://{host}:{port} (health: /health)", err=True)
     uvicorn.run(api, host=host, port=port, log_level=log_level)
+
+
+def _factory(spec: str):
+    """The callable ``module:name`` names (``--app``)."""
+    import importlib
+
+    module, _, name = spec.partition(":")
+    if not module or not name:
+        raise typer.BadParameter(f"{spec!r}: write module:factory", param_hint="--app")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise typer.BadParameter(f"{spec!r}: {e}", param_hint="--app") from None
 
 
 @app.command(

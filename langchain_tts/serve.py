@@ -19,8 +19,12 @@ Why the extra plumbing around ``add_routes``:
   that is not UTF-8 is a 422, and ``InputError`` / ``ConfigError`` that still escape are
   mapped to 422 / 400. A ``BackendError`` (the model backend failed, not the request) is a
   502 with its message.
-* Under LangServe graphs run async, so a checkpointer must be async: a database path is
-  opened as an ``AsyncSqliteSaver`` in the app's lifespan.
+* Under LangServe graphs run async, so a checkpointer must be async: a database (a SQLite
+  path, ``sqlite:///...`` or ``postgresql://...``) is opened as an async saver in the app's
+  lifespan.
+* Runs on a thread go through :class:`~langchain_tts.threads.ThreadRuns`: one run per
+  thread across workers (409), an interrupted run resumes when its request is resent, and
+  an auth hook puts each client's threads in its own namespace (401 without one).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from langchain_core.messages import AnyMessage, BaseMessage, convert_to_messages
-from langchain_core.runnables import RunnableBinding
+from langchain_core.runnables import Runnable, RunnableBinding
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph.state import CompiledStateGraph
 from pydantic import (
@@ -53,6 +57,15 @@ from langchain_tts.policies.base import StepPolicy
 from langchain_tts.prms.base import ProcessRewardModel
 from langchain_tts.strategies import STRATEGY_SPECS, strategy_config
 from langchain_tts.strategies.core import question_of, resolve_config
+from langchain_tts.threads import (
+    AuthHook,
+    ThreadBusyError,
+    ThreadLocks,
+    ThreadRuns,
+    namespaced,
+    request_namespace,
+    thread_locks,
+)
 
 if TYPE_CHECKING:
     from fastapi import FastAPI, Request
@@ -159,10 +172,45 @@ class _ServedGraph(RunnableBinding):
     config schema, so ``configurable`` would be dropped; this binding delegates instead.
     """
 
+    #: runs on checkpointed threads: locked, resumed, pruned (None: plain runs)
+    thread_runs: Any = None
+
     def config_schema(self, *, include: Sequence[str] | None = None) -> type[BaseModel]:
         with warnings.catch_warnings():  # LangGraph 1.x deprecates it; LangServe needs it
             warnings.simplefilter("ignore", DeprecationWarning)
             return self.bound.config_schema(include=include)
+
+    @asynccontextmanager
+    async def _thread_run(self, input: Any, config: Any) -> AsyncIterator[tuple[Any, Any]]:
+        if self.thread_runs is None:
+            yield input, config
+            return
+        async with self.thread_runs.run(self.bound, input, self._merge_configs(config)) as run:
+            yield run
+
+    async def ainvoke(self, input: Any, config: Any = None, **kwargs: Any) -> Any:
+        async with self._thread_run(input, config) as (inp, cfg):
+            return await super().ainvoke(inp, cfg, **kwargs)
+
+    async def abatch(self, inputs: list[Any], config: Any = None, **kwargs: Any) -> list[Any]:
+        # each input through ainvoke above (the binding's own abatch would skip it)
+        return await Runnable.abatch(self, inputs, config, **kwargs)
+
+    async def astream(self, input: Any, config: Any = None, **kwargs: Any) -> AsyncIterator:
+        async with self._thread_run(input, config) as (inp, cfg):
+            async for chunk in super().astream(inp, cfg, **kwargs):
+                yield chunk
+
+    def astream_events(self, input: Any, config: Any = None, **kwargs: Any) -> Any:
+        if kwargs.get("version") == "v3":
+            return super().astream_events(input, config, **kwargs)
+
+        async def events() -> AsyncIterator:
+            async with self._thread_run(input, config) as (inp, cfg):
+                async for event in super(_ServedGraph, self).astream_events(inp, cfg, **kwargs):
+                    yield event
+
+        return events()
 
 
 def default_configs(budget: int = 16) -> dict[str, dict[str, Any]]:
@@ -187,6 +235,8 @@ def create_app(
     checkpointer: BaseCheckpointSaver | str | Path | None = None,
     title: str = "langchain-tts",
     openai_api: bool = True,
+    auth: AuthHook | None = None,
+    keep_checkpoints: int | None = None,
 ) -> FastAPI:
     """A FastAPI app serving one LangServe route per strategy at ``/tts/<strategy>``.
 
@@ -198,7 +248,15 @@ def create_app(
     ``configs["router"]``: keyword arguments of ``create_router_graph``. Knobs are
     overridable per request through ``configurable``. ``checkpointer``: an
     async-capable saver, or a SQLite path opened as ``AsyncSqliteSaver`` for the app's
-    lifetime; with one, requests without a ``thread_id`` get a fresh one.
+    lifetime; with one, requests without a ``thread_id`` get a fresh one. A database is
+    a SQLite path, ``sqlite:///FILE`` or ``postgresql://...`` (workers sharing it share
+    threads). ``keep_checkpoints``: after each run its thread keeps only its last this many
+    checkpoints (default: all).
+
+    ``auth``: ``auth(request) -> namespace`` (sync or async), e.g.
+    :func:`~langchain_tts.threads.api_key_auth`; ``None`` from it is a 401 on ``/tts/*`` and
+    ``/v1/*``, and a thread id is stored as ``<namespace>:<thread_id>``, so clients never
+    see each other's threads.
     """
     from fastapi import FastAPI  # noqa: F811 - runtime import
 
@@ -211,12 +269,14 @@ def create_app(
     base_configs = {**default_configs(budget), **(configs or {})}
     saver, saver_path, saver_name = _saver(checkpointer)
     graphs = _served_graphs(policy, prm, strategies, base_configs, saver)
+    thread_runs = _thread_runs(checkpointer, saver_path, keep_checkpoints)
     app = FastAPI(
         title=title,
         version="1",
         description="Test-time compute scaling strategies (PRM beam search, best-of-N, ...)",
         lifespan=_lifespan(graphs, saver_path),
     )
+    app.state.thread_runs = thread_runs  # before the routes: their runs go through it
     app.middleware("http")(_limit_body)
     _add_error_handlers(app)
     _add_health(app, graphs, policy, prm, saver_name)
@@ -225,6 +285,7 @@ def create_app(
         from langchain_tts.openai_api import add_openai_routes
 
         add_openai_routes(app, graphs, max_body_bytes=MAX_BODY_BYTES)
+    _add_auth(app, auth)
     app.state.graphs = graphs
     return app
 
@@ -232,8 +293,19 @@ def create_app(
 def _saver(
     checkpointer: BaseCheckpointSaver | str | Path | None,
 ) -> tuple[BaseCheckpointSaver | None, str | Path | None, str | None]:
-    """``(saver, SQLite path the lifespan opens, saver class name)`` of ``checkpointer``."""
+    """``(saver, database the lifespan opens, saver class name)`` of ``checkpointer``."""
     if isinstance(checkpointer, (str, Path)):
+        from langchain_tts.checkpoint import parse_db
+
+        if parse_db(checkpointer)[0] == "postgres":
+            try:  # fail early if missing
+                from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+            except ImportError as e:
+                raise ConfigError(
+                    f"checkpointer {str(checkpointer)!r} needs the Postgres saver: "
+                    f"pip install 'langchain-tts[postgres]' ({e})"
+                ) from None
+            return None, checkpointer, AsyncPostgresSaver.__name__
         from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver  # fail early if missing
 
         return None, checkpointer, AsyncSqliteSaver.__name__
@@ -277,15 +349,13 @@ def _lifespan(graphs: dict[str, CompiledStateGraph], saver_path: str | Path | No
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             if saver_path is not None:
-                import aiosqlite
-                from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
-
-                from langchain_tts.checkpoint import serializer
+                from langchain_tts.checkpoint import async_saver
                 from langchain_tts.routing.router import ROUTER_STATE_TYPES
 
-                conn = await stack.enter_async_context(aiosqlite.connect(str(saver_path)))
                 # the router's state holds its Route and DifficultyEstimate too
-                opened = AsyncSqliteSaver(conn, serde=serializer(extra=ROUTER_STATE_TYPES))
+                opened = await stack.enter_async_context(
+                    async_saver(saver_path, extra=ROUTER_STATE_TYPES)
+                )
                 for g in graphs.values():
                     g.checkpointer = opened
             try:
@@ -357,6 +427,7 @@ def _add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ValidationError, validation_error)
     app.add_exception_handler(BackendError, backend_error)
     app.add_exception_handler(ConfigError, detail(400))
+    app.add_exception_handler(ThreadBusyError, detail(409))
 
 
 def _add_health(
@@ -410,6 +481,7 @@ def _config_modifier(name: str, graph: CompiledStateGraph, uses_threads: bool) -
             conf["thread_id"] = str(sent["thread_id"])
         if uses_threads and not conf.get("thread_id"):
             conf["thread_id"] = uuid.uuid4().hex
+        await _thread_of_request(conf, request)
         # LangServe's copy of the knobs schema keeps types but not constraints, and drops
         # keys it does not know: check what the client sent with the graph's own rules, so
         # a bad or misspelled knob is a 400 before any stream starts.
@@ -420,6 +492,24 @@ def _config_modifier(name: str, graph: CompiledStateGraph, uses_threads: bool) -
         return {**config, "configurable": conf}
 
     return per_request
+
+
+async def _thread_of_request(conf: dict[str, Any], request: Request) -> None:
+    """Put ``conf["thread_id"]`` in the request's namespace (auth) and refuse a thread that
+    is running with 409 now, before a stream starts (the run's own lock is authoritative)."""
+    from fastapi import HTTPException
+
+    if not conf.get("thread_id"):
+        return
+    conf["thread_id"] = namespaced(
+        getattr(request.state, "tts_namespace", None), str(conf["thread_id"])
+    )
+    runs: ThreadRuns | None = getattr(request.app.state, "thread_runs", None)
+    if runs is not None:
+        try:
+            await runs.locks.check(conf["thread_id"])
+        except ThreadBusyError as e:
+            raise HTTPException(status_code=409, detail=str(e)) from e
 
 
 _ENDPOINTS = (
@@ -444,8 +534,56 @@ def _add_strategy_routes(
     for name, graph in graphs.items():
         add_routes(
             app,
-            _ServedGraph(bound=graph, custom_input_type=TTSRequest),
+            _ServedGraph(
+                bound=graph,
+                custom_input_type=TTSRequest,
+                thread_runs=getattr(app.state, "thread_runs", None),
+            ),
             path=f"/tts/{name}",
             per_req_config_modifier=_config_modifier(name, graph, uses_threads),
             enabled_endpoints=_ENDPOINTS,
         )
+
+
+def _thread_runs(
+    checkpointer: BaseCheckpointSaver | str | Path | None,
+    saver_path: str | Path | None,
+    keep_checkpoints: int | None,
+) -> ThreadRuns | None:
+    """How runs on threads are locked and pruned: by the database the workers share, or in
+    this process for a saver object (it cannot be shared with another process's app)."""
+    if checkpointer is None:
+        return None
+    locks = thread_locks(saver_path) if saver_path is not None else ThreadLocks()
+    return ThreadRuns(locks, keep_checkpoints=keep_checkpoints)
+
+
+def _add_auth(app: FastAPI, auth: AuthHook | None) -> None:
+    """The auth hook: a namespace per request on ``/tts/*`` and ``/v1/*``, else 401. Added
+    last, so it runs first (before body checks and admission)."""
+    from fastapi.responses import JSONResponse
+
+    if auth is None:
+        return
+
+    async def authenticate(request: Request, call_next: Any) -> Any:
+        path = request.url.path
+        if path.startswith(("/tts/", "/v1/")):
+            try:
+                ns = await request_namespace(auth, request)
+            except ConfigError as e:  # the hook returned an unusable namespace
+                return JSONResponse({"detail": str(e)}, status_code=500)
+            if ns is None:
+                msg = "missing or invalid API key: send 'Authorization: Bearer <key>'"
+                if path.startswith("/v1/"):
+                    from langchain_tts.openai_api import OpenAIError
+
+                    err = OpenAIError(401, msg, type="authentication_error", code="invalid_api_key")
+                    return JSONResponse(err.body(), status_code=401)
+                return JSONResponse(
+                    {"detail": msg}, status_code=401, headers={"WWW-Authenticate": "Bearer"}
+                )
+            request.state.tts_namespace = ns
+        return await call_next(request)
+
+    app.middleware("http")(authenticate)

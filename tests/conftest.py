@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -67,3 +68,18 @@ def tiny_prm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         step_tag=STEP_TAG,
     )
     return out
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A throwaway PostgreSQL cluster on loopback (tests/pg.py) for the session: its URL."""
+    import pg
+
+    reason = pg.unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    cluster = pg.Cluster()
+    try:
+        yield cluster.start().url
+    finally:
+        cluster.stop()

@@ -1,0 +1,121 @@
+"""Two ``tts serve`` workers on one PostgreSQL database: a thread's turns land on either
+worker with the right answers and history, a run on one worker makes the thread 409 on the
+other, a run killed (SIGKILL) on one resumes on the other without recomputing finished
+steps, API keys keep clients' threads apart, and old checkpoints are pruned.
+
+The cluster is a throwaway one (tests/pg.py, the ``postgres_url`` fixture); the workers
+serve beam search on a slow oracle policy (tests/served.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+pytest.importorskip("langserve")
+pytest.importorskip("uvicorn")
+httpx = pytest.importorskip("httpx")
+
+from served import (  # noqa: E402
+    LONG_QUESTION,
+    Worker,
+    calls,
+    in_background,
+    invoke_body,
+    wait_for_calls,
+)
+
+INVOKE = "/tts/beam_search/invoke"
+ALICE = {"Authorization": "Bearer k-alice"}
+BOB = {"Authorization": "Bearer k-bob"}
+#: (question, answer): short ones for the chat turns
+TURNS = [
+    ("Start with 3. Add 4.", "7"),
+    ("Start with 6. Multiply by 2. Subtract 1.", "11"),
+    ("Start with 9. Subtract 4. Multiply by 3.", "15"),
+]
+KEEP = 3
+
+
+@pytest.fixture(scope="module")
+def workers(
+    postgres_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Worker, Worker]]:
+    tmp = tmp_path_factory.mktemp("pg-workers")
+    keys = tmp / "keys"
+    keys.write_text("k-alice alice\nk-bob bob\n")
+    args = ("--api-keys", str(keys), "--keep-checkpoints", str(KEEP))
+    one = Worker(tmp, postgres_url, *args, name="one")
+    two = Worker(tmp, postgres_url, *args, name="two")
+    try:
+        yield one.wait_ready(), two.wait_ready()
+    finally:
+        one.stop()
+        two.stop()
+
+
+def test_health_names_the_postgres_saver(workers: tuple[Worker, Worker]):
+    for w in workers:
+        assert httpx.get(f"{w.url}/health").json()["checkpointer"] == "AsyncPostgresSaver"
+
+
+def test_turns_alternate_between_workers(workers: tuple[Worker, Worker]):
+    for k, (question, answer) in enumerate(TURNS):
+        w = workers[k % 2]
+        r = w.post(INVOKE, invoke_body(question, "chat", chat=True), headers=ALICE)
+        assert r.status_code == 200, r.text
+        out = r.json()["output"]
+        assert out["question"] == question and out["answer"] == answer
+        msgs = out["messages"]
+        assert len(msgs) == 2 * (k + 1)  # every turn so far, whichever worker ran it
+        assert [m["content"] for m in msgs[::2]] == [q for q, _ in TURNS[: k + 1]]
+
+
+def test_threads_are_per_api_key_across_workers(workers: tuple[Worker, Worker]):
+    one, two = workers
+    q1, a1 = TURNS[0]
+    q2, a2 = TURNS[1]
+    r = one.post(INVOKE, invoke_body(q1, "shared-name", chat=True), headers=ALICE)
+    assert r.json()["output"]["answer"] == a1
+    r = two.post(INVOKE, invoke_body(q2, "shared-name", chat=True), headers=BOB)
+    out = r.json()["output"]
+    assert out["answer"] == a2 and [m["content"] for m in out["messages"][::2]] == [q2]
+    assert one.post(INVOKE, invoke_body(q1, "x")).status_code == 401
+
+
+def test_checkpoints_are_pruned(workers: tuple[Worker, Worker], postgres_url: str):
+    import psycopg
+
+    with psycopg.connect(postgres_url) as conn:
+        rows = conn.execute(
+            "SELECT thread_id, COUNT(*) FROM checkpoints GROUP BY thread_id"
+        ).fetchall()
+        counts = dict(rows)
+        blobs = conn.execute(
+            "SELECT COUNT(*) FROM checkpoint_blobs WHERE thread_id = 'alice:chat'"
+        ).fetchone()[0]
+    assert counts.get("alice:chat", 0) >= 1 and "chat" not in counts
+    assert all(n <= KEEP for n in counts.values()), counts
+    assert blobs <= 40  # a few channels per kept checkpoint, not every step's
+
+
+def test_run_killed_on_one_worker_resumes_on_the_other(workers: tuple[Worker, Worker]):
+    one, two = workers  # runs last: it kills worker one
+    body = invoke_body(LONG_QUESTION, "long")
+    in_background(one.post, INVOKE, body, ALICE)
+    wait_for_calls(one.calls, LONG_QUESTION, 3)
+    # the thread is running on worker one: worker two refuses a second run on it
+    r = two.post(INVOKE, body, headers=ALICE)
+    assert r.status_code == 409, r.text
+    one.kill()
+    before = [s for p, s in calls(one.calls, LONG_QUESTION) if p == one.proc.pid]
+    assert len(before) < 7, "the run finished before it was killed"
+    r = two.post(INVOKE, body, headers=ALICE)  # the killed worker's lock went with it
+    assert r.status_code == 200, r.text
+    out = r.json()["output"]
+    assert out["answer"] == "46"
+    after = [s for p, s in calls(two.calls, LONG_QUESTION) if p == two.proc.pid]
+    assert after[0] == before[-1]  # only the step in flight is computed again
+    assert sorted(set(before) | set(after)) == list(range(7))
+    assert out["usage"]["policy_calls"] == 7  # usage counted once

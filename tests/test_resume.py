@@ -1,0 +1,229 @@
+"""Threads over HTTP on SQLite: a run killed with SIGKILL resumes when its request is resent
+to the restarted server (no finished step recomputed, usage counted once), a second run on a
+running thread is a 409, API keys keep clients' threads apart, old checkpoints are pruned.
+
+The servers are ``tts serve --app served:create`` processes (tests/served.py): beam search
+on a slow oracle policy that logs each call, so a test sees which steps were computed where.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("langserve")
+pytest.importorskip("uvicorn")
+httpx = pytest.importorskip("httpx")
+
+from langchain_core.messages import HumanMessage  # noqa: E402
+from served import (  # noqa: E402
+    LONG_QUESTION,
+    Worker,
+    calls,
+    in_background,
+    invoke_body,
+    wait_for_calls,
+)
+
+from langchain_tts.checkpoint import parse_db  # noqa: E402
+from langchain_tts.core.errors import ConfigError  # noqa: E402
+from langchain_tts.threads import (  # noqa: E402
+    api_key_auth,
+    input_digest,
+    load_api_keys,
+    namespaced,
+)
+
+# LangServe 0.3.3 reads model_fields off instances (pydantic 2.11+ deprecates it).
+pytestmark = pytest.mark.filterwarnings("ignore:Accessing the 'model_fields':DeprecationWarning")
+OTHER_QUESTION = "Start with 5. Add 2. Multiply by 3. Subtract 4. Add 9. Multiply by 2."
+INVOKE = "/tts/beam_search/invoke"
+STEPS = 7  # LONG_QUESTION's gold steps: six operations and the boxed answer
+
+
+def test_checkpoint_db_forms():
+    assert parse_db("threads.db") == ("sqlite", "threads.db")
+    assert parse_db("sqlite:///threads.db") == ("sqlite", "threads.db")
+    assert parse_db("sqlite:////tmp/t.db") == ("sqlite", "/tmp/t.db")
+    assert parse_db(Path("/tmp/t.db")) == ("sqlite", "/tmp/t.db")
+    url = "postgresql://u@127.0.0.1:5432/tts"
+    assert parse_db(url) == ("postgres", url)
+    with pytest.raises(ConfigError, match="postgresql://"):
+        parse_db("mysql://x/y")
+    with pytest.raises(ConfigError, match="name a file"):
+        parse_db("sqlite://")
+
+
+def test_api_keys_file(tmp_path: Path):
+    f = tmp_path / "keys"
+    f.write_text("# key namespace\nk-alice alice\n\nk-bob   bob  # second client\n")
+    assert load_api_keys(f) == {"k-alice": "alice", "k-bob": "bob"}
+    f.write_text('{"k1": "team-a"}')
+    assert load_api_keys(f) == {"k1": "team-a"}
+    for bad, match in [
+        ("k1 a:b\n", "without ':'"),
+        ("k1\n", "KEY NAMESPACE"),
+        ("k1 a\nk1 b\n", "listed twice"),
+        ("# nothing\n", "no keys"),
+    ]:
+        f.write_text(bad)
+        with pytest.raises(ConfigError, match=match):
+            load_api_keys(f)
+    assert namespaced("alice", "t1") == "alice:t1" and namespaced(None, "t1") == "t1"
+
+
+def test_api_key_auth_reads_bearer_and_x_api_key():
+    from starlette.requests import Request
+
+    auth = api_key_auth({"k-alice": "alice"})
+
+    def request(*headers: tuple[str, str]) -> Request:
+        raw = [(k.encode(), v.encode()) for k, v in headers]
+        return Request({"type": "http", "headers": raw, "method": "GET", "path": "/"})
+
+    assert auth(request(("authorization", "Bearer k-alice"))) == "alice"
+    assert auth(request(("x-api-key", "k-alice"))) == "alice"
+    assert auth(request(("authorization", "Bearer k-bob"))) is None
+    assert auth(request()) is None
+
+
+def test_input_digest_is_the_request_not_its_form():
+    knobs = {"n": 2, "thread_id": "t", "checkpoint_ns": ""}
+    a = input_digest({"messages": [HumanMessage("q")]}, knobs)
+    assert a == input_digest({"messages": [HumanMessage("q", id="x")]}, {"n": 2})
+    assert a != input_digest({"messages": [HumanMessage("q2")]}, knobs)
+    assert a != input_digest({"messages": [HumanMessage("q")]}, {"n": 4})
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'threads.db'}"
+
+
+@pytest.fixture
+def worker(tmp_path: Path, db: str) -> Iterator[Worker]:
+    w = Worker(tmp_path, db, name="first")
+    try:
+        yield w.wait_ready()
+    finally:
+        w.stop()
+
+
+def test_killed_run_resumes_after_restart_and_a_running_thread_is_409(
+    tmp_path: Path, db: str, worker: Worker
+):
+    log = worker.calls
+    # two runs in flight: "t" will be resent as it was, "u" gets a new question
+    in_background(worker.post, INVOKE, invoke_body(LONG_QUESTION, "t"))
+    in_background(worker.post, INVOKE, invoke_body(LONG_QUESTION + " Add 1.", "u"))
+    wait_for_calls(log, LONG_QUESTION, 3)
+    # a second run on a running thread: refused, before it starts (invoke and stream)
+    r = worker.post(INVOKE, invoke_body(LONG_QUESTION, "t"))
+    assert r.status_code == 409 and "run in progress" in r.json()["detail"]
+    r = worker.post("/tts/beam_search/stream", invoke_body(LONG_QUESTION, "t"))
+    assert r.status_code == 409
+    wait_for_calls(log, LONG_QUESTION + " Add 1.", 3)
+    worker.kill()  # SIGKILL mid-search
+    before = [s for _, s in calls(log, LONG_QUESTION)]
+    assert len(before) < STEPS, "the run finished before it was killed"
+
+    again = Worker(tmp_path, db, name="second")
+    try:
+        again.wait_ready()
+        r = again.post(INVOKE, invoke_body(LONG_QUESTION, "t"))
+        assert r.status_code == 200, r.text
+        out = r.json()["output"]
+        assert out["answer"] == "46"
+        after = [s for p, s in calls(log, LONG_QUESTION) if p == again.proc.pid]
+        # only the step in flight when it was killed is computed again
+        assert after[0] == before[-1] and sorted(set(before) | set(after)) == list(range(STEPS))
+        assert out["usage"]["policy_calls"] == STEPS  # counted once
+
+        # another input on an interrupted thread starts a new turn on it
+        r = again.post(INVOKE, invoke_body(OTHER_QUESTION, "u"))
+        assert r.status_code == 200, r.text
+        assert r.json()["output"]["answer"] == "52"
+        assert [s for _, s in calls(log, OTHER_QUESTION)][0] == 0
+        # and the thread is free again once its run ended
+        r = again.post(INVOKE, invoke_body(LONG_QUESTION, "t"))
+        assert r.status_code == 200 and r.json()["output"]["answer"] == "46"
+        # streamed runs (stream, stream_events) hold their thread too
+        for route in ("/tts/beam_search/stream", "/tts/beam_search/stream_events"):
+            question = f"{LONG_QUESTION} Add {len(route)}."
+            body = invoke_body(question, route)
+            if route.endswith("events"):
+                body["version"] = "v2"
+            in_background(again.post, route, body)
+            wait_for_calls(log, question, 2)
+            r = again.post(INVOKE, invoke_body(question, route))
+            assert r.status_code == 409, (route, r.text)
+    finally:
+        again.stop()
+
+
+def test_api_keys_isolate_threads_and_old_checkpoints_are_pruned(tmp_path: Path, db: str):
+    keys = tmp_path / "keys"
+    keys.write_text("k-alice alice\nk-bob bob\n")
+    w = Worker(tmp_path, db, "--api-keys", str(keys), "--keep-checkpoints", "2", delay=0)
+    alice = {"Authorization": "Bearer k-alice"}
+    bob = {"X-API-Key": "k-bob"}
+    try:
+        w.wait_ready()
+        body = invoke_body(LONG_QUESTION, "t1", chat=True)
+        r = w.post(INVOKE, body, headers=alice)
+        assert r.status_code == 200 and r.json()["output"]["answer"] == "46"
+        # bob names alice's thread: he gets a thread of his own, empty before his turn
+        r = w.post(INVOKE, invoke_body(OTHER_QUESTION, "t1", chat=True), headers=bob)
+        out = r.json()["output"]
+        assert out["answer"] == "52" and len(out["messages"]) == 2
+        assert all(LONG_QUESTION not in str(m["content"]) for m in out["messages"])
+        # alice's second turn sees her first one (and only hers)
+        r = w.post(INVOKE, invoke_body(OTHER_QUESTION, "t1", chat=True), headers=alice)
+        out = r.json()["output"]
+        assert len(out["messages"]) == 4 and LONG_QUESTION in out["messages"][0]["content"]
+        # no key or a wrong one: 401 on every route that runs or lists models
+        for headers in ({}, {"Authorization": "Bearer nope"}):
+            assert w.post(INVOKE, body, headers=headers).status_code == 401
+            r = w.post("/v1/chat/completions", {"model": "beam_search"}, headers=headers)
+            assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+            assert httpx.get(f"{w.url}/v1/models", headers=headers).status_code == 401
+        assert httpx.get(f"{w.url}/v1/models", headers=alice).status_code == 200
+        assert httpx.get(f"{w.url}/health").status_code == 200
+    finally:
+        w.stop()
+    path = parse_db(db)[1]
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute("SELECT thread_id, COUNT(*) FROM checkpoints GROUP BY thread_id")
+        counts = dict(rows.fetchall())
+    assert set(counts) == {"alice:t1", "bob:t1"}
+    assert all(n <= 2 for n in counts.values()), counts  # --keep-checkpoints 2
+
+
+def test_async_auth_hook_and_a_saver_object_in_process():
+    from fastapi.testclient import TestClient
+    from langgraph.checkpoint.memory import InMemorySaver
+    from served import SlowOracle
+
+    from langchain_tts.serve import create_app
+    from langchain_tts.testing import FakePRM
+
+    async def auth(request) -> str | None:  # e.g. a session lookup
+        return {"s1": "alice", "s2": "bob"}.get(request.cookies.get("session", ""))
+
+    saver = InMemorySaver()
+    prm = FakePRM(lambda t: [0.9] * len(t.steps))
+    app = create_app(SlowOracle(), prm, ["beam_search"], checkpointer=saver, auth=auth)
+    with TestClient(app) as client:
+        body = invoke_body(LONG_QUESTION, "t1", chat=True)
+        assert client.post(INVOKE, json=body).status_code == 401
+        client.cookies.set("session", "s1")
+        r = client.post(INVOKE, json=body)
+        assert r.status_code == 200 and r.json()["output"]["answer"] == "46"
+        client.cookies.set("session", "s2")
+        r = client.post(INVOKE, json=invoke_body(OTHER_QUESTION, "t1", chat=True))
+        assert len(r.json()["output"]["messages"]) == 2
+    stored = {c.config["configurable"]["thread_id"] for c in saver.list(None)}
+    assert stored == {"alice:t1", "bob:t1"}
