@@ -28,6 +28,8 @@ LAYERS = {
     "eval": 7,
     "testing": 7,
     "openai_api": 8,
+    "threads": 8,
+    "limits": 8,
     "serve": 8,
     "cli": 9,
     "__init__": 9,
