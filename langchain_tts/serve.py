@@ -21,10 +21,15 @@ Why the extra plumbing around ``add_routes``:
   502 with its message.
 * Under LangServe graphs run async, so a checkpointer must be async: a database path is
   opened as an ``AsyncSqliteSaver`` in the app's lifespan.
+* One client must not take the server from everyone: the operator's
+  :class:`~langchain_tts.limits.ServeLimits` (knob maxima, the knobs clients may set, a
+  default compute budget, ``/batch`` size, runs in flight) are checked before any compute,
+  a refusal naming the limit (400 / 413 / 429 with ``Retry-After``).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 import warnings
@@ -49,6 +54,13 @@ from pydantic import (
 from langchain_tts.core.config import StrategyConfig, knobs_model
 from langchain_tts.core.errors import BackendError, ConfigError, InputError
 from langchain_tts.graph import create_tts_graph
+from langchain_tts.limits import (
+    Admission,
+    ServeLimits,
+    budget_defaults,
+    check_knobs,
+    limited_knobs,
+)
 from langchain_tts.policies.base import StepPolicy
 from langchain_tts.prms.base import ProcessRewardModel
 from langchain_tts.strategies import STRATEGY_SPECS, strategy_config
@@ -162,7 +174,14 @@ class _ServedGraph(RunnableBinding):
     def config_schema(self, *, include: Sequence[str] | None = None) -> type[BaseModel]:
         with warnings.catch_warnings():  # LangGraph 1.x deprecates it; LangServe needs it
             warnings.simplefilter("ignore", DeprecationWarning)
-            return self.bound.config_schema(include=include)
+            schema = self.bound.config_schema(include=include)
+        # the knobs with the server's maxima (set by create_app): what /config_schema shows
+        knobs = getattr(self.bound, "served_knobs", None)
+        if knobs is None or "configurable" not in schema.model_fields:
+            return schema
+        from pydantic import create_model
+
+        return create_model(schema.__name__, __base__=schema, configurable=(knobs | None, None))
 
 
 def default_configs(budget: int = 16) -> dict[str, dict[str, Any]]:
@@ -187,6 +206,7 @@ def create_app(
     checkpointer: BaseCheckpointSaver | str | Path | None = None,
     title: str = "langchain-tts",
     openai_api: bool = True,
+    limits: ServeLimits | None = None,
 ) -> FastAPI:
     """A FastAPI app serving one LangServe route per strategy at ``/tts/<strategy>``.
 
@@ -199,6 +219,8 @@ def create_app(
     overridable per request through ``configurable``. ``checkpointer``: an
     async-capable saver, or a SQLite path opened as ``AsyncSqliteSaver`` for the app's
     lifetime; with one, requests without a ``thread_id`` get a fresh one.
+    ``limits``: what one client may ask for (default: :class:`ServeLimits`' defaults, with
+    ``max_total_tokens`` / ``max_step_tokens`` at most the policy's context length).
     """
     from fastapi import FastAPI  # noqa: F811 - runtime import
 
@@ -217,16 +239,39 @@ def create_app(
         description="Test-time compute scaling strategies (PRM beam search, best-of-N, ...)",
         lifespan=_lifespan(graphs, saver_path),
     )
+    limits = (limits or ServeLimits()).for_context(getattr(policy, "context_length", None))
+    _limit_graphs(graphs, limits)
     app.middleware("http")(_limit_body)
     _add_error_handlers(app)
     _add_health(app, graphs, policy, prm, saver_name)
-    _add_strategy_routes(app, graphs, uses_threads=checkpointer is not None)
+    _add_strategy_routes(app, graphs, uses_threads=checkpointer is not None, limits=limits)
     if openai_api:  # /v1/chat/completions and /v1/models, the model naming the strategy
         from langchain_tts.openai_api import add_openai_routes
 
-        add_openai_routes(app, graphs, max_body_bytes=MAX_BODY_BYTES)
-    app.state.graphs = graphs
+        add_openai_routes(app, graphs, max_body_bytes=MAX_BODY_BYTES, limits=limits)
+    admission = Admission(None, limits, MAX_BODY_BYTES)  # its app: set by the middleware
+    app.add_middleware(_AdmissionMiddleware, admission=admission)
+    app.state.graphs, app.state.limits, app.state.admission = graphs, limits, admission
     return app
+
+
+class _AdmissionMiddleware:
+    """Starlette's ``add_middleware`` form of :class:`~langchain_tts.limits.Admission` (one
+    shared counter, readable as ``app.state.admission``)."""
+
+    def __init__(self, app: Any, admission: Admission):
+        admission.app = app
+        self.admission = admission
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self.admission(scope, receive, send)
+
+
+def _limit_graphs(graphs: dict[str, CompiledStateGraph], limits: ServeLimits) -> None:
+    """Give each served graph its knobs with the server's maxima, for ``/config_schema``
+    (the graph's own ``context_schema`` stays as built)."""
+    for graph in graphs.values():
+        graph.served_knobs = limited_knobs(graph.context_schema, limits)  # type: ignore[attr-defined]
 
 
 def _saver(
@@ -308,7 +353,8 @@ def _too_large(size: int | str) -> JSONResponse:
 
 
 async def _limit_body(request: Request, call_next: Any) -> Any:
-    """Refuse bodies over :data:`MAX_BODY_BYTES` (413) and bodies that are not UTF-8 (422)."""
+    """Refuse bodies over :data:`MAX_BODY_BYTES` (413), bodies that are not UTF-8 and JSON
+    nested deeper than the parser can go (422)."""
     from fastapi.responses import JSONResponse
 
     size = request.headers.get("content-length")
@@ -330,12 +376,45 @@ async def _limit_body(request: Request, call_next: Any) -> Any:
                 },
                 status_code=422,
             )
+        if not request.url.path.startswith("/v1/"):  # the OpenAI routes answer in their format
+            too_deep = _too_deep(body)
+            if too_deep is not None:
+                return JSONResponse({"detail": too_deep}, status_code=422)
     return await call_next(request)
+
+
+def _too_deep(body: bytes) -> str | None:
+    """Why ``body`` cannot be parsed safely, when the reason is its nesting (LangServe's
+    parser lets a ``RecursionError`` through as a 500); None otherwise."""
+    try:
+        json.loads(body)
+    except RecursionError:
+        return (
+            "Invalid JSON body: nested too deeply (arrays / objects inside each other past the "
+            "parser's recursion limit); send a flatter body"
+        )
+    except ValueError:
+        pass  # LangServe says what is wrong with it
+    return None
 
 
 def _add_error_handlers(app: FastAPI) -> None:
     """Typed errors become 4xx / 502 responses with their message, never a 500."""
+    from fastapi.encoders import jsonable_encoder
+    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
+
+    class _SafeJSON(JSONResponse):
+        """JSON with non-ASCII escaped: an error that echoes the client's input (a lone
+        surrogate included) still renders, where UTF-8 encoding would be a 500."""
+
+        def render(self, content: Any) -> bytes:
+            return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode()
+
+    async def request_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return _SafeJSON({"detail": jsonable_encoder(exc.errors())}, status_code=422)
+
+    app.add_exception_handler(RequestValidationError, request_error)
 
     def detail(status: int) -> Any:
         async def handler(_: Request, exc: Exception) -> JSONResponse:
@@ -345,8 +424,9 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     async def validation_error(_: Request, exc: ValidationError) -> JSONResponse:
         # LangServe's batch endpoint validates inputs outside its 422 translation.
-        return JSONResponse(
-            {"detail": exc.errors(include_url=False, include_context=False)}, status_code=422
+        return _SafeJSON(
+            {"detail": jsonable_encoder(exc.errors(include_url=False, include_context=False))},
+            status_code=422,
         )
 
     async def backend_error(_: Request, exc: BackendError) -> JSONResponse:
@@ -391,11 +471,14 @@ def _knobs_base(name: str, graph: CompiledStateGraph) -> Any:
     return base
 
 
-def _config_modifier(name: str, graph: CompiledStateGraph, uses_threads: bool) -> Any:
+def _config_modifier(
+    name: str, graph: CompiledStateGraph, uses_threads: bool, limits: ServeLimits | None = None
+) -> Any:
     """LangServe's per-request config hook for the route ``name`` serving ``graph``."""
     from fastapi import HTTPException
 
     base = _knobs_base(name, graph)
+    limits = limits or ServeLimits()
 
     async def per_request(config: dict[str, Any], request: Request) -> dict[str, Any]:
         """Keep ``configurable`` (knobs, ``thread_id``), check knobs before the run."""
@@ -414,12 +497,39 @@ def _config_modifier(name: str, graph: CompiledStateGraph, uses_threads: bool) -
         # keys it does not know: check what the client sent with the graph's own rules, so
         # a bad or misspelled knob is a 400 before any stream starts.
         try:
-            resolve_config(base, {"configurable": {**sent, **conf}})
+            asked = _apply_limits(base, limits, sent, conf, route=f"/tts/{name}")
+            resolved = resolve_config(base, {"configurable": asked})
         except ConfigError as e:
             raise HTTPException(status_code=400, detail=str(e)) from e
+        conf.update(budget_defaults(limits, _budgeted(resolved), type(base).model_fields))
         return {**config, "configurable": conf}
 
     return per_request
+
+
+def _apply_limits(
+    base: Any, limits: ServeLimits, sent: dict[str, Any], conf: dict[str, Any], *, route: str
+) -> dict[str, Any]:
+    """The configurable a request asks for, checked against the server's limits (a
+    :class:`ConfigError` naming the limit). LangServe fills every knob with its default, so
+    the client's own knobs are those that differ from the route's config."""
+    merged = {**sent, **conf}
+    internal = sorted(k for k in merged if isinstance(k, str) and k.startswith("__"))
+    if internal:
+        raise ConfigError(
+            f"configurable keys starting with '__' are LangGraph's own and cannot be sent: "
+            f"{internal}; remove them"
+        )
+    fields = type(base).model_fields
+    asked = {k: v for k, v in merged.items() if k in fields and v != getattr(base, k)}
+    check_knobs(limits, asked, route=route)
+    return merged
+
+
+def _budgeted(cfg: Any) -> bool:
+    return (
+        getattr(cfg, "max_flops", None) is not None or getattr(cfg, "max_tokens", None) is not None
+    )
 
 
 _ENDPOINTS = (
@@ -436,7 +546,11 @@ _ENDPOINTS = (
 
 
 def _add_strategy_routes(
-    app: FastAPI, graphs: dict[str, CompiledStateGraph], *, uses_threads: bool
+    app: FastAPI,
+    graphs: dict[str, CompiledStateGraph],
+    *,
+    uses_threads: bool,
+    limits: ServeLimits | None = None,
 ) -> None:
     """One LangServe route per served graph, at ``/tts/<strategy>`` and ``/tts/router``."""
     from langserve import add_routes
@@ -446,6 +560,6 @@ def _add_strategy_routes(
             app,
             _ServedGraph(bound=graph, custom_input_type=TTSRequest),
             path=f"/tts/{name}",
-            per_req_config_modifier=_config_modifier(name, graph, uses_threads),
+            per_req_config_modifier=_config_modifier(name, graph, uses_threads, limits),
             enabled_endpoints=_ENDPOINTS,
         )
