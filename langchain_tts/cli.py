@@ -8,7 +8,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -315,13 +315,50 @@ def serve(
         Path | None, typer.Option(help="SQLite file for checkpoints (threads resume)")
     ] = None,
     log_level: Annotated[str, typer.Option()] = "info",
+    limits: Annotated[
+        Path | None,
+        typer.Option(help="limits file (JSON or TOML); the flags below override it"),
+    ] = None,
+    max_knob: Annotated[
+        list[str],
+        typer.Option(help="repeatable KNOB=MAX, e.g. n=64 (KNOB=none lifts a default maximum)"),
+    ] = [],  # noqa: B006
+    allow_knob: Annotated[
+        list[str],
+        typer.Option(help="repeatable: a knob clients may set (default: every knob)"),
+    ] = [],  # noqa: B006
+    default_max_tokens: Annotated[
+        float | None, typer.Option(help="token budget of a run that sets none (default 2e6)")
+    ] = None,
+    default_max_flops: Annotated[
+        float | None, typer.Option(help="FLOPs budget of a run that sets none (default: none)")
+    ] = None,
+    max_batch: Annotated[
+        int | None, typer.Option(help="inputs of one /batch request (default 32)")
+    ] = None,
+    max_in_flight: Annotated[
+        int | None, typer.Option(help="runs at once, then 429 + Retry-After (default 64)")
+    ] = None,
 ) -> None:
     """Serve the strategies and the router over HTTP (LangServe): POST /tts/<strategy>/invoke,
-    /tts/router/invoke, /stream, ..."""
+    /tts/router/invoke, /stream, ...; the limits a client meets: docs/deployment.md."""
     import uvicorn
 
+    from langchain_tts.core.errors import ConfigError
     from langchain_tts.serve import create_app
 
+    try:
+        served_limits = _serve_limits(
+            limits,
+            max_knob,
+            allow_knob,
+            default_max_tokens=default_max_tokens,
+            default_max_flops=default_max_flops,
+            max_batch=max_batch,
+            max_in_flight=max_in_flight,
+        )
+    except ConfigError as e:
+        raise typer.BadParameter(str(e)) from None
     pol, verifier = _load(policy, prm)
     api = create_app(
         pol,
@@ -330,10 +367,33 @@ def serve(
         budget=budget,
         checkpointer=checkpoint_db,
         title=f"langchain-tts (policy={policy}, prm={prm})",
+        limits=served_limits,
     )
     routes = ", ".join(f"/tts/{s}" for s in sorted(api.state.graphs))
     typer.echo(f"Serving {routes} on http://{host}:{port} (health: /health)", err=True)
     uvicorn.run(api, host=host, port=port, log_level=log_level)
+
+
+def _serve_limits(
+    path: Path | None, max_knob: list[str], allow_knob: list[str], **overrides: Any
+) -> Any:
+    """``tts serve``'s limits: the file's (or the defaults), then the flags."""
+    from langchain_tts.core.errors import ConfigError
+    from langchain_tts.limits import ServeLimits
+
+    maxima: dict[str, float | None] = {}
+    for item in max_knob:
+        knob, sep, value = item.partition("=")
+        try:
+            if not sep or not knob.strip():
+                raise ValueError
+            maxima[knob.strip()] = None if value.strip().lower() == "none" else float(value)
+        except ValueError:
+            raise ConfigError(f"--max-knob takes KNOB=MAX (e.g. n=64), got {item!r}") from None
+    flags = {**overrides, "maxima": maxima or None, "allow": list(allow_knob) or None}
+    if path is not None:
+        return ServeLimits.from_file(path, **flags)
+    return ServeLimits.build(None, **flags)
 
 
 @app.command(

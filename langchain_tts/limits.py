@@ -28,6 +28,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
+from langchain_tts.core.config import did_you_mean
 from langchain_tts.core.errors import ConfigError
 
 __all__ = [
@@ -113,6 +114,14 @@ class ServeLimits(BaseModel):
         return v
 
     def model_post_init(self, _: Any) -> None:
+        known = _known_knobs()
+        for where, names in (("maxima", self.maxima), ("allow", self.allow or ())):
+            for k in names:
+                if k not in known:
+                    raise ConfigError(
+                        f"{where} names {k!r}, which is no knob of any strategy"
+                        f"{did_you_mean(k, known)}; knobs: {sorted(known)}"
+                    )
         if self.max_batch > self.max_in_flight:
             raise ConfigError(
                 f"max_batch ({self.max_batch}) exceeds max_in_flight ({self.max_in_flight}): "
@@ -163,6 +172,17 @@ class ServeLimits(BaseModel):
             if k not in maxima:  # an explicit null (no cap) is the operator's choice
                 maxima[k] = context_length
         return self.model_copy(update={"maxima": maxima})
+
+
+def _known_knobs() -> frozenset[str]:
+    """Every knob of every registered strategy and of the router."""
+    from langchain_tts.routing.router import RouterConfig
+    from langchain_tts.strategies import STRATEGY_SPECS
+
+    names = set(RouterConfig.model_fields)
+    for spec in STRATEGY_SPECS.values():
+        names.update(spec.config.model_fields)
+    return frozenset(names)
 
 
 def _number(v: Any) -> float | None:

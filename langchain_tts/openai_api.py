@@ -154,8 +154,12 @@ def _knobs(
     if knobs and schema is not None:
         try:
             checked = schema.model_validate(knobs)
-        except ValidationError as e:
-            err = e.errors(include_url=False)[0]
+        except (ValidationError, ConfigError) as e:
+            # a knobs model raises ConfigError from pydantic's own error: report that one
+            inner = _validation_error(e)
+            if inner is None:
+                raise OpenAIError(400, str(e), code="invalid_knob") from None
+            err = inner.errors(include_url=False)[0]
             loc = ".".join(str(x) for x in err.get("loc", ())) or None
             where = f" {loc!r}" if loc else "s"
             raise OpenAIError(
@@ -167,6 +171,22 @@ def _knobs(
         # the validated values (typed: "8" -> 8), only for the knobs the request set
         knobs = {k: getattr(checked, k) for k in knobs}
     return knobs
+
+
+def _validation_error(e: BaseException | None) -> ValidationError | None:
+    """The innermost pydantic error of ``e`` (knobs models wrap theirs in a ConfigError)."""
+    found = None
+    for _ in range(8):  # a short chain: validator error -> ConfigError -> ValidationError
+        if e is None:
+            break
+        if isinstance(e, ValidationError):
+            found = e
+            errs = e.errors(include_url=False)
+            ctx_err = (errs[0].get("ctx") or {}).get("error") if errs else None
+            e = ctx_err.__cause__ if isinstance(ctx_err, BaseException) else None
+        else:
+            e = e.__cause__
+    return found
 
 
 def _messages(body: Mapping[str, Any]) -> list[BaseMessage]:

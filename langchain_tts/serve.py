@@ -181,7 +181,10 @@ class _ServedGraph(RunnableBinding):
             return schema
         from pydantic import create_model
 
-        return create_model(schema.__name__, __base__=schema, configurable=(knobs | None, None))
+        # the same shape as the graph's: LangServe copies it without constraints to check
+        # requests; the limits are checked per request, with messages that name them
+        field = schema.model_fields["configurable"]
+        return create_model(schema.__name__, __base__=schema, configurable=(knobs, field.default))
 
 
 def default_configs(budget: int = 16) -> dict[str, dict[str, Any]]:
