@@ -27,6 +27,7 @@ LAYERS = {
     "checkpoint": 7,
     "eval": 7,
     "testing": 7,
+    "limits": 7,
     "openai_api": 8,
     "serve": 8,
     "cli": 9,
