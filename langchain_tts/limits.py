@@ -35,6 +35,7 @@ __all__ = [
     "DEFAULT_MAXIMA",
     "Admission",
     "LimitError",
+    "RunGate",
     "ServeLimits",
     "budget_defaults",
     "check_knobs",
@@ -271,57 +272,62 @@ def _numeric(annotation: Any) -> bool:
     return any(t in str(annotation) for t in ("int", "float"))
 
 
+class RunGate:
+    """The runs in flight of one app (this process's: each worker of a multi-process
+    deployment admits its own share) and how many were refused."""
+
+    def __init__(self, limits: ServeLimits):
+        self.limits = limits
+        self.in_flight = 0
+        self.rejected = 0
+
+
 class Admission:
     """ASGI middleware: at most ``max_in_flight`` runs at once (a ``/batch`` counts its
     inputs, at most ``max_batch``); past that, 429 with ``Retry-After`` before any compute.
+    A run holds its slots until its response is sent (streams included)."""
 
-    A run holds its slots until its response is sent (streams included). The count is this
-    process's: each worker of a multi-process deployment admits its own share.
-    """
-
-    def __init__(self, app: Any, limits: ServeLimits, max_body_bytes: int = 4 * 1024 * 1024):
-        self.app, self.limits, self.max_body_bytes = app, limits, max_body_bytes
-        self.in_flight = 0
-        self.rejected = 0
+    def __init__(self, app: Any, gate: RunGate, max_body_bytes: int = 4 * 1024 * 1024):
+        self.app, self.gate, self.max_body_bytes = app, gate, max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
         if scope["type"] != "http" or scope.get("method") != "POST" or not RUN_PATH.match(path):
             await self.app(scope, receive, send)
             return
+        gate, limits = self.gate, self.gate.limits
         weight = 1
         if path.rstrip("/").endswith("/batch"):
             body, receive = await _buffered(receive, self.max_body_bytes)
             size = _batch_size(body)
-            if size is not None and size > self.limits.max_batch:
+            if size is not None and size > limits.max_batch:
                 await _json(
                     send,
                     path,
                     413,
                     f"a batch of {size} inputs is over this server's limit max_batch="
-                    f"{self.limits.max_batch}; split it into smaller batches",
+                    f"{limits.max_batch}; split it into smaller batches",
                     "max_batch",
                 )
                 return
             weight = max(1, size or 1)
-        cap = self.limits.max_in_flight
-        if self.in_flight + weight > cap:
-            self.rejected += 1
+        if gate.in_flight + weight > limits.max_in_flight:
+            gate.rejected += 1
             await _json(
                 send,
                 path,
                 429,
-                f"the server is busy: {self.in_flight} runs in flight, the limit is "
-                f"max_in_flight={cap}; retry after {self.limits.retry_after} s",
+                f"the server is busy: {gate.in_flight} runs in flight, the limit is "
+                f"max_in_flight={limits.max_in_flight}; retry after {limits.retry_after} s",
                 "max_in_flight",
-                headers=[(b"retry-after", str(self.limits.retry_after).encode())],
+                headers=[(b"retry-after", str(limits.retry_after).encode())],
             )
             return
-        self.in_flight += weight  # one event loop: no lock needed between check and add
+        gate.in_flight += weight  # one event loop: no lock needed between check and add
         try:
             await self.app(scope, receive, send)
         finally:
-            self.in_flight -= weight
+            gate.in_flight -= weight
 
 
 async def _buffered(receive: Receive, limit: int) -> tuple[bytes | None, Receive]:

@@ -56,6 +56,7 @@ from langchain_tts.core.errors import BackendError, ConfigError, InputError
 from langchain_tts.graph import create_tts_graph
 from langchain_tts.limits import (
     Admission,
+    RunGate,
     ServeLimits,
     budget_defaults,
     check_knobs,
@@ -252,22 +253,10 @@ def create_app(
         from langchain_tts.openai_api import add_openai_routes
 
         add_openai_routes(app, graphs, max_body_bytes=MAX_BODY_BYTES, limits=limits)
-    admission = Admission(None, limits, MAX_BODY_BYTES)  # its app: set by the middleware
-    app.add_middleware(_AdmissionMiddleware, admission=admission)
-    app.state.graphs, app.state.limits, app.state.admission = graphs, limits, admission
+    gate = RunGate(limits)  # outermost: a refused run costs no body parsing or validation
+    app.add_middleware(Admission, gate=gate, max_body_bytes=MAX_BODY_BYTES)
+    app.state.graphs, app.state.limits, app.state.runs = graphs, limits, gate
     return app
-
-
-class _AdmissionMiddleware:
-    """Starlette's ``add_middleware`` form of :class:`~langchain_tts.limits.Admission` (one
-    shared counter, readable as ``app.state.admission``)."""
-
-    def __init__(self, app: Any, admission: Admission):
-        admission.app = app
-        self.admission = admission
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        await self.admission(scope, receive, send)
 
 
 def _limit_graphs(graphs: dict[str, CompiledStateGraph], limits: ServeLimits) -> None:

@@ -210,15 +210,16 @@ def test_runs_past_max_in_flight_get_429_with_retry_after():
         )
         assert r.status_code == 429 and r.json()["error"]["type"] == "rate_limit_error"
         assert httpx.get(f"{s.url}/health").status_code == 200  # not a run: always answered
+        assert app.state.runs.rejected == 3
         assert len(policy.calls) == calls
         policy.gate.set()
         for t in held:
             t.join(timeout=30)
         assert results == [200, 200]
         deadline = time.monotonic() + 5  # the slot is freed just after the last byte is sent
-        while app.state.admission.in_flight and time.monotonic() < deadline:
+        while app.state.runs.in_flight and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert app.state.admission.in_flight == 0
+        assert app.state.runs.in_flight == 0
         r = httpx.post(f"{s.url}/tts/best_of_n/invoke", json=body, timeout=30)
         assert r.status_code == 200
 
