@@ -39,7 +39,7 @@ from langchain_tts.core.config import did_you_mean
 from langchain_tts.core.errors import BackendError, ConfigError, InputError
 from langchain_tts.core.types import Usage
 from langchain_tts.limits import LimitError, ServeLimits, budget_defaults, check_knobs
-from langchain_tts.strategies.core import question_of
+from langchain_tts.strategies.core import check_context, question_of
 
 __all__ = ["OpenAIError", "add_openai_routes", "parse_model"]
 
@@ -250,6 +250,7 @@ class _Request:
         body: Any,
         graphs: Mapping[str, CompiledStateGraph],
         limits: ServeLimits | None = None,
+        models: tuple[Any, Any] = (None, None),
     ):
         if not isinstance(body, Mapping):
             raise OpenAIError(400, "the request body must be a JSON object")
@@ -265,6 +266,12 @@ class _Request:
         self.knobs = _knobs(self.graph, body, query, limits, route=f"model {name!r}")
         self.limits = limits
         self.messages = _messages(body)
+        try:  # before a stream starts: an over-long question is a 400, not an error event
+            check_context(question_of({"messages": self.messages}), *models)
+        except InputError as e:
+            raise OpenAIError(
+                400, str(e), param="messages", code="context_length_exceeded"
+            ) from None
         self.stream = bool(body.get("stream"))
         opts = body.get("stream_options") or {}
         self.include_usage = isinstance(opts, Mapping) and bool(opts.get("include_usage"))
@@ -444,10 +451,12 @@ def add_openai_routes(
     *,
     max_body_bytes: int = MAX_BODY_BYTES,
     limits: ServeLimits | None = None,
+    models: tuple[Any, Any] = (None, None),
 ) -> None:
     """Mount ``POST /v1/chat/completions`` and ``GET /v1/models`` serving ``graphs`` (strategy
     name -> compiled graph) on ``app``; bodies over ``max_body_bytes`` are a 413; knobs are
-    checked against ``limits`` (None: no limits) and runs without a budget get its default."""
+    checked against ``limits`` (None: no limits) and runs without a budget get its default;
+    questions too long for ``models`` (the policy and PRM) are a 400."""
     created = int(time.time())
 
     async def limit(request: Request, call_next: Any) -> Any:
@@ -485,7 +494,7 @@ def add_openai_routes(
                 raise OpenAIError(
                     400, "the request body is JSON nested too deeply; send a flatter body"
                 ) from None
-            req = _Request(body, graphs, limits)
+            req = _Request(body, graphs, limits, models)
             if req.stream:
                 return StreamingResponse(
                     _stream(req),

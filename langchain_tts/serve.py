@@ -65,7 +65,7 @@ from langchain_tts.limits import (
 from langchain_tts.policies.base import StepPolicy
 from langchain_tts.prms.base import ProcessRewardModel
 from langchain_tts.strategies import STRATEGY_SPECS, strategy_config
-from langchain_tts.strategies.core import question_of, resolve_config
+from langchain_tts.strategies.core import check_context, question_of, resolve_config
 
 if TYPE_CHECKING:
     from fastapi import FastAPI, Request
@@ -248,11 +248,15 @@ def create_app(
     app.middleware("http")(_limit_body)
     _add_error_handlers(app)
     _add_health(app, graphs, policy, prm, saver_name)
-    _add_strategy_routes(app, graphs, uses_threads=checkpointer is not None, limits=limits)
+    _add_strategy_routes(
+        app, graphs, uses_threads=checkpointer is not None, limits=limits, models=(policy, prm)
+    )
     if openai_api:  # /v1/chat/completions and /v1/models, the model naming the strategy
         from langchain_tts.openai_api import add_openai_routes
 
-        add_openai_routes(app, graphs, max_body_bytes=MAX_BODY_BYTES, limits=limits)
+        add_openai_routes(
+            app, graphs, max_body_bytes=MAX_BODY_BYTES, limits=limits, models=(policy, prm)
+        )
     gate = RunGate(limits)  # outermost: a refused run costs no body parsing or validation
     app.add_middleware(Admission, gate=gate, max_body_bytes=MAX_BODY_BYTES)
     app.state.graphs, app.state.limits, app.state.runs = graphs, limits, gate
@@ -464,7 +468,11 @@ def _knobs_base(name: str, graph: CompiledStateGraph) -> Any:
 
 
 def _config_modifier(
-    name: str, graph: CompiledStateGraph, uses_threads: bool, limits: ServeLimits | None = None
+    name: str,
+    graph: CompiledStateGraph,
+    uses_threads: bool,
+    limits: ServeLimits | None = None,
+    models: tuple[StepPolicy | None, ProcessRewardModel | None] = (None, None),
 ) -> Any:
     """LangServe's per-request config hook for the route ``name`` serving ``graph``."""
     from fastapi import HTTPException
@@ -476,9 +484,11 @@ def _config_modifier(
         """Keep ``configurable`` (knobs, ``thread_id``), check knobs before the run."""
         conf = dict(config.get("configurable") or {})
         sent: dict[str, Any] = {}
+        body: Any = None
         if request.method == "POST":
             try:
-                sent = _configurable_from_body(await request.json())
+                body = await request.json()
+                sent = _configurable_from_body(body)
             except ValueError:
                 sent = {}
         if "thread_id" not in conf and sent.get("thread_id") is not None:
@@ -494,6 +504,10 @@ def _config_modifier(
         except ConfigError as e:
             raise HTTPException(status_code=400, detail=str(e)) from e
         conf.update(budget_defaults(limits, _budgeted(resolved), type(base).model_fields))
+        try:  # before a stream starts: an over-long question is a 422, not a broken stream
+            _check_contexts(body, models, resolved)
+        except InputError as e:
+            raise HTTPException(status_code=422, detail=str(e)) from e
         return {**config, "configurable": conf}
 
     return per_request
@@ -516,6 +530,24 @@ def _apply_limits(
     asked = {k: v for k, v in merged.items() if k in fields and v != getattr(base, k)}
     check_knobs(limits, asked, route=route)
     return merged
+
+
+def _check_contexts(
+    body: Any, models: tuple[StepPolicy | None, ProcessRewardModel | None], cfg: Any
+) -> None:
+    """:func:`check_context` for the question(s) of a request body (the graph checks again,
+    for callers that reach it some other way)."""
+    if not isinstance(body, dict):
+        return
+    inputs = body.get("inputs") if isinstance(body.get("inputs"), list) else [body.get("input")]
+    for item in inputs:
+        if not isinstance(item, dict):
+            continue
+        try:
+            question = question_of(item)
+        except InputError:
+            continue  # TTSRequest says what is wrong with it
+        check_context(question, *models, cfg if isinstance(cfg, StrategyConfig) else None)
 
 
 def _budgeted(cfg: Any) -> bool:
@@ -543,6 +575,7 @@ def _add_strategy_routes(
     *,
     uses_threads: bool,
     limits: ServeLimits | None = None,
+    models: tuple[StepPolicy | None, ProcessRewardModel | None] = (None, None),
 ) -> None:
     """One LangServe route per served graph, at ``/tts/<strategy>`` and ``/tts/router``."""
     from langserve import add_routes
@@ -552,6 +585,6 @@ def _add_strategy_routes(
             app,
             _ServedGraph(bound=graph, custom_input_type=TTSRequest),
             path=f"/tts/{name}",
-            per_req_config_modifier=_config_modifier(name, graph, uses_threads, limits),
+            per_req_config_modifier=_config_modifier(name, graph, uses_threads, limits, models),
             enabled_endpoints=_ENDPOINTS,
         )

@@ -326,12 +326,19 @@ def test_over_http_an_over_long_question_is_422_before_any_call():
     policy = OraclePolicy()
     policy.context_length = 64
     client = TestClient(create_app(policy, prm(), ["best_of_n", "router"]))
+    long = {"question": QUESTION * 20}
     for route in ("best_of_n", "router"):
-        r = post(client, f"/tts/{route}/invoke", {"input": {"question": QUESTION * 20}})
-        assert r.status_code == 422 and "too long for the policy" in r.json()["detail"], r.text
-    r = post(client, "/v1/chat/completions", {"model": "best_of_n", "messages": [
-        {"role": "user", "content": QUESTION * 20}]})  # fmt: skip
-    assert r.status_code == 400 and "context is 64 tokens" in r.json()["error"]["message"]
+        for endpoint in ("invoke", "stream", "stream_events"):
+            r = post(client, f"/tts/{route}/{endpoint}", {"input": long})
+            assert r.status_code == 422, (endpoint, r.text)
+            assert "too long for the policy" in r.json()["detail"]
+    r = post(client, "/tts/best_of_n/batch", {"inputs": [{"question": QUESTION}, long]})
+    assert r.status_code == 422 and "context is 64 tokens" in r.json()["detail"]
+    msgs = [{"role": "user", "content": QUESTION * 20}]
+    for stream in (False, True):
+        body = {"model": "best_of_n", "messages": msgs, "stream": stream}
+        r = post(client, "/v1/chat/completions", body)
+        assert r.status_code == 400 and "context is 64 tokens" in r.json()["error"]["message"]
     assert policy.calls == []
 
 

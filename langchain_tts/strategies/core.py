@@ -383,7 +383,7 @@ def check_context(
                 f"question is too long for the {role} {name!r}: its prompt is {used} tokens "
                 f"and the model's context is {limit} tokens, which leaves "
                 f"{max(0, limit - used)} for the solution (at least {room} needed). Shorten the "
-                f"question to under about {max(0, limit - room - (used - len(question)))} "
+                f"question to under about {len(question) * (limit - room) // used} "
                 "characters, or serve a model with a longer context"
             )
 
