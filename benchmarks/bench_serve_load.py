@@ -4,9 +4,10 @@ Starts ``tts serve`` (embedded models, the default limits: at most 64 runs in fl
 429 + ``Retry-After``) as a subprocess on 127.0.0.1, then for each strategy and concurrency
 fires that many requests at once (httpx async client, one connection each) and reports the
 latency of the answered ones (p50 / p95), how many were refused with 429, other statuses,
-and the server's resident memory. Last, a heavy client (best_of_n, n=256) hangs up after a
-second and the server's CPU time is watched until it stops growing: how long the server
-takes to go idle after a client leaves (it depends on cancellation of the abandoned run)::
+and the server's resident memory. Last, a heavy client (a ``/batch`` of 32 best_of_n runs
+with n=256) hangs up after a second and the server's CPU time is watched until it stops
+growing: how long the server takes to go idle after a client leaves (it depends on the
+abandoned runs being cancelled)::
 
     OMP_NUM_THREADS=1 python -m benchmarks.bench_serve_load [--concurrency 50 200]
 
@@ -32,7 +33,8 @@ import httpx
 from benchmarks._util import table
 
 STRATEGIES = {"cot": {}, "best_of_n": {"n": 4}}
-HEAVY = {"n": 256}  # the abandoned request: within the default maxima, minutes of CPU here
+#: the abandoned request, within the default limits (max_batch 32, n <= 256): 8,192 samples
+HEAVY_BATCH, HEAVY = 32, {"n": 256}
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -107,13 +109,13 @@ async def burst(url: str, strategy: str, knobs: dict, questions: list[str]) -> d
     }
 
 
-async def idle_after_hangup(url: str, pid: int, budget_s: float = 120.0) -> dict:
-    """A heavy request abandoned after 1 s: seconds until the server's CPU use stops."""
+async def idle_after_hangup(url: str, pid: int, budget_s: float = 300.0) -> dict:
+    """A heavy batch abandoned after 1 s: seconds until the server's CPU use stops."""
     q = "Start with 3. Add 4. Multiply by 2. Subtract 5."
-    body = {"input": {"question": q}, "config": {"configurable": HEAVY}}
+    body = {"inputs": [{"question": q}] * HEAVY_BATCH, "config": {"configurable": HEAVY}}
     async with httpx.AsyncClient(timeout=1.0) as client:
         try:
-            await client.post(f"{url}/tts/best_of_n/invoke", json=body)
+            await client.post(f"{url}/tts/best_of_n/batch", json=body)
         except httpx.TimeoutException:
             pass
     left = time.monotonic()
@@ -174,7 +176,8 @@ def main() -> None:
     print(table([*header, "RSS MB"], rows))
     print(
         f"RSS at start {results['rss_start_mb']:.0f} MB, peak {results['rss_peak_mb']:.0f} MB; "
-        f"idle {results['idle']['idle_after_s']} s after a best_of_n n=256 client hung up"
+        f"idle {results['idle']['idle_after_s']} s after a client of a best_of_n n=256 batch "
+        f"of {HEAVY_BATCH} hung up"
         + (" (still busy: gave up)" if results["idle"]["gave_up"] else "")
     )
     if args.out:
