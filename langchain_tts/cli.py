@@ -8,7 +8,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -338,9 +338,33 @@ def serve(
         ),
     ] = None,
     log_level: Annotated[str, typer.Option()] = "info",
+    limits: Annotated[
+        Path | None,
+        typer.Option(help="limits file (JSON or TOML); the flags below override it"),
+    ] = None,
+    max_knob: Annotated[
+        list[str],
+        typer.Option(help="repeatable KNOB=MAX, e.g. n=64 (KNOB=none lifts a default maximum)"),
+    ] = [],  # noqa: B006
+    allow_knob: Annotated[
+        list[str],
+        typer.Option(help="repeatable: a knob clients may set (default: every knob)"),
+    ] = [],  # noqa: B006
+    default_max_tokens: Annotated[
+        float | None, typer.Option(help="token budget of a run that sets none (default 2e6)")
+    ] = None,
+    default_max_flops: Annotated[
+        float | None, typer.Option(help="FLOPs budget of a run that sets none (default: none)")
+    ] = None,
+    max_batch: Annotated[
+        int | None, typer.Option(help="inputs of one /batch request (default 32)")
+    ] = None,
+    max_in_flight: Annotated[
+        int | None, typer.Option(help="runs at once, then 429 + Retry-After (default 64)")
+    ] = None,
 ) -> None:
     """Serve the strategies and the router over HTTP (LangServe): POST /tts/<strategy>/invoke,
-    /tts/router/invoke, /stream, ..."""
+    /tts/router/invoke, /stream, ...; the limits a client meets: docs/deployment.md."""
     import uvicorn
 
     from langchain_tts.core.errors import ConfigError
@@ -351,12 +375,25 @@ def serve(
         auth = api_key_auth(load_api_keys(api_keys)) if api_keys is not None else None
     except (OSError, ConfigError) as e:
         raise typer.BadParameter(str(e), param_hint="--api-keys") from None
+    try:
+        served_limits = _serve_limits(
+            limits,
+            max_knob,
+            allow_knob,
+            default_max_tokens=default_max_tokens,
+            default_max_flops=default_max_flops,
+            max_batch=max_batch,
+            max_in_flight=max_in_flight,
+        )
+    except ConfigError as e:
+        raise typer.BadParameter(str(e)) from None
     kwargs = {
         "strategies": strategy or None,
         "budget": budget,
         "checkpointer": checkpoint_db,
         "keep_checkpoints": keep_checkpoints,
         "auth": auth,
+        "limits": served_limits,
     }
     if app_factory is not None:
         api = _factory(app_factory)(**kwargs, title=f"langchain-tts ({app_factory})")
@@ -381,6 +418,28 @@ def _factory(spec: str):
         return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as e:
         raise typer.BadParameter(f"{spec!r}: {e}", param_hint="--app") from None
+
+
+def _serve_limits(
+    path: Path | None, max_knob: list[str], allow_knob: list[str], **overrides: Any
+) -> Any:
+    """``tts serve``'s limits: the file's (or the defaults), then the flags."""
+    from langchain_tts.core.errors import ConfigError
+    from langchain_tts.limits import ServeLimits
+
+    maxima: dict[str, float | None] = {}
+    for item in max_knob:
+        knob, sep, value = item.partition("=")
+        try:
+            if not sep or not knob.strip():
+                raise ValueError
+            maxima[knob.strip()] = None if value.strip().lower() == "none" else float(value)
+        except ValueError:
+            raise ConfigError(f"--max-knob takes KNOB=MAX (e.g. n=64), got {item!r}") from None
+    flags = {**overrides, "maxima": maxima or None, "allow": list(allow_knob) or None}
+    if path is not None:
+        return ServeLimits.from_file(path, **flags)
+    return ServeLimits.build(None, **flags)
 
 
 @app.command(

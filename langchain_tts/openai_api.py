@@ -38,7 +38,8 @@ from pydantic import BaseModel, ValidationError
 from langchain_tts.core.config import did_you_mean
 from langchain_tts.core.errors import BackendError, ConfigError, InputError
 from langchain_tts.core.types import Usage
-from langchain_tts.strategies.core import question_of
+from langchain_tts.limits import LimitError, ServeLimits, budget_defaults, check_knobs
+from langchain_tts.strategies.core import check_context, question_of
 
 __all__ = ["OpenAIError", "add_openai_routes", "parse_model"]
 
@@ -115,8 +116,15 @@ def parse_model(model: Any, served: Mapping[str, Any]) -> tuple[str, dict[str, s
     return name, dict(pairs)
 
 
-def _knobs(graph: CompiledStateGraph, body: Mapping[str, Any], query: dict[str, str]) -> dict:
-    """This request's knobs (model query < OpenAI sampling fields < ``tts``), validated."""
+def _knobs(
+    graph: CompiledStateGraph,
+    body: Mapping[str, Any],
+    query: dict[str, str],
+    limits: ServeLimits | None = None,
+    route: str = "",
+) -> dict:
+    """This request's knobs (model query < OpenAI sampling fields < ``tts``), validated and
+    checked against the server's ``limits``."""
     knobs: dict[str, Any] = {
         k: (None if v.lower() in ("none", "null") else v) for k, v in query.items()
     }
@@ -138,15 +146,20 @@ def _knobs(graph: CompiledStateGraph, body: Mapping[str, Any], query: dict[str, 
                 param=k,
                 code="invalid_knob",
             )
+    if limits is not None:
+        try:
+            check_knobs(limits, knobs, route=route or f"model {graph.name!r}")
+        except LimitError as e:
+            raise OpenAIError(400, str(e), param=e.knob, code="limit_exceeded") from None
     if knobs and schema is not None:
         try:
             checked = schema.model_validate(knobs)
-        except ValidationError as e:
-            err = e.errors(include_url=False)[0]
-            # the knobs model wraps its own field errors in a ConfigError: report the field's
-            cause = getattr((err.get("ctx") or {}).get("error"), "__cause__", None)
-            if isinstance(cause, ValidationError):
-                err = cause.errors(include_url=False)[0]
+        except (ValidationError, ConfigError) as e:
+            # a knobs model raises ConfigError from pydantic's own error: report that one
+            inner = _validation_error(e)
+            if inner is None:
+                raise OpenAIError(400, str(e), code="invalid_knob") from None
+            err = inner.errors(include_url=False)[0]
             loc = ".".join(str(x) for x in err.get("loc", ())) or None
             where = f" {loc!r}" if loc else "s"
             raise OpenAIError(
@@ -158,6 +171,22 @@ def _knobs(graph: CompiledStateGraph, body: Mapping[str, Any], query: dict[str, 
         # the validated values (typed: "8" -> 8), only for the knobs the request set
         knobs = {k: getattr(checked, k) for k in knobs}
     return knobs
+
+
+def _validation_error(e: BaseException | None) -> ValidationError | None:
+    """The innermost pydantic error of ``e`` (knobs models wrap theirs in a ConfigError)."""
+    found = None
+    for _ in range(8):  # a short chain: validator error -> ConfigError -> ValidationError
+        if e is None:
+            break
+        if isinstance(e, ValidationError):
+            found = e
+            errs = e.errors(include_url=False)
+            ctx_err = (errs[0].get("ctx") or {}).get("error") if errs else None
+            e = ctx_err.__cause__ if isinstance(ctx_err, BaseException) else None
+        else:
+            e = e.__cause__
+    return found
 
 
 def _messages(body: Mapping[str, Any]) -> list[BaseMessage]:
@@ -216,7 +245,13 @@ def openai_usage(usage: Usage) -> dict[str, Any]:
 class _Request:
     """A validated chat completion request."""
 
-    def __init__(self, body: Any, graphs: Mapping[str, CompiledStateGraph]):
+    def __init__(
+        self,
+        body: Any,
+        graphs: Mapping[str, CompiledStateGraph],
+        limits: ServeLimits | None = None,
+        models: tuple[Any, Any] = (None, None),
+    ):
         if not isinstance(body, Mapping):
             raise OpenAIError(400, "the request body must be a JSON object")
         self.model = body.get("model")
@@ -228,8 +263,15 @@ class _Request:
                 "n (choices) must be 1; the strategy's samples are the knob 'n' under tts",
                 param="n",
             )
-        self.knobs = _knobs(self.graph, body, query)
+        self.knobs = _knobs(self.graph, body, query, limits, route=f"model {name!r}")
+        self.limits = limits
         self.messages = _messages(body)
+        try:  # before a stream starts: an over-long question is a 400, not an error event
+            check_context(question_of({"messages": self.messages}), *models)
+        except InputError as e:
+            raise OpenAIError(
+                400, str(e), param="messages", code="context_length_exceeded"
+            ) from None
         self.stream = bool(body.get("stream"))
         opts = body.get("stream_options") or {}
         self.include_usage = isinstance(opts, Mapping) and bool(opts.get("include_usage"))
@@ -238,6 +280,11 @@ class _Request:
 
     def config(self) -> dict[str, Any]:
         conf: dict[str, Any] = dict(self.knobs)
+        if self.limits is not None and self.graph.context_schema is not None:
+            base = self.graph.context_schema()  # the route's config: its knobs' defaults
+            budget = {k: conf.get(k, getattr(base, k, None)) for k in ("max_flops", "max_tokens")}
+            budgeted = any(v is not None for v in budget.values())
+            conf.update(budget_defaults(self.limits, budgeted, type(base).model_fields))
         if self.graph.checkpointer is not None:  # the API is stateless: a thread per request
             conf["thread_id"] = f"openai-{uuid.uuid4().hex}"
         return {"configurable": conf, "metadata": {"tts_endpoint": "openai"}}
@@ -403,9 +450,13 @@ def add_openai_routes(
     graphs: Mapping[str, CompiledStateGraph],
     *,
     max_body_bytes: int = MAX_BODY_BYTES,
+    limits: ServeLimits | None = None,
+    models: tuple[Any, Any] = (None, None),
 ) -> None:
     """Mount ``POST /v1/chat/completions`` and ``GET /v1/models`` serving ``graphs`` (strategy
-    name -> compiled graph) on ``app``; bodies over ``max_body_bytes`` are a 413."""
+    name -> compiled graph) on ``app``; bodies over ``max_body_bytes`` are a 413; knobs are
+    checked against ``limits`` (None: no limits) and runs without a budget get its default;
+    questions too long for ``models`` (the policy and PRM) are a 400."""
     created = int(time.time())
 
     async def limit(request: Request, call_next: Any) -> Any:
@@ -439,7 +490,11 @@ def add_openai_routes(
                 body = json.loads(raw)
             except (UnicodeDecodeError, json.JSONDecodeError) as e:
                 raise OpenAIError(400, f"the request body is not valid JSON: {e}") from None
-            req = _Request(body, graphs)
+            except RecursionError:
+                raise OpenAIError(
+                    400, "the request body is JSON nested too deeply; send a flatter body"
+                ) from None
+            req = _Request(body, graphs, limits, models)
             if req.stream:
                 return StreamingResponse(
                     _stream(req),

@@ -25,10 +25,15 @@ Why the extra plumbing around ``add_routes``:
 * Runs on a thread go through :class:`~langchain_tts.threads.ThreadRuns`: one run per
   thread across workers (409), an interrupted run resumes when its request is resent, and
   an auth hook puts each client's threads in its own namespace (401 without one).
+* One client must not take the server from everyone: the operator's
+  :class:`~langchain_tts.limits.ServeLimits` (knob maxima, the knobs clients may set, a
+  default compute budget, ``/batch`` size, runs in flight) are checked before any compute,
+  a refusal naming the limit (400 / 413 / 429 with ``Retry-After``).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 import warnings
@@ -53,10 +58,18 @@ from pydantic import (
 from langchain_tts.core.config import StrategyConfig, knobs_model
 from langchain_tts.core.errors import BackendError, ConfigError, InputError
 from langchain_tts.graph import create_tts_graph
+from langchain_tts.limits import (
+    Admission,
+    RunGate,
+    ServeLimits,
+    budget_defaults,
+    check_knobs,
+    limited_knobs,
+)
 from langchain_tts.policies.base import StepPolicy
 from langchain_tts.prms.base import ProcessRewardModel
 from langchain_tts.strategies import STRATEGY_SPECS, strategy_config
-from langchain_tts.strategies.core import question_of, resolve_config
+from langchain_tts.strategies.core import check_context, question_of, resolve_config
 from langchain_tts.threads import (
     AuthHook,
     ThreadBusyError,
@@ -178,7 +191,17 @@ class _ServedGraph(RunnableBinding):
     def config_schema(self, *, include: Sequence[str] | None = None) -> type[BaseModel]:
         with warnings.catch_warnings():  # LangGraph 1.x deprecates it; LangServe needs it
             warnings.simplefilter("ignore", DeprecationWarning)
-            return self.bound.config_schema(include=include)
+            schema = self.bound.config_schema(include=include)
+        # the knobs with the server's maxima (set by create_app): what /config_schema shows
+        knobs = getattr(self.bound, "served_knobs", None)
+        if knobs is None or "configurable" not in schema.model_fields:
+            return schema
+        from pydantic import create_model
+
+        # the same shape as the graph's: LangServe copies it without constraints to check
+        # requests; the limits are checked per request, with messages that name them
+        field = schema.model_fields["configurable"]
+        return create_model(schema.__name__, __base__=schema, configurable=(knobs, field.default))
 
     @asynccontextmanager
     async def _thread_run(self, input: Any, config: Any) -> AsyncIterator[tuple[Any, Any]]:
@@ -237,6 +260,7 @@ def create_app(
     openai_api: bool = True,
     auth: AuthHook | None = None,
     keep_checkpoints: int | None = None,
+    limits: ServeLimits | None = None,
 ) -> FastAPI:
     """A FastAPI app serving one LangServe route per strategy at ``/tts/<strategy>``.
 
@@ -257,6 +281,8 @@ def create_app(
     :func:`~langchain_tts.threads.api_key_auth`; ``None`` from it is a 401 on ``/tts/*`` and
     ``/v1/*``, and a thread id is stored as ``<namespace>:<thread_id>``, so clients never
     see each other's threads.
+    ``limits``: what one client may ask for (default: :class:`ServeLimits`' defaults, with
+    ``max_total_tokens`` / ``max_step_tokens`` at most the policy's context length).
     """
     from fastapi import FastAPI  # noqa: F811 - runtime import
 
@@ -276,18 +302,33 @@ def create_app(
         description="Test-time compute scaling strategies (PRM beam search, best-of-N, ...)",
         lifespan=_lifespan(graphs, saver_path),
     )
+    limits = (limits or ServeLimits()).for_context(getattr(policy, "context_length", None))
+    _limit_graphs(graphs, limits)
     app.state.thread_runs = thread_runs  # before the routes: their runs go through it
     app.middleware("http")(_limit_body)
     _add_error_handlers(app)
     _add_health(app, graphs, policy, prm, saver_name)
-    _add_strategy_routes(app, graphs, uses_threads=checkpointer is not None)
+    _add_strategy_routes(
+        app, graphs, uses_threads=checkpointer is not None, limits=limits, models=(policy, prm)
+    )
     if openai_api:  # /v1/chat/completions and /v1/models, the model naming the strategy
         from langchain_tts.openai_api import add_openai_routes
 
-        add_openai_routes(app, graphs, max_body_bytes=MAX_BODY_BYTES)
+        add_openai_routes(
+            app, graphs, max_body_bytes=MAX_BODY_BYTES, limits=limits, models=(policy, prm)
+        )
     _add_auth(app, auth)
-    app.state.graphs = graphs
+    gate = RunGate(limits)  # outermost: a refused run costs no body parsing or validation
+    app.add_middleware(Admission, gate=gate, max_body_bytes=MAX_BODY_BYTES)
+    app.state.graphs, app.state.limits, app.state.runs = graphs, limits, gate
     return app
+
+
+def _limit_graphs(graphs: dict[str, CompiledStateGraph], limits: ServeLimits) -> None:
+    """Give each served graph its knobs with the server's maxima, for ``/config_schema``
+    (the graph's own ``context_schema`` stays as built)."""
+    for graph in graphs.values():
+        graph.served_knobs = limited_knobs(graph.context_schema, limits)  # type: ignore[attr-defined]
 
 
 def _saver(
@@ -378,7 +419,8 @@ def _too_large(size: int | str) -> JSONResponse:
 
 
 async def _limit_body(request: Request, call_next: Any) -> Any:
-    """Refuse bodies over :data:`MAX_BODY_BYTES` (413) and bodies that are not UTF-8 (422)."""
+    """Refuse bodies over :data:`MAX_BODY_BYTES` (413), bodies that are not UTF-8 and JSON
+    nested deeper than the parser can go (422)."""
     from fastapi.responses import JSONResponse
 
     size = request.headers.get("content-length")
@@ -400,12 +442,45 @@ async def _limit_body(request: Request, call_next: Any) -> Any:
                 },
                 status_code=422,
             )
+        if not request.url.path.startswith("/v1/"):  # the OpenAI routes answer in their format
+            too_deep = _too_deep(body)
+            if too_deep is not None:
+                return JSONResponse({"detail": too_deep}, status_code=422)
     return await call_next(request)
+
+
+def _too_deep(body: bytes) -> str | None:
+    """Why ``body`` cannot be parsed safely, when the reason is its nesting (LangServe's
+    parser lets a ``RecursionError`` through as a 500); None otherwise."""
+    try:
+        json.loads(body)
+    except RecursionError:
+        return (
+            "Invalid JSON body: nested too deeply (arrays / objects inside each other past the "
+            "parser's recursion limit); send a flatter body"
+        )
+    except ValueError:
+        pass  # LangServe says what is wrong with it
+    return None
 
 
 def _add_error_handlers(app: FastAPI) -> None:
     """Typed errors become 4xx / 502 responses with their message, never a 500."""
+    from fastapi.encoders import jsonable_encoder
+    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
+
+    class _SafeJSON(JSONResponse):
+        """JSON with non-ASCII escaped: an error that echoes the client's input (a lone
+        surrogate included) still renders, where UTF-8 encoding would be a 500."""
+
+        def render(self, content: Any) -> bytes:
+            return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode()
+
+    async def request_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return _SafeJSON({"detail": jsonable_encoder(exc.errors())}, status_code=422)
+
+    app.add_exception_handler(RequestValidationError, request_error)
 
     def detail(status: int) -> Any:
         async def handler(_: Request, exc: Exception) -> JSONResponse:
@@ -415,8 +490,9 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     async def validation_error(_: Request, exc: ValidationError) -> JSONResponse:
         # LangServe's batch endpoint validates inputs outside its 422 translation.
-        return JSONResponse(
-            {"detail": exc.errors(include_url=False, include_context=False)}, status_code=422
+        return _SafeJSON(
+            {"detail": jsonable_encoder(exc.errors(include_url=False, include_context=False))},
+            status_code=422,
         )
 
     async def backend_error(_: Request, exc: BackendError) -> JSONResponse:
@@ -462,19 +538,28 @@ def _knobs_base(name: str, graph: CompiledStateGraph) -> Any:
     return base
 
 
-def _config_modifier(name: str, graph: CompiledStateGraph, uses_threads: bool) -> Any:
+def _config_modifier(
+    name: str,
+    graph: CompiledStateGraph,
+    uses_threads: bool,
+    limits: ServeLimits | None = None,
+    models: tuple[StepPolicy | None, ProcessRewardModel | None] = (None, None),
+) -> Any:
     """LangServe's per-request config hook for the route ``name`` serving ``graph``."""
     from fastapi import HTTPException
 
     base = _knobs_base(name, graph)
+    limits = limits or ServeLimits()
 
     async def per_request(config: dict[str, Any], request: Request) -> dict[str, Any]:
         """Keep ``configurable`` (knobs, ``thread_id``), check knobs before the run."""
         conf = dict(config.get("configurable") or {})
         sent: dict[str, Any] = {}
+        body: Any = None
         if request.method == "POST":
             try:
-                sent = _configurable_from_body(await request.json())
+                body = await request.json()
+                sent = _configurable_from_body(body)
             except ValueError:
                 sent = {}
         if "thread_id" not in conf and sent.get("thread_id") is not None:
@@ -486,9 +571,15 @@ def _config_modifier(name: str, graph: CompiledStateGraph, uses_threads: bool) -
         # keys it does not know: check what the client sent with the graph's own rules, so
         # a bad or misspelled knob is a 400 before any stream starts.
         try:
-            resolve_config(base, {"configurable": {**sent, **conf}})
+            asked = _apply_limits(base, limits, sent, conf, route=f"/tts/{name}")
+            resolved = resolve_config(base, {"configurable": asked})
         except ConfigError as e:
             raise HTTPException(status_code=400, detail=str(e)) from e
+        conf.update(budget_defaults(limits, _budgeted(resolved), type(base).model_fields))
+        try:  # before a stream starts: an over-long question is a 422, not a broken stream
+            _check_contexts(body, models, resolved)
+        except InputError as e:
+            raise HTTPException(status_code=422, detail=str(e)) from e
         return {**config, "configurable": conf}
 
     return per_request
@@ -512,6 +603,49 @@ async def _thread_of_request(conf: dict[str, Any], request: Request) -> None:
             raise HTTPException(status_code=409, detail=str(e)) from e
 
 
+def _apply_limits(
+    base: Any, limits: ServeLimits, sent: dict[str, Any], conf: dict[str, Any], *, route: str
+) -> dict[str, Any]:
+    """The configurable a request asks for, checked against the server's limits (a
+    :class:`ConfigError` naming the limit). LangServe fills every knob with its default, so
+    the client's own knobs are those that differ from the route's config."""
+    merged = {**sent, **conf}
+    internal = sorted(k for k in merged if isinstance(k, str) and k.startswith("__"))
+    if internal:
+        raise ConfigError(
+            f"configurable keys starting with '__' are LangGraph's own and cannot be sent: "
+            f"{internal}; remove them"
+        )
+    fields = type(base).model_fields
+    asked = {k: v for k, v in merged.items() if k in fields and v != getattr(base, k)}
+    check_knobs(limits, asked, route=route)
+    return merged
+
+
+def _check_contexts(
+    body: Any, models: tuple[StepPolicy | None, ProcessRewardModel | None], cfg: Any
+) -> None:
+    """:func:`check_context` for the question(s) of a request body (the graph checks again,
+    for callers that reach it some other way)."""
+    if not isinstance(body, dict):
+        return
+    inputs = body.get("inputs") if isinstance(body.get("inputs"), list) else [body.get("input")]
+    for item in inputs:
+        if not isinstance(item, dict):
+            continue
+        try:
+            question = question_of(item)
+        except InputError:
+            continue  # TTSRequest says what is wrong with it
+        check_context(question, *models, cfg if isinstance(cfg, StrategyConfig) else None)
+
+
+def _budgeted(cfg: Any) -> bool:
+    return (
+        getattr(cfg, "max_flops", None) is not None or getattr(cfg, "max_tokens", None) is not None
+    )
+
+
 _ENDPOINTS = (
     "invoke",
     "batch",
@@ -526,7 +660,12 @@ _ENDPOINTS = (
 
 
 def _add_strategy_routes(
-    app: FastAPI, graphs: dict[str, CompiledStateGraph], *, uses_threads: bool
+    app: FastAPI,
+    graphs: dict[str, CompiledStateGraph],
+    *,
+    uses_threads: bool,
+    limits: ServeLimits | None = None,
+    models: tuple[StepPolicy | None, ProcessRewardModel | None] = (None, None),
 ) -> None:
     """One LangServe route per served graph, at ``/tts/<strategy>`` and ``/tts/router``."""
     from langserve import add_routes
@@ -540,7 +679,7 @@ def _add_strategy_routes(
                 thread_runs=getattr(app.state, "thread_runs", None),
             ),
             path=f"/tts/{name}",
-            per_req_config_modifier=_config_modifier(name, graph, uses_threads),
+            per_req_config_modifier=_config_modifier(name, graph, uses_threads, limits, models),
             enabled_endpoints=_ENDPOINTS,
         )
 

@@ -239,6 +239,12 @@ BAD_INPUTS: dict[str, tuple[Any, str]] = {
     "messages not messages": ({"messages": [1, 2]}, "messages must be chat messages"),
     "messages None": ({"messages": None}, "messages must be a list"),
     "messages an int": ({"messages": 3}, "messages must be a list"),
+    # no tokenizer or HTTP backend can take it: the client's mistake, not a backend failure
+    "lone surrogate": ({"question": "q7 \ud800 \udfff"}, "lone surrogate"),
+    "text block not text": (
+        {"messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]},
+        "where text belongs",
+    ),
 }
 
 
@@ -261,7 +267,6 @@ def test_input_that_is_not_a_dict_is_a_typed_langgraph_error(value: Any):
 ODD_QUESTIONS = {
     "unicode": "q7 — Combien font 3 + 4 ? 🤔 ∑ 你好 مرحبا",
     "control characters": "q7\x00\x01\x1b[31m\r\n\t\x7f\u200b\ufeff",
-    "lone surrogate": "q7 \ud800 \udfff",
     "at the size limit": "q7 " + "x" * (MAX_QUESTION_CHARS - 3),
     "chat content blocks": None,
 }

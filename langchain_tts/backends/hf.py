@@ -119,6 +119,19 @@ def pad_batch(
     return ids, mask
 
 
+#: config keys that hold a model's context length, by model family
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+
+
+def context_length_of(config: Any) -> int | None:
+    """The positions a model reads, from its (Hugging Face style) config; None when unknown."""
+    for key in CONTEXT_KEYS:
+        v = getattr(config, key, None)
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            return v
+    return None
+
+
 def model_device(model: torch.nn.Module) -> torch.device:
     try:
         return next(model.parameters()).device
@@ -143,6 +156,7 @@ class LocalModel:
     device: torch.device
     batch_size: int
     num_parameters: int
+    context_length: int | None
     pad_token_id: int
     name: str | None
     _lock: threading.Lock
@@ -167,6 +181,7 @@ class LocalModel:
         self.batch_size = batch_size
         self.device = model_device(self.model)
         self.num_parameters = matmul_parameters(self.model)
+        self.context_length = context_length_of(getattr(model, "config", None))
         label = getattr(getattr(model, "config", None), "_name_or_path", "") or "model"
         self.name = name or f"{type(self).__name__}({label})"
         self._lock = model_lock(self.model)

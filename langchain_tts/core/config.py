@@ -20,6 +20,8 @@ from pydantic import (
 
 from langchain_tts.core.errors import ConfigError
 
+#: the largest seed: backends add sample and round indices to it and need it to fit 64 bits
+MAX_SEED = 2**62
 Aggregation = Literal["min", "last", "mean", "prod", "geo_mean"]
 Selection = Literal["prm_max", "majority", "prm_vote"]
 
@@ -33,7 +35,7 @@ class SamplingParams(BaseModel):
     top_p: float = Field(0.95, gt=0.0, le=1.0)
     max_step_tokens: int = Field(2048, ge=1, description="cap on one step (paper: 2048)")
     stop_at_step: bool = Field(True, description="stop at the step delimiter (else: to EOS)")
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="sampling seed (None: random)")
 
 
 class StrategyConfig(BaseModel):
@@ -48,7 +50,7 @@ class StrategyConfig(BaseModel):
     max_steps: int = Field(40, ge=1, description="maximum reasoning steps per trajectory")
     aggregation: Aggregation = Field("last", description="how step scores become one score")
     selection: Selection = Field("prm_max", description="how the final answer is chosen")
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="sampling seed (None: random)")
     max_flops: float | None = Field(
         None,
         description="compute budget of one run in FLOPs (policy + PRM); None: no cap. A model "

@@ -51,6 +51,8 @@ class StepPolicy(AsyncFirstRunnable[PolicyInput | dict, list[Step]], ABC):
     #: parameters of the model, for FLOPs = 2 x params x tokens (0 when unknown)
     num_parameters: int = 0
     name: str | None = None
+    #: positions the model reads (prompt + generated); None: unknown, prompts are not checked
+    context_length: int | None = None
 
     @abstractmethod
     async def _agenerate(

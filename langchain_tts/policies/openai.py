@@ -83,6 +83,8 @@ class OpenAIPolicy(ServerClient, StepPolicy):
     ``base_url`` is the OpenAI-style root, e.g. ``http://localhost:8000/v1`` for
     ``vllm serve``. See the module docstring for the exact wire and prompt contract.
     ``num_parameters`` (the served model's size) turns tokens into FLOPs; 0 leaves them 0.
+    ``context_length`` (the served model's, e.g. vLLM's ``--max-model-len``): questions too
+    long for it are refused before any request (None: not checked here).
     """
 
     def __init__(
@@ -104,6 +106,7 @@ class OpenAIPolicy(ServerClient, StepPolicy):
         vllm_extensions: bool = True,
         extra_body: dict[str, Any] | None = None,
         name: str | None = None,
+        context_length: int | None = None,
     ):
         if not step_delimiter:
             raise ConfigError("step_delimiter must be a non-empty string")
@@ -132,6 +135,9 @@ class OpenAIPolicy(ServerClient, StepPolicy):
         self.system_prompt = system_prompt
         self.prompt_template = prompt_template
         self.vllm_extensions = vllm_extensions
+        if context_length is not None and (isinstance(context_length, bool) or context_length < 1):
+            raise ConfigError(f"context_length must be a positive integer, got {context_length!r}")
+        self.context_length = context_length  # the served model's; None: not checked here
 
     # -- prompts ----------------------------------------------------------------------------
     @property

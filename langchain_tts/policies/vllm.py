@@ -107,6 +107,19 @@ def estimate_matmul_parameters(config: Any) -> int:
     return layers * (attn + mlp) + vocab * h
 
 
+def _context_length(engine: Any, hf_config: Any) -> int | None:
+    """The engine's ``max_model_len`` (what it admits), else the model config's positions."""
+    for obj in (
+        getattr(engine, "model_config", None),
+        getattr(getattr(engine, "engine", None), "model_config", None),
+    ):
+        v = getattr(obj, "max_model_len", None)
+        if isinstance(v, int) and v > 0:
+            return v
+    v = getattr(hf_config, "max_position_embeddings", None)
+    return v if isinstance(v, int) and v > 0 else None
+
+
 def request_outputs_to_steps(
     outputs: Sequence[Any], n: int, *, delimiter: str, stop_at_step: bool
 ) -> tuple[list[list[Step]], Usage]:
@@ -269,6 +282,7 @@ class VLLMPolicy(StepPolicy):
         if num_parameters is None:
             num_parameters = estimate_matmul_parameters(self._hf_config())
         self.num_parameters = int(num_parameters)
+        self.context_length = _context_length(self.engine, self._hf_config())
         self.name = name or f"VLLMPolicy({model or type(engine).__name__})"
         self._run_id = uuid.uuid4().hex[:8]
         self._counter = itertools.count()

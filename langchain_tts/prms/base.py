@@ -40,6 +40,8 @@ class ProcessRewardModel(AsyncFirstRunnable[PRMInput | dict, list[float]], ABC):
 
     num_parameters: int = 0
     name: str | None = None
+    #: positions the model reads; None: unknown, inputs are not checked against it
+    context_length: int | None = None
 
     @abstractmethod
     async def _ascore(self, trajectories: Sequence[Trajectory]) -> PRMResult: ...

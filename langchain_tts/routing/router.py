@@ -652,7 +652,11 @@ class _Router:
         knobs = resolve_config(self.knobs, config)  # a bad knob fails before any model call
         if knobs is not self.knobs:
             _check_probe_fits(self.est, knobs.max_flops, knobs.max_tokens)
-        return {**prepare_update(state, policy=self.policy), "difficulty": None, "route": None}
+        return {
+            **prepare_update(state, policy=self.policy, prm=self.prm),
+            "difficulty": None,
+            "route": None,
+        }
 
     async def estimate(self, state: RouterState, config: RunnableConfig) -> dict:
         q = state["question"]

@@ -221,7 +221,7 @@ def build_best_of_n_graph(
         return {"finished": scored, "usage": usage}
 
     g = StateGraph(TTSState, input_schema=TTSInput, output_schema=TTSOutput)
-    g.add_node("prepare", prepare_node(base, policy=policy))
+    g.add_node("prepare", prepare_node(base, policy=policy, prm=prm))
     g.add_node("sample", node(sample, "sample"))
     g.add_node("score", node(score_all, "score"))
     g.add_node("finalize", finalize_node(base, _answer, _samples))

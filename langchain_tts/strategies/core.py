@@ -318,20 +318,92 @@ def question_of(state: TTSState) -> str:
             f"question is {len(q)} characters; the limit is {MAX_QUESTION_CHARS}. "
             "Shorten it or raise langchain_tts.strategies.core.MAX_QUESTION_CHARS."
         )
+    try:
+        q.encode("utf-8")
+    except UnicodeEncodeError as e:  # a lone surrogate: no tokenizer or server can take it
+        raise InputError(
+            f"question holds a lone surrogate ({q[e.start]!r} at position {e.start}), which "
+            "is not valid Unicode text; send the text as UTF-8 (pair or drop the surrogate)"
+        ) from None
     return q.strip()
 
 
 def _text_of(content: list) -> str:
-    return "".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in content)
+    """The text of a message's content blocks (strings and ``{"type": "text"}`` blocks)."""
+    parts = []
+    for i, p in enumerate(content):
+        text = p.get("text", "") if isinstance(p, dict) else p
+        if not isinstance(text, str):
+            raise InputError(
+                f"message content block {i} has a {type(text).__name__} where text belongs; "
+                "send {'type': 'text', 'text': '...'} blocks or strings"
+            )
+        parts.append(text)
+    return "".join(parts)
+
+
+#: the fewest tokens a prompt must leave free in the model's context for one step
+MIN_STEP_TOKENS = 16
+#: a stand-in step for counting the PRM's input (question + one step)
+_PROBE_STEP = "0"
+
+
+def prompt_tokens(model: Any, question: str) -> int:
+    """Tokens of ``model``'s prompt for ``question`` before any step (a PRM's: with one short
+    step): its own tokenizer when it has one, else a low estimate (4 bytes a token)."""
+    t = Trajectory(question=question)
+    try:
+        if isinstance(model, ProcessRewardModel) and hasattr(model, "_encoded"):
+            return len(model._encoded(t.model_copy(update={"steps": [_PROBE_STEP]}))[0])
+        if hasattr(model, "encode") and hasattr(model, "tokenizer"):
+            return len(model.encode(t))
+    except InputError:
+        raise
+    except Exception:  # noqa: BLE001 - a tokenizer that cannot say: fall back to the estimate
+        pass
+    return -(-len(question.encode("utf-8")) // 4)
+
+
+def check_context(
+    question: str,
+    policy: StepPolicy | None,
+    prm: ProcessRewardModel | None = None,
+    cfg: StrategyConfig | None = None,
+) -> None:
+    """An :class:`InputError` when the question's prompt leaves no room for a step in the
+    policy's (or the PRM's) context; models whose ``context_length`` is unknown are not
+    checked. Runs before any model call, so an over-long question never allocates."""
+    room = MIN_STEP_TOKENS if cfg is None else min(MIN_STEP_TOKENS, cfg.max_step_tokens)
+    for role, model in (("policy", policy), ("PRM", prm)):
+        limit = getattr(model, "context_length", None)
+        if not limit:
+            continue
+        used = prompt_tokens(model, question)
+        if used + room > limit:
+            name = getattr(model, "name", None) or type(model).__name__
+            raise InputError(
+                f"question is too long for the {role} {name!r}: its prompt is {used} tokens "
+                f"and the model's context is {limit} tokens, which leaves "
+                f"{max(0, limit - used)} for the solution (at least {room} needed). Shorten the "
+                f"question to under about {len(question) * (limit - room) // used} "
+                "characters, or serve a model with a longer context"
+            )
 
 
 def prepare_update(
-    state: TTSState, cfg: StrategyConfig | None = None, *, policy: StepPolicy | None = None
+    state: TTSState,
+    cfg: StrategyConfig | None = None,
+    *,
+    policy: StepPolicy | None = None,
+    prm: ProcessRewardModel | None = None,
 ) -> dict:
     """The ``prepare`` update: this run's question and a fresh search (a reused checkpointer
     thread holds the previous run's beams, stop reason and usage); ``warnings`` when
-    ``policy`` was not trained on questions like this one (:mod:`langchain_tts.core.domain`)."""
+    ``policy`` was not trained on questions like this one (:mod:`langchain_tts.core.domain`).
+    A question too long for the models' context is an :class:`InputError`
+    (:func:`check_context`)."""
     question = question_of(state)
+    check_context(question, policy, prm, cfg)
     return {
         "run_question": question,
         "warnings": [] if policy is None else domain_warnings(question, policy),

@@ -154,7 +154,7 @@ def search_graph(
 ) -> StateGraph:
     """``prepare -> <loop.node> (loops) -> finalize``; ``check``: see :func:`prepare_node`."""
     g = StateGraph(loop.state_schema, input_schema=TTSInput, output_schema=TTSOutput)
-    g.add_node("prepare", prepare_node(base, policy=policy, fresh=loop.fresh, check=check))
+    g.add_node("prepare", prepare_node(base, policy=policy, prm=prm, fresh=loop.fresh, check=check))
     g.add_node(loop.node, loop_node(loop, policy, prm, base), destinations=(loop.node, "finalize"))
     g.add_node("finalize", finalize_node(base, loop.answer, loop.budget_candidates))
     g.add_edge(START, "prepare")
@@ -167,6 +167,7 @@ def prepare_node(
     base: C,
     *,
     policy: StepPolicy | None = None,
+    prm: ProcessRewardModel | None = None,
     fresh: Callable[[], Search] = dict,
     check: Callable[[C], None] | None = None,
 ) -> Runnable:
@@ -180,7 +181,7 @@ def prepare_node(
         cfg = resolve_config(base, rc)
         if check is not None:
             check(cfg)
-        return {**prepare_update(state, cfg, policy=policy), **fresh()}
+        return {**prepare_update(state, cfg, policy=policy, prm=prm), **fresh()}
 
     return node(prepare, "prepare")
 

@@ -1,0 +1,414 @@
+"""The served app's limits and context checks: absurd knobs, over-long questions, big batches,
+too many runs at once and malformed bodies are refused with a 4xx that names the limit,
+before any model call; the same inputs are typed errors from the Python API."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("langserve")
+httpx = pytest.importorskip("httpx")
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+from langchain_tts.backends.hf import context_length_of  # noqa: E402
+from langchain_tts.core.config import SamplingParams, StrategyConfig  # noqa: E402
+from langchain_tts.core.errors import ConfigError, InputError  # noqa: E402
+from langchain_tts.core.types import Step, Trajectory  # noqa: E402
+from langchain_tts.graph import create_tts_graph  # noqa: E402
+from langchain_tts.limits import ServeLimits, check_knobs  # noqa: E402
+from langchain_tts.policies.base import PolicyResult  # noqa: E402
+from langchain_tts.policies.openai import OpenAIPolicy  # noqa: E402
+from langchain_tts.serve import create_app  # noqa: E402
+from langchain_tts.strategies.core import check_context, question_of  # noqa: E402
+from langchain_tts.testing import FakePolicy, FakePRM  # noqa: E402
+from tests.test_serve import QUESTION, OraclePolicy, ThreadServer, requires_weights  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore:Accessing the 'model_fields':DeprecationWarning")
+USER = [{"role": "user", "content": QUESTION}]
+
+
+def prm() -> FakePRM:
+    return FakePRM(lambda t: [0.9] * len(t.steps))
+
+
+@pytest.fixture(scope="module")
+def served() -> tuple[TestClient, OraclePolicy]:
+    policy = OraclePolicy()
+    policy.context_length = 512
+    app = create_app(policy, prm(), ["best_of_n", "beam_search", "mcts", "revision", "router"])
+    return TestClient(app), policy
+
+
+def post(client: TestClient, path: str, body: object) -> httpx.Response:
+    """``body`` as JSON with non-ASCII escaped (lone surrogates travel as ``\\ud800``)."""
+    raw = body if isinstance(body, (str, bytes)) else json.dumps(body)
+    return client.post(path, content=raw, headers={"content-type": "application/json"})
+
+
+def invoke(strategy: str, configurable: dict, question: str = QUESTION) -> dict:
+    return {"input": {"question": question}, "config": {"configurable": configurable}}
+
+
+# -- knob maxima and the allow-list ----------------------------------------------------------
+ABSURD = {
+    "best_of_n n": ("best_of_n", {"n": 100_000}, "maxima.n"),
+    "beam n and width": ("beam_search", {"n": 10**6, "beam_width": 10**6}, "maxima."),
+    "mcts expand_k": ("mcts", {"expand_k": 10**5}, "maxima.expand_k"),
+    "mcts simulations": ("mcts", {"simulations": 10**6}, "maxima.simulations"),
+    "revisions": ("revision", {"revisions": 10**6}, "maxima.revisions"),
+    "over the context": ("best_of_n", {"max_total_tokens": 100_000}, "maxima.max_total_tokens"),
+    "router budget": ("router", {"max_tokens": 1e15}, "maxima.max_tokens"),
+    "huge budget": ("best_of_n", {"max_tokens": 1e300}, "maxima.max_tokens"),
+}
+
+
+@pytest.mark.parametrize("case", list(ABSURD))
+@pytest.mark.parametrize("endpoint", ["invoke", "stream", "batch"])
+def test_absurd_knobs_are_400_naming_the_limit_before_any_call(served, case: str, endpoint: str):
+    client, policy = served
+    strategy, conf, limit = ABSURD[case]
+    before = len(policy.calls)
+    body: dict = invoke(strategy, conf)
+    if endpoint == "batch":
+        body = {"inputs": [body["input"]], "config": body["config"]}
+    r = post(client, f"/tts/{strategy}/{endpoint}", body)
+    assert r.status_code == 400, r.text
+    assert limit in r.json()["detail"] and "over this server's limit" in r.json()["detail"]
+    assert len(policy.calls) == before
+
+
+def test_values_within_the_maxima_run(served):
+    client, _ = served
+    r = post(client, "/tts/best_of_n/invoke", invoke("best_of_n", {"n": 256}))
+    assert r.status_code == 200, r.text
+    assert r.json()["output"]["answer"] == "14"
+
+
+def test_the_openai_route_has_the_same_maxima(served):
+    client, policy = served
+    before = len(policy.calls)
+    r = post(client, "/v1/chat/completions", {"model": "best_of_n?n=1000", "messages": USER})
+    assert r.status_code == 400
+    err = r.json()["error"]
+    assert err["code"] == "limit_exceeded" and err["param"] == "n" and "n <= 256" in err["message"]
+    r = post(
+        client, "/v1/chat/completions", {"model": "mcts", "messages": USER, "tts": {"expand_k": 99}}
+    )
+    assert r.status_code == 400 and r.json()["error"]["param"] == "expand_k"
+    assert len(policy.calls) == before
+
+
+def test_only_allowed_knobs_may_be_set():
+    client = TestClient(
+        create_app(OraclePolicy(), prm(), ["best_of_n"], limits=ServeLimits(allow=["n"]))
+    )
+    ok = post(client, "/tts/best_of_n/invoke", invoke("best_of_n", {"n": 2}))
+    assert ok.status_code == 200, ok.text
+    r = post(client, "/tts/best_of_n/invoke", invoke("best_of_n", {"temperature": 0.1}))
+    assert r.status_code == 400 and "'allow'" in r.json()["detail"]
+    assert "temperature" in r.json()["detail"]
+    # the route's own default sent back explicitly is no override
+    same = post(client, "/tts/best_of_n/invoke", invoke("best_of_n", {"temperature": 0.7}))
+    assert same.status_code == 200
+    r = post(client, "/v1/chat/completions", {"model": "best_of_n", "messages": USER, "seed": 3})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "seed"
+
+
+def test_config_schema_shows_the_maxima(served):
+    client, _ = served
+    schema = client.get("/tts/beam_search/config_schema").json()
+    (knobs,) = schema["$defs"].values()
+    props = knobs["properties"]
+    assert props["n"]["maximum"] == 256 and props["beam_width"]["maximum"] == 64
+    assert props["max_total_tokens"]["maximum"] == 512  # the policy's context
+    assert "maximum" not in props["temperature"] or props["temperature"]["maximum"] == 5.0
+
+
+# -- default budget --------------------------------------------------------------------------
+def test_a_run_without_a_budget_gets_the_servers_default():
+    # 100 tokens cannot pay one call's worst case (n x max_step_tokens): the default budget
+    # is in force when the refusal names it; a client's own budget replaces it
+    limits = ServeLimits(default_max_tokens=100)
+    client = TestClient(create_app(OraclePolicy(), prm(), ["best_of_n"], limits=limits))
+    r = post(client, "/tts/best_of_n/invoke", invoke("best_of_n", {"n": 2}))
+    assert r.status_code == 400 and "max_tokens=100 " in r.json()["detail"], r.text
+    r = post(client, "/tts/best_of_n/invoke", invoke("best_of_n", {"n": 2, "max_tokens": 1e6}))
+    assert r.status_code == 200, r.text
+    r = post(client, "/v1/chat/completions", {"model": "best_of_n?n=2", "messages": USER})
+    assert r.status_code == 400 and "max_tokens=100 " in r.json()["error"]["message"]
+
+
+# -- /batch size and admission ---------------------------------------------------------------
+def test_a_batch_over_the_cap_is_413_before_any_call():
+    policy = OraclePolicy()
+    limits = ServeLimits(max_batch=4, max_in_flight=8)
+    client = TestClient(create_app(policy, prm(), ["best_of_n"], limits=limits))
+    body = {"inputs": [{"question": QUESTION}] * 5, "config": {"configurable": {"n": 2}}}
+    r = post(client, "/tts/best_of_n/batch", body)
+    assert r.status_code == 413 and r.json()["limit"] == "max_batch"
+    assert "max_batch=4" in r.json()["detail"] and policy.calls == []
+    body["inputs"] = body["inputs"][:4]
+    assert post(client, "/tts/best_of_n/batch", body).status_code == 200
+
+
+class GatedPolicy(OraclePolicy):
+    """The oracle, held at its first call until ``gate`` is set (runs stay in flight)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.entered = threading.Semaphore(0)
+
+    async def _agenerate(
+        self, prefixes: Sequence[Trajectory], n: int, params: SamplingParams
+    ) -> PolicyResult:
+        self.entered.release()
+        while not self.gate.is_set():
+            await asyncio.sleep(0.01)
+        return await super()._agenerate(prefixes, n, params)
+
+
+def test_runs_past_max_in_flight_get_429_with_retry_after():
+    policy = GatedPolicy()
+    limits = ServeLimits(max_in_flight=2, max_batch=2, retry_after=3)
+    app = create_app(policy, prm(), ["best_of_n"], limits=limits)
+    body = invoke("best_of_n", {"n": 1})
+    with ThreadServer(app) as s:
+        results: list[int] = []
+        held = [
+            threading.Thread(
+                target=lambda: results.append(
+                    httpx.post(f"{s.url}/tts/best_of_n/invoke", json=body, timeout=30).status_code
+                )
+            )
+            for _ in range(2)
+        ]
+        for t in held:
+            t.start()
+        for _ in held:  # both runs are inside the model: every slot is taken
+            assert policy.entered.acquire(timeout=20)
+        calls = len(policy.calls)
+        r = httpx.post(f"{s.url}/tts/best_of_n/invoke", json=body, timeout=30)
+        assert r.status_code == 429 and r.headers["retry-after"] == "3"
+        assert r.json()["limit"] == "max_in_flight"
+        r = httpx.post(
+            f"{s.url}/tts/best_of_n/batch",
+            json={"inputs": [body["input"]], "config": body["config"]},
+            timeout=30,
+        )
+        assert r.status_code == 429
+        r = httpx.post(
+            f"{s.url}/v1/chat/completions", json={"model": "best_of_n", "messages": USER}
+        )
+        assert r.status_code == 429 and r.json()["error"]["type"] == "rate_limit_error"
+        assert httpx.get(f"{s.url}/health").status_code == 200  # not a run: always answered
+        assert app.state.runs.rejected == 3
+        assert len(policy.calls) == calls
+        policy.gate.set()
+        for t in held:
+            t.join(timeout=30)
+        assert results == [200, 200]
+        deadline = time.monotonic() + 5  # the slot is freed just after the last byte is sent
+        while app.state.runs.in_flight and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert app.state.runs.in_flight == 0
+        r = httpx.post(f"{s.url}/tts/best_of_n/invoke", json=body, timeout=30)
+        assert r.status_code == 200
+
+
+# -- client mistakes are 4xx, not 500 / 502 --------------------------------------------------
+def test_deeply_nested_json_is_4xx(served):
+    client, _ = served
+    for path in ("/tts/best_of_n/invoke", "/tts/best_of_n/batch", "/tts/best_of_n/stream"):
+        r = post(client, path, "[" * 100_000)
+        assert r.status_code == 422 and "nested too deeply" in r.json()["detail"], path
+    r = post(client, "/v1/chat/completions", "[" * 100_000)
+    assert r.status_code == 400 and "nested too deeply" in r.json()["error"]["message"]
+
+
+def test_a_text_block_that_is_no_text_is_422(served):
+    client, _ = served
+    msgs = [{"role": "user", "content": [{"type": "text", "text": 5}]}]
+    r = post(client, "/tts/best_of_n/invoke", {"input": {"messages": msgs}})
+    assert r.status_code == 422 and "has a int where text belongs" in r.text
+    r = post(client, "/tts/best_of_n/stream", {"input": {"messages": msgs}})
+    assert r.status_code == 422
+
+
+def test_langgraph_internal_keys_in_configurable_are_400(served):
+    client, policy = served
+    before = len(policy.calls)
+    for key in ("__pregel_runtime", "__pregel_checkpointer", "__anything"):
+        r = post(client, "/tts/best_of_n/invoke", invoke("best_of_n", {key: 1}))
+        assert r.status_code == 400 and key in r.json()["detail"]
+    assert len(policy.calls) == before
+
+
+def test_a_lone_surrogate_is_4xx_not_502(served):
+    client, _ = served
+    r = post(client, "/tts/best_of_n/invoke", {"input": {"question": "\ud800 Start with 3."}})
+    assert r.status_code == 422 and "lone surrogate" in r.text
+    r = post(
+        client,
+        "/v1/chat/completions",
+        {"model": "best_of_n", "messages": [{"role": "user", "content": "Start \udfff"}]},
+    )
+    assert r.status_code == 400 and "lone surrogate" in r.json()["error"]["message"]
+
+
+def test_an_out_of_range_seed_is_4xx_not_502(served):
+    client, _ = served
+    r = post(client, "/tts/best_of_n/invoke", invoke("best_of_n", {"seed": 10**30}))
+    assert 400 <= r.status_code < 500 and "seed" in r.text
+    r = post(client, "/v1/chat/completions", {"model": "best_of_n", "messages": USER, "seed": -1})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "seed"
+
+
+def test_the_python_api_raises_typed_errors_for_the_same_inputs():
+    graph = create_tts_graph(FakePolicy(answer_one), prm(), "best_of_n", {"n": 2})
+    with pytest.raises(InputError, match="lone surrogate"):
+        graph.invoke({"question": "\ud800"})
+    msgs = [{"role": "user", "content": [{"type": "text", "text": 5}]}]
+    with pytest.raises(InputError, match="where text belongs"):
+        graph.invoke({"messages": msgs})
+    with pytest.raises(ConfigError, match="seed"):
+        graph.invoke({"question": "What is 3 + 4?"}, {"configurable": {"seed": 10**30}})
+    with pytest.raises(ValueError, match="seed"):
+        StrategyConfig(seed=-5)
+    with pytest.raises(ValueError, match="seed"):
+        SamplingParams(seed=2**64)
+
+
+# -- context lengths -------------------------------------------------------------------------
+def answer_one(p: Trajectory, i: int) -> Step:
+    return Step(text="\\boxed{1}", tokens=3, finish_reason="eos")
+
+
+class CountingPolicy(FakePolicy):
+    """A fake policy with a 64-token context and no tokenizer."""
+
+    context_length = 64
+
+    def __init__(self) -> None:
+        super().__init__(answer_one)
+
+
+@pytest.mark.parametrize("strategy", ["cot", "best_of_n", "beam_search", "mcts"])
+def test_a_question_too_long_for_the_context_is_an_input_error_before_any_call(strategy: str):
+    policy = CountingPolicy()
+    graph = create_tts_graph(policy, prm(), strategy)
+    # no tokenizer: a low estimate of 4 bytes a token, so 400 characters are 100 tokens
+    with pytest.raises(InputError, match="context is 64 tokens") as e:
+        graph.invoke({"question": "x" * 400})
+    assert "Shorten the question" in str(e.value)
+    assert policy.calls == []
+    graph.invoke({"question": "x" * 100})  # 25 tokens + room for a step: runs
+    assert policy.calls
+
+
+def test_the_prm_context_is_checked_too():
+    short_prm = prm()
+    short_prm.context_length = 16
+    with pytest.raises(InputError, match="for the PRM"):
+        check_context("y" * 100, FakePolicy(answer_one), short_prm)
+    check_context("y" * 100, FakePolicy(answer_one), prm())  # unknown context: not checked
+
+
+def test_over_http_an_over_long_question_is_422_before_any_call():
+    policy = OraclePolicy()
+    policy.context_length = 64
+    client = TestClient(create_app(policy, prm(), ["best_of_n", "router"]))
+    long = {"question": QUESTION * 20}
+    for route in ("best_of_n", "router"):
+        for endpoint in ("invoke", "stream", "stream_events"):
+            r = post(client, f"/tts/{route}/{endpoint}", {"input": long})
+            assert r.status_code == 422, (endpoint, r.text)
+            assert "too long for the policy" in r.json()["detail"]
+    r = post(client, "/tts/best_of_n/batch", {"inputs": [{"question": QUESTION}, long]})
+    assert r.status_code == 422 and "context is 64 tokens" in r.json()["detail"]
+    msgs = [{"role": "user", "content": QUESTION * 20}]
+    for stream in (False, True):
+        body = {"model": "best_of_n", "messages": msgs, "stream": stream}
+        r = post(client, "/v1/chat/completions", body)
+        assert r.status_code == 400 and "context is 64 tokens" in r.json()["error"]["message"]
+    assert policy.calls == []
+
+
+@requires_weights
+def test_the_embedded_models_know_their_512_positions():
+    from langchain_tts.models import load_default
+
+    policy, verifier = load_default()
+    assert policy.context_length == 512 and verifier.context_length == 512
+    graph = create_tts_graph(policy, verifier, "cot")
+    with pytest.raises(InputError, match="context is 512 tokens"):
+        graph.invoke({"question": "Start with 3. Add 4." * 40})  # 800 characters
+    question = "Start with 3." + " Add 4." * 60  # 433 characters: fits
+    assert question_of({"question": question}) == question
+    check_context(question, policy, verifier)
+
+
+def test_backends_read_the_context_from_their_config():
+    class Config:
+        max_position_embeddings = 4096
+
+    class GPT2:
+        n_positions = 1024
+
+    assert context_length_of(Config()) == 4096 and context_length_of(GPT2()) == 1024
+    assert context_length_of(None) is None
+    p = OpenAIPolicy("http://127.0.0.1:9/v1", "m", chat_template="none", context_length=8192)
+    assert p.context_length == 8192
+    assert OpenAIPolicy("http://127.0.0.1:9/v1", "m", chat_template="none").context_length is None
+    with pytest.raises(ConfigError, match="context_length"):
+        OpenAIPolicy("http://127.0.0.1:9/v1", "m", chat_template="none", context_length=0)
+
+
+# -- the limits themselves -------------------------------------------------------------------
+def test_limits_files_json_and_toml(tmp_path: Path):
+    j = tmp_path / "limits.json"
+    j.write_text(json.dumps({"maxima": {"n": 32, "simulations": None}, "max_in_flight": 8}))
+    lim = ServeLimits.from_file(j, max_batch=4)
+    assert lim.maxima["n"] == 32 and lim.maxima["simulations"] is None
+    assert lim.maxima["beam_width"] == 64  # the defaults stay under the file's
+    assert (lim.max_in_flight, lim.max_batch) == (8, 4)
+    t = tmp_path / "limits.toml"
+    t.write_text('allow = ["n", "seed"]\ndefault_max_tokens = 5e5\n[maxima]\nn = 16\n')
+    lim = ServeLimits.from_file(t)
+    assert lim.allow == ["n", "seed"] and lim.default_max_tokens == 5e5 and lim.maxima["n"] == 16
+    with pytest.raises(ConfigError, match="did you mean 'beam_width'"):
+        ServeLimits.build({"maxima": {"beamwidth": 4}})
+    with pytest.raises(ConfigError, match="max_batch"):
+        ServeLimits.build({"max_batch": 100, "max_in_flight": 10})
+    with pytest.raises(ConfigError, match="cannot read"):
+        ServeLimits.from_file(tmp_path / "missing.toml")
+
+
+def test_check_knobs_reads_numbers_and_numeric_strings():
+    lim = ServeLimits()
+    check_knobs(lim, {"n": 256, "temperature": 0.1, "final": "best_leaf"}, route="r")
+    with pytest.raises(ConfigError, match="maxima.n"):
+        check_knobs(lim, {"n": "257"}, route="r")
+    with pytest.raises(ConfigError, match="maxima.n"):
+        check_knobs(lim, {"n": 10**400}, route="r")
+
+
+def test_tts_serve_flags_build_the_limits(tmp_path: Path):
+    from langchain_tts.cli import _serve_limits
+
+    f = tmp_path / "l.toml"
+    f.write_text("max_in_flight = 8\n[maxima]\nn = 32\n")
+    lim = _serve_limits(f, ["beam_width=8", "budget=none"], ["n"], max_batch=2)
+    assert lim.maxima["n"] == 32 and lim.maxima["beam_width"] == 8
+    assert lim.maxima["budget"] is None and lim.allow == ["n"]
+    assert (lim.max_batch, lim.max_in_flight) == (2, 8)
+    with pytest.raises(ConfigError, match="KNOB=MAX"):
+        _serve_limits(None, ["n"], [])
