@@ -45,6 +45,12 @@ CASES: dict[str, tuple[str, dict[str, Any], str, set[str]]] = {
         "simulate",
         {"simulations", "exhausted"},
     ),
+    "particle_filtering": (
+        "particle_filtering",
+        {"n": 4},
+        "step",
+        {"all_finished", "max_steps"},
+    ),
     "revision": ("revision", {"revisions": 1}, "round", {"confident", "max_revisions"}),
     "hybrid": ("hybrid", {"split": "sqrt", "budget": 4}, "round", {"confident", "max_revisions"}),
     "revision_backtrack": (
