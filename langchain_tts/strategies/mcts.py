@@ -1,36 +1,34 @@
 """Monte Carlo tree search over reasoning steps: UCB1 selection, policy rollouts, PRM values.
 
-The tree holds one node per reasoning step (the root is the bare question). Each
-simulation is one policy call and one PRM call:
+The tree holds one node per reasoning step (the root is the bare question). Each search
+step is one policy call and one PRM call:
 
-1. **selection**: from the root, descend by UCB1 ``value / visits + c * sqrt(ln(parent
-   visits) / visits)`` among the children that are not exhausted, until a node that may
-   still grow (fewer than ``width`` expansions, not terminal). With ``parallel > 1`` that
-   many leaves are selected at once, each selection counting as a visit (a virtual loss) so
-   that the next one looks elsewhere.
+1. **selection** (``parallel`` times): from the root, descend by UCB1 ``value / visits +
+   c * sqrt(ln(parent visits) / visits)`` among the children that are not exhausted, to a
+   node that may still grow (fewer than ``width`` expansions, not terminal). A selection
+   counts as a visit at once (a virtual loss), so the next one looks elsewhere.
 2. **expansion + rollout**: the policy writes ``expand_k`` whole remaining solutions from
-   each selected node, all in one call; each rollout's first step becomes a new child.
-3. **evaluation**: the PRM scores the finished rollouts, all in one call; a rollout's
-   value is its aggregated score (``aggregation``), the value of a terminal state.
+   every selected node, all in one call; each rollout's first step becomes a new child.
+3. **evaluation**: the PRM scores the rollouts, all in one call; a rollout's value is its
+   aggregated score (``aggregation``): the value of a terminal state.
 4. **backpropagation**: each rollout's value is added along the path root -> new child.
 
 A node is terminal when its own step finished the solution or it is ``max_depth`` steps
 deep; it is exhausted when terminal, or when it has ``width`` expansions whose children are
-all exhausted. The search stops after ``simulations`` or when the root is exhausted
+all exhausted. The search stops after ``simulations`` selections or when the root is exhausted
 (``stop_reason="exhausted"``), so a huge ``simulations`` on a small tree returns at once.
 
 The answer is chosen among every finished solution the search wrote (the rollouts) with
 ``selection`` (``final="finished"``, the default), or among those through the most-visited
 path (``final="most_visited"``, classic MCTS), or the best by PRM score (``"best_leaf"``).
 
-Defaults follow the reference MCTS ("Can 1B LLM Surpass 405B LLM? Rethinking
-Compute-Optimal Test-Time Scaling", Liu et al.; its UCB1 sketch): 1 child per expansion,
-``c`` = 1.414, ``max_depth`` 10, temperature 0.8, and at most 4 children per node (its
-branching ``b=4``). Two deviations, both measured (docs/strategies.md): each expansion
-runs a whole rollout to a terminal state where the reference values a partial prefix
-(on 5-8 step problems a prefix-valued tree rarely finishes a solution), and
-``simulations`` defaults to 64 instead of 200 (about the FLOPs of beam search at N=16 on
-the embedded models).
+Defaults follow the reference design's MCTS (UCB1 with ``c`` = 1.414, depth 10,
+temperature 0.8, one child per expansion, branching ``b=4``), with three deviations, each
+measured in docs/strategies.md: every expansion runs a rollout to a terminal state where
+the reference values a partial prefix (on 5-8 step problems a prefix-valued tree rarely
+finishes a solution); ``parallel=4`` selections share each policy call (a small policy
+is latency-bound, so 4 rollouts cost about the time of one); and ``simulations`` is 64,
+not 200 (about the FLOPs of beam search at N=16 on the embedded models).
 
 The tree is plain serializable data in the graph state (``tree``: a list of
 :class:`MCTSNode`, index = node id), so runs checkpoint and resume. With a budget
@@ -144,7 +142,7 @@ def select_path(tree: Sequence[MCTSNode], cfg: MCTSConfig) -> list[int]:
     path = [0]
     while not can_grow(tree[path[-1]], cfg):
         j = select_child(tree, path[-1], cfg.c)
-        if j < 0:  # stale ``exhausted`` flags cannot happen: mark_exhausted runs every time
+        if j < 0:  # every child is exhausted, or pending in this step's batch
             break
         path.append(j)
     return path
