@@ -26,9 +26,9 @@ Defaults follow the reference design's MCTS (UCB1 with ``c`` = 1.414, depth 10,
 temperature 0.8, one child per expansion, branching ``b=4``), with three deviations, each
 measured in docs/strategies.md: every expansion runs a rollout to a terminal state where
 the reference values a partial prefix (on 5-8 step problems a prefix-valued tree rarely
-finishes a solution); ``parallel=4`` selections share each policy call (a small policy
-is latency-bound, so 4 rollouts cost about the time of one); and ``simulations`` is 64,
-not 200 (about the FLOPs of beam search at N=16 on the embedded models).
+finishes a solution); ``parallel=4`` selections share each policy call (the same
+answers at half the wall time of one selection per call); and ``simulations`` is 80, not
+200 (about the FLOPs of beam search at N=16 on the embedded models).
 
 The tree is plain serializable data in the graph state (``tree``: a list of
 :class:`MCTSNode`, index = node id), so runs checkpoint and resume. With a budget
@@ -62,7 +62,7 @@ class MCTSConfig(StrategyConfig):
     """MCTS knobs; defaults from the reference MCTS (see the module docstring)."""
 
     temperature: float = Field(0.8, ge=0.0, le=5.0)
-    simulations: int = Field(64, ge=1, description="selections (each: expand_k rollouts)")
+    simulations: int = Field(80, ge=1, description="selections (each: expand_k rollouts)")
     parallel: int = Field(
         4, ge=1, description="selections per search step: one policy call and one PRM call"
     )
