@@ -174,3 +174,10 @@ def test_weighted_vote_graph_pools_equal_answers():
     for strategy in ("majority_vote", "weighted_vote"):
         out = create_tts_graph(policy, prm, strategy, {"n": 5}).invoke({"question": "q"})
         assert out["answer"] == "0.5", strategy
+
+
+def test_router_probe_agreement_pools_equal_answers():
+    from langchain_tts.routing.difficulty import _majority
+
+    cands = [traj("3", [0.5]), traj("0.5", [0.5]), traj("\\frac12", [0.5]), traj("1/2", [0.5])]
+    assert _majority(cands) == ("0.5", pytest.approx(0.75))
