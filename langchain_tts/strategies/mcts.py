@@ -236,7 +236,8 @@ async def simulate(
     search: Search,
     i: int,
 ) -> tuple[Search, Usage]:
-    """One simulation (the input is not modified): the new tree, rollouts and usage."""
+    """One search step: up to ``parallel`` selections, their rollouts in one policy call,
+    one PRM call. Returns the new search (the input is not modified) and its usage."""
     tree = list(search["tree"])
     paths = select_leaves(tree, cfg, min(cfg.parallel, cfg.simulations - i * cfg.parallel))
     if not paths:
@@ -297,7 +298,7 @@ def mcts_final_update(state: MCTSState, cfg: MCTSConfig) -> dict:
     """The ``finalize`` update: the answer among the finished rollouts (``final``)."""
     tree, done = state["tree"], state.get("finished") or []
     reason = _search_done({"tree": tree}, state.get("step", 0), cfg) or "simulations"
-    if not done:  # nothing finished (e.g. every rollout cut): the deepest prefixes compete
+    if not done:  # every rollout was cut short: the partial ones compete
         return finalize_update(state, state.get("active") or [], cfg, reason)
     if cfg.final == "best_leaf":
         return finalize_update(state, done, cfg, reason, selection="prm_max")
@@ -309,15 +310,9 @@ def mcts_final_update(state: MCTSState, cfg: MCTSConfig) -> dict:
     return finalize_update(state, done, cfg, reason)
 
 
-async def _simulate(
-    policy: StepPolicy, prm: ProcessRewardModel, cfg: MCTSConfig, q: str, s: Search, i: int
-) -> tuple[Search, Usage]:
-    return await simulate(policy, prm, cfg, q, s, i)
-
-
 MCTS_LOOP: SearchLoop[MCTSConfig] = SearchLoop(
     node="simulate",
-    step=_simulate,
+    step=simulate,
     done=_search_done,
     start=lambda state: {
         "tree": state["tree"],
