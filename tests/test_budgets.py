@@ -96,8 +96,13 @@ def random_config(strategy: str, rng: random.Random) -> dict[str, Any]:
         return {
             "simulations": rng.randint(1, 8),
             "expand_k": rng.randint(1, 3),
-            "final": rng.choice(["most_visited", "best_leaf"]),
+            "parallel": rng.randint(1, 3),
+            "final": rng.choice(["finished", "most_visited", "best_leaf"]),
         }
+    if strategy == "particle_filtering":
+        # seeded: an unseeded resampling differs run to run, even on a deterministic policy
+        how = rng.choice(["multinomial", "systematic"])
+        return {"n": rng.randint(1, 6), "resampling": how, "seed": rng.randint(0, 9)}
     stop = {"stop_threshold": rng.choice([None, 0.5, 0.9])}
     if strategy == "revision":
         return {"revisions": rng.randint(0, 3), **stop, **selection}

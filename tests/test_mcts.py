@@ -1,8 +1,10 @@
-"""MCTS logic: UCB1 choices computed by hand on scripted trees, finals, batching, limits."""
+"""MCTS logic: UCB1 choices and rollouts computed by hand, finals, batching, exhaustion, limits."""
 
 from __future__ import annotations
 
 import math
+import time
+from collections import defaultdict
 
 import pytest
 
@@ -45,74 +47,75 @@ def test_unvisited_children_first_and_ties_keep_order():
     assert select_child(tie, 0, 1.414) == 1
 
 
+def test_exhausted_children_are_skipped():
+    tree = _parent((1, 0.3), (4, 2.4), (5, 4.0))
+    tree[2] = tree[2].model_copy(update={"exhausted": True})
+    assert select_child(tree, 0, 1.414) == 1  # B (the UCB1 pick) is exhausted: A
+    for j in (1, 3):
+        tree[j] = tree[j].model_copy(update={"exhausted": True})
+    assert select_child(tree, 0, 1.414) == -1
+
+
 # -- a scripted search, expected choices computed by hand -------------------------------
 
-# Root -> a, b; a -> aa, ab; b -> ba, bb; depth-2 nodes -> two boxed answers each.
-SCORES = {
-    "a": 0.6,
-    "b": 0.4,
-    "a/aa": 0.9,
-    "a/ab": 0.1,
-    "b/ba": 0.3,
-    "b/bb": 0.5,
-    "a/aa/\\boxed{1}": 0.8,
-    "a/aa/\\boxed{2}": 0.2,
-    "a/ab/\\boxed{3}": 0.5,
-    "a/ab/\\boxed{4}": 0.5,
-    "b/ba/\\boxed{5}": 0.6,
-    "b/ba/\\boxed{6}": 0.0,
-    "b/bb/\\boxed{7}": 0.95,
-    "b/bb/\\boxed{8}": 0.35,
+# Whole rollouts the policy writes from each prefix, in order (a prefix expanded twice
+# writes its second rollout); a rollout's value is the PRM score of its boxed answer.
+ROLLOUTS = {
+    "": ["a\n\na1\n\n\\boxed{1}", "b\n\nb1\n\n\\boxed{2}"],
+    "a": ["a2\n\n\\boxed{3}", "a3\n\n\\boxed{4}"],
+    "b": ["b2\n\n\\boxed{5}", "b3\n\n\\boxed{6}"],
+    "a/a2": ["\\boxed{7}"],
 }
-ANSWERS = {"a/aa": "12", "a/ab": "34", "b/ba": "56", "b/bb": "78"}
+VALUES = {"1": 0.6, "2": 0.4, "3": 0.9, "4": 0.1, "5": 0.3, "6": 0.5, "7": 0.8}
 
 
 def scripted(expanded: list[str]) -> tuple[FakePolicy, FakePRM]:
-    def step(p: Trajectory, i: int) -> str:
+    served: dict[str, int] = defaultdict(int)
+
+    def rollout(p: Trajectory, i: int) -> str:
         path = "/".join(p.steps)
-        if i == 0:
-            expanded.append(path)
-        if not p.steps:
-            return "ab"[i]
-        if len(p.steps) == 1:
-            return p.steps[0] + "ab"[i]
-        return f"\\boxed{{{ANSWERS[path][i]}}}"
+        expanded.append(path)
+        k = served[path]
+        served[path] += 1
+        return ROLLOUTS[path][k]
 
     def prm(t: Trajectory) -> list[float]:
-        return [SCORES["/".join(t.steps[: j + 1])] for j in range(len(t.steps))]
+        return [VALUES[s[7]] if s.startswith("\\boxed") else 0.5 for s in t.steps]
 
-    return FakePolicy(step), FakePRM(prm)
+    return FakePolicy(rollout), FakePRM(prm)
+
+
+ONE_AT_A_TIME = {"simulations": 7, "parallel": 1, "expand_k": 1, "width": 2}
 
 
 def test_ucb1_path_of_each_simulation_matches_hand_computation():
-    # (visits, value_sum) after each simulation; c = 1.414, children start at 1 visit.
-    # S1 expand root: a(1,.6) b(1,.4); root(1,.5)
-    # S2 root ln1=0: a .6 > b .4 -> a; expand a: aa .9 ab .1 (mean .5); a(2,1.1) root(2,1.0)
-    # S3 root ln2: a .55+.832429=1.382  b .4+1.177232=1.577 -> b; expand b: ba .3 bb .5
-    #    (mean .4); b(2,.8) root(3,1.4)
-    # S4 root ln3: a .55+1.047989=1.598  b .4+1.047989=1.448 -> a;
-    #    at a ln2: aa .9+1.177=2.077  ab .1+1.177=1.277 -> aa; expand aa: boxed1 .8
-    #    boxed2 .2 (mean .5); aa(2,1.4) a(3,1.6) root(4,1.9)
-    # S5 root ln4: a .5333+.961206=1.495  b .4+1.177232=1.577 -> b;
-    #    at b ln2: ba .3+1.177=1.477  bb .5+1.177=1.677 -> bb; expand bb: boxed7 .95
-    #    boxed8 .35 (mean .65); bb(2,1.15) b(3,1.45) root(5,2.55)
-    # S6 root ln5: a .5333+1.035680=1.569  b .4833+1.035680=1.519 -> a;
-    #    at a ln3: aa .7+1.047989=1.748  ab .1+1.482080=1.582 -> aa;
-    #    at aa ln2: boxed1 .8+1.177 > boxed2 .2+1.177 -> boxed1: finished, so no model
-    #    call: it re-backprops .8; boxed1(2,1.6) aa(3,2.2) a(4,2.4) root(6,3.35)
-    # S7 root ln6: a .6+.946366=1.546  b .4833+1.092769=1.576 -> b;
-    #    at b ln3: ba .3+1.482080=1.782  bb .575+1.047989=1.623 -> ba; expand ba
+    # (visits, value_sum) after each simulation; c = 1.414, width 2 (a node is expanded at
+    # most twice), every expansion is one whole rollout whose value is backed up.
+    # S1 root can grow: rollout a/a1/boxed1 (.6): a(1,.6) root(1,.6)
+    # S2 root can grow: rollout b/b1/boxed2 (.4): b(1,.4) root(2,1.0)
+    # S3 root full, ln2: a .6+1.177232=1.777  b .4+1.177232=1.577 -> a; rollout a2/boxed3
+    #    (.9): a2(1,.9) a(2,1.5) root(3,1.9)
+    # S4 ln3: a .75+1.048000=1.798  b .4+1.482080=1.882 -> b; rollout b2/boxed5 (.3):
+    #    b2(1,.3) b(2,.7) root(4,2.2)
+    # S5 ln4: a .75+1.177232=1.927  b .35+1.177232=1.527 -> a; rollout a3/boxed4 (.1):
+    #    a(3,1.6) root(5,2.3)
+    # S6 ln5: a .5333+1.035680=1.569  b .35+1.268443=1.618 -> b; rollout b3/boxed6 (.5):
+    #    b(3,1.2) root(6,2.8)
+    # S7 ln6: a .5333+1.092768=1.626  b .4+1.092768=1.493 -> a, full; at a (ln3):
+    #    a2 .9+1.482080=2.382  a3 .1+1.482080=1.582 -> a2; rollout boxed7 (.8), a finished
+    #    child: a2(2,1.7) a(4,2.4) root(7,3.6)
     expanded: list[str] = []
     policy, prm = scripted(expanded)
-    g = create_tts_graph(policy, prm, "mcts", {"simulations": 7, "expand_k": 2})
+    g = create_tts_graph(policy, prm, "mcts", ONE_AT_A_TIME)
     updates = [u for u in g.stream({"question": "q"}, stream_mode="updates")]
     sims = [u["simulate"] for u in updates if "simulate" in u]
     assert len(sims) == 7  # one update per simulation
     assert [s["step"] for s in sims] == list(range(1, 8))
     assert [s["tree"][0].visits for s in sims] == list(range(1, 8))
-    assert expanded == ["", "a", "b", "a/aa", "b/bb", "b/ba"]
-    assert len(policy.calls) == len(prm.calls) == 6  # S6 made no call
-    assert all(c[:2] == (1, 2) for c in policy.calls) and prm.calls == [2] * 6
+    assert expanded == ["", "", "a", "b", "a", "b", "a/a2"]
+    assert len(policy.calls) == len(prm.calls) == 7
+    assert all(c[:2] == (1, 1) for c in policy.calls) and prm.calls == [1] * 7
+    assert all(c[2].stop_at_step is False for c in policy.calls)  # whole rollouts
     tree = sims[-1]["tree"]
     by_path = {}
     for i, n in enumerate(tree):
@@ -121,89 +124,115 @@ def test_ucb1_path_of_each_simulation_matches_hand_computation():
             steps.append(tree[j].step)
             j = tree[j].parent
         by_path["/".join(reversed(steps))] = n
-    assert (by_path[""].visits, by_path[""].value_sum) == (7, pytest.approx(3.65))
+    assert set(by_path) == {"", "a", "b", "a/a2", "a/a3", "b/b2", "b/b3", "a/a2/\\boxed{7}"}
+    assert (by_path[""].visits, by_path[""].value_sum) == (7, pytest.approx(3.6))
     assert (by_path["a"].visits, by_path["a"].value_sum) == (4, pytest.approx(2.4))
-    assert (by_path["b"].visits, by_path["b"].value_sum) == (4, pytest.approx(1.75))
-    assert (by_path["a/aa"].visits, by_path["a/aa"].value_sum) == (3, pytest.approx(2.2))
-    assert by_path["a/aa/\\boxed{1}"].visits == 2
-    assert by_path["b/ba"].visits == 2 and by_path["b/ba"].value_sum == pytest.approx(0.6)
+    assert (by_path["b"].visits, by_path["b"].value_sum) == (3, pytest.approx(1.2))
+    assert (by_path["a/a2"].visits, by_path["a/a2"].value_sum) == (2, pytest.approx(1.7))
+    leaf = by_path["a/a2/\\boxed{7}"]
+    assert leaf.finished and leaf.exhausted and leaf.score == pytest.approx(0.8)
+    assert not by_path["a/a2"].finished  # a rollout's first step, not its last
+    assert len(sims[-1]["finished"]) == 7  # every rollout is a finished solution
 
 
-def test_final_most_visited_vs_best_leaf():
-    # After the 7 simulations above: a and b have 4 visits each, a has the higher mean
-    # (.6 vs .4375); under a, aa (3 visits); under aa, boxed1 (2 visits) -> answer 1.
-    # best_leaf: the best finished leaf by PRM is boxed7 (.95) -> answer 7.
-    for final, answer in (("most_visited", "1"), ("best_leaf", "7")):
-        policy, prm = scripted([])
-        cfg = {"simulations": 7, "expand_k": 2, "final": final}
-        out = create_tts_graph(policy, prm, "mcts", cfg).invoke({"question": "q"})
-        assert out["answer"] == answer, final
-        assert out["stop_reason"] == "simulations"
-        assert {c.steps[-1] for c in out["candidates"]} == {
-            "\\boxed{1}",
-            "\\boxed{2}",
-            "\\boxed{5}",
-            "\\boxed{6}",
-            "\\boxed{7}",
-            "\\boxed{8}",
-        }
-        assert out["candidates"][0].score == pytest.approx(0.95)
+@pytest.mark.parametrize(
+    ("final", "selection", "answer"),
+    [
+        ("finished", "prm_max", "3"),  # the best of all 7 rollouts (.9)
+        ("best_leaf", "majority", "3"),  # best_leaf is PRM-max whatever the selection
+        ("most_visited", "prm_max", "7"),  # root -> a (4) -> a2 (2) -> boxed7
+    ],
+)
+def test_final_rules(final: str, selection: str, answer: str):
+    policy, prm = scripted([])
+    cfg = {**ONE_AT_A_TIME, "final": final, "selection": selection}
+    out = create_tts_graph(policy, prm, "mcts", cfg).invoke({"question": "q"})
+    assert out["answer"] == answer
+    assert out["stop_reason"] == "simulations"
+    assert out["candidates"][0].score == pytest.approx(VALUES[out["candidates"][0].answer])
 
 
-def test_most_visited_unfinished_path_falls_back_to_best_finished_leaf():
-    # a scores high but never finishes; b's children finish (boxed 5: .7, boxed 6: .3).
-    # S1 root: a(1,.9) b(1,.5). S2 ln1=0 -> a; expand a: x0 x1 (.9). S3 root ln2:
-    # a .9+.832=1.732, b .5+1.177=1.677 -> a; at a: x0 (tie, first); expand x0.
-    # S4 root ln3: a .9+.855679=1.756, b .5+1.482080=1.982 -> b; expand b.
-    # Most visited: a (3) -> x0 (2) -> x0/x0 (unfinished) -> fall back: boxed 5.
-    def step(p: Trajectory, i: int) -> str:
-        if not p.steps:
-            return "ab"[i]
-        if p.steps[0] == "b":
-            return f"\\boxed{{{5 + i}}}"
-        return f"x{i}"
+def test_rollouts_are_batched_across_the_selected_leaves():
+    # parallel 2, expand_k 2, width 4: the first step selects the root twice (a pending
+    # selection counts as a visit and as expand_k expansions), one call of 2 x 2 rollouts.
+    counter = iter(range(10_000))
 
-    scores = {"a": 0.9, "b": 0.5, "\\boxed{5}": 0.7, "\\boxed{6}": 0.3}
-    prm = FakePRM(lambda t: [scores.get(s, 0.9) for s in t.steps])
-    policy = FakePolicy(step)
-    g = create_tts_graph(policy, prm, "mcts", {"simulations": 4, "expand_k": 2})
-    out = g.invoke({"question": "q"})
-    assert out["answer"] == "5"
-    assert out["solution"] == "b\n\n\\boxed{5}"
-    # After 3 simulations b is not expanded yet, nothing finished: the most-visited leaf
-    # itself (a -> x0 -> x0) is the answer.
-    out = g.invoke({"question": "q"}, {"configurable": {"simulations": 3}})
-    assert out["solution"] == "a\n\nx0\n\nx0"
-    assert [c.finished for c in out["candidates"]] == [False]
+    def rollout(p: Trajectory, i: int) -> str:
+        return f"s{next(counter)}\n\n\\boxed{{{i}}}"
+
+    policy = FakePolicy(rollout)
+    prm = FakePRM(lambda t: [0.5 + 0.1 * (s == "\\boxed{1}") for s in t.steps])
+    cfg = {"simulations": 8, "parallel": 2, "expand_k": 2, "width": 4, "seed": 3}
+    out = create_tts_graph(policy, prm, "mcts", cfg).invoke({"question": "q"})
+    assert [c[:2] for c in policy.calls] == [(2, 2)] * 4  # 8 selections, 2 per step
+    assert prm.calls == [4] * 4  # one PRM call per step, every rollout of it
+    assert out["usage"].policy_calls == 4 and out["usage"].prm_calls == 4
+    assert len(out["candidates"]) == 16 and out["answer"] == "1"
+    # each step's seeds start where the last step's ended: no rollout is sampled twice
+    assert [c[2].seed for c in policy.calls] == [3, 7, 11, 15]
+
+
+def test_huge_simulations_on_an_exhaustible_tree_return_quickly():
+    # Every rollout is 2 steps then an answer; width 2: the tree has 2 + 4 + 8 nodes and
+    # is exhausted after the root and the 6 nodes above the leaves are expanded twice.
+    def rollout(p: Trajectory, i: int) -> str:
+        rest = [f"{len(p.steps)}.{len(p.steps) and p.steps[-1]}"] * (2 - len(p.steps))
+        return "\n\n".join([*rest, f"\\boxed{{{len(p.steps)}}}"])
+
+    policy = FakePolicy(rollout)
+    prm = FakePRM(lambda t: [0.5] * len(t.steps))
+    cfg = {"simulations": 10**9, "width": 2}
+    t0 = time.perf_counter()
+    out = create_tts_graph(policy, prm, "mcts", cfg).invoke({"question": "q"})
+    assert time.perf_counter() - t0 < 10
+    assert out["stop_reason"] == "exhausted"
+    assert sum(c[0] for c in policy.calls) == 2 * (1 + 2 + 4)  # 7 nodes, 2 rollouts each
+    assert out["answer"] in {"0", "1", "2"}
+
+
+def test_one_step_solutions_exhaust_the_root():
+    policy = FakePolicy(lambda p, i: f"\\boxed{{{i}}}")
+    prm = FakePRM(lambda t: [0.5] * len(t.steps))
+    cfg = {"simulations": 1000, "expand_k": 3, "width": 3, "parallel": 4}
+    out = create_tts_graph(policy, prm, "mcts", cfg).invoke({"question": "q"})
+    assert out["stop_reason"] == "exhausted"
+    assert [c[:2] for c in policy.calls] == [(1, 3)]  # one selection fills the root's width
 
 
 def test_max_depth_stops_expansion():
-    policy = FakePolicy(lambda p, i: f"s{i}")
+    counter = iter(range(10_000))
+    policy = FakePolicy(lambda p, i: f"s{next(counter)}\n\nt\n\n\\boxed{{1}}")
     prm = FakePRM(lambda t: [0.5] * len(t.steps))
-    cfg = {"simulations": 10, "expand_k": 3, "max_depth": 1}
+    cfg = {"simulations": 50, "expand_k": 3, "max_depth": 1, "width": 2}
     out = create_tts_graph(policy, prm, "mcts", cfg).invoke({"question": "q"})
-    assert len(policy.calls) == 1  # only the root is ever expanded
-    assert all(len(c.steps) == 1 for c in out["candidates"])
+    assert out["stop_reason"] == "exhausted"
+    assert [c[:2] for c in policy.calls] == [(1, 3)]  # only the root is ever expanded
+    assert all(len(c.steps) == 3 for c in out["candidates"])  # rollouts run to the end
 
 
 def test_200_simulations_with_recursion_limit_25():
-    def step(p: Trajectory, i: int) -> str:
-        return f"\\boxed{{{i}}}" if len(p.steps) >= 3 else f"s{len(p.steps)}.{i}"
+    counter = iter(range(10_000))
 
-    policy = FakePolicy(step)
-    prm = FakePRM(lambda t: [0.3 + 0.1 * (s.endswith("1}")) for s in t.steps])
-    g = create_tts_graph(policy, prm, "mcts", {"simulations": 200, "expand_k": 2})
+    def rollout(p: Trajectory, i: int) -> str:
+        k = next(counter)
+        return "\n\n".join(
+            [f"s{k}.{j}" for j in range(3 - min(len(p.steps), 3))] + [f"\\boxed{{{k % 3}}}"]
+        )
+
+    policy = FakePolicy(rollout)
+    prm = FakePRM(lambda t: [0.3 + 0.1 * (s == "\\boxed{1}") for s in t.steps])
+    cfg = {"simulations": 200, "parallel": 1}
+    g = create_tts_graph(policy, prm, "mcts", cfg)
     out = g.invoke({"question": "q"}, {"recursion_limit": 25})
     assert out["stop_reason"] == "simulations"
     assert out["answer"] == "1"
-    # The full binary tree of depth 3 has 1 + 2 + 4 + 8 = 15 expandable nodes.
-    assert len(policy.calls) == len(prm.calls) == 15
-    assert out["usage"].policy_calls == 15 and out["usage"].prm_calls == 15
+    assert len(policy.calls) == len(prm.calls) == 200
+    assert out["usage"].policy_calls == 200 and out["usage"].prm_calls == 200
 
 
 async def test_async_messages_input_and_usage():
     policy, prm = scripted([])
-    g = create_tts_graph(policy, prm, "mcts", {"simulations": 5, "expand_k": 2})
+    g = create_tts_graph(policy, prm, "mcts", {**ONE_AT_A_TIME, "simulations": 5})
     out = await g.ainvoke({"messages": [("human", "what?")]})
     assert out["messages"][-1].type == "ai"
     assert out["messages"][-1].content == out["solution"]
@@ -211,11 +240,26 @@ async def test_async_messages_input_and_usage():
     assert u.policy_calls == 5 and u.prm_calls == 5 and u.flops > 0
 
 
+def test_defaults_follow_the_reference():
+    from langchain_tts.strategies.mcts import MCTSConfig
+
+    cfg = MCTSConfig()
+    assert (cfg.expand_k, cfg.width, cfg.max_depth, cfg.temperature, cfg.c) == (
+        1,
+        4,
+        10,
+        0.8,
+        1.414,
+    )
+
+
 @pytest.mark.parametrize(
     ("cfg", "field"),
     [
         ({"simulations": 0}, "simulations"),
         ({"expand_k": 0}, "expand_k"),
+        ({"width": 0}, "width"),
+        ({"parallel": 0}, "parallel"),
         ({"c": -1.0}, "c"),
         ({"max_depth": 0}, "max_depth"),
         ({"final": "best"}, "final"),

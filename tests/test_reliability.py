@@ -63,6 +63,8 @@ def flat_prm(value: float = 0.5) -> FakePRM:
 
 def graph_for(strategy: str, policy: Any = None, prm: Any = None) -> Any:
     cfg = budget_config(strategy, 4)
+    if strategy == "mcts":
+        cfg["parallel"] = 1  # one simulation per search step: 4 steps to fail or hang in
     return create_tts_graph(policy or AnswerPolicy(), prm or flat_prm(), strategy, cfg)
 
 
@@ -138,7 +140,7 @@ async def test_policy_raising_mid_search_is_a_backend_error_with_progress(strate
     assert progress["step"] == 3  # three search steps / simulations completed
     assert progress["usage"].policy_calls == 3 and progress["usage"].prm_calls == 3
     if strategy == "mcts":
-        assert len(progress["tree"]) == 1 + 3 * 4  # root + expand_k children per simulation
+        assert len(progress["tree"]) == 1 + 3  # root + one rollout's child per simulation
     else:
         beams = progress["active"] if strategy == "beam_search" else progress["subtrees"]
         assert beams and all(len(t.step_scores) == len(t.steps) == 3 for t in beams)

@@ -122,3 +122,62 @@ def test_cot_is_one_greedy_sample_without_prm():
         create_tts_graph(policy, None, "cot", {"n": 2})
     with pytest.raises(ConfigError, match="needs a PRM"):
         create_tts_graph(policy, None, "best_of_n")
+
+
+# -- canonical votes: equal answers vote together -----------------------------------------
+
+
+def test_equal_numbers_in_any_spelling_are_one_vote_key():
+    from langchain_tts.core.answers import canonical_answer, numeric_value, vote_keys
+
+    halves = ["0.5", "1/2", "\\frac12", "\\frac{1}{2}", "\\dfrac{1}{2}", "0.50", "2/4"]
+    assert {canonical_answer(a) for a in halves} == {"1/2"}
+    assert vote_keys(["-\\frac{3}{4}", "-0.75", "\\frac{-3}{4}", "1,000", "1000.0"]) == [
+        "-3/4",
+        "-3/4",
+        "-3/4",
+        "1000",
+        "1000",
+    ]
+    assert numeric_value("x = 7") == 7 and numeric_value("\\sqrt{2}") is None
+    assert numeric_value("1/0") is None and canonical_answer("1/0") == "1/0"
+    assert vote_keys([None, "x", "y"]) == [None, "x", "y"]
+
+
+def test_math_verify_merges_equal_symbolic_answers():
+    pytest.importorskip("math_verify")
+    from langchain_tts.core.answers import vote_keys
+
+    keys = vote_keys(["\\sqrt{2}/2", "\\frac{\\sqrt{2}}{2}", "\\sqrt{3}", "\\frac{1}{\\sqrt{2}}"])
+    assert keys[0] == keys[1] == keys[3] != keys[2]
+
+
+@pytest.mark.parametrize("method", ["majority", "prm_vote"])
+def test_votes_pool_equal_answers_written_differently(method: str):
+    # 1/2 in three spellings (0.2 + 0.2 + 0.2) beats 3 twice (0.25 + 0.25) and 0.3 once.
+    cands = [
+        traj("0.5", [0.2]),
+        traj("3", [0.25]),
+        traj("\\frac12", [0.2]),
+        traj("3", [0.25]),
+        traj("1/2", [0.2]),
+        traj("4", [0.3]),
+    ]
+    chosen, answer, _ = select_answer(cands, method)
+    assert answer == "0.5" and chosen is not None  # the group's first, best-scored member
+
+
+def test_weighted_vote_graph_pools_equal_answers():
+    answers = ["0.5", "1/2", "\\frac{1}{2}", "7", "7"]
+    policy = FakePolicy(lambda p, i: f"\\boxed{{{answers[i]}}}")
+    prm = FakePRM(lambda t: [0.5] * len(t.steps))
+    for strategy in ("majority_vote", "weighted_vote"):
+        out = create_tts_graph(policy, prm, strategy, {"n": 5}).invoke({"question": "q"})
+        assert out["answer"] == "0.5", strategy
+
+
+def test_router_probe_agreement_pools_equal_answers():
+    from langchain_tts.routing.difficulty import _majority
+
+    cands = [traj("3", [0.5]), traj("0.5", [0.5]), traj("\\frac12", [0.5]), traj("1/2", [0.5])]
+    assert _majority(cands) == ("0.5", pytest.approx(0.75))

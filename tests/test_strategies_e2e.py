@@ -39,7 +39,18 @@ CASES: dict[str, tuple[str, dict[str, Any], str, set[str]]] = {
         {"all_finished", "enough_finished", "max_steps"},
     ),
     "dvts": ("dvts", {"n": 4, "beam_width": 2}, "step", {"all_finished", "max_steps"}),
-    "mcts": ("mcts", {"simulations": 3, "expand_k": 2}, "simulate", {"simulations"}),
+    "mcts": (
+        "mcts",
+        {"simulations": 3, "expand_k": 2, "parallel": 1},
+        "simulate",
+        {"simulations", "exhausted"},
+    ),
+    "particle_filtering": (
+        "particle_filtering",
+        {"n": 4},
+        "step",
+        {"all_finished", "max_steps"},
+    ),
     "revision": ("revision", {"revisions": 1}, "round", {"confident", "max_revisions"}),
     "hybrid": ("hybrid", {"split": "sqrt", "budget": 4}, "round", {"confident", "max_revisions"}),
     "revision_backtrack": (
@@ -115,9 +126,9 @@ def test_strategy_end_to_end(models, problems, case: str):
             n = cfg.get("n", 1)
             assert len(state["candidates"]) == n
         elif strategy == "mcts":
-            # at most one policy and one PRM call per simulation (none at a terminal leaf)
-            assert steps == cfg["simulations"]
-            assert 1 <= u.policy_calls == u.prm_calls <= steps
+            # one policy and one PRM call per simulation, fewer when the tree is exhausted
+            assert steps <= cfg["simulations"]
+            assert 1 <= u.policy_calls == u.prm_calls == steps
         else:
             # beam search / DVTS: one call per search step; revision / hybrid: per round
             assert u.policy_calls == u.prm_calls == steps

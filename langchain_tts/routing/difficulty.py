@@ -31,7 +31,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from langchain_tts.backends.sync import run_sync
-from langchain_tts.core.answers import normalize_answer
+from langchain_tts.core.answers import vote_keys
 from langchain_tts.core.config import Aggregation, StrategyConfig
 from langchain_tts.core.errors import ConfigError, InputError
 from langchain_tts.core.types import Trajectory, Usage
@@ -296,7 +296,7 @@ def _majority(cands: list[Trajectory]) -> tuple[str | None, float]:
     """The modal normalised answer and the fraction of *all* samples that gave it."""
     if not cands:
         return None, 0.0
-    keys = [normalize_answer(c.answer) for c in cands]
+    keys = vote_keys([c.answer for c in cands])  # 0.5, 1/2 and \frac12 vote together
     counts = Counter(k for k in keys if k is not None)
     if not counts:
         return None, 0.0

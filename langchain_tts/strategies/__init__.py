@@ -5,7 +5,15 @@ your own becomes available everywhere (``create_tts_graph``, sweeps, the router,
 serve``) with one :func:`register_strategy` call.
 """
 
-from langchain_tts.strategies import beam_search, best_of_n, dvts, hybrid, mcts, revision
+from langchain_tts.strategies import (
+    beam_search,
+    best_of_n,
+    dvts,
+    hybrid,
+    mcts,
+    particle_filtering,
+    revision,
+)
 from langchain_tts.strategies.registry import (
     STRATEGY_SPECS,
     StrategyName,
@@ -26,5 +34,13 @@ __all__ = [
     "strategy_config",
 ]
 
-for _spec in (*best_of_n.SPECS, beam_search.SPEC, dvts.SPEC, mcts.SPEC, revision.SPEC, hybrid.SPEC):
+for _spec in (
+    *best_of_n.SPECS,
+    beam_search.SPEC,
+    dvts.SPEC,
+    mcts.SPEC,
+    particle_filtering.SPEC,
+    revision.SPEC,
+    hybrid.SPEC,
+):
     register_strategy(_spec)

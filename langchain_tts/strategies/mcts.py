@@ -1,42 +1,40 @@
-"""Monte Carlo tree search over reasoning steps, with UCB1 selection and PRM evaluation.
+"""Monte Carlo tree search over reasoning steps: UCB1 selection, policy rollouts, PRM values.
 
-The tree holds one node per reasoning step (the root is the bare question). Each
-simulation:
+The tree holds one node per reasoning step (the root is the bare question). Each search
+step is one policy call and one PRM call:
 
-1. **selection**: from the root, descend to a leaf, at each node taking the child with
-   the highest UCB1 score ``value / visits + c * sqrt(ln(parent visits) / visits)``
-   (``c`` defaults to 1.414 ~ sqrt 2); an unvisited child is always taken first (the first
-   one in generation order); ties go to the earlier child.
-2. **expansion**: sample ``expand_k`` next steps of the leaf (one policy call).
-3. **evaluation**: the PRM scores the new children (one PRM call); a child's value is its
-   aggregated PRM score (``aggregation``). Each new child starts with one visit of that value.
-4. **backpropagation**: the mean value of the new children is added along the path, root
-   to leaf (``visits += 1``, ``value_sum += mean``).
+1. **selection** (``parallel`` times): from the root, descend by UCB1 ``value / visits +
+   c * sqrt(ln(parent visits) / visits)`` among the children that are not exhausted, to a
+   node that may still grow (fewer than ``width`` expansions, not terminal). A selection
+   counts as a visit at once (a virtual loss), so the next one looks elsewhere.
+2. **expansion + rollout**: the policy writes ``expand_k`` whole remaining solutions from
+   every selected node, all in one call; each rollout's first step becomes a new child.
+3. **evaluation**: the PRM scores the rollouts, all in one call; a rollout's value is its
+   aggregated score (``aggregation``): the value of a terminal state.
+4. **backpropagation**: each rollout's value is added along the path root -> new child.
 
-A selected leaf that is terminal (a finished solution, or at ``max_depth``; a node at
-``max_steps`` counts as finished, reason ``max_steps``) is not expanded, which keeps every simulation at most one policy call and one PRM call: it
-re-backpropagates its own value instead (and costs no model call).
+A node is terminal when its own step finished the solution or it is ``max_depth`` steps
+deep; it is exhausted when terminal, or when it has ``width`` expansions whose children are
+all exhausted. The search stops after ``simulations`` selections or when the root is exhausted
+(``stop_reason="exhausted"``), so a huge ``simulations`` on a small tree returns at once.
 
-The final answer (``final``):
+The answer is chosen among every finished solution the search wrote (the rollouts) with
+``selection`` (``final="finished"``, the default), or among those through the most-visited
+path (``final="most_visited"``, classic MCTS), or the best by PRM score (``"best_leaf"``).
 
-* ``"most_visited"`` (default): follow the most-visited child (ties: higher mean value,
-  then the earlier child) from the root to a leaf. If that leaf is not a finished solution,
-  the answer falls back to the best finished leaf (chosen with ``selection``), and to the
-  leaf itself when nothing finished.
-* ``"best_leaf"``: the best finished leaf by ``selection`` (``prm_max``: highest PRM score).
+Defaults follow the reference design's MCTS (UCB1 with ``c`` = 1.414, depth 10,
+temperature 0.8, one child per expansion, branching ``b=4``), with three deviations, each
+measured in docs/strategies.md: every expansion runs a rollout to a terminal state where
+the reference values a partial prefix (on 5-8 step problems a prefix-valued tree rarely
+finishes a solution); ``parallel=4`` selections share each policy call (the same
+answers at half the wall time of one selection per call); and ``simulations`` is 80, not
+200 (about the FLOPs of beam search at N=16 on the embedded models).
 
 The tree is plain serializable data in the graph state (``tree``: a list of
-:class:`MCTSNode`, index = node id), so runs checkpoint and resume.
-
-Graph: ``prepare -> simulate (loops, one update per simulation) -> finalize``. When
-LangGraph's recursion limit is close, ``simulate`` runs the remaining simulations inside
-itself instead of failing (200 simulations under ``recursion_limit=25`` are fine).
-
-With a budget (``max_flops`` / ``max_tokens``) the search also stops at the first
-simulation the budget cannot pay in full (``stop_reason="budget"``); the answer is chosen
-from the tree as above (finished leaves first). When the tree has no finished leaf, the
-finished children of a last expansion whose scoring was refused are voted on instead (and
-when the tree has no leaf at all, its unscored children are the candidates).
+:class:`MCTSNode`, index = node id), so runs checkpoint and resume. With a budget
+(``max_flops`` / ``max_tokens``) the search stops at the first simulation the budget cannot
+pay (``stop_reason="budget"``); the answer is then chosen among the rollouts so far (those
+of a last, refused PRM call by majority when none was scored).
 """
 
 from __future__ import annotations
@@ -54,34 +52,29 @@ from langchain_tts.core.types import Trajectory, Usage, model_replace
 from langchain_tts.policies.base import StepPolicy
 from langchain_tts.prms.aggregate import aggregate_scores
 from langchain_tts.prms.base import ProcessRewardModel
-from langchain_tts.strategies.core import (
-    BUDGET,
-    TTSState,
-    budget_final_update,
-    budget_stopped,
-    expand,
-    finalize_update,
-    score,
-)
+from langchain_tts.strategies.core import TTSState, expand, finalize_update, score
 from langchain_tts.strategies.loop import Search, SearchLoop, require_prm, search_graph
 from langchain_tts.strategies.registry import StrategySpec
-from langchain_tts.strategies.selection import with_scores
 
-FinalRule = Literal["most_visited", "best_leaf"]
+FinalRule = Literal["finished", "most_visited", "best_leaf"]
 
 
 class MCTSConfig(StrategyConfig):
-    """MCTS knobs. Sampling defaults follow the papers (temperature 0.7, top_p 0.95, 2048
-    tokens per step, 8192 per trajectory); UCB1's ``c`` defaults to 1.414 (~sqrt 2)."""
+    """MCTS knobs; defaults from the reference MCTS (see the module docstring)."""
 
-    simulations: int = Field(50, ge=1, description="simulations (at most one policy call each)")
-    expand_k: int = Field(4, ge=1, description="next steps sampled when a leaf is expanded")
-    c: float = Field(1.414, ge=0.0, description="UCB1 exploration constant (0: greedy)")
-    max_depth: int = Field(
-        40, ge=1, description="steps below the root; deeper nodes are not expanded"
+    temperature: float = Field(0.8, ge=0.0, le=5.0)
+    simulations: int = Field(80, ge=1, description="selections (each: expand_k rollouts)")
+    parallel: int = Field(
+        4, ge=1, description="selections per search step: one policy call and one PRM call"
     )
+    expand_k: int = Field(1, ge=1, description="rollouts (new children) per selected node")
+    width: int = Field(4, ge=1, description="expansions of one node before it stops growing")
+    c: float = Field(1.414, ge=0.0, description="UCB1 exploration constant (0: greedy)")
+    max_depth: int = Field(10, ge=1, description="steps below the root; deeper nodes stay leaves")
     final: FinalRule = Field(
-        "most_visited", description="answer: the most-visited path, or the best finished leaf"
+        "finished",
+        description="answer: selection among all finished rollouts, or those through the "
+        "most-visited path, or the best one by PRM score",
     )
 
 
@@ -96,9 +89,11 @@ class MCTSNode(BaseModel):
     finished: bool = False
     finish_reason: str | None = None
     children: list[int] = Field(default_factory=list)
+    expansions: int = Field(0, description="rollouts started from this node")
+    exhausted: bool = Field(False, description="nothing below this node can grow")
     visits: int = 0
     value_sum: float = 0.0
-    score: float = Field(0.0, description="the node's own evaluation: aggregated PRM score")
+    score: float = Field(0.0, description="value of the rollout that created this node")
 
     @property
     def value(self) -> float:
@@ -120,10 +115,13 @@ def ucb1(child: MCTSNode, parent_visits: int, c: float) -> float:
 
 
 def select_child(tree: Sequence[MCTSNode], idx: int, c: float) -> int:
-    """The child of ``tree[idx]`` UCB1 picks: the first unvisited one, else the best score."""
+    """The child of ``tree[idx]`` UCB1 picks among those not exhausted: the first unvisited
+    one, else the best score (ties: the earlier child); -1 when all are exhausted."""
     parent = tree[idx]
-    best, best_score = parent.children[0], -math.inf
+    best, best_score = -1, -math.inf
     for j in parent.children:
+        if tree[j].exhausted:
+            continue
         s = ucb1(tree[j], parent.visits, c)
         if s == math.inf:
             return j
@@ -132,11 +130,22 @@ def select_child(tree: Sequence[MCTSNode], idx: int, c: float) -> int:
     return best
 
 
-def select_path(tree: Sequence[MCTSNode], c: float) -> list[int]:
-    """Node ids from the root down to the leaf that UCB1 selects."""
+def is_terminal(n: MCTSNode, cfg: MCTSConfig) -> bool:
+    return n.finished or n.depth >= cfg.max_depth
+
+
+def can_grow(n: MCTSNode, cfg: MCTSConfig) -> bool:
+    return not is_terminal(n, cfg) and n.expansions < cfg.width
+
+
+def select_path(tree: Sequence[MCTSNode], cfg: MCTSConfig) -> list[int]:
+    """Node ids from the root down to the node UCB1 selects for expansion."""
     path = [0]
-    while tree[path[-1]].children:
-        path.append(select_child(tree, path[-1], c))
+    while not can_grow(tree[path[-1]], cfg):
+        j = select_child(tree, path[-1], cfg.c)
+        if j < 0:  # every child is exhausted, or pending in this step's batch
+            break
+        path.append(j)
     return path
 
 
@@ -158,10 +167,6 @@ def trajectory_of(tree: Sequence[MCTSNode], idx: int, question: str) -> Trajecto
     )
 
 
-def is_terminal(n: MCTSNode, cfg: MCTSConfig) -> bool:
-    return n.finished or n.depth >= cfg.max_depth
-
-
 def backprop(tree: list[MCTSNode], path: Sequence[int], value: float) -> None:
     """Add one visit of ``value`` to every node on ``path`` (copies them: no in-place edits)."""
     for i in path:
@@ -169,107 +174,153 @@ def backprop(tree: list[MCTSNode], path: Sequence[int], value: float) -> None:
         tree[i] = model_replace(n, visits=n.visits + 1, value_sum=n.value_sum + value)
 
 
+def mark_exhausted(tree: list[MCTSNode], path: Sequence[int], cfg: MCTSConfig) -> None:
+    """Refresh ``exhausted`` bottom-up along ``path`` (only its nodes can have changed)."""
+    for i in reversed(path):
+        n = tree[i]
+        done = is_terminal(n, cfg) or (
+            n.expansions >= cfg.width and all(tree[j].exhausted for j in n.children)
+        )
+        if done == n.exhausted:
+            return  # nothing above changes either
+        tree[i] = model_replace(n, exhausted=done)
+
+
+def select_leaves(tree: list[MCTSNode], cfg: MCTSConfig, k: int) -> list[list[int]]:
+    """Up to ``k`` paths to expand; each counts as a pending visit (virtual loss) and
+    a pending expansion, so the next selection looks elsewhere. ``tree`` is left as it was."""
+    paths: list[list[int]] = []
+    saved: dict[int, MCTSNode] = {}
+    for _ in range(k):
+        if tree[0].exhausted:
+            break
+        path = select_path(tree, cfg)
+        if not can_grow(tree[path[-1]], cfg):
+            break
+        paths.append(path)
+        for i in path:
+            saved.setdefault(i, tree[i])
+            tree[i] = model_replace(tree[i], visits=tree[i].visits + 1)
+        leaf = tree[path[-1]]
+        tree[path[-1]] = model_replace(leaf, expansions=leaf.expansions + cfg.expand_k)
+        mark_exhausted(tree, path, cfg)
+    for i, n in saved.items():
+        tree[i] = n
+    return paths
+
+
+def _child(parent: MCTSNode, pid: int, rollout: Trajectory, value: float) -> MCTSNode | None:
+    """The node of a rollout's first new step (None when the rollout wrote no step)."""
+    d = parent.depth
+    if len(rollout.steps) <= d:
+        return None
+    only = len(rollout.steps) == d + 1  # the step that ends the rollout ends the solution
+    return MCTSNode(
+        parent=pid,
+        depth=d + 1,
+        step=rollout.steps[d],
+        step_scores=list(rollout.step_scores[: d + 1]),
+        tokens=rollout.tokens if only else parent.tokens,
+        finished=only and rollout.finished,
+        finish_reason=rollout.finish_reason if only else None,
+        visits=1,
+        value_sum=value,
+        score=value,
+    )
+
+
 async def simulate(
     policy: StepPolicy,
     prm: ProcessRewardModel,
     cfg: MCTSConfig,
     question: str,
-    tree: Sequence[MCTSNode],
-) -> tuple[list[MCTSNode], Usage]:
-    """One simulation; returns the new tree (the input is not modified) and its usage."""
-    tree = list(tree)
-    path = select_path(tree, cfg.c)
-    leaf_id = path[-1]
-    leaf = tree[leaf_id]
-    if is_terminal(leaf, cfg):
-        backprop(tree, path, leaf.score)
-        return tree, Usage()
-    children, usage = await expand(
-        policy, [trajectory_of(tree, leaf_id, question)], cfg.expand_k, cfg
+    search: Search,
+    i: int,
+) -> tuple[Search, Usage]:
+    """One search step: up to ``parallel`` selections, their rollouts in one policy call,
+    one PRM call. Returns the new search (the input is not modified) and its usage."""
+    tree = list(search["tree"])
+    paths = select_leaves(tree, cfg, min(cfg.parallel, cfg.simulations - i * cfg.parallel))
+    if not paths:
+        return search, Usage()
+    parents = [trajectory_of(tree, p[-1], question) for p in paths]
+    # seed_offset: a node expanded again must not repeat its earlier rollouts
+    rollouts, usage = await expand(
+        policy,
+        parents,
+        cfg.expand_k,
+        cfg,
+        stop_at_step=False,
+        seed_offset=i * cfg.parallel * cfg.expand_k,
     )
-    children, prm_usage = await score(prm, children, in_place=True)  # fresh children
-    values = [aggregate_scores(c.step_scores, cfg.aggregation) for c in children]
-    new_ids = list(range(len(tree), len(tree) + len(children)))
-    for child, value in zip(children, values):
-        tree.append(
-            MCTSNode(
-                parent=leaf_id,
-                depth=leaf.depth + 1,
-                step=child.steps[-1],
-                step_scores=child.step_scores,
-                tokens=child.tokens,
-                finished=child.finished,
-                finish_reason=child.finish_reason,
-                visits=1,
-                value_sum=value,
-                score=value,
-            )
-        )
-    tree[leaf_id] = model_replace(leaf, children=[*leaf.children, *new_ids])
-    backprop(tree, path, sum(values) / len(values))
-    return tree, usage + prm_usage
+    done = [r for r in rollouts if r.finished]  # a rollout the budget cut is no solution
+    done, prm_usage = await score(prm, done, in_place=True)  # fresh rollouts
+    for k, path in enumerate(paths):
+        pid = path[-1]
+        leaf = tree[pid]
+        tree[pid] = leaf = model_replace(leaf, expansions=leaf.expansions + cfg.expand_k)
+        for r in rollouts[k * cfg.expand_k : (k + 1) * cfg.expand_k]:
+            if not r.finished:
+                continue
+            value = aggregate_scores(r.step_scores, cfg.aggregation)
+            child = _child(leaf, pid, r, value)
+            if child is not None:
+                tree.append(child)
+                leaf = model_replace(leaf, children=[*leaf.children, len(tree) - 1])
+                tree[pid] = leaf
+            backprop(tree, path, value)
+        if child_ids := tree[pid].children:
+            for j in child_ids[-cfg.expand_k :]:
+                mark_exhausted(tree, [*path, j], cfg)
+        mark_exhausted(tree, path, cfg)
+    return {
+        "tree": tree,
+        "finished": search["finished"] + done,
+        "active": search["active"] + [r for r in rollouts if not r.finished],
+    }, usage + prm_usage
 
 
-def most_visited_leaf(tree: Sequence[MCTSNode]) -> int:
+def most_visited_path(tree: Sequence[MCTSNode]) -> list[int]:
     """Follow the most-visited child (ties: higher mean value, then earlier) to a leaf."""
-    i = 0
-    while tree[i].children:
-        kids = tree[i].children
-        i = max(kids, key=lambda j: (tree[j].visits, tree[j].value, -kids.index(j)))
-    return i
+    path = [0]
+    while tree[path[-1]].children:
+        kids = tree[path[-1]].children
+        path.append(max(kids, key=lambda j: (tree[j].visits, tree[j].value, -kids.index(j))))
+    return path
 
 
-def leaves(tree: Sequence[MCTSNode]) -> list[int]:
-    return [i for i, n in enumerate(tree) if i and not n.children]
+def _search_done(search: Search, sims: int, cfg: MCTSConfig) -> str:
+    if search["tree"][0].exhausted:
+        return "exhausted"
+    return "simulations" if sims * cfg.parallel >= cfg.simulations else ""
 
 
 def mcts_final_update(state: MCTSState, cfg: MCTSConfig) -> dict:
-    """The ``finalize`` update: the answer from the tree (see ``final`` in the module doc)."""
-    tree, q = state["tree"], state["question"]
-    ends = leaves(tree)
-    done = [trajectory_of(tree, i, q) for i in ends if tree[i].finished]
-    reason = "simulations"
-    if budget_stopped(state, cfg):
-        reason = BUDGET
-        # The children a refused evaluation left unscored: answers when the tree has none.
-        unscored = state.get("finished") or []
-        if unscored and not done and (len(tree) == 1 or any(t.finished for t in unscored)):
-            return budget_final_update(state, unscored, cfg)
+    """The ``finalize`` update: the answer among the finished rollouts (``final``)."""
+    tree, done = state["tree"], state.get("finished") or []
+    reason = _search_done({"tree": tree}, state.get("step", 0), cfg) or "simulations"
+    if not done:  # every rollout was cut short: the partial ones compete
+        return finalize_update(state, state.get("active") or [], cfg, reason)
+    if cfg.final == "best_leaf":
+        return finalize_update(state, done, cfg, reason, selection="prm_max")
     if cfg.final == "most_visited":
-        leaf = most_visited_leaf(tree)
-        path_end = trajectory_of(tree, leaf, q)
-        if path_end.finished or not done:
-            update = finalize_update(state, [path_end], cfg, reason)
-            cands = done if path_end.finished else [path_end]
-        else:  # the most-visited path is unfinished: best finished leaf instead
-            update = finalize_update(state, done, cfg, reason)
-            cands = done
-    else:
-        cands = done or [trajectory_of(tree, i, q) for i in ends]
-        update = finalize_update(state, cands, cfg, reason)
-    update["candidates"] = sorted(
-        with_scores(cands, cfg.aggregation), key=lambda t: -(t.score or 0.0)
-    )
-    return update
-
-
-async def _simulate(
-    policy: StepPolicy, prm: ProcessRewardModel, cfg: MCTSConfig, q: str, s: Search, i: int
-) -> tuple[Search, Usage]:
-    tree, usage = await simulate(policy, prm, cfg, q, s["tree"])
-    return {"tree": tree}, usage
+        path = most_visited_path(tree)
+        prefix = trajectory_of(tree, path[-1], state["question"]).steps
+        through = [t for t in done if t.steps[: len(prefix)] == prefix]
+        return finalize_update(state, through or done, cfg, reason)
+    return finalize_update(state, done, cfg, reason)
 
 
 MCTS_LOOP: SearchLoop[MCTSConfig] = SearchLoop(
     node="simulate",
-    step=_simulate,
-    done=lambda s, i, cfg: "simulations" if i >= cfg.simulations else "",
-    start=lambda state: {"tree": state["tree"]},
-    # Not paid for: the tree stays as it was; the refused evaluation's children are kept
-    # for the answer (see mcts_final_update).
-    refused=lambda s, unscored: {**s, "finished": unscored},
-    answer=mcts_final_update,  # it answers budget stops too: from the tree
-    budget_candidates=None,
+    step=simulate,
+    done=_search_done,
+    start=lambda state: {
+        "tree": state["tree"],
+        "finished": state.get("finished") or [],
+        "active": state.get("active") or [],
+    },
+    answer=mcts_final_update,
     fresh=lambda: {"tree": [MCTSNode()]},
     state_schema=MCTSState,
 )
@@ -281,15 +332,20 @@ def build_mcts_graph(
     return search_graph(MCTS_LOOP, policy, require_prm(prm, "mcts", " (its evaluation step)"), base)
 
 
+def mcts_units(cfg: MCTSConfig, steps: float, reused: int) -> tuple[float, float]:
+    """A rollout writes the rest of a solution from a prefix it re-reads (about one
+    solution in all); the PRM reads it whole."""
+    rollouts = float(cfg.simulations * cfg.expand_k)
+    return rollouts, rollouts
+
+
 SPEC = StrategySpec(
     name="mcts",
     config=MCTSConfig,
     build=build_mcts_graph,
-    budget_config=lambda n: {"simulations": n, "expand_k": 4},
-    cost_units=lambda cfg, steps, reused: (
-        cfg.simulations * (cfg.expand_k / steps + 1),
-        float(cfg.simulations * cfg.expand_k),
-    ),
+    budget_config=lambda n: {"simulations": n},
+    cost_units=mcts_units,
     state_types=(MCTSNode,),
-    summary="Monte Carlo tree search over reasoning steps: UCB1 selection, PRM evaluation",
+    summary="Monte Carlo tree search over reasoning steps: UCB1 selection, policy rollouts "
+    "scored by the PRM",
 )

@@ -34,6 +34,7 @@ StrategyName = Literal[
     "beam_search",
     "dvts",
     "mcts",
+    "particle_filtering",
     "revision",
     "hybrid",
 ]

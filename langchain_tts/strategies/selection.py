@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 
-from langchain_tts.core.answers import normalize_answer
+from langchain_tts.core.answers import vote_keys
 from langchain_tts.core.config import Aggregation, Selection
 from langchain_tts.core.errors import ConfigError
 from langchain_tts.core.types import Trajectory
@@ -33,8 +33,9 @@ def select_answer(
 ) -> tuple[Trajectory | None, str | None, list[Trajectory]]:
     """Pick the final answer.
 
-    Returns ``(chosen trajectory, answer, candidates with scores)``. Answers are compared
-    after :func:`normalize_answer`. Ties: majority and PRM-vote break them by the higher
+    Returns ``(chosen trajectory, answer, candidates with scores)``. Equal answers vote
+    together (:func:`~langchain_tts.core.answers.vote_keys`: ``0.5``, ``1/2`` and
+    ``\\frac12`` are one answer). Ties: majority and PRM-vote break them by the higher
     best score of the tied answers, then by first appearance; PRM-max by first appearance.
     When no candidate has an answer, the best-scored trajectory is returned with answer None.
     """
@@ -51,8 +52,7 @@ def select_answer(
     weight: dict[str, float] = defaultdict(float)
     best_of: dict[str, int] = {}
     first_seen: dict[str, int] = {}
-    for i, c in enumerate(scored):
-        key = normalize_answer(c.answer)
+    for i, (c, key) in enumerate(zip(scored, vote_keys([c.answer for c in scored]))):
         if key is None:
             continue
         weight[key] += 1.0 if method == "majority" else (c.score or 0.0)
