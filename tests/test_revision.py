@@ -150,15 +150,15 @@ def test_bad_revision_config(cfg: dict, field: str):
     [
         (1, (1, 1)),
         (2, (1, 2)),  # sqrt 1.41 -> 1 chain of 2
-        (3, (2, 1)),  # sqrt 1.73 -> 2 chains of 1 (one generation unspent)
+        (3, (1, 3)),  # sqrt 1.73 -> 1 chain: an attempt and two revisions
         (4, (2, 2)),
-        (8, (3, 2)),  # sqrt 2.83 -> 3; 8 // 3 = 2
+        (8, (2, 4)),  # sqrt 2.83 -> 2 (truncated, as the reference); 8 // 2 = 4
         (10, (3, 3)),
         (16, (4, 4)),
         (20, (4, 5)),  # sqrt 4.47 -> 4; 20 // 4 = 5
         (30, (5, 6)),
         (64, (8, 8)),
-        (99, (10, 9)),  # sqrt 9.95 -> 10; 99 // 10 = 9
+        (99, (9, 11)),  # sqrt 9.95 -> 9; 99 // 9 = 11
     ],
 )
 def test_sqrt_split_arithmetic(budget: int, split: tuple[int, int]):

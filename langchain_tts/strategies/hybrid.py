@@ -7,11 +7,10 @@ whose latest attempt reaches ``stop_threshold`` stops being revised. The answer 
 with ``selection`` among every attempt of every chain. Mechanics are shared with
 :mod:`langchain_tts.strategies.revision` (which is this with M = 1).
 
-Shape of the split (seed 002 / Snell et al.: medium difficulty does best with a balanced
-split): ``split="manual"`` uses ``chains`` and ``revisions`` as given;
-``split="sqrt"`` spends ``budget`` generations as :func:`sqrt_split` says: M =
-round(sqrt(budget)) chains of T = budget // M attempts each (so ``revisions`` = T - 1,
-and at most ``budget`` generations in all).
+Shape of the split (Snell, Lee, Xu, Kumar, "Scaling LLM Test-Time Compute Optimally can be
+More Effective than Scaling Model Parameters": medium difficulty does best with a balanced
+split): ``split="manual"`` uses ``chains`` and ``revisions`` as given; ``split="sqrt"``
+spends ``budget`` generations as :func:`sqrt_split` says, the reference's split.
 """
 
 from __future__ import annotations
@@ -30,15 +29,16 @@ from langchain_tts.strategies.revision import RevisionConfig, attempts_units, bu
 
 
 def sqrt_split(budget: int) -> tuple[int, int]:
-    """The square-root split of a generation budget: ``(M, T)`` with
-    ``M = round(sqrt(budget))`` parallel chains of ``T = budget // M`` attempts each.
+    """The reference's square-root split of a generation budget: ``(M, T)`` with
+    ``M = int(sqrt(budget))`` parallel chains (truncated, not rounded) of ``T = budget // M``
+    attempts each (a first attempt and ``T - 1`` revisions; at most ``budget`` in all).
 
-    >>> sqrt_split(16), sqrt_split(10), sqrt_split(2)
-    ((4, 4), (3, 3), (1, 2))
+    >>> sqrt_split(16), sqrt_split(10), sqrt_split(8), sqrt_split(3)
+    ((4, 4), (3, 3), (2, 4), (1, 3))
     """
     if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
         raise ConfigError(f"budget must be a positive integer (generations), got {budget!r}")
-    m = max(1, round(math.sqrt(budget)))
+    m = math.isqrt(budget)
     return m, budget // m
 
 
