@@ -268,3 +268,25 @@ def test_router_trace_has_difficulty_route_and_the_probe_calls():
     (route,) = [r for r in runs if r.name == "tts_route"]
     assert route.metadata["tts_difficulty_bin"] == out["difficulty"].bin == route.outputs["bin"]
     assert route.metadata["tts_route"] == out["route"].strategy
+
+
+def test_the_router_graph_run_carries_its_metadata_and_tags():
+    from langchain_core.tracers.base import BaseTracer
+
+    from langchain_tts.routing.router import create_router_graph
+
+    class Runs(BaseTracer):
+        def __init__(self):
+            super().__init__()
+            self.runs = []
+
+        def _persist_run(self, run):
+            self.runs.append(run)
+
+    tracer = Runs()
+    policy = FakePolicy(lambda p, i: "1+1=2\n\n\\boxed{2}")
+    graph = create_router_graph(policy, FakePRM(lambda t: [0.9] * len(t.steps)))
+    graph.invoke({"question": "Start with 1. Add 1."}, {"callbacks": [tracer]})
+    (top,) = tracer.runs
+    assert top.extra["metadata"]["tts_strategy"] == "router"
+    assert "tts:router" in top.tags

@@ -85,7 +85,7 @@ from langchain_tts.strategies.core import (
 )
 from langchain_tts.strategies.registry import get_strategy
 from langchain_tts.strategies.selection import select_answer
-from langchain_tts.tracing import trace_event
+from langchain_tts.tracing import graph_run_config, trace_event
 
 __all__ = [
     "DIRECT_TIERS",
@@ -488,7 +488,9 @@ def create_router_graph(
         builder.nodes["finalize"] = dataclasses.replace(
             spec, runnable=_PublishRoute(spec.runnable, output_key)
         )
-    return builder.compile(checkpointer=checkpointer, name=name)
+    # strategy, knobs and budget as metadata of every run (traces); its probe adds the route
+    graph = builder.compile(checkpointer=checkpointer, name=name)
+    return graph.with_config(graph_run_config("router", knobs))  # type: ignore[arg-type]
 
 
 class _PublishRoute(Runnable[Any, Any]):
