@@ -161,7 +161,7 @@ class Ledger:
 
 
 class MeteredPolicy(StepPolicy):
-    """A policy that spends only what its :class:`Ledger` allows (see the module doc)."""
+    """A policy that spends only what its :class:`Ledger` allows."""
 
     def __init__(self, inner: StepPolicy, ledger: Ledger):
         self.inner, self.ledger = inner, ledger

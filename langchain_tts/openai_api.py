@@ -26,6 +26,7 @@ from langchain_tts.core.errors import BackendError, ConfigError, InputError
 from langchain_tts.core.types import Usage
 from langchain_tts.limits import LimitError, ServeLimits, budget_defaults, check_knobs
 from langchain_tts.strategies.core import check_context, question_of
+from langchain_tts.tracing import token_usage
 
 __all__ = ["OpenAIError", "add_openai_routes", "parse_model"]
 
@@ -218,14 +219,9 @@ def _text(content: Any) -> str:
 
 def openai_usage(usage: Usage) -> dict[str, Any]:
     """OpenAI's ``usage`` (the policy's tokens) with the whole ledger under ``tts``."""
-    prompt, gen = usage.policy_prompt_tokens, usage.policy_generated_tokens
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": gen,
-        "total_tokens": prompt + gen,
-        "prompt_tokens_details": {"cached_tokens": usage.policy_cached_tokens},
-        "tts": usage.summary(),
-    }
+    tokens: dict[str, Any] = token_usage(usage)
+    cached = tokens.pop("cached_tokens")
+    return {**tokens, "prompt_tokens_details": {"cached_tokens": cached}, "tts": usage.summary()}
 
 
 class _Request:

@@ -62,7 +62,7 @@ def _check_thresholds(easy: float, hard: float) -> None:
     if not 0.0 <= hard <= easy <= 1.0:
         raise ConfigError(
             f"difficulty thresholds must satisfy 0 <= hard ({hard}) <= easy ({easy}) <= 1; "
-            "the paper's bins are easy=0.5, hard=0.1"
+            "Liu et al.'s bins are easy=0.5, hard=0.1"
         )
 
 
@@ -87,7 +87,7 @@ def bin_of(p: float, *, easy: float = EASY_THRESHOLD, hard: float = HARD_THRESHO
 class BinThresholds(BaseModel):
     """Cut points on an estimator's own ``p_solve`` scale: ``>= easy`` is easy, ``< hard``
     is hard. :func:`fit_thresholds` finds where the estimator's score means a solve
-    probability of 50% and 10% (the paper's absolute bins); a :class:`~.table.BudgetTable`
+    probability of 50% and 10% (Liu et al.'s absolute bins); a :class:`~.table.BudgetTable`
     carries them, and the router applies them to its estimator."""
 
     model_config = ConfigDict(extra="forbid")

@@ -398,7 +398,7 @@ def create_router_graph(
     when set, replace the estimator's bin cut points); ``tier_fn(question)``
     with ``pool={"large": (policy, prm), "medium": (policy, prm)}`` routes factual and
     general questions to a bigger model answering directly. ``max_flops`` / ``max_tokens``
-    cap each run's usage. See the module docstring and ``docs/router.md``.
+    cap each run's usage. See ``docs/router.md``.
 
     Like a strategy graph (``create_tts_graph``), each run answers its own question (also on
     a reused checkpointer thread) and reports its own ``usage``. ``max_flops``,
