@@ -11,11 +11,14 @@ seeded answer is the same either way::
 
     OMP_NUM_THREADS=1 python -m benchmarks.bench_reuse [problems] [--all]
 
-``--all`` adds DVTS, MCTS and revision (FLOPs per question, reuse on and off).
+``--all`` adds DVTS, MCTS, particle filtering and revision by backtracking (FLOPs per
+question, reuse on and off). "Reuse off" turns off both the policy's KV cache and the
+PRM's incremental scoring.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
 import time
@@ -40,8 +43,9 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
 #: ``--all``: the other step-level searches, their FLOPs per question with reuse on and off
 MORE_CASES: dict[str, tuple[str, dict[str, Any]]] = {
     "dvts": ("dvts", {"n": 16, "beam_width": 4}),
-    "mcts": ("mcts", {"simulations": 16, "expand_k": 4}),
-    "revision": ("revision", {}),
+    "mcts": ("mcts", {"simulations": 16}),
+    "particle_filtering": ("particle_filtering", {"n": 16}),
+    "revision (backtrack)": ("revision", {"revise": "backtrack"}),
 }
 
 
@@ -78,6 +82,16 @@ class _Run:
         }
 
 
+def _verifier(prm: Any, reuse: bool) -> Any:
+    """The PRM of a variant: its own incremental-scoring cache, or none (``reuse`` off).
+    Identical candidates are scored once either way (that is the strategies' own dedupe)."""
+    prm = copy.copy(prm)
+    prm._prefix_cache = None
+    if not reuse:
+        prm.cache_tokens = 0
+    return prm
+
+
 def main(problems: int = PROBLEMS, more: bool = False) -> dict[str, Any]:
     base = load_default_policy()
     prm = load_default_prm()
@@ -88,7 +102,9 @@ def main(problems: int = PROBLEMS, more: bool = False) -> dict[str, Any]:
         for reuse in ("on", "off"):
             # a policy object per variant (same weights): no variant reads another's cache
             policy = HFPolicy(base.model, base.tokenizer, prefix_cache=reuse == "on")
-            runs[f"{case} reuse {reuse}"] = _Run(policy, prm, strategy, cfg)
+            runs[f"{case} reuse {reuse}"] = _Run(
+                policy, _verifier(prm, reuse == "on"), strategy, cfg
+            )
     _Run(base, prm, "best_of_n", {"n": 4}).solve(data[0])  # warm-up: first-call costs
     for p in data:  # interleaved: background load spreads evenly over the variants
         for run in runs.values():

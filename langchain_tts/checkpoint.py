@@ -1,18 +1,10 @@
 """Checkpointing TTS graphs: state channels that checkpoint plain data, a serializer, savers.
 
-Every strategy graph accepts a LangGraph checkpointer (``create_tts_graph(...,
-checkpointer=saver)``); with one, each search step is a checkpoint, so a killed run resumes
-where it stopped with ``graph.invoke(None, {"configurable": {"thread_id": ...}})`` and
-finished steps are not recomputed.
-
-The state holds pydantic objects (:class:`~langchain_tts.core.types.Trajectory`,
-:class:`~langchain_tts.core.types.Usage`, MCTS tree nodes). Their keys are
-:class:`~langchain_tts.core.channels.PlainValue` / ``PlainAggregate`` channels, which checkpoint them as plain
-JSON-like data and rebuild the objects on load: any saver with LangGraph's default
-serializer (a plain ``InMemorySaver()``, ``SqliteSaver``, ``langgraph dev``) stores them
-without "Deserializing unregistered type ..." warnings. :func:`serializer` additionally
-registers the classes, for savers that also load a step's pending writes under
-``LANGGRAPH_STRICT_MSGPACK=true``.
+With a checkpointer (``create_tts_graph(..., checkpointer=saver)``) each search step is a
+checkpoint, so a killed run resumes where it stopped with ``graph.invoke(None, {"configurable":
+{"thread_id": ...}})``. State objects checkpoint as plain JSON-like data
+(:class:`~langchain_tts.core.channels.PlainValue`), so any saver with LangGraph's default
+serializer stores them without "Deserializing unregistered type" warnings.
 """
 
 from __future__ import annotations
@@ -64,6 +56,9 @@ def serializer(extra: Iterable[type | tuple[str, str]] = ()) -> JsonPlusSerializ
 
     LangGraph's safe built-ins (messages, ``Send``, datetimes, ...) stay allowed; anything
     else unregistered is blocked instead of being imported on load.
+
+    Needed only by savers that also load a step's pending writes under
+    ``LANGGRAPH_STRICT_MSGPACK=true``.
     """
     return JsonPlusSerializer(allowed_msgpack_modules=allowed_msgpack_modules(extra))
 

@@ -1,33 +1,9 @@
 """Hard compute caps: policy/PRM wrappers that never start a call the budget cannot pay.
 
-Budgets (``max_flops`` / ``max_tokens``: of every strategy, see ``StrategyConfig``, and of
-the router) are enforced *before* each model call (DESIGN section 3), not after the fact: a
-:class:`Ledger` holds what one run may still spend, and :class:`MeteredPolicy` /
-:class:`MeteredPRM` reserve a call's worst-case cost first.
-
-* A policy call's worst case is ``prompt + prefixes x n x max_step_tokens`` tokens (FLOPs:
-  ``2 x params x tokens``). The prompt is the policy's own bound on the prompt tokens it
-  will compute (:meth:`~langchain_tts.policies.base.StepPolicy.prompt_tokens_bound`: the
-  local policies tokenize, and prefill a prompt shared by ``n`` samples once); otherwise
-  its UTF-8 bytes (no tokenizer emits more tokens than bytes) plus
-  :data:`PROMPT_OVERHEAD_TOKENS` for templates and special tokens, counted once per sample
-  (chat backends send one prompt per sample). After the call the reservation is released
-  and the call's actual usage booked: computed tokens only, prefix-cache hits cost
-  nothing (see :class:`~langchain_tts.core.types.Usage`). When the
-  full per-step cap does not fit, the call runs with a smaller ``max_step_tokens`` that
-  does (the result's ``max_step_tokens`` says so; the samples it cut, ``finish_reason=
-  "length"``, are counted in :attr:`Ledger.cut`). When not even one token per sample fits,
-  the call is refused: by default every sample comes back as an empty step with
-  ``finish_reason="length"`` (the trajectory is cut, as a length cap would), at zero cost,
-  and the caller winds down on its own (the router); a ``strict`` ledger raises
-  :class:`~langchain_tts.core.errors.BudgetExceededError` instead, which the strategy
-  graphs catch to stop their search (``stop_reason="budget"``).
-* A PRM call's worst case is the bytes of every trajectory plus per-step and
-  per-trajectory overheads; a call that does not fit is refused (scores 0 for every step,
-  or ``BudgetExceededError`` when strict).
-
-Concurrent calls reserve under a lock, so together they cannot overrun. The guarantee
-assumes the backend honours ``max_step_tokens`` (every backend here does).
+Budgets (``max_flops`` / ``max_tokens``, of every strategy and of the router) are enforced
+before each model call, not after the fact: a :class:`Ledger` holds what one run may still
+spend, and :class:`MeteredPolicy` / :class:`MeteredPRM` reserve a call's worst-case cost
+first and book its actual usage after.
 """
 
 from __future__ import annotations
@@ -69,6 +45,30 @@ class Ledger:
 
     ``strict``: a call that cannot be paid raises :class:`BudgetExceededError` instead of
     coming back empty (policy) or zero-scored (PRM).
+
+    * A policy call's worst case is ``prompt + prefixes x n x max_step_tokens`` tokens (FLOPs:
+      ``2 x params x tokens``). The prompt is the policy's own bound on the prompt tokens it
+      will compute (:meth:`~langchain_tts.policies.base.StepPolicy.prompt_tokens_bound`: the
+      local policies tokenize, and prefill a prompt shared by ``n`` samples once); otherwise
+      its UTF-8 bytes (no tokenizer emits more tokens than bytes) plus
+      :data:`PROMPT_OVERHEAD_TOKENS` for templates and special tokens, counted once per sample
+      (chat backends send one prompt per sample). After the call the reservation is released
+      and the call's actual usage booked: computed tokens only, prefix-cache hits cost nothing
+      (see :class:`~langchain_tts.core.types.Usage`). When the full per-step cap does not fit,
+      the call runs with a smaller ``max_step_tokens`` that does (the result's
+      ``max_step_tokens`` says so; the samples it cut, ``finish_reason="length"``, are
+      counted in :attr:`Ledger.cut`). When not even one token per sample fits, the call is
+      refused: by default every sample comes back as an empty step with
+      ``finish_reason="length"`` (the trajectory is cut, as a length cap would), at zero cost,
+      and the caller winds down on its own (the router); a ``strict`` ledger raises
+      :class:`~langchain_tts.core.errors.BudgetExceededError` instead, which the strategy
+      graphs catch to stop their search (``stop_reason="budget"``).
+    * A PRM call's worst case is the bytes of every trajectory plus per-step and
+      per-trajectory overheads; a call that does not fit is refused (scores 0 for every step,
+      or ``BudgetExceededError`` when strict).
+
+    Concurrent calls reserve under a lock, so together they cannot overrun. The guarantee
+    assumes the backend honours ``max_step_tokens`` (every backend here does).
     """
 
     def __init__(
@@ -161,7 +161,7 @@ class Ledger:
 
 
 class MeteredPolicy(StepPolicy):
-    """A policy that spends only what its :class:`Ledger` allows (see the module doc)."""
+    """A policy that spends only what its :class:`Ledger` allows."""
 
     def __init__(self, inner: StepPolicy, ledger: Ledger):
         self.inner, self.ledger = inner, ledger

@@ -1,19 +1,8 @@
 """What a served app lets one client ask for: the operator's limits, checked before any compute.
 
 One small request must not take the server from everyone, so ``create_app`` (LangServe
-routes, the router, ``/v1/chat/completions``) applies a :class:`ServeLimits`:
-
-* ``maxima``: the largest value a client may send for a knob (``n <= 256``, ...);
-* ``allow``: the knobs a client may set at all (None: every knob of the route);
-* ``default_max_tokens`` / ``default_max_flops``: the compute budget of a run whose client
-  and config set none (the strategies stop with ``stop_reason="budget"`` when it is spent);
-* ``max_batch``: inputs of one ``/batch`` request;
-* ``max_in_flight``: runs at once (a batch counts its inputs); past it a run is refused with
-  429 and ``Retry-After``.
-
-A refusal is a :class:`LimitError` (a ``ConfigError``: 400 over HTTP) that names the limit.
-``tts serve`` reads the limits from flags and/or a JSON or TOML file
-(:meth:`ServeLimits.from_file`).
+routes, the router, ``/v1/chat/completions``) applies a :class:`ServeLimits`; a refusal is a
+:class:`LimitError` (a ``ConfigError``: 400 over HTTP) that names the limit.
 """
 
 from __future__ import annotations
@@ -77,7 +66,19 @@ class LimitError(ConfigError):
 
 
 class ServeLimits(BaseModel):
-    """The operator's limits on what one client may ask of a served app (see the module)."""
+    """The operator's limits on what one client may ask of a served app.
+
+    * ``maxima``: the largest value a client may send for a knob (``n <= 256``, ...);
+    * ``allow``: the knobs a client may set at all (None: every knob of the route);
+    * ``default_max_tokens`` / ``default_max_flops``: the compute budget of a run whose client
+      and config set none (the strategies stop with ``stop_reason="budget"`` when it is
+      spent);
+    * ``max_batch``: inputs of one ``/batch`` request;
+    * ``max_in_flight``: runs at once (a batch counts its inputs); past it a run is refused
+      with 429 and ``Retry-After``.
+
+    ``tts serve`` reads them from flags and/or a JSON or TOML file (:meth:`from_file`).
+    """
 
     model_config = ConfigDict(extra="forbid")
 

@@ -1,22 +1,8 @@
 """An OpenAI-compatible front for the served strategy graphs: the model name picks the strategy.
 
-``POST /v1/chat/completions`` runs the graph named by ``model`` on the request's messages
-(the last user message is the question) and answers with the solution as the assistant
-message; ``GET /v1/models`` lists the served strategies. Any client of the OpenAI API
-(``openai``, ``ChatOpenAI``, curl) can then use a TTS graph without a client of its own.
-
-Knobs: in the model name as a query string (``"beam_search?n=8&beam_width=4"``) and/or under
-``"tts"`` in the body (``extra_body={"tts": {"n": 8}}`` with the ``openai`` client), the
-body winning; OpenAI's ``temperature``, ``top_p`` and ``seed`` set the knobs of the same name
-and ``max_completion_tokens`` / ``max_tokens`` set ``max_total_tokens``. ``usage`` counts the
-policy's tokens the OpenAI way and carries the whole ledger under ``usage.tts``; the top-level
-``tts`` field says what ran (strategy, knobs, stop reason, answer, warnings).
-
-``stream=true``: Server-Sent Events; one SSE comment per graph node as the search goes
-(``: tts {"node": "step", "step": 2, ...}``, ignored by OpenAI clients), then the solution as
-content deltas, a final chunk with ``finish_reason``, a usage chunk when
-``stream_options.include_usage`` is set, and ``data: [DONE]``. Errors follow OpenAI's
-``{"error": {"message", "type", "param", "code"}}`` with 4xx codes for the client's mistakes.
+``POST /v1/chat/completions`` runs the graph named by ``model`` on the request's messages (the
+last user message is the question); ``GET /v1/models`` lists the served strategies. Any client
+of the OpenAI API (``openai``, ``ChatOpenAI``, curl) can then use a TTS graph.
 """
 
 from __future__ import annotations
@@ -40,6 +26,7 @@ from langchain_tts.core.errors import BackendError, ConfigError, InputError
 from langchain_tts.core.types import Usage
 from langchain_tts.limits import LimitError, ServeLimits, budget_defaults, check_knobs
 from langchain_tts.strategies.core import check_context, question_of
+from langchain_tts.tracing import token_usage
 
 __all__ = ["OpenAIError", "add_openai_routes", "parse_model"]
 
@@ -232,14 +219,9 @@ def _text(content: Any) -> str:
 
 def openai_usage(usage: Usage) -> dict[str, Any]:
     """OpenAI's ``usage`` (the policy's tokens) with the whole ledger under ``tts``."""
-    prompt, gen = usage.policy_prompt_tokens, usage.policy_generated_tokens
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": gen,
-        "total_tokens": prompt + gen,
-        "prompt_tokens_details": {"cached_tokens": usage.policy_cached_tokens},
-        "tts": usage.summary(),
-    }
+    tokens: dict[str, Any] = token_usage(usage)
+    cached = tokens.pop("cached_tokens")
+    return {**tokens, "prompt_tokens_details": {"cached_tokens": cached}, "tts": usage.summary()}
 
 
 class _Request:
@@ -456,7 +438,23 @@ def add_openai_routes(
     """Mount ``POST /v1/chat/completions`` and ``GET /v1/models`` serving ``graphs`` (strategy
     name -> compiled graph) on ``app``; bodies over ``max_body_bytes`` are a 413; knobs are
     checked against ``limits`` (None: no limits) and runs without a budget get its default;
-    questions too long for ``models`` (the policy and PRM) are a 400."""
+    questions too long for ``models`` (the policy and PRM) are a 400.
+
+    Knobs: in the model name as a query string (``"beam_search?n=8&beam_width=4"``) and/or
+    under ``"tts"`` in the body (``extra_body={"tts": {"n": 8}}`` with the ``openai`` client),
+    the body winning; OpenAI's ``temperature``, ``top_p`` and ``seed`` set the knobs of the
+    same name and ``max_completion_tokens`` / ``max_tokens`` set ``max_total_tokens``.
+    ``usage`` counts the policy's tokens the OpenAI way and carries the whole ledger under
+    ``usage.tts``; the top-level ``tts`` field says what ran (strategy, knobs, stop reason,
+    answer, warnings).
+
+    ``stream=true``: Server-Sent Events; one SSE comment per graph node as the search goes
+    (``: tts {"node": "step", "step": 2, ...}``, ignored by OpenAI clients), then the solution
+    as content deltas, a final chunk with ``finish_reason``, a usage chunk when
+    ``stream_options.include_usage`` is set, and ``data: [DONE]``. Errors follow OpenAI's
+    ``{"error": {"message", "type", "param", "code"}}`` with 4xx codes for the client's
+    mistakes.
+    """
     created = int(time.time())
 
     async def limit(request: Request, call_next: Any) -> Any:

@@ -1,34 +1,10 @@
 """Serve TTS graphs over HTTP with LangServe: one route per strategy, knobs per request.
 
 ``create_app()`` returns a FastAPI app with ``/tts/<strategy>/invoke|batch|stream|...`` for
-every strategy and ``/tts/router`` for the router (difficulty probe + budget table), on the
-embedded default models unless you pass a policy and PRM, and ``/health``. ``tts serve`` runs it with uvicorn. Clients use ``langserve.RemoteRunnable``::
-
-    RemoteRunnable("http://127.0.0.1:8000/tts/beam_search/").invoke(
-        {"question": "..."}, {"configurable": {"n": 8, "thread_id": "t1"}})
-
-Why the extra plumbing around ``add_routes``:
-
-* LangServe validates ``config["configurable"]`` against the runnable's config schema: the
-  graph's own knobs (its ``context_schema``, also what LangGraph Studio shows). LangServe's
-  copy of it keeps types but not constraints and drops keys it does not know, so the
-  per-request modifier checks the knobs the client sent with the graph's own rules (400,
-  with a "did you mean" for a misspelled one) and restores ``thread_id``.
-* Bad input must be a 4xx with a clear message, never a 500 (nor a 500 event inside a
-  200 stream): requests are validated before the graph runs (:class:`TTSRequest`), a body
-  that is not UTF-8 is a 422, and ``InputError`` / ``ConfigError`` that still escape are
-  mapped to 422 / 400. A ``BackendError`` (the model backend failed, not the request) is a
-  502 with its message.
-* Under LangServe graphs run async, so a checkpointer must be async: a database (a SQLite
-  path, ``sqlite:///...`` or ``postgresql://...``) is opened as an async saver in the app's
-  lifespan.
-* Runs on a thread go through :class:`~langchain_tts.threads.ThreadRuns`: one run per
-  thread across workers (409), an interrupted run resumes when its request is resent, and
-  an auth hook puts each client's threads in its own namespace (401 without one).
-* One client must not take the server from everyone: the operator's
-  :class:`~langchain_tts.limits.ServeLimits` (knob maxima, the knobs clients may set, a
-  default compute budget, ``/batch`` size, runs in flight) are checked before any compute,
-  a refusal naming the limit (400 / 413 / 429 with ``Retry-After``).
+every strategy, ``/tts/router`` and ``/health``; ``tts serve`` runs it with uvicorn. Around
+``add_routes`` it checks knobs with the graph's own rules, turns client mistakes into 4xx,
+opens async checkpointers, and applies :mod:`~langchain_tts.threads` and
+:mod:`~langchain_tts.limits` (``docs/deployment.md``).
 """
 
 from __future__ import annotations

@@ -1,20 +1,8 @@
 """Threads over HTTP: one run per thread across workers, resuming interrupted runs, API keys.
 
-A served graph with a checkpointer keeps each ``thread_id``'s state in the database. Three
-things make that safe to expose:
-
-* **One run per thread.** :class:`ThreadLocks` refuses a second run on a thread that is
-  running (:class:`ThreadBusyError`, a 409), in this process and in every other worker on
-  the same database: Postgres session advisory locks (released by the server when a worker
-  dies), a lease table in SQLite (renewed while the run lives; a dead holder's lease is
-  taken over), a set in memory for an in-process saver.
-* **Resume.** A run that was interrupted (the thread's latest checkpoint still has nodes to
-  run) resumes from that checkpoint when a request resends the same input and knobs on its
-  thread: no finished step is recomputed and usage is counted once. Any other input starts
-  a new turn. Each run records a digest of its input and knobs in its checkpoints'
-  metadata (:data:`INPUT_DIGEST`) to tell the two apart.
-* **Namespaces.** With an auth hook (e.g. :func:`api_key_auth`), a thread id is stored as
-  ``<namespace>:<thread_id>``: a client naming another client's thread gets its own.
+A served graph with a checkpointer keeps each ``thread_id``'s state in the database;
+:class:`ThreadLocks`, :class:`ThreadRuns` and an auth hook (:func:`api_key_auth`) make that
+safe to expose to several clients and workers.
 """
 
 from __future__ import annotations
@@ -279,6 +267,19 @@ class ThreadRuns:
 
     ``keep_checkpoints``: after a run finishes, its thread keeps only its last this many
     checkpoints (``None``: all of them).
+
+    * **One run per thread.** :class:`ThreadLocks` refuses a second run on a thread that is
+      running (:class:`ThreadBusyError`, a 409), in this process and in every other worker on
+      the same database: Postgres session advisory locks (released by the server when a worker
+      dies), a lease table in SQLite (renewed while the run lives; a dead holder's lease is
+      taken over), a set in memory for an in-process saver.
+    * **Resume.** A run that was interrupted (the thread's latest checkpoint still has nodes
+      to run) resumes from that checkpoint when a request resends the same input and knobs on
+      its thread: no finished step is recomputed and usage is counted once. Any other input
+      starts a new turn. Each run records a digest of its input and knobs in its checkpoints'
+      metadata (:data:`INPUT_DIGEST`) to tell the two apart.
+    * **Namespaces.** With an auth hook (e.g. :func:`api_key_auth`), a thread id is stored as
+      ``<namespace>:<thread_id>``: a client naming another client's thread gets its own.
     """
 
     def __init__(self, locks: ThreadLocks, *, keep_checkpoints: int | None = None):

@@ -1,15 +1,8 @@
 """Model calls as LangChain child runs, and the metadata a strategy graph's runs carry.
 
-Each batched policy call is an ``llm`` run and each PRM call a ``chain`` run named after the
-PRM, children of the graph node that made them, so LangSmith, ``astream_events`` and any
-callback handler show prompts, per-call tokens and latency. Inputs and outputs are
-summarized (at most :data:`MAX_SHOWN` rows, each cut to :data:`MAX_CHARS` characters): a
-256-row batch must not flood a trace. Without a callback handler nothing is built.
-
-A compiled strategy graph carries ``tts_strategy``, ``tts_knobs`` and the budget as run
-metadata (inherited by every child run) and the tags ``tts`` and ``tts:<strategy>``; what
-is known only at the end (stop reason, FLOPs, tokens) is a ``tts_summary`` child run of the
-``finalize`` node, with the same values in its metadata and outputs.
+Each policy and PRM call is a child run of the graph node that made it, so LangSmith,
+``astream_events`` and callback handlers show prompts, tokens and latency; inputs and outputs
+are summarized so a 256-row batch does not flood a trace. Without a handler nothing is built.
 """
 
 from __future__ import annotations
@@ -242,7 +235,13 @@ async def trace_event(
 
 def graph_run_config(strategy: str, cfg: StrategyConfig) -> RunnableConfig:
     """The ``with_config`` of a compiled strategy graph: its strategy, knobs and budget as
-    metadata (every child run inherits them) and its tags."""
+    metadata (every child run inherits them) and its tags.
+
+    A compiled strategy graph carries ``tts_strategy``, ``tts_knobs`` and the budget as run
+    metadata (inherited by every child run) and the tags ``tts`` and ``tts:<strategy>``; what
+    is known only at the end (stop reason, FLOPs, tokens) is a ``tts_summary`` child run of
+    the ``finalize`` node, with the same values in its metadata and outputs.
+    """
     return {
         "metadata": {
             "tts_strategy": strategy,

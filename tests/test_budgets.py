@@ -1,4 +1,4 @@
-"""Compute budgets on every strategy (issue #6): ``max_flops`` / ``max_tokens``.
+"""Compute budgets on every strategy: ``max_flops`` / ``max_tokens``.
 
 Every model call of a budgeted run goes through the ledger (:mod:`langchain_tts.ledger`),
 which refuses -- before it is made -- a call the budget cannot pay, or lowers its step cap.

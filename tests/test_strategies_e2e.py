@@ -1,4 +1,4 @@
-"""Every strategy of ``STRATEGIES``, end to end on the embedded default models (issue #5).
+"""Every strategy of ``STRATEGIES``, end to end on the embedded default models.
 
 Small budgets (N=2..4, 3 MCTS simulations) on 2 synthetic problems: the real code path
 (HF policy, Qwen-style PRM, LangGraph), not accuracy. Each case checks the output contract,

@@ -1,15 +1,9 @@
 """A bounded prefix KV cache for the local runtimes: pay for each prompt token once.
 
-A search step continues partial solutions whose prompts extend the previous step's prompts
-(a beam's children share their parent's prefix). After a call the cache keeps each row's
-attention keys/values, keyed by its token ids; the next call looks up the longest cached
-prefix of each prompt and computes only the rest. Entries form a tree: an entry holds the
-keys/values of its *own* tokens and points at the entry it extends, so the samples of one
-prompt share the prompt's tensors. Least recently used entries go once the entries' own
-tensors pass ``max_bytes`` (an evicted entry's tensors live on while a cached descendant
-still points at them; a hit refreshes the whole chain, so leaves go first).
-
-Used under the model's lock (one call at a time), so it needs no lock of its own.
+A search step extends the previous step's prompts (a beam's children share their parent's
+prefix), so the cache keeps each row's keys/values, keyed by token ids, and the next call
+computes only what no cached prefix covers. Used under the model's lock (one call at a
+time), so it needs no lock of its own.
 """
 
 from __future__ import annotations
@@ -81,7 +75,13 @@ class PrefixCacheStats:
 
 
 class PrefixCache:
-    """LRU of :class:`CacheEntry` keyed by token prefix, bounded by ``max_bytes``."""
+    """LRU of :class:`CacheEntry` keyed by token prefix, bounded by ``max_bytes``.
+
+    Entries form a tree: an entry holds the keys/values of its *own* tokens and points at the
+    entry it extends, so the samples of one prompt share the prompt's tensors. An evicted
+    entry's tensors live on while a cached descendant still points at them; a hit refreshes
+    the whole chain, so leaves go first.
+    """
 
     def __init__(self, max_bytes: float = DEFAULT_PREFIX_CACHE_MB * 2**20):
         if max_bytes <= 0:

@@ -1,22 +1,10 @@
 """Incremental scoring for the embedded PRMs: a scored prefix is never read twice.
 
-(The policy's own KV cache for generation is :mod:`langchain_tts.backends.prefix_cache`;
-this one also keeps the final hidden states a PRM's read-out needs.)
-
-A search scores a child as its parent's solution plus one new step, and siblings share
-their parent's whole prefix. :class:`ScoringCache` keeps, for the token sequences a PRM
-read, every layer's keys/values and the final hidden states (a bounded LRU, keyed by
-token prefix); :func:`cached_hidden` runs the body only on each sequence's tokens past
-its longest cached prefix, with the cached keys/values as the past, and returns the same
-hidden states a full forward gives (causal attention: a token's state depends on earlier
-tokens only). The PRM's read-out then runs on those states unchanged, so scores with the
-cache equal scores without it up to float rounding.
-
-It runs the project's own Llama body (``models/tiny_llama.py``, what the native runtime
-loads), found by its shape (:func:`incremental_body`): this layer imports no model code.
-
-Prefixes that several sequences of one batch share and nothing cached covers yet (the
-question every first step of a search starts from) are computed once first.
+A search scores a child as its parent plus one step, and siblings share their parent's
+prefix. :func:`cached_hidden` runs the model body only past each sequence's longest cached
+prefix and returns the hidden states a full forward gives (causal attention), so scores with
+the cache equal scores without it up to float rounding. The policy's generation cache is
+:mod:`langchain_tts.backends.prefix_cache`.
 """
 
 from __future__ import annotations
@@ -247,7 +235,14 @@ def cached_hidden(
     device: torch.device,
 ) -> CachedForward:
     """Final hidden states of ``seqs`` (right padded to one width), computing only the
-    tokens past each sequence's longest cached prefix; every sequence is then cached."""
+    tokens past each sequence's longest cached prefix; every sequence is then cached.
+
+    It runs the project's own Llama body (``models/tiny_llama.py``, what the native runtime
+    loads), found by its shape (:func:`incremental_body`): this layer imports no model code.
+
+    Prefixes that several sequences of one batch share and nothing cached covers yet (the
+    question every first step of a search starts from) are computed once first.
+    """
     rows = [tuple(int(t) for t in s) for s in seqs]
     looked = [cache.lookup(s) for s in rows]
     paid: list[tuple[tuple[int, ...], int]] = []  # shared prefixes computed, new tokens

@@ -33,7 +33,7 @@ class SamplingParams(BaseModel):
 
     temperature: float = Field(0.7, ge=0.0, le=5.0, description="0 means greedy")
     top_p: float = Field(0.95, gt=0.0, le=1.0)
-    max_step_tokens: int = Field(2048, ge=1, description="cap on one step (paper: 2048)")
+    max_step_tokens: int = Field(2048, ge=1, description="cap on the tokens of one step")
     stop_at_step: bool = Field(True, description="stop at the step delimiter (else: to EOS)")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="sampling seed (None: random)")
 

@@ -1,13 +1,7 @@
 """Evaluation: datasets (synthetic, MATH-500, AIME-2024), grading, resumable sweeps, reports.
 
-* :mod:`~langchain_tts.eval.datasets`: ``load_dataset("math500" | "aime24" | "synthetic")``;
-* :mod:`~langchain_tts.eval.grading`: ``answers_match`` / ``grade`` (math-verify);
-* :mod:`~langchain_tts.eval.runner`: ``run_eval`` (one JSONL record per problem, resumable),
-  ``summarize``, ``load_records``, ``calibration_records`` (for ``routing.calibrate``);
-* :mod:`~langchain_tts.eval.report`: ``write_report`` (accuracy per bin, scaling-law fits,
-  crossovers, plots). See ``docs/evaluation.md``.
-
-Names are imported lazily, so ``import langchain_tts.eval`` stays cheap.
+Names are imported lazily, so ``import langchain_tts.eval`` stays cheap. See
+``docs/evaluation.md``.
 """
 
 from __future__ import annotations

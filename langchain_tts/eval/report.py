@@ -1,29 +1,8 @@
 """Evaluation reports from eval records: accuracy vs compute, scaling laws, crossovers, plots.
 
-``write_report(["results.jsonl"], "report/")`` reads the records that
-:func:`~langchain_tts.eval.runner.run_eval` (``tts eval``) writes and produces, per dataset:
-
-* accuracy per (policy, prm, strategy, budget) overall and per difficulty bin, with the
-  compute spent per problem (tokens, generated tokens, PRM tokens, FLOPs, seconds);
-* the test-time scaling law ``Q(T) = Q0 + gamma ln T`` fitted per (policy, prm, strategy)
-  over its budgets (:func:`langchain_tts.scaling.fit_scaling_law`, ordinary least squares;
-  ``Q`` in percent, ``T`` the mean *generated* tokens per problem by default -- the
-  references' "thinking tokens"), with a second fit against FLOPs per problem;
-* the crossover against a larger model's CoT when the records have one (e.g. policy
-  ``large``, strategy ``cot``): the thinking tokens / FLOPs at which each fitted curve
-  reaches the large model's accuracy (:func:`langchain_tts.scaling.crossover_tokens`), and
-  the cheapest measured run that does;
-* plots (matplotlib, Agg canvas, PNG and SVG): accuracy vs FLOPs per strategy (log x) and
-  accuracy vs FLOPs per difficulty bin;
-
-all written next to a markdown report (``report.md``) and a machine-readable ``report.json``.
-
-Difficulty bins: the dataset's own levels (MATH levels 1-5, the synthetic task's 1-8) when
-every record has one, else (AIME) each problem's solve rate over all records of the
-dataset, binned like the router (easy ``>= 0.5``, hard ``< 0.1``, see
-:func:`langchain_tts.routing.difficulty.bin_of`).
-
-matplotlib is optional (``pip install "langchain-tts[eval]"``) and imported only to plot.
+:func:`write_report` turns the records :func:`~langchain_tts.eval.runner.run_eval` (``tts
+eval``) writes into ``report.md``, ``report.json`` and plots, per dataset. matplotlib is
+optional (``pip install "langchain-tts[eval]"``) and imported only to plot.
 """
 
 from __future__ import annotations
@@ -769,6 +748,26 @@ def write_report(
 
     Plots per dataset: ``<dataset>_accuracy_vs_flops.{png,svg}`` and
     ``<dataset>_accuracy_by_difficulty.{png,svg}``.
+
+    Per dataset:
+
+    * accuracy per (policy, prm, strategy, budget) overall and per difficulty bin, with the
+      compute spent per problem (tokens, generated tokens, PRM tokens, FLOPs, seconds);
+    * the test-time scaling law ``Q(T) = Q0 + gamma ln T`` fitted per (policy, prm, strategy)
+      over its budgets (:func:`langchain_tts.scaling.fit_scaling_law`, ordinary least squares;
+      ``Q`` in percent, ``T`` the mean *generated* tokens per problem by default -- the
+      references' "thinking tokens"), with a second fit against FLOPs per problem;
+    * the crossover against a larger model's CoT when the records have one (e.g. policy
+      ``large``, strategy ``cot``): the thinking tokens / FLOPs at which each fitted curve
+      reaches the large model's accuracy (:func:`langchain_tts.scaling.crossover_tokens`), and
+      the cheapest measured run that does;
+    * plots (matplotlib, Agg canvas, PNG and SVG): accuracy vs FLOPs per strategy (log x) and
+      accuracy vs FLOPs per difficulty bin.
+
+    Difficulty bins: the dataset's own levels (MATH levels 1-5, the synthetic task's 1-8) when
+    every record has one, else (AIME) each problem's solve rate over all records of the
+    dataset, binned like the router (easy ``>= 0.5``, hard ``< 0.1``, see
+    :func:`langchain_tts.routing.difficulty.bin_of`).
     """
     from langchain_tts.eval.runner import load_records
 

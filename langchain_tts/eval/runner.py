@@ -1,11 +1,7 @@
-"""Sweeps of strategies x budgets over a dataset, resumable, with accuracy-vs-compute reports.
+"""Sweeps of strategies x budgets over a dataset, resumable, with accuracy-vs-compute summaries.
 
-Each solved problem is one JSONL record; re-running skips the records already there, so a
-sweep can be interrupted and resumed. ``summarize`` turns records into accuracy and mean
-compute per (policy, prm, strategy, budget), overall and per difficulty level;
-:mod:`langchain_tts.eval.report` into full reports (scaling laws, crossovers, plots).
-``load_records`` reads several files; ``calibration_records`` selects one policy/PRM pair
-for ``routing.calibrate``. See ``docs/evaluation.md``.
+Each solved problem is one JSONL record and re-running skips the records already there, so a
+sweep can be interrupted and resumed. See ``docs/evaluation.md``.
 """
 
 from __future__ import annotations

@@ -1,25 +1,9 @@
 """The embedded synthetic task: multi-step arithmetic chains with exact step labels.
 
-A problem is a chain of operations on a running value::
-
-    Start with 7. Add 5. Multiply by 3. Subtract 4.
-
-and its gold solution is one step per operation, steps separated by the step delimiter,
-ending in a boxed answer::
-
-    7+5=12
-
-    12*3=36
-
-    36-4=32
-
-    \\boxed{32}
-
-Difficulty is the number of operations. Because every step is a checkable equation,
-answers grade exactly and every step of any model's rollout gets an automatic label,
-which is what trains the embedded PRM. The problem types and the question grammar live in
-:mod:`langchain_tts.models.task` (the embedded models' domain check uses them too); this
-module generates the data and labels rollouts.
+Every step is a checkable equation (``7+5=12``), so answers grade exactly and every step of
+any model's rollout gets an automatic label, which is what trains the embedded PRM. The
+question grammar lives in :mod:`langchain_tts.models.task`; this module generates the data
+and labels rollouts.
 """
 
 from __future__ import annotations

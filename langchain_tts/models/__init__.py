@@ -1,12 +1,9 @@
-"""The embedded default models: a tiny Llama policy (two sizes), a calculator verifier (the
-default verifier) and a Qwen2.5-Math-PRM-style PRM (strong and weak),
-trained by this project on the synthetic arithmetic task and shipped in Hugging Face
-format. ``load_default()`` loads them offline on CPU, by default with the project's own
-runtime (``backend="native"``, :mod:`.native`: no transformers import, so a cold start is
-about a second); ``backend="transformers"`` loads the same folders with transformers' Auto
-classes and gives the same tokens and scores.
+"""The embedded default models, trained by this project on the synthetic arithmetic task.
 
-Rebuild them with ``tts train-default`` from a source checkout (see ``docs/model_card.md``).
+A tiny Llama policy (two sizes), a calculator verifier (the default verifier) and a
+Qwen2.5-Math-PRM-style PRM, shipped in Hugging Face format. ``load_default()`` loads them
+offline on CPU, by default on the project's own runtime (:mod:`.native`: no transformers
+import, a cold start of about a second). Rebuild them with ``tts train-default``.
 """
 
 from __future__ import annotations

@@ -1,16 +1,9 @@
 """``LlamaForProcessRewardModel``: the embedded PRM's architecture, in Hugging Face form.
 
-A Qwen2.5-Math-PRM-style model: it reads the question and the steps separated by
-``<extra_0>`` and returns per-token ``[bad, good]`` logits, and ``P(good)`` at each tag is
-that step's score. Like Qwen2.5-Math-PRM's own ``Qwen2ForProcessRewardModel`` it is a
-decoder body with its own head class; here the head is the *checker* read-out of
-:func:`langchain_tts.models.tiny_llama.checker_logits`: the body's LM head says how likely
-each written token was, and a learned gate, scale and bias turn the most surprising
-checked token so far into the step's logits.
-
-``QwenPRM.from_pretrained`` registers the class with transformers' Auto classes, so the
-embedded folder loads through the same code path as any Qwen-style PRM. Outside this
-package, ``import langchain_tts.models.checker_prm`` (or :func:`register`) first.
+A Qwen2.5-Math-PRM-style model (steps separated by ``<extra_0>``; ``P(good)`` at each tag is
+the step's score) whose head is the *checker* read-out of
+:func:`langchain_tts.models.tiny_llama.checker_logits`. ``QwenPRM.from_pretrained`` registers
+it with transformers' Auto classes; outside this package, call :func:`register` first.
 """
 
 from __future__ import annotations

@@ -1,14 +1,9 @@
 """The embedded models' task, multi-step arithmetic chains, and a check of its question grammar.
 
-The embedded policy and verifiers were trained only on questions of this form::
-
-    Start with 14. Add 9. Multiply by 3. Subtract 17.
-
-Asked anything else, they still answer with full confidence, and the answer means nothing.
-:func:`out_of_domain_reason` says why a question is outside what they were trained on, and
-:func:`domain_warnings` turns that into the ``warnings`` of a graph's output. The problem
-types live here, at the models layer, so that this check and the data generator
-(``eval/synthetic.py``) share one grammar.
+The embedded models were trained only on questions like ``Start with 14. Add 9. Multiply by
+3.``; asked anything else they still answer with full confidence, so
+:func:`out_of_domain_reason` says why a question is outside their task. The grammar lives at
+the models layer so this check and the data generator (``eval/synthetic.py``) share it.
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
-"""A minimal Llama forward pass for fast CPU training of the embedded models.
+"""A minimal Llama forward pass, fast on CPU, for training and running the embedded models.
 
-Transformers' Llama is the format we ship and load; this module only *trains* faster on
-2 CPU cores (no mask building, no cache plumbing, fused SDPA). Its parameter names are
-exactly Hugging Face's, so ``state_dict()`` saves as a ``LlamaForCausalLM`` or
-``LlamaForTokenClassification`` checkpoint; a test checks the logits match transformers.
+No mask building, no cache plumbing, fused SDPA. Parameter names are exactly Hugging Face's,
+so ``state_dict()`` saves as a ``LlamaForCausalLM`` or ``LlamaForTokenClassification``
+checkpoint; a test checks the logits match transformers.
 """
 
 from __future__ import annotations

@@ -2,32 +2,7 @@
 
 Use it to put search around a hosted model that has no completions endpoint. One search step
 is one ``abatch`` over ``prefixes x n`` inputs (the model's client runs them concurrently,
-``max_concurrency`` at a time; a ``BaseLLM`` may send them as one batched request).
-
-Prompt contract:
-
-* chat models get ``[SystemMessage(system_prompt)?, HumanMessage(instruction)]`` where the
-  instruction (``instruction=``; placeholders ``{question}`` and ``{steps}``, filled with
-  ``str.replace`` so LaTeX braces are safe) holds the question, the steps so far joined by the
-  delimiter, and asks for exactly the next step;
-* plain LLMs (``BaseLLM``) continue the text ``question + delimiter + steps`` (each step
-  followed by the delimiter), like :class:`HFPolicy` without a chat template.
-
-``stop=[delimiter]`` is passed to every call; a model that rejects ``stop`` is called without
-it from then on. The reply is cut at the first delimiter client-side in any case.
-
-Finish reasons: a reply cut at the delimiter, or a non-empty reply, is a ``"step"`` (a chat
-model asked for one step rarely writes the delimiter); ``response_metadata["finish_reason"]``
-of ``length``/``max_tokens`` is ``"length"``; an empty reply is ``"eos"``. A trajectory also
-ends when a step holds a final ``\\boxed{}`` answer (see :meth:`Trajectory.extend`), which is
-how chat-model solutions normally end.
-
-Token counts come from ``AIMessage.usage_metadata`` when the provider reports it; otherwise
-(plain LLM strings, fake models, some providers) they are **estimated as characters / 4**,
-so budgets are approximate for such models. Sampling (temperature, top-p, max tokens) is the
-model's own configuration unless ``pass_sampling=True`` forwards ``temperature``, ``top_p``,
-``max_tokens`` and ``seed`` as call kwargs (supported by e.g. ``ChatOpenAI``); configure a
-temperature > 0 for diverse samples.
+``max_concurrency`` at a time).
 """
 
 from __future__ import annotations
@@ -85,7 +60,33 @@ def _estimate_tokens(text: str) -> int:
 
 
 class ChatModelPolicy(StepPolicy):
-    """Continue partial solutions by one step each with any LangChain model (see module doc)."""
+    r"""Continue partial solutions by one step each with any LangChain model.
+
+    Prompt contract:
+
+    * chat models get ``[SystemMessage(system_prompt)?, HumanMessage(instruction)]`` where the
+      instruction (``instruction=``; placeholders ``{question}`` and ``{steps}``, filled with
+      ``str.replace`` so LaTeX braces are safe) holds the question, the steps so far joined by
+      the delimiter, and asks for exactly the next step;
+    * plain LLMs (``BaseLLM``) continue the text ``question + delimiter + steps`` (each step
+      followed by the delimiter), like :class:`HFPolicy` without a chat template.
+
+    ``stop=[delimiter]`` is passed to every call; a model that rejects ``stop`` is called
+    without it from then on. The reply is cut at the first delimiter client-side in any case.
+
+    Finish reasons: a reply cut at the delimiter, or a non-empty reply, is a ``"step"`` (a
+    chat model asked for one step rarely writes the delimiter);
+    ``response_metadata["finish_reason"]`` of ``length``/``max_tokens`` is ``"length"``; an
+    empty reply is ``"eos"``. A trajectory also ends when a step holds a final ``\boxed{}``
+    answer (see :meth:`Trajectory.extend`), which is how chat-model solutions normally end.
+
+    Token counts come from ``AIMessage.usage_metadata`` when the provider reports it;
+    otherwise (plain LLM strings, fake models, some providers) they are **estimated as
+    characters / 4**, so budgets are approximate for such models. Sampling (temperature,
+    top-p, max tokens) is the model's own configuration unless ``pass_sampling=True`` forwards
+    ``temperature``, ``top_p``, ``max_tokens`` and ``seed`` as call kwargs (supported by e.g.
+    ``ChatOpenAI``); configure a temperature > 0 for diverse samples.
+    """
 
     def __init__(
         self,

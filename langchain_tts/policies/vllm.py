@@ -1,44 +1,9 @@
 """A step policy on an in-process async vLLM engine: one request per prefix, all at once.
 
-``VLLMPolicy(model, **engine_kwargs)`` builds ``vllm.AsyncLLMEngine.from_engine_args(
-vllm.AsyncEngineArgs(model=model, enable_prefix_caching=True, **engine_kwargs))`` (the V1
-``AsyncLLM`` on vLLM >= 0.8 with V1 on; ``AsyncLLMEngine`` is its alias in recent vLLM). A
-search step submits every prefix as its own ``engine.generate(prompt, sampling_params,
-request_id)`` request with ``SamplingParams(n=n, stop=[delimiter], max_tokens=max_step_tokens,
-output_kind=FINAL_ONLY, ...)``, concurrently, so the engine schedules the whole step in one
-continuous batch; automatic prefix caching reuses the KV cache of the question and of every
-shared step across beams, search steps and concurrent searches (the engine is not locked:
-concurrent graphs share its batches).
-
-The engine lives on one event loop, on a private daemon thread: vLLM's async engine binds its
-output handler to the loop it first runs on, while LangGraph's sync ``invoke`` runs every node
-on a fresh loop (:func:`~langchain_tts.backends.sync.run_sync`). Calls from any loop or thread
-are handed to that loop with ``asyncio.run_coroutine_threadsafe``. Cancelling a call aborts
-its requests (vLLM aborts a request whose ``generate`` is cancelled).
-
-Prompt contract (the same as :class:`HFPolicy`): the tokenizer's chat template over
-``[system?, user question]`` with the generation prompt opened (``question + delimiter`` when
-the tokenizer has no template), then the steps so far, each followed by the delimiter. The
-prompt is tokenized here and passed as ``{"prompt_token_ids": ...}`` (a ``TokensPrompt``), so
-a template that already writes BOS does not get a second one.
-
-Output contract (``vllm.outputs.RequestOutput`` / ``CompletionOutput``): with ``FINAL_ONLY``
-the one ``RequestOutput`` of a request carries all ``n`` samples (with the default
-``CUMULATIVE`` kind the V1 engine streams the ``n > 1`` samples one child at a time, so the
-last output would hold only some of them); samples are placed by ``CompletionOutput.index``.
-``finish_reason`` ``"length"`` -> ``"length"``; ``"stop"`` with ``stop_reason`` = the matched
-stop string -> ``"step"``; with ``stop_reason`` ``None`` (EOS) or an int (a stop token such as
-``<|eot_id|>``) -> ``"eos"``; anything else (``"abort"``, ``"error"``) is a
-:class:`BackendError`. Token counts are ``len(prompt_token_ids)`` and ``len(token_ids)``;
-``num_cached_tokens`` (prefix-cache hits) goes to ``Usage.policy_cached_tokens`` and the
-rest of the prompt to ``policy_prompt_tokens`` (the computed ones, which FLOPs count).
-
-Seeds: vLLM seeds sample ``j`` of a request with ``seed + j``; prompt ``i`` of a call is sent
-``seed + i * n``, so two prompts of one step (two identical beams, say) never replay the same
-random draws.
-
-``vllm`` is imported lazily (``pip install 'langchain-tts[vllm]'``, CUDA wheel); the
-conversion from vLLM outputs to steps (:func:`request_outputs_to_steps`) is pure Python.
+Every prefix of a search step is its own request, submitted concurrently, so the engine
+schedules the whole step in one continuous batch and automatic prefix caching reuses the KV
+cache of the question and of every shared step. ``vllm`` is imported lazily (``pip install
+'langchain-tts[vllm]'``); :func:`request_outputs_to_steps` is pure Python.
 """
 
 from __future__ import annotations
@@ -128,6 +93,18 @@ def request_outputs_to_steps(
     The text is cut at the first delimiter (vLLM already stops there; this guards a server or
     engine that overshoots). ``Step.tokens`` is the number of generated token ids, the stop
     string's tokens included.
+
+    Output contract (``vllm.outputs.RequestOutput`` / ``CompletionOutput``): with
+    ``FINAL_ONLY`` the one ``RequestOutput`` of a request carries all ``n`` samples (with the
+    default ``CUMULATIVE`` kind the V1 engine streams the ``n > 1`` samples one child at a
+    time, so the last output would hold only some of them); samples are placed by
+    ``CompletionOutput.index``. ``finish_reason`` ``"length"`` -> ``"length"``; ``"stop"``
+    with ``stop_reason`` = the matched stop string -> ``"step"``; with ``stop_reason``
+    ``None`` (EOS) or an int (a stop token such as ``<|eot_id|>``) -> ``"eos"``; anything else
+    (``"abort"``, ``"error"``) is a :class:`BackendError`. Token counts are
+    ``len(prompt_token_ids)`` and ``len(token_ids)``; ``num_cached_tokens`` (prefix-cache
+    hits) goes to ``Usage.policy_cached_tokens`` and the rest of the prompt to
+    ``policy_prompt_tokens`` (the computed ones, which FLOPs count).
     """
     steps: list[list[Step]] = []
     prompt_tokens = generated = cached = 0
@@ -227,6 +204,33 @@ class VLLMPolicy(StepPolicy):
     wraps an ``AsyncLLMEngine`` / ``AsyncLLM`` you built: outside any event loop and not yet
     used (the policy runs it on its own loop), or give ``loop=`` the running loop it serves
     on. :meth:`close` shuts an engine the policy built down.
+
+    ``VLLMPolicy(model, **engine_kwargs)`` builds ``vllm.AsyncLLMEngine.from_engine_args(
+    vllm.AsyncEngineArgs(model=model, enable_prefix_caching=True, **engine_kwargs))`` (the V1
+    ``AsyncLLM`` on vLLM >= 0.8 with V1 on; ``AsyncLLMEngine`` is its alias in recent vLLM). A
+    search step submits every prefix as its own ``engine.generate(prompt, sampling_params,
+    request_id)`` request with ``SamplingParams(n=n, stop=[delimiter],
+    max_tokens=max_step_tokens, output_kind=FINAL_ONLY, ...)``, concurrently, so the engine
+    schedules the whole step in one continuous batch; automatic prefix caching reuses the KV
+    cache of the question and of every shared step across beams, search steps and concurrent
+    searches (the engine is not locked: concurrent graphs share its batches).
+
+    The engine lives on one event loop, on a private daemon thread: vLLM's async engine binds
+    its output handler to the loop it first runs on, while LangGraph's sync ``invoke`` runs
+    every node on a fresh loop (:func:`~langchain_tts.backends.sync.run_sync`). Calls from any
+    loop or thread are handed to that loop with ``asyncio.run_coroutine_threadsafe``.
+    Cancelling a call aborts its requests (vLLM aborts a request whose ``generate`` is
+    cancelled).
+
+    Prompt contract (the same as :class:`HFPolicy`): the tokenizer's chat template over
+    ``[system?, user question]`` with the generation prompt opened (``question + delimiter``
+    when the tokenizer has no template), then the steps so far, each followed by the
+    delimiter. The prompt is tokenized here and passed as ``{"prompt_token_ids": ...}`` (a
+    ``TokensPrompt``), so a template that already writes BOS does not get a second one.
+
+    Seeds: vLLM seeds sample ``j`` of a request with ``seed + j``; prompt ``i`` of a call is
+    sent ``seed + i * n``, so two prompts of one step (two identical beams, say) never replay
+    the same random draws.
     """
 
     def __init__(

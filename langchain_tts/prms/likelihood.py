@@ -1,17 +1,7 @@
 """A verifier from any causal language model: how likely it finds each step.
 
-``LikelihoodPRM(model, tokenizer)`` renders the question and the steps the way a policy
-reads them (chat template, steps joined by the delimiter), runs one teacher-forced forward,
-and scores step ``j`` with ``exp(min log-prob)`` over the tokens of steps ``1..j``: the
-least likely token so far. The score is cumulative, as P(all steps so far are right) is
-for a Qwen-style PRM, so ``aggregation="last"`` (the default) judges the whole solution.
-
-It needs no PRM training, and it is useful when the model knows *other things* than the
-sampling policy: on the embedded task, picking among 16 samples of the small policy by the
-large policy's likelihood gives 67.5% against greedy CoT's 61.2%, while picking by the
-small policy's own likelihood gives 60.0% (it shares the sampler's beliefs; see
-``python -m research.diagnose``). ``num_parameters`` counts the model's matmul
-parameters, so its FLOPs are ``2 * num_parameters * tokens`` like any PRM's.
+It needs no PRM training, and it helps when the model knows other things than the sampling
+policy (a larger model judging a smaller one's samples).
 """
 
 from __future__ import annotations
@@ -34,7 +24,22 @@ __all__ = ["LikelihoodPRM"]
 
 
 class LikelihoodPRM(LocalPRM):
-    """Step scores from a causal LM's token log-probabilities (one forward per chunk)."""
+    """Step scores from a causal LM's token log-probabilities (one forward per chunk).
+
+    ``LikelihoodPRM(model, tokenizer)`` renders the question and the steps the way a policy
+    reads them (chat template, steps joined by the delimiter), runs one teacher-forced
+    forward, and scores step ``j`` with ``exp(min log-prob)`` over the tokens of steps
+    ``1..j``: the least likely token so far. The score is cumulative, as P(all steps so far
+    are right) is for a Qwen-style PRM, so ``aggregation="last"`` (the default) judges the
+    whole solution.
+
+    It is useful when the model knows *other things* than the sampling policy: on the embedded
+    task, picking among 16 samples of the small policy by the large policy's likelihood gives
+    67.5% against greedy CoT's 61.2%, while picking by the small policy's own likelihood gives
+    60.0% (it shares the sampler's beliefs; see ``python -m research.diagnose``).
+    ``num_parameters`` counts the model's matmul parameters, so its FLOPs are ``2 *
+    num_parameters * tokens`` like any PRM's.
+    """
 
     def __init__(
         self,

@@ -1,16 +1,7 @@
 """The shared loop of the in-process PRMs: encode, one right-padded forward per chunk, read out.
 
-Every trajectory with steps is encoded to token ids (plus what its read-out needs); the
-encodings are sorted by length and scored ``batch_size`` at a time, so similar lengths share
-a chunk. Right padding keeps every real token at the position it has when scored alone and
-causal attention never looks at the padding, so a batched score equals the unbatched one;
-that is also why concurrent calls can share one forward (the request coalescer).
-
-On the embedded (native) models a :class:`~langchain_tts.backends.prefix_cache.ScoringCache`
-makes scoring incremental: a child that is its parent plus one step computes only the new
-step's tokens (``cache_tokens`` bounds it; ``0`` turns it off). Tokens read from the cache
-are booked as ``prm_cached_tokens``, only computed ones as ``prm_tokens`` / ``prm_flops``.
-The transformers backend computes every token (see :attr:`LocalPRM.cache_tokens`).
+Right padding keeps every real token at the position it has when scored alone, so a batched
+score equals the unbatched one and concurrent calls can share one forward.
 """
 
 from __future__ import annotations
@@ -41,6 +32,17 @@ class LocalPRM(LocalModel, ProcessRewardModel):
 
     ``num_parameters`` counts every parameter but the input embedding (``prm_flops = 2 *
     num_parameters * tokens``). Calls on one model are serialized and run in a worker thread.
+
+    Every trajectory with steps is encoded to token ids (plus what its read-out needs); the
+    encodings are sorted by length and scored ``batch_size`` at a time, so similar lengths
+    share a chunk.
+
+    On the embedded (native) models a
+    :class:`~langchain_tts.backends.prefix_cache.ScoringCache` makes scoring incremental: a
+    child that is its parent plus one step computes only the new step's tokens
+    (``cache_tokens`` bounds it; ``0`` turns it off). Tokens read from the cache are booked as
+    ``prm_cached_tokens``, only computed ones as ``prm_tokens`` / ``prm_flops``. The
+    transformers backend computes every token (see :attr:`LocalPRM.cache_tokens`).
     """
 
     merge = 8

@@ -1,22 +1,7 @@
 """The Math-Shepherd PRM interface on ``transformers``: P("+") at every step tag ``ки``.
 
-Exact contract of ``peiyi9979/math-shepherd-mistral-7b-prm`` (its model card):
-
-* input text: ``f"{question} {step_1} ки\\n{step_2} ки\\n...{step_n} ки"``, i.e. the question,
-  one space, then the steps joined by ``"\\n"``, each followed by ``" ки"``; tokenized with the
-  tokenizer's special tokens (BOS for Mistral). A ``ки`` inside a step's text is removed;
-* step tag id: the last id of ``tokenizer.encode("ки")`` (12902 for Mistral);
-* candidate ids: ``tokenizer.encode("+ -")`` without BOS (``[648, 387]`` for Mistral), or the
-  last id of ``"+"`` and of ``"-"`` encoded separately when the pair does not give two ids;
-* score of step ``k``: ``softmax(logits[tag_k, [good, bad]])[0]``, the LM's probability of
-  ``+`` (vs ``-``) as the token after the k-th tag.
-
-This module also holds :class:`CausalLMPRM`, the shared machinery of the decoder-based PRMs
-(Math-Shepherd, RLHFlow, Skywork): every trajectory is encoded to token ids plus one read-out
-position per step, all trajectories go through **one** right-padded forward of the model body
-(chunked by ``batch_size`` only when needed, :class:`~langchain_tts.prms.local.LocalPRM`),
-and only the hidden states at the read-out positions are projected -- onto the two candidate
-rows of the LM head here, so a 32k-128k vocabulary is never materialised for every token.
+Also home of :class:`CausalLMPRM`, the shared machinery of the decoder-based PRMs
+(Math-Shepherd, RLHFlow, Skywork).
 """
 
 from __future__ import annotations
@@ -86,6 +71,13 @@ class CausalLMPRM(LocalPRM):
     ``from_pretrained`` loads with ``AutoModelForCausalLM`` (e.g.
     ``peiyi9979/math-shepherd-mistral-7b-prm`` for :class:`MathShepherdPRM`,
     ``RLHFlow/Llama3.1-8B-PRM-Deepseek-Data`` for :class:`~langchain_tts.prms.rlhflow.RLHFlowPRM`).
+
+    The shared machinery of the decoder-based PRMs (Math-Shepherd, RLHFlow, Skywork): every
+    trajectory is encoded to token ids plus one read-out position per step, all trajectories
+    go through **one** right-padded forward of the model body (chunked by ``batch_size`` only
+    when needed), and only the hidden states at the read-out positions are projected -- onto
+    the two candidate rows of the LM head here, so a 32k-128k vocabulary is never materialised
+    for every token.
     """
 
     def __init__(
@@ -181,7 +173,21 @@ class LabelTokenPRM(CausalLMPRM):
 
 
 class MathShepherdPRM(LabelTokenPRM):
-    """Math-Shepherd: a causal LM read at every ``ки``; score = P("+") vs "-" (module doc)."""
+    r"""Math-Shepherd: a causal LM read at every ``ки``; score = P("+") vs "-".
+
+    Exact contract of ``peiyi9979/math-shepherd-mistral-7b-prm`` (its model card):
+
+    * input text: ``f"{question} {step_1} ки\n{step_2} ки\n...{step_n} ки"``, i.e. the
+      question, one space, then the steps joined by ``"\n"``, each followed by ``" ки"``;
+      tokenized with the tokenizer's special tokens (BOS for Mistral). A ``ки`` inside a
+      step's text is removed;
+    * step tag id: the last id of ``tokenizer.encode("ки")`` (12902 for Mistral);
+    * candidate ids: ``tokenizer.encode("+ -")`` without BOS (``[648, 387]`` for Mistral), or
+      the last id of ``"+"`` and of ``"-"`` encoded separately when the pair does not give two
+      ids;
+    * score of step ``k``: ``softmax(logits[tag_k, [good, bad]])[0]``, the LM's probability of
+      ``+`` (vs ``-``) as the token after the k-th tag.
+    """
 
     def __init__(
         self,

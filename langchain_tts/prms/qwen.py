@@ -1,11 +1,9 @@
 """The Qwen2.5-Math-PRM interface on ``transformers``: a score at every ``<extra_0>``.
 
-The solution is rendered as ``[system, user question, assistant "<extra_0>".join(steps) +
-"<extra_0>"]`` with the tokenizer's chat template; the step score is the class-1
-probability of the 2-way softmax at each step-tag position. The same code serves the
-embedded PRM (``LlamaForProcessRewardModel``, models/checker_prm.py), any
-``*ForTokenClassification`` PRM and the real ``Qwen2.5-Math-PRM-7B``
-(``trust_remote_code=True``, logits in ``outputs[0]``).
+The solution is rendered with the chat template as ``[system, user question, assistant
+"<extra_0>".join(steps) + "<extra_0>"]``; a step's score is the class-1 probability at its
+tag. The same code serves the embedded PRM, any ``*ForTokenClassification`` PRM and
+``Qwen2.5-Math-PRM-7B`` (``trust_remote_code=True``).
 """
 
 from __future__ import annotations

@@ -1,24 +1,7 @@
 """The RLHFlow PRM interface on ``transformers``: each step is a chat turn judged "+" / "-".
 
-Exact contract of ``RLHFlow/Llama3.1-8B-PRM-Deepseek-Data`` / ``-Mistral-Data`` (their
-``math-rm`` inference code):
-
-* conversation: ``user: question + " " + step_1``, ``assistant: "+"``, ``user: step_2``,
-  ``assistant: "+"``, ... -- one user/assistant pair per step, every assistant reply the
-  good label; rendered with the tokenizer's chat template (``tokenize=False``) and tokenized
-  without extra special tokens (the template writes ``<|begin_of_text|>``);
-* candidate ids: the last id of ``tokenizer.encode("+")`` and of ``tokenizer.encode("-")``;
-* score of step ``k``: ``softmax(logits[p_k, [good, bad]])[0]`` where ``p_k`` is the position
-  just before the k-th assistant reply token (the reference reads ``logits[:, -3]`` of the
-  conversation cut after reply ``k``: ``... <|end_header_id|> "\\n\\n" | "+" <|eot_id|>``).
-
-The reference runs one forward per prefix; with causal attention every reply position sees
-exactly the conversation up to its own turn, so **one** forward over the whole conversation
-gives the same scores for all steps, and all trajectories share one batched forward.
-
-The reply positions are found without guessing the template: every assistant reply is first
-rendered as a unique sentinel, then replaced by ``"+"`` while recording its character offset,
-and the token starting at that offset (fast-tokenizer offsets) must be the ``"+"`` token.
+The reference runs one forward per prefix; with causal attention one forward over the whole
+conversation gives every step's score, and all trajectories share one batched forward.
 """
 
 from __future__ import annotations
@@ -37,7 +20,27 @@ _SLOT = "@@LANGCHAIN_TTS_PRM_REPLY@@"
 
 
 class RLHFlowPRM(LabelTokenPRM):
-    """RLHFlow: multi-turn chat, P("+") vs "-" at every assistant reply (module doc)."""
+    r"""RLHFlow: multi-turn chat, P("+") vs "-" at every assistant reply.
+
+    Exact contract of ``RLHFlow/Llama3.1-8B-PRM-Deepseek-Data`` / ``-Mistral-Data`` (their
+    ``math-rm`` inference code):
+
+    * conversation: ``user: question + " " + step_1``, ``assistant: "+"``, ``user: step_2``,
+      ``assistant: "+"``, ... -- one user/assistant pair per step, every assistant reply the
+      good label; rendered with the tokenizer's chat template (``tokenize=False``) and
+      tokenized without extra special tokens (the template writes ``<|begin_of_text|>``);
+    * candidate ids: the last id of ``tokenizer.encode("+")`` and of
+      ``tokenizer.encode("-")``;
+    * score of step ``k``: ``softmax(logits[p_k, [good, bad]])[0]`` where ``p_k`` is the
+      position just before the k-th assistant reply token (the reference reads ``logits[:,
+      -3]`` of the conversation cut after reply ``k``: ``... <|end_header_id|> "\n\n" | "+"
+      <|eot_id|>``).
+
+    The reply positions are found without guessing the template: every assistant reply is
+    first rendered as a unique sentinel, then replaced by ``"+"`` while recording its
+    character offset, and the token starting at that offset (fast-tokenizer offsets) must be
+    the ``"+"`` token.
+    """
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, **kw: Any):
         if not getattr(tokenizer, "chat_template", None):

@@ -1,25 +1,7 @@
 """The Skywork-o1-Open-PRM interface on ``transformers``: a value head read at every step end.
 
-Exact contract of ``Skywork/Skywork-o1-Open-PRM-Qwen-2.5-1.5B`` / ``-7B`` (their
-``skywork-o1-prm-inference`` code, ``prepare_input`` + ``derive_step_rewards``):
-
-* input ids: ``encode(bos_token + question + "\\n")``, then for every step
-  ``encode(step) + [step_token_id]`` with ``step_token = "\\n"`` and ``step_token_id`` the
-  last id of ``encode("\\n")``; nothing else (no chat template); all encodes without extra
-  special tokens (the BOS is written as text; with no ``bos_token`` nothing is prepended);
-* model: the Qwen2 decoder body (``model.*`` weights) plus ``v_head.summary`` =
-  ``Linear(hidden, 1)`` (``v_head.summary.weight`` / ``.bias`` in the checkpoint);
-* score of step ``k``: ``sigmoid(v_head(h[p_k]))`` where ``p_k`` is the position of the
-  step token appended after step ``k``.
-
-The reference splits a response on every ``"\\n"``; here the unit is the search's step, so a
-step is encoded whole (inner newlines kept as text) and gets one score, at its own appended
-step token. Steps produced with the ``"\\n\\n"`` delimiter never end with a newline, so for
-single-line steps this is exactly the reference input.
-
-``from_pretrained`` loads the body with ``AutoModel`` (the checkpoint's ``model.`` prefix is
-stripped by transformers; the unknown ``v_head`` keys are ignored there) and the value head
-straight from the checkpoint files (``*.safetensors`` or ``pytorch_model*.bin``).
+A Qwen2 decoder body plus ``v_head.summary`` (``Linear(hidden, 1)``); a step's score is the
+sigmoid of the value head at the step token appended after the step.
 """
 
 from __future__ import annotations
@@ -82,7 +64,29 @@ def load_value_head(path: str | Path, dtype: torch.dtype = torch.float32) -> tor
 
 
 class SkyworkPRM(CausalLMPRM):
-    """Skywork-o1-Open-PRM: ``sigmoid(v_head(h))`` at the step token after each step."""
+    r"""Skywork-o1-Open-PRM: ``sigmoid(v_head(h))`` at the step token after each step.
+
+    Exact contract of ``Skywork/Skywork-o1-Open-PRM-Qwen-2.5-1.5B`` / ``-7B`` (their
+    ``skywork-o1-prm-inference`` code, ``prepare_input`` + ``derive_step_rewards``):
+
+    * input ids: ``encode(bos_token + question + "\n")``, then for every step ``encode(step) +
+      [step_token_id]`` with ``step_token = "\n"`` and ``step_token_id`` the last id of
+      ``encode("\n")``; nothing else (no chat template); all encodes without extra special
+      tokens (the BOS is written as text; with no ``bos_token`` nothing is prepended);
+    * model: the Qwen2 decoder body (``model.*`` weights) plus ``v_head.summary`` =
+      ``Linear(hidden, 1)`` (``v_head.summary.weight`` / ``.bias`` in the checkpoint);
+    * score of step ``k``: ``sigmoid(v_head(h[p_k]))`` where ``p_k`` is the position of the
+      step token appended after step ``k``.
+
+    The reference splits a response on every ``"\n"``; here the unit is the search's step, so
+    a step is encoded whole (inner newlines kept as text) and gets one score, at its own
+    appended step token. Steps produced with the ``"\n\n"`` delimiter never end with a
+    newline, so for single-line steps this is exactly the reference input.
+
+    ``from_pretrained`` loads the body with ``AutoModel`` (the checkpoint's ``model.`` prefix
+    is stripped by transformers; the unknown ``v_head`` keys are ignored there) and the value
+    head straight from the checkpoint files (``*.safetensors`` or ``pytorch_model*.bin``).
+    """
 
     def __init__(
         self,

@@ -1,20 +1,9 @@
 """Difficulty estimation: how likely is the policy to solve this question unaided?
 
-The router spends little compute on easy questions and a lot on hard ones, so it first
-needs a cheap guess of ``p_solve`` (the policy's Pass@1 on the question) and a bin:
-
-* absolute bins (paper 001, section 3.2): easy ``p >= 0.5``, medium ``0.1 <= p < 0.5``,
-  hard ``p < 0.1`` -- fixed thresholds, not per-model quantiles (:func:`bin_of`);
-* :class:`ProbeEstimator`: sample ``k`` whole solutions in one policy call; ``p_solve`` is
-  the agreement on the majority answer (optionally blended with the PRM's mean score);
-* :class:`VerifierEstimator`: one greedy attempt scored by the PRM; ``p_solve`` is its
-  aggregated score (seed 002: "the verifier's score on the first attempt");
-* :class:`ClassifierEstimator`: any callable ``question -> p_solve`` (or a bin), e.g. a
-  user's sklearn model over question features: no policy call at all.
-
-Every estimator has ``await aestimate(question) -> DifficultyEstimate``; the estimate keeps
-the probe's samples (``candidates``) and its ``usage``, so the router can count the probe's
-compute and reuse its samples instead of paying for them twice.
+The router spends little compute on easy questions and a lot on hard ones, so it first needs
+a cheap guess of ``p_solve`` (the policy's Pass@1 on the question) and its bin
+(:func:`bin_of`). Every estimator has ``await aestimate(question) -> DifficultyEstimate``; the
+estimate keeps the probe's samples and usage, so the router counts and reuses them.
 """
 
 from __future__ import annotations
@@ -58,7 +47,7 @@ __all__ = [
 Bin = Literal["easy", "medium", "hard"]
 BINS: tuple[Bin, ...] = ("easy", "medium", "hard")
 
-#: paper 001 (section 3.2): easy = Pass@1 in [50%, 100%], medium [10%, 50%), hard [0, 10%)
+#: Liu et al., section 3.2: easy = Pass@1 in [50%, 100%], medium [10%, 50%), hard [0, 10%)
 EASY_THRESHOLD = 0.5
 HARD_THRESHOLD = 0.1
 
@@ -73,12 +62,12 @@ def _check_thresholds(easy: float, hard: float) -> None:
     if not 0.0 <= hard <= easy <= 1.0:
         raise ConfigError(
             f"difficulty thresholds must satisfy 0 <= hard ({hard}) <= easy ({easy}) <= 1; "
-            "the paper's bins are easy=0.5, hard=0.1"
+            "Liu et al.'s bins are easy=0.5, hard=0.1"
         )
 
 
 def bin_of(p: float, *, easy: float = EASY_THRESHOLD, hard: float = HARD_THRESHOLD) -> Bin:
-    """The difficulty bin of a solve probability, with absolute thresholds (paper 001).
+    """The difficulty bin of a solve probability, with absolute thresholds (Liu et al.).
 
     ``p >= easy`` is easy, ``p < hard`` is hard, anything between is medium. Absolute
     thresholds (not quantiles of one model's scores) keep bins comparable across policies.
@@ -98,7 +87,7 @@ def bin_of(p: float, *, easy: float = EASY_THRESHOLD, hard: float = HARD_THRESHO
 class BinThresholds(BaseModel):
     """Cut points on an estimator's own ``p_solve`` scale: ``>= easy`` is easy, ``< hard``
     is hard. :func:`fit_thresholds` finds where the estimator's score means a solve
-    probability of 50% and 10% (the paper's absolute bins); a :class:`~.table.BudgetTable`
+    probability of 50% and 10% (Liu et al.'s absolute bins); a :class:`~.table.BudgetTable`
     carries them, and the router applies them to its estimator."""
 
     model_config = ConfigDict(extra="forbid")
@@ -134,7 +123,7 @@ def fit_thresholds(
     Why: an estimator's ``p_solve`` is a score, not a calibrated probability. The probe's
     agreement term can never fall below ``1/k`` (with k=4 and half weight, no question is
     ever "hard"), and a verifier's scores are as sharp as its training made them. Fitting
-    ``P(solved | score)`` on calibration questions puts the bins back where paper 001 puts
+    ``P(solved | score)`` on calibration questions puts the bins back where Liu et al. put
     them.
 
     ``scores[id]`` is the estimator's ``p_solve``; ``solved[id]`` whether the policy solved
@@ -385,7 +374,7 @@ class ProbeEstimator(_ModelEstimator):
 
 
 class VerifierEstimator(_ModelEstimator):
-    """One greedy attempt, scored by the PRM: ``p_solve = agg(PRM(attempt))`` (seed 002).
+    """One greedy attempt, scored by the PRM: ``p_solve = agg(PRM(attempt))`` (Snell et al.).
 
     Exactly one policy call (temperature 0, one sample) and one PRM call. Cheaper than the
     probe when ``k > 1``, but it trusts the verifier's calibration.

@@ -1,42 +1,10 @@
 """The router graph: estimate difficulty, look up the budget table, run that strategy.
 
 Graph: ``prepare -> estimate -> <one strategy node per table bin | tier node> -> finalize``.
-
-* ``estimate`` asks the task-type ``tier_fn`` (optional, paper 000's tiered serving), then
-  the difficulty estimator (a probe of k samples by default), records ``difficulty`` and
-  ``route`` in the state and picks the next node with a conditional edge on
-  ``route.node``. The probe's usage goes into the run's ``usage``.
-* One node per bin, named ``"{bin}_{strategy}"`` (e.g. ``easy_best_of_n``,
-  ``hard_beam_search``): design choice "one graph per bin". Each node runs its own
-  compiled strategy graph (``create_tts_graph`` with the bin's config baked in) as a
-  subgraph, invoked with the node's config, so checkpointing and ``stream(...,
-  subgraphs=True)`` see inside it. Baking the config in keeps the table authoritative:
-  the subgraph gets only LangGraph's own ``configurable`` keys and a run context of its
-  own, so neither the caller's knobs nor a parent's context reach the strategy.
-* Compute is saved in two places. ``reuse_probe``: an *easy* question whose probe already
-  agrees (``p_solve`` and agreement >= ``reuse_threshold``) is answered with the probe's
-  majority answer, no strategy runs. ``reuse_samples``: a sampling strategy (best-of-N,
-  majority / weighted vote) counts the probe's samples among its N when they were drawn
-  the same way (same policy, temperature, token cap), so it samples only N - k more;
-  ``cot`` likewise reuses the verifier's greedy attempt instead of writing it again.
-* Tiers: ``math`` / ``code`` / ``logic`` -> the small policy (``policy``, ``prm``) with the
-  table; ``factual`` (alias ``knowledge``) -> ``pool["large"]`` with a direct CoT;
-  ``general`` -> ``pool["medium"]`` direct. No probe is run for direct tiers.
-* Budgets (``max_flops`` / ``max_tokens``, per run): at build time, a probe whose
-  worst-case cost (k samples x its token cap, PRM included) exceeds the budget is a
-  ConfigError. At run time the bin's allocation is priced from the probe's measured
-  cost per solution (a heuristic, see :func:`allocation_cost`); if it does not fit in
-  what is left, the most expensive allocation of the table that fits is run instead, or
-  the probe's answer is returned when none fits. Every model call (probe included) goes
-  through :mod:`~langchain_tts.ledger`, which refuses calls the budget cannot pay,
-  so the reported ``usage`` never exceeds the budget.
-
-Output: the TTS output (``answer``, ``solution``, ``candidates``, ``usage``,
-``stop_reason``) plus ``difficulty`` (:class:`DifficultyEstimate`, None for direct tiers)
-and ``route`` (:class:`Route`). The strategy graphs' contract holds here too
-(docs/composition.md): each run answers its own question with its own ``usage``; the
-per-run knobs (:class:`RouterConfig`) are the ``context_schema``; with ``output_key`` the
-graph writes only ``messages``, ``output_key`` (plain JSON) and ``tts_usage``.
+Each bin's node runs its own compiled strategy graph with the bin's config baked in, so the
+table stays authoritative; the probe's samples are reused where they can be, and every model
+call goes through :mod:`~langchain_tts.ledger`, so ``usage`` never exceeds the budget. See
+``docs/router.md``.
 """
 
 from __future__ import annotations
@@ -99,7 +67,7 @@ __all__ = [
 ]
 
 REASONING_TIERS = ("math", "code", "logic")
-#: direct tiers -> the pool entry that answers them (paper 000: knowledge favours size)
+#: direct tiers -> the pool entry that answers them (knowledge favours model size)
 DIRECT_TIERS: dict[str, str] = {"factual": "large", "knowledge": "large", "general": "medium"}
 
 RouteReason = Literal["table", "reuse_probe", "budget_downgrade", "budget_probe_only", "tier"]
@@ -430,7 +398,7 @@ def create_router_graph(
     when set, replace the estimator's bin cut points); ``tier_fn(question)``
     with ``pool={"large": (policy, prm), "medium": (policy, prm)}`` routes factual and
     general questions to a bigger model answering directly. ``max_flops`` / ``max_tokens``
-    cap each run's usage. See the module docstring and ``docs/router.md``.
+    cap each run's usage. See ``docs/router.md``.
 
     Like a strategy graph (``create_tts_graph``), each run answers its own question (also on
     a reused checkpointer thread) and reports its own ``usage``. ``max_flops``,

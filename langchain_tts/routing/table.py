@@ -1,29 +1,9 @@
 """The budget table: difficulty bin -> strategy + config, with defaults from the papers.
 
-The router looks up the estimated bin of a question here. The default table is for a
-*small* policy with a PRM (the package's embedded models, 1-8B models in the papers):
-
-===========  =================================  ============================================
-bin          default                            source
-===========  =================================  ============================================
-easy         ``best_of_n``, N=4                 paper 001 (Figs. 8-9): for small policies
-                                                BoN is best on easy problems; seed 002: easy
-                                                problems want parallel sampling, and a small
-                                                N already saturates them
-medium       ``beam_search``, N=16, width 4     paper 001: search (beam / DVTS) beats BoN for
-                                                small policies once problems are not easy;
-                                                N=16 is the search-and-learn default budget
-hard         ``beam_search``, N=64, width 4     paper 001: beam search is best on hard
-                                                problems for small policies, and accuracy
-                                                keeps rising with budget there
-===========  =================================  ============================================
-
-``BudgetTable.preset("sequential")`` is seed 002's (Snell et al.) allocation instead: easy
-all-parallel (BoN N=16), medium the sqrt split (``hybrid``, 4 chains x 4 attempts), hard
-mostly sequential (``revision``, 1 chain x 16 attempts); it needs a policy that can revise.
-
-:func:`calibrate` rewrites the table from eval records (``tts eval``): per bin, the
-cheapest run whose accuracy is within ``tolerance`` of that bin's best.
+The default table is for a small policy with a PRM: best-of-N (N=4) on easy questions, beam
+search (N=16 / N=64, width 4) on medium / hard ones, after Liu et al., *Can 1B LLM Surpass
+405B LLM?*; ``BudgetTable.preset("sequential")`` is Snell et al.'s allocation.
+:func:`calibrate` rewrites the table from eval records. Rationale: ``docs/router.md``.
 """
 
 from __future__ import annotations
@@ -78,32 +58,32 @@ def _alloc(strategy: str, config: dict[str, Any], note: str) -> dict[str, Any]:
     return {"strategy": strategy, "config": config, "note": note}
 
 
-#: named tables; "small_policy" is the default (see the module docstring for sources)
+#: named tables; "small_policy" is the default (sources: docs/router.md)
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "small_policy": {
         "easy": _alloc(
-            "best_of_n", {"n": 4}, "paper 001 Figs. 8-9: BoN best on easy for small policies"
+            "best_of_n", {"n": 4}, "Liu et al. Figs. 8-9: BoN best on easy for small policies"
         ),
         "medium": _alloc(
             "beam_search",
             {"n": 16, "beam_width": 4},
-            "paper 001: search beats BoN for small policies beyond easy; N=16",
+            "Liu et al.: search beats BoN for small policies beyond easy; N=16",
         ),
         "hard": _alloc(
             "beam_search",
             {"n": 64, "beam_width": 4},
-            "paper 001 Figs. 8-9: beam search best on hard for small policies; N=64",
+            "Liu et al. Figs. 8-9: beam search best on hard for small policies; N=64",
         ),
     },
     "sequential": {
-        "easy": _alloc("best_of_n", {"n": 16}, "seed 002: easy -> all parallel (N=C, T=0)"),
+        "easy": _alloc("best_of_n", {"n": 16}, "Snell et al.: easy -> all parallel (N=C, T=0)"),
         "medium": _alloc(
             "hybrid",
             {"split": "sqrt", "budget": 16},
-            "seed 002: medium -> balanced sqrt split (4 chains x 4 attempts)",
+            "Snell et al.: medium -> balanced sqrt split (4 chains x 4 attempts)",
         ),
         "hard": _alloc(
-            "revision", {"revisions": 15}, "seed 002: hard -> mostly sequential (16 attempts)"
+            "revision", {"revisions": 15}, "Snell et al.: hard -> mostly sequential (16 attempts)"
         ),
     },
 }

@@ -1,17 +1,9 @@
 """FLOPs accounting for test-time compute: ``2 x params x tokens`` per model.
 
-A forward pass of a dense transformer costs about two FLOPs (one multiply, one add) per
-matmul parameter per token, for prompt (prefill) and generated (decode) tokens alike. This
-is the accounting of the references (the blog's ``flops_per_query`` and the "Can 1B surpass
-405B" paper), and the one :class:`~langchain_tts.core.types.Usage` records, so budgets,
-measured usage and compute-optimal allocations are all in the same unit. Attention's
-``O(context)`` term is ignored, as in those references. Only *computed* tokens count: a
-prompt token whose keys/values are read from a prefix cache costs no FLOPs, and
-:class:`~langchain_tts.core.types.Usage` books it apart (``policy_cached_tokens``,
-``prm_cached_tokens``).
-
-Nothing here imports torch at module import time: the parameter counter is duck-typed and
-imports torch only when asked to skip embedding tables.
+A dense transformer's forward costs about two FLOPs per matmul parameter per token, prefill
+and decode alike (attention's ``O(context)`` term ignored, as in the references), so budgets,
+measured usage and compute-optimal allocations share one unit. Only computed tokens count:
+prefix-cache hits cost nothing. torch is imported only when a count needs it.
 """
 
 from __future__ import annotations

@@ -1,21 +1,8 @@
 """The test-time scaling law ``Q(T) = Q0 + gamma * ln(T)``, crossovers and compute optimality.
 
-``Q`` is accuracy (any unit: percent or fraction; ``q0`` and ``gamma`` come out in the same
-unit), ``T`` the thinking-token budget (> 0), ``Q0`` the curve's value at ``T = 1`` and
-``gamma`` the gain per natural-log unit of ``T`` (``gamma * ln 2`` per doubling).
-
-Conventions and the reference blog (see ``docs/scaling.md``):
-
-* ``fit_scaling_law(T, Q, q0=base)`` is the blog's through-base least squares
-  ``gamma = <ln T, Q - Q0> / <ln T, ln T>``, bit-for-bit the blog's numpy code. On the blog's
-  MATH-500 table (accuracies in percent) it gives 1B 5.1000, 8B 3.0995, 70B 1.6993,
-  405B 1.0295 percentage points per ln-token; on fractions, 0.0510 / 0.0310 / 0.0170 /
-  0.0103. The blog *prints* 0.0920 / 0.0570 / 0.0318 / 0.0205, which no unit convention
-  reproduces: printed/computed is 1.80, 1.84, 1.87, 1.99 across the four models, not one
-  constant. So we reproduce the blog's *code*, and record its printed gammas as wrong.
-* The blog's direct-generation "base" is accuracy at ``T = 0`` tokens, where ``ln T`` is
-  undefined; using it as ``Q0`` (the value at ``T = 1``) is the blog's approximation.
-* Pure Python (``math``): importing this module pulls in neither numpy nor torch.
+``Q`` is accuracy (any unit; ``q0`` and ``gamma`` come out in the same unit), ``T`` the
+thinking-token budget (> 0) and ``gamma`` the gain per natural-log unit of ``T``. Pure Python:
+importing this module pulls in neither numpy nor torch. Conventions: ``docs/scaling.md``.
 """
 
 from __future__ import annotations
@@ -117,6 +104,13 @@ def fit_scaling_law(
 
     Raises ``ValueError`` on mismatched lengths, fewer than two points, non-positive or
     non-finite budgets, non-finite accuracies, or budgets that cannot identify the fit.
+
+    With ``q0`` given this is bit-for-bit the reference blog's numpy code: on the blog's
+    MATH-500 table (accuracies in percent) it gives 1B 5.1000, 8B 3.0995, 70B 1.6993, 405B
+    1.0295 percentage points per ln-token. The blog *prints* 0.0920 / 0.0570 / 0.0318 /
+    0.0205, which no unit convention reproduces (``docs/scaling.md``). The blog's
+    direct-generation base is accuracy at ``T = 0``; using it as ``q0`` (the value at ``T =
+    1``) is the blog's approximation.
     """
     ts = _as_floats("budgets", budgets)
     qs = _as_floats("accuracies", accuracies)

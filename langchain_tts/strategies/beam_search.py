@@ -1,26 +1,8 @@
 """PRM-guided beam search over reasoning steps.
 
-Two parametrisations of the same algorithm ("keep K beams, expand each into E children,
-score all children with the PRM, keep the best K"):
-
-* search-and-learn / paper 001 (default): ``n`` candidates per step, ``beam_width`` M:
-  keep ``n / M`` beams, each expands into ``M`` children.
-* width x k (the reference blog): set ``samples_per_beam=k``: keep ``beam_width`` beams,
-  each expands into ``k`` children.
-
-The first step samples ``K x E`` children from the question. Children that finish (EOS,
-a boxed answer, a token cap) are set aside; the search stops when no beam is active,
-``max_steps`` is reached, or ``n`` solutions have finished. The answer is selected among
-finished solutions (active ones too when the search was cut short).
-
-Graph: ``prepare -> step (loops, one update per search step) -> finalize``. Every step is
-exactly one policy call and one PRM call. When LangGraph's recursion limit is close, the
-``step`` node finishes the search inside itself instead of failing.
-
-With a budget (``max_flops`` / ``max_tokens``) the search also stops at the first step the
-budget cannot pay in full (``stop_reason="budget"``): the answer comes from the solutions
-finished so far (a last step's finished children whose scoring was refused count too), else
-from the best kept beams (else from that step's unscored children).
+Keep K beams, expand each into E children, score all children with the PRM, keep the best K:
+every search step is one policy call and one PRM call. Graph: ``prepare -> step (loops) ->
+finalize``, built by :func:`~langchain_tts.strategies.loop.search_graph`.
 """
 
 from __future__ import annotations
@@ -131,6 +113,26 @@ BEAM_SEARCH_LOOP: SearchLoop[BeamSearchConfig] = SearchLoop(
 def build_beam_search_graph(
     policy: StepPolicy, prm: ProcessRewardModel | None, base: BeamSearchConfig
 ) -> StateGraph:
+    """The beam search graph: ``step`` loops once per search step.
+
+    Two parametrisations of the same algorithm ("keep K beams, expand each into E children,
+    score all children with the PRM, keep the best K"):
+
+    * search-and-learn (default): ``n`` candidates per step, ``beam_width`` M: keep ``n / M``
+      beams, each expands into ``M`` children.
+    * width x k (the reference blog): set ``samples_per_beam=k``: keep ``beam_width`` beams,
+      each expands into ``k`` children.
+
+    The first step samples ``K x E`` children from the question. Children that finish (EOS, a
+    boxed answer, a token cap) are set aside; the search stops when no beam is active,
+    ``max_steps`` is reached, or ``n`` solutions have finished. The answer is selected among
+    finished solutions (active ones too when the search was cut short).
+
+    With a budget (``max_flops`` / ``max_tokens``) the search also stops at the first step the
+    budget cannot pay in full (``stop_reason="budget"``): the answer comes from the solutions
+    finished so far (a last step's finished children whose scoring was refused count too),
+    else from the best kept beams (else from that step's unscored children).
+    """
     return search_graph(BEAM_SEARCH_LOOP, policy, require_prm(prm, "beam_search"), base)
 
 

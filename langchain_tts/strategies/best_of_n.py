@@ -1,21 +1,7 @@
 """Best-of-N: sample N whole solutions in one call, score them with the PRM, select.
 
-Selection is PRM-max (default), majority, or PRM-vote (weighted majority: the sum of
-aggregated scores per distinct normalised answer). With ``selection="majority"`` the PRM
-is optional (self-consistency).
-
-Graph: ``prepare -> sample -> score -> finalize``.
-
-With a budget (``max_flops`` / ``max_tokens``) the samples are drawn under a lowered token
-cap when the full one does not fit (a sample it cuts short is no solution), and the PRM call
-is skipped when it does not fit; then ``stop_reason="budget"`` and the answer is the
-majority answer of the (unscored) samples.
-
-With ``early_stop=True`` the votes (``majority``, ``prm_vote``) sample in rounds of
-``round_size`` and stop once the leading answer is decided: the samples left cannot
-overtake it, or its lead over the runner-up is significant under a Beta posterior
-(``stop_confidence``), as in "Let's Sample Step by Step: Adaptive-Consistency for Efficient
-Reasoning and Coding with LLMs" (Aggarwal, Madaan, Yang, Mausam).
+Selection is PRM-max (default), majority (self-consistency: no PRM needed) or PRM-vote
+(weighted majority). Graph: ``prepare -> sample -> score -> finalize``.
 """
 
 from __future__ import annotations
@@ -138,6 +124,23 @@ def _answer(state: TTSState, cfg: BestOfNConfig) -> dict:
 def build_best_of_n_graph(
     policy: StepPolicy, prm: ProcessRewardModel | None, base: BestOfNConfig
 ) -> StateGraph:
+    """The best-of-N graph: ``prepare -> sample -> score -> finalize``.
+
+    Selection is PRM-max (default), majority, or PRM-vote (weighted majority: the sum of
+    aggregated scores per distinct normalised answer). With ``selection="majority"`` the PRM
+    is optional (self-consistency).
+
+    With a budget (``max_flops`` / ``max_tokens``) the samples are drawn under a lowered token
+    cap when the full one does not fit (a sample it cuts short is no solution), and the PRM
+    call is skipped when it does not fit; then ``stop_reason="budget"`` and the answer is the
+    majority answer of the (unscored) samples.
+
+    With ``early_stop=True`` the votes (``majority``, ``prm_vote``) sample in rounds of
+    ``round_size`` and stop once the leading answer is decided: the samples left cannot
+    overtake it, or its lead over the runner-up is significant under a Beta posterior
+    (``stop_confidence``), as in "Let's Sample Step by Step: Adaptive-Consistency for
+    Efficient Reasoning and Coding with LLMs" (Aggarwal, Madaan, Yang, Mausam).
+    """
     if prm is None and base.selection != "majority" and base.n > 1:
         raise ConfigError(
             f"best_of_n with selection={base.selection!r} needs a PRM: pass prm=..., or use "

@@ -1,9 +1,8 @@
 """The composition contract: how a strategy's graph sits inside someone else's LangGraph app.
 
-Every compiled strategy graph carries its knobs as ``context_schema`` and its ``name`` (the
-knobs namespace). With ``output_key`` it reads only ``messages`` from its parent and writes
-only ``messages``, ``output_key`` (the result as plain JSON data) and ``tts_usage`` (summed
-over TTS nodes), so a parent's own keys are never touched (docs/composition.md).
+A compiled strategy graph carries its knobs as ``context_schema``; with ``output_key`` it reads
+only ``messages`` from its parent and writes only ``messages``, ``output_key`` and
+``tts_usage``, so a parent's own keys are never touched (``docs/composition.md``).
 """
 
 from __future__ import annotations

@@ -1,17 +1,8 @@
 """What every strategy graph shares: state, input handling, expand / score, finalisation.
 
-No strategy re-implements batching, scoring or answer selection: they call
-:func:`expand` (one policy call for all prefixes), :func:`score` (one PRM call for all
-trajectories) and :func:`finalize_update`.
-
-Budgets (``max_flops`` / ``max_tokens`` of :class:`StrategyConfig`): a node that calls the
-models takes them from :func:`metered`, which wraps them on a fresh strict
-:class:`~langchain_tts.ledger.Ledger` holding what the run has left (``None``: no budget,
-the models as they are, no cost). A call the budget cannot pay raises
-:class:`BudgetExceededError` (caught by the node: :func:`budget_refused`); a step the meter
-had to cut short leaves its trajectory unfinished (``finish_reason="budget"``). Either way
-the node stops the search with ``stop_reason="budget"`` and ``finalize`` answers with
-:func:`budget_final_update`.
+No strategy re-implements batching, scoring or answer selection: they call :func:`expand`
+(one policy call for all prefixes), :func:`score` (one PRM call for all trajectories) and
+:func:`finalize_update`; budgets are metered by :func:`metered`.
 """
 
 from __future__ import annotations
@@ -432,7 +423,13 @@ def metered(
     policy: StepPolicy, prm: ProcessRewardModel | None, cfg: StrategyConfig, state: TTSState
 ) -> tuple[StepPolicy, ProcessRewardModel | None, Ledger | None]:
     """The models a node calls: as they are without a budget (ledger None), else wrapped on
-    a fresh strict ledger holding what is left of this run's budget."""
+    a fresh strict ledger holding what is left of this run's budget.
+
+    A call the budget cannot pay raises :class:`BudgetExceededError` (caught by the node:
+    :func:`budget_refused`); a step the meter had to cut short leaves its trajectory
+    unfinished (``finish_reason="budget"``). Either way the node stops the search with
+    ``stop_reason="budget"`` and ``finalize`` answers with :func:`budget_final_update`.
+    """
     if cfg.max_flops is None and cfg.max_tokens is None:
         return policy, prm, None
     spent = run_usage(state)

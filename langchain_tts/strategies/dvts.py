@@ -1,31 +1,9 @@
-"""Diverse Verifier Tree Search (DVTS, search-and-learn / paper 001).
+"""Diverse Verifier Tree Search (DVTS), as in Hugging Face's search-and-learn.
 
-``n`` is split into ``n / beam_width`` independent subtrees. Each subtree keeps ONE beam:
-every search step it samples ``beam_width`` children of its beam and greedily follows the
-best one by aggregated PRM score. A subtree's choice depends only on its own children, so
-the subtrees explore different parts of the solution space (beam search, by contrast,
-lets one strong prefix take over all ``n / beam_width`` beams).
-
-The first step samples all ``n`` children from the question in one call (prefix ``x n``,
-cache friendly) and hands children ``[i * beam_width, (i + 1) * beam_width)`` to subtree
-``i``: the same distribution as sampling ``beam_width`` children per subtree. A subtree whose
-chosen child finishes (EOS, a boxed answer, a token cap, ``max_steps``) stops expanding. The
-answer is selected with ``selection`` among the subtrees' leaves.
-
-Design choice, batching over ``Send``: fanning the subtrees out with LangGraph ``Send``
-would run one policy call and one PRM call *per subtree* per step. Batching is the point of
-this package (one policy call + one PRM call per search step, across all subtrees), so all
-subtrees live in one state (``subtrees[i]`` is subtree ``i``'s current leaf) and one
-``step`` node advances them together. Independence is kept by construction: children are
-grouped by parent and ranked only within their group.
-
-Graph: ``prepare -> step (loops, one update per search step) -> finalize``. When LangGraph's
-recursion limit is close, the ``step`` node finishes the search inside itself.
-
-With a budget (``max_flops`` / ``max_tokens``) the search also stops at the first step the
-budget cannot pay in full (``stop_reason="budget"``): the answer comes from the subtrees'
-finished leaves (a last step's finished children whose scoring was refused count too),
-else from their best partial leaves (else from that step's unscored children).
+``n`` is split into ``n / beam_width`` independent subtrees, each greedily following the best
+of its own ``beam_width`` children by PRM score, so the subtrees explore different parts of
+the solution space. All subtrees advance in one ``step`` node: one policy call and one PRM
+call per search step, not one per subtree.
 """
 
 from __future__ import annotations
@@ -140,6 +118,32 @@ DVTS_LOOP: SearchLoop[DVTSConfig] = SearchLoop(
 def build_dvts_graph(
     policy: StepPolicy, prm: ProcessRewardModel | None, base: DVTSConfig
 ) -> StateGraph:
+    """The DVTS graph: ``prepare -> step (loops, one update per search step) -> finalize``.
+
+    ``n`` is split into ``n / beam_width`` independent subtrees. Each subtree keeps ONE beam:
+    every search step it samples ``beam_width`` children of its beam and greedily follows the
+    best one by aggregated PRM score. A subtree's choice depends only on its own children, so
+    the subtrees explore different parts of the solution space (beam search, by contrast, lets
+    one strong prefix take over all ``n / beam_width`` beams).
+
+    The first step samples all ``n`` children from the question in one call (prefix ``x n``,
+    cache friendly) and hands children ``[i * beam_width, (i + 1) * beam_width)`` to subtree
+    ``i``: the same distribution as sampling ``beam_width`` children per subtree. A subtree
+    whose chosen child finishes (EOS, a boxed answer, a token cap, ``max_steps``) stops
+    expanding. The answer is selected with ``selection`` among the subtrees' leaves.
+
+    Design choice, batching over ``Send``: fanning the subtrees out with LangGraph ``Send``
+    would run one policy call and one PRM call *per subtree* per step. Batching is the point
+    of this package (one policy call + one PRM call per search step, across all subtrees), so
+    all subtrees live in one state (``subtrees[i]`` is subtree ``i``'s current leaf) and one
+    ``step`` node advances them together. Independence is kept by construction: children are
+    grouped by parent and ranked only within their group.
+
+    With a budget (``max_flops`` / ``max_tokens``) the search also stops at the first step the
+    budget cannot pay in full (``stop_reason="budget"``): the answer comes from the subtrees'
+    finished leaves (a last step's finished children whose scoring was refused count too),
+    else from their best partial leaves (else from that step's unscored children).
+    """
     return search_graph(DVTS_LOOP, policy, require_prm(prm, "dvts"), base)
 
 

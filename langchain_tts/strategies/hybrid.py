@@ -1,16 +1,9 @@
 """Hybrid parallel x sequential: M chains, each revised up to T times, select by verifier.
 
-Round 0 samples the M chains' first attempts in one policy call (question x M); each later
-round revises every chain still going in one batched policy call (one prefix per chain,
-built with ``revision_template``), and scores the new attempts in one PRM call. A chain
-whose latest attempt reaches ``stop_threshold`` stops being revised. The answer is chosen
-with ``selection`` among every attempt of every chain. Mechanics are shared with
-:mod:`langchain_tts.strategies.revision` (which is this with M = 1).
-
-Shape of the split (Snell, Lee, Xu, Kumar, "Scaling LLM Test-Time Compute Optimally can be
-More Effective than Scaling Model Parameters": medium difficulty does best with a balanced
-split): ``split="manual"`` uses ``chains`` and ``revisions`` as given; ``split="sqrt"``
-spends ``budget`` generations as :func:`sqrt_split` says, the reference's split.
+Snell, Lee, Xu and Kumar ("Scaling LLM Test-Time Compute Optimally can be More Effective than
+Scaling Model Parameters") find a balanced split best at medium difficulty; ``split="sqrt"``
+derives theirs from a generation budget (:func:`sqrt_split`). The mechanics are
+:mod:`langchain_tts.strategies.revision`'s, which is this with M = 1.
 """
 
 from __future__ import annotations
@@ -84,6 +77,19 @@ class HybridConfig(RevisionConfig):
 def build_hybrid_graph(
     policy: StepPolicy, prm: ProcessRewardModel | None, base: HybridConfig
 ) -> StateGraph:
+    """The hybrid graph: the revision graph over M chains.
+
+    Round 0 samples the M chains' first attempts in one policy call (question x M); each later
+    round revises every chain still going in one batched policy call (one prefix per chain,
+    built with ``revision_template``), and scores the new attempts in one PRM call. A chain
+    whose latest attempt reaches ``stop_threshold`` stops being revised. The answer is chosen
+    with ``selection`` among every attempt of every chain.
+
+    ``split="manual"`` uses ``chains`` and ``revisions`` as given; ``split="sqrt"`` spends
+    ``budget`` generations as :func:`sqrt_split` says: M = round(sqrt(budget)) chains of T =
+    budget // M attempts each (so ``revisions`` = T - 1, and at most ``budget`` generations in
+    all).
+    """
     return build_revision_graph(policy, prm, base, strategy="hybrid")
 
 

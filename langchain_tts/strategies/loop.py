@@ -1,12 +1,8 @@
 """The loop every iterative search shares: metering, the budget stop, the recursion guard.
 
-A looping strategy (beam search, DVTS, MCTS, revision) says what its search is -- where it
-starts, one step, when it is done -- as a :class:`SearchLoop`, and :func:`search_graph`
-builds ``prepare -> <loop node> -> finalize`` around it. The loop node owns the rest: it
-runs each step on budget-metered models, stops at the first step the budget cannot pay
-(``stop_reason="budget"``), keeps stepping inside itself when LangGraph's recursion limit
-is near, and routes itself with a ``Command``; ``finalize`` answers a search the budget
-stopped with :func:`~langchain_tts.strategies.core.budget_final_update`.
+A looping strategy says what its search is (where it starts, one step, when it is done) as a
+:class:`SearchLoop`; :func:`search_graph` builds ``prepare -> <loop node> -> finalize`` around
+it and owns the rest, so a strategy module keeps only its step logic.
 """
 
 from __future__ import annotations
@@ -152,7 +148,13 @@ def search_graph(
     *,
     check: Callable[[C], None] | None = None,
 ) -> StateGraph:
-    """``prepare -> <loop.node> (loops) -> finalize``; ``check``: see :func:`prepare_node`."""
+    """``prepare -> <loop.node> (loops) -> finalize``; ``check``: see :func:`prepare_node`.
+
+    The loop node runs each step on budget-metered models, stops at the first step the budget
+    cannot pay (``stop_reason="budget"``), keeps stepping inside itself when LangGraph's
+    recursion limit is near, and routes itself with a ``Command``; ``finalize`` answers a
+    search the budget stopped with :func:`~langchain_tts.strategies.core.budget_final_update`.
+    """
     g = StateGraph(loop.state_schema, input_schema=TTSInput, output_schema=TTSOutput)
     g.add_node("prepare", prepare_node(base, policy=policy, prm=prm, fresh=loop.fresh, check=check))
     g.add_node(loop.node, loop_node(loop, policy, prm, base), destinations=(loop.node, "finalize"))

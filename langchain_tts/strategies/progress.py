@@ -1,17 +1,8 @@
 """Per-step progress events: what a search is doing, wherever the graph runs.
 
-A node's state updates are filtered to the graph's output schema once the graph is a
-subgraph or deployed, so beams and scores do not show there. Each search step is also sent
-as a small plain-JSON event (``{"event": "tts_step", ...}``; ``{"event": "tts_done", ...}``
-when the graph answers) to
-
-* LangGraph's custom stream (``stream_mode="custom"``, also from a parent with
-  ``subgraphs=True`` and through ``langgraph_sdk``), and
-* LangChain callbacks as a custom event of the same name (``astream_events`` shows it as
-  ``on_custom_event``; LangServe's ``/stream_events`` and LangSmith traces carry it).
-
-Nothing is built when neither listens: the cost of a run nobody streams is a few attribute
-reads per step.
+Once a graph is a subgraph or deployed, its state updates are filtered to its output schema,
+so each search step is also sent as a small plain-JSON event to LangGraph's custom stream and
+to LangChain callbacks. Nothing is built when neither listens.
 """
 
 from __future__ import annotations
@@ -37,7 +28,19 @@ _RUNTIME = "__pregel_runtime"  # langgraph's CONFIG_KEY_RUNTIME: the run's strea
 
 
 class Progress:
-    """Where one node run sends its events; :attr:`active` is False when nobody listens."""
+    """Where one node run sends its events; :attr:`active` is False when nobody listens.
+
+    Events: ``{"event": "tts_step", ...}`` per search step and ``{"event": "tts_done", ...}``
+    when the graph answers, sent to:
+
+    * LangGraph's custom stream (``stream_mode="custom"``, also from a parent with
+      ``subgraphs=True`` and through ``langgraph_sdk``), and
+    * LangChain callbacks as a custom event of the same name (``astream_events`` shows it as
+      ``on_custom_event``; LangServe's ``/stream_events`` and LangSmith traces carry it).
+
+    Nothing is built when neither listens: the cost of a run nobody streams is a few attribute
+    reads per step.
+    """
 
     __slots__ = ("config", "dispatch", "writer")
 

@@ -1,35 +1,9 @@
 """Sequential revision: the policy writes a solution, then revises its previous attempt.
 
-Round 0: the policy writes a whole solution. Rounds 1..T (``revisions``) write a new
-whole solution from the previous attempt, in one of two ways (``revise``):
-
-- ``"prompt"`` (the papers' way, for a policy fine-tuned to revise, as in Snell et al.):
-  the attempt goes into the question text through ``revision_template`` (``{question}``
-  and ``{attempt}`` are substituted) and the policy writes a new solution from scratch.
-- ``"backtrack"`` (any policy, PRM required): the attempt is cut before its weakest step,
-  the first step with the lowest PRM step score, and the policy writes the rest again from
-  there. A policy never trained on revision prompts cannot use them (the embedded one
-  scores ~4% that way), but every policy can continue a prefix of its own solution; the
-  PRM says where the attempt went wrong. With cumulative scores (``LikelihoodPRM``, a
-  Qwen-style P(correct so far)) that is the step where the score dropped to its minimum. Every attempt is scored by the PRM against the *original* question; the
-revisions stop early once the latest attempt's aggregated score reaches
-``stop_threshold`` (the verifier is confident). The answer is selected with ``selection``
-among all attempts (a revision can make things worse, so the last one is not privileged).
-
-The same machinery runs the hybrid strategy (:mod:`langchain_tts.strategies.hybrid`):
-M chains revised side by side, all of them in one batched policy call per round; here M is
-1. A chain that reaches ``stop_threshold`` stops being revised.
-
-Without a PRM, only ``selection="majority"`` is possible (no scores, no early stop).
-
-Graph: ``prepare -> round (loops, one update per round; round 0 is the first attempt) ->
-finalize``. Each round is one policy call and one PRM call. When LangGraph's recursion limit
-is close, ``round`` runs the remaining rounds inside itself instead of failing.
-
-With a budget (``max_flops`` / ``max_tokens``) the revisions also stop at the first round
-the budget cannot pay in full (``stop_reason="budget"``): the answer is selected among the
-scored attempts so far; when none was scored, the last round's (unscored) attempts are
-voted on.
+``revise="prompt"`` puts the attempt into the question (for a policy trained to revise, as in
+Snell et al.); ``revise="backtrack"`` cuts the attempt before its weakest PRM-scored step and
+lets any policy write the rest again. The same machinery runs
+:mod:`~langchain_tts.strategies.hybrid` (M chains side by side; here M is 1).
 """
 
 from __future__ import annotations
@@ -195,6 +169,37 @@ def build_revision_graph(
     *,
     strategy: str = "revision",
 ) -> StateGraph:
+    """The revision graph: ``prepare -> round (loops, one update per round) -> finalize``.
+
+    Round 0: the policy writes a whole solution. Rounds 1..T (``revisions``) write a new whole
+    solution from the previous attempt, in one of two ways (``revise``):
+
+    - ``"prompt"`` (the papers' way, for a policy fine-tuned to revise, as in Snell et al.):
+      the attempt goes into the question text through ``revision_template`` (``{question}``
+      and ``{attempt}`` are substituted) and the policy writes a new solution from scratch.
+    - ``"backtrack"`` (any policy, PRM required): the attempt is cut before its weakest step,
+      the first step with the lowest PRM step score, and the policy writes the rest again from
+      there. A policy never trained on revision prompts cannot use them (the embedded one
+      scores ~4% that way), but every policy can continue a prefix of its own solution; the
+      PRM says where the attempt went wrong. With cumulative scores (``LikelihoodPRM``, a
+      Qwen-style P(correct so far)) that is the step where the score dropped to its minimum.
+
+    Every attempt is scored by the PRM against the *original* question; the revisions stop
+    early once the latest attempt's aggregated score reaches ``stop_threshold`` (the verifier
+    is confident). The answer is selected with ``selection`` among all attempts (a revision
+    can make things worse, so the last one is not privileged). Without a PRM, only
+    ``selection="majority"`` is possible (no scores, no early stop).
+
+    Round 0 is the first attempt; each round is one policy call and one PRM call. When
+    LangGraph's recursion limit is close, ``round`` runs the remaining rounds inside itself
+    instead of failing.
+
+    With a budget (``max_flops`` / ``max_tokens``) the revisions also stop at the first round
+    the budget cannot pay in full (``stop_reason="budget"``): the answer is selected among the
+    scored attempts so far; when none was scored, the last round's (unscored) attempts are
+    voted on.
+    """
+
     def check(cfg: RevisionConfig) -> None:
         if prm is None and cfg.revise == "backtrack":
             raise ConfigError(

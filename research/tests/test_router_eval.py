@@ -136,7 +136,7 @@ def test_tiny_router_eval_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixtu
         if row["n"]:
             assert row["router_flops"] <= plain_rows[b]["router_flops"] + 1e-6
 
-    # --thresholds absolute reads the score as a probability (the paper's 0.5 / 0.1)
+    # --thresholds absolute reads the score as a probability (Liu et al.'s 0.5 / 0.1)
     absolute = main([*argv, "--resume", "--thresholds", "absolute"])
     assert absolute["calibration"]["table"]["thresholds"] is None
     assert (
