@@ -86,7 +86,7 @@ def build_hybrid_graph(
     with ``selection`` among every attempt of every chain.
 
     ``split="manual"`` uses ``chains`` and ``revisions`` as given; ``split="sqrt"`` spends
-    ``budget`` generations as :func:`sqrt_split` says: M = round(sqrt(budget)) chains of T =
+    ``budget`` generations as :func:`sqrt_split` says: M = int(sqrt(budget)) chains of T =
     budget // M attempts each (so ``revisions`` = T - 1, and at most ``budget`` generations in
     all).
     """
