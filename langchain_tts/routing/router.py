@@ -15,7 +15,7 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal
 
-from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda
+from langchain_core.runnables import RunnableConfig, RunnableLambda
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Checkpointer
@@ -40,7 +40,13 @@ from langchain_tts.routing.difficulty import (
     make_estimator,
 )
 from langchain_tts.routing.table import BudgetTable
-from langchain_tts.strategies.contract import _RESERVED_KEYS, _check_name, _title, _with_contract
+from langchain_tts.strategies.contract import (
+    RESERVED_KEYS,
+    AfterNode,
+    check_name,
+    title_of,
+    with_contract,
+)
 from langchain_tts.strategies.core import (
     TTSInput,
     TTSOutput,
@@ -429,16 +435,16 @@ def create_router_graph(
 
     # The strategy graphs' contract (strategies/contract.py): knobs as context_schema, name
     # as their namespace, output_key for a parent with keys of its own.
-    _check_name(name, "name", knobs)
+    check_name(name, "name", knobs)
     if output_key is not None:
-        _check_name(output_key, "output_key", knobs)
-        if output_key in _RESERVED_KEYS or output_key in RouterState.__annotations__:
+        check_name(output_key, "output_key", knobs)
+        if output_key in RESERVED_KEYS or output_key in RouterState.__annotations__:
             raise ConfigError(
                 f"output_key {output_key!r} is a key of the router's state; pick a key of your "
                 "own graph's, e.g. output_key='tts'"
             )
     knobs._graph_name = name
-    knobs._knobs = knobs_model(knobs, title=_title(name) + "Knobs")  # type: ignore[arg-type]
+    knobs._knobs = knobs_model(knobs, title=title_of(name) + "Knobs")  # type: ignore[arg-type]
     runners = {
         # reuse_samples is a per-run knob: the runners may reuse, the knob decides
         b: _bin_runner(b, alloc, policy, prm, reuse_samples=True, router=knobs)
@@ -450,38 +456,30 @@ def create_router_graph(
     }
     router = _Router(policy, prm, est, table, runners, direct, knobs, tier_fn=tier_fn)
     router.graph_name = name
-    builder = _with_contract(router.graph(), knobs._knobs, "router", output_key)
+    builder = with_contract(router.graph(), knobs._knobs, "router", output_key)
     if output_key is not None:
         spec = builder.nodes["finalize"]
         builder.nodes["finalize"] = dataclasses.replace(
-            spec, runnable=_PublishRoute(spec.runnable, output_key)
+            spec, runnable=AfterNode(spec.runnable, _add_route(output_key))
         )
     # strategy, knobs and budget as metadata of every run (traces); its probe adds the route
     graph = builder.compile(checkpointer=checkpointer, name=name)
     return graph.with_config(graph_run_config("router", knobs))  # type: ignore[arg-type]
 
 
-class _PublishRoute(Runnable[Any, Any]):
-    """The ``finalize`` node of a router built with ``output_key``: the strategy graphs'
-    published result plus ``route`` and ``difficulty`` as plain JSON data."""
+def _add_route(output_key: str) -> Callable[[Mapping[str, Any], dict], dict]:
+    """The published result of a router built with ``output_key`` plus ``route`` and
+    ``difficulty`` as plain JSON data."""
 
-    def __init__(self, publish: Runnable, output_key: str):
-        self.publish, self.output_key = publish, output_key
-        self.name = getattr(publish, "name", None) or "finalize"
-
-    def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
-        return self._add_route(input, self.publish.invoke(input, config))
-
-    async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
-        return self._add_route(input, await self.publish.ainvoke(input, config))
-
-    def _add_route(self, state: Mapping[str, Any], update: dict) -> dict:
+    def add(state: Mapping[str, Any], update: dict) -> dict:
         route = update.get("route") or state.get("route")
         est = update.get("difficulty") or state.get("difficulty")
-        result = dict(update[self.output_key])
+        result = dict(update[output_key])
         result["route"] = route.model_dump(mode="json") if route is not None else None
         result["difficulty"] = _difficulty_summary(est)
-        return {**update, self.output_key: result}
+        return {**update, output_key: result}
+
+    return add
 
 
 def _difficulty_summary(est: DifficultyEstimate | None) -> dict[str, Any] | None:

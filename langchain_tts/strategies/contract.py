@@ -7,7 +7,7 @@ only ``messages`` from its parent and writes only ``messages``, ``output_key`` a
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from functools import partial
 from typing import Any
@@ -26,7 +26,15 @@ from langchain_tts.core.types import Trajectory, Usage
 from langchain_tts.strategies.core import TTSState, resolve_config
 from langchain_tts.tracing import TracedFinalize, graph_run_config
 
-__all__ = ["TTSMessagesInput", "compile_strategy_graph"]
+__all__ = [
+    "RESERVED_KEYS",
+    "AfterNode",
+    "TTSMessagesInput",
+    "check_name",
+    "compile_strategy_graph",
+    "title_of",
+    "with_contract",
+]
 
 
 def compile_strategy_graph(
@@ -45,15 +53,15 @@ def compile_strategy_graph(
     # This graph's own copy: it carries the graph's name (its knobs namespace).
     cfg = cfg.model_copy()
     name = f"tts_{strategy}" if name is None else name
-    _check_name(name, "name", cfg)
+    check_name(name, "name", cfg)
     if output_key is not None:
-        _check_name(output_key, "output_key", cfg)
-        if output_key in _RESERVED_KEYS:
+        check_name(output_key, "output_key", cfg)
+        if output_key in RESERVED_KEYS:
             raise ConfigError(
                 f"output_key {output_key!r} is a key of the TTS state; pick a key of your own "
                 "graph's, e.g. output_key='tts'"
             )
-    knobs = knobs_model(cfg, title=_title(name) + "Knobs")
+    knobs = knobs_model(cfg, title=title_of(name) + "Knobs")
     cfg._graph_name, cfg._knobs = name, knobs
     g = build(policy, prm, cfg)
     spec = g.nodes.get("finalize")
@@ -62,16 +70,16 @@ def compile_strategy_graph(
         g.nodes["finalize"] = replace(
             spec, runnable=TracedFinalize(spec.runnable, strategy, resolve)
         )
-    builder = _with_contract(g, knobs, strategy, output_key)
+    builder = with_contract(g, knobs, strategy, output_key)
     graph = builder.compile(checkpointer=checkpointer, name=name)
     return graph.with_config(graph_run_config(strategy, cfg))
 
 
 #: keys a parent must not be handed as ``output_key``: the graph's own state keys
-_RESERVED_KEYS = frozenset(TTSState.__annotations__) | {"tts_usage", "subtrees", "tree"}
+RESERVED_KEYS = frozenset(TTSState.__annotations__) | {"tts_usage", "subtrees", "tree"}
 
 
-def _check_name(value: object, what: str, cfg: StrategyConfig) -> None:
+def check_name(value: object, what: str, cfg: StrategyConfig) -> None:
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{what} must be a non-empty string, got {value!r}")
     if value in type(cfg).model_fields:
@@ -81,7 +89,7 @@ def _check_name(value: object, what: str, cfg: StrategyConfig) -> None:
         )
 
 
-def _title(name: str) -> str:
+def title_of(name: str) -> str:
     return "".join(p[:1].upper() + p[1:] for p in name.split("_"))
 
 
@@ -91,7 +99,7 @@ class TTSMessagesInput(TypedDict, total=False):
     messages: list[AnyMessage]
 
 
-def _with_contract(
+def with_contract(
     g: StateGraph, knobs: type[BaseModel], strategy: str, output_key: str | None
 ) -> StateGraph:
     """``g`` with the knobs as its ``context_schema``; with ``output_key``, also reading only
@@ -100,7 +108,7 @@ def _with_contract(
         g.context_schema = knobs
         return g
     output = TypedDict(  # type: ignore[misc]
-        f"{_title(output_key)}Output",
+        f"{title_of(output_key)}Output",
         {
             "messages": list[AnyMessage],
             output_key: dict[str, Any],
@@ -112,7 +120,7 @@ def _with_contract(
     for key, spec in g.nodes.items():
         runnable = spec.runnable
         if key == "finalize":
-            runnable = _Publish(runnable, output_key, strategy)
+            runnable = AfterNode(runnable, _publisher(output_key, strategy))
         out.add_node(
             key,
             runnable,
@@ -132,25 +140,30 @@ def _with_contract(
     return out
 
 
-class _Publish(Runnable[Any, Any]):
-    """The ``finalize`` node of an ``output_key`` graph: its update plus the result as plain
-    data under ``output_key`` and the run's usage under ``tts_usage``."""
+class AfterNode(Runnable[Any, Any]):
+    """A graph node whose update then goes through ``after(state, update)``, sync and async
+    (how a contract adds its keys to a strategy's ``finalize``)."""
 
-    def __init__(self, finalize: Runnable, output_key: str, strategy: str):
-        self.finalize, self.output_key, self.strategy = finalize, output_key, strategy
-        self.name = getattr(finalize, "name", None) or "finalize"
+    def __init__(self, node: Runnable, after: Callable[[Mapping[str, Any], dict], dict]):
+        self.node, self.after = node, after
+        self.name = getattr(node, "name", None) or "finalize"
 
     def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
-        return self._publish(input, self.finalize.invoke(input, config))
+        return self.after(input, self.node.invoke(input, config))
 
     async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
-        return self._publish(input, await self.finalize.ainvoke(input, config))
+        return self.after(input, await self.node.ainvoke(input, config))
 
-    def _publish(self, state: Mapping[str, Any], update: dict) -> dict:
+
+def _publisher(output_key: str, strategy: str) -> Callable[[Mapping[str, Any], dict], dict]:
+    """``finalize``'s update plus the result as plain data under ``output_key`` and the
+    run's usage under ``tts_usage``."""
+
+    def publish(state: Mapping[str, Any], update: dict) -> dict:
         usage = (state.get("usage") or Usage()) + update.get("usage")
         summary = usage.summary()
         result = {
-            "strategy": self.strategy,
+            "strategy": strategy,
             "question": update.get("question") or state.get("run_question"),
             "answer": update.get("answer"),
             "solution": update.get("solution", ""),
@@ -158,7 +171,9 @@ class _Publish(Runnable[Any, Any]):
             "usage": summary,
             "candidates": [_summary(t) for t in update.get("candidates") or []],
         }
-        return {**update, self.output_key: result, "tts_usage": summary}
+        return {**update, output_key: result, "tts_usage": summary}
+
+    return publish
 
 
 def _summary(t: Trajectory) -> dict[str, Any]:
