@@ -318,8 +318,7 @@ def serve(
 ) -> None:
     """Serve the strategies and the router over HTTP (LangServe): POST /tts/<strategy>/invoke,
     /tts/router/invoke, /stream, ..."""
-    import uvicorn
-
+    from langchain_tts.inflight import run_server
     from langchain_tts.serve import create_app
 
     pol, verifier = _load(policy, prm)
@@ -333,7 +332,7 @@ def serve(
     )
     routes = ", ".join(f"/tts/{s}" for s in sorted(api.state.graphs))
     typer.echo(f"Serving {routes} on http://{host}:{port} (health: /health)", err=True)
-    uvicorn.run(api, host=host, port=port, log_level=log_level)
+    run_server(api, host=host, port=port, log_level=log_level)  # SIGTERM cancels requests
 
 
 @app.command(

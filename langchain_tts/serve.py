@@ -49,6 +49,7 @@ from pydantic import (
 from langchain_tts.core.config import StrategyConfig, knobs_model
 from langchain_tts.core.errors import BackendError, ConfigError, InputError
 from langchain_tts.graph import create_tts_graph
+from langchain_tts.inflight import CancelOnDisconnect, InFlight
 from langchain_tts.policies.base import StepPolicy
 from langchain_tts.prms.base import ProcessRewardModel
 from langchain_tts.strategies import STRATEGY_SPECS, strategy_config
@@ -216,6 +217,11 @@ def create_app(
         version="1",
         description="Test-time compute scaling strategies (PRM beam search, best-of-N, ...)",
         lifespan=_lifespan(graphs, saver_path),
+    )
+    # Added first, so it runs inside the body-size limit: a client that leaves cancels its run.
+    app.state.inflight = InFlight()
+    app.add_middleware(
+        CancelOnDisconnect, inflight=app.state.inflight, max_body_bytes=MAX_BODY_BYTES
     )
     app.middleware("http")(_limit_body)
     _add_error_handlers(app)
