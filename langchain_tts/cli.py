@@ -318,8 +318,7 @@ def serve(
 ) -> None:
     """Serve the strategies and the router over HTTP (LangServe): POST /tts/<strategy>/invoke,
     /tts/router/invoke, /stream, ..."""
-    from langchain_tts.inflight import run_server
-    from langchain_tts.serve import create_app
+    from langchain_tts.serve import create_app, run_server
 
     pol, verifier = _load(policy, prm)
     api = create_app(

@@ -42,7 +42,7 @@ from langchain_tts.backends.text import (
     prompt_head,
 )
 from langchain_tts.core.config import SamplingParams
-from langchain_tts.core.errors import ConfigError
+from langchain_tts.core.errors import ConfigError, check_seed, check_unicode
 from langchain_tts.core.types import FinishReason, Step, Trajectory
 from langchain_tts.policies.base import PolicyResult, StepPolicy
 
@@ -224,6 +224,10 @@ class HFPolicy(LocalModel, StepPolicy):
     async def _agenerate(
         self, prefixes: Sequence[Trajectory], n: int, params: SamplingParams
     ) -> PolicyResult:
+        # Client mistakes fail here, typed, before the call joins a batch shared with others.
+        check_seed(params.seed, len(prefixes) * n)
+        for text in {t for p in prefixes for t in (p.question, *p.steps)}:
+            check_unicode(text, "the question or a step")
         return await run_in_worker(self._generate_locked, list(prefixes), n, params)
 
     def _generate_locked(

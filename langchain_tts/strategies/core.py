@@ -38,6 +38,7 @@ from langchain_tts.core.errors import (
     BudgetExceededError,
     ConfigError,
     InputError,
+    PRMOutputError,
     TTSError,
 )
 from langchain_tts.core.types import (
@@ -613,8 +614,8 @@ def node(fn: Callable[[Any, RunnableConfig], Awaitable[Any]], name: str) -> Runn
 
     Every node but ``prepare`` reads this run's question as ``state["question"]`` (from
     ``run_question``: the ``question`` channel holds only the run's input). A
-    :class:`BackendError` leaving the node carries the search state it started from
-    (``progress``): the last completed search step.
+    :class:`BackendError` or :class:`PRMOutputError` leaving the node carries the search
+    state it started from (``progress``): the last completed search step.
     """
 
     async def afunc(state: TTSState, config: RunnableConfig) -> Any:
@@ -624,7 +625,7 @@ def node(fn: Callable[[Any, RunnableConfig], Awaitable[Any]], name: str) -> Runn
             state["question"] = state["run_question"]
         try:
             return await fn(state, config)
-        except BackendError as e:
+        except (BackendError, PRMOutputError) as e:
             if e.progress is None:
                 e.progress = {k: v for k, v in state.items() if k not in _NOT_PROGRESS}
             raise
