@@ -549,8 +549,10 @@ class CancelOnDisconnect:
             finally:
                 self.inflight.scopes.discard(tg.cancel_scope)
                 tg.cancel_scope.cancel()  # answered (or failed): stop watching
-        if not started and not gone.is_set() and self.inflight.closing:
-            await _shutting_down(send)
+        if not started and gone.is_set():  # nobody reads it, but outer middlewares want one
+            await _closed(send, 499, "the client closed the request")
+        elif not started and self.inflight.closing:
+            await _closed(send, 503, "the server is shutting down; retry", retry_after=True)
 
 
 def _replay(body: list[Message], receive: Receive) -> Receive:
@@ -560,12 +562,14 @@ def _replay(body: list[Message], receive: Receive) -> Receive:
     return replay
 
 
-async def _shutting_down(send: Send) -> None:
-    """503 for a request cancelled by the server's shutdown (its client is still there)."""
-    payload = json.dumps({"detail": "the server is shutting down; retry"}).encode()
-    headers = [(b"content-type", b"application/json"), (b"retry-after", b"1")]
-    await send({"type": "http.response.start", "status": 503, "headers": headers})
-    await send({"type": "http.response.body", "body": payload})
+async def _closed(send: Send, status: int, detail: str, *, retry_after: bool = False) -> None:
+    """The answer of a request cancelled before it answered: its client left (499, as
+    nginx logs it), or the server is shutting down (503, the client may retry)."""
+    headers = [(b"content-type", b"application/json")]
+    if retry_after:
+        headers.append((b"retry-after", b"1"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": json.dumps({"detail": detail}).encode()})
 
 
 def run_server(
