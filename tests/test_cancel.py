@@ -301,3 +301,20 @@ def test_sigterm_ends_tts_serve_mid_request(tmp_path: Path):
             proc.kill()
             proc.wait(timeout=5)
         log.close()
+
+
+@requires_weights
+def test_client_mistakes_are_4xx_not_backend_failures():
+    """A lone surrogate in the question and a seed no generator takes are the client's
+    mistakes (422 / 400 naming them), not a 502 "backend failure"."""
+    from langchain_tts.serve import create_app
+
+    with ThreadServer(create_app(strategies=["best_of_n"])) as server:
+        url = f"{server.url}/tts/best_of_n/invoke"
+        body = '{"input": {"question": "Start with 3.\\ud800 Add 4."}}'
+        resp = httpx.post(url, content=body, headers={"content-type": "application/json"})
+        assert resp.status_code == 422 and "not valid Unicode" in resp.text, resp.text
+        body = {"input": {"question": "Start with 3. Add 4."}}
+        body["config"] = {"configurable": {"seed": 10**30, "n": 2}}
+        resp = httpx.post(url, json=body, timeout=30)
+        assert resp.status_code == 400 and "seed must be between" in resp.text, resp.text
