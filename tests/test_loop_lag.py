@@ -2,7 +2,7 @@
 stays under ~100 ms, so a server keeps answering other requests (and /health) meanwhile.
 
 The models are fakes that compute in the worker pool, as the real local ones do, so the lag
-measured is the strategy's own work (and LangGraph's) on the loop.
+measured is the strategy's own work (and LangGraph's) on the loop's thread.
 """
 
 from __future__ import annotations
@@ -69,9 +69,9 @@ class WorkerPRM(ProcessRewardModel):
 #: knobs far above the defaults (what a hostile or careless client may send)
 BIG = {
     "cot": {"max_steps": 2000},
-    "best_of_n": {"n": 12000},
-    "majority_vote": {"n": 12000},
-    "weighted_vote": {"n": 12000},
+    "best_of_n": {"n": 20000},
+    "majority_vote": {"n": 20000},
+    "weighted_vote": {"n": 20000},
     "beam_search": {"n": 1024, "beam_width": 4},
     "dvts": {"n": 1024, "beam_width": 4},
     "mcts": {"simulations": 3000, "expand_k": 32},
@@ -81,16 +81,18 @@ BIG = {
 
 
 async def run_with_lag_monitor(graph, knobs: dict) -> tuple[float, float]:
-    """``(max lag between two 10 ms sleeps, seconds the run took)``."""
+    """``(longest the loop's thread computed between two 10 ms sleeps, seconds the run
+    took)``. CPU time of the loop's thread, not wall time: on a busy machine the OS
+    descheduling the process is no stall of ours; code running on the loop is."""
     lag = 0.0
     done = asyncio.Event()
 
     async def monitor() -> None:
         nonlocal lag
         while not done.is_set():
-            t0 = time.perf_counter()
+            t0 = time.thread_time()
             await asyncio.sleep(0.01)
-            lag = max(lag, time.perf_counter() - t0 - 0.01)
+            lag = max(lag, time.thread_time() - t0)
 
     mon = asyncio.create_task(monitor())
     await asyncio.sleep(0.02)
@@ -124,6 +126,4 @@ def test_no_strategy_blocks_the_event_loop(strategy):
     graph = create_tts_graph(WorkerPolicy(), WorkerPRM(), strategy)
     asyncio.run(graph.ainvoke({"question": "Start with 3."}))  # first-use imports and pools
     lag, took = asyncio.run(run_with_lag_monitor(graph, BIG[strategy]))
-    if lag >= MAX_LAG:  # a stall repeats; the OS descheduling a busy test machine does not
-        lag, took = asyncio.run(run_with_lag_monitor(graph, BIG[strategy]))
     assert lag < MAX_LAG, f"{strategy} held the event loop {lag * 1000:.0f} ms ({took:.1f} s run)"
