@@ -36,7 +36,6 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import anyio
 from langchain_core.messages import AnyMessage, BaseMessage, convert_to_messages
 from langchain_core.runnables import RunnableBinding
 from langgraph.checkpoint.base import BaseCheckpointSaver
@@ -59,6 +58,7 @@ from langchain_tts.strategies import STRATEGY_SPECS, strategy_config
 from langchain_tts.strategies.core import question_of, resolve_config
 
 if TYPE_CHECKING:
+    import anyio
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse
 
@@ -506,6 +506,8 @@ class CancelOnDisconnect:
         if scope["type"] != "http" or scope.get("method") != "POST":
             await self.app(scope, receive, send)
             return
+        import anyio  # noqa: F811 - runtime import (the server extra)
+
         body: list[Message] = []
         size = 0
         while True:
