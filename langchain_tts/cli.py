@@ -365,10 +365,8 @@ def serve(
 ) -> None:
     """Serve the strategies and the router over HTTP (LangServe): POST /tts/<strategy>/invoke,
     /tts/router/invoke, /stream, ...; the limits a client meets: docs/deployment.md."""
-    import uvicorn
-
     from langchain_tts.core.errors import ConfigError
-    from langchain_tts.serve import create_app
+    from langchain_tts.serve import create_app, run_server
     from langchain_tts.threads import api_key_auth, load_api_keys
 
     try:
@@ -404,7 +402,7 @@ def serve(
         )
     routes = ", ".join(f"/tts/{s}" for s in sorted(api.state.graphs))
     typer.echo(f"Serving {routes} on http://{host}:{port} (health: /health)", err=True)
-    uvicorn.run(api, host=host, port=port, log_level=log_level)
+    run_server(api, host=host, port=port, log_level=log_level)  # SIGTERM cancels requests
 
 
 def _factory(spec: str):

@@ -5,6 +5,8 @@ every strategy, ``/tts/router`` and ``/health``; ``tts serve`` runs it with uvic
 ``add_routes`` it checks knobs with the graph's own rules, turns client mistakes into 4xx,
 opens async checkpointers, and applies :mod:`~langchain_tts.threads` and
 :mod:`~langchain_tts.limits` (``docs/deployment.md``).
+A client that hangs up cancels its run (:class:`CancelOnDisconnect`); ``tts serve``
+(:func:`run_server`) cancels the runs in flight on SIGTERM instead of waiting for them.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import json
 import os
 import uuid
 import warnings
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -57,6 +59,7 @@ from langchain_tts.threads import (
 )
 
 if TYPE_CHECKING:
+    import anyio
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse
 
@@ -281,6 +284,11 @@ def create_app(
     limits = (limits or ServeLimits()).for_context(getattr(policy, "context_length", None))
     _limit_graphs(graphs, limits)
     app.state.thread_runs = thread_runs  # before the routes: their runs go through it
+    # Added first, so it runs inside the body-size limit: a client that leaves cancels its run.
+    app.state.inflight = InFlight()
+    app.add_middleware(
+        CancelOnDisconnect, inflight=app.state.inflight, max_body_bytes=MAX_BODY_BYTES
+    )
     app.middleware("http")(_limit_body)
     _add_error_handlers(app)
     _add_health(app, graphs, policy, prm, saver_name)
@@ -702,3 +710,148 @@ def _add_auth(app: FastAPI, auth: AuthHook | None) -> None:
         return await call_next(request)
 
     app.middleware("http")(authenticate)
+
+
+# -- requests in flight: cancelled when their client hangs up, and on shutdown -------------
+# Starlette lets a handler run to its end after the client left, and LangServe's invoke and
+# batch never look: a client that gives up after 10 s would leave its search running for
+# minutes. The cancellation reaches the search and, through ``run_in_worker``, the local
+# model's decoding loop within one step.
+
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[MutableMapping[str, Any], Receive, Send], Awaitable[None]]
+
+#: seconds uvicorn waits for requests after SIGTERM before it cancels what is left
+SHUTDOWN_GRACE_SECONDS = 3.0
+
+
+class InFlight:
+    """The cancel scopes of the requests running now; :meth:`cancel_all` on shutdown."""
+
+    def __init__(self) -> None:
+        self.scopes: set[anyio.CancelScope] = set()
+        self.closing = False
+
+    def cancel_all(self) -> int:
+        """Cancel every request in flight (they answer 503); returns how many."""
+        self.closing = True
+        for scope in list(self.scopes):
+            scope.cancel()
+        return len(self.scopes)
+
+
+class CancelOnDisconnect:
+    """ASGI middleware: a POST whose client disconnects is cancelled.
+
+    The body is read first (at most ``max_body_bytes``; a larger one passes through
+    unwatched, for the size limit to refuse) and replayed to the app; meanwhile the real
+    channel is watched for ``http.disconnect``. The app's later ``receive()`` calls (a
+    streaming response listening for the disconnect) get it too.
+    """
+
+    def __init__(self, app: ASGIApp, *, inflight: InFlight, max_body_bytes: int) -> None:
+        self.app, self.inflight, self.max_body_bytes = app, inflight, max_body_bytes
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") != "POST":
+            await self.app(scope, receive, send)
+            return
+        import anyio  # noqa: F811 - runtime import (the server extra)
+
+        body: list[Message] = []
+        size = 0
+        while True:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                return  # gone before its request was read: nothing to answer
+            body.append(msg)
+            size += len(msg.get("body", b""))
+            if not msg.get("more_body", False):
+                break
+            if size > self.max_body_bytes:
+                await self.app(scope, _replay(body, receive), send)
+                return
+
+        gone = anyio.Event()
+        started = False
+
+        async def app_receive() -> Message:
+            if body:
+                return body.pop(0)
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        async def app_send(msg: Message) -> None:
+            nonlocal started
+            started = True
+            await send(msg)
+
+        async with anyio.create_task_group() as tg:
+
+            async def watch() -> None:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                gone.set()
+                tg.cancel_scope.cancel()  # the client left: stop its work
+
+            self.inflight.scopes.add(tg.cancel_scope)
+            tg.start_soon(watch)
+            try:
+                await self.app(scope, app_receive, app_send)
+            finally:
+                self.inflight.scopes.discard(tg.cancel_scope)
+                tg.cancel_scope.cancel()  # answered (or failed): stop watching
+        if not started and gone.is_set():  # nobody reads it, but outer middlewares want one
+            await _closed(send, 499, "the client closed the request")
+        elif not started and self.inflight.closing:
+            await _closed(send, 503, "the server is shutting down; retry", retry_after=True)
+
+
+def _replay(body: list[Message], receive: Receive) -> Receive:
+    async def replay() -> Message:
+        return body.pop(0) if body else await receive()
+
+    return replay
+
+
+async def _closed(send: Send, status: int, detail: str, *, retry_after: bool = False) -> None:
+    """The answer of a request cancelled before it answered: its client left (499, as
+    nginx logs it), or the server is shutting down (503, the client may retry)."""
+    headers = [(b"content-type", b"application/json")]
+    if retry_after:
+        headers.append((b"retry-after", b"1"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": json.dumps({"detail": detail}).encode()})
+
+
+def run_server(
+    app: Any,
+    *,
+    host: str,
+    port: int,
+    log_level: str = "info",
+    grace_seconds: float = SHUTDOWN_GRACE_SECONDS,
+) -> None:
+    """``uvicorn.run`` where SIGTERM / Ctrl-C cancels the requests in flight at once
+    (``app.state.inflight``, an :class:`InFlight`), and whatever is still running after
+    ``grace_seconds`` is cancelled by uvicorn."""
+    import uvicorn
+
+    inflight: InFlight | None = getattr(getattr(app, "state", None), "inflight", None)
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets: Any = None) -> None:
+            if inflight is not None:
+                inflight.cancel_all()
+            await super().shutdown(sockets)
+
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        timeout_graceful_shutdown=max(1, round(grace_seconds)),
+    )
+    Server(config).run()

@@ -263,3 +263,71 @@ def test_a_misspelled_knob_is_an_error_naming_the_valid_ones(client, greedy_righ
         None, "beam_search", input=q, context={"beamwidth": 2, "n": 4, "seed": 0}
     )
     assert out["answer"] == greedy_right[0].answer and len(out["candidates"]) == 4
+
+
+# -- cancellation ------------------------------------------------------------------------------
+def cpu_seconds(pgid: int) -> float:
+    """CPU time (user + system) used so far by the processes of a process group (Linux)."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # the process group
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.fixture(scope="module")
+def dev_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
+    """A server of its own (URL, process group): nothing else runs on it while CPU is read.
+    Its config lives in a temporary folder, where ``langgraph dev`` keeps its state: runs
+    persisted by other servers must not resume on it."""
+    folder = tmp_path_factory.mktemp("langgraph-dev-cancel")
+    config = json.loads(CONFIG.read_text())
+    config["dependencies"] = [str(REPO_ROOT)]
+    config["graphs"] = {
+        name: str(REPO_ROOT / path.removeprefix("./")) for name, path in config["graphs"].items()
+    }
+    (folder / CONFIG.name).write_text(json.dumps(config))
+    proc, url = start_dev_server(folder / CONFIG.name, folder / "server.log")
+    try:
+        yield url, proc.pid
+    finally:
+        stop(proc)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads CPU time from /proc")
+def test_runs_cancel_leaves_the_server_idle(dev_server, greedy_right):
+    """``runs.cancel`` stops a heavy run at once, the model's worker thread included: the
+    server's CPU goes idle, and the next run answers."""
+    url, pgid = dev_server
+    client = sdk.get_sync_client(url=url, timeout=120)
+    thread = client.threads.create()
+    # half a minute of decoding on this machine if nothing stopped it
+    heavy = {"configurable": {"n": 30000, "temperature": 1.0}}
+    run = client.runs.create(
+        thread["thread_id"], "majority_vote", input={"question": greedy_right[0].question},
+        config=heavy,
+    )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while client.runs.get(thread["thread_id"], run["run_id"])["status"] != "running":
+        assert time.monotonic() < deadline, "the run never started"
+        time.sleep(0.2)
+    cpu = cpu_seconds(pgid)
+    time.sleep(2.0)
+    running = cpu_seconds(pgid) - cpu  # CPU seconds in 2 s (a busy machine gives us less)
+    assert running > 0.3, "the heavy run is not computing"
+    client.runs.cancel(thread["thread_id"], run["run_id"], wait=True)
+    status = client.runs.get(thread["thread_id"], run["run_id"])["status"]
+    assert status in {"interrupted", "error"}, status
+    time.sleep(2.0)  # within ~2 s of the cancel the decoding has stopped
+    cpu = cpu_seconds(pgid)
+    time.sleep(2.0)
+    idle = cpu_seconds(pgid) - cpu
+    assert idle < 0.25 * running, f"{idle:.2f} CPU s in 2 s after the cancel, {running:.2f} before"
+    out = client.runs.wait(None, "cot", input={"question": greedy_right[1].question})
+    assert out["answer"] == greedy_right[1].answer

@@ -355,3 +355,135 @@ def test_beam_search_graph_sends_one_request_per_search_step(serve):
     # The async path reuses one pooled client for every request of the run.
     out2 = asyncio.run(graph.ainvoke({"question": "Start with 3. Add 4."}))
     assert out2["answer"] == "7" and len(server.paths("/completions")) == 6
+
+
+# -- deadlines, response size, client mistakes ----------------------------------------------
+class RawServer:
+    """A loopback HTTP server whose handler writes the raw response itself:
+    ``respond(handler)`` gets the ``BaseHTTPRequestHandler`` after the body was read."""
+
+    def __init__(self, respond: Callable[[Any], None]):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class H(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server API
+                self.rfile.read(int(self.headers.get("content-length") or 0))
+                try:
+                    respond(self)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up: what the tests want
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def raw():
+    servers: list[RawServer] = []
+
+    def start(respond: Callable[[Any], None]) -> RawServer:
+        servers.append(RawServer(respond))
+        return servers[-1]
+
+    yield start
+    for s in servers:
+        s.close()
+
+
+def test_timeout_is_a_deadline_for_the_whole_response(raw):
+    def trickle(h: Any) -> None:  # a byte every 0.1 s: never a read gap over the timeout
+        h.send_response(200)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", "1000")
+        h.end_headers()
+        for _ in range(1000):
+            h.wfile.write(b" ")
+            h.wfile.flush()
+            time.sleep(0.1)
+
+    server = raw(trickle)
+    policy = OpenAIPolicy(server.url, "m", chat_template="none", timeout=0.5, max_retries=1,
+                          backoff=0.01)  # fmt: skip
+    t0 = time.perf_counter()
+    with pytest.raises(BackendError, match="deadline") as info:
+        policy.generate(PREFIXES[:1], n=1)
+    assert time.perf_counter() - t0 < 2.0  # two attempts of 0.5 s, not 100 s each
+    assert info.value.partial["attempts"] == 2
+
+
+def test_a_response_over_max_response_bytes_is_refused_while_it_streams(raw):
+    sent: list[int] = []
+
+    def huge(h: Any) -> None:  # 64 MiB without a length, as chunks
+        h.send_response(200)
+        h.send_header("Content-Type", "application/json")
+        h.end_headers()
+        for _ in range(1024):
+            h.wfile.write(b" " * 65536)
+            sent.append(1)
+
+    server = raw(huge)
+    policy = OpenAIPolicy(server.url, "m", chat_template="none", max_response_bytes=2**20,
+                          max_retries=3, backoff=0.01)  # fmt: skip
+    with pytest.raises(BackendError, match="max_response_bytes=1048576") as info:
+        policy.generate(PREFIXES[:1], n=1)
+    assert info.value.partial["attempts"] == 1  # the same answer again would not help
+    time.sleep(0.2)
+    assert len(sent) < 1024  # the client hung up long before the end
+
+
+def test_a_declared_length_over_the_limit_is_refused_before_reading(serve):
+    server = serve(completions(vllm_like()))
+    policy = make_policy(server, max_response_bytes=100)
+    with pytest.raises(BackendError, match="larger than max_response_bytes=100"):
+        policy.generate(PREFIXES[:1], n=2)
+
+
+def test_client_mistakes_are_typed_errors_before_any_request(serve):
+    from langchain_tts.core.errors import InputError
+
+    server = serve(completions(vllm_like()))
+    policy = make_policy(server)
+    with pytest.raises(InputError, match="not valid Unicode"):
+        policy.generate([Trajectory(question="Start with 3.\ud800")], n=1)
+    with pytest.raises(ConfigError, match="seed must be between 0 and"):
+        policy.generate(PREFIXES[:1], n=2, params=SamplingParams(seed=10**30))
+    with pytest.raises(ConfigError, match="seed"):
+        policy.generate(PREFIXES[:1], n=2, params=SamplingParams(seed=-1))
+    assert server.requests == []
+
+
+def test_a_prm_output_error_carries_the_search_progress(serve):
+    from langchain_tts.core.errors import PRMOutputError
+    from langchain_tts.prms.base import PRMResult, ProcessRewardModel
+
+    class BreaksOnThirdCall(ProcessRewardModel):
+        name = "breaks"
+        num_parameters = 0
+
+        def __init__(self) -> None:
+            self.calls = 0
+
+        async def _ascore(self, trajectories):  # type: ignore[override]
+            self.calls += 1
+            if self.calls == 3:
+                raise PRMOutputError("breaks: 2 scores for 3 steps")
+            return PRMResult(scores=[[0.5] * len(t.steps) for t in trajectories])
+
+    server = serve(completions(vllm_like(lambda i, p, j: (f"s{j}", "stop", "\n\n"))))
+    graph = create_tts_graph(make_policy(server), BreaksOnThirdCall(), "beam_search",
+                             {"n": 4, "beam_width": 2})  # fmt: skip
+    with pytest.raises(PRMOutputError) as info:
+        graph.invoke({"question": "Start with 3."})
+    progress = info.value.progress
+    assert progress is not None and progress["step"] == 2 and len(progress["active"]) == 2

@@ -18,12 +18,18 @@ from typing import Any, Literal
 
 import httpx
 
-from langchain_tts.core.errors import BackendError, ConfigError
+from langchain_tts.core.errors import BackendError, ConfigError, InputError
 
 __all__ = ["ChatTemplateMode", "HTTPBackend", "ServerClient", "server_root"]
 
 ChatTemplateMode = Literal["server", "client", "none"]
 _RETRY_STATUS = frozenset({408, 425, 429})
+#: the largest response body read by default (a step's completions are kilobytes)
+DEFAULT_MAX_RESPONSE_BYTES = 32 * 2**20
+
+
+class _TooLarge(Exception):
+    pass
 
 
 def server_root(base_url: str) -> str:
@@ -45,9 +51,13 @@ class HTTPBackend:
     One ``httpx.AsyncClient`` per event loop, created lazily: :func:`~.sync.run_sync` may drive the
     same backend from several loops (and threads), and an httpx client must not cross loops.
     Retries (exponential backoff, ``Retry-After`` honoured) on 408/425/429/5xx, timeouts and
-    connection errors; any other status fails at once. Every attempt is bounded by
-    ``timeout`` seconds, so a call ends after at most ``(max_retries + 1) * timeout`` plus
-    the backoff sleeps.
+    connection errors; any other status fails at once.
+
+    ``timeout`` is a deadline per attempt: connecting, sending and reading the whole body
+    (not httpx's gap between two reads, which a server trickling a byte now and then never
+    hits), so a call ends after at most ``(max_retries + 1) * timeout`` plus the backoff
+    sleeps. A body larger than ``max_response_bytes`` is dropped as it streams in (a
+    :class:`BackendError` naming the limit, not retried).
     """
 
     def __init__(
@@ -58,6 +68,7 @@ class HTTPBackend:
         max_retries: int = 3,
         backoff: float = 0.5,
         max_connections: int = 64,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         name: str = "backend",
     ):
         if timeout <= 0:
@@ -66,6 +77,9 @@ class HTTPBackend:
             raise ConfigError(f"max_retries must be >= 0, got {max_retries}")
         if max_connections < 1:
             raise ConfigError(f"max_connections must be >= 1, got {max_connections}")
+        if max_response_bytes < 1:
+            raise ConfigError(f"max_response_bytes must be >= 1, got {max_response_bytes}")
+        self.max_response_bytes = int(max_response_bytes)
         self.timeout = float(timeout)
         self.max_retries = int(max_retries)
         self.backoff = max(0.0, float(backoff))
@@ -125,8 +139,18 @@ class HTTPBackend:
         """POST ``payload``; the decoded JSON object, or :class:`BackendError` after retries.
 
         ``BackendError.partial`` is a dict with ``url``, ``attempts``, ``status`` (last HTTP
-        status or None) and ``errors`` (one line per failed attempt).
+        status or None) and ``errors`` (one line per failed attempt). Text that cannot be
+        sent (not valid Unicode) is an :class:`InputError`, before any request.
         """
+        try:
+            content = json.dumps(payload, ensure_ascii=False, allow_nan=False).encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise InputError(
+                f"{self.name}: the request holds text that is not valid Unicode ({e.reason}: "
+                f"{e.object[e.start : e.end]!r}); send UTF-8 text"
+            ) from None
+        except ValueError as e:  # NaN / infinity: not JSON
+            raise ConfigError(f"{self.name}: the request is not valid JSON: {e}") from None
         errors: list[str] = []
         status: int | None = None
         retry_after: str | None = None
@@ -137,36 +161,60 @@ class HTTPBackend:
             attempts += 1
             retry_after = None
             try:
-                resp = await (await self.client()).post(url, json=payload)
+                status, headers, body = await asyncio.wait_for(
+                    self._attempt(url, content), self.timeout
+                )
+            except asyncio.TimeoutError:
+                errors.append(f"timed out: no full response within the {self.timeout:g}s deadline")
+                continue
             except httpx.TimeoutException as e:
                 errors.append(f"timed out after {self.timeout:g}s ({type(e).__name__})")
                 continue
             except httpx.TransportError as e:
                 errors.append(f"connection error: {type(e).__name__}: {e}")
                 continue
-            status = resp.status_code
+            except _TooLarge:
+                errors.append(f"the response exceeded max_response_bytes={self.max_response_bytes}")
+                raise self._error(
+                    url, attempts, status, errors,
+                    f"the response is larger than max_response_bytes={self.max_response_bytes}; "
+                    "raise max_response_bytes if the server's answers are really this large",
+                ) from None  # fmt: skip
+            text = body.decode("utf-8", errors="replace")
             if 200 <= status < 300:
                 try:
-                    data = resp.json()
-                except (json.JSONDecodeError, ValueError):
-                    errors.append(
-                        f"HTTP {status} with a body that is not JSON: {resp.text[:300]!r}"
-                    )
+                    data = json.loads(body)
+                except ValueError:
+                    errors.append(f"HTTP {status} with a body that is not JSON: {text[:300]!r}")
                     continue
                 if not isinstance(data, dict):
                     raise self._error(
                         url, attempts, status, errors, f"unexpected body {data!r:.300}"
                     )
                 return data
-            body = resp.text[:500]
-            errors.append(f"HTTP {status}: {body}")
+            errors.append(f"HTTP {status}: {text[:500]}")
             if status in _RETRY_STATUS or status >= 500:
-                retry_after = resp.headers.get("retry-after")
+                retry_after = headers.get("retry-after")
                 continue
-            raise self._error(url, attempts, status, errors, f"HTTP {status}: {body}")
+            raise self._error(url, attempts, status, errors, f"HTTP {status}: {text[:500]}")
         raise self._error(
             url, attempts, status, errors, f"gave up after {attempts} attempts; last: {errors[-1]}"
         )
+
+    async def _attempt(self, url: str, content: bytes) -> tuple[int, httpx.Headers, bytes]:
+        """One POST, its body read in chunks up to :attr:`max_response_bytes`."""
+        client = await self.client()
+        async with client.stream("POST", url, content=content) as resp:
+            size = resp.headers.get("content-length")
+            if size is not None and size.isdigit() and int(size) > self.max_response_bytes:
+                raise _TooLarge
+            chunks, total = [], 0
+            async for chunk in resp.aiter_bytes():  # decoded: the size is what memory holds
+                total += len(chunk)
+                if total > self.max_response_bytes:
+                    raise _TooLarge
+                chunks.append(chunk)
+        return resp.status_code, resp.headers, b"".join(chunks)
 
     def _error(
         self, url: str, attempts: int, status: int | None, errors: list[str], what: str
@@ -203,6 +251,7 @@ class ServerClient:
         max_connections: int,
         num_parameters: int,
         extra_body: dict[str, Any] | None,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
         if chat_template not in ("server", "client", "none"):
             raise ConfigError(
@@ -222,6 +271,7 @@ class ServerClient:
             max_retries=max_retries,
             backoff=backoff,
             max_connections=max_connections,
+            max_response_bytes=max_response_bytes,
             name=name,
         )
         self._rendered: dict[tuple[Any, ...], str] = {}

@@ -4,6 +4,10 @@ Local models (torch forwards, ``generate``) run on this package's own worker poo
 asyncio's default executor: a caller that holds default-pool threads while it awaits a
 policy (a peer library bridging its own sync code) would otherwise starve the very call it
 waits for, and deadlock.
+
+Cancellation reaches the worker: a cancelled ``await run_in_worker(...)`` sets the call's
+:func:`cancel_token`, which the model code checks per decoding step (a thread cannot be
+interrupted, so it must stop itself).
 """
 
 from __future__ import annotations
@@ -26,6 +30,11 @@ Out = TypeVar("Out")
 #: threads of the worker pool; a call waiting for a busy model holds one, so this caps how
 #: many concurrent calls one batch can merge
 WORKER_THREADS = 64
+
+#: the cancellation token of the worker call running in this context (None: not cancellable)
+_TOKEN: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar(
+    "langchain_tts_cancel_token", default=None
+)
 
 _POOL: concurrent.futures.ThreadPoolExecutor | None = None
 _POOL_GUARD = threading.Lock()
@@ -51,12 +60,35 @@ def worker_pool() -> concurrent.futures.ThreadPoolExecutor:
         return _POOL
 
 
+def cancel_token() -> threading.Event | None:
+    """The cancellation token of the current :func:`run_in_worker` call: set once its
+    awaiting task was cancelled (None outside one). Long model loops poll it and stop."""
+    return _TOKEN.get()
+
+
+def cancelled() -> bool:
+    """Whether the current worker call was cancelled (see :func:`cancel_token`)."""
+    token = _TOKEN.get()
+    return token is not None and token.is_set()
+
+
 async def run_in_worker(fn: Callable[..., T], /, *args: Any) -> T:
     """``await fn(*args)`` on :func:`worker_pool` (like ``asyncio.to_thread``, context vars
-    included, but independent of the loop's default executor)."""
+    included, but independent of the loop's default executor).
+
+    Cancelling the await sets the call's :func:`cancel_token`, so ``fn`` can stop early;
+    its result, if any, is dropped.
+    """
     loop = asyncio.get_running_loop()
-    call = functools.partial(contextvars.copy_context().run, fn, *args)
-    return await loop.run_in_executor(worker_pool(), call)
+    token = threading.Event()
+    ctx = contextvars.copy_context()
+    ctx.run(_TOKEN.set, token)
+    future = loop.run_in_executor(worker_pool(), functools.partial(ctx.run, fn, *args))
+    try:
+        return await future
+    except asyncio.CancelledError:
+        token.set()
+        raise
 
 
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:

@@ -18,7 +18,15 @@ class InputError(TTSError, ValueError):
 
 
 class PRMOutputError(TTSError, ValueError):
-    """A PRM returned scores that are not finite probabilities, one per step."""
+    """A PRM returned scores that are not finite probabilities, one per step.
+
+    ``progress``: as for :class:`BackendError`, the search state before the failed node
+    when the error stopped a search graph (the best answer so far can still be picked).
+    """
+
+    def __init__(self, message: str, *, progress: dict | None = None):
+        super().__init__(message)
+        self.progress = progress
 
 
 class BackendError(TTSError, RuntimeError):
@@ -35,6 +43,32 @@ class BackendError(TTSError, RuntimeError):
         super().__init__(message)
         self.partial = partial
         self.progress = progress
+
+
+#: seeds are signed 64-bit integers in torch and in vLLM
+SEED_MAX = 2**63 - 1
+
+
+def check_seed(seed: int | None, streams: int = 1) -> None:
+    """A :class:`ConfigError` unless ``seed`` .. ``seed + streams - 1`` (one random stream
+    per sample) are seeds the backends accept: 0 to :data:`SEED_MAX`."""
+    if seed is not None and not 0 <= seed <= SEED_MAX - max(0, streams - 1):
+        raise ConfigError(
+            f"seed must be between 0 and {SEED_MAX - max(0, streams - 1)} (a 64-bit seed per "
+            f"sample stream), got {seed}"
+        )
+
+
+def check_unicode(text: str, what: str = "the question") -> None:
+    """An :class:`InputError` if ``text`` cannot be encoded as UTF-8 (a lone surrogate, as a
+    JSON ``"\\ud800"`` escape decodes to): no tokenizer or server can read it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InputError(
+            f"{what} is not valid Unicode: {e.reason} {text[e.start : e.end]!r} at character "
+            f"{e.start}; send UTF-8 text (a lone surrogate cannot be encoded)"
+        ) from None
 
 
 class BudgetExceededError(TTSError):

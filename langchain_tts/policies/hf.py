@@ -18,12 +18,14 @@ with ``generate``'s own multinomial draw.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from langchain_tts.backends.batching import item_cancel_tokens
 from langchain_tts.backends.hf import (
     LocalModel,
     generate_with_prefix_cache,
@@ -40,7 +42,7 @@ from langchain_tts.backends.text import (
     prompt_head,
 )
 from langchain_tts.core.config import SamplingParams
-from langchain_tts.core.errors import ConfigError
+from langchain_tts.core.errors import ConfigError, check_seed, check_unicode
 from langchain_tts.core.types import FinishReason, Step, Trajectory
 from langchain_tts.policies.base import PolicyResult, StepPolicy
 
@@ -96,6 +98,19 @@ class _StopAtDelimiter:
         for i in self.stop_len:
             done[i] = True
         return done  # type: ignore[return-value]
+
+
+class _StopCancelled:
+    """Per-row stop once the row's request was cancelled (its token set): checked every
+    decoding step, so a cancelled caller's rows end while a merged batch goes on for the
+    others (and ``generate`` returns once every row is done)."""
+
+    def __init__(self, tokens: Sequence[threading.Event | None]):
+        self.tokens = list(tokens)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: Any = None, **kw: Any) -> torch.Tensor:
+        flags = [t is not None and t.is_set() for t in self.tokens]
+        return torch.tensor(flags, dtype=torch.bool, device=input_ids.device)
 
 
 def delimiter_completers(tokenizer: PreTrainedTokenizerBase, delimiter: str) -> torch.Tensor | None:
@@ -209,6 +224,10 @@ class HFPolicy(LocalModel, StepPolicy):
     async def _agenerate(
         self, prefixes: Sequence[Trajectory], n: int, params: SamplingParams
     ) -> PolicyResult:
+        # Client mistakes fail here, typed, before the call joins a batch shared with others.
+        check_seed(params.seed, len(prefixes) * n)
+        for text in {t for p in prefixes for t in (p.question, *p.steps)}:
+            check_unicode(text, "the question or a step")
         return await run_in_worker(self._generate_locked, list(prefixes), n, params)
 
     def _generate_locked(
@@ -251,12 +270,19 @@ class HFPolicy(LocalModel, StepPolicy):
             order.sort(key=lambda r: (len(rows[r][1]), rows[r][1]))
         steps_by_row: dict[int, Step] = {}
         computed, cached = [0] * len(prefixes), [0] * len(prefixes)
+        tokens = item_cancel_tokens(len(items))  # per item: its caller's cancellation
         for c in range(0, len(order), self.batch_size):
             chunk = order[c : c + self.batch_size]
+            row_tokens = [tokens[rows[r][0]] for r in chunk]
+            if all(t is not None and t.is_set() for t in row_tokens):  # nobody waits for it
+                steps_by_row.update((r, Step(text="", finish_reason="length")) for r in chunk)
+                continue
             seeds = None
             if params.seed is not None and not greedy:
                 seeds = [params.seed + local[rows[r][0]] * n + rows[r][2] for r in chunk]
-            steps, counts = self._generate_chunk([rows[r][1] for r in chunk], params, seeds)
+            steps, counts = self._generate_chunk(
+                [rows[r][1] for r in chunk], params, seeds, row_tokens
+            )
             steps_by_row.update(zip(chunk, steps, strict=True))
             for r, (done, read) in zip(chunk, counts, strict=True):
                 computed[rows[r][0]] += done
@@ -271,10 +297,14 @@ class HFPolicy(LocalModel, StepPolicy):
 
     @torch.inference_mode()
     def _generate_chunk(
-        self, prompts: list[list[int]], params: SamplingParams, seeds: list[int] | None = None
+        self,
+        prompts: list[list[int]],
+        params: SamplingParams,
+        seeds: list[int] | None = None,
+        cancel: Sequence[threading.Event | None] | None = None,
     ) -> tuple[list[Step], list[tuple[int, int]]]:
         """The steps of one ``generate`` and, per row, ``(prompt tokens computed, read from
-        the prefix cache)``."""
+        the prefix cache)``; a row whose ``cancel`` token is set stops decoding."""
         ids, mask = pad_batch(prompts, self.pad_token_id, left=True)
         width = ids.shape[1]
         kwargs: dict[str, Any] = {
@@ -301,6 +331,9 @@ class HFPolicy(LocalModel, StepPolicy):
                 self.tokenizer, self.step_delimiter, width, self._completers[0]
             )
             kwargs["stopping_criteria"] = [stopper]
+        if cancel is not None and any(t is not None for t in cancel):
+            kwargs["stopping_criteria"] = [*kwargs.get("stopping_criteria", []),
+                                           _StopCancelled(cancel)]  # fmt: skip
         counts = [(len(p), 0) for p in prompts]
         ids, mask = ids.to(self.device), mask.to(self.device)
         if self.prefix_cache is None:

@@ -46,7 +46,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from langchain_tts.backends.http import ChatTemplateMode, ServerClient
+from langchain_tts.backends.http import DEFAULT_MAX_RESPONSE_BYTES, ChatTemplateMode, ServerClient
 from langchain_tts.backends.text import (
     DEFAULT_STEP_DELIMITER,
     STOP_REASON_UNKNOWN,
@@ -55,7 +55,7 @@ from langchain_tts.backends.text import (
     map_finish_reason,
 )
 from langchain_tts.core.config import SamplingParams
-from langchain_tts.core.errors import BackendError, ConfigError
+from langchain_tts.core.errors import BackendError, ConfigError, check_seed
 from langchain_tts.core.types import FinishReason, Step, Trajectory, Usage
 from langchain_tts.policies.base import PolicyResult, StepPolicy
 
@@ -85,6 +85,9 @@ class OpenAIPolicy(ServerClient, StepPolicy):
     ``num_parameters`` (the served model's size) turns tokens into FLOPs; 0 leaves them 0.
     ``context_length`` (the served model's, e.g. vLLM's ``--max-model-len``): questions too
     long for it are refused before any request (None: not checked here).
+    ``timeout``: the deadline of one attempt in seconds, the whole response included (a
+    server that trickles bytes does not extend it); ``max_retries`` more attempts follow a
+    timeout or a 5xx. ``max_response_bytes``: a larger answer is a :class:`BackendError`.
     """
 
     def __init__(
@@ -102,6 +105,7 @@ class OpenAIPolicy(ServerClient, StepPolicy):
         max_retries: int = 3,
         backoff: float = 0.5,
         max_connections: int = 64,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         num_parameters: int = 0,
         vllm_extensions: bool = True,
         extra_body: dict[str, Any] | None = None,
@@ -128,6 +132,7 @@ class OpenAIPolicy(ServerClient, StepPolicy):
             max_retries=max_retries,
             backoff=backoff,
             max_connections=max_connections,
+            max_response_bytes=max_response_bytes,
             num_parameters=num_parameters,
             extra_body=extra_body,
         )
@@ -196,6 +201,7 @@ class OpenAIPolicy(ServerClient, StepPolicy):
         self, prefixes: Sequence[Trajectory], n: int, params: SamplingParams
     ) -> PolicyResult:
         t0 = time.perf_counter()
+        check_seed(params.seed, len(prefixes) * n)
         prompts = await self.render_prompts(prefixes)
         # Greedy samples are identical: ask for one per prefix and copy it n times.
         copies = 1 if params.temperature == 0 else n

@@ -39,7 +39,12 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
-from langchain_tts.backends.http import ChatTemplateMode, ServerClient, server_root
+from langchain_tts.backends.http import (
+    DEFAULT_MAX_RESPONSE_BYTES,
+    ChatTemplateMode,
+    ServerClient,
+    server_root,
+)
 from langchain_tts.backends.text import chat_messages
 from langchain_tts.core.errors import BackendError, ConfigError, PRMOutputError
 from langchain_tts.core.types import Trajectory, Usage
@@ -83,6 +88,7 @@ class HTTPRewardPRM(ServerClient, ProcessRewardModel):
         max_retries: int = 3,
         backoff: float = 0.5,
         max_connections: int = 64,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         num_parameters: int = 0,
         extra_body: dict[str, Any] | None = None,
         name: str | None = None,
@@ -106,6 +112,7 @@ class HTTPRewardPRM(ServerClient, ProcessRewardModel):
             max_retries=max_retries,
             backoff=backoff,
             max_connections=max_connections,
+            max_response_bytes=max_response_bytes,
             num_parameters=num_parameters,
             extra_body=extra_body,
         )

@@ -20,7 +20,7 @@ from langgraph.managed import RemainingSteps
 from pydantic import BaseModel, ValidationError
 from typing_extensions import TypedDict
 
-from langchain_tts.backends.sync import run_sync
+from langchain_tts.backends.sync import run_in_worker, run_sync
 from langchain_tts.core.channels import PlainAggregate, PlainValue
 from langchain_tts.core.config import Selection, StrategyConfig, did_you_mean
 from langchain_tts.core.domain import domain_warnings
@@ -29,6 +29,7 @@ from langchain_tts.core.errors import (
     BudgetExceededError,
     ConfigError,
     InputError,
+    PRMOutputError,
     TTSError,
 )
 from langchain_tts.core.types import (
@@ -508,6 +509,11 @@ def budget_final_update(state: TTSState, cands: Sequence[Trajectory], cfg: Strat
     return finalize_update(state, pick, cfg, BUDGET, selection=selection)
 
 
+#: more trajectories than this are built (or chosen among) in the worker pool: thousands of
+#: pydantic copies would hold the event loop, and every other request, for 100+ ms
+OFFLOAD_ITEMS = 512
+
+
 async def expand(
     policy: StepPolicy,
     parents: Sequence[Trajectory],
@@ -536,16 +542,22 @@ async def expand(
         n_each,
         cfg.sampling(**overrides),
     )
-    children: list[Trajectory] = []
-    for parent, samples in zip(parents, result.steps):
-        for step in samples:
-            if stop_at_step:
-                child = parent.extend(step, max_total_tokens=cfg.max_total_tokens)
-            else:
-                child = _whole_solution(parent, step.text, step.tokens, step.finish_reason)
-            if not child.finished and len(child.steps) >= cfg.max_steps:
-                child = child.copy_with(finished=True, finish_reason="max_steps")
-            children.append(child)
+
+    def build() -> list[Trajectory]:
+        children: list[Trajectory] = []
+        for parent, samples in zip(parents, result.steps):
+            for step in samples:
+                if stop_at_step:
+                    child = parent.extend(step, max_total_tokens=cfg.max_total_tokens)
+                else:
+                    child = _whole_solution(parent, step.text, step.tokens, step.finish_reason)
+                if not child.finished and len(child.steps) >= cfg.max_steps:
+                    child = child.copy_with(finished=True, finish_reason="max_steps")
+                children.append(child)
+        return children
+
+    many = sum(len(row) for row in result.steps) > OFFLOAD_ITEMS
+    children = await run_in_worker(build) if many else build()
     if result.max_step_tokens is not None and cfg.budgeted:
         # Our budget's meter lowered the step cap: a step it cut is no solution, a partial.
         samples = [s for row in result.steps for s in row]
@@ -601,8 +613,11 @@ async def score(
         for t, s in zip(trajs, rows):
             t.step_scores = s
         return list(trajs), usage
-    scored = [t.copy_with(step_scores=s) for t, s in zip(trajs, rows)]
-    return scored, usage
+
+    def copies() -> list[Trajectory]:
+        return [t.copy_with(step_scores=s) for t, s in zip(trajs, rows)]
+
+    return (await run_in_worker(copies) if len(trajs) > OFFLOAD_ITEMS else copies()), usage
 
 
 async def _backend_call(
@@ -699,8 +714,8 @@ def node(fn: Callable[[Any, RunnableConfig], Awaitable[Any]], name: str) -> Runn
 
     Every node but ``prepare`` reads this run's question as ``state["question"]`` (from
     ``run_question``: the ``question`` channel holds only the run's input). A
-    :class:`BackendError` leaving the node carries the search state it started from
-    (``progress``): the last completed search step.
+    :class:`BackendError` or :class:`PRMOutputError` leaving the node carries the search
+    state it started from (``progress``): the last completed search step.
     """
 
     async def afunc(state: TTSState, config: RunnableConfig) -> Any:
@@ -710,7 +725,7 @@ def node(fn: Callable[[Any, RunnableConfig], Awaitable[Any]], name: str) -> Runn
             state["question"] = state["run_question"]
         try:
             return await fn(state, config)
-        except BackendError as e:
+        except (BackendError, PRMOutputError) as e:
             if e.progress is None:
                 e.progress = {k: v for k, v in state.items() if k not in _NOT_PROGRESS}
             raise

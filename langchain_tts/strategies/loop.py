@@ -15,6 +15,7 @@ from langchain_core.runnables import Runnable, RunnableConfig
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Command
 
+from langchain_tts.backends.sync import run_in_worker
 from langchain_tts.core.config import StrategyConfig
 from langchain_tts.core.errors import BudgetExceededError, ConfigError
 from langchain_tts.core.types import Trajectory, Usage
@@ -22,6 +23,7 @@ from langchain_tts.policies.base import StepPolicy
 from langchain_tts.prms.base import ProcessRewardModel
 from langchain_tts.strategies.core import (
     BUDGET,
+    OFFLOAD_ITEMS,
     TTSInput,
     TTSOutput,
     TTSState,
@@ -197,12 +199,18 @@ def finalize_node(
     :func:`budget_final_update` among ``budget_candidates(state)`` (None: ``answer`` handles
     budget stops itself)."""
 
+    def choose(state: TTSState, cfg: C) -> dict:
+        if budget_candidates is not None and budget_stopped(state, cfg):
+            return budget_final_update(state, budget_candidates(state), cfg)
+        return answer(state, cfg)
+
     async def finalize(state: TTSState, rc: RunnableConfig) -> dict:
         cfg = resolve_config(base, rc)
-        if budget_candidates is not None and budget_stopped(state, cfg):
-            update = budget_final_update(state, budget_candidates(state), cfg)
+        many = len(state.get("finished") or []) + len(state.get("active") or [])
+        if many > OFFLOAD_ITEMS:  # answer extraction and voting: off the event loop
+            update = await run_in_worker(choose, state, cfg)
         else:
-            update = answer(state, cfg)
+            update = choose(state, cfg)
         progress = Progress(rc)
         if progress.active:
             await progress.emit(done_event(cfg, state, update))
