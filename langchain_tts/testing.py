@@ -52,8 +52,7 @@ class FakePolicy(StepPolicy):
         for p in prefixes:
             row = []
             for i in range(n):
-                s = self.fn(p, i)
-                step = s if isinstance(s, Step) else Step(text=s, tokens=max(1, len(s) // 4))
+                step = self._next_step(p, i) if params.stop_at_step else self._rest_of_solution(p, i)
                 cap = params.max_step_tokens
                 if self.honour_step_cap and step.tokens > cap:
                     step = Step(text=step.text[: 4 * cap], tokens=cap, finish_reason="length")
@@ -68,6 +67,25 @@ class FakePolicy(StepPolicy):
             policy_flops=2.0 * self.num_parameters * (prompt + gen),
         )
         return PolicyResult(steps=out, usage=usage)
+
+    def _next_step(self, prefix: Trajectory, i: int) -> Step:
+        s = self.fn(prefix, i)
+        return s if isinstance(s, Step) else Step(text=s, tokens=max(1, len(s) // 4))
+
+    def _rest_of_solution(self, prefix: Trajectory, i: int) -> Step:
+        """The rest of a solution (``stop_at_step=False``), as a real backend writes it: the
+        function's steps until one boxes an answer, ends otherwise, or 16 steps are written."""
+        steps: list[Step] = []
+        t = prefix
+        for _ in range(16):
+            step = self._next_step(t, i)
+            steps.append(step)
+            if "\\boxed" in step.text or step.finish_reason != "step":
+                break
+            t = t.extend(step)
+        text = "\n\n".join(s.text for s in steps)
+        reason = steps[-1].finish_reason if steps[-1].finish_reason != "step" else "eos"
+        return Step(text=text, tokens=sum(s.tokens for s in steps), finish_reason=reason)
 
 
 class FakePRM(ProcessRewardModel):

@@ -87,7 +87,7 @@ def test_one_policy_and_one_prm_call_per_step_until_every_particle_finished():
     assert [u["step"] for u in updates] == [1, 2, 3, 4]  # 3 working steps + the answer
     assert policy.calls[0][:2] == (1, 6)  # the first step samples n particles
     assert all(c[:2] == (6, 1) for c in policy.calls[1:])  # then one step per particle
-    assert prm.calls == [6, 6, 6, 6]
+    assert prm.calls == [2, 1, 1, 1]  # one PRM call a step; identical particles scored once
     assert all(len(u["active"]) == 6 for u in updates)
     last = updates[-1]["active"]
     assert all(p.finished for p in last)

@@ -92,20 +92,22 @@ def test_three_turns_checkpoint_plain_data(strategy: str, saver: Any, no_warning
 
 
 def test_a_crashed_run_resumes_from_plain_checkpoints(saver: Any, no_warnings: None):
-    calls = {"n": 0, "fail_at": None}
+    class Flaky(FakePolicy):
+        """Fails its ``fail_at``-th call once (a server going away mid-search)."""
 
-    def flaky(prefix: Trajectory, i: int) -> str:
-        if i == 0:
-            calls["n"] += 1
-            if calls["n"] == calls["fail_at"]:
+        fail_at: int | None = None
+
+        async def _agenerate(self, prefixes, n, params):  # type: ignore[override]
+            if len(self.calls) + 1 == self.fail_at:
+                self.fail_at = None
                 raise RuntimeError("server went away")
-        return adder(prefix, i)
+            return await super()._agenerate(prefixes, n, params)
 
-    policy = FakePolicy(flaky)
+    policy = Flaky(adder)
     graph = graph_of("mcts", saver, policy)
     rc = {"configurable": {"thread_id": "crash"}}
     graph.invoke({"messages": [("human", TURNS[0])]}, rc)
-    calls["fail_at"] = calls["n"] + 2
+    policy.fail_at = len(policy.calls) + 2  # turn 2's second search step
     with pytest.raises(BackendError):
         graph.invoke({"messages": [("human", TURNS[1])]}, rc)
     before = len(policy.calls)

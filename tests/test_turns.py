@@ -27,7 +27,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "weighted_vote": {"n": 4},
     "beam_search": {"n": 4, "beam_width": 2},
     "dvts": {"n": 4, "beam_width": 2},
-    "mcts": {"simulations": 3, "expand_k": 2},
+    "mcts": {"simulations": 3, "parallel": 1},  # one rollout a step: three steps
     "particle_filtering": {"n": 4},
     "revision": {"revisions": 1},
     "hybrid": {"chains": 2, "revisions": 1},
