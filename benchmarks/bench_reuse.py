@@ -18,7 +18,6 @@ PRM's incremental scoring.
 
 from __future__ import annotations
 
-import copy
 import os
 import sys
 import time
@@ -82,11 +81,10 @@ class _Run:
         }
 
 
-def _verifier(prm: Any, reuse: bool) -> Any:
-    """The PRM of a variant: its own incremental-scoring cache, or none (``reuse`` off).
-    Identical candidates are scored once either way (that is the strategies' own dedupe)."""
-    prm = copy.copy(prm)
-    prm._prefix_cache = None
+def _verifier(reuse: bool) -> Any:
+    """A variant's own verifier (its own incremental-scoring cache, or none with ``reuse``
+    off). Identical candidates are scored once either way (the strategies' own dedupe)."""
+    prm = load_default_prm()
     if not reuse:
         prm.cache_tokens = 0
     return prm
@@ -102,9 +100,7 @@ def main(problems: int = PROBLEMS, more: bool = False) -> dict[str, Any]:
         for reuse in ("on", "off"):
             # a policy object per variant (same weights): no variant reads another's cache
             policy = HFPolicy(base.model, base.tokenizer, prefix_cache=reuse == "on")
-            runs[f"{case} reuse {reuse}"] = _Run(
-                policy, _verifier(prm, reuse == "on"), strategy, cfg
-            )
+            runs[f"{case} reuse {reuse}"] = _Run(policy, _verifier(reuse == "on"), strategy, cfg)
     _Run(base, prm, "best_of_n", {"n": 4}).solve(data[0])  # warm-up: first-call costs
     for p in data:  # interleaved: background load spreads evenly over the variants
         for run in runs.values():

@@ -530,6 +530,13 @@ class _Sweep:
         if not self.args.quiet:
             print(text, file=sys.stderr)
 
+    def clear_caches(self) -> None:
+        """Each run starts with empty prefix caches: its FLOPs are its own, not lowered by
+        prefixes an earlier run on the same questions left behind."""
+        self.policy.clear_cache()
+        if self.prm is not None:
+            self.prm.clear_cache()
+
     def meta(self, split: str, strategy: str, budget: int) -> dict:
         return {"dataset": f"synthetic-{split}", "policy": self.pol_label,
                 "prm": self.prm_label, "strategy": strategy, "budget": budget}  # fmt: skip
@@ -540,6 +547,7 @@ class _Sweep:
 
         for s, b in self.runs:
             self.say(f"[{split}] {_run_name(s, b)}")
+            self.clear_caches()
             await run_eval(self.graphs[(s, b)], problems, meta=self.meta(split, s, b), out=path,
                            concurrency=self.args.concurrency, progress=not self.args.quiet)  # fmt: skip
         ids = {p.id for p in problems}
@@ -653,6 +661,7 @@ async def _route_test(sw: _Sweep, cal: _Calibration, test: list) -> tuple[str, d
         _append(routes_path, {"router": label, "id": rec["id"], **info})
 
     sw.say(f"[test] {label}")
+    sw.clear_caches()
     await run_eval(tap, test, meta=sw.meta("test", label, 0), out=sw.paths.part("test"),
                    concurrency=sw.args.concurrency, progress=not sw.args.quiet,
                    on_record=keep_route)  # fmt: skip

@@ -54,6 +54,10 @@ class StepPolicy(AsyncFirstRunnable[PolicyInput | dict, list[Step]], ABC):
     #: positions the model reads (prompt + generated); None: unknown, prompts are not checked
     context_length: int | None = None
 
+    def clear_cache(self) -> None:
+        """Forget every cached prefix (a benchmark comparing runs on the same questions
+        starts each from nothing); backends without a cache have nothing to forget."""
+
     @abstractmethod
     async def _agenerate(
         self, prefixes: Sequence[Trajectory], n: int, params: SamplingParams

@@ -199,6 +199,10 @@ class HFPolicy(LocalModel, StepPolicy):
         head = prompt_head(self.tokenizer, prefix.question, self.system_prompt, self.step_delimiter)
         return head + self.render_prefix(prefix)
 
+    def clear_cache(self) -> None:
+        if self.prefix_cache is not None:
+            self.prefix_cache.clear()
+
     def encode(self, prefix: Trajectory) -> list[int]:
         """Token ids of the prompt of ``prefix``."""
         return encode_prompt(self.tokenizer, self.render_prompt(prefix))

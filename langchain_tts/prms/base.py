@@ -43,6 +43,9 @@ class ProcessRewardModel(AsyncFirstRunnable[PRMInput | dict, list[float]], ABC):
     #: positions the model reads; None: unknown, inputs are not checked against it
     context_length: int | None = None
 
+    def clear_cache(self) -> None:
+        """Forget every scored prefix (see :meth:`StepPolicy.clear_cache`)."""
+
     @abstractmethod
     async def _ascore(self, trajectories: Sequence[Trajectory]) -> PRMResult: ...
 

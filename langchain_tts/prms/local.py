@@ -100,6 +100,10 @@ class LocalPRM(LocalModel, ProcessRewardModel):
         return [(scores[i], computed[i], cached[i], seconds) for i in range(len(trajectories))]
 
     # -- prefix reuse -----------------------------------------------------------------------
+    def clear_cache(self) -> None:
+        if self._prefix_cache is not None:
+            self._prefix_cache.clear()
+
     def prefix_cache(self) -> ScoringCache | None:
         """The cache of this PRM's scored prefixes, or None where scoring is not incremental
         (a transformers model, or ``cache_tokens == 0``)."""
