@@ -29,6 +29,8 @@ CONCURRENCY = 8
 
 
 async def run(strategy: str, knobs: dict, problems: list, policy: object, prm: object) -> dict:
+    policy.clear_cache()  # type: ignore[attr-defined]  # each variant pays its own prefixes
+    prm.clear_cache()  # type: ignore[attr-defined]
     graph = create_tts_graph(policy, prm, strategy, knobs)  # type: ignore[arg-type]
     inputs = [{"question": p.question} for p in problems]
     configs = [{"configurable": {"seed": 1000 + i}} for i in range(len(problems))]

@@ -17,7 +17,14 @@ from langchain_tts.core.types import Step, Trajectory, Usage
 from langchain_tts.graph import STRATEGIES, create_tts_graph, strategy_config
 from langchain_tts.policies.base import PolicyResult, StepPolicy
 from langchain_tts.prms.base import PRMResult, ProcessRewardModel
-from langchain_tts.strategies.core import TTSInput, TTSOutput
+from langchain_tts.strategies import (
+    STRATEGY_SPECS,
+    StrategyName,
+    StrategySpec,
+    get_strategy,
+    register_strategy,
+)
+from langchain_tts.strategies.core import TTSInput, TTSOutput, TTSUsageState
 
 if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers and IDEs
     from langchain_tts.ledger import Ledger, meter
@@ -34,7 +41,12 @@ if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers and
     from langchain_tts.prms.rlhflow import RLHFlowPRM
     from langchain_tts.prms.skywork import SkyworkPRM
     from langchain_tts.routing.difficulty import DifficultyEstimate
-    from langchain_tts.routing.router import Route, RouterOutput, create_router_graph
+    from langchain_tts.routing.router import (
+        Route,
+        RouterConfig,
+        RouterOutput,
+        create_router_graph,
+    )
     from langchain_tts.routing.table import BudgetTable, RouteAllocation
 
 __all__ = [
@@ -60,25 +72,32 @@ __all__ = [
     "RLHFlowPRM",
     "Route",
     "RouteAllocation",
+    "RouterConfig",
     "RouterOutput",
     "STRATEGIES",
+    "STRATEGY_SPECS",
     "SamplingParams",
     "SkyworkPRM",
     "Step",
     "StepPolicy",
     "StrategyConfig",
+    "StrategyName",
+    "StrategySpec",
     "TTSError",
     "TTSInput",
     "TTSOutput",
+    "TTSUsageState",
     "Trajectory",
     "Usage",
     "VLLMPolicy",
     "create_router_graph",
     "create_tts_graph",
+    "get_strategy",
     "load_default",
     "load_default_policy",
     "load_default_prm",
     "meter",
+    "register_strategy",
     "strategy_config",
 ]
 
@@ -104,6 +123,7 @@ _LAZY = {
     "create_router_graph": "langchain_tts.routing.router",
     "Route": "langchain_tts.routing.router",
     "RouterOutput": "langchain_tts.routing.router",
+    "RouterConfig": "langchain_tts.routing.router",
     "DifficultyEstimate": "langchain_tts.routing.difficulty",
     "BudgetTable": "langchain_tts.routing.table",
     "RouteAllocation": "langchain_tts.routing.table",

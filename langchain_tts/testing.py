@@ -52,7 +52,9 @@ class FakePolicy(StepPolicy):
         for p in prefixes:
             row = []
             for i in range(n):
-                step = self._next_step(p, i) if params.stop_at_step else self._rest_of_solution(p, i)
+                step = (
+                    self._next_step(p, i) if params.stop_at_step else self._rest_of_solution(p, i)
+                )
                 cap = params.max_step_tokens
                 if self.honour_step_cap and step.tokens > cap:
                     step = Step(text=step.text[: 4 * cap], tokens=cap, finish_reason="length")
