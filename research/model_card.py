@@ -45,6 +45,7 @@ STRATEGY_RUNS: list[tuple[str, str, str, int]] = [
             "beam_search",
             "dvts",
             "mcts",
+            "particle_filtering",
             "revision",
             "hybrid",
         )
@@ -214,17 +215,16 @@ def main(argv: list[str] | None = None) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     problems = load_synthetic("test", args.n)
     if not args.report_only:
-        policies, prms = {}, {}
         picked = {int(i) for i in args.runs.split(",") if i} if args.runs else None
         for idx, (size, prm_kind, strategy, n) in enumerate(runs):
             if args.only and strategy not in args.only or picked and idx not in picked:
                 continue
-            if size not in policies:
-                policies[size] = load_default_policy(size)
-            if prm_kind != "none" and prm_kind not in prms:
-                prms[prm_kind] = load_default_prm(prm_kind)
+            # Fresh models per run: their prefix caches would otherwise carry one run's
+            # prompts into the next, and a row's FLOPs would depend on the runs before it.
+            policy = load_default_policy(size)
+            prm = load_default_prm(prm_kind) if prm_kind != "none" else None
             cfg = {**budget_config(strategy, n), "seed": args.seed}
-            graph = create_tts_graph(policies[size], prms.get(prm_kind), strategy, cfg)
+            graph = create_tts_graph(policy, prm, strategy, cfg)
             meta = {"dataset": "synthetic", "policy": size, "prm": prm_kind,
                     "strategy": strategy, "budget": n}  # fmt: skip
             if args.seed:
