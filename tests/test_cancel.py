@@ -266,7 +266,8 @@ def test_sigterm_ends_tts_serve_mid_request(tmp_path: Path):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "langchain_tts.cli", "serve", "--port", str(port)]
-    cmd += ["--strategy", "best_of_n", "--log-level", "warning", "--max-knob", "n=none"]
+    cmd += ["--strategy", "best_of_n", "--log-level", "warning"]
+    cmd += ["--max-knob", "n=none", "--max-knob", "max_tokens=none"]  # a run for minutes
     env = {"OMP_NUM_THREADS": "1", **os.environ, "HF_HUB_OFFLINE": "1"}
     log = (tmp_path / "serve.log").open("w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -283,8 +284,10 @@ def test_sigterm_ends_tts_serve_mid_request(tmp_path: Path):
         answers: list[object] = []
 
         def heavy() -> None:  # a request that would run for minutes
-            body = {"input": {"question": "Start with 3. Add 4."}}
-            body["config"] = {"configurable": {"n": 2000, "temperature": 1.0}}
+            question = "Start with 3. Add 4. Multiply by 2. Subtract 5. Add 9. Multiply by 3."
+            body = {"input": {"question": question}}
+            knobs = {"n": 8000, "temperature": 1.0, "max_tokens": 1e12}
+            body["config"] = {"configurable": knobs}
             try:
                 answers.append(httpx.post(f"{url}/tts/best_of_n/invoke", json=body, timeout=60))
             except httpx.HTTPError as e:
