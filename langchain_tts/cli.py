@@ -190,6 +190,10 @@ def eval_cmd(
         for b in [1] if strat == "cot" else [int(x) for x in budgets.split(",")]:
             cfg = {**budget_config(strat, b), "seed": seed, **extra}
             graph = create_tts_graph(pol, verifier, strat, cfg)
+            # each run pays for its own prefixes: its FLOPs do not depend on the runs before it
+            pol.clear_cache()
+            if verifier is not None:
+                verifier.clear_cache()
             meta = {"dataset": dataset, "policy": policy, "prm": prm, "strategy": strat,
                     "budget": b}  # fmt: skip
             asyncio.run(_run(graph, problems, meta=meta, out=out, concurrency=concurrency))
