@@ -17,7 +17,13 @@ from langchain_tts.policies.base import StepPolicy
 from langchain_tts.prms.base import ProcessRewardModel
 from langchain_tts.strategies.beam_search import search_units, width_budget
 from langchain_tts.strategies.core import Trajectories, TTSState, expand, finalize_update, score
-from langchain_tts.strategies.loop import Search, SearchLoop, require_prm, search_graph
+from langchain_tts.strategies.loop import (
+    Search,
+    SearchLoop,
+    finished_or_out_of_steps,
+    require_prm,
+    search_graph,
+)
 from langchain_tts.strategies.registry import StrategySpec
 from langchain_tts.strategies.selection import top_k
 
@@ -73,11 +79,7 @@ async def dvts_step(
 
 
 def _done(subtrees: list[Trajectory], step: int, cfg: DVTSConfig) -> str:
-    if subtrees and all(t.finished for t in subtrees):
-        return "all_finished"
-    if step >= cfg.max_steps:
-        return "max_steps"
-    return ""
+    return finished_or_out_of_steps(subtrees, step, cfg.max_steps)
 
 
 def _leaves(subtrees: list[Trajectory]) -> Search:

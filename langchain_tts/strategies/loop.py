@@ -7,7 +7,7 @@ it and owns the rest, so a strategy module keeps only its step logic.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -224,3 +224,13 @@ def require_prm(prm: ProcessRewardModel | None, strategy: str, why: str = "") ->
     if prm is None:
         raise ConfigError(f"{strategy} needs a PRM{why}: pass prm=... (e.g. from load_default())")
     return prm
+
+
+def finished_or_out_of_steps(trajectories: Sequence[Trajectory], step: int, max_steps: int) -> str:
+    """The ``done`` reason of a search over ``trajectories``: ``"all_finished"``,
+    ``"max_steps"`` at ``max_steps``, else ``""`` (go on)."""
+    if trajectories and all(t.finished for t in trajectories):
+        return "all_finished"
+    if step >= max_steps:
+        return "max_steps"
+    return ""

@@ -41,7 +41,13 @@ from langchain_tts.policies.base import StepPolicy
 from langchain_tts.prms.aggregate import aggregate_scores
 from langchain_tts.prms.base import ProcessRewardModel
 from langchain_tts.strategies.core import TTSState, expand, finalize_update, score
-from langchain_tts.strategies.loop import Search, SearchLoop, require_prm, search_graph
+from langchain_tts.strategies.loop import (
+    Search,
+    SearchLoop,
+    finished_or_out_of_steps,
+    require_prm,
+    search_graph,
+)
 from langchain_tts.strategies.registry import StrategySpec
 
 Resampling = Literal["multinomial", "systematic"]
@@ -109,11 +115,7 @@ async def pf_step(
 
 
 def _search_done(particles: list[Trajectory], step: int, cfg: ParticleFilteringConfig) -> str:
-    if step and all(p.finished for p in particles):
-        return "all_finished"
-    if step >= cfg.max_steps:
-        return "max_steps"
-    return ""
+    return finished_or_out_of_steps(particles, step, cfg.max_steps)
 
 
 def pf_final_update(state: TTSState, cfg: ParticleFilteringConfig) -> dict:
