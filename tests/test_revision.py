@@ -269,3 +269,34 @@ def test_backtrack_needs_a_prm():
         g.invoke({"question": "q"}, {"configurable": {"revise": "backtrack"}})
     with pytest.raises(ConfigError, match="revise"):
         create_tts_graph(policy, FakePRM(lambda t: [0.5]), "revision", {"revise": "rewind"})
+
+
+def test_the_feedback_template_tells_the_policy_which_step_the_verifier_doubts():
+    from langchain_tts.strategies.revision import FEEDBACK_REVISION_TEMPLATE, verifier_feedback
+
+    prompts: list[str] = []
+    prm = FakePRM(lambda t: [0.9, 0.2][: len(t.steps)])  # the second step is the weak one
+    cfg = {"revisions": 1, "stop_threshold": None, "revision_template": FEEDBACK_REVISION_TEMPLATE}
+    create_tts_graph(chain_policy(prompts), prm, "revision", cfg).invoke({"question": "q"})
+    revised = [p for p in prompts if "Previous attempt" in p]
+    assert revised and all(
+        "The verifier doubts step 2 (score 0.20): \\boxed{0}" in p for p in revised
+    ), revised
+    assert verifier_feedback(Trajectory(question="q", steps=["a"])) == ""  # unscored
+    # the default template carries no feedback, and {feedback} is optional in a template
+    assert "{feedback}" not in DEFAULT_REVISION_TEMPLATE
+    assert render_revision_prompt("{question}|{attempt}|{feedback}", "q", "a", "f") == "q|a|f"
+
+
+@pytest.mark.slow
+def test_revision_with_feedback_runs_on_the_embedded_models():
+    from langchain_tts import load_default
+    from langchain_tts.strategies.revision import FEEDBACK_REVISION_TEMPLATE
+
+    policy, prm = load_default()
+    cfg = {"revisions": 2, "stop_threshold": None, "seed": 0}
+    cfg["revision_template"] = FEEDBACK_REVISION_TEMPLATE
+    out = create_tts_graph(policy, prm, "revision", cfg).invoke(
+        {"question": "Start with 14. Add 9. Multiply by 3."}
+    )
+    assert out["answer"] is not None and len(out["candidates"]) == 3

@@ -25,13 +25,26 @@ from langchain_tts.strategies.registry import StrategySpec
 from langchain_tts.strategies.selection import with_scores
 
 DEFAULT_REVISION_TEMPLATE = "{question}\n\nPrevious attempt:\n{attempt}\n\nRevise the solution."
-_FIELD = re.compile(r"\{(question|attempt)\}")
+#: the same with the verifier's feedback: which step of the attempt the PRM scores lowest
+FEEDBACK_REVISION_TEMPLATE = (
+    "{question}\n\nPrevious attempt:\n{attempt}\n\n{feedback}\n\nRevise the solution."
+)
+_FIELD = re.compile(r"\{(question|attempt|feedback)\}")
 
 
-def render_revision_prompt(template: str, question: str, attempt: str) -> str:
-    """``template`` with ``{question}`` and ``{attempt}`` filled in (other braces untouched,
-    so a template may mention ``\\boxed{}``)."""
-    values = {"question": question, "attempt": attempt}
+def verifier_feedback(attempt: Trajectory) -> str:
+    """One sentence on the attempt's weakest step by its PRM scores ("" when unscored)."""
+    scores = attempt.step_scores or []
+    if not scores:
+        return ""
+    k = min(range(len(scores)), key=scores.__getitem__)
+    return f"The verifier doubts step {k + 1} (score {scores[k]:.2f}): {attempt.steps[k]}"
+
+
+def render_revision_prompt(template: str, question: str, attempt: str, feedback: str = "") -> str:
+    """``template`` with ``{question}``, ``{attempt}`` and ``{feedback}`` (optional) filled in
+    (other braces untouched, so a template may mention ``\\boxed{}``)."""
+    values = {"question": question, "attempt": attempt, "feedback": feedback}
     return _FIELD.sub(lambda m: values[m.group(1)], template)
 
 
@@ -49,7 +62,8 @@ class RevisionConfig(StrategyConfig):
     )
     revision_template: str = Field(
         DEFAULT_REVISION_TEMPLATE,
-        description="prompt of a revision round; {question} and {attempt} are filled in",
+        description="prompt of a revision round; {question} and {attempt} are filled in, and "
+        "{feedback} (optional) with the PRM's weakest step of the attempt and its score",
     )
 
     revise: Literal["prompt", "backtrack"] = Field(
@@ -104,7 +118,11 @@ async def revision_round(
         prompts, n_each = [backtrack_prefix(a) for a in active], 1
     else:
         prompts = [
-            Trajectory(question=render_revision_prompt(cfg.revision_template, question, a.text))
+            Trajectory(
+                question=render_revision_prompt(
+                    cfg.revision_template, question, a.text, verifier_feedback(a)
+                )
+            )
             for a in active
         ]
         n_each = 1
