@@ -12,7 +12,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,8 @@ import pytest
 pytest.importorskip("langgraph_api")
 sdk = pytest.importorskip("langgraph_sdk")
 httpx = pytest.importorskip("httpx")
+
+from served import free_port  # noqa: E402
 
 from langchain_tts.eval.synthetic import make_split  # noqa: E402
 from langchain_tts.models import WEIGHTS_DIR  # noqa: E402
@@ -37,12 +38,6 @@ pytestmark = [
 ]
 STARTUP_S = 90
 _API_LINE = re.compile(r"API:\s*(?:\x1b\[[0-9;]*m)*(http://127\.0\.0\.1:\d+)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def langgraph_bin() -> str:

@@ -8,8 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
-import threading
 import time
 from collections.abc import Iterator, Sequence
 
@@ -22,6 +20,7 @@ uvicorn = pytest.importorskip("uvicorn")
 langchain_openai = pytest.importorskip("langchain_openai")
 
 from langchain_core.messages import AIMessage, HumanMessage  # noqa: E402
+from served import ThreadServer  # noqa: E402
 
 from langchain_tts.core.config import SamplingParams  # noqa: E402
 from langchain_tts.core.types import Step, Trajectory, Usage  # noqa: E402
@@ -59,36 +58,6 @@ class OraclePolicy(StepPolicy):
             policy_calls=1, policy_prompt_tokens=10 * len(prefixes), policy_generated_tokens=gen
         )
         return PolicyResult(steps=rows, usage=usage)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ThreadServer:
-    """uvicorn in a daemon thread, stopped (and joined) on exit."""
-
-    def __init__(self, app) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        cfg = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
-        self.server = uvicorn.Server(cfg)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> ThreadServer:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -26,6 +24,7 @@ uvicorn = pytest.importorskip("uvicorn")
 
 from langchain_core.messages import AIMessage, HumanMessage  # noqa: E402
 from langserve import RemoteRunnable  # noqa: E402
+from served import ThreadServer, free_port  # noqa: E402
 
 from langchain_tts.core.config import SamplingParams  # noqa: E402
 from langchain_tts.core.errors import ConfigError, InputError  # noqa: E402
@@ -69,36 +68,6 @@ class OraclePolicy(StepPolicy):
                 step = Step(text=text, tokens=len(text), finish_reason="eos")
             rows.append([step] * n)
         return PolicyResult(steps=rows, usage=Usage(policy_calls=1))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ThreadServer:
-    """uvicorn in a daemon thread, stopped (and joined) on exit."""
-
-    def __init__(self, app) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        cfg = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
-        self.server = uvicorn.Server(cfg)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> ThreadServer:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
 
 
 @pytest.fixture(scope="module")
