@@ -201,3 +201,26 @@ def invoke_body(question: str, thread_id: str | None = None, *, chat: bool = Fal
         conf["thread_id"] = thread_id
     inp = {"messages": [{"role": "user", "content": question}]} if chat else {"question": question}
     return {"input": inp, "config": {"configurable": conf}}
+
+
+def start_tts_serve(tmp: Path, *args: str) -> tuple[subprocess.Popen, str]:
+    """``tts serve ARGS`` on the embedded models in a subprocess (one torch thread, offline),
+    its log in ``tmp/serve.log``: ``(process, base URL)`` once ``/health`` answers."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "langchain_tts.cli", "serve", "--port", str(port), *args]
+    # One torch thread: on a small, busy machine oversubscribed threads are 10x slower.
+    env = {"OMP_NUM_THREADS": "1", **os.environ, "HF_HUB_OFFLINE": "1"}
+    log = tmp / "serve.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + 90
+    while True:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"tts serve did not come up: {log.read_text()[-2000:]}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            time.sleep(0.5)

@@ -8,17 +8,14 @@ rows, when dynamic batching merged it with others.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from served import ThreadServer, free_port  # noqa: E402
+from served import ThreadServer, start_tts_serve  # noqa: E402
 
 from langchain_tts import create_tts_graph
 from langchain_tts.core.config import SamplingParams
@@ -232,24 +229,12 @@ def test_a_client_that_hangs_up_stops_its_search(slow_app, endpoint):
 @pytest.mark.slow
 @requires_weights
 def test_sigterm_ends_tts_serve_mid_request(tmp_path: Path):
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "langchain_tts.cli", "serve", "--port", str(port)]
-    cmd += ["--strategy", "best_of_n", "--log-level", "warning"]
-    cmd += ["--max-knob", "n=none", "--max-knob", "max_tokens=none"]  # a run for minutes
-    env = {"OMP_NUM_THREADS": "1", **os.environ, "HF_HUB_OFFLINE": "1"}
-    log = (tmp_path / "serve.log").open("w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    proc, url = start_tts_serve(
+        tmp_path,
+        *("--strategy", "best_of_n", "--log-level", "warning"),
+        *("--max-knob", "n=none", "--max-knob", "max_tokens=none"),  # a run for minutes
+    )
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
-            assert time.monotonic() < deadline, "tts serve did not come up in 90 s"
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.5)
         answers: list[object] = []
 
         def heavy() -> None:  # a request that would run for minutes
@@ -278,7 +263,6 @@ def test_sigterm_ends_tts_serve_mid_request(tmp_path: Path):
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=5)
-        log.close()
 
 
 @requires_weights

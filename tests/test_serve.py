@@ -8,11 +8,8 @@ they are fast and exact; one runs ``tts serve`` on the embedded models.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import subprocess
-import sys
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -24,7 +21,7 @@ uvicorn = pytest.importorskip("uvicorn")
 
 from langchain_core.messages import AIMessage, HumanMessage  # noqa: E402
 from langserve import RemoteRunnable  # noqa: E402
-from served import ThreadServer, free_port  # noqa: E402
+from served import ThreadServer, start_tts_serve  # noqa: E402
 
 from langchain_tts.core.config import SamplingParams  # noqa: E402
 from langchain_tts.core.errors import ConfigError, InputError  # noqa: E402
@@ -294,25 +291,12 @@ def greedy_right(n: int) -> list:
 @pytest.mark.slow
 @requires_weights
 def test_tts_serve_command_on_the_embedded_models(tmp_path: Path):
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "langchain_tts.cli", "serve", "--port", str(port)]
-    cmd += ["--strategy", "beam_search", "--strategy", "cot", "--strategy", "router"]
-    cmd += ["--checkpoint-db", str(tmp_path / "threads.db"), "--log-level", "warning"]
-    # One torch thread: on a small, busy machine oversubscribed threads are 10x slower.
-    env = {"OMP_NUM_THREADS": "1", **os.environ, "HF_HUB_OFFLINE": "1"}
-    log = (tmp_path / "serve.log").open("w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    proc, url = start_tts_serve(
+        tmp_path,
+        *("--strategy", "beam_search", "--strategy", "cot", "--strategy", "router"),
+        *("--checkpoint-db", str(tmp_path / "threads.db"), "--log-level", "warning"),
+    )
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
-            assert time.monotonic() < deadline, "tts serve did not come up in 90 s"
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.5)
         easy = next(p for p in make_split("test", 8) if p.difficulty == 1)
         beam = RemoteRunnable(f"{url}/tts/beam_search/", timeout=120)
         knobs = {"configurable": {"n": 4, "seed": 0}}
@@ -339,4 +323,3 @@ def test_tts_serve_command_on_the_embedded_models(tmp_path: Path):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=5)
-        log.close()
