@@ -147,3 +147,23 @@ def test_the_router_checkpoints_plain_data(saver: Any, no_warnings: None):
     state = graph.get_state(rc).values
     assert isinstance(state["difficulty"], DifficultyEstimate)
     assert isinstance(state["usage"], Usage)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["beam_search", "mcts"])
+def test_embedded_models_on_a_plain_saver_log_no_unregistered_types(
+    strategy: str, no_warnings: None
+):
+    from langchain_tts import load_default
+
+    policy, prm = load_default()
+    knobs = {"n": 4, "beam_width": 2} if strategy == "beam_search" else {"simulations": 4}
+    graph = create_tts_graph(
+        policy, prm, strategy, {**knobs, "seed": 0}, checkpointer=InMemorySaver()
+    )
+    rc = {"configurable": {"thread_id": "embedded"}}
+    for turn, answer in [("Start with 5. Add 6.", "11"), ("Start with 7. Multiply by 3.", "21")]:
+        out = graph.invoke({"messages": [("human", turn)]}, rc)
+        assert out["question"] == turn and out["answer"] == answer
+    state = graph.get_state(rc).values  # read back from the plain checkpoint
+    assert all(isinstance(t, Trajectory) for t in state["candidates"])

@@ -290,3 +290,33 @@ def test_the_router_graph_run_carries_its_metadata_and_tags():
     (top,) = tracer.runs
     assert top.extra["metadata"]["tts_strategy"] == "router"
     assert "tts:router" in top.tags
+
+
+@pytest.mark.slow
+def test_trace_of_a_beam_search_on_the_embedded_models():
+    """One policy and one PRM child run per search step; their token counts (computed and
+    cached) add up to the ledger's."""
+    from langchain_tts import load_default
+
+    policy, prm = load_default()
+    g = create_tts_graph(policy, prm, "beam_search", {"n": 8, "beam_width": 4, "seed": 0})
+    rec = Recorder()
+    out = g.invoke({"question": "Start with 14. Add 9. Multiply by 3."}, {"callbacks": [rec]})
+    (root,) = rec.roots
+    usage = out["usage"]
+    steps = [n for n in root.child_runs if n.name == "step"]
+    assert steps and out["answer"] == "69"
+    pol, prms = [], []
+    for node in steps:
+        kinds = [k.run_type for k in node.child_runs]
+        assert kinds == ["llm", "chain"] * (len(kinds) // 2) and kinds
+        pol += [k for k in node.child_runs if k.run_type == "llm"]
+        prms += [k for k in node.child_runs if k.run_type == "chain"]
+    assert len(pol) == usage.policy_calls and len(prms) == usage.prm_calls
+    tok = [r.outputs["llm_output"]["token_usage"] for r in pol]
+    assert sum(t["prompt_tokens"] for t in tok) == usage.policy_prompt_tokens
+    assert sum(t["completion_tokens"] for t in tok) == usage.policy_generated_tokens
+    assert sum(r.outputs["tokens"] for r in prms) == usage.prm_tokens
+    assert sum(r.outputs["flops"] for r in prms) + sum(
+        r.outputs["llm_output"]["flops"] for r in pol
+    ) == pytest.approx(usage.flops)

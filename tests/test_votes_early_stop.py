@@ -101,3 +101,18 @@ def test_early_stop_with_prm_max_is_a_config_error() -> None:
     graph = create_tts_graph(policy, prm, "best_of_n", {"n": 8, "early_stop": True})
     with pytest.raises(ConfigError, match="early_stop applies to votes"):
         graph.invoke({"question": "2 + 2?"})
+
+
+@pytest.mark.slow
+def test_early_stop_on_the_embedded_models_samples_fewer_and_answers_the_same() -> None:
+    from langchain_tts import load_default
+
+    policy, prm = load_default()
+    q = {"question": "Start with 5. Add 6."}  # easy: the first round agrees
+    full = create_tts_graph(policy, prm, "weighted_vote", {"n": 16, "seed": 0}).invoke(q)
+    early = create_tts_graph(
+        policy, prm, "weighted_vote", {"n": 16, "seed": 0, "early_stop": True}
+    ).invoke(q)
+    assert full["answer"] == early["answer"] == "11"
+    assert len(early["candidates"]) < len(full["candidates"]) == 16
+    assert early["usage"].policy_generated_tokens < full["usage"].policy_generated_tokens
