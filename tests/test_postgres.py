@@ -119,3 +119,28 @@ def test_run_killed_on_one_worker_resumes_on_the_other(workers: tuple[Worker, Wo
     assert after[0] == before[-1]  # only the step in flight is computed again
     assert sorted(set(before) | set(after)) == list(range(7))
     assert out["usage"]["policy_calls"] == 7  # usage counted once
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Accessing the 'model_fields':DeprecationWarning")
+def test_the_embedded_models_keep_a_chat_thread_in_postgres(postgres_url: str):
+    """Two apps on the embedded models (as two workers would be) share one Postgres: a
+    thread's second turn, served by the other app, answers its own question and sees the
+    whole chat."""
+    from fastapi.testclient import TestClient
+
+    from langchain_tts.models import load_default_policy, load_default_prm
+    from langchain_tts.serve import create_app
+
+    policy, prm = load_default_policy(), load_default_prm()
+    apps = [create_app(policy, prm, ["cot"], checkpointer=postgres_url) for _ in range(2)]
+    turns = [("Start with 5. Add 6.", "11"), ("Start with 7. Multiply by 3.", "21")]
+    with TestClient(apps[0]) as one, TestClient(apps[1]) as two:
+        for k, (client, (question, answer)) in enumerate(zip([one, two], turns)):
+            body = {
+                "input": {"messages": [{"type": "human", "content": question}]},
+                "config": {"configurable": {"thread_id": "embedded-chat"}},
+            }
+            out = client.post("/tts/cot/invoke", json=body).json()["output"]
+            assert out["question"] == question and out["answer"] == answer
+            assert len(out["messages"]) == 2 * k + 2

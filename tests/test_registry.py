@@ -251,3 +251,14 @@ def test_routing_does_not_import_the_eval_package():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parent.parent)
+
+
+@pytest.mark.slow
+def test_a_registered_strategy_runs_on_the_embedded_models(toy: StrategySpec):
+    from langchain_tts import load_default
+
+    policy, prm = load_default()
+    g = create_tts_graph(policy, prm, "greedy_steps", {"width": 4, "seed": 0})
+    out = g.invoke({"question": "Start with 14. Add 9. Multiply by 3."})
+    assert out["answer"] == "69" and out["stop_reason"] == "finished"
+    assert out["usage"].policy_calls == out["usage"].prm_calls >= 3  # one each per step
