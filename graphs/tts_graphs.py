@@ -1,7 +1,7 @@
 """Ready graphs for `langgraph dev` / LangGraph Platform (see langgraph.json).
 
-Each graph runs on the embedded default models (CPU, offline), with a budget of about 16
-samples per question; ``router`` picks the strategy per question (difficulty probe + its
+Each graph runs on the embedded default models (CPU, offline; ``revision`` and ``hybrid`` on
+the embedded policy trained to revise), with a budget of about 16 samples per question; ``router`` picks the strategy per question (difficulty probe + its
 default budget table). Knobs show in LangGraph Studio (each graph's context schema is its
 strategy config) and are overridable per run through ``context`` or
 ``config["configurable"]`` (e.g. ``{"n": 64, "beam_width": 4}``).
@@ -18,19 +18,22 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from langchain_tts.graph import embedded_policies  # noqa: E402
 from langchain_tts.models import load_default  # noqa: E402
 from langchain_tts.serve import servable_graph, servable_router  # noqa: E402
-from langchain_tts.strategies import get_strategy  # noqa: E402
+from langchain_tts.strategies import STRATEGY_SPECS, get_strategy  # noqa: E402
 
 BUDGET = 16
 _policy, _prm = load_default()
+_policies = embedded_policies(STRATEGY_SPECS, loaded={"small": _policy})
 
 
 def _graph(strategy: str):
-    """The strategy at BUDGET samples; with the PRM only when its default config uses one."""
+    """The strategy at BUDGET samples, on its embedded policy; with the PRM only when its
+    default config uses one."""
     spec = get_strategy(strategy)
     prm = _prm if spec.needs_prm else None
-    return servable_graph(_policy, prm, strategy, spec.budget_config(BUDGET))
+    return servable_graph(_policies[strategy], prm, strategy, spec.budget_config(BUDGET))
 
 
 cot = _graph("cot")
@@ -40,6 +43,7 @@ weighted_vote = _graph("weighted_vote")
 beam_search = _graph("beam_search")
 dvts = _graph("dvts")
 mcts = _graph("mcts")
+particle_filtering = _graph("particle_filtering")
 revision = _graph("revision")
 hybrid = _graph("hybrid")
 # The router: a difficulty probe, then its default budget table's strategy for the bin.

@@ -21,10 +21,16 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEMO_QUESTION = "Start with 14. Add 9. Multiply by 3. Subtract 17. Divide by 2. Add 18."
 
 
-def _load(policy: str, prm: str):
-    from langchain_tts.models import load_default_policy, load_default_prm
+def _load_prm(prm: str):
+    from langchain_tts.models import load_default_prm
 
-    return load_default_policy(policy), (load_default_prm(prm) if prm != "none" else None)
+    return load_default_prm(prm) if prm != "none" else None  # type: ignore[arg-type]
+
+
+def _load(policy: str, prm: str):
+    from langchain_tts.models import load_default_policy
+
+    return load_default_policy(policy), _load_prm(prm)  # type: ignore[arg-type]
 
 
 @app.command()
@@ -32,7 +38,13 @@ def solve(
     question: Annotated[str, typer.Argument(help="the problem text")] = DEMO_QUESTION,
     strategy: Annotated[str, typer.Option(help="cot, best_of_n, beam_search, ...")] = "beam_search",
     budget: Annotated[int, typer.Option(help="samples N per question")] = 16,
-    policy: Annotated[str, typer.Option(help="embedded policy size: small | large")] = "small",
+    policy: Annotated[
+        str | None,
+        typer.Option(
+            help="embedded policy: small | large | small-revise (default: the strategy's, "
+            "small-revise for revision and hybrid, else small)"
+        ),
+    ] = None,
     prm: Annotated[
         str, typer.Option(help="embedded verifier: calculator | strong | weak | likelihood | none")
     ] = "calculator",
@@ -42,7 +54,9 @@ def solve(
     """Solve one question with a test-time-compute strategy on the embedded default models."""
     from langchain_tts import create_tts_graph
     from langchain_tts.eval.runner import budget_config
+    from langchain_tts.strategies import get_strategy
 
+    policy = policy or get_strategy(strategy).embedded_policy
     t0 = time.perf_counter()
     pol, verifier = _load(policy, prm)
     load_s = time.perf_counter() - t0
@@ -99,7 +113,11 @@ def eval_cmd(
     budgets: Annotated[str, typer.Option(help="comma-separated N values")] = "4,16",
     policy: Annotated[
         str | None,
-        typer.Option(help="embedded: small | large; openai: the label in the records [--model]"),
+        typer.Option(
+            help="embedded: small | large | small-revise (default: each strategy's, "
+            "small-revise for revision and hybrid, else small); openai: the label in the "
+            "records [--model]"
+        ),
     ] = None,
     prm: Annotated[
         str | None,
@@ -171,8 +189,17 @@ def eval_cmd(
         raise typer.BadParameter("must be a JSON object", param_hint="--config")
     problems = load_dataset(dataset, path=data, n=n_problems or None)
     if backend == "embedded":
-        policy, prm = policy or "small", prm or "calculator"
-        pol, verifier = _load(policy, prm)
+        from langchain_tts.graph import embedded_policies
+        from langchain_tts.models import load_default_policy
+
+        prm = prm or "calculator"
+        verifier = _load_prm(prm)
+        # one policy for all, or each strategy's own embedded default
+        pols = (
+            dict.fromkeys(strategy, load_default_policy(policy))  # type: ignore[arg-type]
+            if policy
+            else embedded_policies(strategy)
+        )
     elif backend == "openai":
         if not base_url or not model:
             raise typer.BadParameter("--backend openai needs --base-url and --model")
@@ -184,9 +211,11 @@ def eval_cmd(
         )  # fmt: skip
         policy = policy or model
         prm = prm or (prm_model if verifier is not None else "none")
+        pols = dict.fromkeys(strategy, pol)
     else:
         raise typer.BadParameter(f"unknown backend {backend!r}: embedded | openai")
     for strat in strategy:
+        pol = pols[strat]
         for b in [1] if strat == "cot" else [int(x) for x in budgets.split(",")]:
             cfg = {**budget_config(strat, b), "seed": seed, **extra}
             graph = create_tts_graph(pol, verifier, strat, cfg)
@@ -194,7 +223,8 @@ def eval_cmd(
             pol.clear_cache()
             if verifier is not None:
                 verifier.clear_cache()
-            meta = {"dataset": dataset, "policy": policy, "prm": prm, "strategy": strat,
+            label = policy or pol.name.removeprefix("embedded-policy-")
+            meta = {"dataset": dataset, "policy": label, "prm": prm, "strategy": strat,
                     "budget": b}  # fmt: skip
             asyncio.run(_run(graph, problems, meta=meta, out=out, concurrency=concurrency))
     rows = [r for r in summarize(read_records(out)) if r["dataset"] == dataset]
@@ -310,7 +340,13 @@ def serve(
             "allow and the router"
         ),
     ] = [],  # noqa: B006
-    policy: Annotated[str, typer.Option(help="embedded policy size: small | large")] = "small",
+    policy: Annotated[
+        str | None,
+        typer.Option(
+            help="embedded policy: small | large | small-revise (default: each strategy's, "
+            "small-revise for revision and hybrid, else small)"
+        ),
+    ] = None,
     prm: Annotated[
         str, typer.Option(help="embedded verifier: calculator | strong | weak | likelihood | none")
     ] = "calculator",
@@ -400,10 +436,17 @@ def serve(
     if app_factory is not None:
         api = _factory(app_factory)(**kwargs, title=f"langchain-tts ({app_factory})")
     else:
-        pol, verifier = _load(policy, prm)
+        from langchain_tts.graph import embedded_policies
+        from langchain_tts.strategies import STRATEGY_SPECS
+
+        pol, verifier = _load(policy or "small", prm)
+        # without --policy, each strategy on its own embedded default (revision: small-revise)
+        served = [s for s in strategy or STRATEGY_SPECS if s in STRATEGY_SPECS]
+        own = {} if policy else embedded_policies(served, loaded={"small": pol})
         api = create_app(
-            pol, verifier, **kwargs, title=f"langchain-tts (policy={policy}, prm={prm})"
-        )
+            pol, verifier, **kwargs, policies=own,
+            title=f"langchain-tts (policy={policy or 'per strategy'}, prm={prm})",
+        )  # fmt: skip
     routes = ", ".join(f"/tts/{s}" for s in sorted(api.state.graphs))
     typer.echo(f"Serving {routes} on http://{host}:{port} (health: /health)", err=True)
     run_server(api, host=host, port=port, log_level=log_level)  # SIGTERM cancels requests

@@ -6,7 +6,7 @@ Strategies are looked up in the registry (:mod:`langchain_tts.strategies.registr
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Checkpointer
@@ -23,7 +23,13 @@ from langchain_tts.strategies import (
 )
 from langchain_tts.strategies.registry import Builder
 
-__all__ = ["STRATEGIES", "StrategyName", "create_tts_graph", "strategy_config"]
+__all__ = [
+    "STRATEGIES",
+    "StrategyName",
+    "create_tts_graph",
+    "embedded_policies",
+    "strategy_config",
+]
 
 
 class _Strategies(Mapping[str, tuple[type[StrategyConfig], Builder]]):
@@ -88,3 +94,24 @@ def create_tts_graph(
     return get_strategy(strategy).compile(
         policy, prm, config, checkpointer=checkpointer, name=name, output_key=output_key
     )
+
+
+def embedded_policies(
+    strategies: Iterable[str],
+    backend: str = "native",
+    loaded: Mapping[str, StepPolicy] | None = None,
+) -> dict[str, StepPolicy]:
+    """strategy -> the embedded policy it runs on by default (``StrategySpec.embedded_policy``:
+    ``small``, or ``small-revise`` for the strategies that revise through a prompt). Each
+    model is loaded once and shared by the strategies that use it; ``loaded``: models
+    already loaded, by name (e.g. ``{"small": policy}``)."""
+    from langchain_tts.models import load_default_policy
+
+    loaded = dict(loaded or {})
+    out: dict[str, StepPolicy] = {}
+    for name in strategies:
+        size = get_strategy(name).embedded_policy
+        if size not in loaded:
+            loaded[size] = load_default_policy(size, backend)  # type: ignore[arg-type]
+        out[name] = loaded[size]
+    return out

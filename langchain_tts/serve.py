@@ -15,7 +15,14 @@ import json
 import os
 import uuid
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Mapping,
+    MutableMapping,
+    Sequence,
+)
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,7 +42,7 @@ from pydantic import (
 
 from langchain_tts.core.config import StrategyConfig, knobs_model
 from langchain_tts.core.errors import BackendError, ConfigError, InputError
-from langchain_tts.graph import create_tts_graph
+from langchain_tts.graph import create_tts_graph, embedded_policies
 from langchain_tts.limits import (
     Admission,
     RunGate,
@@ -240,11 +247,15 @@ def create_app(
     auth: AuthHook | None = None,
     keep_checkpoints: int | None = None,
     limits: ServeLimits | None = None,
+    policies: Mapping[str, StepPolicy] | None = None,
 ) -> FastAPI:
     """A FastAPI app serving one LangServe route per strategy at ``/tts/<strategy>``.
 
-    ``policy``/``prm``: default to the embedded models (``load_default()``); with a policy
-    of your own and ``prm=None``, only strategies that need no PRM are served.
+    ``policy``/``prm``: default to the embedded models (``load_default()``, and for
+    ``revision`` and ``hybrid`` the embedded policy trained to revise:
+    :func:`~langchain_tts.graph.embedded_policies`); with a policy of your own and
+    ``prm=None``, only strategies that need no PRM are served. ``policies``: strategy ->
+    policy, for the strategies that should run on another policy than ``policy``.
     ``strategies``: default every registered one that can run with these models, and
     :data:`ROUTER` (``/tts/router``, on its default table).
     ``configs``: per-strategy base configs (default: :func:`default_configs` at ``budget``);
@@ -271,9 +282,12 @@ def create_app(
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         policy = load_default_policy()
         prm = prm if prm is not None else load_default_prm()
+        names = [s for s in strategies or STRATEGY_SPECS if s in STRATEGY_SPECS]
+        defaults = embedded_policies(names, loaded={"small": policy})
+        policies = {**defaults, **(policies or {})}
     base_configs = {**default_configs(budget), **(configs or {})}
     saver, saver_path, saver_name = _saver(checkpointer)
-    graphs = _served_graphs(policy, prm, strategies, base_configs, saver)
+    graphs = _served_graphs(policy, prm, strategies, base_configs, saver, policies or {})
     thread_runs = _thread_runs(checkpointer, saver_path, keep_checkpoints)
     app = FastAPI(
         title=title,
@@ -345,9 +359,10 @@ def _served_graphs(
     strategies: Sequence[str] | None,
     configs: dict[str, StrategyConfig | dict],
     saver: BaseCheckpointSaver | None,
+    policies: Mapping[str, StepPolicy],
 ) -> dict[str, CompiledStateGraph]:
-    """A servable graph per strategy (and the router, :data:`ROUTER`); when none were named,
-    those these models can run. ``configs["router"]``: keyword arguments of
+    """A servable graph per strategy (and the router, :data:`ROUTER`), on its policy in
+    ``policies`` or else ``policy``; when none were named, those these models can run. ``configs["router"]``: keyword arguments of
     :func:`~langchain_tts.routing.create_router_graph` (``table``, ``max_flops``, ...)."""
     graphs: dict[str, CompiledStateGraph] = {}
     for name in strategies or [*STRATEGY_SPECS, ROUTER]:
@@ -357,7 +372,7 @@ def _served_graphs(
                 graphs[name] = servable_router(policy, prm, checkpointer=saver, **kwargs)
             else:
                 graphs[name] = servable_graph(
-                    policy, prm, name, configs.get(name), checkpointer=saver
+                    policies.get(name, policy), prm, name, configs.get(name), checkpointer=saver
                 )
         except ConfigError:
             if strategies is not None:  # asked for explicitly: say why it cannot be served

@@ -33,11 +33,18 @@ RUNS: list[tuple[str, str, str, int]] = [
 ]
 
 
-# Every strategy at two budgets, small policy + strong PRM (docs/strategies.md).
+# Every strategy at two budgets, strong PRM, each on its embedded policy (small; the one
+# trained to revise for revision and hybrid) (docs/strategies.md).
+_REVISE = ("revision", "hybrid")  # StrategySpec.embedded_policy == "small-revise"
 STRATEGY_RUNS: list[tuple[str, str, str, int]] = [
     ("small", "none", "cot", 1),
     *[
-        ("small", "none" if s == "majority_vote" else "strong", s, n)
+        (
+            "small-revise" if s in _REVISE else "small",
+            "none" if s == "majority_vote" else "strong",
+            s,
+            n,
+        )
         for s in (
             "majority_vote",
             "best_of_n",

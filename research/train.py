@@ -114,6 +114,13 @@ class TrainRecipe:
     rollout_samples: int = 4
     rollout_temperature: float = 1.0
     seed: int = 0
+    # revision (policy-small-revise): the small policy continued on its own attempts in the
+    # feedback revision prompt, followed by the gold solution (revision_examples)
+    revise_problems: int = 2400
+    revise_samples: int = 4
+    revise_temperature: float = 0.7  # the strategies' sampling temperature
+    revise_steps: int = 1500
+    revise_lr: float = 1e-3
     # "bf16": forward and loss under bfloat16 autocast (weights, optimizer and saved
     # checkpoints stay fp32/fp16); ~2.5x faster steps on CPUs with native bf16 (AVX512-BF16,
     # AMX). "auto": bf16 where the CPU has it, else "fp32". See docs/model_card.md.
@@ -383,6 +390,82 @@ def sample_rollouts(
     return out
 
 
+def revision_examples(
+    policy_dir: Path, calculator_dir: Path, recipe: TrainRecipe
+) -> tuple[list[tuple[str, str]], dict]:
+    """(revision prompt, gold solution) pairs from the policy's own attempts.
+
+    As in Snell et al., the revision data are the model's own attempts followed by a correct
+    solution: the policy samples attempts at the strategies' temperature (0.7) on training
+    problems, the calculator verifier scores them, and each attempt goes into
+    ``FEEDBACK_REVISION_TEMPLATE`` with the verifier's feedback (its weakest step and score)
+    exactly as the revision strategy builds it at inference. Right attempts are kept too
+    (their target is the same solution), so the policy learns to keep what the verifier
+    trusts and to change the step it doubts.
+    """
+    from langchain_tts.core.types import Trajectory
+    from langchain_tts.models.native import load_native
+    from langchain_tts.prms.equation import EquationPRM
+    from langchain_tts.strategies.revision import (
+        FEEDBACK_REVISION_TEMPLATE,
+        render_revision_prompt,
+        verifier_feedback,
+    )
+
+    t0 = time.time()
+    stream = _TrainStream(recipe.seed + 4321)
+    problems = [stream.sample() for _ in range(recipe.revise_problems)]
+    rollouts = sample_rollouts(
+        policy_dir, problems, recipe.revise_samples, recipe.revise_temperature, recipe.seed + 5
+    )
+    rollouts = [(p, steps) for p, steps in rollouts if steps]
+    prm = EquationPRM(*load_native(calculator_dir))
+    examples, wrong = [], 0
+    for i in tqdm(range(0, len(rollouts), 256), desc="revision data", mininterval=5):
+        chunk = rollouts[i : i + 256]
+        trajs = [Trajectory(question=p.question, steps=steps) for p, steps in chunk]
+        for (p, steps), t, s in zip(chunk, trajs, prm.score(trajs).scores, strict=True):
+            attempt = t.copy_with(step_scores=s)
+            prompt = render_revision_prompt(
+                FEEDBACK_REVISION_TEMPLATE, p.question, attempt.text, verifier_feedback(attempt)
+            )
+            examples.append((prompt, p.solution))
+            wrong += not label_steps(p, steps).final_correct
+    stats = {"examples": len(examples), "wrong_attempts": wrong,
+             "seconds": round(time.time() - t0, 1)}  # fmt: skip
+    return examples, stats
+
+
+def train_reviser(
+    cfg: TinyLlamaConfig, init_from: Path, examples: list[tuple[str, str]], recipe: TrainRecipe
+) -> tuple[TinyLlamaForCausalLM, dict]:
+    """Continue a policy on revision examples, half of each batch, and on gold solutions
+    (the other half, so it keeps writing first attempts as before). Loss on solutions only."""
+    tok = build_tokenizer()
+    eos = tok.convert_tokens_to_ids(EOS)
+    torch.manual_seed(recipe.seed + 11)
+    rng = random.Random(recipe.seed + 11)
+    stream = _TrainStream(recipe.seed + 99)
+    model = TinyLlamaForCausalLM(cfg)
+    _load_fp16(model, init_from)
+
+    def batch() -> tuple[list[list[int]], list[list[int]]]:
+        inputs, labels = [], []
+        half = recipe.batch_size // 2
+        pairs = [(p.question, p.solution) for p in stream.batch(half)]
+        pairs += rng.sample(examples, recipe.batch_size - half)
+        for prompt_text, solution in pairs:
+            prompt = tok(prompt_text + STEP_DELIMITER)["input_ids"]
+            target = tok(solution)["input_ids"] + [eos]
+            ids = prompt + target
+            inputs.append(ids[:-1])
+            labels.append(([-100] * len(prompt) + target)[1:])
+        return inputs, labels
+
+    stats = _train_lm(model, recipe.revise_steps, recipe.revise_lr, batch, "revise", recipe)
+    return model, stats
+
+
 DENSE = 2  # label offset marking a dense (per-token) target, see _prm_example
 
 
@@ -579,9 +662,10 @@ STAGE_DEPS: dict[str, tuple[str, ...]] = {
     "prm-body": ("calculator",),
     "prm": ("prm-body", "rollouts"),
     "weak_prm": ("rollouts",),
+    "revise": ("small", "calculator"),
 }
 STAGE_MINUTES = {"large": 39.4, "calculator": 23.9, "small": 24.5, "rollouts": 5.0,
-                 "prm-body": 11.6, "prm": 0.8, "weak_prm": 1.0}  # fmt: skip
+                 "prm-body": 11.6, "prm": 0.8, "weak_prm": 1.0, "revise": 30.0}  # fmt: skip
 USER_STAGES = [
     "small",
     "large",
@@ -590,6 +674,7 @@ USER_STAGES = [
     "calculator",
     "continue-small",
     "continue-large",
+    "revise",
 ]
 WORKER_STAGES = ["rollouts", "prm-body"]  # intermediate stages, run by --jobs workers only
 
@@ -622,7 +707,7 @@ def main(argv: list[str] | None = None) -> None:
         ap.error(
             f"--prm-init must be 'calculator' or one of {list(SIZES)}, got {recipe.prm_init!r}"
         )
-    only = set(args.only or ["small", "large", "prm", "weak_prm", "calculator"])
+    only = set(args.only or ["small", "large", "prm", "weak_prm", "calculator", "revise"])
     if only & set(WORKER_STAGES) and args.work_dir is None:
         ap.error(f"--only {sorted(only & set(WORKER_STAGES))} are --jobs worker stages")
     jobs = args.jobs if args.jobs > 0 else (os.cpu_count() or 1)
@@ -776,6 +861,11 @@ def _train_in_process(
         m, s = train_calculator(SIZES["small"], recipe)
         save_hf(m, SIZES["small"], out / "verifier-calc", "LlamaForCausalLM")
         record("verifier-calc", s)
+    if "revise" in only:  # needs policy-small and verifier-calc in `out`
+        examples, data = revision_examples(out / "policy-small", out / "verifier-calc", recipe)
+        m, s = train_reviser(SIZES["small"], out / "policy-small", examples, recipe)
+        save_hf(m, SIZES["small"], out / "policy-small-revise", "LlamaForCausalLM")
+        record("policy-small-revise", {**s, "data": data})
     prm_extra = {"id2label": {0: "bad", 1: "good"}, "label2id": {"bad": 0, "good": 1},
                  "step_tag": STEP_TAG}  # fmt: skip
     rollouts: list[tuple[ArithmeticProblem, list[str]]] = []

@@ -262,3 +262,21 @@ def test_a_registered_strategy_runs_on_the_embedded_models(toy: StrategySpec):
     out = g.invoke({"question": "Start with 14. Add 9. Multiply by 3."})
     assert out["answer"] == "69" and out["stop_reason"] == "finished"
     assert out["usage"].policy_calls == out["usage"].prm_calls >= 3  # one each per step
+
+
+def test_langgraph_json_serves_every_built_in_strategy():
+    """`langgraph dev` and LangGraph Platform deploy what langgraph.json names: every
+    built-in strategy, the router and the agent example, each from graphs/tts_graphs.py."""
+    import json
+    import typing
+    from pathlib import Path
+
+    from langchain_tts.strategies.registry import StrategyName
+
+    root = Path(__file__).resolve().parent.parent
+    graphs = json.loads((root / "langgraph.json").read_text())["graphs"]
+    assert set(graphs) == {*typing.get_args(StrategyName), "router", "agent"}
+    source = (root / "graphs" / "tts_graphs.py").read_text()
+    for name, target in graphs.items():
+        assert target == f"./graphs/tts_graphs.py:{name}"
+        assert f"\n{name} = " in source, name

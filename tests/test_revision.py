@@ -53,10 +53,11 @@ def test_revises_previous_attempt_and_scores_against_the_question():
     assert [next(iter(u)) for u in updates] == ["prepare", "round", "round", "round", "finalize"]
     first = "chain 0 try 0\n\n\\boxed{0}"
     second = "chain 0 try 1\n\n\\boxed{1}"
+    doubt = "The verifier doubts step 1 (score 0.10): chain 0 try"
     assert prompts == [
         "Q?",
-        f"Q?\n\nPrevious attempt:\n{first}\n\nRevise the solution.",
-        f"Q?\n\nPrevious attempt:\n{second}\n\nRevise the solution.",
+        f"Q?\n\nPrevious attempt:\n{first}\n\n{doubt} 0\n\nRevise the solution.",
+        f"Q?\n\nPrevious attempt:\n{second}\n\n{doubt} 1\n\nRevise the solution.",
     ]
     assert seen == ["Q?"] * 3  # the PRM judges against the original question
     assert [c[:2] for c in policy.calls] == [(1, 1)] * 3
@@ -103,8 +104,12 @@ def test_custom_template_with_braces_and_bad_templates():
         {"question": "q"}
     )
     assert prompts[1] == "Fix this (answer in \\boxed{}): chain 0 try 0\n\n\\boxed{0}\nProblem: q"
+    # without feedback (no PRM, or an unscored attempt) the default leaves no empty paragraph
     assert render_revision_prompt(DEFAULT_REVISION_TEMPLATE, "{attempt}", "x") == (
         "{attempt}\n\nPrevious attempt:\nx\n\nRevise the solution."
+    )
+    assert render_revision_prompt(DEFAULT_REVISION_TEMPLATE, "q", "x", "f") == (
+        "q\n\nPrevious attempt:\nx\n\nf\n\nRevise the solution."
     )
     for bad in ("Revise: {question}", "{attempt} again", "no fields"):
         with pytest.raises(ConfigError, match="revision_template must contain"):
@@ -283,8 +288,8 @@ def test_the_feedback_template_tells_the_policy_which_step_the_verifier_doubts()
         "The verifier doubts step 2 (score 0.20): \\boxed{0}" in p for p in revised
     ), revised
     assert verifier_feedback(Trajectory(question="q", steps=["a"])) == ""  # unscored
-    # the default template carries no feedback, and {feedback} is optional in a template
-    assert "{feedback}" not in DEFAULT_REVISION_TEMPLATE
+    # the default template carries the feedback, and {feedback} is optional in a template
+    assert DEFAULT_REVISION_TEMPLATE == FEEDBACK_REVISION_TEMPLATE
     assert render_revision_prompt("{question}|{attempt}|{feedback}", "q", "a", "f") == "q|a|f"
 
 
@@ -293,10 +298,57 @@ def test_revision_with_feedback_runs_on_the_embedded_models():
     from langchain_tts import load_default
     from langchain_tts.strategies.revision import FEEDBACK_REVISION_TEMPLATE
 
-    policy, prm = load_default()
+    policy, prm = load_default("small-revise")
     cfg = {"revisions": 2, "stop_threshold": None, "seed": 0}
     cfg["revision_template"] = FEEDBACK_REVISION_TEMPLATE
     out = create_tts_graph(policy, prm, "revision", cfg).invoke(
         {"question": "Start with 14. Add 9. Multiply by 3."}
     )
     assert out["answer"] is not None and len(out["candidates"]) == 3
+
+
+def test_a_policy_not_trained_to_revise_gets_a_warning_pointing_at_the_caller():
+    policy = chain_policy()
+    policy.trained_to_revise = False  # what the embedded `small` and `large` policies carry
+    with pytest.warns(UserWarning, match="not trained to revise") as caught:
+        create_tts_graph(policy, table_prm({}), "hybrid")
+    assert caught[0].filename == __file__
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        create_tts_graph(policy, table_prm({}), "revision", {"revise": "backtrack"})
+        create_tts_graph(chain_policy(), table_prm({}), "revision")  # unknown: no warning
+
+
+@pytest.mark.slow
+def test_the_embedded_reviser_fixes_the_step_the_verifier_doubts():
+    """`small-revise` was trained on its own attempts in the feedback template: given a
+    solution with one nudged result and the calculator's feedback, its greedy revision is
+    right most of the time; `small`, never trained to revise, is lost in such a prompt."""
+    import random
+
+    from langchain_tts.eval.synthetic import corrupt_steps_at, make_split
+    from langchain_tts.models import load_default_policy, load_default_prm
+    from langchain_tts.strategies.revision import verifier_feedback
+
+    prm = load_default_prm("calculator")
+    problems = [p for p in make_split("validation", 200) if p.difficulty >= 3][:16]
+    rng = random.Random(0)
+    prompts = []
+    for p in problems:
+        steps, _ = corrupt_steps_at(p, rng)
+        attempt = Trajectory(question=p.question, steps=steps)
+        attempt = attempt.copy_with(step_scores=prm.score([attempt]).scores[0])
+        assert "The verifier doubts" in verifier_feedback(attempt)
+        prompts.append(
+            render_revision_prompt(
+                DEFAULT_REVISION_TEMPLATE, p.question, attempt.text, verifier_feedback(attempt)
+            )
+        )
+    fixed = {}
+    for size in ("small-revise", "small"):
+        cot = create_tts_graph(load_default_policy(size), None, "cot")  # greedy, whole solution
+        outs = cot.batch([{"question": q} for q in prompts])
+        fixed[size] = sum(o["answer"] == p.answer for o, p in zip(outs, problems))
+    assert fixed["small-revise"] >= 12 and fixed["small"] <= 2, fixed

@@ -94,3 +94,17 @@ class BudgetExceededError(TTSError):
         self.need_tokens, self.need_flops = need_tokens, need_flops
         self.left_tokens, self.left_flops = left_tokens, left_flops
         self.unscored: list[Any] = []
+
+
+def warn_caller(message: str) -> None:
+    """A ``UserWarning`` pointing at the first frame outside this package (the user's call),
+    however deep inside the package it was raised."""
+    import sys
+    import warnings
+    from pathlib import Path
+
+    package = str(Path(__file__).resolve().parents[1])
+    frame, level = sys._getframe(1), 2  # stacklevel 1 is this function
+    while frame is not None and frame.f_code.co_filename.startswith(package):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, UserWarning, stacklevel=level)

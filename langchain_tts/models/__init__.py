@@ -22,7 +22,10 @@ if TYPE_CHECKING:
     from langchain_tts.prms.base import ProcessRewardModel
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
-POLICY_SIZES = ("small", "large")
+# "small-revise": the small policy also trained to revise its own attempts (Snell et al.'s
+# revision model; research/train.py --only revise), the default of `revision` and `hybrid`.
+POLICY_SIZES = ("small", "large", "small-revise")
+PolicySize = Literal["small", "large", "small-revise"]
 # "likelihood": the large policy read as a verifier (prms/likelihood.py), not a trained PRM;
 # "calculator": a small LM trained on bare equations, checking each step (prms/equation.py).
 PRM_KINDS = ("strong", "weak", "likelihood", "calculator")
@@ -38,8 +41,9 @@ def weights_dir() -> Path:
 
 
 def default_model_path(name: str) -> Path:
-    """Folder of one embedded model: ``policy-small``, ``policy-large``, ``prm``, ``prm-weak``,
-    ``verifier-calc`` (under :func:`weights_dir`)."""
+    """Folder of one embedded model: ``policy-small``, ``policy-large``,
+    ``policy-small-revise``, ``prm``, ``prm-weak``, ``verifier-calc`` (under
+    :func:`weights_dir`)."""
     path = weights_dir() / name
     if not (path / "model.safetensors").exists():
         raise FileNotFoundError(
@@ -86,10 +90,10 @@ def _load(cls: Any, name: str, backend: Backend) -> Any:
     return obj
 
 
-def load_default_policy(
-    size: Literal["small", "large"] = "small", backend: Backend = "native"
-) -> HFPolicy:
-    """The embedded policy (``small`` searches; ``large`` is the no-search baseline)."""
+def load_default_policy(size: PolicySize = "small", backend: Backend = "native") -> HFPolicy:
+    """The embedded policy (``small`` searches; ``large`` is the no-search baseline;
+    ``small-revise`` is ``small`` trained further to revise its own attempts, which the
+    ``revision`` and ``hybrid`` strategies' prompts need)."""
     from langchain_tts.policies.hf import HFPolicy
 
     if size not in POLICY_SIZES:
@@ -97,6 +101,8 @@ def load_default_policy(
     _check_backend(backend)
     policy = _load(HFPolicy, f"policy-{size}", backend)
     policy.name = f"embedded-policy-{size}"
+    # what `revision`/`hybrid` with revise="prompt" check: the others never saw such prompts
+    policy.trained_to_revise = size == "small-revise"
     return policy
 
 
@@ -135,7 +141,7 @@ def load_default_prm(
 
 
 def load_default(
-    size: Literal["small", "large"] = "small",
+    size: PolicySize = "small",
     prm: Literal["strong", "weak", "likelihood", "calculator"] = "calculator",
     backend: Backend = "native",
 ) -> tuple[HFPolicy, ProcessRewardModel]:

@@ -99,5 +99,6 @@ SPEC = StrategySpec(
     build=build_hybrid_graph,
     budget_config=lambda n: {"split": "sqrt", "budget": n},
     cost_units=attempts_units,
+    embedded_policy="small-revise",  # its prompts need a policy trained to revise
     summary="Parallel x sequential: M chains revised side by side, the sqrt split of a budget",
 )

@@ -59,6 +59,10 @@ class StrategySpec:
     a budget downgrade to it). ``reuses_samples``: it samples ``n`` whole solutions the way
     the router's probe does, so probe samples count among its ``n``. ``state_types``: the
     pydantic classes its graph state adds (registered with the checkpoint serializer).
+    ``embedded_policy``: the embedded policy (a :func:`~langchain_tts.models.load_default_policy`
+    name) that the tools (``tts solve``/``eval``/``serve``, ``graphs/``) run this strategy on
+    when no policy is named: ``"small-revise"`` for the strategies that revise through a
+    prompt, which only a policy trained to revise can follow.
     """
 
     name: str
@@ -70,6 +74,7 @@ class StrategySpec:
     cost_units: CostUnits | None = None
     reuses_samples: bool = False
     state_types: tuple[type, ...] = ()
+    embedded_policy: str = "small"
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):

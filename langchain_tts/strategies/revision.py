@@ -15,7 +15,7 @@ from langgraph.graph import StateGraph
 from pydantic import Field, field_validator
 
 from langchain_tts.core.config import StrategyConfig
-from langchain_tts.core.errors import ConfigError
+from langchain_tts.core.errors import ConfigError, warn_caller
 from langchain_tts.core.types import Trajectory, Usage
 from langchain_tts.policies.base import StepPolicy
 from langchain_tts.prms.base import ProcessRewardModel
@@ -24,11 +24,14 @@ from langchain_tts.strategies.loop import Search, SearchLoop, search_graph
 from langchain_tts.strategies.registry import StrategySpec
 from langchain_tts.strategies.selection import with_scores
 
-DEFAULT_REVISION_TEMPLATE = "{question}\n\nPrevious attempt:\n{attempt}\n\nRevise the solution."
-#: the same with the verifier's feedback: which step of the attempt the PRM scores lowest
+#: the revision prompt with the verifier's feedback (which step of the attempt the PRM scores
+#: lowest, and its score), the default; the embedded ``small-revise`` policy is trained on it
 FEEDBACK_REVISION_TEMPLATE = (
     "{question}\n\nPrevious attempt:\n{attempt}\n\n{feedback}\n\nRevise the solution."
 )
+#: the same without feedback (Snell et al.'s form: the previous attempt only)
+PLAIN_REVISION_TEMPLATE = "{question}\n\nPrevious attempt:\n{attempt}\n\nRevise the solution."
+DEFAULT_REVISION_TEMPLATE = FEEDBACK_REVISION_TEMPLATE
 _FIELD = re.compile(r"\{(question|attempt|feedback)\}")
 
 
@@ -44,6 +47,8 @@ def verifier_feedback(attempt: Trajectory) -> str:
 def render_revision_prompt(template: str, question: str, attempt: str, feedback: str = "") -> str:
     """``template`` with ``{question}``, ``{attempt}`` and ``{feedback}`` (optional) filled in
     (other braces untouched, so a template may mention ``\\boxed{}``)."""
+    if not feedback:  # no PRM, or an unscored attempt: no empty paragraph in its place
+        template = template.replace("\n\n{feedback}", "").replace("{feedback}", "")
     values = {"question": question, "attempt": attempt, "feedback": feedback}
     return _FIELD.sub(lambda m: values[m.group(1)], template)
 
@@ -226,6 +231,12 @@ def build_revision_graph(
             )
 
     check(base)
+    if base.revise == "prompt" and getattr(policy, "trained_to_revise", None) is False:
+        warn_caller(
+            f"{strategy} with revise='prompt' on {getattr(policy, 'name', 'this policy')}, "
+            "which was not trained to revise: its revisions are worse than its first "
+            "attempts. Use load_default_policy('small-revise'), or revise='backtrack'"
+        )
     if prm is None and base.selection != "majority":
         raise ConfigError(
             f"{strategy} with selection={base.selection!r} needs a PRM: pass prm=..., or use "
@@ -248,5 +259,6 @@ SPEC = StrategySpec(
     build=build_revision_graph,
     budget_config=lambda n: {"revisions": max(0, n - 1)},
     cost_units=attempts_units,
+    embedded_policy="small-revise",  # its prompts need a policy trained to revise
     summary="Sequential revision: write a solution, then revise the previous attempt T times",
 )

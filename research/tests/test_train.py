@@ -162,3 +162,41 @@ def test_checker_stage_trains_the_read_out_only():
     for name, p in model.model.state_dict().items():
         torch.testing.assert_close(p, body.model.state_dict()[name])
     assert model.gate.weight.abs().sum() > 0
+
+
+def test_revise_stage_trains_the_policy_on_its_own_attempts_in_the_revision_prompt(
+    tmp_path, monkeypatch
+):
+    """`train --only revise`: the small policy's attempts, scored by the calculator, become
+    feedback revision prompts (exactly as the revision strategy renders them) whose target
+    is the gold solution; the continued policy loads as `small-revise`."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from langchain_tts.cli import app
+    from langchain_tts.models import default_model_path, load_default_policy
+
+    for name in ("policy-small", "verifier-calc"):
+        shutil.copytree(default_model_path(name), tmp_path / name)
+    recipe = T.TrainRecipe(revise_problems=3, revise_samples=2)
+    examples, data = T.revision_examples(
+        tmp_path / "policy-small", tmp_path / "verifier-calc", recipe
+    )
+    assert data["examples"] == len(examples) == 6 and 0 <= data["wrong_attempts"] <= 6
+    prompt, target = examples[0]
+    assert "\n\nPrevious attempt:\n" in prompt and prompt.endswith("Revise the solution.")
+    assert "The verifier doubts step " in prompt and target.endswith("}")
+    res = CliRunner().invoke(
+        app,
+        ["train-default", "--out", str(tmp_path), "--only", "revise", "--jobs", "1",
+         "--threads", "1", "--revise-problems", "2", "--revise-samples", "1",
+         "--revise-steps", "2", "--batch-size", "4"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    stats = json.loads((tmp_path / "training_stats.json").read_text())
+    assert stats["policy-small-revise"]["steps"] == 2
+    assert stats["policy-small-revise"]["data"]["examples"] == 2
+    monkeypatch.setenv("LANGCHAIN_TTS_WEIGHTS_DIR", str(tmp_path))
+    policy = load_default_policy("small-revise")
+    assert policy.name == "embedded-policy-small-revise"
