@@ -41,4 +41,4 @@ def test_rows_bins_and_claims(tmp_path):
     assert got["hybrid N=16 beats both best-of-N and revision on medium questions"]
     assert all(ok for c, ok in got.items() if c.endswith("beats greedy CoT"))
     text = H.markdown(rows, "python -m research.headline --n 16")
-    assert "| mcts | small | 16 | 81.2 | 100.0 | 87.5 | 50.0 | 2.1e+09 |" in text
+    assert "| mcts | small | 16 | 1 | 81.2 | 100.0 | 87.5 | 50.0 | 2.1e+09 |" in text
