@@ -124,6 +124,33 @@ def test_simulate_counts_the_estimate_and_its_answers():
     assert sim == {"n": 2, "accuracy": 1.0, "flops": 6.0, "probe_answered": 1}
 
 
+def test_joint_table_serves_only_what_the_estimate_does_not_answer():
+    from research.router_eval import _joint_table
+
+    def rec(pid: str, strategy: str, budget: int, correct: bool, flops: float) -> dict:
+        return {"id": pid, "strategy": strategy, "budget": budget, "correct": correct,
+                "flops": flops, "dataset": "d", "policy": "p", "prm": "v"}  # fmt: skip
+
+    # e1 is answered by the estimate (right); e2 is easy but unsure; m1, m2 are medium
+    outcomes = {"e1": (True, True), "e2": (True, True), "m1": (False, True), "m2": (False, True)}
+    records = [r for pid, (cot, beam) in outcomes.items()
+               for r in (rec(pid, "cot", 1, cot, 1.0), rec(pid, "beam_search", 16, beam, 50.0))]  # fmt: skip
+    bins = {"e1": "easy", "e2": "easy", "m1": "medium", "m2": "medium"}
+    sure = {"answer": "1", "p_solve": 0.9, "agreement": None, "correct": True, "flops": 1.0}
+    unsure = {**sure, "p_solve": 0.3}
+    probes = {"e1": sure, "e2": unsure, "m1": unsure, "m2": unsure}
+    table = _joint_table(records, bins, probes, tolerance=0.0, seed=7)
+    # the best fixed run solves all 4: the router must too, so medium needs beam search;
+    # the served easy problem is solved by CoT at a fiftieth of the FLOPs
+    assert (table.easy.strategy, table.medium.strategy) == ("cot", "beam_search")
+    assert table.medium.config == {"n": 16, "beam_width": 4, "seed": 7}
+    assert "on 1 problems" in (table.easy.note or "")  # e1 is not the table's
+    assert table.hard.strategy == "beam_search" and "bin medium" in (table.hard.note or "")
+    # giving up half the accuracy: CoT everywhere
+    cheap = _joint_table(records, bins, probes, tolerance=0.5, seed=None)
+    assert {a.strategy for _, a in cheap.items()} == {"cot"}
+
+
 @pytest.mark.slow
 def test_tiny_router_eval_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture):
     out = tmp_path / "router_eval"
