@@ -60,7 +60,8 @@ FLOPS_SAVING = 0.50
 
 #: an entry ``name`` runs at every budget of ``--budgets``; ``name@N`` runs at N only
 DEFAULT_STRATEGIES = ("cot", "best_of_n", "majority_vote", "weighted_vote", "beam_search",
-                      "mcts", "particle_filtering", "beam_search@8", "particle_filtering@8")  # fmt: skip
+                      "mcts", "particle_filtering",
+                      "beam_search@8", "particle_filtering@8")  # fmt: skip
 DEFAULT_BUDGETS = (4, 16)
 DEFAULTS = {"n_calib": 320, "n_test": 320, "strategies": DEFAULT_STRATEGIES,
             "budgets": DEFAULT_BUDGETS, "probe_k": 4}  # fmt: skip
@@ -256,7 +257,7 @@ async def _probe_bins(estimator, problems, path: Path, label: str, concurrency: 
         rec = {"estimator": label, "id": p.id, "level": p.level, "bin": est.bin,
                "p_solve": est.p_solve, "agreement": est.agreement, "prm_score": est.prm_score,
                "flops": est.usage.flops, "tokens": est.usage.tokens, "answer": est.answer,
-               "correct": est.answer is not None and answers_match(est.answer, p.answer)}  # fmt: skip
+               "correct": answers_match(est.answer, p.answer)}  # fmt: skip
         done[p.id] = rec
         _append(path, rec)
 
@@ -391,6 +392,11 @@ def _routed(bins: dict[str, str], probes: dict[str, dict]) -> dict[str, str]:
     return {pid: b for pid, b in bins.items() if not probe_answers(probes[pid], b)}
 
 
+def _accuracy_then_cheap(per: dict[str, dict], ids: list[str]) -> tuple[float, float]:
+    rs = [per[p] for p in ids]
+    return _mean([bool(r["correct"]) for r in rs]), -_mean([float(r["flops"]) for r in rs])
+
+
 def _joint_table(
     records: list[dict],
     bins: dict[str, str],
@@ -436,8 +442,7 @@ def _joint_table(
         elif fallback is not None:
             run, note = choice[fallback].run, f"no calibration problem: bin {fallback}'s run"
         else:  # the estimate answers every validation problem
-            run = max(full, key=lambda k: (_mean([bool(full[k][p]["correct"]) for p in ids]),
-                                           -_mean([float(full[k][p]["flops"]) for p in ids])))  # fmt: skip
+            run = max(full, key=lambda k: _accuracy_then_cheap(full[k], ids))
             note = "no calibration problem: the most accurate run"
         config = budget_config(*run) | ({} if seed is None else {"seed": seed})
         allocs[b] = RouteAllocation(strategy=run[0], config=config, note=note)
@@ -583,8 +588,9 @@ def _markdown(result: dict) -> str:
         f"it answers {cal['router']['probe_answered']} of them itself: easy, with p_solve and "
         "agreement >= 0.75; the table serves the others). "
         + _rule_text(cfg)
-        + f" FLOPs priced {'as the router spends them' if cfg['pricing'] == 'router' else 'as swept'}"
-        " (a best-of-N / vote, or CoT after the verifier, reuses the estimate's samples)."
+        + " FLOPs priced "
+        + ("as the router spends them" if cfg["pricing"] == "router" else "as swept")
+        + " (a best-of-N / vote, or CoT after the verifier, reuses the estimate's samples)."
         + _thresholds_text(cal.get("thresholds")),
         "",
         "| bin | calib problems | answered by the estimate | strategy | config | "
