@@ -748,7 +748,8 @@ class _Sweep:
 
     def meta(self, split: str, strategy: str, budget: int) -> dict:
         return {"dataset": f"synthetic-{split}", "policy": self.pol_label,
-                "prm": self.prm_label, "strategy": strategy, "budget": budget}  # fmt: skip
+                "prm": self.prm_label, "strategy": strategy, "budget": budget,
+                "seed": self.seed}  # fmt: skip
 
     async def solve(self, split: str, problems: list, path: Path) -> dict[tuple[str, int], list]:
         """Every fixed run on ``problems`` (resumable), then their records by run."""
@@ -772,6 +773,21 @@ _WEIGHTS = {"strong": "prm", "weak": "prm-weak", "likelihood": "policy-large",
             "calculator": "verifier-calc"}  # fmt: skip
 
 
+def _check_resumed_seed(paths: Paths, seed: int | None) -> None:
+    """Records of another seed would pass for this one on ``--resume`` (a run's records are
+    keyed without it): refuse them."""
+    from langchain_tts.core.errors import ConfigError
+    from langchain_tts.eval.runner import read_records
+
+    for path in (paths.part("calib"), paths.part("test")):
+        seeds = {r["seed"] for r in read_records(path) if "seed" in r}
+        if seeds - {seed}:
+            raise ConfigError(
+                f"--resume with --seed {seed}: {path} holds records of seed(s) "
+                f"{sorted(seeds - {seed}, key=str)}; pass their --seed, or another --out"
+            )
+
+
 def _setup(args: argparse.Namespace, runs: list[tuple[str, int]]) -> _Sweep:
     from langchain_tts import create_tts_graph
     from langchain_tts.eval.runner import budget_config
@@ -784,6 +800,7 @@ def _setup(args: argparse.Namespace, runs: list[tuple[str, int]]) -> _Sweep:
         for p in paths.records:
             p.unlink(missing_ok=True)
     seed = None if args.seed is not None and args.seed < 0 else args.seed
+    _check_resumed_seed(paths, seed)
     policy, prm = load_default("small", args.prm)
     graphs = {
         (s, b): create_tts_graph(policy, prm, s, {**budget_config(s, b), "seed": seed})

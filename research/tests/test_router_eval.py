@@ -255,3 +255,5 @@ def test_tiny_router_eval_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixtu
         main([*argv, "--strategies", "best_of_n"])  # fitted cut points need cot outcomes
     with pytest.raises(SystemExit):
         main([*argv, "--noise", "1"])  # the joint rule has no per-bin tolerance to widen
+    with pytest.raises(ConfigError, match="holds records of seed"):
+        main([*argv, "--resume", "--seed", "1"])  # seed 0's records would pass for seed 1
