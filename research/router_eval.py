@@ -866,6 +866,7 @@ async def _calibrate(sw: _Sweep, calib: list) -> _Calibration:
     runs = await sw.solve("validation", calib, sw.paths.part("calib"))
     estimator, label = _estimator(sw)
     sw.say(f"[validation] difficulty probe ({label})")
+    sw.clear_caches()  # its FLOPs are its own, as on a question the router sees first
     probes = await _probe_bins(estimator, calib, sw.paths.part("probe"), label,
                                sw.args.concurrency)  # fmt: skip
     thresholds = None
