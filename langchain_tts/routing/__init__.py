@@ -1,8 +1,9 @@
 """Routing: difficulty estimation, the budget table, and the router graph.
 
 ``create_router_graph(policy, prm)`` estimates each question's difficulty (a cheap probe),
-looks the bin up in a :class:`BudgetTable` (defaults from papers 001/002, or calibrated
-from eval records with :func:`calibrate`) and runs that strategy. See ``docs/router.md``.
+looks the bin up in a :class:`BudgetTable` (defaults from Liu et al. and Snell et al., or
+calibrated from eval records with :func:`calibrate`) and runs that strategy. See
+``docs/router.md``.
 """
 
 from langchain_tts.routing.difficulty import (

@@ -103,7 +103,7 @@ class BudgetTable(BaseModel):
     hard: RouteAllocation = Field(
         default_factory=lambda: RouteAllocation(**PRESETS["small_policy"]["hard"])
     )
-    source: str = Field("default: small_policy preset (papers 001, 002)")
+    source: str = Field("default: small_policy preset (Liu et al.; Snell et al.)")
     thresholds: BinThresholds | None = Field(
         None,
         description="cut points on the estimator's p_solve scale (fit_thresholds); the "
