@@ -224,6 +224,23 @@ def test_rollout_growth_adds_every_step_and_merges_repeats():
     assert MCTSConfig().grow == "rollout"
 
 
+def test_repeated_rollouts_merge_and_a_node_retries_up_to_tries():
+    # The policy always writes the same steps: every rollout joins the nodes of the first
+    # one, so no node reaches width (2) children; each stops growing after tries (3).
+    def rollout(p: Trajectory, i: int) -> str:
+        return "\\boxed{1}" if p.steps else "x\n\n\\boxed{1}"
+
+    policy = FakePolicy(rollout)
+    prm = FakePRM(lambda t: [0.5] * len(t.steps))
+    cfg = {"simulations": 1000, "parallel": 1, "width": 2, "tries": 3}
+    updates = list(create_tts_graph(policy, prm, "mcts", cfg).stream({"question": "q"}))
+    tree = [u for u in updates if "simulate" in u][-1]["simulate"]["tree"]
+    assert [n.step for n in tree] == ["", "x", "\\boxed{1}"]
+    assert [n.expansions for n in tree[:2]] == [3, 3] and tree[0].visits == 6
+    assert len(policy.calls) == 6
+    assert [u for u in updates if "finalize" in u][0]["finalize"]["stop_reason"] == "exhausted"
+
+
 @pytest.mark.parametrize(
     ("final", "selection", "answer"),
     [
@@ -358,6 +375,7 @@ def test_defaults_follow_the_reference():
         ({"tree_policy": "puct"}, "tree_policy"),
         ({"grow": "all"}, "grow"),
         ({"retry_decay": 0.0}, "retry_decay"),
+        ({"tries": 0}, "tries"),
         ({"aggregation": "median"}, "aggregation"),
         ({"bogus": 1}, "bogus"),
     ],

@@ -40,7 +40,11 @@ class MCTSConfig(StrategyConfig):
         4, ge=1, description="selections per search step: one policy call and one PRM call"
     )
     expand_k: int = Field(1, ge=1, description="rollouts (new children) per selected node")
-    width: int = Field(4, ge=1, description="expansions of one node before it stops growing")
+    width: int = Field(
+        4,
+        ge=1,
+        description="children of one node (grow='step': expansions) before it stops growing",
+    )
     c: float = Field(
         1.414, ge=0.0, description="UCB1 exploration constant (tree_policy='ucb1'; 0: greedy)"
     )
@@ -54,6 +58,12 @@ class MCTSConfig(StrategyConfig):
         "rollout",
         description="what a rollout adds to the tree: its first step ('step') or every step "
         "('rollout'), so that later selections can branch at any depth of it",
+    )
+    tries: int = Field(
+        8,
+        ge=1,
+        description="grow='rollout': rollouts started from one node before it stops growing "
+        "(a rollout that repeats a child's step adds no child; width caps the children)",
     )
     retry_decay: float = Field(
         0.5,
@@ -81,6 +91,7 @@ class MCTSNode(BaseModel):
     finish_reason: str | None = None
     children: list[int] = Field(default_factory=list)
     expansions: int = Field(0, description="rollouts started from this node")
+    pending: int = Field(0, description="rollouts of this search step not yet back (selection)")
     exhausted: bool = Field(False, description="nothing below this node can grow")
     visits: int = 0
     value_sum: float = 0.0
@@ -125,8 +136,18 @@ def is_terminal(n: MCTSNode, cfg: MCTSConfig) -> bool:
     return n.finished or n.depth >= cfg.max_depth
 
 
+def is_full(n: MCTSNode, cfg: MCTSConfig) -> bool:
+    """No more rollouts from ``n``: ``width`` expansions (``grow="step"``, one child each), or
+    ``width`` children or ``tries`` rollouts (``grow="rollout"``, where repeats merge)."""
+    if cfg.grow == "step":
+        return n.expansions >= cfg.width
+    # a pending rollout may add a child: count it, so one step's selections keep to width
+    kids = len(n.children) + n.pending
+    return kids >= cfg.width or n.expansions >= max(cfg.tries, cfg.width)
+
+
 def can_grow(n: MCTSNode, cfg: MCTSConfig) -> bool:
-    return not is_terminal(n, cfg) and n.expansions < cfg.width
+    return not is_terminal(n, cfg) and not is_full(n, cfg)
 
 
 def prefix_score(n: MCTSNode, cfg: MCTSConfig) -> float:
@@ -212,7 +233,7 @@ def mark_exhausted(tree: list[MCTSNode], path: Sequence[int], cfg: MCTSConfig) -
     for i in reversed(path):
         n = tree[i]
         done = is_terminal(n, cfg) or (
-            n.expansions >= cfg.width and all(tree[j].exhausted for j in n.children)
+            is_full(n, cfg) and all(tree[j].exhausted for j in n.children)
         )
         if done == n.exhausted:
             return  # nothing above changes either
@@ -235,7 +256,9 @@ def select_leaves(tree: list[MCTSNode], cfg: MCTSConfig, k: int) -> list[list[in
             saved.setdefault(i, tree[i])
             tree[i] = model_replace(tree[i], visits=tree[i].visits + 1)
         leaf = tree[path[-1]]
-        tree[path[-1]] = model_replace(leaf, expansions=leaf.expansions + cfg.expand_k)
+        tree[path[-1]] = model_replace(
+            leaf, expansions=leaf.expansions + cfg.expand_k, pending=leaf.pending + cfg.expand_k
+        )
         mark_exhausted(tree, path, cfg)
     for i, n in saved.items():
         tree[i] = n
@@ -428,8 +451,10 @@ def build_mcts_graph(
     4. **backpropagation**: each rollout's value is added along its path from the root.
 
     A node is terminal when its own step finished the solution or it is ``max_depth`` steps
-    deep; it is exhausted when terminal, or when it has ``width`` expansions whose children are
-    all exhausted. The search stops after ``simulations`` selections or when the root is exhausted
+    deep. It is full after ``width`` expansions (``grow="step"``), or once it has ``width``
+    children or ``tries`` rollouts started from it (``grow="rollout"``: a rollout that repeats
+    a child's step adds no child, so a node may be tried more often than it branches). It is
+    exhausted when terminal, or when full and all its children are exhausted. The search stops after ``simulations`` selections or when the root is exhausted
     (``stop_reason="exhausted"``), so a huge ``simulations`` on a small tree returns at once.
 
     The answer is chosen among every finished solution the search wrote (the rollouts) with
