@@ -209,7 +209,7 @@ def test_rollout_growth_adds_every_step_and_merges_repeats():
         question="q", steps=["x", "y", "\\boxed{1}"], step_scores=[0.9, 0.8, 0.7], tokens=9,
         finished=True, finish_reason="stop",
     )  # fmt: skip
-    assert _insert_rollout(tree, 0, r, 0.7) == [1, 2, 3]
+    assert _insert_rollout(tree, 0, r, 0.7, MCTSConfig()) == [1, 2, 3]
     assert [n.step for n in tree] == ["", "x", "y", "\\boxed{1}"]
     assert [n.depth for n in tree] == [0, 1, 2, 3]
     assert [n.step_scores for n in tree[1:]] == [[0.9], [0.9, 0.8], [0.9, 0.8, 0.7]]
@@ -217,9 +217,9 @@ def test_rollout_growth_adds_every_step_and_merges_repeats():
     assert [n.finished for n in tree] == [False, False, False, True]
     assert all(n.visits == 0 for n in tree)  # visits come from backprop
     # the same steps again: the same nodes; a different last step: one new node under "y"
-    assert _insert_rollout(tree, 0, r, 0.7) == [1, 2, 3]
+    assert _insert_rollout(tree, 0, r, 0.7, MCTSConfig()) == [1, 2, 3]
     r2 = r.copy_with(steps=["x", "y", "\\boxed{2}"])
-    assert _insert_rollout(tree, 1, r2, 0.7) == [2, 4]
+    assert _insert_rollout(tree, 1, r2, 0.7, MCTSConfig()) == [2, 4]
     assert tree[2].children == [3, 4] and len(tree) == 5
     assert MCTSConfig().grow == "rollout"
 

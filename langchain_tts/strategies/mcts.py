@@ -86,6 +86,7 @@ class MCTSNode(BaseModel):
     depth: int = 0
     step: str = Field("", description="the reasoning step this node adds ('' at the root)")
     step_scores: list[float] = Field(default_factory=list, description="PRM scores, root->here")
+    path_score: float = Field(1.0, description="step_scores aggregated (1 at the root)")
     tokens: int = Field(0, description="policy tokens of the prefix root->here")
     finished: bool = False
     finish_reason: str | None = None
@@ -150,15 +151,17 @@ def can_grow(n: MCTSNode, cfg: MCTSConfig) -> bool:
     return not is_terminal(n, cfg) and not is_full(n, cfg)
 
 
-def prefix_score(n: MCTSNode, cfg: MCTSConfig) -> float:
-    """The PRM's score of the partial path root->``n`` (``aggregation``); 1 at the root."""
-    return aggregate_scores(n.step_scores, cfg.aggregation) if n.step_scores else 1.0
-
-
 def _gen_promise(n: MCTSNode, cfg: MCTSConfig) -> float:
     if not can_grow(n, cfg):
         return -math.inf
-    return prefix_score(n, cfg) * cfg.retry_decay**n.expansions
+    return n.path_score * cfg.retry_decay**n.expansions
+
+
+def _node_promise(tree: Sequence[MCTSNode], i: int, cfg: MCTSConfig, best: list[float]) -> float:
+    n = tree[i]
+    if n.exhausted:
+        return -math.inf
+    return max([_gen_promise(n, cfg), *(best[j] for j in n.children)])
 
 
 def promise(tree: Sequence[MCTSNode], cfg: MCTSConfig) -> list[float]:
@@ -168,16 +171,17 @@ def promise(tree: Sequence[MCTSNode], cfg: MCTSConfig) -> list[float]:
     (``-inf`` when exhausted). Children come after their parent in ``tree``."""
     out = [-math.inf] * len(tree)
     for i in range(len(tree) - 1, -1, -1):
-        n = tree[i]
-        if not n.exhausted:
-            out[i] = max([_gen_promise(n, cfg), *(out[j] for j in n.children)])
+        out[i] = _node_promise(tree, i, cfg, out)
     return out
 
 
-def select_path_prm(tree: Sequence[MCTSNode], cfg: MCTSConfig) -> list[int]:
+def select_path_prm(
+    tree: Sequence[MCTSNode], cfg: MCTSConfig, best: list[float] | None = None
+) -> list[int]:
     """Wider or deeper by the PRM: from the root, descend to the child of most promise
-    unless a new rollout from the node itself promises more (ties go deeper)."""
-    best = promise(tree, cfg)
+    unless a new rollout from the node itself promises more (ties go deeper). ``best``:
+    :func:`promise` of ``tree``, when the caller keeps it up to date."""
+    best = promise(tree, cfg) if best is None else best
     path = [0]
     while True:
         n = tree[path[-1]]
@@ -190,10 +194,12 @@ def select_path_prm(tree: Sequence[MCTSNode], cfg: MCTSConfig) -> list[int]:
         path.append(j)
 
 
-def select_path(tree: Sequence[MCTSNode], cfg: MCTSConfig) -> list[int]:
+def select_path(
+    tree: Sequence[MCTSNode], cfg: MCTSConfig, best: list[float] | None = None
+) -> list[int]:
     """Node ids from the root down to the node ``tree_policy`` selects for expansion."""
     if cfg.tree_policy == "prm":
-        return select_path_prm(tree, cfg)
+        return select_path_prm(tree, cfg, best)
     path = [0]
     while not can_grow(tree[path[-1]], cfg):
         j = select_child(tree, path[-1], cfg.c)
@@ -245,10 +251,12 @@ def select_leaves(tree: list[MCTSNode], cfg: MCTSConfig, k: int) -> list[list[in
     a pending expansion, so the next selection looks elsewhere. ``tree`` is left as it was."""
     paths: list[list[int]] = []
     saved: dict[int, MCTSNode] = {}
+    # promise once per step; a selection changes it only along its own path
+    best = promise(tree, cfg) if cfg.tree_policy == "prm" else None
     for _ in range(k):
         if tree[0].exhausted:
             break
-        path = select_path(tree, cfg)
+        path = select_path(tree, cfg, best)
         if not can_grow(tree[path[-1]], cfg):
             break
         paths.append(path)
@@ -260,12 +268,17 @@ def select_leaves(tree: list[MCTSNode], cfg: MCTSConfig, k: int) -> list[list[in
             leaf, expansions=leaf.expansions + cfg.expand_k, pending=leaf.pending + cfg.expand_k
         )
         mark_exhausted(tree, path, cfg)
+        if best is not None:
+            for i in reversed(path):
+                best[i] = _node_promise(tree, i, cfg, best)
     for i, n in saved.items():
         tree[i] = n
     return paths
 
 
-def _child(parent: MCTSNode, pid: int, rollout: Trajectory, value: float) -> MCTSNode | None:
+def _child(
+    parent: MCTSNode, pid: int, rollout: Trajectory, value: float, cfg: MCTSConfig
+) -> MCTSNode | None:
     """The node of a rollout's first new step (None when the rollout wrote no step)."""
     d = parent.depth
     if len(rollout.steps) <= d:
@@ -276,6 +289,7 @@ def _child(parent: MCTSNode, pid: int, rollout: Trajectory, value: float) -> MCT
         depth=d + 1,
         step=rollout.steps[d],
         step_scores=list(rollout.step_scores[: d + 1]),
+        path_score=aggregate_scores(rollout.step_scores[: d + 1], cfg.aggregation),
         tokens=rollout.tokens if only else parent.tokens,
         finished=only and rollout.finished,
         finish_reason=rollout.finish_reason if only else None,
@@ -285,7 +299,9 @@ def _child(parent: MCTSNode, pid: int, rollout: Trajectory, value: float) -> MCT
     )
 
 
-def _insert_rollout(tree: list[MCTSNode], pid: int, rollout: Trajectory, value: float) -> list[int]:
+def _insert_rollout(
+    tree: list[MCTSNode], pid: int, rollout: Trajectory, value: float, cfg: MCTSConfig
+) -> list[int]:
     """Every step a rollout wrote below ``tree[pid]`` as a path of nodes, reusing a child that
     has the same step; returns the ids below ``pid``, unvisited until backed up."""
     ids: list[int] = []
@@ -307,6 +323,7 @@ def _insert_rollout(tree: list[MCTSNode], pid: int, rollout: Trajectory, value: 
                     depth=d + 1,
                     step=step,
                     step_scores=list(rollout.step_scores[: d + 1]),
+                    path_score=aggregate_scores(rollout.step_scores[: d + 1], cfg.aggregation),
                     tokens=rollout.tokens if last else tokens,
                     finished=last and rollout.finished,
                     finish_reason=rollout.finish_reason if last else None,
@@ -354,11 +371,11 @@ async def simulate(
                 continue
             value = aggregate_scores(r.step_scores, cfg.aggregation)
             if cfg.grow == "rollout":
-                below = _insert_rollout(tree, pid, r, value)
+                below = _insert_rollout(tree, pid, r, value, cfg)
                 backprop(tree, [*path, *below], value)
                 mark_exhausted(tree, [*path, *below], cfg)
                 continue
-            child = _child(leaf, pid, r, value)
+            child = _child(leaf, pid, r, value, cfg)
             if child is not None:
                 tree.append(child)
                 leaf = model_replace(leaf, children=[*leaf.children, len(tree) - 1])
