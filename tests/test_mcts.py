@@ -85,7 +85,8 @@ def scripted(expanded: list[str]) -> tuple[FakePolicy, FakePRM]:
     return FakePolicy(rollout), FakePRM(prm)
 
 
-ONE_AT_A_TIME = {"simulations": 7, "parallel": 1, "expand_k": 1, "width": 2}
+CLASSIC = {"tree_policy": "ucb1", "grow": "step"}
+ONE_AT_A_TIME = {"simulations": 7, "parallel": 1, "expand_k": 1, "width": 2, **CLASSIC}
 
 
 def test_ucb1_path_of_each_simulation_matches_hand_computation():
@@ -135,6 +136,111 @@ def test_ucb1_path_of_each_simulation_matches_hand_computation():
     assert len(sims[-1]["finished"]) == 7  # every rollout is a finished solution
 
 
+# -- the defaults: every step of a rollout is a node, wider or deeper by the PRM ----------
+
+# Base score of each step; the PRM's score of step j is the least base score of steps 1..j
+# (as the calculator verifier's), so a path's score is that of its first doubted step.
+BASE = {"a": 0.9, "b": 0.9, "c": 0.1, "c2": 0.8, "b3": 0.7}
+BRANCHING = {
+    "": ["a\n\nb\n\nc\n\n\\boxed{1}"],
+    "a/b": ["c2\n\n\\boxed{2}"],
+    "a": ["b3\n\n\\boxed{3}"],
+}
+
+
+def branching(expanded: list[str]) -> tuple[FakePolicy, FakePRM]:
+    served: dict[str, int] = defaultdict(int)
+
+    def rollout(p: Trajectory, i: int) -> str:
+        path = "/".join(p.steps)
+        expanded.append(path)
+        served[path] += 1
+        return BRANCHING[path][served[path] - 1]
+
+    def prm(t: Trajectory) -> list[float]:
+        out, least = [], 1.0
+        for s in t.steps:
+            least = min(least, BASE.get(s, 1.0))
+            out.append(least)
+        return out
+
+    return FakePolicy(rollout), FakePRM(prm)
+
+
+def _by_path(tree: list[MCTSNode]) -> dict[str, MCTSNode]:
+    out = {}
+    for i, n in enumerate(tree):
+        steps, j = [], i
+        while tree[j].parent is not None:
+            steps.append(tree[j].step)
+            j = tree[j].parent
+        out["/".join(reversed(steps))] = n
+    return out
+
+
+def test_prm_tree_policy_branches_below_the_last_trusted_step():
+    # promise of a new rollout from a node: its path's PRM score x retry_decay (.5) ** rollouts
+    # already started there; a node's promise: the most of that and its children's.
+    # S1 root (1.0): a/b/c/boxed1 -> path scores a .9, b .9, c .1, boxed1 .1
+    # S2 root .5 < a's .9 -> a; at a: own .9, child b .9: ties go deeper -> b; at b: own .9,
+    #    child c .1 -> expand b: c2/boxed2 (c2 .8, boxed2 .8)
+    # S3 root .5 < a .9; at a: own .9 > b's max(.45, c .1, c2 .8) -> expand a: b3/boxed3
+    expanded: list[str] = []
+    policy, prm = branching(expanded)
+    cfg = {"simulations": 3, "parallel": 1}
+    updates = list(create_tts_graph(policy, prm, "mcts", cfg).stream({"question": "q"}))
+    assert expanded == ["", "a/b", "a"]
+    assert [u for u in updates if "finalize" in u][0]["finalize"]["answer"] == "2"  # .8
+    nodes = _by_path([u for u in updates if "simulate" in u][-1]["simulate"]["tree"])
+    assert set(nodes) == {
+        "", "a", "a/b", "a/b/c", "a/b/c/\\boxed{1}", "a/b/c2", "a/b/c2/\\boxed{2}",
+        "a/b3", "a/b3/\\boxed{3}",
+    }  # fmt: skip
+    assert (nodes["a"].visits, nodes["a/b"].visits, nodes["a/b3"].visits) == (3, 2, 1)
+    assert nodes["a/b/c2/\\boxed{2}"].finished and not nodes["a/b/c2"].finished
+    assert nodes["a/b3/\\boxed{3}"].score == pytest.approx(0.7)
+
+
+def test_rollout_growth_adds_every_step_and_merges_repeats():
+    from langchain_tts.strategies.mcts import MCTSConfig, _insert_rollout
+
+    tree = [MCTSNode()]
+    r = Trajectory(
+        question="q", steps=["x", "y", "\\boxed{1}"], step_scores=[0.9, 0.8, 0.7], tokens=9,
+        finished=True, finish_reason="stop",
+    )  # fmt: skip
+    assert _insert_rollout(tree, 0, r, 0.7, MCTSConfig()) == [1, 2, 3]
+    assert [n.step for n in tree] == ["", "x", "y", "\\boxed{1}"]
+    assert [n.depth for n in tree] == [0, 1, 2, 3]
+    assert [n.step_scores for n in tree[1:]] == [[0.9], [0.9, 0.8], [0.9, 0.8, 0.7]]
+    assert [n.tokens for n in tree] == [0, 3, 6, 9]  # a prefix's share of the rollout's tokens
+    assert [n.finished for n in tree] == [False, False, False, True]
+    assert all(n.visits == 0 for n in tree)  # visits come from backprop
+    # the same steps again: the same nodes; a different last step: one new node under "y"
+    assert _insert_rollout(tree, 0, r, 0.7, MCTSConfig()) == [1, 2, 3]
+    r2 = r.copy_with(steps=["x", "y", "\\boxed{2}"])
+    assert _insert_rollout(tree, 1, r2, 0.7, MCTSConfig()) == [2, 4]
+    assert tree[2].children == [3, 4] and len(tree) == 5
+    assert MCTSConfig().grow == "rollout"
+
+
+def test_repeated_rollouts_merge_and_a_node_retries_up_to_tries():
+    # The policy always writes the same steps: every rollout joins the nodes of the first
+    # one, so no node reaches width (2) children; each stops growing after tries (3).
+    def rollout(p: Trajectory, i: int) -> str:
+        return "\\boxed{1}" if p.steps else "x\n\n\\boxed{1}"
+
+    policy = FakePolicy(rollout)
+    prm = FakePRM(lambda t: [0.5] * len(t.steps))
+    cfg = {"simulations": 1000, "parallel": 1, "width": 2, "tries": 3}
+    updates = list(create_tts_graph(policy, prm, "mcts", cfg).stream({"question": "q"}))
+    tree = [u for u in updates if "simulate" in u][-1]["simulate"]["tree"]
+    assert [n.step for n in tree] == ["", "x", "\\boxed{1}"]
+    assert [n.expansions for n in tree[:2]] == [3, 3] and tree[0].visits == 6
+    assert len(policy.calls) == 6
+    assert [u for u in updates if "finalize" in u][0]["finalize"]["stop_reason"] == "exhausted"
+
+
 @pytest.mark.parametrize(
     ("final", "selection", "answer"),
     [
@@ -172,21 +278,23 @@ def test_rollouts_are_batched_across_the_selected_leaves():
     assert [c[2].seed for c in policy.calls] == [3, 7, 11, 15]
 
 
-def test_huge_simulations_on_an_exhaustible_tree_return_quickly():
-    # Every rollout is 2 steps then an answer; width 2: the tree has 2 + 4 + 8 nodes and
-    # is exhausted after the root and the 6 nodes above the leaves are expanded twice.
+@pytest.mark.parametrize("classic", [True, False])
+def test_huge_simulations_on_an_exhaustible_tree_return_quickly(classic: bool):
+    # Every rollout is 2 steps then an answer; width 2: the classic tree has 2 + 4 + 8 nodes
+    # and is exhausted after the root and the 6 nodes above the leaves are expanded twice.
     def rollout(p: Trajectory, i: int) -> str:
         rest = [f"{len(p.steps)}.{len(p.steps) and p.steps[-1]}"] * (2 - len(p.steps))
         return "\n\n".join([*rest, f"\\boxed{{{len(p.steps)}}}"])
 
     policy = FakePolicy(rollout)
     prm = FakePRM(lambda t: [0.5] * len(t.steps))
-    cfg = {"simulations": 10**9, "width": 2}
+    cfg = {"simulations": 10**9, "width": 2, **(CLASSIC if classic else {})}
     t0 = time.perf_counter()
     out = create_tts_graph(policy, prm, "mcts", cfg).invoke({"question": "q"})
     assert time.perf_counter() - t0 < 10
     assert out["stop_reason"] == "exhausted"
-    assert sum(c[0] for c in policy.calls) == 2 * (1 + 2 + 4)  # 7 nodes, 2 rollouts each
+    if classic:
+        assert sum(c[0] for c in policy.calls) == 2 * (1 + 2 + 4)  # 7 nodes, 2 rollouts each
     assert out["answer"] in {"0", "1", "2"}
 
 
@@ -244,6 +352,7 @@ def test_defaults_follow_the_reference():
     from langchain_tts.strategies.mcts import MCTSConfig
 
     cfg = MCTSConfig()
+    assert (cfg.tree_policy, cfg.grow, cfg.simulations) == ("prm", "rollout", 24)
     assert (cfg.expand_k, cfg.width, cfg.max_depth, cfg.temperature, cfg.c) == (
         1,
         4,
@@ -263,6 +372,10 @@ def test_defaults_follow_the_reference():
         ({"c": -1.0}, "c"),
         ({"max_depth": 0}, "max_depth"),
         ({"final": "best"}, "final"),
+        ({"tree_policy": "puct"}, "tree_policy"),
+        ({"grow": "all"}, "grow"),
+        ({"retry_decay": 0.0}, "retry_decay"),
+        ({"tries": 0}, "tries"),
         ({"aggregation": "median"}, "aggregation"),
         ({"bogus": 1}, "bogus"),
     ],

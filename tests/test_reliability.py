@@ -140,7 +140,8 @@ async def test_policy_raising_mid_search_is_a_backend_error_with_progress(strate
     assert progress["step"] == 3  # three search steps / simulations completed
     assert progress["usage"].policy_calls == 3 and progress["usage"].prm_calls == 3
     if strategy == "mcts":
-        assert len(progress["tree"]) == 1 + 3  # root + one rollout's child per simulation
+        tree = progress["tree"]  # one finished rollout per simulation, its steps all nodes
+        assert tree[0].visits == 3 and sum(n.finished for n in tree) == 3
     else:
         beams = progress["active"] if strategy == "beam_search" else progress["subtrees"]
         assert beams and all(len(t.step_scores) == len(t.steps) == 3 for t in beams)

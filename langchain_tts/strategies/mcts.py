@@ -1,8 +1,9 @@
-"""Monte Carlo tree search over reasoning steps: UCB1 selection, policy rollouts, PRM values.
+"""Monte Carlo tree search over reasoning steps: policy rollouts, PRM values, and selection
+that branches where the PRM's step scores say a path went wrong (or by UCB1).
 
-Each search step selects ``parallel`` nodes by UCB1, rolls a whole solution out from each in
-one policy call, scores the rollouts in one PRM call and backs their values up the tree;
-the answer is chosen among the finished rollouts. The algorithm and its deviations from the
+Each search step selects ``parallel`` nodes, rolls a whole solution out from each in one
+policy call, scores the rollouts in one PRM call, adds their steps to the tree and backs
+their values up; the answer is chosen among the finished rollouts. The algorithm and its deviations from the
 reference are in :func:`build_mcts_graph`.
 """
 
@@ -26,20 +27,51 @@ from langchain_tts.strategies.loop import Search, SearchLoop, require_prm, searc
 from langchain_tts.strategies.registry import StrategySpec
 
 FinalRule = Literal["finished", "most_visited", "best_leaf"]
+TreePolicy = Literal["ucb1", "prm"]
+Grow = Literal["step", "rollout"]
 
 
 class MCTSConfig(StrategyConfig):
-    """MCTS knobs; defaults from the reference MCTS (see the module docstring)."""
+    """MCTS knobs; defaults and deviations from the reference MCTS in build_mcts_graph."""
 
     temperature: float = Field(0.8, ge=0.0, le=5.0)
-    simulations: int = Field(80, ge=1, description="selections (each: expand_k rollouts)")
+    simulations: int = Field(24, ge=1, description="selections (each: expand_k rollouts)")
     parallel: int = Field(
         4, ge=1, description="selections per search step: one policy call and one PRM call"
     )
     expand_k: int = Field(1, ge=1, description="rollouts (new children) per selected node")
-    width: int = Field(4, ge=1, description="expansions of one node before it stops growing")
-    c: float = Field(1.414, ge=0.0, description="UCB1 exploration constant (0: greedy)")
+    width: int = Field(
+        4,
+        ge=1,
+        description="children of one node (grow='step': expansions) before it stops growing",
+    )
+    c: float = Field(
+        1.414, ge=0.0, description="UCB1 exploration constant (tree_policy='ucb1'; 0: greedy)"
+    )
     max_depth: int = Field(10, ge=1, description="steps below the root; deeper nodes stay leaves")
+    tree_policy: TreePolicy = Field(
+        "prm",
+        description="how a selection descends: 'ucb1' on backed-up values, or 'prm': wider or "
+        "deeper by the PRM's score of each partial path (see build_mcts_graph)",
+    )
+    grow: Grow = Field(
+        "rollout",
+        description="what a rollout adds to the tree: its first step ('step') or every step "
+        "('rollout'), so that later selections can branch at any depth of it",
+    )
+    tries: int = Field(
+        8,
+        ge=1,
+        description="grow='rollout': rollouts started from one node before it stops growing "
+        "(a rollout that repeats a child's step adds no child; width caps the children)",
+    )
+    retry_decay: float = Field(
+        0.5,
+        gt=0.0,
+        le=1.0,
+        description="tree_policy='prm': each rollout already started from a node multiplies "
+        "the promise of one more from it by this factor",
+    )
     final: FinalRule = Field(
         "finished",
         description="answer: selection among all finished rollouts, or those through the "
@@ -54,11 +86,13 @@ class MCTSNode(BaseModel):
     depth: int = 0
     step: str = Field("", description="the reasoning step this node adds ('' at the root)")
     step_scores: list[float] = Field(default_factory=list, description="PRM scores, root->here")
+    path_score: float = Field(1.0, description="step_scores aggregated (1 at the root)")
     tokens: int = Field(0, description="policy tokens of the prefix root->here")
     finished: bool = False
     finish_reason: str | None = None
     children: list[int] = Field(default_factory=list)
     expansions: int = Field(0, description="rollouts started from this node")
+    pending: int = Field(0, description="rollouts of this search step not yet back (selection)")
     exhausted: bool = Field(False, description="nothing below this node can grow")
     visits: int = 0
     value_sum: float = 0.0
@@ -103,12 +137,69 @@ def is_terminal(n: MCTSNode, cfg: MCTSConfig) -> bool:
     return n.finished or n.depth >= cfg.max_depth
 
 
+def is_full(n: MCTSNode, cfg: MCTSConfig) -> bool:
+    """No more rollouts from ``n``: ``width`` expansions (``grow="step"``, one child each), or
+    ``width`` children or ``tries`` rollouts (``grow="rollout"``, where repeats merge)."""
+    if cfg.grow == "step":
+        return n.expansions >= cfg.width
+    # a pending rollout may add a child: count it, so one step's selections keep to width
+    kids = len(n.children) + n.pending
+    return kids >= cfg.width or n.expansions >= max(cfg.tries, cfg.width)
+
+
 def can_grow(n: MCTSNode, cfg: MCTSConfig) -> bool:
-    return not is_terminal(n, cfg) and n.expansions < cfg.width
+    return not is_terminal(n, cfg) and not is_full(n, cfg)
 
 
-def select_path(tree: Sequence[MCTSNode], cfg: MCTSConfig) -> list[int]:
-    """Node ids from the root down to the node UCB1 selects for expansion."""
+def _gen_promise(n: MCTSNode, cfg: MCTSConfig) -> float:
+    if not can_grow(n, cfg):
+        return -math.inf
+    return n.path_score * cfg.retry_decay**n.expansions
+
+
+def _node_promise(tree: Sequence[MCTSNode], i: int, cfg: MCTSConfig, best: list[float]) -> float:
+    n = tree[i]
+    if n.exhausted:
+        return -math.inf
+    return max([_gen_promise(n, cfg), *(best[j] for j in n.children)])
+
+
+def promise(tree: Sequence[MCTSNode], cfg: MCTSConfig) -> list[float]:
+    """Per node, the best that one more rollout at or below it promises: a rollout from the
+    node promises its prefix score, decayed by the rollouts already started there
+    (``retry_decay``); a node promises the most of that and its children's promise
+    (``-inf`` when exhausted). Children come after their parent in ``tree``."""
+    out = [-math.inf] * len(tree)
+    for i in range(len(tree) - 1, -1, -1):
+        out[i] = _node_promise(tree, i, cfg, out)
+    return out
+
+
+def select_path_prm(
+    tree: Sequence[MCTSNode], cfg: MCTSConfig, best: list[float] | None = None
+) -> list[int]:
+    """Wider or deeper by the PRM: from the root, descend to the child of most promise
+    unless a new rollout from the node itself promises more (ties go deeper). ``best``:
+    :func:`promise` of ``tree``, when the caller keeps it up to date."""
+    best = promise(tree, cfg) if best is None else best
+    path = [0]
+    while True:
+        n = tree[path[-1]]
+        kids = [j for j in n.children if not tree[j].exhausted]
+        if not kids:
+            return path
+        j = max(kids, key=lambda j: (best[j], -kids.index(j)))  # ties: the earlier child
+        if best[j] < _gen_promise(n, cfg):
+            return path
+        path.append(j)
+
+
+def select_path(
+    tree: Sequence[MCTSNode], cfg: MCTSConfig, best: list[float] | None = None
+) -> list[int]:
+    """Node ids from the root down to the node ``tree_policy`` selects for expansion."""
+    if cfg.tree_policy == "prm":
+        return select_path_prm(tree, cfg, best)
     path = [0]
     while not can_grow(tree[path[-1]], cfg):
         j = select_child(tree, path[-1], cfg.c)
@@ -148,7 +239,7 @@ def mark_exhausted(tree: list[MCTSNode], path: Sequence[int], cfg: MCTSConfig) -
     for i in reversed(path):
         n = tree[i]
         done = is_terminal(n, cfg) or (
-            n.expansions >= cfg.width and all(tree[j].exhausted for j in n.children)
+            is_full(n, cfg) and all(tree[j].exhausted for j in n.children)
         )
         if done == n.exhausted:
             return  # nothing above changes either
@@ -160,10 +251,12 @@ def select_leaves(tree: list[MCTSNode], cfg: MCTSConfig, k: int) -> list[list[in
     a pending expansion, so the next selection looks elsewhere. ``tree`` is left as it was."""
     paths: list[list[int]] = []
     saved: dict[int, MCTSNode] = {}
+    # promise once per step; a selection changes it only along its own path
+    best = promise(tree, cfg) if cfg.tree_policy == "prm" else None
     for _ in range(k):
         if tree[0].exhausted:
             break
-        path = select_path(tree, cfg)
+        path = select_path(tree, cfg, best)
         if not can_grow(tree[path[-1]], cfg):
             break
         paths.append(path)
@@ -171,14 +264,21 @@ def select_leaves(tree: list[MCTSNode], cfg: MCTSConfig, k: int) -> list[list[in
             saved.setdefault(i, tree[i])
             tree[i] = model_replace(tree[i], visits=tree[i].visits + 1)
         leaf = tree[path[-1]]
-        tree[path[-1]] = model_replace(leaf, expansions=leaf.expansions + cfg.expand_k)
+        tree[path[-1]] = model_replace(
+            leaf, expansions=leaf.expansions + cfg.expand_k, pending=leaf.pending + cfg.expand_k
+        )
         mark_exhausted(tree, path, cfg)
+        if best is not None:
+            for i in reversed(path):
+                best[i] = _node_promise(tree, i, cfg, best)
     for i, n in saved.items():
         tree[i] = n
     return paths
 
 
-def _child(parent: MCTSNode, pid: int, rollout: Trajectory, value: float) -> MCTSNode | None:
+def _child(
+    parent: MCTSNode, pid: int, rollout: Trajectory, value: float, cfg: MCTSConfig
+) -> MCTSNode | None:
     """The node of a rollout's first new step (None when the rollout wrote no step)."""
     d = parent.depth
     if len(rollout.steps) <= d:
@@ -189,6 +289,7 @@ def _child(parent: MCTSNode, pid: int, rollout: Trajectory, value: float) -> MCT
         depth=d + 1,
         step=rollout.steps[d],
         step_scores=list(rollout.step_scores[: d + 1]),
+        path_score=aggregate_scores(rollout.step_scores[: d + 1], cfg.aggregation),
         tokens=rollout.tokens if only else parent.tokens,
         finished=only and rollout.finished,
         finish_reason=rollout.finish_reason if only else None,
@@ -196,6 +297,43 @@ def _child(parent: MCTSNode, pid: int, rollout: Trajectory, value: float) -> MCT
         value_sum=value,
         score=value,
     )
+
+
+def _insert_rollout(
+    tree: list[MCTSNode], pid: int, rollout: Trajectory, value: float, cfg: MCTSConfig
+) -> list[int]:
+    """Every step a rollout wrote below ``tree[pid]`` as a path of nodes, reusing a child that
+    has the same step; returns the ids below ``pid``, unvisited until backed up."""
+    ids: list[int] = []
+    parent, cur = tree[pid], pid
+    d0, n_steps = parent.depth, len(rollout.steps)
+    for d in range(d0, n_steps):
+        step, last = rollout.steps[d], d == n_steps - 1
+        same = [j for j in tree[cur].children if tree[j].step == step]
+        if same:
+            cur = same[0]
+        else:
+            # a prefix's tokens: the rollout's, shared out evenly over its new steps
+            tokens = parent.tokens + (rollout.tokens - parent.tokens) * (d + 1 - d0) // (
+                n_steps - d0
+            )
+            tree.append(
+                MCTSNode(
+                    parent=cur,
+                    depth=d + 1,
+                    step=step,
+                    step_scores=list(rollout.step_scores[: d + 1]),
+                    path_score=aggregate_scores(rollout.step_scores[: d + 1], cfg.aggregation),
+                    tokens=rollout.tokens if last else tokens,
+                    finished=last and rollout.finished,
+                    finish_reason=rollout.finish_reason if last else None,
+                    score=value,
+                )
+            )
+            tree[cur] = model_replace(tree[cur], children=[*tree[cur].children, len(tree) - 1])
+            cur = len(tree) - 1
+        ids.append(cur)
+    return ids
 
 
 async def simulate(
@@ -232,13 +370,18 @@ async def simulate(
             if not r.finished:
                 continue
             value = aggregate_scores(r.step_scores, cfg.aggregation)
-            child = _child(leaf, pid, r, value)
+            if cfg.grow == "rollout":
+                below = _insert_rollout(tree, pid, r, value, cfg)
+                backprop(tree, [*path, *below], value)
+                mark_exhausted(tree, [*path, *below], cfg)
+                continue
+            child = _child(leaf, pid, r, value, cfg)
             if child is not None:
                 tree.append(child)
                 leaf = model_replace(leaf, children=[*leaf.children, len(tree) - 1])
                 tree[pid] = leaf
             backprop(tree, path, value)
-        if child_ids := tree[pid].children:
+        if cfg.grow == "step" and (child_ids := tree[pid].children):
             for j in child_ids[-cfg.expand_k :]:
                 mark_exhausted(tree, [*path, j], cfg)
         mark_exhausted(tree, path, cfg)
@@ -301,33 +444,50 @@ def build_mcts_graph(
     """The tree holds one node per reasoning step (the root is the bare question). Each search
     step is one policy call and one PRM call:
 
-    1. **selection** (``parallel`` times): from the root, descend by UCB1 ``value / visits +
-       c * sqrt(ln(parent visits) / visits)`` among the children that are not exhausted, to a
-       node that may still grow (fewer than ``width`` expansions, not terminal). A selection
-       counts as a visit at once (a virtual loss), so the next one looks elsewhere.
+    1. **selection** (``parallel`` times), by ``tree_policy``:
+
+       - ``"prm"`` (default), wider or deeper by the verifier: a new rollout from a node
+         promises the PRM's score of the node's partial path (``aggregation`` of its step
+         scores; 1 at the root), times ``retry_decay`` per rollout already started there; a
+         node promises the most of that and its children's promise. From the root, descend to
+         the child of most promise unless a rollout from the node itself promises more (ties
+         go deeper). A path whose step the PRM doubts promises little, so the search branches
+         just above that step, and from the root once the known prefixes are doubted.
+       - ``"ucb1"``: descend by UCB1 ``value / visits + c * sqrt(ln(parent visits) /
+         visits)`` among the children that are not exhausted, to a node that may still grow.
+
+       A selection counts at once as a visit and an expansion (a virtual loss), so the next
+       one looks elsewhere.
     2. **expansion + rollout**: the policy writes ``expand_k`` whole remaining solutions from
-       every selected node, all in one call; each rollout's first step becomes a new child.
+       every selected node, all in one call. Every step of a rollout becomes a node
+       (``grow="rollout"``, default; a step equal to an existing child's joins it), or only
+       its first step (``grow="step"``).
     3. **evaluation**: the PRM scores the rollouts, all in one call; a rollout's value is its
-       aggregated score (``aggregation``): the value of a terminal state.
-    4. **backpropagation**: each rollout's value is added along the path root -> new child.
+       aggregated score (``aggregation``): the value of a terminal state. The same call gives
+       the score of every partial path of the rollout, which ``tree_policy="prm"`` reads.
+    4. **backpropagation**: each rollout's value is added along its path from the root.
 
     A node is terminal when its own step finished the solution or it is ``max_depth`` steps
-    deep; it is exhausted when terminal, or when it has ``width`` expansions whose children are
-    all exhausted. The search stops after ``simulations`` selections or when the root is exhausted
+    deep. It is full after ``width`` expansions (``grow="step"``), or once it has ``width``
+    children or ``tries`` rollouts started from it (``grow="rollout"``: a rollout that repeats
+    a child's step adds no child, so a node may be tried more often than it branches). It is
+    exhausted when terminal, or when full and all its children are exhausted. The search stops after ``simulations`` selections or when the root is exhausted
     (``stop_reason="exhausted"``), so a huge ``simulations`` on a small tree returns at once.
 
     The answer is chosen among every finished solution the search wrote (the rollouts) with
     ``selection`` (``final="finished"``, the default), or among those through the most-visited
     path (``final="most_visited"``, classic MCTS), or the best by PRM score (``"best_leaf"``).
 
-    Defaults follow the reference design's MCTS (UCB1 with ``c`` = 1.414, depth 10,
-    temperature 0.8, one child per expansion, branching ``b=4``), with three deviations, each
+    Defaults follow the reference design's MCTS (depth 10, temperature 0.8, one child per
+    expansion, branching ``b=4``; ``c`` = 1.414 for UCB1), with these deviations, each
     measured in docs/strategies.md: every expansion runs a rollout to a terminal state where
     the reference values a partial prefix (on 5-8 step problems a prefix-valued tree rarely
-    finishes a solution); ``parallel=4`` selections share each policy call (the same
-    answers at half the wall time of one selection per call); and ``simulations`` is 80, not
-    200 (on the embedded models 80 already reach the accuracy of 72 and cost 3.3x beam search
-    at N=16 with prefix reuse; fewer simulations cost less and score less).
+    finishes a solution); the rollout's steps all join the tree and the PRM's partial-path
+    scores pick where to branch (the selection of "Wider or Deeper? Scaling LLM
+    Inference-Time Compute with Adaptive Branching Tree Search", Inoue et al., with the
+    verifier's step scores as the evidence); ``parallel=4`` selections share each policy call;
+    and ``simulations`` is 24, not 200: on the embedded models that costs about what beam
+    search N=16 does (0.9x its FLOPs), the strategies' common default budget.
 
     The tree is plain serializable data in the graph state (``tree``: a list of
     :class:`MCTSNode`, index = node id), so runs checkpoint and resume. With a budget
@@ -339,8 +499,8 @@ def build_mcts_graph(
 
 
 def mcts_units(cfg: MCTSConfig, steps: float, reused: int) -> tuple[float, float]:
-    """A rollout writes the rest of a solution from a prefix it re-reads (about one
-    solution in all); the PRM reads it whole."""
+    """A rollout writes the rest of a solution from a prefix it re-reads (at most one
+    solution in all: less when it starts deep in the tree); the PRM reads it whole."""
     rollouts = float(cfg.simulations * cfg.expand_k)
     return rollouts, rollouts
 
@@ -352,6 +512,6 @@ SPEC = StrategySpec(
     budget_config=lambda n: {"simulations": n},
     cost_units=mcts_units,
     state_types=(MCTSNode,),
-    summary="Monte Carlo tree search over reasoning steps: UCB1 selection, policy rollouts "
-    "scored by the PRM",
+    summary="Monte Carlo tree search over reasoning steps: policy rollouts scored by the PRM, "
+    "branching where the PRM's step scores doubt a path",
 )
