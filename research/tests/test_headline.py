@@ -35,10 +35,13 @@ def test_rows_bins_and_claims(tmp_path):
     assert beam["all"] == 13 / 16 and beam["easy"] == 1.0 and beam["medium"] == 7 / 8
     assert beam["hard"] == 0.5 and beam["n"] == 16 and rows[0]["strategy"] == "cot"
     got = {c: ok for c, ok, _ in H.claims(rows)}
-    assert got["MCTS N=16 within 1 point of beam search N=16, at no more than 1.1x its FLOPs"]
-    assert got["MCTS N=16 ahead of best-of-16 at no more FLOPs"]
+    assert got[
+        "MCTS 16 simulations within 1 point of beam search N=16, at no more than 1.1x its FLOPs"
+    ]
+    assert got["MCTS 16 simulations ahead of best-of-16 at no more FLOPs"]
     assert got["revision N=16 beats best-of-N (same policy) at no more FLOPs"]
     assert got["hybrid N=16 beats both best-of-N and revision on medium questions"]
-    assert all(ok for c, ok in got.items() if c.endswith("beats greedy CoT"))
+    assert all(ok for c, ok in got.items() if c.endswith("beats its policy's greedy CoT"))
+    assert "best_of_n N=16 (small-revise) beats its policy's greedy CoT" not in got  # no CoT
     text = H.markdown(rows, "python -m research.headline --n 16")
     assert "| mcts | small | 16 | 1 | 81.2 | 100.0 | 87.5 | 50.0 | 2.1e+09 |" in text
