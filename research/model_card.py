@@ -34,7 +34,8 @@ RUNS: list[tuple[str, str, str, int]] = [
 
 
 # Every strategy at two budgets, strong PRM, each on its embedded policy (small; the one
-# trained to revise for revision and hybrid) (docs/strategies.md).
+# trained to revise for revision and hybrid), 80 problems; docs/strategies.md reports the
+# same strategies on 320 problems with the calculator verifier (research/headline.py).
 _REVISE = ("revision", "hybrid")  # StrategySpec.embedded_policy == "small-revise"
 STRATEGY_RUNS: list[tuple[str, str, str, int]] = [
     ("small", "none", "cot", 1),

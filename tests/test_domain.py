@@ -142,7 +142,7 @@ def test_in_domain_question_gets_no_warning(models, caplog: pytest.LogCaptureFix
         ("beam_search", {"n": 4, "beam_width": 2, "seed": 0, "max_steps": 6}),
         ("dvts", {"n": 4, "beam_width": 2, "seed": 0, "max_steps": 6}),
         ("mcts", {"seed": 0}),
-        ("revision", {"seed": 0}),
+        ("revision", {"seed": 0, "revise": "backtrack"}),
     ],
 )
 def test_out_of_domain_question_is_answered_with_a_warning(

@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage
 
-from langchain_tts import create_tts_graph, load_default
+from langchain_tts import create_tts_graph, load_default, load_default_policy
 from langchain_tts.core.types import Trajectory, Usage
 from langchain_tts.eval.synthetic import make_split
 from langchain_tts.graph import STRATEGIES
+from langchain_tts.strategies import get_strategy
 
 pytestmark = pytest.mark.slow
 
@@ -75,6 +76,16 @@ def models():
 
 
 @pytest.fixture(scope="module")
+def reviser():
+    return load_default_policy("small-revise")  # what revision and hybrid run on
+
+
+def _policy(models, reviser, strategy: str):
+    """Each strategy on the embedded policy it runs on by default (StrategySpec)."""
+    return reviser if get_strategy(strategy).embedded_policy == "small-revise" else models[0]
+
+
+@pytest.fixture(scope="module")
 def problems():
     return make_split("test", 2)
 
@@ -99,9 +110,10 @@ def _check_output(out: dict, stops: set[str]) -> Usage:
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_strategy_end_to_end(models, problems, case: str):
-    policy, prm = models
+def test_strategy_end_to_end(models, reviser, problems, case: str):
+    prm = models[1]
     strategy, cfg, loop, stops = CASES[case]
+    policy = _policy(models, reviser, strategy)
     graph = create_tts_graph(policy, prm, strategy, {**cfg, "seed": 0})
     for p in problems:
         updates: list[dict] = []
@@ -139,9 +151,10 @@ def test_strategy_end_to_end(models, problems, case: str):
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_strategy_accepts_chat_messages(models, problems, case: str):
-    policy, prm = models
+def test_strategy_accepts_chat_messages(models, reviser, problems, case: str):
+    prm = models[1]
     strategy, cfg, _, stops = CASES[case]
+    policy = _policy(models, reviser, strategy)
     graph = create_tts_graph(policy, prm, strategy, {**cfg, "seed": 0})
     q = problems[0].question
     out = graph.invoke({"messages": [HumanMessage(content=q)]})
