@@ -88,11 +88,13 @@ def beam_graph(cfg: BeamSearchConfig) -> Callable[[], Awaitable[tuple[int, dict]
 async def mcts_hand(cfg: MCTSConfig) -> tuple[int, dict]:
     policy, prm = mcts_engines()
     question = question_of({"question": QUESTION})
-    tree, usage = [MCTSNode()], Usage()
-    for _ in range(cfg.simulations):
-        tree, u = await simulate(policy, prm, cfg, question, tree)
-        usage = usage + u
-    out = mcts_final_update({"question": question, "tree": tree}, cfg)  # type: ignore[typeddict-item]
+    search: dict = {"tree": [MCTSNode()], "finished": [], "active": []}
+    usage, steps = Usage(), 0
+    while steps * cfg.parallel < cfg.simulations and not search["tree"][0].exhausted:
+        search, u = await simulate(policy, prm, cfg, question, search, steps)  # type: ignore[arg-type]
+        usage, steps = usage + u, steps + 1
+    state = {"question": question, **search, "step": steps}
+    out = mcts_final_update(state, cfg)  # type: ignore[arg-type]
     return cfg.simulations, {**out, "usage": usage}
 
 
