@@ -13,13 +13,14 @@ question): easy 1-2, medium 3-6, hard 7-8, where greedy CoT solves about 90%, 60
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+from langchain_tts.eval.runner import read_records
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BINS = {"easy": (1, 2), "medium": (3, 4, 5, 6), "hard": (7, 8)}
@@ -64,8 +65,7 @@ def rows_of(files: list[Path]) -> list[dict]:
     deviation over seeds), mean FLOPs per question."""
     groups: dict[tuple, dict[int, list[dict]]] = {}
     for seed, f in enumerate(files):
-        for line in f.read_text().splitlines():
-            r = json.loads(line)
+        for r in read_records(f):  # a truncated last line (a killed run) is skipped
             key = (r["strategy"], r["policy"], int(r["budget"]))
             groups.setdefault(key, {}).setdefault(seed, []).append(r)
     rows = []

@@ -206,6 +206,21 @@ def _lm_step(
         bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
 
 
+def _solution_batch(
+    tok, pairs: list[tuple[str, str]], eos: int
+) -> tuple[list[list[int]], list[list[int]]]:
+    """(prompt, solution) pairs as shifted LM inputs and labels, the prompt as the chat
+    template renders it (text, then the step delimiter). Loss on the solution only: the
+    policy never needs to write questions."""
+    inputs, labels = [], []
+    for prompt_text, solution in pairs:
+        prompt = tok(prompt_text + STEP_DELIMITER)["input_ids"]
+        target = tok(solution)["input_ids"] + [eos]
+        inputs.append((prompt + target)[:-1])
+        labels.append(([-100] * len(prompt) + target)[1:])
+    return inputs, labels
+
+
 def train_policy(
     cfg: TinyLlamaConfig,
     steps: int,
@@ -228,14 +243,8 @@ def train_policy(
     t0, losses = time.time(), []
     bar = tqdm(range(steps), desc=desc, mininterval=5)
     for step in bar:
-        inputs, labels = [], []
-        for p in stream.batch(recipe.batch_size):
-            prompt = tok(p.question + STEP_DELIMITER)["input_ids"]
-            target = tok(p.solution)["input_ids"] + [eos]
-            ids = prompt + target
-            inputs.append(ids[:-1])
-            # Loss on the solution only: the policy never needs to write questions.
-            labels.append(([-100] * len(prompt) + target)[1:])
+        pairs = [(p.question, p.solution) for p in stream.batch(recipe.batch_size)]
+        inputs, labels = _solution_batch(tok, pairs, eos)
         _lm_step(model, opt, inputs, labels, _lr_at(step, steps, lr), losses, bar, step, recipe)
     stats = {"steps": steps, "seconds": round(time.time() - t0, 1), "final_loss": losses[-1]}
     return model, stats
@@ -450,17 +459,10 @@ def train_reviser(
     _load_fp16(model, init_from)
 
     def batch() -> tuple[list[list[int]], list[list[int]]]:
-        inputs, labels = [], []
         half = recipe.batch_size // 2
         pairs = [(p.question, p.solution) for p in stream.batch(half)]
         pairs += rng.sample(examples, recipe.batch_size - half)
-        for prompt_text, solution in pairs:
-            prompt = tok(prompt_text + STEP_DELIMITER)["input_ids"]
-            target = tok(solution)["input_ids"] + [eos]
-            ids = prompt + target
-            inputs.append(ids[:-1])
-            labels.append(([-100] * len(prompt) + target)[1:])
-        return inputs, labels
+        return _solution_batch(tok, pairs, eos)
 
     stats = _train_lm(model, recipe.revise_steps, recipe.revise_lr, batch, "revise", recipe)
     return model, stats
