@@ -315,3 +315,26 @@ def test_evaluation_doc_python_blocks_run(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "table.json").exists()
     out = capsys.readouterr().out
     assert "small+strong best_of_n gamma=" in out and "calibrated from" in out
+
+
+def test_each_strategy_runs_on_its_embedded_policy(tmp_path):
+    """Without --policy, `tts eval` runs revision on the policy trained to revise and the
+    searches on the small one (StrategySpec.embedded_policy), each model loaded once;
+    --policy names one policy for all."""
+    from langchain_tts.graph import embedded_policies
+    from langchain_tts.models import load_default_policy
+
+    small = load_default_policy("small")
+    pols = embedded_policies(["beam_search", "revision", "hybrid"], loaded={"small": small})
+    assert pols["beam_search"] is small and pols["revision"] is pols["hybrid"]
+    assert pols["revision"].name == "embedded-policy-small-revise"
+    out = tmp_path / "r.jsonl"
+    args = ["eval", "--n", "8", "--budgets", "2", "--out", str(out)]
+    res = CliRunner().invoke(app, [*args, "--strategy", "revision", "--strategy", "best_of_n"])
+    assert res.exit_code == 0, res.output
+    policies = {(r["strategy"], r["policy"]) for r in read_records(out)}
+    assert policies == {("revision", "small-revise"), ("best_of_n", "small")}
+    with pytest.warns(UserWarning, match="not trained to revise"):  # asked for: it warns
+        res = CliRunner().invoke(app, [*args, "--strategy", "hybrid", "--policy", "small"])
+    assert res.exit_code == 0, res.output
+    assert ("hybrid", "small") in {(r["strategy"], r["policy"]) for r in read_records(out)}
