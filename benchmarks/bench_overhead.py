@@ -60,11 +60,12 @@ async def beam_hand(cfg: BeamSearchConfig) -> tuple[int, dict]:
     """The search as a plain loop: (steps, the final update with the usage ledger)."""
     policy, prm = beam_engines()
     question = question_of({"question": QUESTION})
+    root = Trajectory(question=question)
     active: list[Trajectory] = []
     finished: list[Trajectory] = []
     step, usage = 0, Usage()
     while True:
-        active, finished, u = await beam_step(policy, prm, cfg, question, active, finished, step)
+        active, finished, u = await beam_step(policy, prm, cfg, root, active, finished, step)
         step, usage = step + 1, usage + u
         if not active or step >= cfg.max_steps or len(finished) >= cfg.target_finished:
             break
@@ -88,10 +89,11 @@ def beam_graph(cfg: BeamSearchConfig) -> Callable[[], Awaitable[tuple[int, dict]
 async def mcts_hand(cfg: MCTSConfig) -> tuple[int, dict]:
     policy, prm = mcts_engines()
     question = question_of({"question": QUESTION})
+    root = Trajectory(question=question)
     search: dict = {"tree": [MCTSNode()], "finished": [], "active": []}
     usage, steps = Usage(), 0
     while steps * cfg.parallel < cfg.simulations and not search["tree"][0].exhausted:
-        search, u = await simulate(policy, prm, cfg, question, search, steps)  # type: ignore[arg-type]
+        search, u = await simulate(policy, prm, cfg, root, search, steps)  # type: ignore[arg-type]
         usage, steps = usage + u, steps + 1
     state = {"question": question, **search, "step": steps}
     out = mcts_final_update(state, cfg)  # type: ignore[arg-type]

@@ -54,7 +54,13 @@ from langchain_tts.limits import (
 from langchain_tts.policies.base import StepPolicy
 from langchain_tts.prms.base import ProcessRewardModel
 from langchain_tts.strategies import STRATEGY_SPECS, strategy_config
-from langchain_tts.strategies.core import check_context, question_of, resolve_config
+from langchain_tts.strategies.core import (
+    MAX_PREFIX_STEPS,
+    check_context,
+    prefix_of,
+    question_of,
+    resolve_config,
+)
 from langchain_tts.threads import (
     AuthHook,
     ThreadBusyError,
@@ -85,6 +91,11 @@ class TTSRequest(BaseModel):
     messages: list[AnyMessage] = Field(
         default_factory=list, description="chat input; the last human message is the question"
     )
+    prefix_steps: list[Any] | None = Field(
+        None,
+        description="steps already written that the search continues from (strategy routes only)",
+        max_length=MAX_PREFIX_STEPS,
+    )
 
     @field_validator("messages", mode="before")
     @classmethod
@@ -113,6 +124,7 @@ class TTSRequest(BaseModel):
     def _has_question(self) -> TTSRequest:
         # The graph's own check, run before the graph so errors are 422s, also for streams.
         question_of({"question": self.question, "messages": self.messages})
+        prefix_of({"prefix_steps": self.prefix_steps})
         return self
 
 
@@ -636,7 +648,12 @@ def _check_contexts(
             question = question_of(item)
         except InputError:
             continue  # TTSRequest says what is wrong with it
-        check_context(question, *models, cfg if isinstance(cfg, StrategyConfig) else None)
+        try:
+            prefix = prefix_of(item)
+        except InputError:
+            continue
+        strategy_cfg = cfg if isinstance(cfg, StrategyConfig) else None
+        check_context(question, *models, strategy_cfg, prefix)
 
 
 def _budgeted(cfg: Any) -> bool:

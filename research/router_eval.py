@@ -152,7 +152,7 @@ class Paths:
 
     @property
     def records(self) -> list[Path]:
-        return [self.part(n) for n in ("calib", "probe", "test", "routes")]
+        return [self.part(n) for n in ("calib", "probe", "prefix", "test", "routes")]
 
     @property
     def md(self) -> Path:
@@ -255,10 +255,12 @@ async def _probe_bins(estimator, problems, path: Path, label: str, concurrency: 
     """``{id: probe record}`` for every problem (resumable: ``path`` keeps what is done)."""
     from langchain_tts.eval.grading import answers_match
     from langchain_tts.eval.runner import read_records
+    from langchain_tts.routing import RouterConfig, verified_prefix
 
-    # records without the estimate's own answer (older ones) are made again
-    done = {r["id"]: r for r in read_records(path)
-            if r.get("estimator") == label and "correct" in r}  # fmt: skip
+    threshold = RouterConfig().prefix_threshold
+    # records without the estimate's own answer or verified steps (older ones) are made again
+    done = {r["id"]: r for r in read_records(path) if r.get("estimator") == label
+            and "correct" in r and "prefix_steps" in r}  # fmt: skip
     sem = asyncio.Semaphore(max(1, concurrency))
 
     async def one(p) -> None:
@@ -267,7 +269,8 @@ async def _probe_bins(estimator, problems, path: Path, label: str, concurrency: 
         rec = {"estimator": label, "id": p.id, "level": p.level, "bin": est.bin,
                "p_solve": est.p_solve, "agreement": est.agreement, "prm_score": est.prm_score,
                "flops": est.usage.flops, "tokens": est.usage.tokens, "answer": est.answer,
-               "correct": answers_match(est.answer, p.answer)}  # fmt: skip
+               "correct": answers_match(est.answer, p.answer),
+               "prefix_steps": verified_prefix(est, threshold)}  # fmt: skip
         done[p.id] = rec
         _append(path, rec)
 
@@ -414,10 +417,13 @@ def _joint_table(
     tolerance: float,
     seed,
     thresholds=None,
+    fixed: list[dict] | None = None,
 ):
     """The table with the fewest validation FLOPs whose router, as simulated on the
     validation problems (the estimate's own answers where it answers, the bin's run
-    elsewhere), is within ``tolerance`` of the best fixed run's validation accuracy."""
+    elsewhere), is within ``tolerance`` of the best fixed run's validation accuracy.
+    ``records``: the runs as the router runs them; ``fixed``: as fixed runs (default: the
+    same records)."""
     from langchain_tts.eval.runner import budget_config
     from langchain_tts.routing import BudgetTable, RouteAllocation
 
@@ -426,7 +432,11 @@ def _joint_table(
         per_run[(str(r["strategy"]), int(r["budget"]))][str(r["id"])] = r
     ids = list(bins)
     full = {k: v for k, v in per_run.items() if all(p in v for p in ids)}
-    best_acc = max(_mean([bool(v[p]["correct"]) for p in ids]) for v in full.values())
+    alone: dict[tuple[str, int], dict[str, dict]] = defaultdict(dict)
+    for r in records if fixed is None else fixed:
+        alone[(str(r["strategy"]), int(r["budget"]))][str(r["id"])] = r
+    best_acc = max(_mean([bool(v[p]["correct"]) for p in ids]) for v in alone.values()
+                   if all(p in v for p in ids))  # fmt: skip
     routed = _routed(bins, probes)
     answered = sum(bool(probes[p]["correct"]) for p in ids if p not in routed)
     need = math.ceil((best_acc - tolerance) * len(ids) - 1e-9) - answered
@@ -494,6 +504,30 @@ def simulate(
             "probe_answered": answered}  # fmt: skip
 
 
+class _FromPrefix:
+    """A strategy graph as ``run_eval`` calls it, each question started from its steps."""
+
+    def __init__(self, graph, prefixes: dict[str, list[str]]):
+        self.graph, self.prefixes = graph, prefixes
+
+    async def ainvoke(self, inp: dict, config=None) -> dict:
+        return await self.graph.ainvoke(
+            {**inp, "prefix_steps": self.prefixes[inp["question"]]}, config
+        )
+
+
+def with_prefix_runs(
+    runs: dict[tuple[str, int], list[dict]], prefix_runs: dict[tuple[str, int], list[dict]]
+) -> dict[tuple[str, int], list[dict]]:
+    """Each run's records as the router would get them: a problem's record of the run
+    started from the estimate's verified steps replaces the run's own record."""
+    out = {}
+    for key, recs in runs.items():
+        warm = {r["id"]: r for r in prefix_runs.get(key, [])}
+        out[key] = [warm.get(r["id"], r) for r in recs]
+    return out
+
+
 class _RouteTap:
     """The router graph as ``run_eval`` calls it, keeping each question's route."""
 
@@ -509,6 +543,7 @@ class _RouteTap:
             "strategy": route.strategy if route else None,
             "reason": route.reason if route else None,
             "reused_samples": route.reused_samples if route else 0,
+            "prefix_steps": len(route.prefix_steps) if route else 0,
             "probe_fallback": bool(route and route.probe_fallback),
             "p_solve": est.p_solve if est else None,
             "probe_flops": est.usage.flops if est else 0.0,
@@ -684,6 +719,9 @@ def _parser() -> argparse.ArgumentParser:
         help="the embedded verifier (calculator: the one with which search pays; strong / "
         "weak: the Qwen-interface PRMs; likelihood: the large policy's likelihoods)",
     )
+    ap.add_argument("--no-reuse-prefix", dest="reuse_prefix", action="store_false",
+                    help="the router's strategies start from the bare question, not from the "
+                    "steps of the estimate's attempt its verifier accepted (reuse_prefix)")  # fmt: skip
     ap.add_argument("--seed", type=int, default=0, help="sampling seed of every run (-1: none)")
     ap.add_argument("--concurrency", type=int, default=16, help="problems in flight (batched)")
     ap.add_argument("--out", type=Path,
@@ -760,6 +798,32 @@ class _Sweep:
         return {"dataset": f"synthetic-{split}", "policy": self.pol_label,
                 "prm": self.prm_label, "strategy": strategy, "budget": budget,
                 "seed": self.seed}  # fmt: skip
+
+    async def solve_from_prefixes(
+        self, split: str, problems: list, prefixes: dict[str, list[str]], path: Path
+    ) -> dict[tuple[str, int], list]:
+        """Every fixed run but ``cot`` (the router's CoT reuses the estimate's attempt) on the
+        ``problems`` that have verified steps, started from them (``prefix_steps``), as the
+        router runs its strategy; records in ``path`` (resumable)."""
+        from langchain_tts.eval.runner import read_records, run_eval
+
+        todo = [p for p in problems if prefixes.get(p.id)]
+        by_question = {p.problem: prefixes[p.id] for p in todo}
+        for s, b in self.runs:
+            if s == "cot" or not todo:
+                continue
+            self.say(f"[{split}] {_run_name(s, b)} from the estimate's verified steps")
+            self.clear_caches()
+            await run_eval(_FromPrefix(self.graphs[(s, b)], by_question), todo,
+                           meta={**self.meta(split, s, b), "start": "prefix"}, out=path,
+                           concurrency=self.args.concurrency, progress=not self.args.quiet)  # fmt: skip
+        ids = {p.id for p in todo}
+        out: dict[tuple[str, int], list[dict]] = {}
+        for r in read_records(path):
+            key = (str(r["strategy"]), int(r["budget"]))
+            if key in self.graphs and r["id"] in ids and r["dataset"] == f"synthetic-{split}":
+                out.setdefault(key, []).append(r)
+        return out
 
     async def solve(self, split: str, problems: list, path: Path) -> dict[tuple[str, int], list]:
         """Every fixed run on ``problems`` (resumable), then their records by run."""
@@ -845,6 +909,8 @@ def _estimator(sw: _Sweep) -> tuple[Any, str]:
 @dataclass
 class _Calibration:
     runs: dict[tuple[str, int], list[dict]]  # validation records by fixed run
+    #: the same, as the router runs them: from the estimate's verified steps (reuse_prefix)
+    routed_runs: dict[tuple[str, int], list[dict]]
     probes: dict[str, dict]  # the estimator's record per validation problem
     estimator: Any  # with fitted thresholds when --thresholds fitted
     label: str
@@ -875,15 +941,22 @@ async def _calibrate(sw: _Sweep, calib: list) -> _Calibration:
         thresholds = fit_thresholds({pid: r["p_solve"] for pid, r in probes.items()}, cot)
         estimator = estimator.with_thresholds(thresholds)
     bins = {pid: estimator.bin_of(r["p_solve"]) for pid, r in probes.items()}
-    records = [r for rs in runs.values() for r in rs]
+    routed_runs = runs
+    if sw.args.reuse_prefix:  # the table's runs start where the estimate's attempt went wrong
+        prefixes = {pid: probes[pid]["prefix_steps"] for pid in _routed(bins, probes)}
+        warm = await sw.solve_from_prefixes("validation", calib, prefixes, sw.paths.part("prefix"))
+        routed_runs = with_prefix_runs(runs, warm)
+    records = [r for rs in routed_runs.values() for r in rs]
     priced = _priced(records, estimator) if sw.args.pricing == "router" else records
     if sw.args.rule == "joint":
-        table = _joint_table(priced, bins, probes, sw.args.tolerance, sw.seed, thresholds)
+        fixed = [r for rs in runs.values() for r in rs]
+        table = _joint_table(priced, bins, probes, sw.args.tolerance, sw.seed, thresholds,
+                             fixed=fixed)  # fmt: skip
     else:  # the table serves only the questions the estimate does not answer itself
         routed = _routed(bins, probes) or bins
         table = _calibrated_table(priced, routed, sw.args.tolerance, sw.seed, sw.args.noise,
                                   thresholds)  # fmt: skip
-    return _Calibration(runs, probes, estimator, label, thresholds, bins, table)
+    return _Calibration(runs, routed_runs, probes, estimator, label, thresholds, bins, table)
 
 
 async def _route_test(sw: _Sweep, cal: _Calibration, test: list) -> tuple[str, dict, list]:
@@ -891,9 +964,10 @@ async def _route_test(sw: _Sweep, cal: _Calibration, test: list) -> tuple[str, d
     from langchain_tts.eval.runner import read_records, run_eval
     from langchain_tts.routing import create_router_graph
 
-    label = f"{ROUTER}@{_digest([cal.table.model_dump(mode='json'), cal.label])}"
+    reuse = {"reuse_prefix": sw.args.reuse_prefix}
+    label = f"{ROUTER}@{_digest([cal.table.model_dump(mode='json'), cal.label, reuse])}"
     tap = _RouteTap(create_router_graph(sw.policy, sw.prm, estimator=cal.estimator,
-                                        table=cal.table))  # fmt: skip
+                                        table=cal.table, **reuse))  # fmt: skip
     question_of = {p.id: p.problem for p in test}
     routes_path = sw.paths.part("routes")
 
@@ -939,7 +1013,7 @@ def _table_rows(cal: _Calibration, runs: list[tuple[str, int]]) -> dict[str, dic
         budget = next((n for s, n in runs if s == alloc.strategy
                        and budget_config(s, n) == knobs), None)  # fmt: skip
         ids_b = {pid for pid in per_bin[b] if pid in routed}
-        recs = [r for r in cal.runs.get((alloc.strategy, budget), []) if r["id"] in ids_b]
+        recs = [r for r in cal.routed_runs.get((alloc.strategy, budget), []) if r["id"] in ids_b]
         marginal = _priced(recs, cal.estimator)
         rows[b] = {"problems": len(per_bin[b]), "answered": len(per_bin[b]) - len(ids_b),
                    "strategy": alloc.strategy,
@@ -967,7 +1041,8 @@ def _config_record(sw: _Sweep, probe_label: str) -> dict[str, Any]:
             "rule": args.rule, "tolerance": args.tolerance, "noise": args.noise,
             "probe_k": args.probe_k,
             "estimator": args.estimator, "pricing": args.pricing,
-            "thresholds": args.thresholds, "probe": probe_label, "seed": sw.seed}  # fmt: skip
+            "thresholds": args.thresholds, "probe": probe_label, "seed": sw.seed,
+            "reuse_prefix": args.reuse_prefix}  # fmt: skip
 
 
 async def _run(args: argparse.Namespace, runs: list[tuple[str, int]], command: str) -> dict:
@@ -1000,7 +1075,7 @@ async def _run(args: argparse.Namespace, runs: list[tuple[str, int]], command: s
                 "note": cal.thresholds.note if cal.thresholds else "absolute",
             },  # fmt: skip
             "table_rows": _table_rows(cal, runs),
-            "router": simulate(cal.table, cal.runs, cal.bins, cal.probes, cal.estimator),
+            "router": simulate(cal.table, cal.routed_runs, cal.bins, cal.probes, cal.estimator),
             "best_fixed": min(_calib_rows(cal), key=lambda r: (-r["accuracy"], r["flops"])),
         },
         "test": {"n": len(test), "fixed": fixed, "router": router_row},

@@ -412,3 +412,36 @@ def test_tts_serve_flags_build_the_limits(tmp_path: Path):
     assert (lim.max_batch, lim.max_in_flight) == (2, 8)
     with pytest.raises(ConfigError, match="KNOB=MAX"):
         _serve_limits(None, ["n"], [])
+
+
+def test_prefix_steps_are_checked_before_any_call():
+    policy = CountingPolicy()
+    graph = create_tts_graph(policy, prm(), "beam_search")
+    bad: list[tuple[object, str]] = [
+        ("Start with 3.", "must be a list of step strings"),
+        ([3], r"prefix_steps\[0\] must be a non-empty string"),
+        (["ok", "  "], r"prefix_steps\[1\] must be a non-empty string"),
+        (["s"] * 1000, "the limit is 256"),
+        (["x" * 60] * 4, "too long for the policy"),  # with the question: over 64 tokens
+    ]
+    for steps, match in bad:
+        with pytest.raises(InputError, match=match):
+            graph.invoke({"question": "What is 3 + 4?", "prefix_steps": steps})
+    assert policy.calls == []
+    out = graph.invoke({"question": "What is 3 + 4?", "prefix_steps": ["3+4=7"]})
+    assert out["candidates"][0].steps[0] == "3+4=7"
+
+
+def test_over_http_bad_prefix_steps_are_422(served):
+    client, _ = served
+    body = {"input": {"question": QUESTION, "prefix_steps": [""]}}
+    r = post(client, "/tts/best_of_n/invoke", body)
+    assert r.status_code == 422 and "prefix_steps[0]" in r.text
+    r = post(client, "/tts/best_of_n/invoke", {"input": {"question": QUESTION, "prefix_steps": 7}})
+    assert r.status_code == 422
+    r = post(client, "/tts/router/invoke", {"input": {"question": QUESTION, "prefix_steps": ["a"]}})
+    assert r.status_code == 422 and "router does not take prefix_steps" in r.text
+    ok = {"input": {"question": QUESTION, "prefix_steps": ["Start with 3."]}}
+    r = post(client, "/tts/best_of_n/invoke", ok)
+    assert r.status_code == 200, r.text
+    assert r.json()["output"]["candidates"][0]["steps"][0] == "Start with 3."

@@ -52,9 +52,9 @@ class GreedyState(TTSState, total=False):
 
 
 async def greedy_step(
-    policy, prm, cfg: GreedyConfig, q: str, s: Search, i: int
+    policy, prm, cfg: GreedyConfig, root: Trajectory, s: Search, i: int
 ) -> tuple[Search, Usage]:
-    parent = s["active"][0] if s["active"] else Trajectory(question=q)
+    parent = s["active"][0] if s["active"] else root
     children, usage = await expand(policy, [parent], cfg.width, cfg)
     children, prm_usage = await score(prm, children, in_place=True)
     best = top_k(children, 1, cfg.aggregation)[0]

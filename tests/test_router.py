@@ -379,6 +379,67 @@ def test_cot_reuses_the_verifiers_greedy_attempt():
     assert out["answer"] == "7" and out["usage"] == out["difficulty"].usage
 
 
+def slipping_models() -> tuple[FakePolicy, FakePRM, list[list[str]]]:
+    """A policy whose greedy attempt slips at its third step (``c=99``) and whose later
+    samples do not, a PRM that doubts exactly that slip, and the prefixes the policy saw
+    after the attempt."""
+    state = {"attempt_done": False}
+    seen: list[list[str]] = []
+
+    def write(t: Trajectory, i: int) -> str:
+        if state["attempt_done"]:
+            seen.append(list(t.steps))
+        k = len(t.steps)
+        if k < 2:
+            return ["a=1", "b=2"][k]
+        if k == 2:
+            return "c=3" if state["attempt_done"] else "c=99"
+        state["attempt_done"] = True
+        return f"\\boxed{{{t.steps[-1].split('=')[1]}}}"
+
+    prm = FakePRM(lambda t: [0.0 if "99" in s else 1.0 for s in t.steps])
+    return FakePolicy(write), prm, seen
+
+
+@pytest.mark.parametrize("strategy", ["beam_search", "particle_filtering", "mcts", "best_of_n"])
+def test_the_strategy_continues_from_the_steps_the_estimate_verified(strategy: str):
+    policy, prm, seen = slipping_models()
+    table = BudgetTable(hard=RouteAllocation(strategy=strategy, config={"n": 4}
+                        if strategy != "mcts" else {"simulations": 4}))  # fmt: skip
+    graph = create_router_graph(policy, prm, estimator="verifier", table=table)
+    out = graph.invoke({"question": "q"})
+    assert out["difficulty"].candidates[0].steps == ["a=1", "b=2", "c=99", "\\boxed{99}"]
+    assert out["route"].bin == "hard" and out["route"].prefix_steps == ["a=1", "b=2"]
+    assert seen and all(s[:2] == ["a=1", "b=2"] for s in seen)  # never the bare question
+    assert out["answer"] == "3" and out["solution"].startswith("a=1")
+    assert all(c.steps[:2] == ["a=1", "b=2"] for c in out["candidates"])
+
+    policy, prm, seen = slipping_models()
+    off = create_router_graph(policy, prm, estimator="verifier", table=table, reuse_prefix=False)
+    out = off.invoke({"question": "q"})
+    assert out["route"].prefix_steps == [] and [] in seen
+
+
+def test_verified_prefix_never_keeps_the_attempts_last_step():
+    from langchain_tts.routing import DifficultyEstimate, verified_prefix
+
+    attempt = Trajectory(question="q", steps=["a=1", "b=2", "\\boxed{2}"], step_scores=[1, 1, 1])
+    est = DifficultyEstimate(p_solve=1.0, bin="easy", method="verifier", candidates=[attempt])
+    assert verified_prefix(est) == ["a=1", "b=2"]
+    doubted = attempt.model_copy(update={"step_scores": [0.2, 1, 1]})
+    assert verified_prefix(est.model_copy(update={"candidates": [doubted]})) == []
+    assert verified_prefix(est.model_copy(update={"candidates": [doubted]}), 0.1) == ["a=1", "b=2"]
+    unscored = attempt.model_copy(update={"step_scores": []})
+    assert verified_prefix(est.model_copy(update={"candidates": [unscored]})) == []
+    assert verified_prefix(None) == []
+
+
+def test_the_router_refuses_a_callers_prefix_steps():
+    graph = create_router_graph(make_policy(), make_prm())
+    with pytest.raises(InputError, match="router does not take prefix_steps"):
+        graph.invoke({"question": "easy q", "prefix_steps": ["a=1"]})
+
+
 def test_usage_is_probe_plus_strategy():
     policy, prm = make_policy(), make_prm(0.1)  # p_solve = 0.05: hard
     graph = create_router_graph(policy, prm, reuse_probe=False, reuse_samples=False)

@@ -188,3 +188,28 @@ async def test_seeded_runs_reproduce_under_concurrency(models, problems):
     a, b = await probe.aestimate(q), await probe.aestimate(q)
     assert [c.text for c in a.candidates] == [c.text for c in b.candidates]
     assert a.p_solve == b.p_solve
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_strategy_continues_from_prefix_steps(models, reviser, problems, case: str):
+    """``prefix_steps``: the search starts after the given steps. Every candidate of a search
+    carries them (revision's later rounds rewrite whole solutions, so there only the first
+    attempts must), and the policy never writes them again."""
+    prm = models[1]
+    strategy, cfg, _, stops = CASES[case]
+    policy = _policy(models, reviser, strategy)
+    graph = create_tts_graph(policy, prm, strategy, {**cfg, "seed": 0})
+    p = next(p for p in problems if len(p.gold_steps) >= 3)
+    prefix = p.gold_steps[:2]
+    out = graph.invoke({"question": p.question, "prefix_steps": prefix})
+    _check_output(out, stops)
+    starts = [c.steps[:2] == prefix for c in out["candidates"]]
+    if strategy in ("revision", "hybrid"):
+        assert any(starts)
+    else:
+        assert all(starts) and all(len(c.steps) > 2 for c in out["candidates"])
+    if out["answer"] is not None and all(starts):
+        assert out["solution"].startswith(prefix[0])
+    # the next run on the same graph starts from the bare question again
+    again = graph.invoke({"question": p.question})
+    assert not all(c.steps[:2] == prefix for c in again["candidates"]) or strategy == "cot"

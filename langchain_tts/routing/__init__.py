@@ -30,6 +30,7 @@ from langchain_tts.routing.router import (
     RouterState,
     allocation_cost,
     create_router_graph,
+    verified_prefix,
 )
 from langchain_tts.routing.table import PRESETS, BudgetTable, RouteAllocation, calibrate
 
@@ -56,6 +57,7 @@ __all__ = [
     "bin_of",
     "calibrate",
     "create_router_graph",
+    "verified_prefix",
     "estimate_bins",
     "fit_thresholds",
     "make_estimator",

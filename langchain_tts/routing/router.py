@@ -25,7 +25,7 @@ from langchain_tts.backends.sync import run_sync
 from langchain_tts.core.answers import normalize_answer
 from langchain_tts.core.channels import PlainValue
 from langchain_tts.core.config import StrategyConfig, check_budget, knobs_model
-from langchain_tts.core.errors import ConfigError
+from langchain_tts.core.errors import ConfigError, InputError
 from langchain_tts.core.types import Trajectory, Usage
 from langchain_tts.ledger import Ledger, meter
 from langchain_tts.policies.base import StepPolicy
@@ -70,6 +70,7 @@ __all__ = [
     "RouterState",
     "allocation_cost",
     "create_router_graph",
+    "verified_prefix",
 ]
 
 REASONING_TIERS = ("math", "code", "logic")
@@ -99,6 +100,10 @@ class Route(BaseModel):
     model: str = Field("small", description="pool entry that ran ('small': policy, prm)")
     reason: RouteReason = "table"
     reused_samples: int = Field(0, description="probe samples counted among the strategy's N")
+    prefix_steps: list[str] = Field(
+        default_factory=list,
+        description="steps of the estimate's attempt the strategy continued from (reuse_prefix)",
+    )
     budget_stopped: bool = Field(False, description="the meter refused a call: search cut")
     probe_fallback: bool = Field(False, description="strategy found no answer; probe's used")
 
@@ -143,6 +148,14 @@ class RouterConfig(BaseModel):
     )
     reuse_samples: bool = Field(
         True, description="count the probe's samples among a sampling strategy's N"
+    )
+    reuse_prefix: bool = Field(
+        True,
+        description="the strategy continues from the estimate's best attempt up to its first "
+        "step the PRM doubts (prefix_threshold), instead of from the bare question",
+    )
+    prefix_threshold: float = Field(
+        0.5, ge=0.0, le=1.0, description="a step scored below this ends the reused prefix"
     )
     #: the graph's name (its knobs namespace) and context schema, set when it is compiled
     _graph_name: str | None = PrivateAttr(None)
@@ -362,17 +375,40 @@ class _StrategyNode:
         # checkpointer (SqliteSaver) works under invoke and an async one under ainvoke.
         def sync(state: RouterState, config: RunnableConfig) -> dict:
             ledger, reused, graph, sub_config, context, run = self._plan(state, config)
-            q = {"question": state["run_question"]}
+            q = _strategy_input(state)
             out = graph.invoke(q, sub_config, context=context) if run else None
             return run_sync(self._complete(state, out, reused, ledger))
 
         async def afunc(state: RouterState, config: RunnableConfig) -> dict:
             ledger, reused, graph, sub_config, context, run = self._plan(state, config)
-            q = {"question": state["run_question"]}
+            q = _strategy_input(state)
             out = await graph.ainvoke(q, sub_config, context=context) if run else None
             return await self._complete(state, out, reused, ledger)
 
         return RunnableLambda(sync, afunc=afunc, name=self.name)
+
+
+def _strategy_input(state: RouterState) -> dict[str, Any]:
+    """The strategy subgraph's input: the question, and the estimate's verified steps."""
+    route = state.get("route")
+    prefix = route.prefix_steps if route is not None else []
+    q: dict[str, Any] = {"question": state["run_question"]}
+    return {**q, "prefix_steps": prefix} if prefix else q
+
+
+def verified_prefix(estimate: DifficultyEstimate | None, threshold: float = 0.5) -> list[str]:
+    """The steps of the estimate's best-scored attempt before the first one the PRM scores
+    below ``threshold``: work the estimate already paid for and its verifier accepted, for
+    a strategy to continue from. Never the attempt's last step (it ends that solution: the
+    strategy writes its own ending); ``[]`` when no attempt carries step scores."""
+    if estimate is None:
+        return []
+    scored = [c for c in estimate.candidates if c.steps and len(c.step_scores) >= len(c.steps)]
+    if not scored:
+        return []
+    best = max(scored, key=lambda c: c.score if c.score is not None else min(c.step_scores))
+    cut = next((i for i, s in enumerate(best.step_scores) if s < threshold), len(best.steps))
+    return list(best.steps[: min(cut, len(best.steps) - 1)])
 
 
 # -- the graph -------------------------------------------------------------------------------
@@ -390,6 +426,8 @@ def create_router_graph(
     reuse_probe: bool = True,
     reuse_threshold: float = 0.75,
     reuse_samples: bool = True,
+    reuse_prefix: bool = True,
+    prefix_threshold: float = 0.5,
     name: str = "tts_router",
     output_key: str | None = None,
 ) -> CompiledStateGraph:
@@ -408,8 +446,8 @@ def create_router_graph(
 
     Like a strategy graph (``create_tts_graph``), each run answers its own question (also on
     a reused checkpointer thread) and reports its own ``usage``. ``max_flops``,
-    ``max_tokens``, ``reuse_probe``, ``reuse_threshold`` and ``reuse_samples`` are the
-    defaults of its per-run knobs (:class:`RouterConfig`, its ``context_schema``): set them
+    ``max_tokens``, ``reuse_probe``, ``reuse_threshold``, ``reuse_samples``, ``reuse_prefix``
+    and ``prefix_threshold`` are the defaults of its per-run knobs (:class:`RouterConfig`, its ``context_schema``): set them
     per run with ``context={...}`` or ``configurable``, at the top or under ``name``.
     ``output_key``: as a node of a parent graph with keys of its own, it reads only
     ``messages`` and writes only ``messages``, ``output_key`` (plain JSON: the result plus
@@ -426,6 +464,8 @@ def create_router_graph(
         reuse_probe=reuse_probe,
         reuse_threshold=reuse_threshold,
         reuse_samples=reuse_samples,
+        reuse_prefix=reuse_prefix,
+        prefix_threshold=prefix_threshold,
     )
     est = make_estimator(estimator, policy, prm)
     if table.thresholds is not None:  # a calibrated table knows where its bins begin
@@ -620,6 +660,12 @@ class _Router:
         knobs = resolve_config(self.knobs, config)  # a bad knob fails before any model call
         if knobs is not self.knobs:
             _check_probe_fits(self.est, knobs.max_flops, knobs.max_tokens)
+        if state.get("prefix_steps"):
+            raise InputError(
+                "the router does not take prefix_steps: it estimates difficulty from the bare "
+                "question (and hands its strategy the steps its estimate verified); pass "
+                "prefix_steps to a strategy graph instead"
+            )
         return {
             **prepare_update(state, policy=self.policy, prm=self.prm),
             "difficulty": None,
@@ -676,6 +722,7 @@ class _Router:
             config=self.table[b].config,
             node=self.runners[b].name,
             reused_samples=self._reused(b, est, knobs),
+            prefix_steps=verified_prefix(est, knobs.prefix_threshold) if knobs.reuse_prefix else [],
         )
         agreed = est.agreement is None or est.agreement >= knobs.reuse_threshold
         if (

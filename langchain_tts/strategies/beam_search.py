@@ -65,14 +65,15 @@ async def beam_step(
     policy: StepPolicy,
     prm: ProcessRewardModel,
     cfg: BeamSearchConfig,
-    question: str,
+    root: Trajectory,
     active: list[Trajectory],
     finished: list[Trajectory],
     step: int,
 ) -> tuple[list[Trajectory], list[Trajectory], Usage]:
-    """One search step: expand every kept beam, score all children, keep the best."""
+    """One search step: expand every kept beam (at step 0, ``root``), score all children,
+    keep the best."""
     if step == 0:
-        parents, n_each = [Trajectory(question=question)], cfg.keep * cfg.expand_each
+        parents, n_each = [root], cfg.keep * cfg.expand_each
     else:
         parents, n_each = active, cfg.expand_each
     children, usage = await expand(policy, parents, n_each, cfg)
@@ -96,9 +97,14 @@ def beam_final_update(state: TTSState, cfg: BeamSearchConfig) -> dict:
 
 
 async def _step(
-    policy: StepPolicy, prm: ProcessRewardModel, cfg: BeamSearchConfig, q: str, s: Search, i: int
+    policy: StepPolicy,
+    prm: ProcessRewardModel,
+    cfg: BeamSearchConfig,
+    root: Trajectory,
+    s: Search,
+    i: int,
 ) -> tuple[Search, Usage]:
-    active, finished, usage = await beam_step(policy, prm, cfg, q, s["active"], s["finished"], i)
+    active, finished, usage = await beam_step(policy, prm, cfg, root, s["active"], s["finished"], i)
     return {"active": active, "finished": finished}, usage
 
 

@@ -33,6 +33,7 @@ from langchain_tts.strategies.core import (
     metered,
     node,
     resolve_config,
+    root_of,
     score,
 )
 from langchain_tts.strategies.loop import finalize_node, prepare_node
@@ -152,7 +153,7 @@ def build_best_of_n_graph(
         if cfg.early_stop and cfg.n > 1:
             return await sample_rounds(state, cfg)
         pol, _, ledger = metered(policy, None, cfg, state)  # as it is without a budget
-        root = Trajectory(question=state["question"])
+        root = root_of(state)
         try:
             sols, usage = await expand(pol, [root], cfg.n, cfg, stop_at_step=False)
         except BudgetExceededError as e:  # the run's first call: a ConfigError
@@ -176,7 +177,7 @@ def build_best_of_n_graph(
             )
         weighted = cfg.selection == "prm_vote" and prm is not None
         pol, pr, ledger = metered(policy, prm if weighted else None, cfg, state)
-        root = Trajectory(question=state["question"])
+        root = root_of(state)
         sols: list[Trajectory] = []
         usage = Usage()
         update: dict[str, Any] = {}

@@ -53,10 +53,17 @@ MAX_QUESTION_CHARS = 100_000
 # TypedDict from typing_extensions (not typing): pydantic/LangServe build schemas from it on
 # Python 3.11, and total=False lets callers send partial input.
 class TTSInput(TypedDict, total=False):
-    """Graph input: a question, or chat messages whose last human message is the question."""
+    """Graph input: a question, or chat messages whose last human message is the question.
+
+    ``prefix_steps``: reasoning steps already written (and trusted) that the search
+    continues from instead of from the bare question, e.g. the steps of an earlier attempt
+    that a verifier accepted (the router passes them, docs/router.md). They are part of
+    every candidate's solution; none by default.
+    """
 
     question: str
     messages: list[AnyMessage]
+    prefix_steps: list[str]
 
 
 #: state keys holding package objects: channels that checkpoint them as plain data, so a
@@ -110,6 +117,9 @@ class TTSState(TypedDict, total=False):
 
     question: Annotated[str, EphemeralValue(str)]
     run_question: str
+    #: the run's input only, like ``question``; ``prepare`` keeps it in ``run_prefix``
+    prefix_steps: Annotated[list[str], EphemeralValue(list)]
+    run_prefix: list[str]
     messages: Annotated[list[AnyMessage], add_chat_messages]
     active: Trajectories
     finished: Trajectories
@@ -361,24 +371,29 @@ def check_context(
     policy: StepPolicy | None,
     prm: ProcessRewardModel | None = None,
     cfg: StrategyConfig | None = None,
+    prefix_steps: Sequence[str] = (),
 ) -> None:
-    """An :class:`InputError` when the question's prompt leaves no room for a step in the
-    policy's (or the PRM's) context; models whose ``context_length`` is unknown are not
-    checked. Runs before any model call, so an over-long question never allocates."""
+    """An :class:`InputError` when the question's prompt (with ``prefix_steps``) leaves no
+    room for a step in the policy's (or the PRM's) context; models whose ``context_length``
+    is unknown are not checked. Runs before any model call, so an over-long question never
+    allocates."""
     room = MIN_STEP_TOKENS if cfg is None else min(MIN_STEP_TOKENS, cfg.max_step_tokens)
+    # the prefix's steps are read as part of the prompt: counted with the question
+    text = "\n\n".join([question, *prefix_steps])
     for role, model in (("policy", policy), ("PRM", prm)):
         limit = getattr(model, "context_length", None)
         if not limit:
             continue
-        used = prompt_tokens(model, question)
+        used = prompt_tokens(model, text)
         if used + room > limit:
             name = getattr(model, "name", None) or type(model).__name__
             raise InputError(
                 f"question is too long for the {role} {name!r}: its prompt is {used} tokens "
                 f"and the model's context is {limit} tokens, which leaves "
                 f"{max(0, limit - used)} for the solution (at least {room} needed). Shorten the "
-                f"question to under about {len(question) * (limit - room) // used} "
-                "characters, or serve a model with a longer context"
+                f"question{' and its prefix_steps' if prefix_steps else ''} to under about "
+                f"{len(text) * (limit - room) // used} characters, or serve a model with a "
+                "longer context"
             )
 
 
@@ -395,9 +410,11 @@ def prepare_update(
     A question too long for the models' context is an :class:`InputError`
     (:func:`check_context`)."""
     question = question_of(state)
-    check_context(question, policy, prm, cfg)
+    prefix = prefix_of(state)
+    check_context(question, policy, prm, cfg, prefix)
     return {
         "run_question": question,
+        "run_prefix": prefix,
         "warnings": [] if policy is None else domain_warnings(question, policy),
         "step": 0,
         "active": [],
@@ -408,6 +425,41 @@ def prepare_update(
         "solution": "",
         "candidates": [],
     }
+
+
+#: the most steps a caller may hand a search to continue from (``prefix_steps``)
+MAX_PREFIX_STEPS = 256
+
+
+def prefix_of(state: TTSState) -> list[str]:
+    """The run's ``prefix_steps``, validated: a list of non-empty strings (none: ``[]``)."""
+    steps: Any = state.get("prefix_steps")
+    if steps is None:
+        return []
+    if isinstance(steps, str) or not isinstance(steps, (list, tuple)):
+        raise InputError(
+            f"prefix_steps must be a list of step strings, got {type(steps).__name__}; "
+            "e.g. {'question': '...', 'prefix_steps': ['Start with 3.', 'Add 4: 7.']}"
+        )
+    if len(steps) > MAX_PREFIX_STEPS:
+        raise InputError(
+            f"prefix_steps has {len(steps)} steps; the limit is {MAX_PREFIX_STEPS}. Pass "
+            "only the steps the search should continue from"
+        )
+    for i, step in enumerate(steps):
+        if not isinstance(step, str) or not step.strip():
+            raise InputError(f"prefix_steps[{i}] must be a non-empty string, got {step!r:.60}")
+    if sum(len(s) for s in steps) > MAX_QUESTION_CHARS:
+        raise InputError(
+            f"prefix_steps hold {sum(len(s) for s in steps)} characters; the limit is "
+            f"{MAX_QUESTION_CHARS}. Pass fewer steps"
+        )
+    return list(steps)
+
+
+def root_of(state: TTSState) -> Trajectory:
+    """Where this run's search starts: the question, and its ``prefix_steps`` if any."""
+    return Trajectory(question=state["question"], steps=list(state.get("run_prefix") or []))
 
 
 # -- budgets ---------------------------------------------------------------------------------

@@ -56,16 +56,17 @@ async def dvts_step(
     policy: StepPolicy,
     prm: ProcessRewardModel,
     cfg: DVTSConfig,
-    question: str,
+    root: Trajectory,
     subtrees: list[Trajectory],
     step: int,
 ) -> tuple[list[Trajectory], Usage]:
-    """One search step for every unfinished subtree: one policy call, one PRM call."""
+    """One search step for every unfinished subtree (all growing from ``root`` at step 0):
+    one policy call, one PRM call."""
     bw = cfg.beam_width
     if step == 0:
-        parents, n_each = [Trajectory(question=question)], cfg.n
+        parents, n_each = [root], cfg.n
         owners = list(range(cfg.n_subtrees))  # group i of the children -> subtree i
-        subtrees = [Trajectory(question=question)] * cfg.n_subtrees
+        subtrees = [root] * cfg.n_subtrees
     else:
         owners = [i for i, t in enumerate(subtrees) if not t.finished]
         parents, n_each = [subtrees[i] for i in owners], bw
@@ -92,9 +93,14 @@ def _leaves(subtrees: list[Trajectory]) -> Search:
 
 
 async def _step(
-    policy: StepPolicy, prm: ProcessRewardModel, cfg: DVTSConfig, q: str, s: Search, i: int
+    policy: StepPolicy,
+    prm: ProcessRewardModel,
+    cfg: DVTSConfig,
+    root: Trajectory,
+    s: Search,
+    i: int,
 ) -> tuple[Search, Usage]:
-    subtrees, usage = await dvts_step(policy, prm, cfg, q, s["subtrees"], i)
+    subtrees, usage = await dvts_step(policy, prm, cfg, root, s["subtrees"], i)
     return _leaves(subtrees), usage
 
 

@@ -35,6 +35,7 @@ from langchain_tts.strategies.core import (
     node,
     prepare_update,
     resolve_config,
+    root_of,
 )
 from langchain_tts.strategies.progress import Progress, done_event, step_event
 
@@ -42,9 +43,10 @@ C = TypeVar("C", bound=StrategyConfig)
 
 #: A search's own state keys (``active``, ``tree``, ...): what its loop node writes back.
 Search = dict[str, Any]
-#: ``(policy, prm, config, question, search, step index) -> (search after the step, usage)``
+#: ``(policy, prm, config, root, search, step index) -> (search after the step, usage)``;
+#: ``root`` is where the search starts: the question and the caller's ``prefix_steps``
 StepFn = Callable[
-    [StepPolicy, Any, Any, str, Search, int],
+    [StepPolicy, Any, Any, Trajectory, Search, int],
     Awaitable[tuple[Search, Usage]],
 ]
 
@@ -108,10 +110,11 @@ def loop_node(
         cfg = resolve_config(base, rc)
         pol, pr, ledger = metered(policy, prm, cfg, state)  # as they are without a budget
         search, i, usage, stop = loop.start(state), state.get("step", 0), Usage(), ""
+        root = root_of(state)
         progress = Progress(rc)
         while True:
             try:
-                search, u = await loop.step(pol, pr, cfg, state["question"], search, i)
+                search, u = await loop.step(pol, pr, cfg, root, search, i)
             except BudgetExceededError as e:  # this step is not paid for: stop before it
                 usage, stop = budget_refused(e, state, ledger, cfg), BUDGET
                 search = loop.refused(search, e.unscored)

@@ -22,7 +22,7 @@ from langchain_tts.core.types import Trajectory, Usage, model_replace
 from langchain_tts.policies.base import StepPolicy
 from langchain_tts.prms.aggregate import aggregate_scores
 from langchain_tts.prms.base import ProcessRewardModel
-from langchain_tts.strategies.core import TTSState, expand, finalize_update, score
+from langchain_tts.strategies.core import TTSState, expand, finalize_update, root_of, score
 from langchain_tts.strategies.loop import Search, SearchLoop, require_prm, search_graph
 from langchain_tts.strategies.registry import StrategySpec
 
@@ -209,8 +209,9 @@ def select_path(
     return path
 
 
-def trajectory_of(tree: Sequence[MCTSNode], idx: int, question: str) -> Trajectory:
-    """The (partial) solution a node stands for: the steps root->node with their scores."""
+def trajectory_of(tree: Sequence[MCTSNode], idx: int, root: Trajectory) -> Trajectory:
+    """The (partial) solution a node stands for: ``root``'s steps (the caller's
+    ``prefix_steps``), then the steps root->node, with their scores."""
     steps: list[str] = []
     i: int | None = idx
     while i is not None and tree[i].parent is not None:
@@ -218,8 +219,8 @@ def trajectory_of(tree: Sequence[MCTSNode], idx: int, question: str) -> Trajecto
         i = tree[i].parent
     n = tree[idx]
     return Trajectory(
-        question=question,
-        steps=steps[::-1],
+        question=root.question,
+        steps=[*root.steps, *steps[::-1]],
         step_scores=list(n.step_scores),
         tokens=n.tokens,
         finished=n.finished,
@@ -277,19 +278,20 @@ def select_leaves(tree: list[MCTSNode], cfg: MCTSConfig, k: int) -> list[list[in
 
 
 def _child(
-    parent: MCTSNode, pid: int, rollout: Trajectory, value: float, cfg: MCTSConfig
+    parent: MCTSNode, pid: int, rollout: Trajectory, value: float, cfg: MCTSConfig, above: int = 0
 ) -> MCTSNode | None:
-    """The node of a rollout's first new step (None when the rollout wrote no step)."""
+    """The node of a rollout's first new step (None when the rollout wrote no step);
+    ``above``: the prefix steps the root stands for (the rollout's first steps)."""
     d = parent.depth
-    if len(rollout.steps) <= d:
+    if len(rollout.steps) <= above + d:
         return None
-    only = len(rollout.steps) == d + 1  # the step that ends the rollout ends the solution
+    only = len(rollout.steps) == above + d + 1  # the step that ends the rollout ends it all
     return MCTSNode(
         parent=pid,
         depth=d + 1,
-        step=rollout.steps[d],
-        step_scores=list(rollout.step_scores[: d + 1]),
-        path_score=aggregate_scores(rollout.step_scores[: d + 1], cfg.aggregation),
+        step=rollout.steps[above + d],
+        step_scores=list(rollout.step_scores[: above + d + 1]),
+        path_score=aggregate_scores(rollout.step_scores[: above + d + 1], cfg.aggregation),
         tokens=rollout.tokens if only else parent.tokens,
         finished=only and rollout.finished,
         finish_reason=rollout.finish_reason if only else None,
@@ -300,15 +302,21 @@ def _child(
 
 
 def _insert_rollout(
-    tree: list[MCTSNode], pid: int, rollout: Trajectory, value: float, cfg: MCTSConfig
+    tree: list[MCTSNode],
+    pid: int,
+    rollout: Trajectory,
+    value: float,
+    cfg: MCTSConfig,
+    above: int = 0,
 ) -> list[int]:
     """Every step a rollout wrote below ``tree[pid]`` as a path of nodes, reusing a child that
-    has the same step; returns the ids below ``pid``, unvisited until backed up."""
+    has the same step; returns the ids below ``pid``, unvisited until backed up. ``above``:
+    the prefix steps the root stands for (the rollout's first steps, not nodes)."""
     ids: list[int] = []
     parent, cur = tree[pid], pid
-    d0, n_steps = parent.depth, len(rollout.steps)
+    d0, n_steps = parent.depth, len(rollout.steps) - above
     for d in range(d0, n_steps):
-        step, last = rollout.steps[d], d == n_steps - 1
+        step, last = rollout.steps[above + d], d == n_steps - 1
         same = [j for j in tree[cur].children if tree[j].step == step]
         if same:
             cur = same[0]
@@ -322,8 +330,10 @@ def _insert_rollout(
                     parent=cur,
                     depth=d + 1,
                     step=step,
-                    step_scores=list(rollout.step_scores[: d + 1]),
-                    path_score=aggregate_scores(rollout.step_scores[: d + 1], cfg.aggregation),
+                    step_scores=list(rollout.step_scores[: above + d + 1]),
+                    path_score=aggregate_scores(
+                        rollout.step_scores[: above + d + 1], cfg.aggregation
+                    ),
                     tokens=rollout.tokens if last else tokens,
                     finished=last and rollout.finished,
                     finish_reason=rollout.finish_reason if last else None,
@@ -340,7 +350,7 @@ async def simulate(
     policy: StepPolicy,
     prm: ProcessRewardModel,
     cfg: MCTSConfig,
-    question: str,
+    root: Trajectory,
     search: Search,
     i: int,
 ) -> tuple[Search, Usage]:
@@ -350,7 +360,8 @@ async def simulate(
     paths = select_leaves(tree, cfg, min(cfg.parallel, cfg.simulations - i * cfg.parallel))
     if not paths:
         return search, Usage()
-    parents = [trajectory_of(tree, p[-1], question) for p in paths]
+    parents = [trajectory_of(tree, p[-1], root) for p in paths]
+    above = len(root.steps)
     # seed_offset: a node expanded again must not repeat its earlier rollouts
     rollouts, usage = await expand(
         policy,
@@ -371,11 +382,11 @@ async def simulate(
                 continue
             value = aggregate_scores(r.step_scores, cfg.aggregation)
             if cfg.grow == "rollout":
-                below = _insert_rollout(tree, pid, r, value, cfg)
+                below = _insert_rollout(tree, pid, r, value, cfg, above)
                 backprop(tree, [*path, *below], value)
                 mark_exhausted(tree, [*path, *below], cfg)
                 continue
-            child = _child(leaf, pid, r, value, cfg)
+            child = _child(leaf, pid, r, value, cfg, above)
             if child is not None:
                 tree.append(child)
                 leaf = model_replace(leaf, children=[*leaf.children, len(tree) - 1])
@@ -417,7 +428,7 @@ def mcts_final_update(state: MCTSState, cfg: MCTSConfig) -> dict:
         return finalize_update(state, done, cfg, reason, selection="prm_max")
     if cfg.final == "most_visited":
         path = most_visited_path(tree)
-        prefix = trajectory_of(tree, path[-1], state["question"]).steps
+        prefix = trajectory_of(tree, path[-1], root_of(state)).steps
         through = [t for t in done if t.steps[: len(prefix)] == prefix]
         return finalize_update(state, through or done, cfg, reason)
     return finalize_update(state, done, cfg, reason)

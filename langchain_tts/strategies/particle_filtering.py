@@ -96,13 +96,14 @@ async def pf_step(
     policy: StepPolicy,
     prm: ProcessRewardModel,
     cfg: ParticleFilteringConfig,
-    question: str,
+    root: Trajectory,
     particles: list[Trajectory],
     step: int,
 ) -> tuple[list[Trajectory], Usage]:
-    """Propagate the unfinished particles one step, weigh them all, resample ``n``."""
+    """Propagate the unfinished particles one step (at step 0, ``n`` from ``root``), weigh
+    them all, resample ``n``."""
     if step == 0:
-        parents, n_each = [Trajectory(question=question)], cfg.n
+        parents, n_each = [root], cfg.n
     else:
         parents, n_each = [p for p in particles if not p.finished], 1
     # a resampled prefix appears several times: each copy samples its own next step
@@ -136,11 +137,11 @@ async def _step(
     policy: StepPolicy,
     prm: ProcessRewardModel,
     cfg: ParticleFilteringConfig,
-    q: str,
+    root: Trajectory,
     s: Search,
     i: int,
 ) -> tuple[Search, Usage]:
-    particles, usage = await pf_step(policy, prm, cfg, q, s["active"], i)
+    particles, usage = await pf_step(policy, prm, cfg, root, s["active"], i)
     # finished particles stay in the population (``active``): they are resampled too
     return {"active": particles, "finished": []}, usage
 

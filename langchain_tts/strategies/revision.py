@@ -108,17 +108,20 @@ async def revision_round(
     policy: StepPolicy,
     prm: ProcessRewardModel | None,
     cfg: RevisionConfig,
-    question: str,
+    root: Trajectory,
     active: list[Trajectory],
     round_idx: int,
 ) -> tuple[list[Trajectory], Usage]:
     """One round for every chain still revising: one policy call, one PRM call.
 
-    Round 0 writes the chains' first attempts; later rounds revise ``active`` (each
-    chain's latest attempt). Returns the new attempts, scored against ``question``.
+    Round 0 writes the chains' first attempts (continuing ``root``: the question and any
+    ``prefix_steps``); later rounds revise ``active`` (each chain's latest attempt), a
+    revision being a whole new solution. Returns the new attempts, scored against the
+    question.
     """
+    question = root.question
     if round_idx == 0:
-        prompts, n_each = [Trajectory(question=question)], cfg.chain_plan[0]
+        prompts, n_each = [root], cfg.chain_plan[0]
     elif cfg.revise == "backtrack":
         prompts, n_each = [backtrack_prefix(a) for a in active], 1
     else:
@@ -159,11 +162,11 @@ async def _round(
     policy: StepPolicy,
     prm: ProcessRewardModel | None,
     cfg: RevisionConfig,
-    q: str,
+    root: Trajectory,
     s: Search,
     i: int,
 ) -> tuple[Search, Usage]:
-    new, usage = await revision_round(policy, prm, cfg, q, s["active"], i)
+    new, usage = await revision_round(policy, prm, cfg, root, s["active"], i)
     active = [t for t in new if not _confident(t, cfg, prm is not None)]
     return {"active": active, "finished": s["finished"] + new}, usage
 

@@ -178,6 +178,13 @@ def test_tiny_router_eval_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert len(probes) == result["config"]["n_calib"] == result["calibration"]["n"]
     assert sum(result["calibration"]["bins"].values()) == result["config"]["n_calib"]
 
+    # the table's runs as the router runs them: from the steps the estimate verified
+    assert result["config"]["reuse_prefix"] is True
+    warm = read_records(tmp_path / "router_eval.prefix.jsonl")
+    with_steps = {r["id"] for r in probes if r["prefix_steps"]}
+    assert warm and {r["id"] for r in warm} <= with_steps
+    assert all(r["start"] == "prefix" and r["strategy"] != "cot" for r in warm)
+
     # every fixed run of the sweep, and the router, with accuracy and FLOPs per question
     names = [r["name"] for r in result["test"]["fixed"]]
     assert names == ["cot", "majority_vote N=2", "best_of_n N=2", "beam_search N=2", "mcts N=2",
@@ -243,6 +250,11 @@ def test_tiny_router_eval_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixtu
     for b, row in noisy_rows.items():
         if row["n"]:
             assert row["router_flops"] <= plain_rows[b]["router_flops"] + 1e-6
+
+    # --no-reuse-prefix: the router's strategies start from the bare question
+    cold = main([*argv, "--resume", "--no-reuse-prefix"])
+    assert cold["config"]["reuse_prefix"] is False
+    assert cold["test"]["router"]["label"] != result["test"]["router"]["label"]
 
     # --thresholds absolute reads the score as a probability (Liu et al.'s 0.5 / 0.1)
     absolute = main([*argv, "--resume", "--thresholds", "absolute"])
