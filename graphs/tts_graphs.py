@@ -1,8 +1,9 @@
 """Ready graphs for `langgraph dev` / LangGraph Platform (see langgraph.json).
 
 Each graph runs on the embedded default models (CPU, offline; ``revision`` and ``hybrid`` on
-the embedded policy trained to revise), with a budget of about 16 samples per question; ``router`` picks the strategy per question (difficulty probe + its
-default budget table). Knobs show in LangGraph Studio (each graph's context schema is its
+the embedded policy trained to revise), with a budget of about 16 samples per question;
+``router`` picks the strategy per question (the verifier estimator and the table calibrated
+for the embedded models, docs/router.md). Knobs show in LangGraph Studio (each graph's context schema is its
 strategy config) and are overridable per run through ``context`` or
 ``config["configurable"]`` (e.g. ``{"n": 64, "beam_width": 4}``).
 
@@ -20,6 +21,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from langchain_tts.graph import embedded_policies  # noqa: E402
 from langchain_tts.models import load_default  # noqa: E402
+from langchain_tts.routing import embedded_router_kwargs  # noqa: E402
 from langchain_tts.serve import servable_graph, servable_router  # noqa: E402
 from langchain_tts.strategies import STRATEGY_SPECS, get_strategy  # noqa: E402
 
@@ -46,8 +48,9 @@ mcts = _graph("mcts")
 particle_filtering = _graph("particle_filtering")
 revision = _graph("revision")
 hybrid = _graph("hybrid")
-# The router: a difficulty probe, then its default budget table's strategy for the bin.
-router = servable_router(_policy, _prm)
+# The router as calibrated for the embedded models: the verifier's greedy attempt estimates
+# the difficulty, then the calibrated table's strategy continues from its verified steps.
+router = servable_router(_policy, _prm, **embedded_router_kwargs("small", "calculator"))
 
 
 def _agent_example():

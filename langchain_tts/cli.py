@@ -443,8 +443,13 @@ def serve(
         # without --policy, each strategy on its own embedded default (revision: small-revise)
         served = [s for s in strategy or STRATEGY_SPECS if s in STRATEGY_SPECS]
         own = {} if policy else embedded_policies(served, loaded={"small": pol})
+        from langchain_tts.routing import embedded_router_kwargs
+
+        # the router as calibrated for these embedded models, where one was measured
+        router_kwargs = embedded_router_kwargs(policy or "small", prm)
         api = create_app(
             pol, verifier, **kwargs, policies=own,
+            configs={"router": router_kwargs} if router_kwargs else None,
             title=f"langchain-tts (policy={policy or 'per strategy'}, prm={prm})",
         )  # fmt: skip
     routes = ", ".join(f"/tts/{s}" for s in sorted(api.state.graphs))

@@ -37,7 +37,7 @@ def _user_pages() -> list[Path]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("page", ["quickstart.md", "strategies.md"])
+@pytest.mark.parametrize("page", ["quickstart.md", "strategies.md", "router.md"])
 def test_doc_examples_run(page: str):
     text = (DOCS / page).read_text()
     blocks = re.findall(r"```python\n(.*?)```", text, re.S)

@@ -238,6 +238,8 @@ def test_the_router_graph_with_context_knobs_and_turns(client, greedy_right):
             context=ctx,
         )
         assert out["question"] == p.question and out["route"]["bin"] in {"easy", "medium", "hard"}
+        # the router calibrated for the embedded models: the verifier estimates
+        assert out["difficulty"]["method"] == "verifier" and "prefix_steps" in out["route"]
         if ctx is not None:  # the knob reached the graph: no probe reuse, a strategy ran
             assert out["route"]["node"] != "finalize" and out["route"]["reason"] != "reuse_probe"
 

@@ -798,3 +798,26 @@ def test_reuse_samples_is_a_per_run_knob():
     policy.calls.clear()
     out = router.invoke(q, context={"reuse_samples": True})
     assert out["route"].reused_samples == 4 and whole_calls(policy) == [(1, 4), (1, 2)]
+
+
+def test_the_embedded_preset_is_the_table_router_eval_calibrated():
+    """The ``embedded_calculator`` preset is what ``python -m research.router_eval`` chose,
+    seeds aside (docs/results/router_eval_calculator.json): regenerate one, update the other."""
+    from pathlib import Path
+
+    from langchain_tts.routing import embedded_router_kwargs
+
+    path = Path(__file__).resolve().parents[1] / "docs/results/router_eval_calculator.json"
+    measured = BudgetTable.from_dict(json.loads(path.read_text())["calibration"]["table"])
+    preset = BudgetTable.preset("embedded_calculator")
+    for b, alloc in preset.items():
+        seedless = {k: v for k, v in measured[b].config.items() if k != "seed"}
+        assert (alloc.strategy, alloc.config) == (measured[b].strategy, seedless), b
+    assert measured.thresholds is not None and preset.thresholds is not None
+    assert (preset.thresholds.easy, preset.thresholds.hard) == (
+        measured.thresholds.easy,
+        measured.thresholds.hard,
+    )
+    kwargs = embedded_router_kwargs("small", "calculator")
+    assert kwargs["estimator"] == "verifier" and kwargs["table"] == preset
+    assert embedded_router_kwargs("small", "strong") == {} == embedded_router_kwargs("large")

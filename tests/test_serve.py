@@ -316,6 +316,12 @@ def test_tts_serve_command_on_the_embedded_models(tmp_path: Path):
         router = RemoteRunnable(f"{url}/tts/router/", timeout=120)
         out = router.invoke({"question": easy.question}, {"configurable": {"thread_id": "r"}})
         assert out["question"] == easy.question and out["route"]["bin"] is not None
+        # the router calibrated for the embedded models (embedded_router_kwargs)
+        assert out["difficulty"]["method"] == "verifier"
+        # a strategy route continues from the steps the verifier accepted, over HTTP too
+        hard = next(p for p in make_split("test", 64) if p.difficulty == 8)
+        out = router.invoke({"question": hard.question}, {"configurable": {"reuse_probe": False}})
+        assert out["route"]["node"] != "finalize" and isinstance(out["route"]["prefix_steps"], list)
     finally:
         proc.terminate()
         try:

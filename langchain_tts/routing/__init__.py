@@ -30,6 +30,7 @@ from langchain_tts.routing.router import (
     RouterState,
     allocation_cost,
     create_router_graph,
+    embedded_router_kwargs,
     verified_prefix,
 )
 from langchain_tts.routing.table import PRESETS, BudgetTable, RouteAllocation, calibrate
@@ -57,6 +58,7 @@ __all__ = [
     "bin_of",
     "calibrate",
     "create_router_graph",
+    "embedded_router_kwargs",
     "verified_prefix",
     "estimate_bins",
     "fit_thresholds",

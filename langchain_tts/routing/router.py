@@ -70,6 +70,7 @@ __all__ = [
     "RouterState",
     "allocation_cost",
     "create_router_graph",
+    "embedded_router_kwargs",
     "verified_prefix",
 ]
 
@@ -386,6 +387,16 @@ class _StrategyNode:
             return await self._complete(state, out, reused, ledger)
 
         return RunnableLambda(sync, afunc=afunc, name=self.name)
+
+
+def embedded_router_kwargs(policy: str = "small", prm: str = "calculator") -> dict[str, Any]:
+    """``create_router_graph`` keyword arguments measured for the embedded models named
+    ``policy`` / ``prm``: for the small policy and the calculator verifier, the verifier
+    estimator and the table ``research.router_eval`` calibrates (the ``embedded_calculator``
+    preset); ``{}`` (the defaults) for models no calibration was made for."""
+    if (policy, prm) == ("small", "calculator"):
+        return {"estimator": "verifier", "table": BudgetTable.preset("embedded_calculator")}
+    return {}
 
 
 def _strategy_input(state: RouterState) -> dict[str, Any]:

@@ -60,6 +60,31 @@ def _alloc(strategy: str, config: dict[str, Any], note: str) -> dict[str, Any]:
 
 #: named tables; "small_policy" is the default (sources: docs/router.md)
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    # What `python -m research.router_eval` calibrates for the embedded small policy and the
+    # calculator verifier (docs/results/router_eval_calculator.json, seeds dropped): bins on
+    # the *verifier* estimator's score, so use it with estimator="verifier".
+    "embedded_calculator": {
+        "easy": _alloc(
+            "cot",
+            {},
+            "router_eval, embedded small + calculator: the verifier's greedy attempt itself",
+        ),
+        "medium": _alloc(
+            "particle_filtering",
+            {"n": 16},
+            "router_eval, embedded small + calculator: the cheapest run as accurate as the "
+            "best fixed one, from the attempt's verified steps",
+        ),
+        "hard": _alloc(
+            "particle_filtering", {"n": 16}, "router_eval: no calibration problem; medium's run"
+        ),
+        "thresholds": {
+            "easy": 0.015,
+            "hard": 0.0,
+            "note": "router_eval, embedded small + calculator, verifier estimator: P(greedy "
+            "CoT solves) >= 0.5 from score 0.015 on 320 validation questions",
+        },
+    },
     "small_policy": {
         "easy": _alloc(
             "best_of_n", {"n": 4}, "Liu et al. Figs. 8-9: BoN best on easy for small policies"
@@ -137,7 +162,9 @@ class BudgetTable(BaseModel):
 
     @classmethod
     def preset(cls, name: str = "small_policy") -> BudgetTable:
-        """A named table from :data:`PRESETS`."""
+        """A named table from :data:`PRESETS`: ``small_policy`` (the default, Liu et al.),
+        ``sequential`` (Snell et al.), ``embedded_calculator`` (calibrated for the embedded
+        small policy and calculator verifier, with the verifier estimator)."""
         if name not in PRESETS:
             raise ConfigError(f"unknown table preset {name!r}; available: {sorted(PRESETS)}")
         return cls(**PRESETS[name], source=f"preset: {name}")
