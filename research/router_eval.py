@@ -805,7 +805,7 @@ class _Sweep:
         """Every fixed run but ``cot`` (the router's CoT reuses the estimate's attempt) on the
         ``problems`` that have verified steps, started from them (``prefix_steps``), as the
         router runs its strategy; records in ``path`` (resumable)."""
-        from langchain_tts.eval.runner import read_records, run_eval
+        from langchain_tts.eval.runner import run_eval
 
         todo = [p for p in problems if prefixes.get(p.id)]
         by_question = {p.problem: prefixes[p.id] for p in todo}
@@ -817,23 +817,23 @@ class _Sweep:
             await run_eval(_FromPrefix(self.graphs[(s, b)], by_question), todo,
                            meta={**self.meta(split, s, b), "start": "prefix"}, out=path,
                            concurrency=self.args.concurrency, progress=not self.args.quiet)  # fmt: skip
-        ids = {p.id for p in todo}
-        out: dict[tuple[str, int], list[dict]] = {}
-        for r in read_records(path):
-            key = (str(r["strategy"]), int(r["budget"]))
-            if key in self.graphs and r["id"] in ids and r["dataset"] == f"synthetic-{split}":
-                out.setdefault(key, []).append(r)
-        return out
+        return self.records_by_run(split, todo, path)
 
     async def solve(self, split: str, problems: list, path: Path) -> dict[tuple[str, int], list]:
         """Every fixed run on ``problems`` (resumable), then their records by run."""
-        from langchain_tts.eval.runner import read_records, run_eval
+        from langchain_tts.eval.runner import run_eval
 
         for s, b in self.runs:
             self.say(f"[{split}] {_run_name(s, b)}")
             self.clear_caches()
             await run_eval(self.graphs[(s, b)], problems, meta=self.meta(split, s, b), out=path,
                            concurrency=self.args.concurrency, progress=not self.args.quiet)  # fmt: skip
+        return self.records_by_run(split, problems, path)
+
+    def records_by_run(self, split: str, problems: list, path: Path) -> dict[tuple[str, int], list]:
+        """The records in ``path`` of this sweep's runs on ``problems``, by run."""
+        from langchain_tts.eval.runner import read_records
+
         ids = {p.id for p in problems}
         out: dict[tuple[str, int], list[dict]] = {}
         for r in read_records(path):
