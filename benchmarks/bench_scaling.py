@@ -6,7 +6,8 @@ time:
 
 * beam search, kept beams 4 -> 64 at 20 steps (candidates per step = 4 x beams);
 * beam search, steps 10 -> 160 at 8 beams;
-* MCTS, simulations 50 -> 400 (``expand_k=4``).
+* MCTS, simulations 50 -> 400 (``expand_k=4``), each rollout a new 10-step solution, so
+  the tree grows by up to 10 nodes per rollout.
 
 Time is the best of ``REPEATS`` runs; peak memory is traced (``tracemalloc``) in a separate
 run, since tracing slows Python down. For each series it fits ``y = a + b x`` (slope and R²;
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import itertools
 import time
 import tracemalloc
 from collections.abc import Callable, Sequence
@@ -76,11 +78,36 @@ def beam_graph(beams: int, steps: int) -> CompiledStateGraph:
     return create_tts_graph(policy, prm, "beam_search", cfg)
 
 
+class NullRollouts(StepPolicy):
+    """Instant whole solutions for MCTS's rollouts: the steps from the prefix's depth to
+    ``depth``, each rollout's steps new (a counter), so that no two rollouts merge in the
+    tree and every one adds its nodes; O(steps) work per sample."""
+
+    name = "null-rollouts"
+
+    def __init__(self, depth: int):
+        self.depth, self.made = depth, itertools.count()
+
+    async def _agenerate(
+        self, prefixes: Sequence[Trajectory], n: int, params: SamplingParams
+    ) -> PolicyResult:
+        rows = []
+        for p in prefixes:
+            row = []
+            for _ in range(n):
+                k = next(self.made)
+                steps = [f"s{k}.{d}" for d in range(len(p.steps), self.depth - 1)]
+                text = "\n\n".join([*steps, "\\boxed{1}"])
+                row.append(Step(text=text, tokens=len(steps) + 1, finish_reason="eos"))
+            rows.append(row)
+        return PolicyResult(steps=rows, usage=Usage(policy_calls=1))
+
+
 def mcts_graph(simulations: int) -> CompiledStateGraph:
-    # Solutions end at depth 30: nearly every simulation expands a leaf (one call each).
-    policy = NullPolicy(lambda d, i: "\\boxed{1}" if d >= 29 else f"s{i}")
-    prm = NullPRM(lambda s: 0.1 + 0.2 * (int(s[1:]) % 4) if s[0] == "s" else 0.9)
-    cfg = {"simulations": simulations, "expand_k": 4, "max_depth": 40}
+    # Rollouts end at depth 10 (MCTS's default max_depth), every one of them new.
+    policy = NullRollouts(depth=10)
+    prm = NullPRM(lambda s: 0.1 + 0.2 * (int(s[1:].split(".")[0]) % 4) if s[0] == "s" else 0.9)
+    cfg = {"simulations": simulations, "expand_k": 4}
     return create_tts_graph(policy, prm, "mcts", cfg)
 
 

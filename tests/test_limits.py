@@ -423,6 +423,7 @@ def test_prefix_steps_are_checked_before_any_call():
         (["ok", "  "], r"prefix_steps\[1\] must be a non-empty string"),
         (["s"] * 1000, "the limit is 256"),
         (["x" * 60] * 4, "too long for the policy"),  # with the question: over 64 tokens
+        (["ok", "a\ud800"], r"prefix_steps\[1\] holds a lone surrogate"),
     ]
     for steps, match in bad:
         with pytest.raises(InputError, match=match):

@@ -449,6 +449,13 @@ def prefix_of(state: TTSState) -> list[str]:
     for i, step in enumerate(steps):
         if not isinstance(step, str) or not step.strip():
             raise InputError(f"prefix_steps[{i}] must be a non-empty string, got {step!r:.60}")
+        try:
+            step.encode("utf-8")
+        except UnicodeEncodeError as e:  # a lone surrogate: no tokenizer can take it
+            raise InputError(
+                f"prefix_steps[{i}] holds a lone surrogate at position {e.start}, which is not "
+                "valid Unicode text; send UTF-8 text"
+            ) from None
     if sum(len(s) for s in steps) > MAX_QUESTION_CHARS:
         raise InputError(
             f"prefix_steps hold {sum(len(s) for s in steps)} characters; the limit is "
