@@ -48,6 +48,13 @@ def test_a_vote_is_decided_when_the_rest_cannot_overtake_the_leader() -> None:
     assert votes_decided(_sols("1", "1", "1", "2"), beta, remaining=12) is False
 
 
+def test_equal_answers_written_differently_count_as_one_in_the_stop_rule() -> None:
+    strict = MajorityVoteConfig(n=8, early_stop=True, stop_confidence=1.0)
+    # 0.5, 1/2 and \\frac12 are one answer with 5 votes: 3 more cannot overtake it
+    assert votes_decided(_sols("0.5", "1/2", "\\frac12", "0.5", "1/2"), strict, remaining=3)
+    assert not votes_decided(_sols("0.5", "1/2", "\\frac12", "2", "2"), strict, remaining=3)
+
+
 def _policy(answers: dict[int, str] | None = None) -> FakePolicy:
     n = count()
 

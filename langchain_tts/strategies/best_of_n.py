@@ -15,7 +15,7 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
 from pydantic import Field
 
-from langchain_tts.core.answers import normalize_answer
+from langchain_tts.core.answers import vote_keys
 from langchain_tts.core.config import Selection, StrategyConfig
 from langchain_tts.core.errors import BudgetExceededError, ConfigError
 from langchain_tts.core.types import Trajectory, Usage
@@ -100,8 +100,9 @@ def votes_decided(samples: Sequence[Trajectory], cfg: BestOfNConfig, remaining: 
     """Whether more samples can be spared: the leader cannot be overtaken by ``remaining``
     votes of weight at most 1, or its Beta-posterior lead reaches ``stop_confidence``."""
     weight: dict[str, float] = defaultdict(float)
-    for t in with_scores(samples, cfg.aggregation):
-        key = normalize_answer(t.answer)
+    scored = with_scores(samples, cfg.aggregation)
+    # the keys the vote itself counts by: 0.5, 1/2 and \frac12 are one answer
+    for t, key in zip(scored, vote_keys([t.answer for t in scored])):
         if key is not None:
             weight[key] += 1.0 if cfg.selection == "majority" else (t.score or 0.0)
     if not weight:
