@@ -187,6 +187,49 @@ def markdown(rows: list[dict], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: where ``--doc`` writes the compact table in a page (docs/strategies.md)
+DOC_BEGIN, DOC_END = "<!-- headline table -->", "<!-- /headline table -->"
+
+
+def doc_table(rows: list[dict]) -> str:
+    """The compact table of docs/strategies.md: per strategy and policy, accuracy at N=4 and
+    N=16 and FLOPs at N=16 (CoT: N=1; MCTS's default 24 simulations a row of its own)."""
+    at = {(r["strategy"], r["policy"], r["budget"]): r for r in rows}
+    lines = ["| strategy | policy | acc % at N=4 | acc % at N=16 | FLOPs/q at N=16 |",
+             "|---|---|---|---|---|"]  # fmt: skip
+
+    def pct(r: dict | None) -> str:
+        return "" if r is None else f"{100 * r['all']:.1f}"
+
+    for strategy, policy in RUNS:
+        if strategy == "cot":
+            r = at.get(("cot", policy, 1))
+            if r is not None:
+                lines.append(f"| `cot` (N=1) | {policy} | {pct(r)} | | {r['flops']:.2e} |")
+            continue
+        four, sixteen = at.get((strategy, policy, 4)), at.get((strategy, policy, 16))
+        if four is not None or sixteen is not None:
+            name = f"`{strategy}`" + (" (no PRM)" if strategy == "majority_vote" else "")
+            flops = "" if sixteen is None else f"{sixteen['flops']:.2e}"
+            lines.append(f"| {name} | {policy} | {pct(four)} | {pct(sixteen)} | {flops} |")
+        for b in EXTRA_BUDGETS.get(strategy, []):
+            r = at.get((strategy, policy, int(b)))
+            if r is not None:
+                lines.append(f"| `{strategy}`, {b} simulations (the default) | {policy} | | "
+                             f"{pct(r)} | {r['flops']:.2e} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def write_doc_table(path: Path, rows: list[dict]) -> None:
+    """Replace the table between ``DOC_BEGIN`` and ``DOC_END`` in ``path``."""
+    text = path.read_text()
+    if DOC_BEGIN not in text or DOC_END not in text:
+        raise SystemExit(f"{path} has no {DOC_BEGIN} ... {DOC_END} markers")
+    head, rest = text.split(DOC_BEGIN, 1)
+    _, tail = rest.split(DOC_END, 1)
+    path.write_text(f"{head}{DOC_BEGIN}\n{doc_table(rows)}{DOC_END}{tail}")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=320, help="test problems (a multiple of 8)")
@@ -196,6 +239,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--records", type=Path, default=REPO_ROOT / "research" / "out" / "headline",
                     help="folder of the JSONL records, one file per seed (resumable)")  # fmt: skip
     ap.add_argument("--md", type=Path, default=None, help="write the table there too")
+    ap.add_argument("--doc", type=Path, default=None,
+                    help="also write the compact table into this page, between its "
+                    f"{DOC_BEGIN} markers (docs/strategies.md)")  # fmt: skip
     ap.add_argument("--report-only", action="store_true", help="no runs, table from records")
     args = ap.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -207,9 +253,12 @@ def main(argv: list[str] | None = None) -> None:
             run(f, args.n, args.budgets, seed, runs)
     command = f"python -m research.headline --n {args.n} --budgets {args.budgets}"
     command += f" --seeds {args.seeds}" + (f" --md {args.md}" if args.md else "")
-    text = markdown(rows_of([f for f in files if f.exists()]), command)
+    rows = rows_of([f for f in files if f.exists()])
+    text = markdown(rows, command)
     if args.md:
         args.md.write_text(text)
+    if args.doc:
+        write_doc_table(args.doc, rows)
     print(text)
 
 

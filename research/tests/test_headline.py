@@ -45,3 +45,25 @@ def test_rows_bins_and_claims(tmp_path):
     assert "best_of_n N=16 (small-revise) beats its policy's greedy CoT" not in got  # no CoT
     text = H.markdown(rows, "python -m research.headline --n 16")
     assert "| mcts | small | 16 | 1 | 81.2 | 100.0 | 87.5 | 50.0 | 2.1e+09 |" in text
+
+
+def test_the_doc_table_is_written_between_its_markers(tmp_path):
+    recs = [
+        *_records("cot", "small", 1, [2, 2, 1, 1, 1, 1, 0, 0], 1e8),
+        *_records("beam_search", "small", 4, [2, 2, 2, 1, 1, 1, 1, 0], 5e8),
+        *_records("beam_search", "small", 16, [2, 2, 2, 2, 2, 1, 1, 1], 2e9),
+        *_records("mcts", "small", 24, [2, 2, 2, 2, 2, 2, 1, 1], 2.1e9),
+    ]
+    f = tmp_path / "seed0.jsonl"
+    f.write_text("\n".join(json.dumps(r) for r in recs))
+    rows = H.rows_of([f])
+    page = tmp_path / "page.md"
+    page.write_text(f"intro\n{H.DOC_BEGIN}\nold table\n{H.DOC_END}\nafter\n")
+    H.write_doc_table(page, rows)
+    text = page.read_text()
+    assert "old table" not in text and text.startswith("intro\n") and text.endswith("after\n")
+    assert "| `cot` (N=1) | small | 50.0 | | 1.00e+08 |" in text
+    assert "| `beam_search` | small | 62.5 | 81.2 | 2.00e+09 |" in text
+    assert "| `mcts`, 24 simulations (the default) | small | | 87.5 | 2.10e+09 |" in text
+    H.write_doc_table(page, rows)  # idempotent
+    assert page.read_text() == text
