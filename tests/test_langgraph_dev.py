@@ -225,6 +225,18 @@ def test_two_turns_on_one_sdk_thread_answer_their_own_questions(client, greedy_r
     assert state["question"] == greedy_right[-1].question
 
 
+def test_a_search_continues_from_prefix_steps_sent_through_the_sdk(client):
+    p = next(p for p in make_split("test", 40) if len(p.gold_steps) >= 4)
+    prefix = p.gold_steps[:2]
+    out = client.runs.wait(
+        None,
+        "beam_search",
+        input={"question": p.question, "prefix_steps": prefix},
+        context={"n": 4, "seed": 0},
+    )
+    assert out["candidates"] and all(c["steps"][:2] == prefix for c in out["candidates"])
+
+
 def test_the_router_graph_with_context_knobs_and_turns(client, greedy_right):
     (router,) = client.assistants.search(graph_id="router", limit=1)
     props = client.assistants.get_schemas(router["assistant_id"])["context_schema"]["properties"]
