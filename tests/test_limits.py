@@ -446,3 +446,15 @@ def test_over_http_bad_prefix_steps_are_422(served):
     r = post(client, "/tts/best_of_n/invoke", ok)
     assert r.status_code == 200, r.text
     assert r.json()["output"]["candidates"][0]["steps"][0] == "Start with 3."
+
+
+def test_router_prefix_knobs_are_checked_before_any_call(served):
+    client, policy = served
+    before = len(policy.calls)
+    for conf in ({"prefix_threshold": 5}, {"prefix_threshold": -1}, {"reuse_prefix": "maybe"}):
+        r = post(client, "/tts/router/invoke", invoke("router", conf))
+        assert 400 <= r.status_code < 500, (conf, r.text)
+        assert next(iter(conf)) in r.text
+    assert len(policy.calls) == before
+    r = post(client, "/tts/router/invoke", invoke("router", {"prefix_threshold": 0.9}))
+    assert r.status_code == 200, r.text
