@@ -144,3 +144,38 @@ def test_the_embedded_models_keep_a_chat_thread_in_postgres(postgres_url: str):
             out = client.post("/tts/cot/invoke", json=body).json()["output"]
             assert out["question"] == question and out["answer"] == answer
             assert len(out["messages"]) == 2 * k + 2
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Accessing the 'model_fields':DeprecationWarning")
+def test_the_embedded_router_keeps_a_chat_thread_in_postgres(postgres_url: str):
+    """The router as ``tts serve`` serves it on the embedded models (the verifier estimate,
+    the calibrated table, strategies from the verified steps), its route and estimate
+    checkpointed in Postgres: a second turn on the other app answers its own question."""
+    from fastapi.testclient import TestClient
+
+    from langchain_tts.eval.synthetic import make_split
+    from langchain_tts.models import load_default_policy, load_default_prm
+    from langchain_tts.routing import embedded_router_kwargs
+    from langchain_tts.serve import create_app
+
+    policy, prm = load_default_policy(), load_default_prm()
+    router = {"router": embedded_router_kwargs("small", "calculator")}
+    apps = [
+        create_app(policy, prm, ["router"], checkpointer=postgres_url, configs=router)
+        for _ in range(2)
+    ]
+    hard = [p for p in make_split("test", 64) if p.difficulty >= 6][:2]
+    with TestClient(apps[0]) as one, TestClient(apps[1]) as two:
+        for k, (client, p) in enumerate(zip([one, two], hard)):
+            body = {
+                "input": {"messages": [{"type": "human", "content": p.question}]},
+                "config": {"configurable": {"thread_id": "router-chat", "reuse_probe": False}},
+            }
+            r = client.post("/tts/router/invoke", json=body)
+            assert r.status_code == 200, r.text
+            out = r.json()["output"]
+            assert out["question"] == p.question and out["difficulty"]["method"] == "verifier"
+            assert out["route"]["node"] != "finalize"
+            assert isinstance(out["route"]["prefix_steps"], list)
+            assert len(out["messages"]) == 2 * k + 2
