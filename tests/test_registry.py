@@ -166,6 +166,11 @@ def test_a_registered_strategy_is_swept_and_routed(toy: StrategySpec):
     units = 3 * max(1.0, est.mean_steps)  # TOY.cost_units: width x steps, both kinds
     assert tokens == pytest.approx(units * per_sample * 2)  # the probe ran no PRM
     assert flops == pytest.approx(2 * 1000 * units * per_sample * 2)
+    # continuing from steps the estimate verified, only the steps left are written and scored
+    steps = est.mean_steps
+    assert steps == 4  # write_step's solutions
+    f2, t2 = allocation_cost("greedy_steps", {"width": 3}, est, policy, prm, prefix_steps=1)
+    assert t2 == pytest.approx(3 * 3 * per_sample * (3 / 4) * 2) and f2 < flops
     table = BudgetTable.from_dict(
         {b: {"strategy": "greedy_steps"} for b in ("easy", "medium", "hard")}
     )

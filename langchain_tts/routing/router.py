@@ -182,6 +182,7 @@ def allocation_cost(
     prm: ProcessRewardModel | None,
     *,
     reused: int = 0,
+    prefix_steps: int = 0,
 ) -> tuple[float, float] | None:
     """Predicted ``(flops, tokens)`` of running an allocation on this question.
 
@@ -191,6 +192,8 @@ def allocation_cost(
     count when the probe ran no PRM), priced with each model's parameters; each strategy
     spends a number of such units (its ``StrategySpec.cost_units``). A heuristic -- the
     meter enforces the cap. None when the estimate measured nothing (e.g. a classifier).
+    ``prefix_steps``: steps the strategy continues from (``reuse_prefix``): it writes and
+    scores only the rest, a share of each unit the size of the steps left.
     """
     k = len(estimate.candidates)
     u = estimate.usage
@@ -200,9 +203,12 @@ def allocation_cost(
     cfg = spec.validated(config)
     if spec.cost_units is None:
         return None
-    gen_u, prm_u = spec.cost_units(cfg, max(1.0, estimate.mean_steps), reused)
+    steps = max(1.0, estimate.mean_steps)
+    left = max(1.0, steps - prefix_steps)  # the prefix is read from the caches, not computed
+    gen_u, prm_u = spec.cost_units(cfg, left, reused)
     pol_tok = (u.policy_prompt_tokens + u.policy_generated_tokens) / k
     prm_tok = u.prm_tokens / k if u.prm_tokens > 0 else pol_tok
+    pol_tok, prm_tok = pol_tok * left / steps, prm_tok * left / steps
     p_pol = float(policy.num_parameters or 0)
     p_prm = float(prm.num_parameters or 0) if prm is not None else 0.0
     if prm is None:
@@ -764,7 +770,13 @@ class _Router:
         for b in BINS:
             r = self.runners[b]
             costs[b] = allocation_cost(
-                r.strategy, r.cfg, est, self.policy, self.prm, reused=self._reused(b, est, knobs)
+                r.strategy,
+                r.cfg,
+                est,
+                self.policy,
+                self.prm,
+                reused=self._reused(b, est, knobs),
+                prefix_steps=len(route.prefix_steps),  # every bin's run would continue them
             )
         mine = costs[route.bin]  # type: ignore[index]
         fits = lambda c: c[0] <= left[0] and c[1] <= left[1]  # noqa: E731
