@@ -36,8 +36,10 @@ def _load(policy: str, prm: str):
 @app.command()
 def solve(
     question: Annotated[str, typer.Argument(help="the problem text")] = DEMO_QUESTION,
-    strategy: Annotated[str, typer.Option(help="cot, best_of_n, beam_search, ...")] = "beam_search",
-    budget: Annotated[int, typer.Option(help="samples N per question")] = 16,
+    strategy: Annotated[
+        str, typer.Option(help="cot, best_of_n, beam_search, ..., or router")
+    ] = "beam_search",
+    budget: Annotated[int, typer.Option(help="samples N per question (not the router's)")] = 16,
     policy: Annotated[
         str | None,
         typer.Option(
@@ -53,10 +55,17 @@ def solve(
 ) -> None:
     """Solve one question with a test-time-compute strategy on the embedded default models."""
     from langchain_tts import create_tts_graph
+    from langchain_tts.core.errors import ConfigError
     from langchain_tts.eval.runner import budget_config
     from langchain_tts.strategies import get_strategy
 
-    policy = policy or get_strategy(strategy).embedded_policy
+    if strategy == "router":
+        _solve_with_router(question, policy or "small", prm, as_json)
+        return
+    try:
+        policy = policy or get_strategy(strategy).embedded_policy
+    except ConfigError as e:
+        raise typer.BadParameter(f"{e} (or 'router')", param_hint="--strategy") from None
     t0 = time.perf_counter()
     pol, verifier = _load(policy, prm)
     load_s = time.perf_counter() - t0
@@ -100,6 +109,35 @@ def solve(
     p = parse_question(question)
     if p is not None and p.ops:
         typer.echo(f"Gold answer (the synthetic task is exact): {p.answer}")
+
+
+def _solve_with_router(question: str, policy: str, prm: str, as_json: bool) -> None:
+    """``tts solve --strategy router``: the router as ``tts serve`` serves it on these models."""
+    from langchain_tts.routing import create_router_graph, embedded_router_kwargs
+
+    pol, verifier = _load(policy, prm)
+    router = create_router_graph(pol, verifier, **embedded_router_kwargs(policy, prm))
+    t0 = time.perf_counter()
+    out = router.invoke({"question": question})
+    wall = time.perf_counter() - t0
+    route, est, usage = out["route"], out["difficulty"], out["usage"].summary()
+    if as_json:
+        payload = {"question": question, "answer": out["answer"], "solution": out["solution"],
+                   "strategy": "router", "route": route.model_dump(mode="json"),
+                   "difficulty": {"bin": est.bin, "p_solve": est.p_solve, "method": est.method}
+                   if est is not None else None,
+                   "usage": usage, "wall_seconds": wall}  # fmt: skip
+        typer.echo(json.dumps(payload, indent=2))
+        return
+    typer.echo(f"Question: {question}\nStrategy: router, policy={policy}, prm={prm}\n")
+    if est is not None:
+        typer.echo(f"Estimate ({est.method}): p_solve {est.p_solve:.3f}, bin {est.bin}")
+    typer.echo(f"Route: {route.node} ({route.strategy}, {route.reason})"
+               + (f", continuing {len(route.prefix_steps)} verified steps"
+                  if route.prefix_steps else ""))  # fmt: skip
+    typer.echo(f"\nChosen solution:\n{_indent(out['solution'])}\n\nAnswer: {out['answer']}")
+    typer.echo(f"Compute: {usage['policy_calls']} policy calls, {usage['prm_calls']} PRM calls, "
+               f"{usage['flops']:.3g} FLOPs (the estimate's included), {wall:.2f} s")  # fmt: skip
 
 
 def _indent(text: str) -> str:

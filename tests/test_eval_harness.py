@@ -338,3 +338,18 @@ def test_each_strategy_runs_on_its_embedded_policy(tmp_path):
         res = CliRunner().invoke(app, [*args, "--strategy", "hybrid", "--policy", "small"])
     assert res.exit_code == 0, res.output
     assert ("hybrid", "small") in {(r["strategy"], r["policy"]) for r in read_records(out)}
+
+
+@pytest.mark.slow
+def test_tts_solve_with_the_router_and_a_clear_error_for_an_unknown_strategy():
+    from langchain_tts.cli import app
+
+    q = "Start with 20. Add 35. Divide by 5. Multiply by 3. Subtract 24. Add 42. Subtract 29."
+    res = CliRunner().invoke(app, ["solve", q, "--strategy", "router", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["strategy"] == "router" and out["difficulty"]["method"] == "verifier"
+    assert out["route"]["node"] and isinstance(out["route"]["prefix_steps"], list)
+    assert out["answer"] and out["usage"]["flops"] > 0
+    res = CliRunner().invoke(app, ["solve", q, "--strategy", "nope"])
+    assert res.exit_code == 2 and "unknown strategy 'nope'" in res.output
