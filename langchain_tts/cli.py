@@ -225,6 +225,19 @@ def eval_cmd(
         raise typer.BadParameter(f"not JSON: {e}", param_hint="--config") from None
     if not isinstance(extra, dict):
         raise typer.BadParameter("must be a JSON object", param_hint="--config")
+    from langchain_tts.strategies import STRATEGY_SPECS
+
+    for s in strategy:
+        if s not in STRATEGY_SPECS:
+            hint = (
+                " (the router is evaluated against them as docs/router.md shows)"
+                if s == "router"
+                else ""
+            )
+            raise typer.BadParameter(
+                f"unknown strategy {s!r}; available: {sorted(STRATEGY_SPECS)}{hint}",
+                param_hint="--strategy",
+            )
     problems = load_dataset(dataset, path=data, n=n_problems or None)
     if backend == "embedded":
         from langchain_tts.graph import embedded_policies

@@ -353,3 +353,5 @@ def test_tts_solve_with_the_router_and_a_clear_error_for_an_unknown_strategy():
     assert out["answer"] and out["usage"]["flops"] > 0
     res = CliRunner().invoke(app, ["solve", q, "--strategy", "nope"])
     assert res.exit_code == 2 and "unknown strategy 'nope'" in res.output
+    res = CliRunner().invoke(app, ["eval", "--strategy", "router", "--n", "8"])
+    assert res.exit_code == 2 and "unknown strategy 'router'" in res.output
