@@ -33,6 +33,19 @@ def _load(policy: str, prm: str):
     return load_default_policy(policy), _load_prm(prm)  # type: ignore[arg-type]
 
 
+#: ``--policy`` / ``--prm`` of the commands that run the embedded models
+EmbeddedPolicy = Annotated[
+    str | None,
+    typer.Option(
+        help="embedded policy: small | large | small-revise (default: each strategy's, "
+        "small-revise for revision and hybrid, else small)"
+    ),
+]
+EmbeddedVerifier = Annotated[
+    str, typer.Option(help="embedded verifier: calculator | strong | weak | likelihood | none")
+]
+
+
 @app.command()
 def solve(
     question: Annotated[str, typer.Argument(help="the problem text")] = DEMO_QUESTION,
@@ -40,16 +53,8 @@ def solve(
         str, typer.Option(help="cot, best_of_n, beam_search, ..., or router")
     ] = "beam_search",
     budget: Annotated[int, typer.Option(help="samples N per question (not the router's)")] = 16,
-    policy: Annotated[
-        str | None,
-        typer.Option(
-            help="embedded policy: small | large | small-revise (default: the strategy's, "
-            "small-revise for revision and hybrid, else small)"
-        ),
-    ] = None,
-    prm: Annotated[
-        str, typer.Option(help="embedded verifier: calculator | strong | weak | likelihood | none")
-    ] = "calculator",
+    policy: EmbeddedPolicy = None,
+    prm: EmbeddedVerifier = "calculator",
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
     compare_cot: Annotated[bool, typer.Option(help="also run greedy CoT for comparison")] = False,
 ) -> None:
@@ -391,16 +396,8 @@ def serve(
             "allow and the router"
         ),
     ] = [],  # noqa: B006
-    policy: Annotated[
-        str | None,
-        typer.Option(
-            help="embedded policy: small | large | small-revise (default: each strategy's, "
-            "small-revise for revision and hybrid, else small)"
-        ),
-    ] = None,
-    prm: Annotated[
-        str, typer.Option(help="embedded verifier: calculator | strong | weak | likelihood | none")
-    ] = "calculator",
+    policy: EmbeddedPolicy = None,
+    prm: EmbeddedVerifier = "calculator",
     budget: Annotated[int, typer.Option(help="default samples N per question")] = 16,
     checkpoint_db: Annotated[
         str | None,

@@ -410,6 +410,13 @@ def _accuracy_then_cheap(per: dict[str, dict], ids: list[str]) -> tuple[float, f
     return _mean([bool(r["correct"]) for r in rs]), -_mean([float(r["flops"]) for r in rs])
 
 
+def _by_run_and_id(records: list[dict]) -> dict[tuple[str, int], dict[str, dict]]:
+    out: dict[tuple[str, int], dict[str, dict]] = defaultdict(dict)
+    for r in records:
+        out[(str(r["strategy"]), int(r["budget"]))][str(r["id"])] = r
+    return out
+
+
 def _joint_table(
     records: list[dict],
     bins: dict[str, str],
@@ -427,14 +434,10 @@ def _joint_table(
     from langchain_tts.eval.runner import budget_config
     from langchain_tts.routing import BudgetTable, RouteAllocation
 
-    per_run: dict[tuple[str, int], dict[str, dict]] = defaultdict(dict)
-    for r in records:
-        per_run[(str(r["strategy"]), int(r["budget"]))][str(r["id"])] = r
+    per_run = _by_run_and_id(records)
     ids = list(bins)
     full = {k: v for k, v in per_run.items() if all(p in v for p in ids)}
-    alone: dict[tuple[str, int], dict[str, dict]] = defaultdict(dict)
-    for r in records if fixed is None else fixed:
-        alone[(str(r["strategy"]), int(r["budget"]))][str(r["id"])] = r
+    alone = per_run if fixed is None else _by_run_and_id(fixed)
     best_acc = max(_mean([bool(v[p]["correct"]) for p in ids]) for v in alone.values()
                    if all(p in v for p in ids))  # fmt: skip
     routed = _routed(bins, probes)

@@ -107,3 +107,31 @@ async def test_async_messages_input_end_to_end(models, problems):
 def test_large_policy_and_weak_prm_load():
     assert load_default_policy("large").num_parameters > load_default_policy("small").num_parameters
     assert load_default_prm("weak").num_parameters < load_default_prm("strong").num_parameters
+
+
+def test_the_embedded_router_under_a_budget_continues_verified_steps_within_it():
+    """The calibrated embedded router with a per-run FLOPs cap: the estimate flags a hard
+    question, the strategy continues the steps the verifier accepted, and the run (estimate
+    included) stays within the cap, downgrading only when the rest does not fit."""
+    from langchain_tts.routing import VerifierEstimator, create_router_graph, embedded_router_kwargs
+
+    policy, prm = load_default()  # the calculator verifier the preset was calibrated for
+    kwargs = embedded_router_kwargs("small", "calculator")
+    # a short token cap keeps the estimate's worst case (checked against the budget) low
+    kwargs["estimator"] = VerifierEstimator(policy, prm, max_tokens=256)
+    router = create_router_graph(policy, prm, **kwargs)
+    flagged = None
+    for p in make_split("test", 64):
+        if p.difficulty < 6:
+            continue
+        out = router.invoke({"question": p.question})
+        if out["route"].prefix_steps:
+            flagged = p
+            break
+    assert flagged is not None, "no hard question whose attempt the verifier partly accepts"
+    full = out["usage"].flops
+    cap = 0.8 * full
+    capped = router.invoke({"question": flagged.question}, context={"max_flops": cap})
+    assert capped["usage"].flops <= cap
+    assert capped["route"].reason in ("table", "budget_downgrade", "budget_probe_only")
+    assert capped["route"].prefix_steps == out["route"].prefix_steps  # the same estimate

@@ -117,14 +117,7 @@ def test_ucb1_path_of_each_simulation_matches_hand_computation():
     assert len(policy.calls) == len(prm.calls) == 7
     assert all(c[:2] == (1, 1) for c in policy.calls) and prm.calls == [1] * 7
     assert all(c[2].stop_at_step is False for c in policy.calls)  # whole rollouts
-    tree = sims[-1]["tree"]
-    by_path = {}
-    for i, n in enumerate(tree):
-        steps, j = [], i
-        while tree[j].parent is not None:
-            steps.append(tree[j].step)
-            j = tree[j].parent
-        by_path["/".join(reversed(steps))] = n
+    by_path = _by_path(sims[-1]["tree"])
     assert set(by_path) == {"", "a", "b", "a/a2", "a/a3", "b/b2", "b/b3", "a/a2/\\boxed{7}"}
     assert (by_path[""].visits, by_path[""].value_sum) == (7, pytest.approx(3.6))
     assert (by_path["a"].visits, by_path["a"].value_sum) == (4, pytest.approx(2.4))

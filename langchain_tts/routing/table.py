@@ -60,9 +60,9 @@ def _alloc(strategy: str, config: dict[str, Any], note: str) -> dict[str, Any]:
 
 #: named tables; "small_policy" is the default (sources: docs/router.md)
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    # What `python -m research.router_eval` calibrates for the embedded small policy and the
-    # calculator verifier (docs/results/router_eval_calculator.json, seeds dropped): bins on
-    # the *verifier* estimator's score, so use it with estimator="verifier".
+    # What the router evaluation calibrates for the embedded small policy and the calculator
+    # verifier (seeds dropped; a test pins it to the committed result): bins on the
+    # *verifier* estimator's score, so use it with estimator="verifier".
     "embedded_calculator": {
         "easy": _alloc(
             "cot",
