@@ -10,16 +10,19 @@ cache, and the accuracy; then the ratios beam / best-of-n and off / on, and whet
 seeded answer is the same either way::
 
     OMP_NUM_THREADS=1 python -m benchmarks.bench_reuse [problems] [--all]
+        [--prm calculator|strong|weak|likelihood] [--prm-backend native|transformers]
 
 ``--all`` adds DVTS, MCTS, particle filtering and revision by backtracking (FLOPs per
 question, reuse on and off). "Reuse off" turns off both the policy's KV cache and the
-PRM's incremental scoring.
+PRM's incremental scoring. ``--prm-backend transformers`` loads the verifier's weights as
+a transformers model, the way a hub PRM runs (its incremental scoring continues a
+``DynamicCache``).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
-import sys
 import time
 from typing import Any
 
@@ -81,18 +84,23 @@ class _Run:
         }
 
 
-def _verifier(reuse: bool) -> Any:
+def _verifier(reuse: bool, kind: str = "calculator", backend: str = "native") -> Any:
     """A variant's own verifier (its own incremental-scoring cache, or none with ``reuse``
     off). Identical candidates are scored once either way (the strategies' own dedupe)."""
-    prm = load_default_prm()
+    prm = load_default_prm(kind, backend=backend)
     if not reuse:
         prm.cache_tokens = 0
     return prm
 
 
-def main(problems: int = PROBLEMS, more: bool = False) -> dict[str, Any]:
+def main(
+    problems: int = PROBLEMS,
+    more: bool = False,
+    prm_kind: str = "calculator",
+    prm_backend: str = "native",
+) -> dict[str, Any]:
     base = load_default_policy()
-    prm = load_default_prm()
+    prm = _verifier(True, prm_kind, prm_backend)
     data = load_synthetic("test", problems)
     cases = {**CASES, **(MORE_CASES if more else {})}
     runs: dict[str, _Run] = {}
@@ -100,7 +108,8 @@ def main(problems: int = PROBLEMS, more: bool = False) -> dict[str, Any]:
         for reuse in ("on", "off"):
             # a policy object per variant (same weights): no variant reads another's cache
             policy = HFPolicy(base.model, base.tokenizer, prefix_cache=reuse == "on")
-            runs[f"{case} reuse {reuse}"] = _Run(policy, _verifier(reuse == "on"), strategy, cfg)
+            verifier = _verifier(reuse == "on", prm_kind, prm_backend)
+            runs[f"{case} reuse {reuse}"] = _Run(policy, verifier, strategy, cfg)
     _Run(base, prm, "best_of_n", {"n": 4}).solve(data[0])  # warm-up: first-call costs
     for p in data:  # interleaved: background load spreads evenly over the variants
         for run in runs.values():
@@ -111,7 +120,10 @@ def main(problems: int = PROBLEMS, more: bool = False) -> dict[str, Any]:
          r["cached"], r["generated"], r["prm_tokens"], f"{r['accuracy']:.0%}"]
         for name, r in results.items()
     ]  # fmt: skip
-    print(f"{problems} embedded test problems, per question, seeded (seed 0):")
+    print(
+        f"{problems} embedded test problems, per question, seeded (seed 0); verifier "
+        f"{prm_kind} on the {prm_backend} backend:"
+    )
     print(
         table(
             ["run", "policy GFLOPs", "PRM GFLOPs", "GFLOPs", "wall s", "prompt computed",
@@ -139,5 +151,11 @@ def main(problems: int = PROBLEMS, more: bool = False) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    args = [a for a in sys.argv[1:] if a != "--all"]
-    main(int(args[0]) if args else PROBLEMS, more="--all" in sys.argv[1:])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_reuse")
+    ap.add_argument("problems", nargs="?", type=int, default=PROBLEMS)
+    ap.add_argument("--all", action="store_true", help="DVTS, MCTS, PF and revision too")
+    ap.add_argument("--prm", default="calculator",
+                    choices=("calculator", "strong", "weak", "likelihood"))  # fmt: skip
+    ap.add_argument("--prm-backend", default="native", choices=("native", "transformers"))
+    a = ap.parse_args()
+    main(a.problems, more=a.all, prm_kind=a.prm, prm_backend=a.prm_backend)

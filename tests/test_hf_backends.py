@@ -199,7 +199,23 @@ async def test_async_runnable_interface(policy: HFPolicy) -> None:
 # -- PRM ------------------------------------------------------------------------------------
 @pytest.fixture
 def prm(tiny_prm_dir: Path) -> QwenPRM:
-    return QwenPRM.from_pretrained(tiny_prm_dir)
+    """The format alone: every token through the model's own forward (reuse: below)."""
+    p = QwenPRM.from_pretrained(tiny_prm_dir)
+    p.cache_tokens = 0
+    return p
+
+
+def test_prm_scores_incrementally_like_a_plain_forward(tiny_prm_dir: Path) -> None:
+    on, off = QwenPRM.from_pretrained(tiny_prm_dir), QwenPRM.from_pretrained(tiny_prm_dir)
+    off.cache_tokens = 0
+    children = [t.copy_with(steps=[*t.steps, "9-1=8"]) for t in TRAJS]
+    for call in (TRAJS, children):
+        a, b = on.score(call), off.score(call)
+        for got, want in zip(a.scores, b.scores, strict=True):
+            assert got == pytest.approx(want, abs=1e-5)
+        assert a.usage.prm_tokens + a.usage.prm_cached_tokens == b.usage.prm_tokens
+    assert a.usage.prm_cached_tokens > a.usage.prm_tokens  # children read their parents
+    assert on._incremental_ok is True
 
 
 TRAJS = [

@@ -80,6 +80,7 @@ def shepherd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_math_shepherd_reads_plus_at_every_tag(shepherd_dir: Path):
     prm = MathShepherdPRM.from_pretrained(shepherd_dir)
+    prm.cache_tokens = 0  # the format alone: one plain forward (reuse: below)
     tok = prm.tokenizer
     assert prm.candidate_ids == [tok.convert_tokens_to_ids("+"), tok.convert_tokens_to_ids("-")]
     assert prm.render(TRAJS[3]) == "Start with 2. 2*3=6 ки\n6+1=7 ки\n7-1=6 ки"
@@ -143,6 +144,7 @@ def skywork_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_skywork_value_head_at_each_step_token(skywork_dir: Path):
     prm = SkyworkPRM.from_pretrained(skywork_dir)
+    prm.cache_tokens = 0  # the format alone: one plain forward (reuse: below)
     tok = prm.tokenizer
     nl = tok.convert_tokens_to_ids("\n")
     ids, pos = prm.encode(TRAJS[3])
@@ -192,6 +194,7 @@ def rlhflow_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_rlhflow_scores_each_assistant_turn_in_one_forward(rlhflow_dir: Path):
     prm = RLHFlowPRM.from_pretrained(rlhflow_dir)
+    prm.cache_tokens = 0  # the format alone: one plain forward (reuse: below)
     tok = prm.tokenizer
     text, _ = prm.render(TRAJS[0])
     assert text == (
@@ -365,3 +368,22 @@ def test_http_prm_scalar_rows():
     assert prm._probability([0.0]) == 0.5
     with pytest.raises(PRMOutputError, match="hidden states"):
         prm._probability([0.1] * 4096)
+
+
+@pytest.mark.parametrize("kind", ["shepherd", "skywork", "rlhflow"])
+def test_incremental_scores_equal_a_plain_forward(kind: str, request: pytest.FixtureRequest):
+    """Every decoder format scores through the prefix cache: a child reads its parent's
+    tokens from it, and the scores are the plain forward's."""
+    cls = {"shepherd": MathShepherdPRM, "skywork": SkyworkPRM, "rlhflow": RLHFlowPRM}[kind]
+    path = request.getfixturevalue(f"{kind}_dir")
+    on, off = cls.from_pretrained(path), cls.from_pretrained(path)
+    off.cache_tokens = 0
+    parents = [t for t in TRAJS if t.steps]
+    children = [t.copy_with(steps=[*t.steps, "9-1=8"]) for t in parents]
+    cached = 0
+    for call in (parents, children):
+        a, b = on.score(call), off.score(call)
+        check_scores(a.scores, b.scores)
+        assert a.usage.prm_tokens + a.usage.prm_cached_tokens == b.usage.prm_tokens
+        cached = a.usage.prm_cached_tokens
+    assert cached > 0 and on._incremental_ok is True

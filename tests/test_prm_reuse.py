@@ -56,15 +56,71 @@ def test_scores_are_the_same_with_the_cache_on_and_off(kind: str) -> None:
     assert cached > 0 and computed < 0.7 * total
 
 
-def test_the_transformers_backend_computes_every_token_and_agrees(kind: str) -> None:
+def test_the_transformers_backend_scores_incrementally_and_agrees(kind: str) -> None:
+    """The same weights through transformers: incremental where the model has a standard
+    body and read-out (the checker's own head, ``strong``, computes every token), and the
+    scores equal the native runtime's."""
     native, hf = load_default_prm(kind), load_default_prm(kind, backend="transformers")
-    assert hf.prefix_cache() is None
+    plain = load_default_prm(kind, backend="transformers")
+    plain.cache_tokens = 0
+    incremental = kind != "strong"
+    assert (hf.prefix_cache() is not None) is incremental
+    cached = 0
     for call in _calls():
-        a, b = native.score(call), hf.score(call)
+        a, b, c = native.score(call), hf.score(call), plain.score(call)
         for row_native, row_hf in zip(a.scores, b.scores, strict=True):
             assert row_native == pytest.approx(row_hf, abs=1e-5)
-        assert b.usage.prm_cached_tokens == 0
-        assert a.usage.prm_tokens + a.usage.prm_cached_tokens == b.usage.prm_tokens
+        assert b.usage.prm_tokens + b.usage.prm_cached_tokens == c.usage.prm_tokens
+        assert b.usage.prm_flops == 2.0 * hf.num_parameters * b.usage.prm_tokens
+        cached += b.usage.prm_cached_tokens
+    assert (cached > 0) is incremental
+    assert hf._incremental_ok is (True if incremental else None)  # checked once, and kept
+
+
+def _forward_ignoring_the_cache(module):
+    """A body whose forward takes a cache and drops it (as some remote code does)."""
+    original = module.forward
+
+    def forward(input_ids=None, attention_mask=None, position_ids=None, cache=None,
+                use_cache=None, **kw):  # fmt: skip
+        return original(
+            input_ids=input_ids, attention_mask=attention_mask[:, -input_ids.shape[1] :]
+        )
+
+    module.forward = forward
+
+
+def test_a_transformers_forward_that_drops_the_cache_falls_back_to_every_token() -> None:
+    hf, plain = (load_default_prm("weak", backend="transformers") for _ in range(2))
+    plain.cache_tokens = 0
+    _forward_ignoring_the_cache(hf.model.base_model)
+    calls = _calls()
+    with pytest.warns(RuntimeWarning, match="computes every token"):
+        for call in calls[:2]:
+            hf.score(call)
+    assert hf.prefix_cache() is None and hf._incremental_ok is False
+    a, b = hf.score(calls[2]), plain.score(calls[2])
+    assert a.scores == b.scores and a.usage.prm_cached_tokens == 0
+
+
+def test_a_read_out_that_differs_from_the_forward_is_caught_once() -> None:
+    """Cached scores are compared with a plain forward the first time they are used; a
+    mismatch (here a read-out that is not what the model's forward does) turns the cache off
+    and returns the plain forward's scores."""
+    hf, plain = (load_default_prm("weak", backend="transformers") for _ in range(2))
+    plain.cache_tokens = 0
+    score = hf.model.score
+    hf._head = lambda: lambda hidden, _i, _m: score(hidden) * 0.2  # type: ignore[method-assign]
+    first = [Trajectory(question=Q, steps=STEPS[:1])]
+    hf.score(first)  # nothing read from the cache yet: nothing to check
+    assert hf._incremental_ok is None
+    call = _calls()[1]
+    with pytest.warns(RuntimeWarning, match="differ from a plain forward"):
+        got = hf.score(call)
+    want = plain.score(call)
+    assert got.scores == want.scores and got.usage.prm_cached_tokens == 0
+    assert hf.prefix_cache() is None
+    assert hf.score(call).scores == want.scores  # and stays off, without another warning
 
 
 def test_a_child_computes_only_its_new_step() -> None:

@@ -9,9 +9,10 @@ the cache equal scores without it up to float rounding. The policy's generation 
 
 from __future__ import annotations
 
+import inspect
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -19,7 +20,15 @@ import torch.nn.functional as F
 
 from langchain_tts.core.errors import ConfigError
 
-__all__ = ["CachedForward", "ScoringCache", "cached_hidden", "incremental_body"]
+__all__ = [
+    "CachedForward",
+    "NotIncremental",
+    "ScoringCache",
+    "TransformersBody",
+    "cached_hidden",
+    "incremental_body",
+    "transformers_body",
+]
 
 _MASK = (1 << 61) - 1  # polynomial prefix hashes mod a Mersenne prime
 _BASE = 1_000_003
@@ -53,6 +62,51 @@ def incremental_body(model: object) -> torch.nn.Module | None:
     if not callable(getattr(layers[0].self_attn, "project", None)):
         return None
     return body
+
+
+class NotIncremental(RuntimeError):
+    """A model's forward did not continue the cache it was given."""
+
+
+@dataclass(frozen=True)
+class TransformersBody:
+    """A transformers decoder body that can continue a ``DynamicCache``: the module, and the
+    name its ``forward`` gives the cache argument (``cache`` in transformers 5,
+    ``past_key_values`` before and in older remote code)."""
+
+    module: torch.nn.Module
+    cache_arg: str
+
+
+def transformers_body(model: object) -> TransformersBody | None:
+    """The decoder body of a transformers model (``base_model``: embeddings, layers, final
+    norm) when it can reuse keys/values at any token: every layer on the default
+    ``DynamicCache`` with full attention (a sliding-window, recurrent or hybrid cache cannot
+    be cut anywhere) and a ``forward`` taking a cache and ``position_ids``. Else None."""
+    try:
+        from transformers import DynamicCache, PreTrainedModel
+    except ImportError:  # pragma: no cover - the native backend needs no transformers
+        return None
+    if not isinstance(model, PreTrainedModel):
+        return None
+    body = getattr(model, "base_model", None)
+    if not isinstance(body, PreTrainedModel):
+        return None
+    try:
+        cache = DynamicCache(config=body.config)
+    except Exception:  # noqa: BLE001 - a config this cache class cannot read
+        return None
+    layers = getattr(cache, "layers", None)
+    if not layers or any(
+        getattr(layer, "is_sliding", False) or type(layer).__name__ != "DynamicLayer"
+        for layer in layers
+    ):
+        return None
+    params = inspect.signature(body.forward).parameters
+    arg = next((a for a in ("cache", "past_key_values") if a in params), None)
+    if arg is None or "position_ids" not in params:
+        return None
+    return TransformersBody(body, arg)
 
 
 def _body_forward(
@@ -173,16 +227,19 @@ def _shared_prefixes(seqs: list[tuple[int, ...]], hit: list[int]) -> list[tuple[
     return sorted(shared, key=len)
 
 
+#: per sequence its full keys/values and hidden states (cached + new), and how many of its
+#: tokens were read from the cache rather than computed
+Extended = tuple[list[torch.Tensor], list[torch.Tensor], list[int]]
+
+
 def _extend(
     body: torch.nn.Module,
     seqs: list[tuple[int, ...]],
     past: list[tuple[int, _Entry | None]],
     device: torch.device,
-) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """One forward over each sequence's tokens past its cached prefix.
-
-    Returns per sequence its full keys/values and full hidden states (cached + new).
-    """
+) -> Extended:
+    """One forward over each sequence's tokens past its cached prefix (the native body:
+    every row continues from its own cached length)."""
     b = len(seqs)
     plen = [n for n, _ in past]
     nlen = [len(s) - n for s, n in zip(seqs, plen)]
@@ -224,12 +281,87 @@ def _extend(
         else:
             full_kv.append(new_part)
             full_hidden.append(h_new)
-    return full_kv, full_hidden
+    return full_kv, full_hidden, plen
+
+
+def _extend_transformers(
+    body: TransformersBody,
+    seqs: list[tuple[int, ...]],
+    past: list[tuple[int, _Entry | None]],
+    device: torch.device,
+) -> Extended:
+    """One forward of a transformers body over the batch left padded, continuing a
+    ``DynamicCache`` of its first ``C`` columns, where ``C`` is the least cached width over
+    the rows (pad + cached prefix): a ``DynamicCache`` has one length for the whole batch.
+
+    A row whose cached prefix is longer recomputes the tokens between ``C`` and it; in a
+    search every child extends a cached parent by one step, so each row computes about the
+    longest new step. ``position_ids`` count real tokens only, so a row's keys and hidden
+    states are those of the row alone, whatever its padding.
+    """
+    from transformers import DynamicCache
+
+    module = body.module
+    b = len(seqs)
+    width = max(len(s) for s in seqs)
+    pads = [width - len(s) for s in seqs]
+    cut = min(p + n for p, (n, _) in zip(pads, past, strict=True))
+    ids = torch.zeros((b, width), dtype=torch.long)
+    mask = torch.zeros((b, width), dtype=torch.long)
+    for r, s in enumerate(seqs):
+        ids[r, pads[r] :] = torch.tensor(s, dtype=torch.long)
+        mask[r, pads[r] :] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache(config=module.config)
+    if cut > 0:
+        ref = next(e for n, e in past if e is not None and n).kv
+        layers, _, heads, _, hd = ref.shape
+        kv = torch.zeros((layers, 2, b, heads, cut, hd), dtype=ref.dtype, device=device)
+        for r, (n, entry) in enumerate(past):
+            if cut > pads[r]:
+                assert entry is not None and n >= cut - pads[r]  # cut is the least cached width
+                kv[:, :, r, :, pads[r] :] = entry.kv[:, :, :, : cut - pads[r]].to(device)
+        for layer in range(layers):
+            cache.update(kv[layer, 0], kv[layer, 1], layer)
+    out = module(
+        input_ids=ids[:, cut:].to(device),
+        attention_mask=mask.to(device),
+        position_ids=positions[:, cut:].to(device),
+        use_cache=True,
+        **{body.cache_arg: cache},
+    )
+    hidden = getattr(out, "last_hidden_state", None)
+    hidden = out[0] if hidden is None else hidden
+    done = getattr(out, "cache", None) or getattr(out, "past_key_values", None) or cache
+    keys = [layer.keys for layer in done.layers]
+    values = [layer.values for layer in done.layers]
+    if hidden.shape[1] != width - cut or not keys or keys[0].shape[2] != width:
+        raise NotIncremental(
+            f"{type(module).__name__} returned {hidden.shape[1]} hidden states and a cache of "
+            f"{keys[0].shape[2] if keys else 0} tokens for {width - cut} new tokens after "
+            f"{cut} cached ones"
+        )
+    full_kv, full_hidden, reused = [], [], []
+    for r, (_, entry) in enumerate(past):
+        took = max(0, cut - pads[r])  # this row's tokens read from ``entry``
+        h_new = hidden[r, max(pads[r], cut) - cut :]
+        h = torch.cat((entry.hidden[:took].to(h_new.device), h_new)) if took else h_new
+        full_hidden.append(h)
+        full_kv.append(
+            torch.stack(
+                [
+                    torch.stack((k[r, :, pads[r] :], v[r, :, pads[r] :]))
+                    for k, v in zip(keys, values)
+                ]
+            )
+        )
+        reused.append(took)
+    return full_kv, full_hidden, reused
 
 
 @torch.inference_mode()
 def cached_hidden(
-    body: torch.nn.Module,
+    body: torch.nn.Module | TransformersBody,
     seqs: Sequence[Sequence[int]],
     cache: ScoringCache,
     device: torch.device,
@@ -237,12 +369,16 @@ def cached_hidden(
     """Final hidden states of ``seqs`` (right padded to one width), computing only the
     tokens past each sequence's longest cached prefix; every sequence is then cached.
 
-    It runs the project's own Llama body (``models/tiny_llama.py``, what the native runtime
-    loads), found by its shape (:func:`incremental_body`): this layer imports no model code.
+    ``body`` is the project's own Llama body (``models/tiny_llama.py``, what the native
+    runtime loads, found by its shape with :func:`incremental_body`: this layer imports no
+    model code), or a transformers body (:func:`transformers_body`).
 
     Prefixes that several sequences of one batch share and nothing cached covers yet (the
     question every first step of a search starts from) are computed once first.
     """
+    extend: Callable[..., Extended] = (
+        _extend_transformers if isinstance(body, TransformersBody) else _extend
+    )
     rows = [tuple(int(t) for t in s) for s in seqs]
     looked = [cache.lookup(s) for s in rows]
     paid: list[tuple[tuple[int, ...], int]] = []  # shared prefixes computed, new tokens
@@ -254,10 +390,10 @@ def cached_hidden(
         ]  # fmt: skip
         todo_prefixes = [p for p in todo_prefixes if p not in wave]
         got = [cache.lookup(p) for p in wave]
-        kv, hid = _extend(body, wave, got, device)
-        for p, g, k, h in zip(wave, got, kv, hid):
+        kv, hid, took = extend(body, wave, got, device)
+        for p, k, h, t in zip(wave, kv, hid, took):
             cache.add(p, k, h)
-            paid.append((p, len(p) - g[0]))
+            paid.append((p, len(p) - t))
     looked = [cache.lookup(s) for s in rows]
     # a sequence held whole needs no forward; keep one token to compute otherwise
     full = [n == len(s) for s, (n, _) in zip(rows, looked)]
@@ -271,11 +407,11 @@ def cached_hidden(
             hidden_rows[r] = entry.hidden[:n]
             cached[r] = n
     if todo:
-        kv, hid = _extend(body, [rows[r] for r in todo], [looked[r] for r in todo], device)
+        kv, hid, took = extend(body, [rows[r] for r in todo], [looked[r] for r in todo], device)
         for k, r in enumerate(todo):
             hidden_rows[r] = hid[k]
-            cached[r] = looked[r][0]
-            computed[r] = len(rows[r]) - looked[r][0]
+            cached[r] = took[k]
+            computed[r] = len(rows[r]) - took[k]
             cache.add(rows[r], kv[k], hid[k])
     # a shared prefix computed above counts once, with the first sequence that has it
     for prefix, new in paid:

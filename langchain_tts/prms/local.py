@@ -7,6 +7,7 @@ score equals the unbatched one and concurrent calls can share one forward.
 from __future__ import annotations
 
 import time
+import warnings
 from abc import abstractmethod
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,10 @@ if TYPE_CHECKING:
 
 __all__ = ["Encoded", "LocalPRM"]
 
+#: step scores through the cache may differ from a plain forward's by float rounding (left
+#: vs right padding, bf16); a forward that ignores the cache is off by far more
+INCREMENTAL_TOLERANCE = 2e-2
+
 #: token ids of one PRM input, and what the read-out needs (positions, owners, ...)
 Encoded = tuple[list[int], Any]
 
@@ -37,23 +42,26 @@ class LocalPRM(LocalModel, ProcessRewardModel):
     encodings are sorted by length and scored ``batch_size`` at a time, so similar lengths
     share a chunk.
 
-    On the embedded (native) models a
-    :class:`~langchain_tts.backends.prefix_cache.ScoringCache` makes scoring incremental: a
-    child that is its parent plus one step computes only the new step's tokens
-    (``cache_tokens`` bounds it; ``0`` turns it off). Tokens read from the cache are booked as
-    ``prm_cached_tokens``, only computed ones as ``prm_tokens`` / ``prm_flops``. The
-    transformers backend computes every token (see :attr:`LocalPRM.cache_tokens`).
+    A :class:`~langchain_tts.backends.scoring_cache.ScoringCache` makes scoring
+    incremental: a child that is its parent plus one step computes only the new step's
+    tokens (``cache_tokens`` bounds it; ``0`` turns it off). Tokens read from the cache are
+    booked as ``prm_cached_tokens``, only computed ones as ``prm_tokens`` / ``prm_flops``.
+    On a transformers model (a decoder body on a full-attention ``DynamicCache``) the first
+    scores read from the cache are checked against a plain forward once; a model whose
+    scores differ (a remote-code forward that ignores the cache, a read-out that is not the
+    documented head) scores every token from then on, with a warning.
     """
 
     merge = 8
-    #: tokens the prefix cache holds (native models only; 0: every token is computed).
-    #: A token costs ``(2 x layers + 1) x hidden`` floats: 4.6 KB on the embedded PRMs, so
-    #: ~150 MB when full. Transformers models compute every token: a batch of cached
-    #: prefixes of different lengths needs per-row past lengths that their
-    #: ``past_key_values`` do not take.
+    #: tokens the prefix cache holds (0: every token is computed). A token costs
+    #: ``(2 x layers x kv_heads x head_dim + hidden)`` values: 4.6 KB on the embedded PRMs
+    #: (~150 MB when full); on a 7B Qwen2.5 PRM in bf16 about 64 KB (2 GB when full).
     cache_tokens: int = 32_768
     _prefix_cache: ScoringCache | None = None
     _counts: tuple[list[int], list[int]] | None = None
+    #: transformers models: None until the first cached scores are checked, then whether
+    #: they matched a plain forward
+    _incremental_ok: bool | None = None
 
     @abstractmethod
     def _encoded(self, trajectory: Trajectory) -> Encoded:
@@ -92,8 +100,11 @@ class LocalPRM(LocalModel, ProcessRewardModel):
         for c in range(0, len(todo), self.batch_size):
             chunk = todo[c : c + self.batch_size]
             self._counts = None
-            rows = self._score_chunk([trajectories[i] for i, _ in chunk], [e for _, e in chunk])
+            trajs, encs = [trajectories[i] for i, _ in chunk], [e for _, e in chunk]
+            rows = self._score_chunk(trajs, encs)
             counts = self._counts or ([len(e[0]) for _, e in chunk], [0] * len(chunk))
+            if self._incremental_ok is None and any(counts[1]) and self._transformers_body():
+                rows, counts = self._check_incremental(trajs, encs, rows, counts)
             for k, ((i, _), row) in enumerate(zip(chunk, rows, strict=True)):
                 scores[i], computed[i], cached[i] = row, counts[0][k], counts[1][k]
         seconds = time.perf_counter() - t0
@@ -106,16 +117,61 @@ class LocalPRM(LocalModel, ProcessRewardModel):
 
     def prefix_cache(self) -> ScoringCache | None:
         """The cache of this PRM's scored prefixes, or None where scoring is not incremental
-        (a transformers model, or ``cache_tokens == 0``)."""
-        from langchain_tts.backends.scoring_cache import ScoringCache, incremental_body
+        (``cache_tokens == 0``, a model without a body that can continue a cache, or a
+        transformers model whose cached scores did not match a plain forward)."""
+        from langchain_tts.backends.scoring_cache import ScoringCache
 
-        if self.cache_tokens <= 0 or not self._reads_hidden():
+        if self.cache_tokens <= 0 or self._incremental_ok is False or not self._reads_hidden():
             return None
-        if incremental_body(self.model) is None:
+        if self._scoring_body() is None:
             return None
         if self._prefix_cache is None or self._prefix_cache.max_tokens != self.cache_tokens:
             self._prefix_cache = ScoringCache(self.cache_tokens)
         return self._prefix_cache
+
+    def _scoring_body(self) -> Any:
+        """The body the cache continues: the native runtime's, else a transformers one."""
+        from langchain_tts.backends.scoring_cache import incremental_body
+
+        native = incremental_body(self.model)
+        return native if native is not None else self._transformers_body()
+
+    def _transformers_body(self) -> Any:
+        from langchain_tts.backends.scoring_cache import transformers_body
+
+        return transformers_body(self.model)
+
+    def _check_incremental(
+        self,
+        trajectories: list[Trajectory],
+        encoded: list[Encoded],
+        rows: list[list[float]],
+        counts: tuple[list[int], list[int]],
+    ) -> tuple[list[list[float]], tuple[list[int], list[int]]]:
+        """Score the chunk again without the cache and keep incremental scoring only if
+        both agree (once per PRM: a transformers model's forward is not ours to read)."""
+        self._incremental_ok = False  # prefix_cache() is None: a plain forward
+        self._counts = None
+        plain = self._score_chunk(trajectories, encoded)
+        gap = max(
+            (abs(a - b) for r, p in zip(rows, plain, strict=True) for a, b in zip(r, p)),
+            default=0.0,
+        )
+        if gap <= INCREMENTAL_TOLERANCE and all(
+            len(r) == len(p) for r, p in zip(rows, plain, strict=True)
+        ):
+            self._incremental_ok = True
+            return rows, counts
+        warnings.warn(
+            f"{self.name}: scores read through the prefix cache differ from a plain forward "
+            f"by {gap:.3g}; this PRM now computes every token (its forward or read-out does "
+            "not continue a DynamicCache as transformers' own models do)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        self.clear_cache()
+        computed = [a + b for a, b in zip(*counts, strict=True)]
+        return plain, (computed, [0] * len(computed))
 
     def _reads_hidden(self) -> bool:
         """Whether this PRM's read-out can run on the body's final hidden states (what the
@@ -128,10 +184,16 @@ class LocalPRM(LocalModel, ProcessRewardModel):
         cache = self.prefix_cache()
         if cache is None:
             return None
-        from langchain_tts.backends.scoring_cache import cached_hidden, incremental_body
+        from langchain_tts.backends.scoring_cache import NotIncremental, cached_hidden
 
-        body = incremental_body(self.model)
+        body = self._scoring_body()
         assert body is not None  # prefix_cache() checked it
-        out = cached_hidden(body, seqs, cache, self.device)
+        try:
+            out = cached_hidden(body, seqs, cache, self.device)
+        except NotIncremental as e:
+            warnings.warn(f"{self.name}: {e}; this PRM now computes every token", RuntimeWarning, 2)
+            self._incremental_ok = False
+            self.clear_cache()
+            return None
         self._counts = (out.computed, out.cached)
         return out.hidden

@@ -116,6 +116,9 @@ class CausalLMPRM(LocalPRM):
             )
         return ids, pos
 
+    def _reads_hidden(self) -> bool:
+        return True  # every read-out here is on the body's final hidden states
+
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Last hidden states [B, T, H] of the body (after its final norm)."""
         out = self.body()(input_ids=input_ids, attention_mask=attention_mask)
@@ -125,8 +128,11 @@ class CausalLMPRM(LocalPRM):
     def _score_chunk(
         self, trajectories: list[Trajectory], encoded: list[Encoded]
     ) -> list[list[float]]:
-        ids, mask = pad_batch([seq for seq, _ in encoded], self.pad_token_id)
-        hidden = self.hidden_states(ids.to(self.device), mask.to(self.device))
+        seqs = [seq for seq, _ in encoded]
+        hidden = self._cached_hidden(seqs)  # through the prefix cache, where it can
+        if hidden is None:
+            ids, mask = pad_batch(seqs, self.pad_token_id)
+            hidden = self.hidden_states(ids.to(self.device), mask.to(self.device))
         rows = torch.cat(
             [torch.full((len(p),), r, dtype=torch.long) for r, (_, p) in enumerate(encoded)]
         )

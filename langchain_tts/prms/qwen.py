@@ -129,7 +129,20 @@ class QwenPRM(LocalPRM):
         return self.encode(trajectory), None
 
     def _reads_hidden(self) -> bool:
-        return callable(getattr(self.model, "head", None))  # the native PRMs' read-out
+        return self._head() is not None
+
+    def _head(self) -> Any:
+        """The read-out from the body's final hidden states to per-token logits: the
+        embedded PRMs' ``head(hidden, ids, mask)``, or the ``score`` module of a
+        ``*ForTokenClassification`` / ``Qwen2ForProcessRewardModel`` (dropout is off in
+        eval). None if the model has neither (it then computes every token)."""
+        head = getattr(self.model, "head", None)
+        if callable(head):
+            return head
+        score = getattr(self.model, "score", None)
+        if isinstance(score, torch.nn.Module):
+            return lambda hidden, _ids, _mask: score(hidden)
+        return None
 
     def _logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         out = self.model(input_ids=input_ids, attention_mask=attention_mask)
@@ -144,8 +157,8 @@ class QwenPRM(LocalPRM):
         seqs = [ids for ids, _ in encoded]
         ids, mask = pad_batch(seqs, self.pad_token_id)
         hidden = self._cached_hidden(seqs)
-        if hidden is not None:  # a native PRM: its read-out on the (reused) states
-            logits = self.model.head(hidden, ids.to(self.device), mask.to(self.device))
+        if hidden is not None:  # the read-out on the (reused) states
+            logits = self._head()(hidden, ids.to(self.device), mask.to(self.device))
         else:
             logits = self._logits(ids.to(self.device), mask.to(self.device))
         if logits.ndim != 3 or logits.shape[-1] != 2:
