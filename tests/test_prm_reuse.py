@@ -57,14 +57,12 @@ def test_scores_are_the_same_with_the_cache_on_and_off(kind: str) -> None:
 
 
 def test_the_transformers_backend_scores_incrementally_and_agrees(kind: str) -> None:
-    """The same weights through transformers: incremental where the model has a standard
-    body and read-out (the checker's own head, ``strong``, computes every token), and the
-    scores equal the native runtime's."""
+    """The same weights through transformers score incrementally too (a transformers body
+    on a ``DynamicCache``, the model's own read-out), and equal the native runtime's."""
     native, hf = load_default_prm(kind), load_default_prm(kind, backend="transformers")
     plain = load_default_prm(kind, backend="transformers")
     plain.cache_tokens = 0
-    incremental = kind != "strong"
-    assert (hf.prefix_cache() is not None) is incremental
+    assert hf.prefix_cache() is not None
     cached = 0
     for call in _calls():
         a, b, c = native.score(call), hf.score(call), plain.score(call)
@@ -73,8 +71,8 @@ def test_the_transformers_backend_scores_incrementally_and_agrees(kind: str) -> 
         assert b.usage.prm_tokens + b.usage.prm_cached_tokens == c.usage.prm_tokens
         assert b.usage.prm_flops == 2.0 * hf.num_parameters * b.usage.prm_tokens
         cached += b.usage.prm_cached_tokens
-    assert (cached > 0) is incremental
-    assert hf._incremental_ok is (True if incremental else None)  # checked once, and kept
+    assert cached > 0
+    assert hf._incremental_ok is True  # checked once against a plain forward, and kept
 
 
 def _forward_ignoring_the_cache(module):
@@ -101,6 +99,27 @@ def test_a_transformers_forward_that_drops_the_cache_falls_back_to_every_token()
     assert hf.prefix_cache() is None and hf._incremental_ok is False
     a, b = hf.score(calls[2]), plain.score(calls[2])
     assert a.scores == b.scores and a.usage.prm_cached_tokens == 0
+
+
+def test_a_transformers_forward_that_fails_with_a_cache_falls_back_to_every_token() -> None:
+    """Remote code written for another transformers version may raise when handed a cache:
+    before its cached scores were ever checked, that only turns the cache off."""
+    hf, plain = (load_default_prm("weak", backend="transformers") for _ in range(2))
+    plain.cache_tokens = 0
+    body = hf.model.base_model
+    original = body.forward
+
+    def forward(input_ids=None, attention_mask=None, position_ids=None, cache=None, **kw):
+        if cache is not None and cache.get_seq_length():
+            raise TypeError("this forward predates DynamicCache")
+        return original(input_ids=input_ids, attention_mask=attention_mask,
+                        position_ids=position_ids, cache=cache, **kw)  # fmt: skip
+
+    body.forward = forward
+    call = _calls()[1]
+    with pytest.warns(RuntimeWarning, match="TypeError: this forward predates"):
+        got = hf.score(call)
+    assert got.scores == plain.score(call).scores and hf._incremental_ok is False
 
 
 def test_a_read_out_that_differs_from_the_forward_is_caught_once() -> None:

@@ -63,11 +63,21 @@ class LlamaForProcessRewardModel(LlamaPreTrainedModel):
             # Left padding would shift positions and put pad tokens before the question.
             raise ValueError(LEFT_PADDING_ERROR)
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        logits = checker_logits(
+        return TokenClassifierOutput(logits=self.head(hidden, input_ids, attention_mask))
+
+    def head(
+        self,
+        hidden: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The checker read-out on the body's final hidden states (right padded): what
+        ``forward`` returns, and what a PRM scoring through its prefix cache applies to the
+        cached and new hidden states."""
+        return checker_logits(
             hidden, input_ids, self.lm_head.weight, self.gate, self.scale, self.bias,
             attention_mask,
         )  # fmt: skip
-        return TokenClassifierOutput(logits=logits)
 
 
 _registered = False

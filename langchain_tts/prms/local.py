@@ -184,14 +184,28 @@ class LocalPRM(LocalModel, ProcessRewardModel):
         cache = self.prefix_cache()
         if cache is None:
             return None
-        from langchain_tts.backends.scoring_cache import NotIncremental, cached_hidden
+        from langchain_tts.backends.scoring_cache import (
+            NotIncremental,
+            TransformersBody,
+            cached_hidden,
+        )
 
         body = self._scoring_body()
         assert body is not None  # prefix_cache() checked it
         try:
             out = cached_hidden(body, seqs, cache, self.device)
-        except NotIncremental as e:
-            warnings.warn(f"{self.name}: {e}; this PRM now computes every token", RuntimeWarning, 2)
+        except Exception as e:
+            # Until a transformers model's cached scores have been checked, a forward that
+            # cannot continue a cache (older remote code) only turns the cache off.
+            unchecked = self._incremental_ok is None and isinstance(body, TransformersBody)
+            if not (isinstance(e, NotIncremental) or unchecked):
+                raise
+            warnings.warn(
+                f"{self.name}: scoring through the prefix cache failed ({type(e).__name__}: "
+                f"{e}); this PRM now computes every token",
+                RuntimeWarning,
+                stacklevel=2,
+            )
             self._incremental_ok = False
             self.clear_cache()
             return None
