@@ -280,7 +280,7 @@ def _extend(
             full_hidden.append(torch.cat((entry.hidden[:n], h_new), dim=0))
         else:
             full_kv.append(new_part)
-            full_hidden.append(h_new)
+            full_hidden.append(h_new.clone())  # not a view that keeps the batch alive
     return full_kv, full_hidden, plen
 
 
@@ -345,7 +345,8 @@ def _extend_transformers(
     for r, (_, entry) in enumerate(past):
         took = max(0, cut - pads[r])  # this row's tokens read from ``entry``
         h_new = hidden[r, max(pads[r], cut) - cut :]
-        h = torch.cat((entry.hidden[:took].to(h_new.device), h_new)) if took else h_new
+        # a copy, not a view: the cache must not keep the whole batch's states alive
+        h = torch.cat((entry.hidden[:took].to(h_new.device), h_new)) if took else h_new.clone()
         full_hidden.append(h)
         full_kv.append(
             torch.stack(
