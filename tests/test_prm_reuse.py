@@ -242,3 +242,24 @@ async def test_identical_candidates_are_scored_once() -> None:
     in_place, _ = await score(prm, kids, in_place=True)
     assert in_place[0] is kids[0] and kids[0].step_scores == kids[1].step_scores
     assert kids[0].step_scores is not kids[1].step_scores and prm.calls[-1] == 1
+
+
+@pytest.mark.slow
+def test_a_search_on_the_transformers_backend_matches_the_native_one() -> None:
+    """Beam search with policy and verifier both loaded through transformers: the same
+    seeded answers and PRM work as on the native runtime, the children's prefixes read from
+    the verifier's cache."""
+    from langchain_tts.graph import create_tts_graph
+    from langchain_tts.models import load_default
+
+    questions = ["Start with 21. Subtract 16. Multiply by 3. Add 14. Subtract 20.", Q]
+    cfg = {"n": 8, "beam_width": 4, "seed": 0}
+    runs = {}
+    for backend in ("native", "transformers"):
+        graph = create_tts_graph(*load_default(backend=backend), "beam_search", cfg)
+        runs[backend] = [graph.invoke({"question": q}) for q in questions]
+    for native, hf in zip(runs["native"], runs["transformers"], strict=True):
+        assert hf["answer"] == native["answer"] and hf["solution"] == native["solution"]
+        u, v = hf["usage"], native["usage"]
+        assert u.prm_cached_tokens > 0
+        assert u.prm_tokens + u.prm_cached_tokens == v.prm_tokens + v.prm_cached_tokens

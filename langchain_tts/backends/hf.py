@@ -304,7 +304,9 @@ def generate_with_prefix_cache(
         **kwargs,
     )
     cache.record([(len(row) - (cut - p), cut - p) for row, p in zip(rows, pads, strict=True)])
-    done = getattr(out, "past_key_values", None) or getattr(out, "cache", None)
+    done = getattr(out, "cache", None) or getattr(
+        out, "past_key_values", None
+    )  # v5 first: v4 has no cache
     layers = [(layer.keys, layer.values) for layer in done.layers]
     stored = layers[0][0].shape[2]  # the last sampled token was never fed
     seqs = out.sequences
