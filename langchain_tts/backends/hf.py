@@ -304,9 +304,8 @@ def generate_with_prefix_cache(
         **kwargs,
     )
     cache.record([(len(row) - (cut - p), cut - p) for row, p in zip(rows, pads, strict=True)])
-    done = getattr(out, "cache", None) or getattr(
-        out, "past_key_values", None
-    )  # v5 first: v4 has no cache
+    # the v5 name first: reading ``past_key_values`` on a v5 output logs a deprecation
+    done = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
     layers = [(layer.keys, layer.values) for layer in done.layers]
     stored = layers[0][0].shape[2]  # the last sampled token was never fed
     seqs = out.sequences
