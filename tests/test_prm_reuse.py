@@ -263,3 +263,36 @@ def test_a_search_on_the_transformers_backend_matches_the_native_one() -> None:
         u, v = hf["usage"], native["usage"]
         assert u.prm_cached_tokens > 0
         assert u.prm_tokens + u.prm_cached_tokens == v.prm_tokens + v.prm_cached_tokens
+
+
+@pytest.mark.parametrize("window", [4096, 16])
+def test_a_sliding_window_model_reuses_what_its_window_keeps(window: int) -> None:
+    """Mistral-style layers (Math-Shepherd's body) keep only their last ``window - 1`` keys:
+    sequences shorter than that are scored incrementally, longer ones computed whole, with
+    the same scores either way and no warning."""
+    import warnings
+
+    import torch
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from langchain_tts.models.tokenizer import build_tokenizer
+    from langchain_tts.prms.likelihood import LikelihoodPRM
+
+    tok = build_tokenizer()
+    torch.manual_seed(0)
+    cfg = MistralConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                        num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                        sliding_window=window, max_position_embeddings=512)  # fmt: skip
+    model = MistralForCausalLM(cfg).eval()
+    on, off = LikelihoodPRM(model, tok), LikelihoodPRM(model, tok)
+    off.cache_tokens = 0
+    assert on.prefix_cache() is not None
+    cached = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for call in _calls():
+            a, b = on.score(call), off.score(call)
+            for got, want in zip(a.scores, b.scores, strict=True):
+                assert got == pytest.approx(want, abs=1e-5)
+            cached += a.usage.prm_cached_tokens
+    assert (cached > 0) is (window > 100)

@@ -70,19 +70,27 @@ class NotIncremental(RuntimeError):
 
 @dataclass(frozen=True)
 class TransformersBody:
-    """A transformers decoder body that can continue a ``DynamicCache``: the module, and the
+    """A transformers decoder body that can continue a ``DynamicCache``: the module, the
     name its ``forward`` gives the cache argument (``cache`` in transformers 5,
-    ``past_key_values`` before and in older remote code)."""
+    ``past_key_values`` before and in older remote code), and the shortest sliding window
+    of its layers (None: full attention everywhere)."""
 
     module: torch.nn.Module
     cache_arg: str
+    window: int | None = None
+
+    def holds(self, tokens: int) -> bool:
+        """Whether its cache keeps every key of a sequence this long (a sliding-window
+        layer keeps only its last ``window - 1``)."""
+        return self.window is None or tokens < self.window - 1
 
 
 def transformers_body(model: object) -> TransformersBody | None:
     """The decoder body of a transformers model (``base_model``: embeddings, layers, final
-    norm) when it can reuse keys/values at any token: every layer on the default
-    ``DynamicCache`` with full attention (a sliding-window, recurrent or hybrid cache cannot
-    be cut anywhere) and a ``forward`` taking a cache and ``position_ids``. Else None."""
+    norm) when it can reuse keys/values: every layer on the default ``DynamicCache``, with
+    full attention or a sliding window (reused only for sequences shorter than the window:
+    Mistral's 4,096 tokens), and a ``forward`` taking a cache and ``position_ids``. Else
+    None (a recurrent, hybrid or static cache)."""
     try:
         from transformers import DynamicCache, PreTrainedModel
     except ImportError:  # pragma: no cover - the native backend needs no transformers
@@ -97,16 +105,15 @@ def transformers_body(model: object) -> TransformersBody | None:
     except Exception:  # noqa: BLE001 - a config this cache class cannot read
         return None
     layers = getattr(cache, "layers", None)
-    if not layers or any(
-        getattr(layer, "is_sliding", False) or type(layer).__name__ != "DynamicLayer"
-        for layer in layers
-    ):
+    kinds = {"DynamicLayer", "DynamicSlidingWindowLayer"}
+    if not layers or any(type(layer).__name__ not in kinds for layer in layers):
         return None
+    windows = [int(layer.sliding_window) for layer in layers if getattr(layer, "is_sliding", 0)]
     params = inspect.signature(body.forward).parameters
     arg = next((a for a in ("cache", "past_key_values") if a in params), None)
     if arg is None or "position_ids" not in params:
         return None
-    return TransformersBody(body, arg)
+    return TransformersBody(body, arg, min(windows) if windows else None)
 
 
 def _body_forward(

@@ -192,6 +192,8 @@ class LocalPRM(LocalModel, ProcessRewardModel):
 
         body = self._scoring_body()
         assert body is not None  # prefix_cache() checked it
+        if isinstance(body, TransformersBody) and not body.holds(max(map(len, seqs))):
+            return None  # longer than a sliding window keeps: this chunk computes every token
         try:
             out = cached_hidden(body, seqs, cache, self.device)
         except Exception as e:
