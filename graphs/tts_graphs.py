@@ -46,6 +46,7 @@ beam_search = _graph("beam_search")
 dvts = _graph("dvts")
 mcts = _graph("mcts")
 particle_filtering = _graph("particle_filtering")
+step_repair = _graph("step_repair")
 revision = _graph("revision")
 hybrid = _graph("hybrid")
 # The router as calibrated for the embedded models: the verifier's greedy attempt estimates

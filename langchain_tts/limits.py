@@ -41,6 +41,7 @@ DEFAULT_MAXIMA: dict[str, float | None] = {
     "expand_k": 16,
     "max_depth": 64,
     "revisions": 64,
+    "repairs": 64,
     "chains": 64,
     "budget": 1024,
     "max_steps": 64,

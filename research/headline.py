@@ -36,6 +36,7 @@ RUNS = [
     ("dvts", "small"),
     ("particle_filtering", "small"),
     ("mcts", "small"),
+    ("step_repair", "small"),
     ("best_of_n", "small-revise"),
     ("revision", "small-revise"),
     ("hybrid", "small-revise"),

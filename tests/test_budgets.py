@@ -108,6 +108,8 @@ def random_config(strategy: str, rng: random.Random) -> dict[str, Any]:
         return {"revisions": rng.randint(0, 3), **stop, **selection}
     if strategy == "hybrid":
         return {"chains": rng.randint(1, 3), "revisions": rng.randint(0, 2), **stop}
+    if strategy == "step_repair":
+        return {"n": rng.randint(1, 6), "repairs": rng.randint(0, 3), **selection}
     raise AssertionError(strategy)
 
 

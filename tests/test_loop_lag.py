@@ -79,6 +79,7 @@ BIG = {
     "particle_filtering": {"n": 1024},
     "revision": {"revisions": 300, "stop_threshold": 1.0},
     "hybrid": {"chains": 256, "revisions": 8, "stop_threshold": 1.0},
+    "step_repair": {"n": 1024, "repairs": 64, "reject_below": 1.0},
 }
 
 

@@ -31,6 +31,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "particle_filtering": {"n": 4},
     "revision": {"revisions": 1},
     "hybrid": {"chains": 2, "revisions": 1},
+    "step_repair": {"n": 4},
 }
 
 

@@ -13,6 +13,7 @@ from langchain_tts.strategies import (
     mcts,
     particle_filtering,
     revision,
+    step_repair,
 )
 from langchain_tts.strategies.registry import (
     STRATEGY_SPECS,
@@ -42,5 +43,6 @@ for _spec in (
     particle_filtering.SPEC,
     revision.SPEC,
     hybrid.SPEC,
+    step_repair.SPEC,
 ):
     register_strategy(_spec)

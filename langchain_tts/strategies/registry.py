@@ -37,6 +37,7 @@ StrategyName = Literal[
     "particle_filtering",
     "revision",
     "hybrid",
+    "step_repair",
 ]
 
 #: ``(policy, prm or None, validated config) -> StateGraph`` (not compiled)

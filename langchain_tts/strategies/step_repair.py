@@ -1,0 +1,202 @@
+"""Step repair: a greedy solution whose rejected steps are resampled, one step at a time.
+
+Greedy decoding is cheap and usually right; where it goes wrong, the PRM says at which
+step. Step repair spends samples only there:
+
+1. **draft**: the policy writes the rest of the solution greedily (``draft_temperature``)
+   from the steps accepted so far (at first: the question, and any ``prefix_steps``); the
+   PRM scores it. If the PRM accepts every new step (score ``>= reject_below``), that
+   solution is the answer.
+2. **repair**: otherwise the draft is cut before its first rejected step, and the policy
+   samples ``n`` candidates for that step alone (at ``temperature``); the PRM scores them.
+   The best-scored candidate is kept if the PRM accepts it, and the next draft goes on from
+   it; if the PRM rejects all ``n``, the same step is sampled again.
+
+Each search step is one of the two: one policy call and one PRM call. A search that is
+right the first time costs one greedy solution and one PRM call; each slip costs ``n``
+samples of one step and the redrafted rest. The search stops once a draft is accepted,
+or after ``repairs`` repair calls, and then answers with ``selection`` among every
+finished solution it wrote (drafts and finished candidates).
+
+This is the per-step counterpart of best-of-N: best-of-N resamples whole solutions,
+beam search and particle filtering resample every step of every path, step repair
+resamples the steps the verifier rejects. It pays when the PRM judges single steps well
+(a verifier that checks each step's arithmetic, a strong PRM); with a PRM that cannot
+tell a wrong step, it is greedy decoding.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from langgraph.graph import StateGraph
+from pydantic import Field
+
+from langchain_tts.core.config import StrategyConfig
+from langchain_tts.core.types import Trajectory, Usage
+from langchain_tts.policies.base import StepPolicy
+from langchain_tts.prms.base import ProcessRewardModel
+from langchain_tts.strategies.core import TTSState, expand, finalize_update, score
+from langchain_tts.strategies.loop import Search, SearchLoop, require_prm, search_graph
+from langchain_tts.strategies.registry import StrategySpec
+
+Phase = Literal["draft", "repair", "done"]
+
+
+class StepRepairConfig(StrategyConfig):
+    """Step repair knobs (see :mod:`~langchain_tts.strategies.step_repair`)."""
+
+    n: int = Field(16, ge=1, description="candidates sampled for a rejected step (one call)")
+    reject_below: float = Field(
+        0.5, ge=0.0, le=1.0, description="a step the PRM scores below this is rejected"
+    )
+    repairs: int = Field(
+        4, ge=0, description="the most repair calls; then the answer is the best solution so far"
+    )
+    draft_temperature: float = Field(
+        0.0, ge=0.0, le=5.0, description="the drafts' sampling temperature (0: greedy)"
+    )
+
+
+class StepRepairState(TTSState, total=False):
+    #: what the next search step does; ``"done"`` once a draft was accepted
+    phase: Phase
+    #: repair calls made so far
+    repaired: int
+
+
+def first_rejected(t: Trajectory, start: int, threshold: float) -> int | None:
+    """The index of the first step at or after ``start`` that the PRM scores below
+    ``threshold`` (None: every one of them is accepted)."""
+    scores = t.step_scores
+    return next((j for j in range(start, len(t.steps)) if scores[j] < threshold), None)
+
+
+def cut_before(t: Trajectory, j: int) -> Trajectory:
+    """``t``'s first ``j`` steps (accepted ones), unfinished, to go on from."""
+    return Trajectory(
+        question=t.question, steps=t.steps[:j], step_scores=t.step_scores[:j], tokens=t.tokens
+    )
+
+
+def _accepted_so_far(s: Search, root: Trajectory) -> Trajectory:
+    return s["active"][0] if s["active"] else root
+
+
+async def _draft(
+    policy: StepPolicy,
+    prm: ProcessRewardModel,
+    cfg: StepRepairConfig,
+    base: Trajectory,
+    s: Search,
+) -> tuple[Search, Usage]:
+    drafts, usage = await expand(
+        policy, [base], 1, cfg, stop_at_step=False, temperature=cfg.draft_temperature
+    )
+    drafts, prm_usage = await score(prm, drafts, in_place=True)
+    d = drafts[0]
+    finished = s["finished"] + ([d] if d.finished else [])
+    j = first_rejected(d, len(base.steps), cfg.reject_below)
+    if j is None:  # accepted (or, unfinished, as far as the draft got)
+        return {**s, "active": [d], "finished": finished, "phase": "done"}, usage + prm_usage
+    return {**s, "active": [cut_before(d, j)], "finished": finished, "phase": "repair"}, (
+        usage + prm_usage
+    )
+
+
+async def _repair(
+    policy: StepPolicy,
+    prm: ProcessRewardModel,
+    cfg: StepRepairConfig,
+    base: Trajectory,
+    s: Search,
+    i: int,
+) -> tuple[Search, Usage]:
+    # seed_offset: a step sampled again must not repeat its earlier candidates
+    kids, usage = await expand(policy, [base], cfg.n, cfg, seed_offset=i * cfg.n)
+    kids, prm_usage = await score(prm, kids, in_place=True)
+    best = max(kids, key=lambda k: k.step_scores[-1] if k.step_scores else 0.0)  # ties: first
+    finished = s["finished"] + [k for k in kids if k.finished]
+    out: Search = {**s, "finished": finished, "repaired": s["repaired"] + 1}
+    if best.step_scores and best.step_scores[-1] >= cfg.reject_below:
+        out |= {"active": [best], "phase": "done" if best.finished else "draft"}
+    return out, usage + prm_usage  # all rejected: the same step is sampled again
+
+
+async def repair_step(
+    policy: StepPolicy,
+    prm: ProcessRewardModel,
+    cfg: StepRepairConfig,
+    root: Trajectory,
+    s: Search,
+    i: int,
+) -> tuple[Search, Usage]:
+    """One search step: a draft or a repair, by ``phase`` (one policy call, one PRM call)."""
+    base = _accepted_so_far(s, root)
+    if s["phase"] == "draft":
+        return await _draft(policy, prm, cfg, base, s)
+    return await _repair(policy, prm, cfg, base, s, i)
+
+
+def _done(s: Search, step: int, cfg: StepRepairConfig) -> str:
+    if s["phase"] == "done":
+        return "accepted"
+    if s["phase"] == "repair" and s["repaired"] >= cfg.repairs:
+        return "max_repairs"
+    if s["active"] and len(s["active"][0].steps) >= cfg.max_steps:
+        return "max_steps"
+    return ""
+
+
+def step_repair_final_update(state: StepRepairState, cfg: StepRepairConfig) -> dict:
+    """The ``finalize`` update: the accepted solution, else the best finished one."""
+    s = _search(state)
+    reason = _done(s, state.get("step", 0), cfg) or "max_repairs"
+    if reason == "accepted" and s["active"] and s["active"][0].finished:
+        return finalize_update(state, s["active"], cfg, reason)
+    return finalize_update(state, s["finished"] or s["active"], cfg, reason)
+
+
+def _search(state: TTSState) -> Search:
+    return {
+        "active": state.get("active") or [],
+        "finished": state.get("finished") or [],
+        "phase": state.get("phase") or "draft",
+        "repaired": state.get("repaired") or 0,
+    }
+
+
+STEP_REPAIR_LOOP: SearchLoop[StepRepairConfig] = SearchLoop(
+    node="step",
+    step=repair_step,
+    done=_done,
+    answer=step_repair_final_update,
+    start=_search,
+    fresh=lambda: {"phase": "draft", "repaired": 0},
+    state_schema=StepRepairState,
+)
+
+
+def build_step_repair_graph(
+    policy: StepPolicy, prm: ProcessRewardModel | None, base: StepRepairConfig
+) -> StateGraph:
+    """``prepare -> step (loops: draft, repair, draft, ...) -> finalize``; see the module."""
+    prm = require_prm(prm, "step_repair", " (its step scores decide what to resample)")
+    return search_graph(STEP_REPAIR_LOOP, policy, prm, base)
+
+
+def step_repair_units(cfg: StepRepairConfig, steps: float, reused: int) -> tuple[float, float]:
+    """Priced as one repair: a draft, ``n`` samples of one step (``n / steps`` solutions),
+    and a redraft of half a solution; the PRM scores each of them."""
+    units = 1.5 + cfg.n / steps
+    return units, units
+
+
+SPEC = StrategySpec(
+    name="step_repair",
+    config=StepRepairConfig,
+    build=build_step_repair_graph,
+    budget_config=lambda n: {"n": n},
+    cost_units=step_repair_units,
+    summary="step repair: a greedy solution; each step the PRM rejects is resampled n times",
+)

@@ -1,0 +1,153 @@
+"""Step repair: drafts, repairs of the rejected step, the stops, prefixes, the registry."""
+
+from __future__ import annotations
+
+import pytest
+
+from langchain_tts import ConfigError, create_tts_graph
+from langchain_tts.core.types import Trajectory
+from langchain_tts.strategies.step_repair import cut_before, first_rejected
+from langchain_tts.testing import FakePolicy, FakePRM
+
+
+def slips(right_sample: int | None):
+    """Three steps: ``a=1``, ``b=2`` and the boxed answer. Sample 0 (the greedy draft's
+    index) slips to ``b=9`` at the second step; sample ``right_sample`` of a repair writes
+    it right (None: every sample slips)."""
+
+    def fn(p: Trajectory, i: int) -> str:
+        k = len(p.steps)
+        if k == 0:
+            return "a=1"
+        if k == 1:
+            return "b=2" if i == right_sample else "b=9"
+        return "\\boxed{" + p.steps[1][-1] + "}"
+
+    return fn
+
+
+def checker() -> FakePRM:
+    """Scores like a verifier of each step: high until the first slip, low from there."""
+
+    def fn(t: Trajectory) -> list[float]:
+        out, ok = [], True
+        for s in t.steps:
+            ok = ok and "9" not in s
+            out.append(0.9 if ok else 0.05)
+        return out
+
+    return FakePRM(fn)
+
+
+def test_first_rejected_and_cut():
+    t = Trajectory(question="q", steps=["x", "y", "z"], step_scores=[0.9, 0.2, 0.8])
+    assert first_rejected(t, 0, 0.5) == 1
+    assert first_rejected(t, 2, 0.5) is None  # steps before ``start`` are trusted
+    head = cut_before(t, 1)
+    assert head.steps == ["x"] and head.step_scores == [0.9] and not head.finished
+
+
+def test_a_slip_is_repaired_with_one_call_each_and_the_rest_redrafted():
+    policy, prm = FakePolicy(slips(right_sample=2)), checker()
+    g = create_tts_graph(policy, prm, "step_repair", {"n": 4})
+    steps = [u["step"] for u in g.stream({"question": "q"}, stream_mode="updates") if "step" in u]
+    assert [s["phase"] for s in steps] == ["repair", "draft", "done"]
+    # draft (whole rest, greedy), repair (n samples of one step), draft again
+    assert [(c[0], c[1], c[2].stop_at_step) for c in policy.calls] == [
+        (1, 1, False),
+        (1, 4, True),
+        (1, 1, False),
+    ]
+    assert policy.calls[0][2].temperature == 0.0 and policy.calls[1][2].temperature == 0.7
+    assert prm.calls == [1, 2, 1]  # one PRM call a step; the repeated slip scored once
+    out = g.invoke({"question": "q"})
+    assert out["answer"] == "2" and out["stop_reason"] == "accepted"
+    assert out["solution"].split("\n\n")[:2] == ["a=1", "b=2"]
+    assert out["usage"].policy_calls == out["usage"].prm_calls == 3
+
+
+def test_right_the_first_time_costs_one_greedy_solution():
+    policy, prm = FakePolicy(slips(right_sample=0)), checker()
+    out = create_tts_graph(policy, prm, "step_repair").invoke({"question": "q"})
+    assert out["answer"] == "2" and out["stop_reason"] == "accepted"
+    assert len(policy.calls) == 1 and prm.calls == [1]
+    assert len(out["candidates"]) == 1
+
+
+def test_a_step_no_sample_fixes_is_sampled_again_until_repairs_run_out():
+    policy, prm = FakePolicy(slips(right_sample=None)), checker()
+    cfg = {"n": 3, "repairs": 2, "seed": 5}
+    out = create_tts_graph(policy, prm, "step_repair", cfg).invoke({"question": "q"})
+    assert out["stop_reason"] == "max_repairs" and out["answer"] == "9"  # the draft's
+    assert [c[1] for c in policy.calls] == [1, 3, 3]
+    # each repair of the step draws new samples: its seed moves on
+    assert policy.calls[1][2].seed != policy.calls[2][2].seed
+    # repairs=0: greedy decoding that the PRM may reject but not repair
+    out = create_tts_graph(policy, prm, "step_repair", {"repairs": 0}).invoke({"question": "q"})
+    assert out["stop_reason"] == "max_repairs" and out["answer"] == "9"
+
+
+def test_prefix_steps_are_trusted_and_continued():
+    policy, prm = FakePolicy(slips(right_sample=1)), checker()
+    g = create_tts_graph(policy, prm, "step_repair", {"n": 2})
+    out = g.invoke({"question": "q", "prefix_steps": ["a=1"]})
+    assert out["answer"] == "2" and out["stop_reason"] == "accepted"
+    assert out["solution"].startswith("a=1\n\nb=2")
+    # a prefix step the PRM doubts is the caller's: it is not rejected
+    out = g.invoke({"question": "q", "prefix_steps": ["a=9"]})
+    assert out["stop_reason"] == "max_repairs"  # every later step scores low after it
+    assert all(c.steps[0] == "a=9" for c in out["candidates"])
+
+
+async def test_messages_input_budget_and_async():
+    policy, prm = FakePolicy(slips(right_sample=2)), checker()
+    g = create_tts_graph(policy, prm, "step_repair", {"n": 4})
+    out = await g.ainvoke({"messages": [("human", "q")]})
+    assert out["messages"][-1].type == "ai" and out["messages"][-1].content == out["solution"]
+    # a call reserves 64 tokens per sample up front: 100 pays for the draft, not the repair
+    cap = 100
+    out = await g.ainvoke({"question": "q"}, {"configurable": {"max_tokens": cap}})
+    assert out["stop_reason"] == "budget" and out["usage"].tokens <= cap
+    assert out["usage"].policy_calls == 1 and out["answer"] == "9"  # the rejected draft's
+
+
+@pytest.mark.parametrize(
+    ("cfg", "field"),
+    [
+        ({"n": 0}, "n"),
+        ({"reject_below": 1.5}, "reject_below"),
+        ({"repairs": -1}, "repairs"),
+        ({"draft_temperature": -0.1}, "draft_temperature"),
+        ({"repair": 3}, "repair"),
+    ],
+)
+def test_bad_config_is_a_clear_error(cfg: dict, field: str):
+    with pytest.raises(ConfigError, match=field):
+        create_tts_graph(FakePolicy(slips(1)), checker(), "step_repair", cfg)
+    with pytest.raises(ConfigError, match="needs a PRM"):
+        create_tts_graph(FakePolicy(slips(1)), None, "step_repair")
+
+
+def test_registered_with_a_budget_knob_and_a_price():
+    from langchain_tts.limits import DEFAULT_MAXIMA
+    from langchain_tts.strategies import STRATEGY_SPECS, budget_config
+
+    spec = STRATEGY_SPECS["step_repair"]
+    assert budget_config("step_repair", 8) == {"n": 8}
+    gens, scored = spec.cost_units(spec.validated({"n": 8}), 4.0, 0)
+    assert gens == scored == 3.5  # a draft, 8 samples of one of 4 steps, half a redraft
+    assert DEFAULT_MAXIMA["repairs"] == 64  # a served client cannot ask for more
+
+
+@pytest.mark.slow
+def test_embedded_models_repair_the_slip_greedy_decoding_makes():
+    from langchain_tts import load_default
+
+    policy, prm = load_default()
+    q = "Start with 5. Multiply by 4. Divide by 2. Multiply by 5. Multiply by 3. Add 9. Multiply by 4."
+    cot = create_tts_graph(policy, None, "cot", {"temperature": 0.0}).invoke({"question": q})
+    assert cot["answer"] == "716"  # greedy: 150 + 9 = 179
+    out = create_tts_graph(policy, prm, "step_repair", {"seed": 0}).invoke({"question": q})
+    assert out["answer"] == "636" and out["stop_reason"] == "accepted"
+    assert "150+9=159" in out["solution"]
+    assert out["usage"].policy_calls == out["usage"].prm_calls >= 3
