@@ -70,14 +70,15 @@ FLOPS_SAVING = 0.50
 
 #: an entry ``name`` runs at every budget of ``--budgets``; ``name@N`` runs at N only
 DEFAULT_STRATEGIES = ("cot", "best_of_n", "majority_vote", "weighted_vote", "beam_search",
-                      "mcts", "particle_filtering",
+                      "mcts", "particle_filtering", "step_repair",
                       "beam_search@8", "particle_filtering@8")  # fmt: skip
 DEFAULT_BUDGETS = (4, 16)
 DEFAULTS = {"n_calib": 320, "n_test": 320, "strategies": DEFAULT_STRATEGIES,
             "budgets": DEFAULT_BUDGETS, "probe_k": 4}  # fmt: skip
 #: ``--tiny``: a smoke run of a few seconds (tests); explicit options still win
 TINY = {"n_calib": 8, "n_test": 4, "strategies": ("cot", "majority_vote", "best_of_n",
-        "beam_search", "mcts", "particle_filtering"), "budgets": (2,), "probe_k": 2}  # fmt: skip
+        "beam_search", "mcts", "particle_filtering", "step_repair"), "budgets": (2,),
+        "probe_k": 2}  # fmt: skip
 ROUTER = "router"
 PROBE_SEED_OFFSET = 7919  # the probe's seed is the sweep's + this
 ESTIMATORS = ("probe", "agreement", "verifier")

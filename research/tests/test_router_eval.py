@@ -188,7 +188,7 @@ def test_tiny_router_eval_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixtu
     # every fixed run of the sweep, and the router, with accuracy and FLOPs per question
     names = [r["name"] for r in result["test"]["fixed"]]
     assert names == ["cot", "majority_vote N=2", "best_of_n N=2", "beam_search N=2", "mcts N=2",
-                     "particle_filtering N=2"]  # fmt: skip
+                     "particle_filtering N=2", "step_repair N=2"]  # fmt: skip
     n_test = result["config"]["n_test"]
     router = result["test"]["router"]
     for row in [*result["test"]["fixed"], router]:
