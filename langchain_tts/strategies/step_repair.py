@@ -139,8 +139,8 @@ async def repair_step(
 
 
 def _done(s: Search, step: int, cfg: StepRepairConfig) -> str:
-    if s["phase"] == "done":
-        return "accepted"
+    if s["phase"] == "done":  # a draft (or a repaired last step) the PRM accepted
+        return "accepted" if s["active"][0].finished else "max_steps"  # unfinished: a cap
     if s["phase"] == "repair" and s["repaired"] >= cfg.repairs:
         return "max_repairs"
     if s["active"] and len(s["active"][0].steps) >= cfg.max_steps:
@@ -152,7 +152,7 @@ def step_repair_final_update(state: StepRepairState, cfg: StepRepairConfig) -> d
     """The ``finalize`` update: the accepted solution, else the best finished one."""
     s = _search(state)
     reason = _done(s, state.get("step", 0), cfg) or "max_repairs"
-    if reason == "accepted" and s["active"] and s["active"][0].finished:
+    if reason == "accepted":
         return finalize_update(state, s["active"], cfg, reason)
     return finalize_update(state, s["finished"] or s["active"], cfg, reason)
 
