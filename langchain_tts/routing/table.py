@@ -65,18 +65,19 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # *verifier* estimator's score, so use it with estimator="verifier".
     "embedded_calculator": {
         "easy": _alloc(
-            "cot",
-            {},
-            "router_eval, embedded small + calculator: the verifier's greedy attempt itself",
+            "step_repair",
+            {"n": 16},
+            "router_eval, embedded small + calculator: step repair of the verifier's greedy "
+            "attempt where it is not reused",
         ),
         "medium": _alloc(
-            "particle_filtering",
+            "step_repair",
             {"n": 16},
             "router_eval, embedded small + calculator: the cheapest run as accurate as the "
             "best fixed one, from the attempt's verified steps",
         ),
         "hard": _alloc(
-            "particle_filtering", {"n": 16}, "router_eval: no calibration problem; medium's run"
+            "step_repair", {"n": 16}, "router_eval: no calibration problem; medium's run"
         ),
         "thresholds": {
             "easy": 0.015,
