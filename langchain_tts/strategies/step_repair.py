@@ -98,10 +98,10 @@ async def _draft(
     finished = s["finished"] + ([d] if d.finished else [])
     j = first_rejected(d, len(base.steps), cfg.reject_below)
     if j is None:  # accepted (or, unfinished, as far as the draft got)
-        return {**s, "active": [d], "finished": finished, "phase": "done"}, usage + prm_usage
-    return {**s, "active": [cut_before(d, j)], "finished": finished, "phase": "repair"}, (
-        usage + prm_usage
-    )
+        out = {**s, "active": [d], "finished": finished, "phase": "done"}
+    else:
+        out = {**s, "active": [cut_before(d, j)], "finished": finished, "phase": "repair"}
+    return out, usage + prm_usage
 
 
 async def _repair(
