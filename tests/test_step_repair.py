@@ -47,9 +47,9 @@ def test_first_rejected_and_cut():
     assert head.steps == ["x"] and head.step_scores == [0.9] and not head.finished
 
 
-def test_a_slip_is_repaired_with_one_call_each_and_the_rest_redrafted():
+def test_a_slip_is_repaired_in_one_call_and_the_rest_redrafted():
     policy, prm = FakePolicy(slips(right_sample=2)), checker()
-    g = create_tts_graph(policy, prm, "step_repair", {"n": 4})
+    g = create_tts_graph(policy, prm, "step_repair", {"n": 4, "first_round": 4})
     steps = [u["step"] for u in g.stream({"question": "q"}, stream_mode="updates") if "step" in u]
     assert [s["phase"] for s in steps] == ["repair", "draft", "done"]
     # draft (whole rest, greedy), repair (n samples of one step), draft again
@@ -58,12 +58,26 @@ def test_a_slip_is_repaired_with_one_call_each_and_the_rest_redrafted():
         (1, 4, True),
         (1, 1, False),
     ]
-    assert policy.calls[0][2].temperature == 0.0 and policy.calls[1][2].temperature == 0.7
+    assert policy.calls[0][2].temperature == 0.0 and policy.calls[1][2].temperature == 1.3
     assert prm.calls == [1, 2, 1]  # one PRM call a step; the repeated slip scored once
     out = g.invoke({"question": "q"})
     assert out["answer"] == "2" and out["stop_reason"] == "accepted"
     assert out["solution"].split("\n\n")[:2] == ["a=1", "b=2"]
     assert out["usage"].policy_calls == out["usage"].prm_calls == 3
+
+
+def test_a_rejected_step_is_sampled_again_with_as_many_samples_as_so_far():
+    policy, prm = FakePolicy(slips(right_sample=1)), checker()
+    g = create_tts_graph(policy, prm, "step_repair", {"n": 16, "seed": 3})
+    steps = [u["step"] for u in g.stream({"question": "q"}, stream_mode="updates") if "step" in u]
+    assert [s["phase"] for s in steps] == ["repair", "repair", "repair", "draft", "done"]
+    # 1 sample, 1 more (2 so far), 2 more (4 so far): the third call's second sample is right
+    assert [c[1] for c in policy.calls] == [1, 1, 1, 2, 1]
+    assert [s["tried"] for s in steps] == [0, 1, 2, 0, 0]
+    assert len({c[2].seed for c in policy.calls[1:4]}) == 3  # each call draws new samples
+    assert steps[-1]["repaired"] == 1
+    out = g.invoke({"question": "q"})
+    assert out["answer"] == "2" and out["stop_reason"] == "accepted"
 
 
 def test_right_the_first_time_costs_one_greedy_solution():
@@ -74,34 +88,52 @@ def test_right_the_first_time_costs_one_greedy_solution():
     assert len(out["candidates"]) == 1
 
 
-def test_a_step_no_sample_fixes_is_sampled_again_until_repairs_run_out():
+def test_a_step_no_sample_fixes_ends_the_search_after_n_samples():
     policy, prm = FakePolicy(slips(right_sample=None)), checker()
-    cfg = {"n": 3, "repairs": 2, "seed": 5}
-    out = create_tts_graph(policy, prm, "step_repair", cfg).invoke({"question": "q"})
-    assert out["stop_reason"] == "max_repairs" and out["answer"] == "9"  # the draft's
-    assert [c[1] for c in policy.calls] == [1, 3, 3]
-    # each repair of the step draws new samples: its seed moves on
-    assert policy.calls[1][2].seed != policy.calls[2][2].seed
+    out = create_tts_graph(policy, prm, "step_repair", {"n": 6}).invoke({"question": "q"})
+    assert out["stop_reason"] == "unrepaired" and out["answer"] == "9"  # the draft's
+    assert [c[1] for c in policy.calls] == [1, 1, 1, 2, 2]  # 1 + 1 + 2 + 2 (capped at n) = 6
     # repairs=0: greedy decoding that the PRM may reject but not repair
     out = create_tts_graph(policy, prm, "step_repair", {"repairs": 0}).invoke({"question": "q"})
     assert out["stop_reason"] == "max_repairs" and out["answer"] == "9"
 
 
+def test_repairs_caps_the_steps_repaired():
+    def two_slips(p: Trajectory, i: int) -> str:  # the draft slips at every step
+        k = len(p.steps)
+        if k == 3:
+            return "\\boxed{" + p.steps[-1][-1] + "}"
+        return f"s{k}=1" if i == 1 else f"s{k}=9"
+
+    def repaired(cfg: dict) -> tuple[dict, int]:
+        g = create_tts_graph(FakePolicy(two_slips), checker(), "step_repair", cfg)
+        steps = [
+            u["step"] for u in g.stream({"question": "q"}, stream_mode="updates") if "step" in u
+        ]
+        return g.invoke({"question": "q"}), steps[-1]["repaired"]
+
+    out, n_repaired = repaired({"repairs": 2})
+    assert out["stop_reason"] == "max_repairs" and n_repaired == 2
+    out, n_repaired = repaired({"repairs": 3})
+    assert out["stop_reason"] == "accepted" and n_repaired == 3
+    assert out["solution"].split("\n\n")[:3] == ["s0=1", "s1=1", "s2=1"]
+
+
 def test_prefix_steps_are_trusted_and_continued():
     policy, prm = FakePolicy(slips(right_sample=1)), checker()
-    g = create_tts_graph(policy, prm, "step_repair", {"n": 2})
+    g = create_tts_graph(policy, prm, "step_repair", {"n": 2, "first_round": 2})
     out = g.invoke({"question": "q", "prefix_steps": ["a=1"]})
     assert out["answer"] == "2" and out["stop_reason"] == "accepted"
     assert out["solution"].startswith("a=1\n\nb=2")
     # a prefix step the PRM doubts is the caller's: it is not rejected
     out = g.invoke({"question": "q", "prefix_steps": ["a=9"]})
-    assert out["stop_reason"] == "max_repairs"  # every later step scores low after it
+    assert out["stop_reason"] == "unrepaired"  # every later step scores low after it
     assert all(c.steps[0] == "a=9" for c in out["candidates"])
 
 
 async def test_messages_input_budget_and_async():
     policy, prm = FakePolicy(slips(right_sample=2)), checker()
-    g = create_tts_graph(policy, prm, "step_repair", {"n": 4})
+    g = create_tts_graph(policy, prm, "step_repair", {"n": 4, "first_round": 4})
     out = await g.ainvoke({"messages": [("human", "q")]})
     assert out["messages"][-1].type == "ai" and out["messages"][-1].content == out["solution"]
     # a call reserves 64 tokens per sample up front: 100 pays for the draft, not the repair
@@ -115,6 +147,7 @@ async def test_messages_input_budget_and_async():
     ("cfg", "field"),
     [
         ({"n": 0}, "n"),
+        ({"first_round": 0}, "first_round"),
         ({"reject_below": 1.5}, "reject_below"),
         ({"repairs": -1}, "repairs"),
         ({"draft_temperature": -0.1}, "draft_temperature"),

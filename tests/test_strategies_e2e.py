@@ -66,7 +66,7 @@ CASES: dict[str, tuple[str, dict[str, Any], str, set[str]]] = {
         "round",
         {"confident", "max_revisions"},
     ),
-    "step_repair": ("step_repair", {"n": 4}, "step", {"accepted", "max_repairs"}),
+    "step_repair": ("step_repair", {"n": 4}, "step", {"accepted", "max_repairs", "unrepaired"}),
 }
 SAMPLING = ("cot", "best_of_n", "majority_vote", "weighted_vote")
 

@@ -8,14 +8,17 @@ step. Step repair spends samples only there:
    PRM scores it. If the PRM accepts every new step (score ``>= reject_below``), that
    solution is the answer.
 2. **repair**: otherwise the draft is cut before its first rejected step, and the policy
-   samples ``n`` candidates for that step alone (at ``temperature``); the PRM scores them.
-   The best-scored candidate is kept if the PRM accepts it, and the next draft goes on from
-   it; if the PRM rejects all ``n``, the same step is sampled again.
+   samples candidates for that step alone (at ``temperature``); the PRM scores them. The
+   best-scored candidate is kept if the PRM accepts it, and the next draft goes on from it.
+   If the PRM rejects them all, the step is sampled again with as many candidates as it
+   has had so far (``first_round``, then doubling), up to ``n`` in all; a step whose ``n``
+   candidates are all rejected ends the search.
 
 Each search step is one of the two: one policy call and one PRM call. A search that is
-right the first time costs one greedy solution and one PRM call; each slip costs ``n``
-samples of one step and the redrafted rest. The search stops once a draft is accepted,
-or after ``repairs`` repair calls, and then answers with ``selection`` among every
+right the first time costs one greedy solution and one PRM call; a slip costs the samples
+it takes to find an accepted step (most are found in the first one or two) and the
+redrafted rest. The search stops once a draft is accepted, after ``repairs`` repaired
+steps, or at a step beyond repair, and then answers with ``selection`` among every
 finished solution it wrote (drafts and finished candidates).
 
 This is the per-step counterpart of best-of-N: best-of-N resamples whole solutions,
@@ -40,18 +43,29 @@ from langchain_tts.strategies.core import TTSState, expand, finalize_update, sco
 from langchain_tts.strategies.loop import Search, SearchLoop, require_prm, search_graph
 from langchain_tts.strategies.registry import StrategySpec
 
-Phase = Literal["draft", "repair", "done"]
+Phase = Literal["draft", "repair", "done", "unrepaired"]
 
 
 class StepRepairConfig(StrategyConfig):
     """Step repair knobs (see :mod:`~langchain_tts.strategies.step_repair`)."""
 
-    n: int = Field(16, ge=1, description="candidates sampled for a rejected step (one call)")
+    n: int = Field(16, ge=1, description="the most candidates sampled for one rejected step")
+    # hotter than a whole-solution sampler's 0.7: the PRM filters every candidate, so what
+    # pays is variety; a small policy's slip repeats in most samples at 0.7
+    temperature: float = Field(
+        1.3, ge=0.0, le=5.0, description="the candidates' sampling temperature"
+    )
+    first_round: int = Field(
+        1,
+        ge=1,
+        description="candidates in a rejected step's first call; each further call doubles "
+        "the step's samples, up to n (first_round >= n: all n in one call)",
+    )
     reject_below: float = Field(
         0.5, ge=0.0, le=1.0, description="a step the PRM scores below this is rejected"
     )
     repairs: int = Field(
-        4, ge=0, description="the most repair calls; then the answer is the best solution so far"
+        4, ge=0, description="the most rejected steps repaired; then the best solution so far"
     )
     draft_temperature: float = Field(
         0.0, ge=0.0, le=5.0, description="the drafts' sampling temperature (0: greedy)"
@@ -61,8 +75,10 @@ class StepRepairConfig(StrategyConfig):
 class StepRepairState(TTSState, total=False):
     #: what the next search step does; ``"done"`` once a draft was accepted
     phase: Phase
-    #: repair calls made so far
+    #: rejected steps repaired so far
     repaired: int
+    #: candidates sampled so far for the rejected step being repaired
+    tried: int
 
 
 def first_rejected(t: Trajectory, start: int, threshold: float) -> int | None:
@@ -104,6 +120,12 @@ async def _draft(
     return out, usage + prm_usage
 
 
+def round_size(cfg: StepRepairConfig, tried: int) -> int:
+    """Candidates for the next call on a rejected step already sampled ``tried`` times:
+    ``first_round``, then as many again as so far (the step's total doubles), up to ``n``."""
+    return min(cfg.first_round if tried == 0 else tried, cfg.n - tried)
+
+
 async def _repair(
     policy: StepPolicy,
     prm: ProcessRewardModel,
@@ -112,15 +134,20 @@ async def _repair(
     s: Search,
     i: int,
 ) -> tuple[Search, Usage]:
-    # seed_offset: a step sampled again must not repeat its earlier candidates
-    kids, usage = await expand(policy, [base], cfg.n, cfg, seed_offset=i * cfg.n)
+    k = round_size(cfg, s["tried"])
+    # seed_offset: each call on a step draws new samples
+    kids, usage = await expand(policy, [base], k, cfg, seed_offset=i * cfg.n)
     kids, prm_usage = await score(prm, kids, in_place=True)
-    best = max(kids, key=lambda k: k.step_scores[-1] if k.step_scores else 0.0)  # ties: first
-    finished = s["finished"] + [k for k in kids if k.finished]
-    out: Search = {**s, "finished": finished, "repaired": s["repaired"] + 1}
+    best = max(kids, key=lambda c: c.step_scores[-1] if c.step_scores else 0.0)  # ties: first
+    out: Search = {**s, "finished": s["finished"] + [c for c in kids if c.finished]}
     if best.step_scores and best.step_scores[-1] >= cfg.reject_below:
-        out |= {"active": [best], "phase": "done" if best.finished else "draft"}
-    return out, usage + prm_usage  # all rejected: the same step is sampled again
+        phase = "done" if best.finished else "draft"
+        out |= {"active": [best], "phase": phase, "repaired": s["repaired"] + 1, "tried": 0}
+    elif s["tried"] + k >= cfg.n:  # n samples, all rejected: the step is beyond repair
+        out |= {"phase": "unrepaired", "tried": s["tried"] + k}
+    else:
+        out |= {"tried": s["tried"] + k}
+    return out, usage + prm_usage
 
 
 async def repair_step(
@@ -141,6 +168,8 @@ async def repair_step(
 def _done(s: Search, step: int, cfg: StepRepairConfig) -> str:
     if s["phase"] == "done":  # a draft (or a repaired last step) the PRM accepted
         return "accepted" if s["active"][0].finished else "max_steps"  # unfinished: a cap
+    if s["phase"] == "unrepaired":
+        return "unrepaired"
     if s["phase"] == "repair" and s["repaired"] >= cfg.repairs:
         return "max_repairs"
     if s["active"] and len(s["active"][0].steps) >= cfg.max_steps:
@@ -163,6 +192,7 @@ def _search(state: TTSState) -> Search:
         "finished": state.get("finished") or [],
         "phase": state.get("phase") or "draft",
         "repaired": state.get("repaired") or 0,
+        "tried": state.get("tried") or 0,
     }
 
 
@@ -172,7 +202,7 @@ STEP_REPAIR_LOOP: SearchLoop[StepRepairConfig] = SearchLoop(
     done=_done,
     answer=step_repair_final_update,
     start=_search,
-    fresh=lambda: {"phase": "draft", "repaired": 0},
+    fresh=lambda: {"phase": "draft", "repaired": 0, "tried": 0},
     state_schema=StepRepairState,
 )
 
@@ -186,8 +216,8 @@ def build_step_repair_graph(
 
 
 def step_repair_units(cfg: StepRepairConfig, steps: float, reused: int) -> tuple[float, float]:
-    """Priced as one repair: a draft, ``n`` samples of one step (``n / steps`` solutions),
-    and a redraft of half a solution; the PRM scores each of them."""
+    """Priced as one step beyond repair: a draft and ``n`` samples of one step (``n / steps``
+    solutions), plus a redraft of half a solution; the PRM scores each of them."""
     units = 1.5 + cfg.n / steps
     return units, units
 
