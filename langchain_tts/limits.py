@@ -42,6 +42,7 @@ DEFAULT_MAXIMA: dict[str, float | None] = {
     "max_depth": 64,
     "revisions": 64,
     "repairs": 64,
+    "first_round": 256,
     "chains": 64,
     "budget": 1024,
     "max_steps": 64,

@@ -109,7 +109,12 @@ def random_config(strategy: str, rng: random.Random) -> dict[str, Any]:
     if strategy == "hybrid":
         return {"chains": rng.randint(1, 3), "revisions": rng.randint(0, 2), **stop}
     if strategy == "step_repair":
-        return {"n": rng.randint(1, 6), "repairs": rng.randint(0, 3), **selection}
+        knobs = {
+            "n": rng.randint(1, 6),
+            "first_round": rng.randint(1, 6),
+            "repairs": rng.randint(0, 3),
+        }
+        return {**knobs, **selection}
     raise AssertionError(strategy)
 
 

@@ -420,6 +420,24 @@ def test_the_strategy_continues_from_the_steps_the_estimate_verified(strategy: s
     assert out["route"].prefix_steps == [] and [] in seen
 
 
+def test_step_repair_starts_at_the_step_the_estimate_had_rejected():
+    policy, prm, seen = slipping_models()
+    table = BudgetTable(hard=RouteAllocation(strategy="step_repair", config={"n": 4}))
+    out = create_router_graph(policy, prm, estimator="verifier", table=table).invoke(
+        {"question": "q"}
+    )
+    assert out["route"].prefix_steps == ["a=1", "b=2"] and out["route"].prefix_rejected
+    # the estimate's greedy attempt, then no second draft of c=99: one sample of that step
+    # (accepted, c=3), then the rest drafted
+    assert [(c[1], c[2].stop_at_step) for c in policy.calls] == [(1, False), (1, True), (1, False)]
+    assert out["answer"] == "3" and out["stop_reason"] == "accepted"
+
+    policy, prm, seen = slipping_models()  # without the verified steps: drafts from scratch
+    off = create_router_graph(policy, prm, estimator="verifier", table=table, reuse_prefix=False)
+    out = off.invoke({"question": "q"})
+    assert not out["route"].prefix_rejected and policy.calls[1][2].stop_at_step is False
+
+
 def test_verified_prefix_never_keeps_the_attempts_last_step():
     from langchain_tts.routing import DifficultyEstimate, verified_prefix
 
@@ -432,6 +450,14 @@ def test_verified_prefix_never_keeps_the_attempts_last_step():
     unscored = attempt.model_copy(update={"step_scores": []})
     assert verified_prefix(est.model_copy(update={"candidates": [unscored]})) == []
     assert verified_prefix(None) == []
+    from langchain_tts.routing.router import verified_cut
+
+    assert verified_cut(est) == (["a=1", "b=2"], False)  # nothing rejected: no rejection
+    last_doubted = attempt.model_copy(update={"step_scores": [1, 1, 0.2]})
+    assert verified_cut(est.model_copy(update={"candidates": [last_doubted]})) == (
+        ["a=1", "b=2"],
+        True,
+    )
 
 
 def test_the_router_refuses_a_callers_prefix_steps():

@@ -131,6 +131,21 @@ def test_prefix_steps_are_trusted_and_continued():
     assert all(c.steps[0] == "a=9" for c in out["candidates"])
 
 
+def test_start_repair_samples_the_step_after_the_prefix_without_a_draft():
+    policy, prm = FakePolicy(slips(right_sample=0)), checker()
+    cfg = {"start": "repair", "first_round": 2}
+    out = create_tts_graph(policy, prm, "step_repair", cfg).invoke(
+        {"question": "q", "prefix_steps": ["a=1"]}
+    )
+    # the caller saw the step after a=1 rejected: the first call samples it (2 candidates)
+    assert [(c[1], c[2].stop_at_step) for c in policy.calls] == [(2, True), (1, False)]
+    assert out["answer"] == "2" and out["stop_reason"] == "accepted"
+    # repairs=0 repairs nothing: it drafts, as without start
+    policy = FakePolicy(slips(right_sample=0))
+    create_tts_graph(policy, prm, "step_repair", {**cfg, "repairs": 0}).invoke({"question": "q"})
+    assert [c[2].stop_at_step for c in policy.calls] == [False]
+
+
 async def test_messages_input_budget_and_async():
     policy, prm = FakePolicy(slips(right_sample=2)), checker()
     g = create_tts_graph(policy, prm, "step_repair", {"n": 4, "first_round": 4})
@@ -151,6 +166,7 @@ async def test_messages_input_budget_and_async():
         ({"reject_below": 1.5}, "reject_below"),
         ({"repairs": -1}, "repairs"),
         ({"draft_temperature": -0.1}, "draft_temperature"),
+        ({"start": "middle"}, "start"),
         ({"repair": 3}, "repair"),
     ],
 )
@@ -170,6 +186,7 @@ def test_registered_with_a_budget_knob_and_a_price():
     gens, scored = spec.cost_units(spec.validated({"n": 8}), 4.0, 0)
     assert gens == scored == 3.5  # a draft, 8 samples of one of 4 steps, half a redraft
     assert DEFAULT_MAXIMA["repairs"] == 64  # a served client cannot ask for more
+    assert DEFAULT_MAXIMA["first_round"] == DEFAULT_MAXIMA["n"]
 
 
 @pytest.mark.slow

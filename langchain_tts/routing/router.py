@@ -105,6 +105,11 @@ class Route(BaseModel):
         default_factory=list,
         description="steps of the estimate's attempt the strategy continued from (reuse_prefix)",
     )
+    prefix_rejected: bool = Field(
+        False,
+        description="the step after prefix_steps in the estimate's greedy attempt (by the "
+        "strategy's own policy) was one the PRM rejected",
+    )
     budget_stopped: bool = Field(False, description="the meter refused a call: search cut")
     probe_fallback: bool = Field(False, description="strategy found no answer; probe's used")
 
@@ -332,8 +337,12 @@ class _StrategyNode:
         }
         sub_config: RunnableConfig = {**config, "configurable": conf}
         # A run context of the subgraph's own: the router's (or its parent's) context must
-        # not set the strategy's knobs; only the probe samples it reuses lower its n.
-        context = {"n": n_run} if n_run else {}
+        # not set the strategy's knobs; only the probe samples it reuses lower its n, and a
+        # strategy that can start at a rejected step (step repair) is told there is one
+        # (drafting it again from the same policy would write the same rejected step).
+        context: dict[str, Any] = {"n": n_run} if n_run else {}
+        if route.prefix_rejected and "start" in type(self.cfg).model_fields:
+            context["start"] = "repair"
         run = n_run is None or n_run > 0
         return ledger, reused, graph, sub_config, context, run
 
@@ -418,14 +427,22 @@ def verified_prefix(estimate: DifficultyEstimate | None, threshold: float = 0.5)
     below ``threshold``: work the estimate already paid for and its verifier accepted, for
     a strategy to continue from. Never the attempt's last step (it ends that solution: the
     strategy writes its own ending); ``[]`` when no attempt carries step scores."""
+    return verified_cut(estimate, threshold)[0]
+
+
+def verified_cut(
+    estimate: DifficultyEstimate | None, threshold: float = 0.5
+) -> tuple[list[str], bool]:
+    """:func:`verified_prefix`, and whether the attempt's next step was rejected (the cut is
+    at a rejection, not before the attempt's accepted last step)."""
     if estimate is None:
-        return []
+        return [], False
     scored = [c for c in estimate.candidates if c.steps and len(c.step_scores) >= len(c.steps)]
     if not scored:
-        return []
+        return [], False
     best = max(scored, key=lambda c: c.score if c.score is not None else min(c.step_scores))
     cut = next((i for i, s in enumerate(best.step_scores) if s < threshold), len(best.steps))
-    return list(best.steps[: min(cut, len(best.steps) - 1)])
+    return list(best.steps[: min(cut, len(best.steps) - 1)]), cut < len(best.steps)
 
 
 # -- the graph -------------------------------------------------------------------------------
@@ -732,6 +749,9 @@ class _Router:
         """The table's allocation for the estimated bin, unless the probe's answer will do
         (``reuse_probe``) or the budget calls for a cheaper allocation."""
         b = est.bin
+        prefix, rejected = (
+            verified_cut(est, knobs.prefix_threshold) if knobs.reuse_prefix else ([], False)
+        )
         route = Route(
             tier=tier,
             bin=b,
@@ -739,7 +759,9 @@ class _Router:
             config=self.table[b].config,
             node=self.runners[b].name,
             reused_samples=self._reused(b, est, knobs),
-            prefix_steps=verified_prefix(est, knobs.prefix_threshold) if knobs.reuse_prefix else [],
+            prefix_steps=prefix,
+            # a redraft would write that step again only from the same policy, greedily
+            prefix_rejected=rejected and self.same_policy and est.temperature == 0.0,
         )
         agreed = est.agreement is None or est.agreement >= knobs.reuse_threshold
         if (

@@ -70,6 +70,12 @@ class StepRepairConfig(StrategyConfig):
     draft_temperature: float = Field(
         0.0, ge=0.0, le=5.0, description="the drafts' sampling temperature (0: greedy)"
     )
+    start: Literal["draft", "repair"] = Field(
+        "draft",
+        description="'repair': the caller's prefix_steps end just before a step the PRM "
+        "rejected (the router's verified steps), so the first call samples that step "
+        "instead of drafting it again",
+    )
 
 
 class StepRepairState(TTSState, total=False):
@@ -160,7 +166,8 @@ async def repair_step(
 ) -> tuple[Search, Usage]:
     """One search step: a draft or a repair, by ``phase`` (one policy call, one PRM call)."""
     base = _accepted_so_far(s, root)
-    if s["phase"] == "draft":
+    handed_a_rejection = i == 0 and cfg.start == "repair" and cfg.repairs > 0
+    if s["phase"] == "draft" and not handed_a_rejection:
         return await _draft(policy, prm, cfg, base, s)
     return await _repair(policy, prm, cfg, base, s, i)
 
