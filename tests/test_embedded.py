@@ -120,18 +120,20 @@ def test_the_embedded_router_under_a_budget_continues_verified_steps_within_it()
     # a short token cap keeps the estimate's worst case (checked against the budget) low
     kwargs["estimator"] = VerifierEstimator(policy, prm, max_tokens=256)
     router = create_router_graph(policy, prm, **kwargs)
+    # a cap must lie above the estimate's worst case (a lower cap is a ConfigError) and below
+    # the full run: a question whose strategy spends more than that margin
+    least = 1.02 * kwargs["estimator"].max_cost()[0]
     flagged = None
     for p in make_split("test", 64):
         if p.difficulty < 6:
             continue
         out = router.invoke({"question": p.question})
-        if out["route"].prefix_steps:
+        if out["route"].prefix_steps and out["usage"].flops > 1.1 * least:
             flagged = p
             break
     assert flagged is not None, "no hard question whose attempt the verifier partly accepts"
     full = out["usage"].flops
-    # below the full run, above the estimate's worst case (a lower cap is a ConfigError)
-    cap = max(0.8 * full, 1.02 * kwargs["estimator"].max_cost()[0])
+    cap = max(0.8 * full, least)
     assert cap < full
     capped = router.invoke({"question": flagged.question}, context={"max_flops": cap})
     assert capped["usage"].flops <= cap
