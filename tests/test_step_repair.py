@@ -140,6 +140,18 @@ def test_start_repair_samples_the_step_after_the_prefix_without_a_draft():
     # the caller saw the step after a=1 rejected: the first call samples it (2 candidates)
     assert [(c[1], c[2].stop_at_step) for c in policy.calls] == [(2, True), (1, False)]
     assert out["answer"] == "2" and out["stop_reason"] == "accepted"
+    # a handed-over step the first round does not repair is sampled again, not drafted
+    policy = FakePolicy(slips(right_sample=1))
+    out = create_tts_graph(policy, prm, "step_repair", {"start": "repair"}).invoke(
+        {"question": "q", "prefix_steps": ["a=1"]}
+    )
+    assert [(c[1], c[2].stop_at_step) for c in policy.calls] == [
+        (1, True),
+        (1, True),
+        (2, True),
+        (1, False),
+    ]
+    assert out["answer"] == "2" and out["stop_reason"] == "accepted"
     # repairs=0 repairs nothing: it drafts, as without start
     policy = FakePolicy(slips(right_sample=0))
     create_tts_graph(policy, prm, "step_repair", {**cfg, "repairs": 0}).invoke({"question": "q"})

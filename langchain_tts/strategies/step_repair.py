@@ -151,8 +151,8 @@ async def _repair(
         out |= {"active": [best], "phase": phase, "repaired": s["repaired"] + 1, "tried": 0}
     elif s["tried"] + k >= cfg.n:  # n samples, all rejected: the step is beyond repair
         out |= {"phase": "unrepaired", "tried": s["tried"] + k}
-    else:
-        out |= {"tried": s["tried"] + k}
+    else:  # ("repair" also when the caller handed the rejection over: no draft came first)
+        out |= {"phase": "repair", "tried": s["tried"] + k}
     return out, usage + prm_usage
 
 
