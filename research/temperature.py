@@ -7,7 +7,9 @@ and prints accuracy and FLOPs per question for each, against CoT:
 * ``--strategy majority_vote`` (no verifier): self-consistency pays when a policy's errors
   are sampling slips that scatter over many wrong answers while its right answer recurs;
 * ``--strategy step_repair`` (the calculator verifier): the temperature of the candidates
-  sampled for a rejected step, where the verifier filters every sample.
+  sampled for a rejected step, where the verifier filters every sample;
+* ``--strategy beam_search`` / ``particle_filtering`` (the calculator verifier): the
+  searches' sampling temperature, for the same question.
 
 Records go to ``<out>.jsonl`` (resumable with ``--resume``), the table to ``<out>.md``.
 """
@@ -28,6 +30,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 STRATEGIES = {
     "majority_vote": ("none", (0.3, 0.5, 0.7, 1.0, 1.3)),
     "step_repair": ("calculator", (0.7, 1.0, 1.3, 1.6, 2.0)),
+    "beam_search": ("calculator", (0.7, 1.0, 1.3)),
+    "particle_filtering": ("calculator", (0.7, 1.0, 1.3)),
 }
 DEFAULT_OUT = Path("research") / "out" / "temperature"
 
@@ -67,6 +71,8 @@ def markdown(rows: Sequence[dict], command: str, strategy: str, n_samples: int) 
     what = {
         "majority_vote": ("Majority vote", f"no verifier, {n_samples} votes"),
         "step_repair": ("Step repair", f"the calculator verifier, N={n_samples}"),
+        "beam_search": ("Beam search", f"the calculator verifier, N={n_samples}"),
+        "particle_filtering": ("Particle filtering", f"the calculator verifier, N={n_samples}"),
     }[strategy]
     lines = [
         f"# {what[0]} against greedy CoT, by sampling temperature",
@@ -131,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
                     help="the strategy's N: votes, or candidates of a rejected step (16)")  # fmt: skip
     ap.add_argument("--temperatures", type=_floats, default=None,
                     help="comma-separated (majority_vote: 0.3,0.5,0.7,1.0,1.3; "
-                    "step_repair: 0.7,1.0,1.3,1.6,2.0)")  # fmt: skip
+                    "step_repair: 0.7,1.0,1.3,1.6,2.0; the searches: 0.7,1.0,1.3)")  # fmt: skip
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="writes <out>.md, <out>.jsonl")

@@ -24,7 +24,7 @@ def test_bad_temperatures_are_refused():
     with pytest.raises(SystemExit):
         V.main(["--temperatures", "0,0.5"])
     with pytest.raises(SystemExit):
-        V.main(["--strategy", "beam_search"])
+        V.main(["--strategy", "mcts"])
 
 
 @pytest.mark.slow
