@@ -6,7 +6,8 @@ import pytest
 
 from langchain_tts import ConfigError, create_tts_graph
 from langchain_tts.core.types import Trajectory
-from langchain_tts.strategies.step_repair import cut_before, first_rejected
+from langchain_tts.strategies.core import first_rejected
+from langchain_tts.strategies.step_repair import cut_before
 from langchain_tts.testing import FakePolicy, FakePRM
 
 
@@ -41,8 +42,8 @@ def checker() -> FakePRM:
 
 def test_first_rejected_and_cut():
     t = Trajectory(question="q", steps=["x", "y", "z"], step_scores=[0.9, 0.2, 0.8])
-    assert first_rejected(t, 0, 0.5) == 1
-    assert first_rejected(t, 2, 0.5) is None  # steps before ``start`` are trusted
+    assert first_rejected(t, 0.5) == 1
+    assert first_rejected(t, 0.5, start=2) is None  # steps before ``start`` are trusted
     head = cut_before(t, 1)
     assert head.steps == ["x"] and head.step_scores == [0.9] and not head.finished
 

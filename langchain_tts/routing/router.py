@@ -52,6 +52,7 @@ from langchain_tts.strategies.core import (
     TTSOutput,
     TTSState,
     answer_message,
+    first_rejected,
     node,
     prepare_update,
     resolve_config,
@@ -441,8 +442,10 @@ def verified_cut(
     if not scored:
         return [], False
     best = max(scored, key=lambda c: c.score if c.score is not None else min(c.step_scores))
-    cut = next((i for i, s in enumerate(best.step_scores) if s < threshold), len(best.steps))
-    return list(best.steps[: min(cut, len(best.steps) - 1)]), cut < len(best.steps)
+    cut = first_rejected(best, threshold)
+    if cut is None:  # all accepted: everything but the step that ends the solution
+        return list(best.steps[:-1]), False
+    return list(best.steps[: min(cut, len(best.steps) - 1)]), True
 
 
 # -- the graph -------------------------------------------------------------------------------

@@ -546,6 +546,14 @@ def budget_stopped(state: TTSState, cfg: StrategyConfig) -> bool:
     return cfg.budgeted and state.get("stop_reason") == BUDGET
 
 
+def first_rejected(t: Trajectory, threshold: float, start: int = 0) -> int | None:
+    """The index of ``t``'s first step at or after ``start`` that the PRM scores below
+    ``threshold`` (None: every one of them is accepted, or unscored)."""
+    scores = t.step_scores
+    end = min(len(t.steps), len(scores))
+    return next((j for j in range(start, end) if scores[j] < threshold), None)
+
+
 def is_scored(t: Trajectory) -> bool:
     return len(t.step_scores) == len(t.steps)
 

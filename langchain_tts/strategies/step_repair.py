@@ -39,7 +39,13 @@ from langchain_tts.core.config import StrategyConfig
 from langchain_tts.core.types import Trajectory, Usage
 from langchain_tts.policies.base import StepPolicy
 from langchain_tts.prms.base import ProcessRewardModel
-from langchain_tts.strategies.core import TTSState, expand, finalize_update, score
+from langchain_tts.strategies.core import (
+    TTSState,
+    expand,
+    finalize_update,
+    first_rejected,
+    score,
+)
 from langchain_tts.strategies.loop import Search, SearchLoop, require_prm, search_graph
 from langchain_tts.strategies.registry import StrategySpec
 
@@ -87,13 +93,6 @@ class StepRepairState(TTSState, total=False):
     tried: int
 
 
-def first_rejected(t: Trajectory, start: int, threshold: float) -> int | None:
-    """The index of the first step at or after ``start`` that the PRM scores below
-    ``threshold`` (None: every one of them is accepted)."""
-    scores = t.step_scores
-    return next((j for j in range(start, len(t.steps)) if scores[j] < threshold), None)
-
-
 def cut_before(t: Trajectory, j: int) -> Trajectory:
     """``t``'s first ``j`` steps (accepted ones), unfinished, to go on from."""
     return Trajectory(
@@ -118,7 +117,7 @@ async def _draft(
     drafts, prm_usage = await score(prm, drafts, in_place=True)
     d = drafts[0]
     finished = s["finished"] + ([d] if d.finished else [])
-    j = first_rejected(d, len(base.steps), cfg.reject_below)
+    j = first_rejected(d, cfg.reject_below, start=len(base.steps))
     if j is None:  # accepted (or, unfinished, as far as the draft got)
         out = {**s, "active": [d], "finished": finished, "phase": "done"}
     else:
