@@ -241,6 +241,9 @@ def test_register_refuses_clashes_and_malformed_specs(toy: StrategySpec):
         StrategySpec(**{**toy.__dict__, "config": dict})
     with pytest.raises(ConfigError, match="must be callable"):
         StrategySpec(**{**toy.__dict__, "budget_config": {"width": 2}})
+    with pytest.raises(ConfigError, match="after_rejection of 'greedy_steps'"):  # not its knob
+        StrategySpec(**{**toy.__dict__, "after_rejection": {"start": "repair"}})
+    assert dict(STRATEGY_SPECS["step_repair"].after_rejection) == {"start": "repair"}
     with pytest.raises(TypeError):
         STRATEGY_SPECS["x"] = toy  # type: ignore[index]  # read-only
     with pytest.raises(ConfigError, match="unknown strategy 'nope'.*beam_search"):

@@ -338,12 +338,12 @@ class _StrategyNode:
         }
         sub_config: RunnableConfig = {**config, "configurable": conf}
         # A run context of the subgraph's own: the router's (or its parent's) context must
-        # not set the strategy's knobs; only the probe samples it reuses lower its n, and a
-        # strategy that can start at a rejected step (step repair) is told there is one
-        # (drafting it again from the same policy would write the same rejected step).
+        # not set the strategy's knobs; only the probe samples it reuses lower its n, and
+        # a rejected step after the prefix sets the strategy's ``after_rejection`` knobs
+        # (drafting that step again from the same policy would write it the same way).
         context: dict[str, Any] = {"n": n_run} if n_run else {}
-        if route.prefix_rejected and "start" in type(self.cfg).model_fields:
-            context["start"] = "repair"
+        if route.prefix_rejected:
+            context |= self.spec.after_rejection
         run = n_run is None or n_run > 0
         return ledger, reused, graph, sub_config, context, run
 

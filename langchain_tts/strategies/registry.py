@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
 
@@ -60,6 +60,9 @@ class StrategySpec:
     a budget downgrade to it). ``reuses_samples``: it samples ``n`` whole solutions the way
     the router's probe does, so probe samples count among its ``n``. ``state_types``: the
     pydantic classes its graph state adds (registered with the checkpoint serializer).
+    ``after_rejection``: the knobs a caller sets when the ``prefix_steps`` it hands over
+    end just before a step its PRM rejected (the router, continuing its estimate's
+    attempt), so the strategy does not write that step again first; empty: none.
     ``embedded_policy``: the embedded policy (a :func:`~langchain_tts.models.load_default_policy`
     name) that the tools (``tts solve``/``eval``/``serve``, ``graphs/``) run this strategy on
     when no policy is named: ``"small-revise"`` for the strategies that revise through a
@@ -75,6 +78,7 @@ class StrategySpec:
     cost_units: CostUnits | None = None
     reuses_samples: bool = False
     state_types: tuple[type, ...] = ()
+    after_rejection: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     embedded_policy: str = "small"
 
     def __post_init__(self) -> None:
@@ -88,15 +92,19 @@ class StrategySpec:
                 f"StrategySpec.config of {self.name!r} must be a StrategyConfig subclass, got "
                 f"{self.config!r}"
             )
-        for field in ("build", "budget_config"):
-            if not callable(getattr(self, field)):
-                raise ConfigError(f"StrategySpec.{field} of {self.name!r} must be callable")
+        for attr in ("build", "budget_config"):
+            if not callable(getattr(self, attr)):
+                raise ConfigError(f"StrategySpec.{attr} of {self.name!r} must be callable")
         if self.cost_units is not None and not callable(self.cost_units):
             raise ConfigError(f"StrategySpec.cost_units of {self.name!r} must be callable or None")
         if not all(isinstance(t, type) for t in self.state_types):
             raise ConfigError(
                 f"StrategySpec.state_types of {self.name!r} must be a tuple of classes"
             )
+        try:  # its knobs are this strategy's own
+            self.validated(dict(self.after_rejection))
+        except ConfigError as e:
+            raise ConfigError(f"StrategySpec.after_rejection of {self.name!r}: {e}") from None
 
     def validated(self, config: StrategyConfig | dict | None = None) -> StrategyConfig:
         """``config`` as this strategy's pydantic config (defaults from the papers)."""

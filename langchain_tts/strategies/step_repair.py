@@ -30,6 +30,7 @@ tell a wrong step, it is greedy decoding.
 
 from __future__ import annotations
 
+from types import MappingProxyType
 from typing import Literal
 
 from langgraph.graph import StateGraph
@@ -234,5 +235,6 @@ SPEC = StrategySpec(
     build=build_step_repair_graph,
     budget_config=lambda n: {"n": n},
     cost_units=step_repair_units,
+    after_rejection=MappingProxyType({"start": "repair"}),
     summary="step repair: a greedy solution; each step the PRM rejects is resampled n times",
 )
