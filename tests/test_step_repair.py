@@ -214,3 +214,26 @@ def test_embedded_models_repair_the_slip_greedy_decoding_makes():
     assert out["answer"] == "636" and out["stop_reason"] == "accepted"
     assert "150+9=159" in out["solution"]
     assert out["usage"].policy_calls == out["usage"].prm_calls >= 3
+
+    # handed the steps before the slip, and told the next one was rejected, it samples that
+    # step at once instead of drafting the slip again first
+    steps = cot["solution"].split("\n\n")
+    prefix = steps[: next(i for i, st in enumerate(steps) if "150+9" in st)]
+    drafts_first = {}
+    generate = policy.agenerate
+    for start in ("draft", "repair"):
+        kinds: list[bool] = []  # per policy call: a whole-rest draft (not one step)?
+
+        async def recording(parents, n, params, _kinds=kinds):
+            _kinds.append(not params.stop_at_step)
+            return await generate(parents, n, params)
+
+        policy.agenerate = recording
+        try:
+            g = create_tts_graph(policy, prm, "step_repair", {"seed": 0, "start": start})
+            out = g.invoke({"question": q, "prefix_steps": prefix})
+        finally:
+            del policy.agenerate  # the class's method again
+        assert out["answer"] == "636" and out["solution"].startswith("\n\n".join(prefix))
+        drafts_first[start] = kinds[0]
+    assert drafts_first == {"draft": True, "repair": False}
