@@ -63,7 +63,9 @@ class Ledger:
       and the caller winds down on its own (the router); a ``strict`` ledger raises
       :class:`~langchain_tts.core.errors.BudgetExceededError` instead, which the strategy
       graphs catch to stop their search (``stop_reason="budget"``).
-    * A PRM call's worst case is the bytes of every trajectory plus per-step and
+    * A PRM call's worst case is the PRM's own bound on the tokens it will compute
+      (:meth:`~langchain_tts.prms.base.ProcessRewardModel.tokens_bound`: the local PRMs
+      encode every input), otherwise the bytes of every trajectory plus per-step and
       per-trajectory overheads; a call that does not fit is refused (scores 0 for every step,
       or ``BudgetExceededError`` when strict).
 
@@ -230,8 +232,12 @@ class MeteredPRM(ProcessRewardModel):
         self.num_parameters = inner.num_parameters
         self.name = inner.name
 
-    @staticmethod
-    def token_bound(trajectories: Sequence[Trajectory]) -> int:
+    def tokens_bound(self, trajectories: Sequence[Trajectory]) -> int:
+        """Upper bound on the tokens one call computes: the PRM's own bound when it has one,
+        else bytes + overheads."""
+        exact = self.inner.tokens_bound(trajectories)
+        if exact is not None:
+            return exact
         return sum(
             _nbytes(t.question)
             + sum(_nbytes(s) + PRM_STEP_OVERHEAD_TOKENS for s in t.steps)
@@ -240,7 +246,7 @@ class MeteredPRM(ProcessRewardModel):
         )
 
     async def _ascore(self, trajectories: Sequence[Trajectory]) -> PRMResult:
-        tokens = self.token_bound(trajectories)
+        tokens = self.tokens_bound(trajectories)
         p = float(self.num_parameters or 0)
         if self.ledger.reserve(p, tokens, 0, 0) == 0:
             if self.ledger.strict:

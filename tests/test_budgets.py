@@ -331,6 +331,45 @@ def test_each_run_on_a_checkpointer_thread_gets_the_whole_budget():
     assert thread_usage == first["usage"] + alone["usage"]
 
 
+class BoundedPRM(FakePRM):
+    """A fake that, like the local PRMs, says how many tokens a call computes at most."""
+
+    def tokens_bound(self, trajectories: Sequence[Trajectory]) -> int | None:
+        return sum(len(t.question) // 4 + sum(len(s) // 4 for s in t.steps) for t in trajectories)
+
+
+async def test_a_prm_call_reserves_the_prms_own_token_bound_when_it_has_one():
+    t = Trajectory(question="q" * 40, steps=["s" * 40, "t" * 40])
+    by_bytes = MeteredPRM(FakePRM(lambda t: [0.9, 0.9]), Ledger()).tokens_bound([t])
+    assert by_bytes == 40 + 2 * (40 + 4) + 64  # bytes plus per-step and per-call allowances
+    prm = BoundedPRM(lambda t: [0.9, 0.9], num_parameters=10)
+    ledger = Ledger(max_tokens=40)  # the bound (30 tokens) fits, the bytes (192) would not
+    assert MeteredPRM(prm, ledger).tokens_bound([t]) == 30
+    res = await MeteredPRM(prm, ledger).ascore([t])
+    assert res.scores == [[0.9, 0.9]] and not ledger.exhausted and ledger.spent.tokens == 30
+    res = await MeteredPRM(prm, ledger).ascore([t])  # 10 tokens left: refused
+    assert res.scores == [[0.0, 0.0]] and ledger.exhausted and ledger.spent.tokens == 30
+
+
+@pytest.mark.slow
+def test_the_embedded_prms_bound_their_calls_by_their_own_encoding():
+    from langchain_tts import load_default
+    from langchain_tts.models import load_default_prm
+
+    q = "Start with 5. Add 3. Multiply by 2."
+    ts = [Trajectory(question=q, steps=["5+3=8", f"8*2={r}"]) for r in (16, 17)]
+    for prm in (load_default()[1], load_default_prm("strong")):
+        prm.clear_cache()
+        bound = prm.tokens_bound(ts)
+        free = prm.score(ts)
+        computed = free.usage.prm_tokens
+        assert bound is not None and computed <= bound  # cold: a cache may save the rest
+        assert bound < MeteredPRM(FakePRM(lambda t: []), Ledger()).tokens_bound(ts)
+        prm.clear_cache()
+        ledger = Ledger(max_tokens=bound)  # exactly the bound: the call is paid
+        assert MeteredPRM(prm, ledger).score(ts).scores == free.scores and not ledger.exhausted
+
+
 # -- end to end ------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_beam_search_on_the_embedded_models_stops_midway_within_budget():

@@ -46,6 +46,11 @@ class ProcessRewardModel(AsyncFirstRunnable[PRMInput | dict, list[float]], ABC):
     def clear_cache(self) -> None:
         """Forget every scored prefix (see :meth:`StepPolicy.clear_cache`)."""
 
+    def tokens_bound(self, trajectories: Sequence[Trajectory]) -> int | None:
+        """An upper bound on the tokens a call on ``trajectories`` will *compute*, or None
+        when the backend cannot say (budget meters then bound them by their bytes)."""
+        return None
+
     @abstractmethod
     async def _ascore(self, trajectories: Sequence[Trajectory]) -> PRMResult: ...
 

@@ -76,6 +76,15 @@ class LocalPRM(LocalModel, ProcessRewardModel):
     async def _ascore(self, trajectories: Sequence[Trajectory]) -> PRMResult:
         return await run_in_worker(self._score_coalesced, list(trajectories))
 
+    def tokens_bound(self, trajectories: Sequence[Trajectory]) -> int | None:
+        """Every input's tokens: what a call computes with nothing cached (cache hits are
+        not credited: a concurrent call may evict them first; the ledger books what the call
+        really computed). None when an input does not encode (the call itself says why)."""
+        try:
+            return sum(len(self._encoded(t)[0]) for t in trajectories if t.steps)
+        except Exception:
+            return None
+
     def _score_coalesced(self, trajectories: list[Trajectory]) -> PRMResult:
         items = self._coalescer.run(trajectories, None)
         seconds = max((it[3] for it in items), default=0.0)
