@@ -151,3 +151,55 @@ def test_the_embedded_router_under_a_budget_continues_verified_steps_within_it()
     assert capped["usage"].flops <= cap
     assert capped["route"].reason in ("table", "budget_downgrade", "budget_probe_only")
     assert capped["route"].prefix_steps == out["route"].prefix_steps  # the same estimate
+
+
+def _step_repair_price(est, route, policy, prm, **cfg) -> float:
+    from langchain_tts.routing import allocation_cost
+
+    return allocation_cost(
+        "step_repair", {"n": 16, **cfg}, est, policy, prm,
+        prefix_steps=len(route.prefix_steps), rejected=route.prefix_rejected,
+    )[0]  # fmt: skip
+
+
+def test_the_embedded_router_runs_step_repair_when_its_typical_run_fits():
+    """Step repair is priced at a typical run (one rejected step found in the first rounds),
+    not at all n samples: under a cap that pays for the estimate and that price, a flagged
+    question whose rejected step the router hands over runs step repair, not the estimate's
+    answer, and gets the uncapped run's answer within the cap. The router is the one
+    ``embedded_router_kwargs`` gives (seeded): its estimate's worst case lets a per-run cap
+    this low through."""
+    from langchain_tts.routing import (
+        BudgetTable,
+        RouteAllocation,
+        create_router_graph,
+        embedded_router_kwargs,
+    )
+
+    policy, prm = load_default()
+    kwargs = embedded_router_kwargs("small", "calculator")
+    preset = kwargs["table"]
+    kwargs["table"] = BudgetTable(
+        **{b: RouteAllocation(strategy=preset[b].strategy, config={**preset[b].config, "seed": 0})
+           for b in ("easy", "medium", "hard")},
+        thresholds=preset.thresholds,
+    )  # fmt: skip
+    router = create_router_graph(policy, prm, **kwargs)
+    least = 2.0 * (policy.num_parameters + prm.num_parameters) * 256  # the estimate's worst
+    for p in make_split("test", 64):
+        if p.difficulty < 5:
+            continue
+        out = router.invoke({"question": p.question})
+        route, est = out["route"], out["difficulty"]
+        if not (route.prefix_rejected and answers_match(out["answer"], p.answer)):
+            continue
+        cap = est.usage.flops + 1.05 * _step_repair_price(est, route, policy, prm)
+        if least < cap and out["usage"].flops <= cap:
+            break
+    else:
+        raise AssertionError("no flagged question whose run fits its typical price")
+    all_at_once = _step_repair_price(est, route, policy, prm, first_round=16)
+    assert cap < est.usage.flops + all_at_once  # priced at all 16 samples: no fit
+    capped = router.invoke({"question": p.question}, context={"max_flops": cap})
+    assert capped["route"].reason == "table" and capped["route"].strategy == "step_repair"
+    assert capped["answer"] == out["answer"] and capped["usage"].flops <= cap

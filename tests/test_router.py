@@ -489,6 +489,23 @@ def test_verifier_estimator_and_messages_input():
     assert isinstance(out["messages"][-1], AIMessage) and "7" in out["messages"][-1].content
 
 
+def test_an_estimator_with_options_as_plain_data():
+    policy, prm = make_policy(), make_prm(0.95)
+    spec = {"kind": "verifier", "max_tokens": 64}
+    graph = create_router_graph(policy, prm, estimator=spec, max_flops=1e9)
+    out = graph.invoke({"question": "easy q"})
+    assert out["difficulty"].method == "verifier" and out["difficulty"].max_step_tokens == 64
+    probe = create_router_graph(policy, prm, estimator={"kind": "probe", "k": 2})
+    assert len(probe.invoke({"question": "easy q"})["difficulty"].candidates) == 2
+    for bad, field in [({"max_tokens": 64}, "needs 'kind'"), ({"kind": "oracle"}, "'kind'"),
+                       ({"kind": "verifier", "max_token": 64}, r"\['max_token'\].*max_tokens"),
+                       ({"kind": "verifier", "max_tokens": 0}, "max_tokens")]:  # fmt: skip
+        with pytest.raises(ConfigError, match=field):
+            create_router_graph(policy, prm, estimator=bad)
+    with pytest.raises(ConfigError, match="needs a PRM"):
+        create_router_graph(policy, None, estimator={"kind": "verifier"})
+
+
 async def test_ainvoke_and_classifier_estimator():
     policy, prm = make_policy(), make_prm(0.5)
     graph = create_router_graph(policy, prm, estimator=ClassifierEstimator(lambda q: "hard"))
@@ -845,5 +862,6 @@ def test_the_embedded_preset_is_the_table_router_eval_calibrated():
         measured.thresholds.hard,
     )
     kwargs = embedded_router_kwargs("small", "calculator")
-    assert kwargs["estimator"] == "verifier" and kwargs["table"] == preset
+    assert kwargs["estimator"] == {"kind": "verifier", "max_tokens": 256}
+    assert kwargs["table"] == preset
     assert embedded_router_kwargs("small", "strong") == {} == embedded_router_kwargs("large")

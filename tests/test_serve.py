@@ -322,6 +322,10 @@ def test_tts_serve_command_on_the_embedded_models(tmp_path: Path):
         hard = next(p for p in make_split("test", 64) if p.difficulty == 8)
         out = router.invoke({"question": hard.question}, {"configurable": {"reuse_probe": False}})
         assert out["route"]["node"] != "finalize" and isinstance(out["route"]["prefix_steps"], list)
+        # a client's per-run budget of about 3x what the router spends on average is taken
+        capped = router.invoke({"question": hard.question}, {"configurable": {"max_flops": 1.2e9}})
+        used = capped["usage"]["policy_flops"] + capped["usage"]["prm_flops"]
+        assert capped["answer"] is not None and 0 < used <= 1.2e9
     finally:
         proc.terminate()
         try:

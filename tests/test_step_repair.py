@@ -196,8 +196,13 @@ def test_registered_with_a_budget_knob_and_a_price():
 
     spec = STRATEGY_SPECS["step_repair"]
     assert budget_config("step_repair", 8) == {"n": 8}
-    gens, scored = spec.cost_units(spec.validated({"n": 8}), 4.0, 0)
-    assert gens == scored == 3.5  # a draft, 8 samples of one of 4 steps, half a redraft
+    price = lambda **cfg: spec.cost_units(spec.validated({"n": 8, **cfg}), 4.0, 0)  # noqa: E731
+    # a typical run: a draft, the first rounds of one rejected step (4 samples of one of 4
+    # steps), half a redraft
+    assert price() == (2.5, 2.5)
+    assert price(start="repair") == (2.0, 2.0)  # the step sampled at once, the rest redrafted
+    assert price(first_round=8) == (3.5, 3.5)  # all 8 in the first round
+    assert price(n=2) == (2.0, 2.0)  # never more than n
     assert DEFAULT_MAXIMA["repairs"] == 64  # a served client cannot ask for more
     assert DEFAULT_MAXIMA["first_round"] == DEFAULT_MAXIMA["n"]
 

@@ -463,24 +463,49 @@ class ClassifierEstimator(DifficultyEstimator):
         return DifficultyEstimate(p_solve=p, bin=self.bin_of(p), method=self.name)
 
 
+#: the estimators an ``estimator=`` name or ``{"kind": ...}`` mapping builds
+ESTIMATOR_KINDS = ("probe", "verifier")
+
+
 def make_estimator(
-    estimator: str | DifficultyEstimator,
+    estimator: str | Mapping[str, Any] | DifficultyEstimator,
     policy: StepPolicy,
     prm: ProcessRewardModel | None,
 ) -> DifficultyEstimator:
-    """``"probe"`` / ``"verifier"`` / an estimator instance -> an estimator."""
+    """``"probe"`` / ``"verifier"`` / a mapping ``{"kind": "verifier", "max_tokens": 256,
+    ...}`` (the kind, and keyword arguments of its estimator: plain data, as a config file or
+    a server's configuration holds it) / an estimator instance -> an estimator."""
     if isinstance(estimator, DifficultyEstimator):
         return estimator
+    options: dict[str, Any] = {}
+    if isinstance(estimator, Mapping):
+        options = {str(k): v for k, v in estimator.items()}
+        estimator = options.pop("kind", None)
+        if estimator not in ESTIMATOR_KINDS:
+            raise ConfigError(
+                f"an estimator mapping needs 'kind': one of {list(ESTIMATOR_KINDS)}, got "
+                f"{estimator!r}"
+            )
     if estimator == "probe":
-        return ProbeEstimator(policy, prm)
-    if estimator == "verifier":
+        cls: type[_ModelEstimator] = ProbeEstimator
+    elif estimator == "verifier":
         if prm is None:
             raise ConfigError("estimator='verifier' needs a PRM; pass prm=... or use 'probe'")
-        return VerifierEstimator(policy, prm)
-    raise ConfigError(
-        f"unknown estimator {estimator!r}: use 'probe', 'verifier' or a DifficultyEstimator "
-        "(e.g. ClassifierEstimator(fn))"
-    )
+        cls = VerifierEstimator
+    else:
+        raise ConfigError(
+            f"unknown estimator {estimator!r}: use 'probe', 'verifier', a mapping "
+            "{'kind': 'verifier', 'max_tokens': 256, ...} or a DifficultyEstimator "
+            "(e.g. ClassifierEstimator(fn))"
+        )
+    known = set(inspect.signature(cls.__init__).parameters) - {"self", "policy", "prm"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ConfigError(
+            f"unknown option(s) {unknown} of the {estimator!r} estimator; its options are "
+            f"{sorted(known)}"
+        )
+    return cls(policy, prm, **options)  # type: ignore[arg-type]
 
 
 async def estimate_bins(

@@ -189,6 +189,7 @@ def allocation_cost(
     *,
     reused: int = 0,
     prefix_steps: int = 0,
+    rejected: bool = False,
 ) -> tuple[float, float] | None:
     """Predicted ``(flops, tokens)`` of running an allocation on this question.
 
@@ -199,7 +200,9 @@ def allocation_cost(
     spends a number of such units (its ``StrategySpec.cost_units``). A heuristic -- the
     meter enforces the cap. None when the estimate measured nothing (e.g. a classifier).
     ``prefix_steps``: steps the strategy continues from (``reuse_prefix``): it writes and
-    scores only the rest, a share of each unit the size of the steps left.
+    scores only the rest, a share of each unit the size of the steps left; ``rejected``:
+    the step after them was rejected (``Route.prefix_rejected``), so the strategy runs with
+    its ``after_rejection`` knobs.
     """
     k = len(estimate.candidates)
     u = estimate.usage
@@ -207,6 +210,8 @@ def allocation_cost(
         return None
     spec = get_strategy(strategy)
     cfg = spec.validated(config)
+    if rejected and spec.after_rejection:  # priced as it will run (see _StrategyNode._plan)
+        cfg = spec.validated({**cfg.model_dump(), **spec.after_rejection})
     if spec.cost_units is None:
         return None
     steps = max(1.0, estimate.mean_steps)
@@ -242,10 +247,14 @@ def _probe_pick(est: DifficultyEstimate) -> tuple[str, list[Trajectory]]:
 def _cheaper_probe_hint(est: DifficultyEstimator) -> str:
     if isinstance(est, ProbeEstimator):
         return (
-            "lower the probe's k or max_tokens (ProbeEstimator(policy, prm, k=2, max_tokens=256))"
+            "lower the probe's k or max_tokens (ProbeEstimator(policy, prm, k=2, max_tokens=256)"
+            ", or as data: estimator={'kind': 'probe', 'k': 2, 'max_tokens': 256})"
         )
     if isinstance(est, VerifierEstimator):
-        return "lower the verifier's max_tokens (VerifierEstimator(policy, prm, max_tokens=256))"
+        return (
+            "lower the verifier's max_tokens (VerifierEstimator(policy, prm, max_tokens=256), "
+            "or as data: estimator={'kind': 'verifier', 'max_tokens': 256})"
+        )
     return f"make the {type(est).__name__} cheaper"
 
 
@@ -405,13 +414,23 @@ class _StrategyNode:
         return RunnableLambda(sync, afunc=afunc, name=self.name)
 
 
+#: the embedded models' verifier attempt cap: the longest greedy solution of the synthetic
+#: task (8 operations) is about 100 generated tokens. A tight cap keeps the estimate's worst
+#: case, which every per-run budget must cover, near what the estimate really costs.
+EMBEDDED_ESTIMATE_TOKENS = 256
+
+
 def embedded_router_kwargs(policy: str = "small", prm: str = "calculator") -> dict[str, Any]:
     """``create_router_graph`` keyword arguments measured for the embedded models named
     ``policy`` / ``prm``: for the small policy and the calculator verifier, the verifier
-    estimator and the table ``research.router_eval`` calibrates (the ``embedded_calculator``
-    preset); ``{}`` (the defaults) for models no calibration was made for."""
+    estimator (its attempt capped at :data:`EMBEDDED_ESTIMATE_TOKENS`) and the table
+    ``research.router_eval`` calibrates (the ``embedded_calculator`` preset); ``{}`` (the
+    defaults) for models no calibration was made for."""
     if (policy, prm) == ("small", "calculator"):
-        return {"estimator": "verifier", "table": BudgetTable.preset("embedded_calculator")}
+        return {
+            "estimator": {"kind": "verifier", "max_tokens": EMBEDDED_ESTIMATE_TOKENS},
+            "table": BudgetTable.preset("embedded_calculator"),
+        }
     return {}
 
 
@@ -453,7 +472,7 @@ def create_router_graph(
     policy: StepPolicy,
     prm: ProcessRewardModel | None = None,
     *,
-    estimator: str | DifficultyEstimator = "probe",
+    estimator: str | Mapping[str, Any] | DifficultyEstimator = "probe",
     table: BudgetTable | Mapping[str, Any] | None = None,
     pool: Mapping[str, Any] | None = None,
     tier_fn: Callable[[str], Any] | None = None,
@@ -474,7 +493,8 @@ def create_router_graph(
     the papers' compute-optimal recipe picks the strategy and budget per question.
     ``policy``/``prm`` are the small policy and its PRM (the "math/code/logic" tier);
     ``estimator`` is ``"probe"`` (k samples' agreement, PRM-blended when ``prm`` is given),
-    ``"verifier"`` (PRM score of a greedy attempt) or any :class:`DifficultyEstimator`;
+    ``"verifier"`` (PRM score of a greedy attempt), either with options as plain data
+    (``{"kind": "verifier", "max_tokens": 256}``) or any :class:`DifficultyEstimator`;
     ``table`` maps bins to strategies (default :class:`BudgetTable`; its ``thresholds``,
     when set, replace the estimator's bin cut points); ``tier_fn(question)``
     with ``pool={"large": (policy, prm), "medium": (policy, prm)}`` routes factual and
@@ -802,6 +822,7 @@ class _Router:
                 self.prm,
                 reused=self._reused(b, est, knobs),
                 prefix_steps=len(route.prefix_steps),  # every bin's run would continue them
+                rejected=route.prefix_rejected,
             )
         mine = costs[route.bin]  # type: ignore[index]
         fits = lambda c: c[0] <= left[0] and c[1] <= left[1]  # noqa: E731

@@ -223,9 +223,14 @@ def build_step_repair_graph(
 
 
 def step_repair_units(cfg: StepRepairConfig, steps: float, reused: int) -> tuple[float, float]:
-    """Priced as one step beyond repair: a draft and ``n`` samples of one step (``n / steps``
-    solutions), plus a redraft of half a solution; the PRM scores each of them."""
-    units = 1.5 + cfg.n / steps
+    """A typical run, not the worst case: a draft of the rest (none first with
+    ``start="repair"``, which samples the handed step at once), one rejected step whose
+    accepted candidate the first rounds find (``4 x first_round`` samples, at most ``n``;
+    most are found within the first two), and a redraft of the rest after it (half the
+    solution after a draft, all of it after a handed step). A run that costs more is capped
+    by the meter and answers with its best finished solution."""
+    samples = min(cfg.n, 4 * cfg.first_round) / steps  # in whole solutions
+    units = (1.0 if cfg.start == "repair" else 1.5) + samples
     return units, units
 
 
