@@ -60,9 +60,11 @@ class Ledger:
       counted in :attr:`Ledger.cut`). When not even one token per sample fits, the call is
       refused: by default every sample comes back as an empty step with
       ``finish_reason="length"`` (the trajectory is cut, as a length cap would), at zero cost,
-      and the caller winds down on its own (the router); a ``strict`` ledger raises
+      and the caller winds down on its own (the router's difficulty estimate, which then
+      answers alone); a ``strict`` ledger raises
       :class:`~langchain_tts.core.errors.BudgetExceededError` instead, which the strategy
-      graphs catch to stop their search (``stop_reason="budget"``).
+      graphs catch to stop their search (``stop_reason="budget"``): a search must not
+      mistake an empty sample for a step (a PRM may find nothing wrong with it).
     * A PRM call's worst case is the PRM's own bound on the tokens it will compute
       (:meth:`~langchain_tts.prms.base.ProcessRewardModel.tokens_bound`: the local PRMs
       encode every input), otherwise the bytes of every trajectory plus per-step and

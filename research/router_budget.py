@@ -6,7 +6,8 @@ several per-run ``max_flops`` caps, and once without a cap, on synthetic problem
 reports for each cap: accuracy, FLOPs per question (mean and max: the cap holds), and what
 the router did with the questions (answered by the estimate, ran the bin's allocation,
 downgraded it, or answered with the estimate because nothing was predicted to fit), how
-many runs the meter cut short, and how many of those fell back to the estimate's answer.
+many runs the budget cut short, and how many strategy runs ended without a finished answer
+of their own and answered with the estimate's attempt (``route.probe_fallback``).
 
 Records go to ``<out>.jsonl`` (resumable with ``--resume``), the table to ``<out>.md``.
 """
@@ -74,8 +75,8 @@ def markdown(rows: Sequence[dict], command: str, split: str) -> str:
         "over the 8 levels). `max_flops` caps each run, estimate included. Columns: "
         "questions the estimate answered (`reuse_probe`), that ran the bin's allocation "
         "(`table`), a cheaper one (`budget_downgrade`), or none (`budget_probe_only`: the "
-        "estimate's answer); runs the meter cut short, and of those the ones that fell back "
-        "on the estimate's answer.",
+        "estimate's answer); runs the budget cut short; strategy runs that found no finished "
+        "answer and answered with the estimate's attempt (`fallback`).",
         "",
         "| max_flops | acc % | FLOPs/q | max FLOPs/q | reuse_probe | table | downgrade | "
         "probe only | cut | fallback |",

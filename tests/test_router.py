@@ -438,6 +438,45 @@ def test_step_repair_starts_at_the_step_the_estimate_had_rejected():
     assert not out["route"].prefix_rejected and policy.calls[1][2].stop_at_step is False
 
 
+def test_a_strategy_the_budget_cuts_short_stops_and_the_estimate_answers():
+    """What the estimate leaves is the strategy's own budget: the call it cannot pay stops
+    its search (stop_reason "budget"); nothing finished, so the estimate's attempt answers.
+    A refused call never comes back as empty samples a PRM could accept as a repaired step."""
+    state = {"attempt_done": False, "slips": 2}  # the attempt and two repair samples slip
+
+    def write(t: Trajectory, i: int) -> str:
+        k = len(t.steps)
+        if k < 2:
+            return ["a=1", "b=2"][k]
+        if k == 2:
+            slip = not state["attempt_done"] or state["slips"] > 0
+            state["slips"] -= state["attempt_done"] and slip
+            return "c=99" if slip else "c=3"
+        state["attempt_done"] = True
+        return f"\\boxed{{{t.steps[-1].split('=')[1]}}}"
+
+    def models():
+        state.update(attempt_done=False, slips=2)
+        policy = FakePolicy(write)
+        prm = FakePRM(lambda t: [0.0 if "99" in s else 1.0 for s in t.steps])
+        return policy, prm, VerifierEstimator(policy, prm, max_tokens=8)
+
+    table = BudgetTable(hard=RouteAllocation(strategy="step_repair", config={"n": 16}))
+    policy, prm, est = models()
+    free = create_router_graph(policy, prm, estimator=est, table=table).invoke({"question": "q"})
+    assert free["answer"] == "3" and free["stop_reason"] == "accepted"
+    assert [c[1] for c in policy.calls] == [1, 1, 1, 2, 1]  # attempt, rounds of 1, 1, 2, draft
+    # 150 tokens pay the estimate and the rounds of one sample (a prompt bound of 75 tokens
+    # each), not the round of two
+    policy, prm, est = models()
+    capped = create_router_graph(policy, prm, estimator=est, table=table, max_tokens=150)
+    out = capped.invoke({"question": "q"})
+    assert [c[1] for c in policy.calls] == [1, 1, 1] and out["usage"].tokens <= 150
+    assert out["stop_reason"] == "budget" and out["route"].budget_stopped
+    assert out["route"].probe_fallback and out["answer"] == "99"  # the attempt's, finished
+    assert out["solution"] == "a=1\n\nb=2\n\nc=99\n\n\\boxed{99}"
+
+
 def test_verified_prefix_never_keeps_the_attempts_last_step():
     from langchain_tts.routing import DifficultyEstimate, verified_prefix
 

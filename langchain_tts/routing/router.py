@@ -25,7 +25,7 @@ from langchain_tts.backends.sync import run_sync
 from langchain_tts.core.answers import normalize_answer
 from langchain_tts.core.channels import PlainValue
 from langchain_tts.core.config import StrategyConfig, check_budget, knobs_model
-from langchain_tts.core.errors import ConfigError, InputError
+from langchain_tts.core.errors import BudgetExceededError, ConfigError, InputError
 from langchain_tts.core.types import Trajectory, Usage
 from langchain_tts.ledger import Ledger, meter
 from langchain_tts.policies.base import StepPolicy
@@ -48,6 +48,7 @@ from langchain_tts.strategies.contract import (
     with_contract,
 )
 from langchain_tts.strategies.core import (
+    BUDGET,
     TTSInput,
     TTSOutput,
     TTSState,
@@ -302,14 +303,12 @@ class _StrategyNode:
         self.graph = self.spec.compile(policy, prm, self.cfg, name=f"tts_{name}")
 
     # the pieces shared by the sync and async paths
-    def _ledger(self, state: RouterState, knobs: RouterConfig) -> Ledger | None:
+    @staticmethod
+    def _budget_left(state: RouterState, knobs: RouterConfig) -> tuple[float, float] | None:
+        """What the run's budget leaves the strategy after the estimate (None: no cap)."""
         if not knobs.budgeted:
             return None
-        spent = state.get("usage") or Usage()  # this run's: the probe's so far
-        return Ledger(
-            None if knobs.max_flops is None else knobs.max_flops - spent.flops,
-            None if knobs.max_tokens is None else knobs.max_tokens - spent.tokens,
-        )
+        return _left(knobs, state.get("usage") or Usage())
 
     def reusable(
         self, est: DifficultyEstimate | None, same_policy: bool, knobs: RouterConfig
@@ -327,19 +326,11 @@ class _StrategyNode:
 
     def _plan(self, state: RouterState, config: RunnableConfig):
         knobs = resolve_config(self.router, config)
-        ledger = self._ledger(state, knobs)
+        left = self._budget_left(state, knobs)
         route = state["route"]
         est = state.get("difficulty")
         reused = list(est.candidates[: route.reused_samples]) if est else []
         n_run = self.cfg.n - len(reused) if reused else None
-        graph = self.graph
-        if ledger is not None:
-            graph = self.spec.compile(
-                meter(self.policy, ledger),
-                meter(self.prm, ledger),
-                self.cfg,
-                name=f"tts_{self.name}",
-            )
         conf = {
             k: v
             for k, v in (config.get("configurable") or {}).items()
@@ -353,15 +344,48 @@ class _StrategyNode:
         context: dict[str, Any] = {"n": n_run} if n_run else {}
         if route.prefix_rejected:
             context |= self.spec.after_rejection
-        run = n_run is None or n_run > 0
-        return ledger, reused, graph, sub_config, context, run
+        wanted = n_run is None or n_run > 0  # else the probe's samples are all of them
+        run = wanted
+        if left is not None:
+            # What is left is the strategy's own budget: its strict meter stops the search
+            # at a call it cannot pay (stop_reason "budget") and it answers with the best it
+            # got to; a meter that handed back empty samples would let a PRM that sees
+            # nothing wrong in an empty step accept it.
+            if min(left) <= 0:
+                run = False
+            context |= {
+                "max_flops": None if math.isinf(left[0]) else left[0],
+                "max_tokens": None if math.isinf(left[1]) else left[1],
+            }
+        return left, reused, sub_config, context, wanted, run
+
+    def _run_sync(self, q: dict, sub_config: RunnableConfig, context: dict) -> dict | None:
+        try:
+            return self.graph.invoke(q, sub_config, context=context)
+        except ConfigError as e:
+            return _budget_too_small(e)
+
+    async def _run_async(self, q: dict, sub_config: RunnableConfig, context: dict) -> dict | None:
+        try:
+            return await self.graph.ainvoke(q, sub_config, context=context)
+        except ConfigError as e:
+            return _budget_too_small(e)
 
     async def _complete(
-        self, state: RouterState, out: dict | None, reused: list[Trajectory], ledger: Ledger | None
+        self,
+        state: RouterState,
+        out: dict | None,
+        reused: list[Trajectory],
+        left: tuple[float, float] | None,
+        wanted: bool,
     ) -> dict:
         usage = (out or {}).get("usage") or Usage()
         cands = list((out or {}).get("candidates") or [])
-        stop = (out or {}).get("stop_reason") or "probe_samples"
+        stop = (out or {}).get("stop_reason") or (BUDGET if wanted else "probe_samples")
+        # the strategy's own budget stop, or a budget too small for its first call
+        stopped = left is not None and stop == BUDGET
+        # scoring merged probe samples spends from what the strategy left
+        ledger = None if left is None else Ledger(left[0] - usage.flops, left[1] - usage.tokens)
         if reused:
             merged = reused + cands
             prm = meter(self.prm, ledger) if ledger is not None else self.prm
@@ -378,8 +402,12 @@ class _StrategyNode:
             cands = sorted(scored_all, key=lambda t: -(t.score or 0.0))
         else:
             answer, solution = (out or {}).get("answer"), (out or {}).get("solution") or ""
+            if stopped and not any(c.finished for c in cands):
+                # cut before any solution finished: a partial's last number is no answer;
+                # the estimate's finished attempt (below) is a better one
+                answer, solution = None, ""
         updates: dict[str, Any] = {}
-        if ledger is not None and ledger.exhausted:
+        if stopped or (ledger is not None and ledger.exhausted):
             updates["budget_stopped"] = True
         est = state.get("difficulty")
         if answer is None and est is not None and est.answer is not None:
@@ -400,16 +428,16 @@ class _StrategyNode:
         # Sync and async bodies call the subgraph's own invoke / ainvoke, so a sync
         # checkpointer (SqliteSaver) works under invoke and an async one under ainvoke.
         def sync(state: RouterState, config: RunnableConfig) -> dict:
-            ledger, reused, graph, sub_config, context, run = self._plan(state, config)
+            left, reused, sub_config, context, wanted, run = self._plan(state, config)
             q = _strategy_input(state)
-            out = graph.invoke(q, sub_config, context=context) if run else None
-            return run_sync(self._complete(state, out, reused, ledger))
+            out = self._run_sync(q, sub_config, context) if run else None
+            return run_sync(self._complete(state, out, reused, left, wanted))
 
         async def afunc(state: RouterState, config: RunnableConfig) -> dict:
-            ledger, reused, graph, sub_config, context, run = self._plan(state, config)
+            left, reused, sub_config, context, wanted, run = self._plan(state, config)
             q = _strategy_input(state)
-            out = await graph.ainvoke(q, sub_config, context=context) if run else None
-            return await self._complete(state, out, reused, ledger)
+            out = await self._run_async(q, sub_config, context) if run else None
+            return await self._complete(state, out, reused, left, wanted)
 
         return RunnableLambda(sync, afunc=afunc, name=self.name)
 
@@ -867,6 +895,14 @@ class _Router:
             usage = state.get("usage") or Usage()
             update["messages"] = [answer_message(solution, self.graph_name, usage)]
         return update
+
+
+def _budget_too_small(e: ConfigError) -> None:
+    """None (the strategy did not run) when its budget could not pay for its first call;
+    any other configuration error is raised."""
+    if isinstance(e.__cause__, BudgetExceededError):
+        return None
+    raise e
 
 
 def _left(knobs: RouterConfig, spent: Usage) -> tuple[float, float]:
