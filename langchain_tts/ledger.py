@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from langchain_tts.core.config import SamplingParams
@@ -48,8 +48,10 @@ class Ledger:
 
     * A policy call's worst case is ``prompt + prefixes x n x max_step_tokens`` tokens (FLOPs:
       ``2 x params x tokens``). The prompt is the policy's own bound on the prompt tokens it
-      will compute (:meth:`~langchain_tts.policies.base.StepPolicy.prompt_tokens_bound`: the
-      local policies tokenize, and prefill a prompt shared by ``n`` samples once); otherwise
+      will compute (:meth:`~langchain_tts.policies.base.StepPolicy.lease_prompt_tokens`: the
+      local policies tokenize, prefill a prompt shared by ``n`` samples once, and on the
+      native runtime credit the prefix its cache holds, pinned until the call is done, so
+      a search's next step pays for its new tokens only); otherwise
       its UTF-8 bytes (no tokenizer emits more tokens than bytes) plus
       :data:`PROMPT_OVERHEAD_TOKENS` for templates and special tokens, counted once per sample
       (chat backends send one prompt per sample). After the call the reservation is released
@@ -181,6 +183,11 @@ class MeteredPolicy(StepPolicy):
     ) -> int | None:
         return self.inner.prompt_tokens_bound(prefixes, n, params)
 
+    def lease_prompt_tokens(
+        self, prefixes: Sequence[Trajectory], n: int, params: SamplingParams
+    ) -> tuple[int | None, Callable[[], None]]:
+        return self.inner.lease_prompt_tokens(prefixes, n, params)
+
     def prompt_bound(
         self, prefixes: Sequence[Trajectory], n: int, params: SamplingParams | None = None
     ) -> int:
@@ -199,7 +206,18 @@ class MeteredPolicy(StepPolicy):
     async def _agenerate(
         self, prefixes: Sequence[Trajectory], n: int, params: SamplingParams
     ) -> PolicyResult:
-        fixed = self.prompt_bound(prefixes, n, params)
+        # the policy's own bound, crediting the cache entries it keeps for this call
+        fixed, release = self.inner.lease_prompt_tokens(prefixes, n, params)
+        try:
+            if fixed is None:
+                fixed = self.prompt_bound(prefixes, n)
+            return await self._metered(prefixes, n, params, fixed)
+        finally:
+            release()
+
+    async def _metered(
+        self, prefixes: Sequence[Trajectory], n: int, params: SamplingParams, fixed: int
+    ) -> PolicyResult:
         units = len(prefixes) * n
         p = float(self.num_parameters or 0)
         cap = self.ledger.reserve(p, fixed, units, params.max_step_tokens)

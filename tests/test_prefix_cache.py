@@ -54,6 +54,22 @@ def test_eviction_by_size_keeps_recently_used_chains():
     del a
 
 
+def test_a_pinned_entry_outlives_eviction_and_clearing_until_unpinned():
+    per_token = 2 * 2 * 4 * 4
+    cache = PrefixCache(max_bytes=per_token * 40)
+    prompt = list(range(32))
+    root = cache.put(prompt, None, 0, _kv(32, 0.0))
+    assert cache.pin(prompt + [7, 8], max_len=33) == (root, 32)
+    cache.put(list(range(100, 120)), None, 0, _kv(20, 3.0))  # over the bound: root is pinned
+    assert cache.lookup(prompt + [7]) == (root, 32) and cache.stats.evictions == 0
+    cache.clear()  # a call in flight was credited root: only the rest goes
+    assert len(cache) == 1 and cache.lookup(prompt) == (root, 32)
+    cache.put(list(range(100, 120)), None, 0, _kv(20, 3.0))
+    cache.unpin(root)  # over the bound again: the least recently used unpinned entry goes
+    assert cache.lookup(prompt) == (None, 0) and cache.stats.evictions == 1
+    assert cache.pin([5] * 20) == (None, 0)  # a miss pins nothing
+
+
 # -- the embedded policy ---------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def policies() -> tuple[HFPolicy, HFPolicy]:
@@ -181,3 +197,30 @@ def test_a_metered_policy_reserves_the_tokenized_bound_and_books_computed_tokens
     assert spent.policy_prompt_tokens == (first.usage + second.usage).policy_prompt_tokens
     assert spent.tokens == spent.policy_prompt_tokens + spent.policy_generated_tokens
     assert ledger.left()[1] == 10_000 - spent.tokens  # the reservations were released
+
+
+def test_a_metered_call_is_credited_the_prompt_its_cache_holds(policies):
+    """The next step of a search reserves only the tokens past its cached prefix (that entry
+    pinned until the call is done), and computes no more than that."""
+    on, _ = policies
+    on.prefix_cache.clear()
+    root = Trajectory(question="Start with 27. Multiply by 5. Multiply by 3. Add 28.")
+    params = SamplingParams(temperature=0.8, seed=1, max_step_tokens=32)
+    first = on.generate([root], 2, params)
+    child = root.extend(first.steps[0][0])
+    full = on.prompt_tokens_bound([child], 2, params)
+    bound, release = on.lease_prompt_tokens([child], 2, params)
+    pinned = [e for e in on.prefix_cache._entries.values() if e.pins]
+    assert bound is not None and bound < full // 2 and len(pinned) == 1
+    release()
+    assert not any(e.pins for e in on.prefix_cache._entries.values())
+    ledger = Ledger(max_tokens=bound + 2 * 32)  # the credited prompt and the samples' cap
+    out = MeteredPolicy(on, ledger).generate([child], 2, params)
+    assert not ledger.exhausted and ledger.spent.policy_prompt_tokens <= bound
+    assert all(s.text for s in out.steps[0]) and ledger.spent == out.usage
+    assert not any(e.pins for e in on.prefix_cache._entries.values())  # released
+    # cold, the same budget cannot pay for the whole prompt
+    on.prefix_cache.clear()
+    cold = Ledger(max_tokens=bound + 2 * 32)
+    MeteredPolicy(on, cold).generate([child], 2, params)
+    assert cold.exhausted or cold.cut

@@ -2,12 +2,15 @@
 
 A search step extends the previous step's prompts (a beam's children share their parent's
 prefix), so the cache keeps each row's keys/values, keyed by token ids, and the next call
-computes only what no cached prefix covers. Used under the model's lock (one call at a
-time), so it needs no lock of its own.
+computes only what no cached prefix covers. The model uses it under its own lock (one call
+at a time); a budget meter may also *pin* an entry from another thread, so that a call's
+cache hits, credited before the call, are still there when it runs: the cache's own lock
+covers that.
 """
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,7 +31,7 @@ _BLOCK = 16  # tokens per index key: the index holds one key per block of each e
 class CacheEntry:
     """Keys/values of ``tokens[parent_len:]``; the first ``parent_len`` are the parent's."""
 
-    __slots__ = ("keys", "kv", "nbytes", "parent", "parent_len", "tokens")
+    __slots__ = ("keys", "kv", "nbytes", "parent", "parent_len", "pins", "tokens")
 
     def __init__(
         self, tokens: tuple[int, ...], parent: CacheEntry | None, parent_len: int, kv: LayerKV
@@ -36,6 +39,7 @@ class CacheEntry:
         self.tokens, self.parent, self.parent_len, self.kv = tokens, parent, parent_len, kv
         self.nbytes = sum(k.numel() * k.element_size() * 2 for k, _ in kv)
         self.keys: list[int] = []
+        self.pins = 0  # calls that were credited this entry's tokens: not evicted meanwhile
 
     def segments(self, length: int) -> list[tuple[CacheEntry, int]]:
         """``(entry, own tokens to take)`` from the root down, covering ``length`` tokens."""
@@ -80,7 +84,8 @@ class PrefixCache:
     Entries form a tree: an entry holds the keys/values of its *own* tokens and points at the
     entry it extends, so the samples of one prompt share the prompt's tensors. An evicted
     entry's tensors live on while a cached descendant still points at them; a hit refreshes
-    the whole chain, so leaves go first.
+    the whole chain, so leaves go first. A pinned entry (:meth:`pin`) is not evicted (nor
+    cleared) until unpinned.
     """
 
     def __init__(self, max_bytes: float = DEFAULT_PREFIX_CACHE_MB * 2**20):
@@ -93,6 +98,7 @@ class PrefixCache:
         self._index: dict[int, list[CacheEntry]] = {}  # block-chain hash -> entries with it
         #: per row of the last prefill: ``(prompt tokens computed, prompt tokens read)``
         self.last_rows: list[tuple[int, int]] = []
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -104,9 +110,26 @@ class PrefixCache:
         self.stats.hit_tokens += sum(h for _, h in rows)
 
     def clear(self) -> None:
-        self._entries.clear()
-        self._index.clear()
-        self.nbytes = 0
+        """Forget every entry but the pinned ones (a call in flight was credited them)."""
+        with self._lock:
+            for key in [k for k, e in self._entries.items() if not e.pins]:
+                self._drop(key)
+
+    def pin(
+        self, tokens: Sequence[int], max_len: int | None = None
+    ) -> tuple[CacheEntry | None, int]:
+        """:meth:`lookup`, and keep the entry found until :meth:`unpin`: a later lookup of
+        ``tokens`` then matches at least as many tokens."""
+        with self._lock:
+            entry, m = self._lookup(tokens, max_len)
+            if entry is not None:
+                entry.pins += 1
+            return entry, m
+
+    def unpin(self, entry: CacheEntry) -> None:
+        with self._lock:
+            entry.pins = max(0, entry.pins - 1)
+            self._evict()
 
     @staticmethod
     def _block_keys(tokens: Sequence[int]) -> list[int]:
@@ -121,6 +144,12 @@ class PrefixCache:
     ) -> tuple[CacheEntry | None, int]:
         """The entry sharing the longest prefix with ``tokens`` and that prefix's length
         (at most ``max_len``); ``(None, 0)`` on a miss. Refreshes the entry's chain."""
+        with self._lock:
+            return self._lookup(tokens, max_len)
+
+    def _lookup(
+        self, tokens: Sequence[int], max_len: int | None = None
+    ) -> tuple[CacheEntry | None, int]:
         limit = len(tokens) if max_len is None else min(max_len, len(tokens))
         query = tuple(tokens[:limit])
         best: CacheEntry | None = self._entries.get(query)
@@ -158,7 +187,12 @@ class PrefixCache:
         """Cache ``tokens`` whose first ``parent_len`` keys/values are ``parent``'s and the
         rest ``own`` (copied, so the caller's batch tensors can be freed). Returns the
         entry now holding ``tokens`` (an existing one is kept), or None if nothing new."""
-        key = tuple(tokens)
+        with self._lock:
+            return self._put(tuple(tokens), parent, parent_len, own)
+
+    def _put(
+        self, key: tuple[int, ...], parent: CacheEntry | None, parent_len: int, own: LayerKV
+    ) -> CacheEntry | None:
         found = self._entries.get(key)
         if found is not None:
             self._entries.move_to_end(key)
@@ -172,13 +206,25 @@ class PrefixCache:
             self._index.setdefault(h, []).append(entry)
         self._entries[key] = entry
         self.nbytes += entry.nbytes
-        while self.nbytes > self.max_bytes and len(self._entries) > 1:
-            _, old = self._entries.popitem(last=False)
-            self.nbytes -= old.nbytes
-            self.stats.evictions += 1
-            for h in old.keys:
-                holders = self._index[h]
-                holders.remove(old)
-                if not holders:
-                    del self._index[h]
+        self._evict()
         return entry
+
+    def _evict(self) -> None:
+        """Drop the least recently used unpinned entries while over the bound, never the
+        newest (the one just put)."""
+        while self.nbytes > self.max_bytes and len(self._entries) > 1:
+            newest = next(reversed(self._entries))
+            victim = next((k for k, e in self._entries.items() if not e.pins and k != newest), None)
+            if victim is None:  # everything else is pinned: over the bound until unpinned
+                return
+            self._drop(victim)
+            self.stats.evictions += 1
+
+    def _drop(self, key: tuple[int, ...]) -> None:
+        old = self._entries.pop(key)
+        self.nbytes -= old.nbytes
+        for h in old.keys:
+            holders = self._index[h]
+            holders.remove(old)
+            if not holders:
+                del self._index[h]

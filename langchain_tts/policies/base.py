@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
@@ -14,6 +14,10 @@ from langchain_tts.backends.text import DEFAULT_STEP_DELIMITER
 from langchain_tts.core.config import SamplingParams
 from langchain_tts.core.errors import InputError
 from langchain_tts.core.types import Step, Trajectory, Usage
+
+
+def _nothing_to_release() -> None:
+    return None
 
 
 class PolicyResult(BaseModel):
@@ -120,6 +124,14 @@ class StepPolicy(AsyncFirstRunnable[PolicyInput | dict, list[Step]], ABC):
         """An upper bound on the prompt tokens a call will *compute*, or None when the
         backend cannot say (budget meters then bound the prompt by its bytes)."""
         return None
+
+    def lease_prompt_tokens(
+        self, prefixes: Sequence[Trajectory], n: int, params: SamplingParams
+    ) -> tuple[int | None, Callable[[], None]]:
+        """:meth:`prompt_tokens_bound`, crediting what the backend's prefix cache holds and
+        keeps for the call, and the function that lets the cache go once the call is done
+        (call it exactly once). By default nothing is credited."""
+        return self.prompt_tokens_bound(prefixes, n, params), _nothing_to_release
 
     def render_prefix(self, prefix: Trajectory) -> str:
         """The solution text so far, each finished step followed by the delimiter."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -32,7 +32,7 @@ from langchain_tts.backends.hf import (
     pad_batch,
     supports_prefix_reuse,
 )
-from langchain_tts.backends.prefix_cache import DEFAULT_PREFIX_CACHE_MB, PrefixCache
+from langchain_tts.backends.prefix_cache import DEFAULT_PREFIX_CACHE_MB, CacheEntry, PrefixCache
 from langchain_tts.backends.sampling import SeededSampler
 from langchain_tts.backends.sync import run_in_worker
 from langchain_tts.backends.text import (
@@ -221,8 +221,41 @@ class HFPolicy(LocalModel, StepPolicy):
             lengths[ids] = lengths.get(ids, 0) + copies
         if self.prefix_cache is None or not self._native_cache:  # a prefill per row
             return sum(len(ids) * rows for ids, rows in lengths.items())
-        spans = {ids: min(rows, -(-rows // self.batch_size) + 1) for ids, rows in lengths.items()}
-        return sum(len(ids) * spans[ids] for ids in lengths)
+        return sum(len(ids) * self._spans(rows) for ids, rows in lengths.items())
+
+    def _spans(self, rows: int) -> int:
+        """Batch chunks ``rows`` side-by-side copies of one prompt can span (each prefills
+        what the cache does not hold)."""
+        return min(rows, -(-rows // self.batch_size) + 1)
+
+    def lease_prompt_tokens(
+        self, prefixes: Sequence[Trajectory], n: int, params: SamplingParams
+    ) -> tuple[int | None, Callable[[], None]]:
+        """With the native runtime's cache: each distinct prompt's tokens beyond the cached
+        prefix it shares with an entry, once per batch chunk its copies can span; the entry
+        is pinned (not evicted) until ``release()``, so the call finds at least that prefix.
+        Otherwise :meth:`prompt_tokens_bound`, crediting nothing."""
+        cache = self.prefix_cache
+        if cache is None or not self._native_cache:
+            return super().lease_prompt_tokens(prefixes, n, params)
+        copies = 1 if params.temperature == 0 else n
+        lengths: dict[tuple[int, ...], int] = {}
+        for p in prefixes:
+            ids = tuple(self.encode(p))
+            lengths[ids] = lengths.get(ids, 0) + copies
+        pinned: list[CacheEntry] = []
+        tokens = 0
+        for ids, rows in lengths.items():
+            entry, hit = cache.pin(ids, len(ids) - 1)  # the prefill computes >= 1 token
+            if entry is not None:
+                pinned.append(entry)
+            tokens += (len(ids) - hit) * self._spans(rows)
+
+        def release() -> None:
+            for entry in pinned:
+                cache.unpin(entry)
+
+        return tokens, release
 
     # -- generation -------------------------------------------------------------------------
     async def _agenerate(
