@@ -224,3 +224,42 @@ def test_a_metered_call_is_credited_the_prompt_its_cache_holds(policies):
     cold = Ledger(max_tokens=bound + 2 * 32)
     MeteredPolicy(on, cold).generate([child], 2, params)
     assert cold.exhausted or cold.cut
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cache_mb", [256.0, 0.25])  # roomy, and evicting all the time
+async def test_concurrent_budgeted_searches_on_warm_caches_never_overspend(cache_mb: float):
+    """Cache credit is only safe if what was credited is still there when the call runs:
+    concurrent searches under budgets, on a warm cache and on one too small to keep much,
+    each stay within their budget."""
+    import asyncio
+
+    from langchain_tts import ConfigError, load_default
+
+    base, prm = load_default()
+    policy = HFPolicy(base.model, base.tokenizer, prefix_cache_mb=cache_mb)
+    questions = [
+        "Start with 27. Multiply by 5. Multiply by 3. Divide by 5. Multiply by 4. Add 28.",
+        "Start with 9. Add 23. Add 43. Subtract 5. Add 2. Divide by 3.",
+        "Start with 150. Add 9. Multiply by 2. Subtract 18.",
+    ]
+    runs = []
+    for k, strategy in enumerate(["beam_search", "particle_filtering", "step_repair", "mcts"]):
+        cfg = {"seed": k} | ({"simulations": 4} if strategy == "mcts" else {"n": 4})
+        graph = create_tts_graph(policy, prm, strategy, cfg)
+        for q in questions:
+            await graph.ainvoke({"question": q})  # warm the cache
+            for budget in (2.5e8, 4e8, 7e8):
+                runs.append((graph, q, budget))
+
+    async def run(graph, q, budget):
+        try:
+            out = await graph.ainvoke({"question": q}, {"configurable": {"max_flops": budget}})
+        except ConfigError:  # its prompt evicted, the first call cannot be paid: nothing ran
+            return None, budget
+        return out["usage"].flops, budget
+
+    spent = await asyncio.gather(*(run(*r) for r in runs))
+    assert all(s is None or s <= b for s, b in spent)
+    assert sum(s is not None for s, _ in spent) >= len(runs) // 2
+    assert not any(e.pins for e in policy.prefix_cache._entries.values())
