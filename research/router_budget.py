@@ -17,11 +17,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shlex
 import sys
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+
+from research.runs import add_run_options, command_line
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -156,18 +157,13 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     ap.add_argument("--caps", type=_caps, default=DEFAULT_CAPS,
                     help="per-run max_flops caps, comma-separated (a run without a cap "
                     "is added)")  # fmt: skip
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--concurrency", type=int, default=16)
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="writes <out>.md, <out>.jsonl")
-    ap.add_argument("--resume", action="store_true", help="keep earlier records")
-    ap.add_argument("--quiet", action="store_true")
+    add_run_options(ap, DEFAULT_OUT)
     args = ap.parse_args(argv)
     if args.n < 1:
         ap.error("--n must be positive")
     records = asyncio.run(_solve(args))
     rows = table(records, (*args.caps, None))
-    argv_list = list(sys.argv[1:] if argv is None else argv)
-    command = ("python -m research.router_budget " + shlex.join(argv_list)).strip()
+    command = command_line("research.router_budget", argv)
     md = markdown(rows, command, args.split)
     Path(args.out).with_suffix(".md").write_text(md)
     print(md)

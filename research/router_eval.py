@@ -41,13 +41,14 @@ import itertools
 import json
 import math
 import os
-import shlex
 import sys
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from research.runs import command_line
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -767,9 +768,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         ap.error(str(e))
     if args.thresholds == "fitted" and ("cot", 1) not in runs:
         ap.error("--thresholds fitted needs cot among --strategies (its outcomes are fitted)")
-    argv_list = list(sys.argv[1:] if argv is None else argv)
-    command = "python -m research.router_eval " + shlex.join(argv_list)
-    return asyncio.run(_run(args, runs, command.strip()))
+    return asyncio.run(_run(args, runs, command_line("research.router_eval", argv)))
 
 
 @dataclass

@@ -19,10 +19,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shlex
-import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+from research.runs import add_run_options, command_line
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -138,19 +138,14 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     ap.add_argument("--temperatures", type=_floats, default=None,
                     help="comma-separated (majority_vote: 0.3,0.5,0.7,1.0,1.3; "
                     "step_repair: 0.7,1.0,1.3,1.6,2.0; the searches: 0.7,1.0,1.3)")  # fmt: skip
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--concurrency", type=int, default=16)
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="writes <out>.md, <out>.jsonl")
-    ap.add_argument("--resume", action="store_true", help="keep earlier records")
-    ap.add_argument("--quiet", action="store_true")
+    add_run_options(ap, DEFAULT_OUT)
     args = ap.parse_args(argv)
     if args.n < 1 or args.samples < 2:
         ap.error("--n must be positive and --samples at least 2")
     args.temperatures = args.temperatures or STRATEGIES[args.strategy][1]
     records = asyncio.run(_solve(args))
     rows = table(records, args.strategy, args.temperatures)
-    argv_list = list(sys.argv[1:] if argv is None else argv)
-    command = ("python -m research.temperature " + shlex.join(argv_list)).strip()
+    command = command_line("research.temperature", argv)
     md = markdown(rows, command, args.strategy, args.samples)
     Path(args.out).with_suffix(".md").write_text(md)
     print(md)
