@@ -475,6 +475,17 @@ def test_a_strategy_the_budget_cuts_short_stops_and_the_estimate_answers():
     assert out["stop_reason"] == "budget" and out["route"].budget_stopped
     assert out["route"].probe_fallback and out["answer"] == "99"  # the attempt's, finished
     assert out["solution"] == "a=1\n\nb=2\n\nc=99\n\n\\boxed{99}"
+    # a table entry's own cap still holds under a roomier run budget
+    own = BudgetTable(
+        hard=RouteAllocation(strategy="step_repair", config={"n": 16, "max_tokens": 80})
+    )
+    policy, prm, est = models()
+    graph = create_router_graph(policy, prm, estimator=est, table=own, max_tokens=10_000)
+    out = graph.invoke({"question": "q"})
+    assert (
+        out["stop_reason"] == "budget"
+        and out["usage"].tokens - out["difficulty"].usage.tokens <= 80
+    )
 
 
 def test_verified_prefix_never_keeps_the_attempts_last_step():

@@ -353,9 +353,11 @@ class _StrategyNode:
             # nothing wrong in an empty step accept it.
             if min(left) <= 0:
                 run = False
+            own = (self.cfg.max_flops, self.cfg.max_tokens)  # a table entry's own cap holds too
+            caps = [min(x, math.inf if c is None else c) for x, c in zip(left, own)]
             context |= {
-                "max_flops": None if math.isinf(left[0]) else left[0],
-                "max_tokens": None if math.isinf(left[1]) else left[1],
+                "max_flops": None if math.isinf(caps[0]) else caps[0],
+                "max_tokens": None if math.isinf(caps[1]) else caps[1],
             }
         return left, reused, sub_config, context, wanted, run
 
