@@ -68,8 +68,9 @@ class Ledger:
       graphs catch to stop their search (``stop_reason="budget"``): a search must not
       mistake an empty sample for a step (a PRM may find nothing wrong with it).
     * A PRM call's worst case is the PRM's own bound on the tokens it will compute
-      (:meth:`~langchain_tts.prms.base.ProcessRewardModel.tokens_bound`: the local PRMs
-      encode every input), otherwise the bytes of every trajectory plus per-step and
+      (:meth:`~langchain_tts.prms.base.ProcessRewardModel.lease_tokens`: the local PRMs
+      encode every input, and where their scoring is surely incremental credit the prefix
+      their cache holds, pinned until the call is done), otherwise the bytes of every trajectory plus per-step and
       per-trajectory overheads; a call that does not fit is refused (scores 0 for every step,
       or ``BudgetExceededError`` when strict).
 
@@ -265,8 +266,21 @@ class MeteredPRM(ProcessRewardModel):
             for t in trajectories
         )
 
+    def lease_tokens(
+        self, trajectories: Sequence[Trajectory]
+    ) -> tuple[int | None, Callable[[], None]]:
+        return self.inner.lease_tokens(trajectories)
+
     async def _ascore(self, trajectories: Sequence[Trajectory]) -> PRMResult:
-        tokens = self.tokens_bound(trajectories)
+        # the PRM's own bound, crediting the cache entries it keeps for this call
+        credited, release = self.inner.lease_tokens(trajectories)
+        try:
+            tokens = self.tokens_bound(trajectories) if credited is None else credited
+            return await self._metered(trajectories, tokens)
+        finally:
+            release()
+
+    async def _metered(self, trajectories: Sequence[Trajectory], tokens: int) -> PRMResult:
         p = float(self.num_parameters or 0)
         if self.ledger.reserve(p, tokens, 0, 0) == 0:
             if self.ledger.strict:

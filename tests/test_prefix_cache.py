@@ -230,14 +230,16 @@ def test_a_metered_call_is_credited_the_prompt_its_cache_holds(policies):
 @pytest.mark.parametrize("cache_mb", [256.0, 0.25])  # roomy, and evicting all the time
 async def test_concurrent_budgeted_searches_on_warm_caches_never_overspend(cache_mb: float):
     """Cache credit is only safe if what was credited is still there when the call runs:
-    concurrent searches under budgets, on a warm cache and on one too small to keep much,
-    each stay within their budget."""
+    concurrent searches under budgets, on warm caches and on ones too small to keep much
+    (the policy's and the verifier's), each stay within their budget."""
     import asyncio
 
     from langchain_tts import ConfigError, load_default
 
     base, prm = load_default()
     policy = HFPolicy(base.model, base.tokenizer, prefix_cache_mb=cache_mb)
+    if cache_mb < 1:
+        prm.cache_tokens = 256  # the verifier's cache evicting all the time too
     questions = [
         "Start with 27. Multiply by 5. Multiply by 3. Divide by 5. Multiply by 4. Add 28.",
         "Start with 9. Add 23. Add 43. Subtract 5. Add 2. Divide by 3.",
@@ -263,3 +265,4 @@ async def test_concurrent_budgeted_searches_on_warm_caches_never_overspend(cache
     assert all(s is None or s <= b for s, b in spent)
     assert sum(s is not None for s, _ in spent) >= len(runs) // 2
     assert not any(e.pins for e in policy.prefix_cache._entries.values())
+    assert not any(e.pins for e in prm.prefix_cache()._entries.values())

@@ -220,6 +220,72 @@ async def test_prefix_cache_finds_prefixes_inside_a_sequence_and_forgets_the_old
     assert cache.tokens == 7 and len(cache) == 2
 
 
+def test_a_pinned_sequence_is_kept_and_its_prefixes_stay_found() -> None:
+    import torch
+
+    from langchain_tts.backends.scoring_cache import ScoringCache
+
+    def kv(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.zeros(1, 2, 1, n, 2), torch.zeros(n, 1)
+
+    cache = ScoringCache(max_tokens=8)
+    cache.add([1, 2, 3, 4], *kv(4))
+    assert cache.pin([1, 2, 3, 9])[0] == 3
+    cache.add([1, 2, 3, 5], *kv(4))  # the newest holds the shared prefix [1, 2, 3]
+    cache.add([6, 6, 6], *kv(3))  # over the bound: [1, 2, 3, 5] goes, the pinned one stays
+    assert cache.lookup([1, 2, 3, 9])[0] == 3  # still found, through the pinned sequence
+    assert cache.lookup([1, 2, 3, 5])[0] == 3 and cache.tokens == 7
+    cache.clear()  # keeps what a call in flight was credited
+    assert len(cache) == 1 and cache.lookup([1, 2, 3, 4])[0] == 4
+    _, entry = cache.lookup([1, 2, 3, 4])
+    assert entry is not None
+    cache.add([7, 7, 7, 7, 7], *kv(5))  # over the bound: the pinned one stays, this goes
+    assert cache.lookup([7, 7]) == (0, None) and cache.tokens == 4
+    cache.unpin(entry)
+    cache.add([7, 7, 7, 7, 7], *kv(5))  # now the pinned one was the oldest: it goes
+    assert cache.lookup([1, 2, 3, 4]) == (0, None) and cache.tokens == 5
+
+
+@pytest.mark.parametrize("kind", ["calculator", "strong"])
+def test_a_metered_call_is_credited_what_the_prm_cache_holds(kind: str) -> None:
+    """A child's PRM call reserves its tokens past the cached parent (pinned meanwhile) and
+    computes no more than that."""
+    from langchain_tts.ledger import Ledger, MeteredPRM
+
+    prm = load_default_prm(kind)
+    parent = Trajectory(question=Q, steps=STEPS[:1])
+    children = [Trajectory(question=Q, steps=STEPS[:2]), Trajectory(question=Q, steps=WRONG[:2])]
+    prm.score([parent])
+    full = prm.tokens_bound(children)
+    bound, release = prm.lease_tokens(children)
+    assert full is not None and bound is not None and bound < full
+    release()
+    ledger = Ledger(max_tokens=bound)  # exactly the credited bound
+    got = MeteredPRM(prm, ledger).score(children)
+    assert not ledger.exhausted and 0 < got.usage.prm_tokens <= bound
+    cache = prm.prefix_cache()
+    assert cache is not None and not any(e.pins for e in cache._entries.values())
+    prm.clear_cache()  # cold, that budget cannot pay for the whole inputs
+    cold = Ledger(max_tokens=bound)
+    assert MeteredPRM(prm, cold).score(children).scores == [[0.0, 0.0], [0.0, 0.0]]
+    assert cold.exhausted
+
+
+def test_what_a_lease_credited_survives_other_calls_filling_the_cache() -> None:
+    prm = load_default_prm("strong")
+    prm.cache_tokens = 160  # the parent and little else
+    parent = Trajectory(question=Q, steps=STEPS[:1])
+    child = Trajectory(question=Q, steps=STEPS[:2])
+    prm.score([parent])
+    bound, release = prm.lease_tokens([child])
+    assert bound is not None and bound < len(prm.encode(child))
+    others = [Trajectory(question=f"Start with {k}. Add 36.", steps=[f"{k}+36={k + 36}"])
+              for k in range(10, 14)]  # fmt: skip
+    prm.score(others)  # a concurrent call's inputs push the cache over its bound
+    assert prm.score([child]).usage.prm_tokens <= bound  # the parent was still there
+    release()
+
+
 async def test_identical_candidates_are_scored_once() -> None:
     seen: list[tuple[str, ...]] = []
 

@@ -36,11 +36,13 @@ _BASE = 1_000_003
 MIN_SHARED_PREFIX = 8
 
 
-@dataclass
+@dataclass(eq=False)
 class _Entry:
     ids: tuple[int, ...]
     kv: torch.Tensor  # (layers, 2, heads, tokens, head_dim)
     hidden: torch.Tensor  # (tokens, hidden)
+    #: calls credited this entry's tokens (a budget meter): not evicted until they are done
+    pins: int = 0
 
 
 @dataclass
@@ -158,7 +160,9 @@ class ScoringCache:
 
     ``max_tokens`` bounds the tokens held (the oldest sequences are dropped first); a
     lookup finds the longest cached prefix of a sequence, also one that ends inside a
-    cached sequence. Thread safe: concurrent PRM calls share one cache.
+    cached sequence. Thread safe: concurrent PRM calls share one cache. A pinned sequence
+    (:meth:`pin`) is neither dropped nor cleared until unpinned, and its prefixes stay
+    found.
     """
 
     def __init__(self, max_tokens: int = 32_768):
@@ -181,21 +185,39 @@ class ScoringCache:
         return self._tokens
 
     def clear(self) -> None:
+        """Forget every sequence but the pinned ones (a call in flight was credited them)."""
         with self._lock:
-            self._entries.clear()
-            self._index.clear()
-            self._tokens = 0
+            for key in [k for k, e in self._entries.items() if not e.pins]:
+                self._drop(key)
 
     def lookup(self, ids: Sequence[int]) -> tuple[int, _Entry | None]:
         """The longest cached prefix of ``ids``: its length and the entry holding it."""
         hashes = _prefix_hashes(ids)
         with self._lock:
-            for n in range(len(ids), 0, -1):
-                entry = self._index.get((n, hashes[n - 1]))
-                if entry is not None and entry.ids[:n] == tuple(ids[:n]):  # no hash collision
-                    self._entries.move_to_end(id(entry))
-                    return n, entry
+            return self._lookup(ids, hashes)
+
+    def _lookup(self, ids: Sequence[int], hashes: list[int]) -> tuple[int, _Entry | None]:
+        for n in range(len(ids), 0, -1):
+            entry = self._index.get((n, hashes[n - 1]))
+            if entry is not None and entry.ids[:n] == tuple(ids[:n]):  # no hash collision
+                self._entries.move_to_end(id(entry))
+                return n, entry
         return 0, None
+
+    def pin(self, ids: Sequence[int]) -> tuple[int, _Entry | None]:
+        """:meth:`lookup`, and keep the entry found until :meth:`unpin`: a later lookup of
+        ``ids`` then finds at least as long a prefix."""
+        hashes = _prefix_hashes(ids)
+        with self._lock:
+            n, entry = self._lookup(ids, hashes)
+            if entry is not None:
+                entry.pins += 1
+            return n, entry
+
+    def unpin(self, entry: _Entry) -> None:
+        with self._lock:
+            entry.pins = max(0, entry.pins - 1)
+            self._evict()
 
     def add(self, ids: Sequence[int], kv: torch.Tensor, hidden: torch.Tensor) -> None:
         """Hold ``ids`` with its keys/values ``(layers, 2, heads, tokens, head_dim)`` and
@@ -208,12 +230,41 @@ class ScoringCache:
             self._tokens += len(ids)
             for n, h in enumerate(_prefix_hashes(ids), start=1):
                 self._index[(n, h)] = entry  # the newest sequence holds a shared prefix
-            while self._tokens > self.max_tokens:
-                _, old = self._entries.popitem(last=False)
-                self._tokens -= len(old.ids)
-                for n, h in enumerate(_prefix_hashes(old.ids), start=1):
-                    if self._index.get((n, h)) is old:
-                        del self._index[(n, h)]
+            self._evict()
+
+    def _evict(self) -> None:
+        """Drop the least recently used unpinned sequences while over ``max_tokens``."""
+        while self._tokens > self.max_tokens:
+            key = next((k for k, e in self._entries.items() if not e.pins), None)
+            if key is None:  # everything is pinned: over the bound until unpinned
+                return
+            self._drop(key)
+
+    def _drop(self, key: int) -> None:
+        old = self._entries.pop(key)
+        self._tokens -= len(old.ids)
+        # the pinned sequence sharing the longest prefix with ``old`` keeps that prefix found
+        keeper, shared = None, 0
+        for e in self._entries.values():
+            if e.pins:
+                m = _common_prefix(e.ids, old.ids)
+                if m > shared:
+                    keeper, shared = e, m
+        for n, h in enumerate(_prefix_hashes(old.ids), start=1):
+            if self._index.get((n, h)) is old:
+                if n <= shared:
+                    self._index[(n, h)] = keeper  # type: ignore[assignment]
+                else:
+                    del self._index[(n, h)]
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def _shared_prefixes(seqs: list[tuple[int, ...]], hit: list[int]) -> list[tuple[int, ...]]:

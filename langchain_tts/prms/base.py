@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
@@ -16,6 +16,10 @@ from langchain_tts.core.types import Trajectory, Usage, check_scores
 DEFAULT_PRM_SYSTEM_PROMPT = (
     "Please reason step by step, and put your final answer within \\boxed{}."
 )
+
+
+def _nothing_to_release() -> None:
+    return None
 
 
 class PRMResult(BaseModel):
@@ -50,6 +54,14 @@ class ProcessRewardModel(AsyncFirstRunnable[PRMInput | dict, list[float]], ABC):
         """An upper bound on the tokens a call on ``trajectories`` will *compute*, or None
         when the backend cannot say (budget meters then bound them by their bytes)."""
         return None
+
+    def lease_tokens(
+        self, trajectories: Sequence[Trajectory]
+    ) -> tuple[int | None, Callable[[], None]]:
+        """:meth:`tokens_bound`, crediting what the PRM's prefix cache holds and keeps for
+        the call, and the function that lets the cache go once the call is done (call it
+        exactly once). By default nothing is credited."""
+        return self.tokens_bound(trajectories), _nothing_to_release
 
     @abstractmethod
     async def _ascore(self, trajectories: Sequence[Trajectory]) -> PRMResult: ...

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 import warnings
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -27,6 +27,11 @@ __all__ = ["Encoded", "LocalPRM"]
 #: step scores through the cache may differ from a plain forward's by float rounding (left
 #: vs right padding, bf16); a forward that ignores the cache is off by far more
 INCREMENTAL_TOLERANCE = 2e-2
+
+
+def _no_release() -> None:
+    return None
+
 
 #: token ids of one PRM input, and what the read-out needs (positions, owners, ...)
 Encoded = tuple[list[int], Any]
@@ -84,6 +89,45 @@ class LocalPRM(LocalModel, ProcessRewardModel):
             return sum(len(self._encoded(t)[0]) for t in trajectories if t.steps)
         except Exception:
             return None
+
+    def lease_tokens(
+        self, trajectories: Sequence[Trajectory]
+    ) -> tuple[int | None, Callable[[], None]]:
+        """Where scoring is surely incremental (the native runtime's body, or a transformers
+        body whose cached scores were checked and whose window holds every input): each
+        input's tokens past its longest cached prefix, that entry pinned until ``release()``,
+        so the call finds at least that prefix. Otherwise :meth:`tokens_bound`."""
+        cache = self.prefix_cache()
+        try:
+            seqs = [self._encoded(t)[0] for t in trajectories if t.steps]
+        except Exception:
+            return None, _no_release
+        if cache is None or not seqs or not self._credits_cache(max(map(len, seqs))):
+            return sum(map(len, seqs)), _no_release
+        pinned = []
+        tokens = 0
+        for ids in seqs:
+            hit, entry = cache.pin(ids)
+            if entry is not None:
+                pinned.append(entry)
+            tokens += len(ids) - hit
+
+        def release() -> None:
+            for entry in pinned:
+                cache.unpin(entry)
+
+        return tokens, release
+
+    def _credits_cache(self, longest: int) -> bool:
+        from langchain_tts.backends.scoring_cache import TransformersBody, incremental_body
+
+        if incremental_body(self.model) is not None:
+            return True
+        body = self._transformers_body()
+        return (
+            self._incremental_ok is True and isinstance(body, TransformersBody)
+            and body.holds(longest)
+        )  # fmt: skip
 
     def _score_coalesced(self, trajectories: list[Trajectory]) -> PRMResult:
         items = self._coalescer.run(trajectories, None)
