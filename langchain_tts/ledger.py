@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from langchain_tts.backends.text import PROMPT_OVERHEAD_TOKENS
 from langchain_tts.core.config import SamplingParams
 from langchain_tts.core.errors import BudgetExceededError
 from langchain_tts.core.types import Step, Trajectory, Usage
@@ -29,8 +30,6 @@ __all__ = [
     "meter",
 ]
 
-#: bound on template / BOS / special tokens added to one policy prompt
-PROMPT_OVERHEAD_TOKENS = 64
 #: bound on separator tokens the PRM adds per step, and its template per trajectory
 PRM_STEP_OVERHEAD_TOKENS = 4
 PRM_OVERHEAD_TOKENS = 64

@@ -311,6 +311,53 @@ def test_server_chat_template_via_tokenize_endpoints(serve):
     assert server.paths("/tokenize")[0]["messages"][0] == {"role": "system", "content": "be brief"}
 
 
+def test_a_budget_counts_each_prompt_once_on_a_vllm_server(serve):
+    """vLLM computes and reports a prompt once however many samples it draws, so a meter
+    reserves each prompt's bytes once: n samples of a step fit a budget that n copies of
+    the prompt would not."""
+    from langchain_tts.ledger import Ledger, MeteredPolicy
+
+    server = serve(completions(vllm_like()))
+    policy = make_policy(server, num_parameters=10)
+    params = SamplingParams(temperature=0.8, max_step_tokens=16)
+    prompts = [
+        "Start with 3. Add 4.\n\n",
+        "Start with 12.\n\n12*2=24\n\n",
+        "Start with 7.\n\n7+1=8\n\n8-2=6\n\n",
+    ]
+    bound = policy.prompt_tokens_bound(PREFIXES, 8, params)
+    assert bound == sum(len(p) + 4 for p in prompts)  # bytes and a BOS allowance, once
+    other = make_policy(server, vllm_extensions=False)
+    assert other.prompt_tokens_bound(PREFIXES, 8, params) is None  # per sample, by bytes
+    budget = bound + 3 * 8 * 16
+    ledger = Ledger(max_tokens=budget)
+    out = MeteredPolicy(policy, ledger).generate(PREFIXES, 8, params)
+    assert not ledger.exhausted and not ledger.cut and ledger.spent.tokens <= budget
+    assert all(s.text for row in out.steps for s in row)
+    assert MeteredPolicy(other, Ledger()).prompt_bound(PREFIXES, 8) > budget
+
+
+def test_the_budget_bound_uses_the_server_template_once_rendered(serve):
+    answer = vllm_like(lambda i, p, j: ("x", "stop", "\n\n"), shuffle=False)
+
+    def handler(path: str, body: dict) -> tuple:
+        if path == "/tokenize":
+            q = body["messages"][-1]["content"]
+            return 200, {"tokens": [ord(c) for c in f"<|user|>{q}<|assistant|>"], "count": 1}
+        if path == "/detokenize":
+            return 200, {"prompt": "".join(chr(t) for t in body["tokens"])}
+        return 200, answer(body)
+
+    server = serve(handler)
+    policy = OpenAIPolicy(server.url, "m", system_prompt="be brief", backoff=0.01)
+    params = SamplingParams(temperature=0.8)
+    before = policy.prompt_tokens_bound(PREFIXES[1:2], 4, params)
+    assert before == len("Start with 12.") + len("be brief") + 64 + len("12*2=24\n\n")
+    policy.generate(PREFIXES[1:2], n=4, params=params)
+    after = policy.prompt_tokens_bound(PREFIXES[1:2], 4, params)
+    assert after == len("<|user|>Start with 12.<|assistant|>") + 4 + len("12*2=24\n\n")
+
+
 def test_server_template_missing_endpoint_says_what_to_do(serve):
     server = serve(lambda path, body: (404, {"detail": "Not Found"}))
     with pytest.raises(BackendError, match="chat_template='client'"):

@@ -264,6 +264,8 @@ def test_one_step_submits_every_prefix_at_once(vllm, policies):
     u = result.usage
     assert (u.policy_calls, u.policy_generated_tokens) == (1, engine_tokens)
     assert u.policy_prompt_tokens == sum(len(c.prompt_token_ids) for c in engine.calls)
+    # a budget reserves each prompt once, as the engine computes it for all n samples
+    assert policy.prompt_tokens_bound(prefixes, 3, params) == u.policy_prompt_tokens
     assert u.policy_flops == 2.0 * TINY_PARAMS * (u.policy_prompt_tokens + engine_tokens)
     assert u.policy_cached_tokens == 0 and u.seconds > 0
 

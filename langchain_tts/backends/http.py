@@ -287,6 +287,12 @@ class ServerClient:
             self._tokenizer = AutoTokenizer.from_pretrained(str(self._tokenizer_spec))
         return self._tokenizer
 
+    def rendered_chat(
+        self, messages: list[dict[str, str]], *, add_generation_prompt: bool
+    ) -> str | None:
+        """What :meth:`render_chat` returned for ``messages`` before, or None."""
+        return self._rendered.get(_chat_key(messages, add_generation_prompt))
+
     async def render_chat(
         self,
         messages: list[dict[str, str]],
@@ -301,7 +307,7 @@ class ServerClient:
         On a server failure a :class:`BackendError` that names the endpoints, then ``note``
         and ``advice`` (what to configure instead).
         """
-        key = (add_generation_prompt, *((m["role"], m["content"]) for m in messages))
+        key = _chat_key(messages, add_generation_prompt)
         if key in self._rendered:
             return self._rendered[key]
         if self.chat_template == "client":
@@ -346,3 +352,7 @@ class ServerClient:
     async def aclose(self) -> None:
         """Close the pooled connections of the running event loop."""
         await self.http.aclose()
+
+
+def _chat_key(messages: list[dict[str, str]], add_generation_prompt: bool) -> tuple[Any, ...]:
+    return (add_generation_prompt, *((m["role"], m["content"]) for m in messages))

@@ -12,6 +12,11 @@ DEFAULT_STEP_DELIMITER = "\n\n"
 STOP_REASON_UNKNOWN: Any = object()
 
 
+#: bound on the template, BOS and special tokens a chat template or server adds to one
+#: prompt (a budget's allowance when the template is not known yet)
+PROMPT_OVERHEAD_TOKENS = 64
+
+
 def chat_messages(
     question: str, system_prompt: str | None, answer: str | None = None
 ) -> list[dict[str, str]]:

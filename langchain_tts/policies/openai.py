@@ -49,6 +49,7 @@ from typing import Any
 from langchain_tts.backends.http import DEFAULT_MAX_RESPONSE_BYTES, ChatTemplateMode, ServerClient
 from langchain_tts.backends.text import (
     DEFAULT_STEP_DELIMITER,
+    PROMPT_OVERHEAD_TOKENS,
     STOP_REASON_UNKNOWN,
     chat_messages,
     cut_at_delimiter,
@@ -75,6 +76,14 @@ def _distribute(total: int, weights: list[int]) -> list[int]:
     for i in sorted(range(len(raw)), key=lambda i: out[i] - raw[i])[:rest]:
         out[i] += 1
     return out
+
+
+#: BOS and the like a server may add to a rendered prompt
+_SPECIAL_TOKENS = 4
+
+
+def _nbytes(text: str) -> int:
+    return len(text.encode("utf-8"))
 
 
 class OpenAIPolicy(ServerClient, StepPolicy):
@@ -153,13 +162,21 @@ class OpenAIPolicy(ServerClient, StepPolicy):
     def _templated(self) -> bool:
         return self.prompt_template is None and self.chat_template in ("server", "client")
 
-    async def _head(self, question: str) -> str:
-        """The prompt up to the solution: template(question), before any step."""
+    def _plain_head(self, question: str) -> str | None:
+        """The head of a prompt template or of ``chat_template="none"`` (None: a chat
+        template renders it)."""
         if self.prompt_template is not None:
             head = self.prompt_template.replace("{system_prompt}", self.system_prompt or "")
             return head.replace("{question}", question)
         if self.chat_template == "none":
             return question + self.step_delimiter
+        return None
+
+    async def _head(self, question: str) -> str:
+        """The prompt up to the solution: template(question), before any step."""
+        plain = self._plain_head(question)
+        if plain is not None:
+            return plain
         return await self.render_chat(
             chat_messages(question, self.system_prompt),
             add_generation_prompt=True,
@@ -167,6 +184,36 @@ class OpenAIPolicy(ServerClient, StepPolicy):
             advice="With a server that lacks them use chat_template='client' with "
             "tokenizer=..., or 'none', or prompt_template=...",
         )
+
+    def prompt_tokens_bound(
+        self, prefixes: Sequence[Trajectory], n: int, params: SamplingParams
+    ) -> int | None:
+        """On a vLLM server (``vllm_extensions``), which computes and reports each prompt
+        once however many samples it draws from it: each prefix's prompt bytes (no tokenizer
+        emits more tokens than bytes), with a question's rendered head once it is known,
+        else the question, system prompt and a template allowance. None for other servers
+        (budgets then count every sample's prompt)."""
+        if not self.vllm_extensions:
+            return None
+        total = 0
+        for p in prefixes:
+            head = self._known_head(p.question)
+            if head is None:
+                head_bound = _nbytes(p.question) + _nbytes(self.system_prompt or "")
+                head_bound += PROMPT_OVERHEAD_TOKENS
+            else:
+                head_bound = _nbytes(head) + _SPECIAL_TOKENS
+            total += head_bound + _nbytes(self.render_prefix(p))
+        return total
+
+    def _known_head(self, question: str) -> str | None:
+        """The head :meth:`_head` renders for ``question``, if that needs no server call or
+        was rendered before."""
+        plain = self._plain_head(question)
+        if plain is not None:
+            return plain
+        messages = chat_messages(question, self.system_prompt)
+        return self.rendered_chat(messages, add_generation_prompt=True)
 
     async def render_prompts(self, prefixes: Sequence[Trajectory]) -> list[str]:
         """The full text prompt of every prefix: head + steps, each ending with the delimiter."""

@@ -365,6 +365,13 @@ class VLLMPolicy(StepPolicy):
         with self._encode_lock:
             return encode_prompt(self.tokenizer, text)
 
+    def prompt_tokens_bound(
+        self, prefixes: Sequence[Trajectory], n: int, params: SamplingParams
+    ) -> int | None:
+        """Each prefix's prompt tokens, once: one request per prefix, whose prompt the
+        engine computes once for all its ``n`` samples (cache hits are not credited)."""
+        return sum(len(self.encode(p)) for p in prefixes)
+
     def sampling_params(self, n: int, params: SamplingParams, seed: int | None = None) -> Any:
         """The ``vllm.SamplingParams`` of one request (``seed`` overrides ``params.seed``)."""
         vllm = import_vllm()
