@@ -188,6 +188,10 @@ class MeteredPolicy(StepPolicy):
     ) -> tuple[int | None, Callable[[], None]]:
         return self.inner.lease_prompt_tokens(prefixes, n, params)
 
+    @property
+    def reuses_prefixes(self) -> bool:
+        return self.inner.reuses_prefixes
+
     def prompt_bound(
         self, prefixes: Sequence[Trajectory], n: int, params: SamplingParams | None = None
     ) -> int:
@@ -269,6 +273,10 @@ class MeteredPRM(ProcessRewardModel):
         self, trajectories: Sequence[Trajectory]
     ) -> tuple[int | None, Callable[[], None]]:
         return self.inner.lease_tokens(trajectories)
+
+    @property
+    def reuses_prefixes(self) -> bool:
+        return self.inner.reuses_prefixes
 
     async def _ascore(self, trajectories: Sequence[Trajectory]) -> PRMResult:
         # the PRM's own bound, crediting the cache entries it keeps for this call

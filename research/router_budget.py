@@ -1,7 +1,8 @@
 """What a per-run compute budget buys from the embedded router: ``python -m research.router_budget``
 
 Runs the router a user gets for the embedded small policy and calculator verifier
-(``embedded_router_kwargs``: the verifier estimator and the calibrated table, seeded) under
+(``embedded_router_kwargs``: the verifier estimator and the calibrated table, seeded; or
+the table of ``--table``, a budget table JSON or a ``research.router_eval`` result) under
 several per-run ``max_flops`` caps, and once without a cap, on synthetic problems, and
 reports for each cap: accuracy, FLOPs per question (mean and max: the cap holds), and what
 the router did with the questions (answered by the estimate, ran the bin's allocation,
@@ -21,6 +22,7 @@ import sys
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from research.runs import add_run_options, command_line
 
@@ -66,13 +68,15 @@ def table(records: Sequence[dict], caps: Sequence[float | None]) -> list[dict]:
     return rows
 
 
-def markdown(rows: Sequence[dict], command: str, split: str) -> str:
+def markdown(rows: Sequence[dict], command: str, split: str, table: str | None = None) -> str:
     n = rows[0]["n"] if rows else 0
+    which = f"the table of `{table}`" if table else "the calibrated table"
     lines = [
         "# The embedded router under a per-run FLOPs cap",
         "",
         f"Made by `{command}`: the embedded small policy and calculator verifier, the router "
-        f"of `embedded_router_kwargs` (seeded), on {n} synthetic {split} problems (balanced "
+        f"of `embedded_router_kwargs` with {which} (seeded), on {n} synthetic {split} "
+        "problems (balanced "
         "over the 8 levels). `max_flops` caps each run, estimate included. Columns: "
         "questions the estimate answered (`reuse_probe`), that ran the bin's allocation "
         "(`table`), a cheaper one (`budget_downgrade`), or none (`budget_probe_only`: the "
@@ -118,7 +122,7 @@ async def _solve(args: argparse.Namespace) -> list[dict]:
     problems = load_synthetic(args.split, args.n)
     policy, prm = load_default_policy("small"), load_default_prm("calculator")
     kwargs = embedded_router_kwargs("small", "calculator")
-    t = kwargs["table"]
+    t = kwargs["table"] if args.table is None else read_table(args.table)
     kwargs["table"] = BudgetTable(**{  # seeded: every cap runs the same samples
         b: RouteAllocation(strategy=t[b].strategy, config={**t[b].config, "seed": args.seed})
         for b in ("easy", "medium", "hard")
@@ -150,6 +154,17 @@ async def _solve(args: argparse.Namespace) -> list[dict]:
     return [r for r in map(json.loads, out.read_text().splitlines()) if r["id"] in ids]
 
 
+def read_table(path: Path) -> Any:
+    """A budget table from JSON: the table itself, or a ``research.router_eval`` result
+    (its calibrated table)."""
+    import json
+
+    from langchain_tts.routing import BudgetTable
+
+    data = json.loads(Path(path).read_text())
+    return BudgetTable.from_dict(data.get("calibration", {}).get("table", data))
+
+
 def main(argv: Sequence[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(prog="python -m research.router_budget", description=__doc__)
     ap.add_argument("--split", choices=("validation", "test"), default="test")
@@ -157,6 +172,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     ap.add_argument("--caps", type=_caps, default=DEFAULT_CAPS,
                     help="per-run max_flops caps, comma-separated (a run without a cap "
                     "is added)")  # fmt: skip
+    ap.add_argument("--table", type=Path,
+                    help="a budget table JSON, or a research.router_eval result whose "
+                    "calibrated table to run (default: the embedded router's)")  # fmt: skip
     add_run_options(ap, DEFAULT_OUT)
     args = ap.parse_args(argv)
     if args.n < 1:
@@ -164,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     records = asyncio.run(_solve(args))
     rows = table(records, (*args.caps, None))
     command = command_line("research.router_budget", argv)
-    md = markdown(rows, command, args.split)
+    md = markdown(rows, command, args.split, None if args.table is None else str(args.table))
     Path(args.out).with_suffix(".md").write_text(md)
     print(md)
     return rows

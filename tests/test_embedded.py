@@ -203,3 +203,40 @@ def test_the_embedded_router_runs_step_repair_when_its_typical_run_fits():
     capped = router.invoke({"question": p.question}, context={"max_flops": cap})
     assert capped["route"].reason == "table" and capped["route"].strategy == "step_repair"
     assert capped["answer"] == out["answer"] and capped["usage"].flops <= cap
+
+
+def test_the_router_prices_a_search_by_what_it_writes_where_caches_hold_the_rest():
+    """With prefix caches on both embedded models, particle filtering's price counts the
+    tokens it writes and has scored, not every prefix it re-reads: never below what a run
+    spends, and well under the cache-blind price."""
+    from types import SimpleNamespace
+
+    from langchain_tts.routing import (
+        BudgetTable,
+        RouteAllocation,
+        allocation_cost,
+        create_router_graph,
+        embedded_router_kwargs,
+    )
+
+    policy, prm = load_default()
+    assert policy.reuses_prefixes and prm.reuses_prefixes
+    kwargs = embedded_router_kwargs()
+    alloc = RouteAllocation(strategy="particle_filtering", config={"n": 16, "seed": 0})
+    table = BudgetTable(easy=alloc, medium=alloc, hard=alloc, thresholds=kwargs["table"].thresholds)
+    router = create_router_graph(
+        policy, prm, estimator=kwargs["estimator"], table=table, reuse_probe=False
+    )
+    blind = [SimpleNamespace(num_parameters=m.num_parameters, reuses_prefixes=False)
+             for m in (policy, prm)]  # fmt: skip
+    ratios = []
+    for p in make_split("validation", 64)[::8]:
+        out = router.invoke({"question": p.question})
+        est, route = out["difficulty"], out["route"]
+        where = {"prefix_steps": len(route.prefix_steps), "rejected": route.prefix_rejected}
+        price = allocation_cost("particle_filtering", {"n": 16}, est, policy, prm, **where)[0]
+        old = allocation_cost("particle_filtering", {"n": 16}, est, *blind, **where)[0]
+        spent = out["usage"].flops - est.usage.flops
+        assert 0 < spent <= price < old / 2
+        ratios.append(spent / price)
+    assert sum(ratios) / len(ratios) > 0.35

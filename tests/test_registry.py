@@ -8,6 +8,7 @@ steps of the one chain, keep the PRM's best, until it finishes.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import subprocess
 import sys
@@ -171,6 +172,33 @@ def test_a_registered_strategy_is_swept_and_routed(toy: StrategySpec):
     assert steps == 4  # write_step's solutions
     f2, t2 = allocation_cost("greedy_steps", {"width": 3}, est, policy, prm, prefix_steps=1)
     assert t2 == pytest.approx(3 * 3 * per_sample * (3 / 4) * 2) and f2 < flops
+
+    # models that keep prefix caches: priced by what it writes and has scored, if it says
+    class Cached(FakePolicy):
+        reuses_prefixes = True
+
+    class CachedPRM(FakePRM):
+        reuses_prefixes = True
+
+    cached, cached_prm = Cached(write_step), CachedPRM(prm_fn)
+    # a strategy that gives no computed_units: priced as without caches
+    assert allocation_cost("greedy_steps", {"width": 3}, est, cached, cached_prm) == (
+        flops,
+        tokens,
+    )
+    writes = dataclasses.replace(
+        toy, computed_units=lambda cfg, steps, reused: (float(cfg.width), float(cfg.width))
+    )
+    registry_module._SPECS["greedy_steps"] = writes
+    try:
+        _, t3 = allocation_cost("greedy_steps", {"width": 3}, est, cached, cached_prm)
+        prompt = est.usage.policy_prompt_tokens / 2
+        generated = est.usage.policy_generated_tokens / 2
+        assert t3 == pytest.approx(3 * generated + prompt + 3 * per_sample)  # no PRM ran
+        _, t4 = allocation_cost("greedy_steps", {"width": 3}, est, policy, prm)
+        assert t4 == tokens  # a policy without a cache: every re-read priced
+    finally:
+        registry_module._SPECS["greedy_steps"] = toy
     table = BudgetTable.from_dict(
         {b: {"strategy": "greedy_steps"} for b in ("easy", "medium", "hard")}
     )

@@ -125,6 +125,13 @@ class StepPolicy(AsyncFirstRunnable[PolicyInput | dict, list[Step]], ABC):
         backend cannot say (budget meters then bound the prompt by its bytes)."""
         return None
 
+    @property
+    def reuses_prefixes(self) -> bool:
+        """Whether the backend computes a prompt prefix it computed before only once (a
+        prefix cache): a search's re-read prefixes then cost nothing, and the router prices
+        it by what it writes (:func:`~langchain_tts.routing.allocation_cost`)."""
+        return False
+
     def lease_prompt_tokens(
         self, prefixes: Sequence[Trajectory], n: int, params: SamplingParams
     ) -> tuple[int | None, Callable[[], None]]:

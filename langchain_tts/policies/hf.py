@@ -228,6 +228,10 @@ class HFPolicy(LocalModel, StepPolicy):
         what the cache does not hold)."""
         return min(rows, -(-rows // self.batch_size) + 1)
 
+    @property
+    def reuses_prefixes(self) -> bool:
+        return self.prefix_cache is not None
+
     def lease_prompt_tokens(
         self, prefixes: Sequence[Trajectory], n: int, params: SamplingParams
     ) -> tuple[int | None, Callable[[], None]]:

@@ -55,6 +55,12 @@ class ProcessRewardModel(AsyncFirstRunnable[PRMInput | dict, list[float]], ABC):
         when the backend cannot say (budget meters then bound them by their bytes)."""
         return None
 
+    @property
+    def reuses_prefixes(self) -> bool:
+        """Whether the PRM scores a prefix it scored before without computing it again (a
+        prefix cache): the router then prices a search by the tokens it writes."""
+        return False
+
     def lease_tokens(
         self, trajectories: Sequence[Trajectory]
     ) -> tuple[int | None, Callable[[], None]]:

@@ -90,6 +90,10 @@ class LocalPRM(LocalModel, ProcessRewardModel):
         except Exception:
             return None
 
+    @property
+    def reuses_prefixes(self) -> bool:
+        return self.prefix_cache() is not None
+
     def lease_tokens(
         self, trajectories: Sequence[Trajectory]
     ) -> tuple[int | None, Callable[[], None]]:

@@ -217,17 +217,25 @@ def allocation_cost(
         return None
     steps = max(1.0, estimate.mean_steps)
     left = max(1.0, steps - prefix_steps)  # the prefix is read from the caches, not computed
+    share = left / steps
     gen_u, prm_u = spec.cost_units(cfg, left, reused)
-    pol_tok = (u.policy_prompt_tokens + u.policy_generated_tokens) / k
-    prm_tok = u.prm_tokens / k if u.prm_tokens > 0 else pol_tok
-    pol_tok, prm_tok = pol_tok * left / steps, prm_tok * left / steps
+    prompt = u.policy_prompt_tokens / k
+    pol_tok = (prompt + u.policy_generated_tokens / k) * share
+    prm_tok = (u.prm_tokens / k if u.prm_tokens > 0 else pol_tok / share) * share
+    pol_all = gen_u * pol_tok
+    prm_all = prm_u * prm_tok
+    # With prefix caches a search computes what it writes (and the PRM what is new to it):
+    # its prompts and the prefixes it extends are read, not computed again.
+    cached = spec.computed_units(cfg, left, reused) if spec.computed_units else None
+    if cached is not None and policy.reuses_prefixes:
+        pol_all = cached[0] * (u.policy_generated_tokens / k) * share + prompt
+    if cached is not None and prm is not None and prm.reuses_prefixes:
+        prm_all = cached[1] * prm_tok
     p_pol = float(policy.num_parameters or 0)
     p_prm = float(prm.num_parameters or 0) if prm is not None else 0.0
     if prm is None:
-        prm_u = 0.0
-    tokens = gen_u * pol_tok + prm_u * prm_tok
-    flops = 2.0 * p_pol * gen_u * pol_tok + 2.0 * p_prm * prm_u * prm_tok
-    return flops, tokens
+        prm_all = 0.0
+    return 2.0 * p_pol * pol_all + 2.0 * p_prm * prm_all, pol_all + prm_all
 
 
 # -- helpers ---------------------------------------------------------------------------------

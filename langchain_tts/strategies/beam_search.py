@@ -16,7 +16,7 @@ from langchain_tts.policies.base import StepPolicy
 from langchain_tts.prms.base import ProcessRewardModel
 from langchain_tts.strategies.core import TTSState, expand, finalize_update, score
 from langchain_tts.strategies.loop import Search, SearchLoop, require_prm, search_graph
-from langchain_tts.strategies.registry import StrategySpec
+from langchain_tts.strategies.registry import StrategySpec, written_units
 from langchain_tts.strategies.selection import top_k
 
 
@@ -160,5 +160,6 @@ SPEC = StrategySpec(
     build=build_beam_search_graph,
     budget_config=width_budget,
     cost_units=lambda cfg, steps, reused: search_units(cfg.keep * cfg.expand_each, cfg.keep, steps),
+    computed_units=lambda cfg, steps, reused: written_units(cfg.keep * cfg.expand_each),
     summary="PRM-guided beam search: keep the best prefixes each step, expand each into more",
 )

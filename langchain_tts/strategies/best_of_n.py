@@ -261,6 +261,7 @@ def _sampling_spec(
         summary=summary,
         needs_prm=needs_prm,
         cost_units=sampling_units,
+        computed_units=sampling_units,  # the shared prompt computed once: see allocation_cost
         reuses_samples=True,  # n independent whole solutions, as the router's probe samples
     )
 

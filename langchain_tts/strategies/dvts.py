@@ -24,7 +24,7 @@ from langchain_tts.strategies.loop import (
     require_prm,
     search_graph,
 )
-from langchain_tts.strategies.registry import StrategySpec
+from langchain_tts.strategies.registry import StrategySpec, written_units
 from langchain_tts.strategies.selection import top_k
 
 
@@ -161,5 +161,6 @@ SPEC = StrategySpec(
     build=build_dvts_graph,
     budget_config=width_budget,
     cost_units=lambda cfg, steps, reused: search_units(cfg.n, cfg.n_subtrees, steps),
+    computed_units=lambda cfg, steps, reused: written_units(cfg.n),
     summary="Diverse verifier tree search: n / beam_width independent greedy PRM-guided subtrees",
 )

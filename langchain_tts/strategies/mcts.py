@@ -522,6 +522,7 @@ SPEC = StrategySpec(
     build=build_mcts_graph,
     budget_config=lambda n: {"simulations": n},
     cost_units=mcts_units,
+    computed_units=mcts_units,  # a rollout writes at most the rest of one solution
     state_types=(MCTSNode,),
     summary="Monte Carlo tree search over reasoning steps: policy rollouts scored by the PRM, "
     "branching where the PRM's step scores doubt a path",

@@ -48,7 +48,7 @@ from langchain_tts.strategies.loop import (
     require_prm,
     search_graph,
 )
-from langchain_tts.strategies.registry import StrategySpec
+from langchain_tts.strategies.registry import StrategySpec, written_units
 
 Resampling = Literal["multinomial", "systematic"]
 _EPS = 1e-7  # scores are clipped into (0, 1) before the logit, as its_hub does
@@ -173,5 +173,6 @@ SPEC = StrategySpec(
     build=build_particle_filtering_graph,
     budget_config=lambda n: {"n": n},
     cost_units=pf_units,
+    computed_units=lambda cfg, steps, reused: written_units(cfg.n),
     summary="particle filtering: n partial solutions resampled by PRM weight after every step",
 )

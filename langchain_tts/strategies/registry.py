@@ -49,6 +49,13 @@ CostUnits = Callable[[Any, float, int], tuple[float, float]]
 _NAME = re.compile(r"[a-z][a-z0-9_]*")
 
 
+def written_units(solutions: float) -> tuple[float, float]:
+    """:data:`CostUnits` of a strategy that writes ``solutions`` solutions' worth of new
+    tokens and has each scored once: what a step-level search computes when the prefix
+    caches hold every prefix it extends and every prefix the PRM scored before."""
+    return float(solutions), float(solutions)
+
+
 @dataclass(frozen=True)
 class StrategySpec:
     """What the package needs to know about one strategy.
@@ -57,7 +64,10 @@ class StrategySpec:
     eval sweeps and budget-table calibration use). ``needs_prm``: its default config needs a
     PRM (a config may lift that, e.g. ``selection="majority"``; the builder checks).
     ``cost_units``: see :data:`CostUnits`; None when unknown (the router then cannot price
-    a budget downgrade to it). ``reuses_samples``: it samples ``n`` whole solutions the way
+    a budget downgrade to it). ``computed_units``: the same where the models' prefix caches
+    hold what the strategy re-reads (its prompts and the prefixes it extends are computed
+    once): the solutions' worth of tokens it newly writes and has scored; None: as
+    ``cost_units``. ``reuses_samples``: it samples ``n`` whole solutions the way
     the router's probe does, so probe samples count among its ``n``. ``state_types``: the
     pydantic classes its graph state adds (registered with the checkpoint serializer).
     ``after_rejection``: the knobs a caller sets when the ``prefix_steps`` it hands over
@@ -76,6 +86,7 @@ class StrategySpec:
     summary: str
     needs_prm: bool = True
     cost_units: CostUnits | None = None
+    computed_units: CostUnits | None = None
     reuses_samples: bool = False
     state_types: tuple[type, ...] = ()
     after_rejection: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
@@ -95,8 +106,9 @@ class StrategySpec:
         for attr in ("build", "budget_config"):
             if not callable(getattr(self, attr)):
                 raise ConfigError(f"StrategySpec.{attr} of {self.name!r} must be callable")
-        if self.cost_units is not None and not callable(self.cost_units):
-            raise ConfigError(f"StrategySpec.cost_units of {self.name!r} must be callable or None")
+        for attr in ("cost_units", "computed_units"):
+            if getattr(self, attr) is not None and not callable(getattr(self, attr)):
+                raise ConfigError(f"StrategySpec.{attr} of {self.name!r} must be callable or None")
         if not all(isinstance(t, type) for t in self.state_types):
             raise ConfigError(
                 f"StrategySpec.state_types of {self.name!r} must be a tuple of classes"

@@ -240,6 +240,7 @@ SPEC = StrategySpec(
     build=build_step_repair_graph,
     budget_config=lambda n: {"n": n},
     cost_units=step_repair_units,
+    computed_units=step_repair_units,  # drafts, samples and redrafts are all new tokens
     after_rejection=MappingProxyType({"start": "repair"}),
     summary="step repair: a greedy solution; each step the PRM rejects is resampled n times",
 )
