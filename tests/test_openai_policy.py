@@ -287,8 +287,9 @@ def test_unreachable_server_raises_connection_error():
 
 
 # -- prompt templating -----------------------------------------------------------------------
-def test_server_chat_template_via_tokenize_endpoints(serve):
-    answer = vllm_like(lambda i, p, j: ("x", "stop", "\n\n"), shuffle=False)
+def templating_server(body_of: Callable[[dict], dict]) -> Handler:
+    """vLLM's ``/tokenize`` (a template ``<|user|>{question}<|assistant|>``, one character a
+    token) and ``/detokenize``, and ``/completions`` answered by ``body_of``."""
 
     def handler(path: str, body: dict) -> tuple:
         if path == "/tokenize":
@@ -297,9 +298,13 @@ def test_server_chat_template_via_tokenize_endpoints(serve):
             return 200, {"tokens": [ord(c) for c in f"<|user|>{q}<|assistant|>"], "count": 1}
         if path == "/detokenize":
             return 200, {"prompt": "".join(chr(t) for t in body["tokens"])}
-        return 200, answer(body)
+        return 200, body_of(body)
 
-    server = serve(handler)
+    return handler
+
+
+def test_server_chat_template_via_tokenize_endpoints(serve):
+    server = serve(templating_server(vllm_like(lambda i, p, j: ("x", "stop", "\n\n"), False)))
     policy = OpenAIPolicy(server.url, "m", system_prompt="be brief", backoff=0.01)
     policy.generate(PREFIXES, n=1)
     policy.generate(PREFIXES, n=1)
@@ -338,17 +343,7 @@ def test_a_budget_counts_each_prompt_once_on_a_vllm_server(serve):
 
 
 def test_the_budget_bound_uses_the_server_template_once_rendered(serve):
-    answer = vllm_like(lambda i, p, j: ("x", "stop", "\n\n"), shuffle=False)
-
-    def handler(path: str, body: dict) -> tuple:
-        if path == "/tokenize":
-            q = body["messages"][-1]["content"]
-            return 200, {"tokens": [ord(c) for c in f"<|user|>{q}<|assistant|>"], "count": 1}
-        if path == "/detokenize":
-            return 200, {"prompt": "".join(chr(t) for t in body["tokens"])}
-        return 200, answer(body)
-
-    server = serve(handler)
+    server = serve(templating_server(vllm_like(lambda i, p, j: ("x", "stop", "\n\n"), False)))
     policy = OpenAIPolicy(server.url, "m", system_prompt="be brief", backoff=0.01)
     params = SamplingParams(temperature=0.8)
     before = policy.prompt_tokens_bound(PREFIXES[1:2], 4, params)
