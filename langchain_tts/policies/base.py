@@ -127,9 +127,12 @@ class StepPolicy(AsyncFirstRunnable[PolicyInput | dict, list[Step]], ABC):
 
     @property
     def reuses_prefixes(self) -> bool:
-        """Whether the backend computes a prompt prefix it computed before only once (a
-        prefix cache): a search's re-read prefixes then cost nothing, and the router prices
-        it by what it writes (:func:`~langchain_tts.routing.allocation_cost`)."""
+        """Whether the backend computes a prompt prefix it computed before only once, in a
+        cache whose hits :meth:`lease_prompt_tokens` can credit: a search's re-read prefixes
+        then cost nothing, and the router prices it by what it writes
+        (:func:`~langchain_tts.routing.allocation_cost`). A backend whose cache a meter
+        cannot pin (a vLLM engine or server) says False: a price that credited the cache
+        while the meter reserved every prompt would pick runs the meter then cuts short."""
         return False
 
     def lease_prompt_tokens(
