@@ -246,9 +246,17 @@ async def test_concurrent_budgeted_searches_on_warm_caches_never_overspend(cache
         "Start with 150. Add 9. Multiply by 2. Subtract 18.",
     ]
     runs = []
-    for k, strategy in enumerate(["beam_search", "particle_filtering", "step_repair", "mcts"]):
-        cfg = {"seed": k} | ({"simulations": 4} if strategy == "mcts" else {"n": 4})
-        graph = create_tts_graph(policy, prm, strategy, cfg)
+    configs = {
+        "beam_search": {"n": 4},
+        "dvts": {"n": 4, "beam_width": 2},
+        "particle_filtering": {"n": 4},
+        "step_repair": {"n": 4},
+        "mcts": {"simulations": 4},
+        "best_of_n": {"n": 4},
+        "revision": {"revise": "backtrack", "revisions": 2},
+    }
+    for k, (strategy, knobs) in enumerate(configs.items()):
+        graph = create_tts_graph(policy, prm, strategy, {"seed": k, **knobs})
         for q in questions:
             await graph.ainvoke({"question": q})  # warm the cache
             for budget in (2.5e8, 4e8, 7e8):
