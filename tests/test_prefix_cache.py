@@ -151,6 +151,8 @@ def test_the_transformers_backend_reuses_past_key_values_with_the_same_samples()
     on = load_default_policy(backend="transformers")
     off = HFPolicy(on.model, on.tokenizer, prefix_cache=False)
     assert on.prefix_cache is not None
+    # its hits are not credited call by call, so budgets price every re-read
+    assert not on.reuses_prefixes and load_default_policy().reuses_prefixes
     params = SamplingParams(temperature=0.8, seed=3, max_step_tokens=48)
     roots = [Trajectory(question="What is 17 + 25?"), Trajectory(question="Start with 9.")]
     first = on.generate(roots, n=4, params=params)

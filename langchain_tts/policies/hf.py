@@ -230,7 +230,9 @@ class HFPolicy(LocalModel, StepPolicy):
 
     @property
     def reuses_prefixes(self) -> bool:
-        return self.prefix_cache is not None
+        # only the native runtime's cache is credited call by call (lease_prompt_tokens);
+        # the transformers path cuts every row of a batch at their shortest shared hit
+        return self.prefix_cache is not None and self._native_cache
 
     def lease_prompt_tokens(
         self, prefixes: Sequence[Trajectory], n: int, params: SamplingParams
