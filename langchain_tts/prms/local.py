@@ -92,7 +92,12 @@ class LocalPRM(LocalModel, ProcessRewardModel):
 
     @property
     def reuses_prefixes(self) -> bool:
-        return self.prefix_cache() is not None
+        # as lease_tokens credits the cache: the native body, or a checked transformers one
+        from langchain_tts.backends.scoring_cache import incremental_body
+
+        if self.prefix_cache() is None:
+            return False
+        return incremental_body(self.model) is not None or self._incremental_ok is True
 
     def lease_tokens(
         self, trajectories: Sequence[Trajectory]
