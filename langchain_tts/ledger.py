@@ -69,9 +69,9 @@ class Ledger:
     * A PRM call's worst case is the PRM's own bound on the tokens it will compute
       (:meth:`~langchain_tts.prms.base.ProcessRewardModel.lease_tokens`: the local PRMs
       encode every input, and where their scoring is surely incremental credit the prefix
-      their cache holds, pinned until the call is done), otherwise the bytes of every trajectory plus per-step and
-      per-trajectory overheads; a call that does not fit is refused (scores 0 for every step,
-      or ``BudgetExceededError`` when strict).
+      their cache holds, pinned until the call is done), otherwise the bytes of every
+      trajectory plus per-step and per-trajectory overheads; a call that does not fit is
+      refused (scores 0 for every step, or ``BudgetExceededError`` when strict).
 
     Concurrent calls reserve under a lock, so together they cannot overrun. The guarantee
     assumes the backend honours ``max_step_tokens`` (every backend here does).
