@@ -57,6 +57,10 @@ def solve(
     prm: EmbeddedVerifier = "calculator",
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
     compare_cot: Annotated[bool, typer.Option(help="also run greedy CoT for comparison")] = False,
+    max_flops: Annotated[
+        float | None,
+        typer.Option(help="compute budget of the run in FLOPs (the router's: estimate included)"),
+    ] = None,
 ) -> None:
     """Solve one question with a test-time-compute strategy on the embedded default models."""
     from langchain_tts import create_tts_graph
@@ -65,7 +69,7 @@ def solve(
     from langchain_tts.strategies import get_strategy
 
     if strategy == "router":
-        _solve_with_router(question, policy or "small", prm, as_json)
+        _solve_with_router(question, policy or "small", prm, as_json, max_flops)
         return
     try:
         policy = policy or get_strategy(strategy).embedded_policy
@@ -74,7 +78,13 @@ def solve(
     t0 = time.perf_counter()
     pol, verifier = _load(policy, prm)
     load_s = time.perf_counter() - t0
-    graph = create_tts_graph(pol, verifier, strategy, budget_config(strategy, budget))
+    config = budget_config(strategy, budget) | (
+        {} if max_flops is None else {"max_flops": max_flops}
+    )
+    try:
+        graph = create_tts_graph(pol, verifier, strategy, config)
+    except ConfigError as e:
+        raise typer.BadParameter(str(e), param_hint="--max-flops") from None
     t1 = time.perf_counter()
     if not as_json:
         typer.echo(f"Question: {question}\nStrategy: {strategy} (N={budget}), policy={policy}, "
@@ -100,6 +110,8 @@ def solve(
         typer.echo(json.dumps(payload, indent=2))
         return
     typer.echo(f"\nChosen solution:\n{_indent(out['solution'])}\n\nAnswer: {out['answer']}")
+    if out["stop_reason"] == "budget":
+        typer.echo(f"The budget (--max-flops {max_flops:g}) stopped the search: its best so far.")
     typer.echo(
         f"Compute: {usage['policy_calls']} policy calls, {usage['prm_calls']} PRM calls, "
         f"{usage['tokens']:,} tokens ({usage['policy_generated_tokens']:,} generated), "
@@ -116,12 +128,20 @@ def solve(
         typer.echo(f"Gold answer (the synthetic task is exact): {p.answer}")
 
 
-def _solve_with_router(question: str, policy: str, prm: str, as_json: bool) -> None:
+def _solve_with_router(
+    question: str, policy: str, prm: str, as_json: bool, max_flops: float | None = None
+) -> None:
     """``tts solve --strategy router``: the router as ``tts serve`` serves it on these models."""
+    from langchain_tts.core.errors import ConfigError
     from langchain_tts.routing import create_router_graph, embedded_router_kwargs
 
     pol, verifier = _load(policy, prm)
-    router = create_router_graph(pol, verifier, **embedded_router_kwargs(policy, prm))
+    try:
+        router = create_router_graph(
+            pol, verifier, max_flops=max_flops, **embedded_router_kwargs(policy, prm)
+        )
+    except ConfigError as e:
+        raise typer.BadParameter(str(e), param_hint="--max-flops") from None
     t0 = time.perf_counter()
     out = router.invoke({"question": question})
     wall = time.perf_counter() - t0
@@ -141,6 +161,9 @@ def _solve_with_router(question: str, policy: str, prm: str, as_json: bool) -> N
                + (f", continuing {len(route.prefix_steps)} verified steps"
                   if route.prefix_steps else ""))  # fmt: skip
     typer.echo(f"\nChosen solution:\n{_indent(out['solution'])}\n\nAnswer: {out['answer']}")
+    if route.budget_stopped:
+        typer.echo(f"The budget (--max-flops {max_flops:g}) cut the search short"
+                   + (": the estimate's answer" if route.probe_fallback else "") + ".")  # fmt: skip
     typer.echo(f"Compute: {usage['policy_calls']} policy calls, {usage['prm_calls']} PRM calls, "
                f"{usage['flops']:.3g} FLOPs (the estimate's included), {wall:.2f} s")  # fmt: skip
 

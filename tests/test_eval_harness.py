@@ -341,7 +341,7 @@ def test_each_strategy_runs_on_its_embedded_policy(tmp_path):
 
 
 @pytest.mark.slow
-def test_tts_solve_with_the_router_and_a_clear_error_for_an_unknown_strategy():
+def test_tts_solve_with_the_router_a_budget_and_clear_errors():
     from langchain_tts.cli import app
 
     q = "Start with 20. Add 35. Divide by 5. Multiply by 3. Subtract 24. Add 42. Subtract 29."
@@ -351,6 +351,17 @@ def test_tts_solve_with_the_router_and_a_clear_error_for_an_unknown_strategy():
     assert out["strategy"] == "router" and out["difficulty"]["method"] == "verifier"
     assert out["route"]["node"] and isinstance(out["route"]["prefix_steps"], list)
     assert out["answer"] and out["usage"]["flops"] > 0
+    res = CliRunner().invoke(app, ["solve", q, "--strategy", "router", "--max-flops", "1.2e9",
+                                   "--json"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert 0 < json.loads(res.output)["usage"]["flops"] <= 1.2e9
+    flat = lambda out: " ".join(out.replace("│", " ").split())  # noqa: E731 (the error box)
+    res = CliRunner().invoke(app, ["solve", q, "--strategy", "router", "--max-flops", "1e8"])
+    assert res.exit_code == 2 and "below the difficulty probe's worst-case" in flat(res.output)
+    res = CliRunner().invoke(app, ["solve", q, "--strategy", "beam_search", "--max-flops", "4e8"])
+    assert res.exit_code == 0 and "The budget (--max-flops 4e+08) stopped the search" in res.output
+    res = CliRunner().invoke(app, ["solve", q, "--max-flops", "-1"])
+    assert res.exit_code == 2 and "max_flops must be a positive number" in flat(res.output)
     res = CliRunner().invoke(app, ["solve", q, "--strategy", "nope"])
     assert res.exit_code == 2 and "unknown strategy 'nope'" in res.output
     res = CliRunner().invoke(app, ["eval", "--strategy", "router", "--n", "8"])
