@@ -271,6 +271,26 @@ def test_a_metered_call_is_credited_what_the_prm_cache_holds(kind: str) -> None:
     assert cold.exhausted
 
 
+def test_a_transformers_prm_is_credited_its_cache_only_once_checked() -> None:
+    from langchain_tts.ledger import Ledger, MeteredPRM
+
+    prm = load_default_prm("strong", backend="transformers")
+    parent = Trajectory(question=Q, steps=STEPS[:1])
+    child = Trajectory(question=Q, steps=STEPS[:2])
+    prm.score([parent])
+    assert not prm.reuses_prefixes  # its cached scores are not checked yet: no credit
+    assert prm.lease_tokens([child])[0] == prm.tokens_bound([child])
+    prm.score([child])  # the first cached scores: checked against a plain forward
+    assert prm.reuses_prefixes
+    full = Trajectory(question=Q, steps=STEPS)
+    bound, release = prm.lease_tokens([full])
+    release()
+    assert bound is not None and bound < len(prm.encode(full))
+    ledger = Ledger(max_tokens=bound)
+    got = MeteredPRM(prm, ledger).score([full])
+    assert not ledger.exhausted and 0 < got.usage.prm_tokens <= bound
+
+
 def test_what_a_lease_credited_survives_other_calls_filling_the_cache() -> None:
     prm = load_default_prm("strong")
     prm.cache_tokens = 160  # the parent and little else
