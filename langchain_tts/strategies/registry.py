@@ -86,11 +86,11 @@ class StrategySpec:
     summary: str
     needs_prm: bool = True
     cost_units: CostUnits | None = None
-    computed_units: CostUnits | None = None
     reuses_samples: bool = False
     state_types: tuple[type, ...] = ()
     after_rejection: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     embedded_policy: str = "small"
+    computed_units: CostUnits | None = None  # last: positional specs keep their meaning
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
