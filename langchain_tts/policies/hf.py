@@ -214,14 +214,22 @@ class HFPolicy(LocalModel, StepPolicy):
         prompt; with the native runtime's cache, each distinct prompt once per batch chunk
         its copies can span (cache hits are not credited: a concurrent call may evict them
         before this one runs; the ledger books what the call really computed)."""
-        copies = 1 if params.temperature == 0 else n
-        lengths: dict[tuple[int, ...], int] = {}
-        for p in prefixes:
-            ids = tuple(self.encode(p))
-            lengths[ids] = lengths.get(ids, 0) + copies
+        lengths = self._prompt_rows(prefixes, n, params)
         if self.prefix_cache is None or not self._native_cache:  # a prefill per row
             return sum(len(ids) * rows for ids, rows in lengths.items())
         return sum(len(ids) * self._spans(rows) for ids, rows in lengths.items())
+
+    def _prompt_rows(
+        self, prefixes: Sequence[Trajectory], n: int, params: SamplingParams
+    ) -> dict[tuple[int, ...], int]:
+        """Each distinct prompt's token ids and the rows that decode from it (greedy: one
+        per prefix, the step copied ``n`` times)."""
+        copies = 1 if params.temperature == 0 else n
+        rows: dict[tuple[int, ...], int] = {}
+        for p in prefixes:
+            ids = tuple(self.encode(p))
+            rows[ids] = rows.get(ids, 0) + copies
+        return rows
 
     def _spans(self, rows: int) -> int:
         """Batch chunks ``rows`` side-by-side copies of one prompt can span (each prefills
@@ -244,11 +252,7 @@ class HFPolicy(LocalModel, StepPolicy):
         cache = self.prefix_cache
         if cache is None or not self._native_cache:
             return super().lease_prompt_tokens(prefixes, n, params)
-        copies = 1 if params.temperature == 0 else n
-        lengths: dict[tuple[int, ...], int] = {}
-        for p in prefixes:
-            ids = tuple(self.encode(p))
-            lengths[ids] = lengths.get(ids, 0) + copies
+        lengths = self._prompt_rows(prefixes, n, params)
         pinned: list[CacheEntry] = []
         tokens = 0
         for ids, rows in lengths.items():
