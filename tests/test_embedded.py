@@ -240,3 +240,48 @@ def test_the_router_prices_a_search_by_what_it_writes_where_caches_hold_the_rest
         assert 0 < spent <= price < old / 2
         ratios.append(spent / price)
     assert sum(ratios) / len(ratios) > 0.35
+
+
+@pytest.mark.parametrize("uid", ["test-86", "test-151"])
+def test_the_embedded_router_cut_short_by_its_budget_answers_with_a_finished_solution(uid):
+    """What the estimate leaves is step repair's own budget: a question whose repairs cost
+    more than their price (and the cap) stops at the call it cannot pay (stop_reason
+    "budget"), within the cap, and answers with a finished solution: its own, or the
+    estimate's attempt when none of its own finished (test-151)."""
+    from langchain_tts.routing import (
+        BudgetTable,
+        RouteAllocation,
+        VerifierEstimator,
+        allocation_cost,
+        create_router_graph,
+        embedded_router_kwargs,
+    )
+
+    policy, prm = load_default()
+    kwargs = embedded_router_kwargs()
+    preset = kwargs["table"]
+    kwargs["table"] = BudgetTable(
+        **{b: RouteAllocation(strategy=preset[b].strategy, config={**preset[b].config, "seed": 0})
+           for b in ("easy", "medium", "hard")},
+        thresholds=preset.thresholds,
+    )  # fmt: skip
+    kwargs["estimator"] = VerifierEstimator(policy, prm, max_tokens=128)  # a lower floor
+    router = create_router_graph(policy, prm, **kwargs)
+    p = next(p for p in make_split("test", 320) if p.uid == uid)
+    free = router.invoke({"question": p.question})
+    est, route = free["difficulty"], free["route"]
+    assert free["stop_reason"] in ("accepted", "unrepaired") and route.strategy == "step_repair"
+    price = allocation_cost("step_repair", {"n": 16}, est, policy, prm,
+                            prefix_steps=len(route.prefix_steps),
+                            rejected=route.prefix_rejected)[0]  # fmt: skip
+    cap = est.usage.flops + 1.01 * price  # the price fits; this question's repairs do not
+    assert free["usage"].flops > cap
+    policy.clear_cache()  # cold, as the uncapped run was
+    prm.clear_cache()
+    out = router.invoke({"question": p.question}, context={"max_flops": cap})
+    assert out["route"].reason == "table" and out["route"].budget_stopped
+    assert out["stop_reason"] == "budget" and out["usage"].flops <= cap
+    assert out["solution"].endswith(f"\\boxed{{{out['answer']}}}")  # finished, not a partial
+    if out["route"].probe_fallback:
+        assert out["answer"] == est.answer
+    assert out["route"].probe_fallback == (uid == "test-151")
