@@ -226,3 +226,8 @@ def _plain_probabilities(values: list[float]) -> bool:
         return False
     total = sum(values)  # NaN if any score is NaN (min / max would skip it)
     return total == total and min(values) >= 0.0 and max(values) <= 1.0
+
+
+def nothing_to_release() -> None:
+    """The release of a budget lease that holds nothing (a backend without a cache to pin)."""
+    return None

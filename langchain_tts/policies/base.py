@@ -13,11 +13,7 @@ from langchain_tts.backends.sync import AsyncFirstRunnable, run_sync
 from langchain_tts.backends.text import DEFAULT_STEP_DELIMITER
 from langchain_tts.core.config import SamplingParams
 from langchain_tts.core.errors import InputError
-from langchain_tts.core.types import Step, Trajectory, Usage
-
-
-def _nothing_to_release() -> None:
-    return None
+from langchain_tts.core.types import Step, Trajectory, Usage, nothing_to_release
 
 
 class PolicyResult(BaseModel):
@@ -141,7 +137,7 @@ class StepPolicy(AsyncFirstRunnable[PolicyInput | dict, list[Step]], ABC):
         """:meth:`prompt_tokens_bound`, crediting what the backend's prefix cache holds and
         keeps for the call, and the function that lets the cache go once the call is done
         (call it exactly once). By default nothing is credited."""
-        return self.prompt_tokens_bound(prefixes, n, params), _nothing_to_release
+        return self.prompt_tokens_bound(prefixes, n, params), nothing_to_release
 
     def render_prefix(self, prefix: Trajectory) -> str:
         """The solution text so far, each finished step followed by the delimiter."""

@@ -10,16 +10,12 @@ from langchain_core.runnables import RunnableConfig
 from pydantic import BaseModel, Field
 
 from langchain_tts.backends.sync import AsyncFirstRunnable, run_sync
-from langchain_tts.core.types import Trajectory, Usage, check_scores
+from langchain_tts.core.types import Trajectory, Usage, check_scores, nothing_to_release
 
 #: the system prompt of Qwen2.5-Math-PRM's chat format
 DEFAULT_PRM_SYSTEM_PROMPT = (
     "Please reason step by step, and put your final answer within \\boxed{}."
 )
-
-
-def _nothing_to_release() -> None:
-    return None
 
 
 class PRMResult(BaseModel):
@@ -67,7 +63,7 @@ class ProcessRewardModel(AsyncFirstRunnable[PRMInput | dict, list[float]], ABC):
         """:meth:`tokens_bound`, crediting what the PRM's prefix cache holds and keeps for
         the call, and the function that lets the cache go once the call is done (call it
         exactly once). By default nothing is credited."""
-        return self.tokens_bound(trajectories), _nothing_to_release
+        return self.tokens_bound(trajectories), nothing_to_release
 
     @abstractmethod
     async def _ascore(self, trajectories: Sequence[Trajectory]) -> PRMResult: ...

@@ -16,7 +16,7 @@ import torch
 
 from langchain_tts.backends.hf import LocalModel
 from langchain_tts.backends.sync import run_in_worker
-from langchain_tts.core.types import Trajectory, Usage
+from langchain_tts.core.types import Trajectory, Usage, nothing_to_release
 from langchain_tts.prms.base import PRMResult, ProcessRewardModel
 
 if TYPE_CHECKING:
@@ -27,10 +27,6 @@ __all__ = ["Encoded", "LocalPRM"]
 #: step scores through the cache may differ from a plain forward's by float rounding (left
 #: vs right padding, bf16); a forward that ignores the cache is off by far more
 INCREMENTAL_TOLERANCE = 2e-2
-
-
-def _no_release() -> None:
-    return None
 
 
 #: token ids of one PRM input, and what the read-out needs (positions, owners, ...)
@@ -110,9 +106,9 @@ class LocalPRM(LocalModel, ProcessRewardModel):
         try:
             seqs = [self._encoded(t)[0] for t in trajectories if t.steps]
         except Exception:
-            return None, _no_release
+            return None, nothing_to_release
         if cache is None or not seqs or not self._credits_cache(max(map(len, seqs))):
-            return sum(map(len, seqs)), _no_release
+            return sum(map(len, seqs)), nothing_to_release
         pinned = []
         tokens = 0
         for ids in seqs:
