@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
-from langchain_tts.core.config import did_you_mean
+from langchain_tts.core.config import did_you_mean, numeric_field
 from langchain_tts.core.errors import ConfigError
 
 __all__ = [
@@ -258,7 +258,7 @@ def limited_knobs(knobs: type[BaseModel], limits: ServeLimits) -> type[BaseModel
             continue
         f = copy.copy(info)
         extra = dict(info.json_schema_extra) if isinstance(info.json_schema_extra, dict) else {}
-        if cap is not None and _numeric(info.annotation):
+        if cap is not None and numeric_field(info.annotation):
             extra["maximum"] = int(cap) if float(cap).is_integer() else cap
         if fixed:
             extra["readOnly"] = True
@@ -269,10 +269,6 @@ def limited_knobs(knobs: type[BaseModel], limits: ServeLimits) -> type[BaseModel
     out = create_model(knobs.__name__, __base__=knobs, __module__=knobs.__module__, **fields)
     out.__doc__ = knobs.__doc__
     return out
-
-
-def _numeric(annotation: Any) -> bool:
-    return any(t in str(annotation) for t in ("int", "float"))
 
 
 class RunGate:

@@ -179,3 +179,42 @@ def test_the_chat_reply_keeps_the_graph_name_when_knobs_come_from_the_context():
         out = graph.invoke({"messages": [("human", Q)]}, context=context)
         reply = out["messages"][-1]
         assert reply.name == "bon" and reply.usage_metadata["total_tokens"] > 0, context
+
+
+@pytest.mark.parametrize("knob", ["max_tokens", "max_flops", "n", "seed", "temperature"])
+@pytest.mark.parametrize("where", ["configurable", "context"])
+def test_a_bool_is_no_number_for_any_knob_on_any_path(knob: str, where: str):
+    """pydantic reads True as 1: n=True would draw one sample, max_tokens=True a budget of
+    one token. Every path refuses it, naming the knob, also after the same value as a
+    number was accepted (the resolved-config memo keys on the value's type)."""
+    policy, prm = models()
+    graph = create_tts_graph(policy, prm, "best_of_n", {"n": 2})
+    kwargs: dict[str, Any] = (
+        {"context": {knob: 1}} if where == "context" else {"config": {"configurable": {knob: 1}}}
+    )
+    if knob.startswith("max_"):  # validated and memoised, then too small to run on
+        with pytest.raises(ConfigError, match="cannot pay for even the first model call"):
+            graph.invoke({"question": Q}, **kwargs)
+    else:
+        graph.invoke({"question": Q}, **kwargs)
+    bad = {k: {knob: True} if k == "context" else {"configurable": {knob: True}} for k in kwargs}
+    calls = len(policy.calls)
+    with pytest.raises(ConfigError, match=rf"(?s){knob} must be a number, got True"):
+        graph.invoke({"question": Q}, **bad)
+    assert len(policy.calls) == calls
+
+
+def test_a_close_key_in_a_parent_apps_configurable_is_the_apps_own():
+    """Inside a parent graph, ``configurable`` and the context belong to the whole app: a
+    key of its own that looks like a misspelled knob (a retriever's ``top_k``, close to
+    ``top_p``) is a warning there, not an error; at the top level it is an error."""
+    policy, prm = models()
+    graph = create_tts_graph(policy, prm, "best_of_n", {"n": 2})
+    with pytest.raises(ConfigError, match=r"'top_k'.*did you mean 'top_p'"):
+        graph.invoke({"question": Q}, {"configurable": {"top_k": 5}})
+    app = _chat_app(graph)
+    with pytest.warns(UserWarning, match=r"'top_k'.*did you mean 'top_p'.*ignored"):
+        out = app.invoke({"messages": [("human", Q)]}, {"configurable": {"top_k": 5}})
+    assert out["answer"] == "11"
+    out = app.invoke({"messages": [("human", Q)]}, context={"top_k": 5})  # warned once
+    assert out["answer"] == "11"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import difflib
 import math
+import typing
 from collections.abc import Iterable
 from typing import Any, Literal
 
@@ -38,10 +39,36 @@ class SamplingParams(BaseModel):
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="sampling seed (None: random)")
 
 
+def numeric_field(annotation: Any) -> bool:
+    """Whether a field takes numbers (``int``, ``float``, optional or not) and no ``bool``."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is Literal:
+        return False
+    if args:
+        return any(numeric_field(a) for a in args)
+    return annotation in (int, float)
+
+
+def reject_bool_numbers(model: type[BaseModel], data: Any) -> Any:
+    """``data`` unchanged, unless a numeric knob holds ``True`` / ``False``: pydantic would
+    read it as 1 / 0 (``n=True`` as one sample), so it is an error naming the knob."""
+    if isinstance(data, dict):
+        for k, v in data.items():
+            info = model.model_fields.get(k) if isinstance(k, str) else None
+            if isinstance(v, bool) and info is not None and numeric_field(info.annotation):
+                raise ValueError(f"{k} must be a number, got {v!r}")
+    return data
+
+
 class StrategyConfig(BaseModel):
     """Knobs every strategy has. Subclasses add their own; defaults follow the papers."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, data: Any) -> Any:
+        return reject_bool_numbers(cls, data)
 
     temperature: float = Field(0.7, ge=0.0, le=5.0)
     top_p: float = Field(0.95, gt=0.0, le=1.0)
@@ -112,6 +139,14 @@ def check_budget(name: str, v: object) -> None:
         raise ConfigError(f"{name} must be a positive number (or None: no cap), got {v!r}")
 
 
+def check_budgets(data: Any) -> None:
+    """:func:`check_budget` on the ``max_flops`` / ``max_tokens`` of a dict of knobs."""
+    if isinstance(data, dict):
+        for k in ("max_flops", "max_tokens"):
+            if k in data:
+                check_budget(k, data[k])
+
+
 def check_split(n: int, beam_width: int, what: str) -> None:
     """``n`` candidates split into groups of ``beam_width`` (beam search, DVTS)."""
     if n < beam_width:
@@ -154,8 +189,10 @@ def knobs_model(cfg: StrategyConfig, title: str | None = None) -> type[BaseModel
 
     def __init__(self: BaseModel, **data: Any) -> None:
         try:
+            reject_bool_numbers(type(self), data)  # the config's own validators are not copied
+            check_budgets(data)
             super(knobs, self).__init__(**data)
-        except ValidationError as e:
+        except (ValidationError, ValueError) as e:
             raise ConfigError(f"invalid run context for {title}: {e}") from e
 
     knobs = type(

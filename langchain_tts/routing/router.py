@@ -19,12 +19,25 @@ from langchain_core.runnables import RunnableConfig, RunnableLambda
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Checkpointer
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from langchain_tts.backends.sync import run_sync
 from langchain_tts.core.answers import normalize_answer
 from langchain_tts.core.channels import PlainValue
-from langchain_tts.core.config import StrategyConfig, check_budget, knobs_model
+from langchain_tts.core.config import (
+    StrategyConfig,
+    check_budget,
+    knobs_model,
+    reject_bool_numbers,
+)
 from langchain_tts.core.errors import BudgetExceededError, ConfigError, InputError
 from langchain_tts.core.types import Trajectory, Usage
 from langchain_tts.ledger import Ledger, meter
@@ -174,6 +187,11 @@ class RouterConfig(BaseModel):
     def _budget(cls, v: Any, info: Any) -> Any:
         check_budget(info.field_name, v)
         return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, data: Any) -> Any:
+        return reject_bool_numbers(cls, data)
 
     @property
     def budgeted(self) -> bool:

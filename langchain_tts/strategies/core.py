@@ -31,6 +31,7 @@ from langchain_tts.core.errors import (
     InputError,
     PRMOutputError,
     TTSError,
+    warn_caller,
 )
 from langchain_tts.core.types import (
     RESET_USAGE,
@@ -170,11 +171,16 @@ def resolve_config(base: C, config: RunnableConfig | None) -> C:
     conf = (config or {}).get("configurable") or {}
     name = base._graph_name
     overrides: dict[str, Any] = {}
+    # inside a parent graph, configurable and the context are the whole app's: its own keys
+    # there (a retriever's ``top_k``) may look like a knob's misspelling
+    # (a node of a graph run on its own has the namespace "node:task", of a subgraph's
+    # "parent_node:task|node:task")
+    shared_with_app = "|" in str(conf.get("checkpoint_ns") or "")
     for k, v in conf.items():
         if k in fields:
             overrides[k] = v
         elif k != name:
-            _check_loose_key(k, cls, fields, "config['configurable']")
+            _check_loose_key(k, cls, fields, "config['configurable']", shared_with_app)
     runtime = conf.get(_RUNTIME)
     ctx = getattr(runtime, "context", None)
     ctx_own: Any = None
@@ -194,7 +200,7 @@ def resolve_config(base: C, config: RunnableConfig | None) -> C:
                 if k in fields:
                     overrides[k] = v
                 elif k != name:
-                    _check_loose_key(k, cls, fields, "the run context")
+                    _check_loose_key(k, cls, fields, "the run context", shared_with_app)
             ctx_own = ctx.get(name) if name else None
         else:
             if isinstance(ctx, StrategyConfig):  # another knobs model (a served graph's)
@@ -212,7 +218,8 @@ def resolve_config(base: C, config: RunnableConfig | None) -> C:
         return base
     # Every node of every step resolves the same overrides: validate them once.
     try:
-        key: Any = (id(base), tuple(sorted(overrides.items())))
+        # with each value's type: True == 1, but n=True is an error and n=1 is not
+        key: Any = (id(base), tuple(sorted((k, type(v), v) for k, v in overrides.items())))
         hash(key)
     except TypeError:  # an unhashable value: no memo
         key = None
@@ -260,9 +267,13 @@ def _own_knobs(
     return dict(own)
 
 
-def _check_loose_key(k: Any, cls: type[StrategyConfig], fields: frozenset[str], where: str) -> None:
+def _check_loose_key(
+    k: Any, cls: type[StrategyConfig], fields: frozenset[str], where: str, in_app: bool
+) -> None:
     """A shared key that is no knob of ``cls``: an error only when it is a close misspelling
-    of one (``beamwidth``), not a knob of another strategy and not LangGraph's own."""
+    of one (``beamwidth``), not a knob of another strategy and not LangGraph's own. Inside a
+    parent graph (``in_app``) the key may be the app's own (``top_k`` of its retriever), so
+    it is a warning, once per key."""
     if not isinstance(k, str) or k in _RUNTIME_KEYS or k.startswith("__"):
         return
     memo = (cls, k)
@@ -273,10 +284,21 @@ def _check_loose_key(k: Any, cls: type[StrategyConfig], fields: frozenset[str], 
         if len(_LOOSE) >= 1024:
             _LOOSE.clear()
         _LOOSE[memo] = hint
-    if hint:
-        raise ConfigError(
-            f"unknown knob {k!r} in {where} (did you mean {hint!r}?); valid knobs of "
-            f"{cls.__name__}: {sorted(fields)}"
+    if not hint:
+        return
+    message = (
+        f"unknown knob {k!r} in {where} (did you mean {hint!r}?); valid knobs of "
+        f"{cls.__name__}: {sorted(fields)}"
+    )
+    if not in_app:
+        raise ConfigError(message)
+    if (cls, k) not in _WARNED:
+        if len(_WARNED) >= 1024:
+            _WARNED.clear()
+        _WARNED.add((cls, k))
+        warn_caller(
+            f"{message}. Inside a parent graph it is ignored, as a key of the app's own; set "
+            "the knob under the graph's name to silence this"
         )
 
 
@@ -296,6 +318,8 @@ _FIELDS: dict[type, frozenset[str]] = {}
 _RESOLVED: dict[Any, tuple[StrategyConfig, StrategyConfig]] = {}
 #: (config class, key) -> the knob it misspells, or ""
 _LOOSE: dict[tuple[type, str], str] = {}
+#: (config class, key) already warned of inside a parent graph
+_WARNED: set[tuple[type, str]] = set()
 
 
 def question_of(state: TTSState) -> str:
