@@ -47,6 +47,7 @@ DEFAULT_MAXIMA: dict[str, float | None] = {
     "budget": 1024,
     "max_steps": 64,
     "max_tokens": 20_000_000,
+    "max_flops": 1e18,
 }
 #: the POST routes that start runs (LangServe's, with or without a config hash, and OpenAI's)
 RUN_PATH = re.compile(
@@ -218,6 +219,8 @@ def check_knobs(limits: ServeLimits, knobs: Mapping[str, Any], *, route: str) ->
             )
         cap = limits.maxima.get(k)
         x = _number(v)
+        if x is not None and math.isnan(x):
+            raise ConfigError(f"{k} must be a number, got {v!r}; send a finite {k}")
         if cap is not None and x is not None and not x <= cap:
             raise LimitError(
                 f"{k}={v!r} is over this server's limit for {route}: {k} <= {_fmt(cap)} "
@@ -231,16 +234,19 @@ def _fmt(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
-def budget_defaults(limits: ServeLimits, budgeted: bool, fields: Any) -> dict[str, float]:
-    """The knobs that give a run the server's default budget: ``{}`` when the run already has
-    one (``budgeted``: from the client or the route's config) or the server sets none."""
-    if budgeted:
-        return {}
+def budget_defaults(
+    limits: ServeLimits, budget: Mapping[str, float | None], fields: Any
+) -> dict[str, float]:
+    """The knobs that give a run the server's default budgets: each of ``max_tokens`` /
+    ``max_flops`` that the run (``budget``: the client's or the route's) leaves unset and
+    the server sets. Per kind: a client's ``max_flops`` does not lift the token default."""
     out: dict[str, float] = {}
-    if limits.default_max_tokens is not None and "max_tokens" in fields:
-        out["max_tokens"] = limits.default_max_tokens
-    if limits.default_max_flops is not None and "max_flops" in fields:
-        out["max_flops"] = limits.default_max_flops
+    for k, default in (
+        ("max_tokens", limits.default_max_tokens),
+        ("max_flops", limits.default_max_flops),
+    ):
+        if default is not None and k in fields and budget.get(k) is None:
+            out[k] = default
     return out
 
 

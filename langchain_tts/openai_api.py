@@ -16,13 +16,13 @@ from urllib.parse import parse_qsl
 
 import anyio
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, convert_to_messages
 from langgraph.graph.state import CompiledStateGraph
 from pydantic import BaseModel, ValidationError
 
 from langchain_tts.core.config import did_you_mean
-from langchain_tts.core.errors import BackendError, ConfigError, InputError
+from langchain_tts.core.errors import BackendError, ConfigError, InputError, check_unicode_in
 from langchain_tts.core.types import Usage
 from langchain_tts.limits import LimitError, ServeLimits, budget_defaults, check_knobs
 from langchain_tts.strategies.core import check_context, question_of
@@ -138,6 +138,8 @@ def _knobs(
             check_knobs(limits, knobs, route=route or f"model {graph.name!r}")
         except LimitError as e:
             raise OpenAIError(400, str(e), param=e.knob, code="limit_exceeded") from None
+        except ConfigError as e:  # no number at all (NaN)
+            raise OpenAIError(400, str(e), code="invalid_knob") from None
     if knobs and schema is not None:
         try:
             checked = schema.model_validate(knobs)
@@ -193,8 +195,13 @@ def _messages(body: Mapping[str, Any]) -> list[BaseMessage]:
             )
     try:
         msgs = convert_to_messages([{**m, "content": _text(m.get("content"))} for m in raw])
-    except (NotImplementedError, ValueError, TypeError, KeyError) as e:
+    except (NotImplementedError, ValueError, TypeError, KeyError, AttributeError) as e:
         raise OpenAIError(400, f"messages are not chat messages: {e}", param="messages") from None
+    for i, m in enumerate(msgs):  # the reply echoes none of it, but traces and logs do
+        try:
+            check_unicode_in(m.model_dump(), f"messages[{i}]")
+        except InputError as e:
+            raise OpenAIError(400, str(e), param=f"messages[{i}]") from None
     if not any(isinstance(m, HumanMessage) for m in msgs):
         raise OpenAIError(400, "messages hold no user message to answer", param="messages")
     try:
@@ -254,9 +261,11 @@ class _Request:
             raise OpenAIError(
                 400, str(e), param="messages", code="context_length_exceeded"
             ) from None
-        self.stream = bool(body.get("stream"))
+        self.stream = _flag(body.get("stream"), "stream")
         opts = body.get("stream_options") or {}
-        self.include_usage = isinstance(opts, Mapping) and bool(opts.get("include_usage"))
+        if not isinstance(opts, Mapping):
+            raise OpenAIError(400, "stream_options must be an object", param="stream_options")
+        self.include_usage = _flag(opts.get("include_usage"), "stream_options.include_usage")
         self.id = f"chatcmpl-{uuid.uuid4().hex}"
         self.created = int(time.time())
 
@@ -265,8 +274,7 @@ class _Request:
         if self.limits is not None and self.graph.context_schema is not None:
             base = self.graph.context_schema()  # the route's config: its knobs' defaults
             budget = {k: conf.get(k, getattr(base, k, None)) for k in ("max_flops", "max_tokens")}
-            budgeted = any(v is not None for v in budget.values())
-            conf.update(budget_defaults(self.limits, budgeted, type(base).model_fields))
+            conf.update(budget_defaults(self.limits, budget, type(base).model_fields))
         if self.graph.checkpointer is not None:  # the API is stateless: a thread per request
             conf["thread_id"] = f"openai-{uuid.uuid4().hex}"
         return {"configurable": conf, "metadata": {"tts_endpoint": "openai"}}
@@ -290,6 +298,13 @@ class _Request:
             **extra,
         }
         return f"data: {json.dumps(data)}\n\n"
+
+
+def _flag(value: Any, param: str) -> bool:
+    """A boolean field (absent or null: false); ``"no"`` is a client's mistake, not true."""
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    raise OpenAIError(400, f"{param} must be true or false, got {value!r}", param=param)
 
 
 def _content(out: Mapping[str, Any]) -> str:
@@ -343,7 +358,7 @@ class _CompletionResponse(Response):
             tg.start_soon(run)
             tg.start_soon(watch)
         if result is not None:
-            await JSONResponse(result[1], status_code=result[0])(scope, receive, send)
+            await _ascii_json(result[1], result[0])(scope, receive, send)
 
 
 async def _complete(req: _Request) -> dict[str, Any]:
@@ -423,8 +438,15 @@ def _pieces(text: str) -> list[str]:
     return [p + ("\n\n" if i < len(parts) - 1 else "") for i, p in enumerate(parts)] or [""]
 
 
-def _error_response(e: OpenAIError) -> JSONResponse:
-    return JSONResponse(e.body(), status_code=e.status)
+def _error_response(e: OpenAIError) -> Response:
+    return _ascii_json(e.body(), e.status)
+
+
+def _ascii_json(data: Any, status: int) -> Response:
+    """JSON in ASCII: a message that echoes a client's lone surrogate (an unknown knob's
+    name) still encodes, where UTF-8 would be a 500."""
+    body = json.dumps(data, ensure_ascii=True).encode()
+    return Response(body, status_code=status, media_type="application/json")
 
 
 def add_openai_routes(
@@ -504,7 +526,7 @@ def add_openai_routes(
             return _error_response(e)
 
 
-def _too_large(size: int | str, limit: int) -> JSONResponse:
+def _too_large(size: int | str, limit: int) -> Response:
     return _error_response(
         OpenAIError(
             413,

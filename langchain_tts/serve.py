@@ -41,7 +41,7 @@ from pydantic import (
 )
 
 from langchain_tts.core.config import StrategyConfig, knobs_model
-from langchain_tts.core.errors import BackendError, ConfigError, InputError
+from langchain_tts.core.errors import BackendError, ConfigError, InputError, check_unicode_in
 from langchain_tts.graph import create_tts_graph, embedded_policies
 from langchain_tts.limits import (
     Admission,
@@ -112,7 +112,7 @@ class TTSRequest(BaseModel):
                 continue
             try:
                 out.extend(convert_to_messages([item]))
-            except (NotImplementedError, ValueError, TypeError, KeyError) as e:
+            except (NotImplementedError, ValueError, TypeError, KeyError, AttributeError) as e:
                 raise ValueError(
                     f"messages[{i}] is not a chat message ({type(item).__name__}): pass "
                     "{'role': 'user', 'content': '...'} or {'type': 'human', 'content': '...'} "
@@ -124,6 +124,8 @@ class TTSRequest(BaseModel):
     def _has_question(self) -> TTSRequest:
         # The graph's own check, run before the graph so errors are 422s, also for streams.
         question_of({"question": self.question, "messages": self.messages})
+        for i, m in enumerate(self.messages):  # the reply carries them back: UTF-8 only
+            check_unicode_in(m.model_dump(), f"messages[{i}]")
         prefix_of({"prefix_steps": self.prefix_steps})
         return self
 
@@ -437,7 +439,8 @@ async def _limit_body(request: Request, call_next: Any) -> Any:
     size = request.headers.get("content-length")
     if size is not None and size.isdigit() and int(size) > MAX_BODY_BYTES:
         return _too_large(size)
-    if request.method in ("POST", "PUT", "PATCH"):
+    # the OpenAI routes parse and refuse their own bodies, in OpenAI's error format
+    if request.method in ("POST", "PUT", "PATCH") and not request.url.path.startswith("/v1/"):
         # LangServe parses bodies with json.loads and catches only JSONDecodeError: a body
         # that is not UTF-8 would be a 500. The body is cached for the route to reuse.
         body = await request.body()
@@ -453,10 +456,9 @@ async def _limit_body(request: Request, call_next: Any) -> Any:
                 },
                 status_code=422,
             )
-        if not request.url.path.startswith("/v1/"):  # the OpenAI routes answer in their format
-            too_deep = _too_deep(body)
-            if too_deep is not None:
-                return JSONResponse({"detail": too_deep}, status_code=422)
+        too_deep = _too_deep(body)
+        if too_deep is not None:
+            return JSONResponse({"detail": too_deep}, status_code=422)
     return await call_next(request)
 
 
@@ -586,7 +588,8 @@ def _config_modifier(
             resolved = resolve_config(base, {"configurable": asked})
         except ConfigError as e:
             raise HTTPException(status_code=400, detail=str(e)) from e
-        conf.update(budget_defaults(limits, _budgeted(resolved), type(base).model_fields))
+        budget = {k: getattr(resolved, k, None) for k in ("max_flops", "max_tokens")}
+        conf.update(budget_defaults(limits, budget, type(base).model_fields))
         try:  # before a stream starts: an over-long question is a 422, not a broken stream
             _check_contexts(body, models, resolved)
         except InputError as e:
@@ -654,12 +657,6 @@ def _check_contexts(
             continue
         strategy_cfg = cfg if isinstance(cfg, StrategyConfig) else None
         check_context(question, *models, strategy_cfg, prefix)
-
-
-def _budgeted(cfg: Any) -> bool:
-    return (
-        getattr(cfg, "max_flops", None) is not None or getattr(cfg, "max_tokens", None) is not None
-    )
 
 
 _ENDPOINTS = (

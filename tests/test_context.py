@@ -218,3 +218,17 @@ def test_a_close_key_in_a_parent_apps_configurable_is_the_apps_own():
     assert out["answer"] == "11"
     out = app.invoke({"messages": [("human", Q)]}, context={"top_k": 5})  # warned once
     assert out["answer"] == "11"
+
+
+def test_a_lower_total_token_cap_brings_the_step_cap_down_with_it():
+    """``max_total_tokens=64`` alone (OpenAI's ``max_tokens``) is below the built per-step
+    cap (2048): the step cap follows it; a step cap the run sets itself is kept, and a
+    contradiction is still an error."""
+    policy, prm = models()
+    graph = create_tts_graph(policy, prm, "best_of_n", {"n": 2})
+    graph.invoke({"question": Q}, context={"max_total_tokens": 64})
+    assert policy.calls[-1][2].max_step_tokens == 64
+    graph.invoke({"question": Q}, context={"max_total_tokens": 64, "max_step_tokens": 32})
+    assert policy.calls[-1][2].max_step_tokens == 32
+    with pytest.raises(ConfigError, match=r"max_step_tokens \(128\) exceeds max_total_tokens"):
+        graph.invoke({"question": Q}, context={"max_total_tokens": 64, "max_step_tokens": 128})

@@ -67,6 +67,7 @@ ABSURD = {
     "over the context": ("best_of_n", {"max_total_tokens": 100_000}, "maxima.max_total_tokens"),
     "router budget": ("router", {"max_tokens": 1e15}, "maxima.max_tokens"),
     "huge budget": ("best_of_n", {"max_tokens": 1e300}, "maxima.max_tokens"),
+    "huge FLOPs budget": ("best_of_n", {"max_flops": 1e300}, "maxima.max_flops"),
 }
 
 
@@ -144,6 +145,27 @@ def test_a_run_without_a_budget_gets_the_servers_default():
     assert r.status_code == 200, r.text
     r = post(client, "/v1/chat/completions", {"model": "best_of_n?n=2", "messages": USER})
     assert r.status_code == 400 and "max_tokens=100 " in r.json()["error"]["message"]
+
+
+def test_a_clients_flops_budget_keeps_the_servers_token_default():
+    """The defaults apply per kind: ``max_flops=1e17`` sent alone does not lift the
+    server's default token budget (it used to: any budget counted as the client's own)."""
+    limits = ServeLimits(default_max_tokens=100)
+    client = TestClient(create_app(OraclePolicy(), prm(), ["best_of_n"], limits=limits))
+    r = post(client, "/tts/best_of_n/invoke", invoke("best_of_n", {"n": 2, "max_flops": 1e17}))
+    assert r.status_code == 400 and "max_tokens=100 " in r.json()["detail"], r.text
+    body = {"model": "best_of_n?n=2", "messages": USER, "tts": {"max_flops": 1e17}}
+    r = post(client, "/v1/chat/completions", body)
+    assert r.status_code == 400 and "max_tokens=100 " in r.json()["error"]["message"]
+
+
+def test_a_nan_knob_is_called_no_number(served):
+    client, _ = served
+    r = post(client, "/tts/best_of_n/invoke", '{"input": {"question": "Start with 3."}, '
+             '"config": {"configurable": {"max_tokens": NaN}}}')  # fmt: skip
+    assert r.status_code == 400 and "max_tokens must be a number" in r.json()["detail"], r.text
+    r = post(client, "/v1/chat/completions", {"model": "best_of_n?n=nan", "messages": USER})
+    assert r.status_code == 400 and "n must be a number" in r.json()["error"]["message"]
 
 
 # -- /batch size and admission ---------------------------------------------------------------
@@ -262,6 +284,76 @@ def test_a_lone_surrogate_is_4xx_not_502(served):
         {"model": "best_of_n", "messages": [{"role": "user", "content": "Start \udfff"}]},
     )
     assert r.status_code == 400 and "lone surrogate" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"role": "assistant", "content": "\ud800"},
+        {"role": "user", "content": "Start with 1.", "name": "\udc00"},
+        {"role": "assistant", "content": [{"type": "text", "text": "ok \ud800"}]},
+    ],
+)
+def test_a_lone_surrogate_anywhere_in_the_messages_is_4xx_before_the_run(served, message):
+    """The reply (LangServe's) or the traces carry every message back: a lone surrogate in
+    one that is not the question used to run the whole search, then fail as a 500."""
+    client, policy = served
+    before = len(policy.calls)
+    msgs = [message, *USER] if message["role"] == "assistant" else [message]
+    r = post(client, "/tts/best_of_n/invoke", {"input": {"messages": msgs}})
+    assert r.status_code == 422 and "not valid Unicode" in r.text, r.text
+    r = post(client, "/v1/chat/completions", {"model": "best_of_n", "messages": msgs})
+    assert r.status_code == 400 and "not valid Unicode" in r.json()["error"]["message"], r.text
+    assert len(policy.calls) == before
+
+
+def test_malformed_tool_calls_are_4xx_not_500(served):
+    client, policy = served
+    before = len(policy.calls)
+    bad = {"role": "assistant", "content": "x", "tool_calls": "zz"}
+    r = post(client, "/tts/best_of_n/invoke", {"input": {"messages": [bad, *USER]}})
+    assert r.status_code == 422 and "messages[0] is not a chat message" in r.text, r.text
+    ai = {"type": "ai", "content": "x", "tool_calls": "zz"}
+    r = post(client, "/tts/best_of_n/invoke", {"input": {"messages": [ai, *USER]}})
+    assert r.status_code == 422, r.text
+    r = post(client, "/v1/chat/completions", {"model": "best_of_n", "messages": [bad, *USER]})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages", r.text
+    assert len(policy.calls) == before
+
+
+def test_an_error_that_echoes_a_lone_surrogate_still_renders(served):
+    client, _ = served
+    body = {"model": "best_of_n", "messages": USER, "tts": {"\ud800": 1}}
+    r = post(client, "/v1/chat/completions", body)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_knob", r.text
+    r = post(client, "/v1/chat/completions", {"model": "best_of_n?\ud800=1", "messages": USER})
+    assert r.status_code == 400, r.text
+
+
+def test_openai_body_errors_and_flags_are_in_openai_form(served):
+    client, _ = served
+    r = client.post("/v1/chat/completions", content=b'{"model": "\xff"}')
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"], r.text
+    body = {"model": "best_of_n", "messages": USER, "stream": "no"}
+    r = post(client, "/v1/chat/completions", body)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "stream", r.text
+    body = {"model": "best_of_n", "messages": USER, "stream_options": {"include_usage": "yes"}}
+    r = post(client, "/v1/chat/completions", body)
+    assert r.json()["error"]["param"] == "stream_options.include_usage"
+
+
+def test_openai_max_tokens_below_the_step_cap_runs(served):
+    """OpenAI's ``max_tokens`` sets ``max_total_tokens``; below the route's per-step cap
+    (2048 by default) the step cap follows it, instead of an error about a knob the client
+    never sent."""
+    client, _ = served
+    for field in ("max_tokens", "max_completion_tokens"):
+        body = {"model": "best_of_n?n=2", "messages": USER, field: 256}
+        r = post(client, "/v1/chat/completions", body)
+        assert r.status_code == 200, r.text
+        assert r.json()["tts"]["knobs"] == {"n": 2, "max_total_tokens": 256}
+    r = post(client, "/tts/best_of_n/invoke", invoke("best_of_n", {"max_total_tokens": 256}))
+    assert r.status_code == 200, r.text
 
 
 def test_an_out_of_range_seed_is_4xx_not_502(served):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -69,6 +70,22 @@ def check_unicode(text: str, what: str = "the question") -> None:
             f"{what} is not valid Unicode: {e.reason} {text[e.start : e.end]!r} at character "
             f"{e.start}; send UTF-8 text (a lone surrogate cannot be encoded)"
         ) from None
+
+
+def check_unicode_in(value: Any, what: str) -> None:
+    """:func:`check_unicode` on every string in ``value`` (a message, its content parts and
+    fields, nested lists and dicts): a reply or a checkpoint holding one could not be
+    encoded, after the whole run."""
+    todo = [value]  # a stack, not recursion: client data may nest deep
+    while todo:
+        v = todo.pop()
+        if isinstance(v, str):
+            check_unicode(v, what)
+        elif isinstance(v, Mapping):
+            todo.extend(v.keys())
+            todo.extend(v.values())
+        elif isinstance(v, (list, tuple)):
+            todo.extend(v)
 
 
 class BudgetExceededError(TTSError):

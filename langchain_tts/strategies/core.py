@@ -216,6 +216,7 @@ def resolve_config(base: C, config: RunnableConfig | None) -> C:
                 overrides.update(_own_knobs(own, fields, cls, where))
     if not overrides:
         return base
+    _step_cap_follows(base, overrides)
     # Every node of every step resolves the same overrides: validate them once.
     try:
         # with each value's type: True == 1, but n=True is an error and n=1 is not
@@ -239,6 +240,22 @@ def resolve_config(base: C, config: RunnableConfig | None) -> C:
             _RESOLVED.clear()
         _RESOLVED[key] = (base, resolved)
     return resolved
+
+
+def _step_cap_follows(base: Any, overrides: dict[str, Any]) -> None:
+    """A run that lowers ``max_total_tokens`` below the built ``max_step_tokens`` (OpenAI's
+    ``max_tokens=256`` against the default 2048 per step) and sets no step cap of its own
+    gets the total as its step cap too, instead of an error about a knob it never sent."""
+    if "max_step_tokens" not in type(base).model_fields:
+        return
+    # (LangServe sends every knob, at the route's value when the client left it alone)
+    if overrides.get("max_step_tokens", base.max_step_tokens) != base.max_step_tokens:
+        return
+    total = overrides.get("max_total_tokens")
+    if isinstance(total, str):  # a query string's knob
+        total = int(total) if total.strip().isdigit() else None
+    if type(total) is int and 1 <= total < base.max_step_tokens:
+        overrides["max_step_tokens"] = total
 
 
 def _fields_of(cls: type[StrategyConfig]) -> frozenset[str]:
