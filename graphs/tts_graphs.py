@@ -5,7 +5,9 @@ the embedded policy trained to revise), with a budget of about 16 samples per qu
 ``router`` picks the strategy per question (the verifier estimator and the table calibrated
 for the embedded models, docs/router.md). Knobs show in LangGraph Studio (each graph's context schema is its
 strategy config) and are overridable per run through ``context`` or
-``config["configurable"]`` (e.g. ``{"n": 64, "beam_width": 4}``).
+``config["configurable"]`` (e.g. ``{"n": 64, "beam_width": 4}``), up to the limits
+``tts serve`` applies by default (``ServeLimits``: ``n <= 256``, ..., a default token budget
+per run): strangers call these graphs directly, with no server in front to check them.
 
 The models are loaded once, at import; the server imports this module once.
 """
@@ -20,6 +22,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from langchain_tts.graph import embedded_policies  # noqa: E402
+from langchain_tts.limits import ServeLimits  # noqa: E402
 from langchain_tts.models import load_default  # noqa: E402
 from langchain_tts.routing import embedded_router_kwargs  # noqa: E402
 from langchain_tts.serve import servable_graph, servable_router  # noqa: E402
@@ -28,6 +31,8 @@ from langchain_tts.strategies import STRATEGY_SPECS, get_strategy  # noqa: E402
 BUDGET = 16
 _policy, _prm = load_default()
 _policies = embedded_policies(STRATEGY_SPECS, loaded={"small": _policy})
+# the knobs' maxima and default budgets of `tts serve`, the context length included
+LIMITS = ServeLimits().for_context(_policy.context_length)
 
 
 def _graph(strategy: str):
@@ -35,7 +40,8 @@ def _graph(strategy: str):
     default config uses one."""
     spec = get_strategy(strategy)
     prm = _prm if spec.needs_prm else None
-    return servable_graph(_policies[strategy], prm, strategy, spec.budget_config(BUDGET))
+    config = spec.budget_config(BUDGET)
+    return servable_graph(_policies[strategy], prm, strategy, config, limits=LIMITS)
 
 
 cot = _graph("cot")
@@ -51,7 +57,9 @@ revision = _graph("revision")
 hybrid = _graph("hybrid")
 # The router as calibrated for the embedded models: the verifier's greedy attempt estimates
 # the difficulty, then the calibrated table's strategy continues from its verified steps.
-router = servable_router(_policy, _prm, **embedded_router_kwargs("small", "calculator"))
+router = servable_router(
+    _policy, _prm, limits=LIMITS, **embedded_router_kwargs("small", "calculator")
+)
 
 
 def _agent_example():

@@ -274,6 +274,24 @@ def test_a_misspelled_knob_is_an_error_naming_the_valid_ones(client, greedy_righ
     assert out["answer"] == greedy_right[0].answer and len(out["candidates"]) == 4
 
 
+def test_absurd_knobs_are_refused_before_any_compute(client, greedy_right):
+    """Strangers call these graphs with no ``tts serve`` in front: the graphs carry its
+    limits themselves. ``n=10**9`` once took the server (and its restarts, which resumed the
+    run) out of memory; now the run fails at once, naming the limit."""
+    q = {"question": greedy_right[0].question}
+    for graph, kwargs in (
+        ("best_of_n", {"context": {"n": 10**9}}),
+        ("best_of_n", {"config": {"configurable": {"n": 10**9}}}),
+        ("best_of_n", {"context": {"max_tokens": 1e300}}),
+        ("router", {"context": {"max_tokens": 1e300}}),
+    ):
+        try:
+            text = json.dumps(client.runs.wait(None, graph, input=q, **kwargs))
+        except Exception as e:  # the SDK raises for a failed run on some versions
+            text = str(e)
+        assert "LimitError" in text and "over this server's limit" in text, (kwargs, text)
+
+
 # -- cancellation ------------------------------------------------------------------------------
 def cpu_seconds(pgid: int) -> float:
     """CPU time (user + system) used so far by the processes of a process group (Linux)."""
@@ -316,8 +334,9 @@ def test_runs_cancel_leaves_the_server_idle(dev_server, greedy_right):
     url, pgid = dev_server
     client = sdk.get_sync_client(url=url, timeout=120)
     thread = client.threads.create()
-    # half a minute of decoding on this machine if nothing stopped it
-    heavy = {"configurable": {"n": 30000, "temperature": 1.0}}
+    # about half a minute of decoding on this machine if nothing stopped it, within the
+    # graphs' limits: the most samples, hot enough to ramble to the token caps
+    heavy = {"configurable": {"n": 256, "temperature": 3.0}}
     run = client.runs.create(
         thread["thread_id"], "majority_vote", input={"question": greedy_right[0].question},
         config=heavy,

@@ -168,6 +168,37 @@ def test_a_nan_knob_is_called_no_number(served):
     assert r.status_code == 400 and "n must be a number" in r.json()["error"]["message"]
 
 
+def test_a_servable_graph_with_limits_refuses_absurd_knobs_itself():
+    """For deployments that call the graph directly (``langgraph.json``): context and
+    configurable, at the top and under the graph's name, before any model call; a run with
+    no budget gets the default one, and a run within the maxima runs."""
+    from langchain_tts.serve import servable_graph, servable_router
+
+    policy = OraclePolicy()
+    limits = ServeLimits(default_max_tokens=5e5)
+    graph = servable_graph(policy, prm(), "best_of_n", {"n": 2}, limits=limits)
+    q = {"question": QUESTION}
+    for kwargs in (
+        {"context": {"n": 10**9}},
+        {"config": {"configurable": {"n": 10**9}}},
+        {"config": {"configurable": {"tts_best_of_n": {"n": 10**9}}}},
+        {"context": {"max_flops": 1e300}},
+    ):
+        with pytest.raises(ConfigError, match=r"over this server's limit for best_of_n"):
+            graph.invoke(q, **kwargs)
+    assert not policy.calls
+    out = graph.invoke(q, context={"n": 256})
+    assert out["answer"] == "14" and out["usage"].policy_calls >= 1
+    cfg = graph.get_context_jsonschema()["properties"]
+    assert cfg["max_tokens"]["default"] == 5e5  # the default budget, shown as the knob's
+    router = servable_router(policy, prm(), limits=limits)
+    with pytest.raises(ConfigError, match=r"maxima\.max_tokens"):
+        router.invoke(q, context={"max_tokens": 1e300})
+    assert router.get_context_jsonschema()["properties"]["max_tokens"]["default"] == 5e5
+    plain = servable_graph(policy, prm(), "best_of_n", {"n": 2})  # no limits: the library
+    assert plain.invoke(q, context={"n": 300})["answer"] == "14"
+
+
 # -- /batch size and admission ---------------------------------------------------------------
 def test_a_batch_over_the_cap_is_413_before_any_call():
     policy = OraclePolicy()

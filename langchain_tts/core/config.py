@@ -92,6 +92,9 @@ class StrategyConfig(BaseModel):
     #: and the run context), and that graph's context schema: set by ``create_tts_graph``
     _graph_name: str | None = PrivateAttr(None)
     _knobs: type[BaseModel] | None = PrivateAttr(None)
+    #: called with the knobs a run changes, before it runs: a server's limits
+    #: (``servable_graph(..., limits=...)``); raises ConfigError to refuse
+    _knob_check: Any = PrivateAttr(None)
 
     @field_validator("max_flops", "max_tokens", mode="before")
     @classmethod

@@ -181,6 +181,7 @@ class RouterConfig(BaseModel):
     #: the graph's name (its knobs namespace) and context schema, set when it is compiled
     _graph_name: str | None = PrivateAttr(None)
     _knobs: type[BaseModel] | None = PrivateAttr(None)
+    _knob_check: Any = PrivateAttr(None)  # as StrategyConfig's
 
     @field_validator("max_flops", "max_tokens", mode="before")
     @classmethod
@@ -542,6 +543,7 @@ def create_router_graph(
     prefix_threshold: float = 0.5,
     name: str = "tts_router",
     output_key: str | None = None,
+    knob_check: Callable[[Mapping[str, Any]], None] | None = None,
 ) -> CompiledStateGraph:
     """A compiled graph that spends test-time compute according to estimated difficulty.
 
@@ -564,7 +566,9 @@ def create_router_graph(
     per run with ``context={...}`` or ``configurable``, at the top or under ``name``.
     ``output_key``: as a node of a parent graph with keys of its own, it reads only
     ``messages`` and writes only ``messages``, ``output_key`` (plain JSON: the result plus
-    ``route`` and ``difficulty``) and ``tts_usage``.
+    ``route`` and ``difficulty``) and ``tts_usage``. ``knob_check``: called with the knobs
+    each run changes, before it runs (a server's limits: ``servable_router(...,
+    limits=...)``); it raises :class:`ConfigError` to refuse the run.
     """
     if not isinstance(policy, StepPolicy):
         raise ConfigError(f"policy must be a StepPolicy, got {type(policy).__name__}")
@@ -596,7 +600,7 @@ def create_router_graph(
                 f"output_key {output_key!r} is a key of the router's state; pick a key of your "
                 "own graph's, e.g. output_key='tts'"
             )
-    knobs._graph_name = name
+    knobs._graph_name, knobs._knob_check = name, knob_check
     knobs._knobs = knobs_model(knobs, title=title_of(name) + "Knobs")  # type: ignore[arg-type]
     runners = {
         # reuse_samples is a per-run knob: the runners may reuse, the knob decides

@@ -216,6 +216,9 @@ def resolve_config(base: C, config: RunnableConfig | None) -> C:
                 overrides.update(_own_knobs(own, fields, cls, where))
     if not overrides:
         return base
+    check = getattr(base, "_knob_check", None)
+    if check is not None:  # what the run changes (LangServe and Studio send every knob)
+        check({k: v for k, v in overrides.items() if v != getattr(base, k, None)})
     _step_cap_follows(base, overrides)
     # Every node of every step resolves the same overrides: validate them once.
     try:
