@@ -15,7 +15,7 @@ from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, MessagesState, StateGraph
 
 from langchain_tts.checkpoint import serializer
-from langchain_tts.core.errors import ConfigError
+from langchain_tts.core.errors import ConfigError, InputError
 from langchain_tts.core.types import Trajectory, Usage, add_usage
 from langchain_tts.graph import create_tts_graph
 from langchain_tts.models import WEIGHTS_DIR
@@ -56,6 +56,27 @@ def test_an_output_key_graph_declares_messages_in_and_three_keys_out():
     }
     assert isinstance(out["messages"][-1], AIMessage)
     assert out["messages"][-1].content == result["solution"]
+
+
+def test_an_output_key_graph_without_messages_says_it_reads_only_messages():
+    graph = create_tts_graph(*models(), "best_of_n", {"n": 2}, output_key="tts")
+    with pytest.raises(InputError, match=r"output_key='tts' reads the question from messages"):
+        graph.invoke({"question": Q})  # dropped by the input schema: the advice must not be it
+
+
+def test_an_output_key_result_carries_the_warnings():
+    """A question unlike the policy's training gets an answer that means nothing: the
+    warning travels in the result (it used to be only logged)."""
+    from langchain_tts.models import load_default
+
+    if not (WEIGHTS_DIR / "prm" / "model.safetensors").exists():
+        pytest.skip("embedded weights not built yet")
+    policy, prm = load_default()
+    graph = create_tts_graph(policy, prm, "best_of_n", {"n": 2, "seed": 0}, output_key="tts")
+    out = graph.invoke({"messages": [("human", "What is the capital of France?")]})
+    assert out["tts"]["warnings"] and "means nothing" in out["tts"]["warnings"][0]
+    ok = graph.invoke({"messages": [("human", "Start with 3. Add 4.")]})
+    assert ok["tts"]["warnings"] == []
 
 
 class Parent(MessagesState, TTSUsageState, total=False):

@@ -12,7 +12,7 @@ from dataclasses import replace
 from functools import partial
 from typing import Any
 
-from langchain_core.messages import AnyMessage
+from langchain_core.messages import AnyMessage, HumanMessage
 from langchain_core.runnables import Runnable, RunnableConfig
 from langgraph.graph import StateGraph
 from langgraph.graph.state import CompiledStateGraph
@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from typing_extensions import TypedDict
 
 from langchain_tts.core.config import StrategyConfig, knobs_model
-from langchain_tts.core.errors import ConfigError
+from langchain_tts.core.errors import ConfigError, InputError
 from langchain_tts.core.types import Trajectory, Usage
 from langchain_tts.strategies.core import TTSState, resolve_config
 from langchain_tts.tracing import TracedFinalize, graph_run_config
@@ -121,6 +121,8 @@ def with_contract(
         runnable = spec.runnable
         if key == "finalize":
             runnable = AfterNode(runnable, _publisher(output_key, strategy))
+        elif key == "prepare":
+            runnable = BeforeNode(runnable, partial(_needs_messages, output_key))
         out.add_node(
             key,
             runnable,
@@ -155,6 +157,35 @@ class AfterNode(Runnable[Any, Any]):
         return self.after(input, await self.node.ainvoke(input, config))
 
 
+class BeforeNode(Runnable[Any, Any]):
+    """A graph node whose input first goes through ``before(state)`` (a check that raises),
+    sync and async."""
+
+    def __init__(self, node: Runnable, before: Callable[[Mapping[str, Any]], None]):
+        self.node, self.before = node, before
+        self.name = getattr(node, "name", None) or "prepare"
+
+    def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
+        self.before(input)
+        return self.node.invoke(input, config)
+
+    async def ainvoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
+        self.before(input)
+        return await self.node.ainvoke(input, config)
+
+
+def _needs_messages(output_key: str, state: Mapping[str, Any]) -> None:
+    """A graph built with ``output_key`` reads only ``messages`` (its input schema drops a
+    ``question``): say so, instead of advising a ``question`` it would drop again."""
+    if not any(isinstance(m, HumanMessage) for m in state.get("messages") or []):
+        raise InputError(
+            f"no question: a graph built with output_key={output_key!r} reads the question "
+            "from messages only, the newest human message (a parent's chat); pass "
+            "{'messages': [('human', '...')]}, or build the graph without output_key to pass "
+            "{'question': '...'}"
+        )
+
+
 def _publisher(output_key: str, strategy: str) -> Callable[[Mapping[str, Any], dict], dict]:
     """``finalize``'s update plus the result as plain data under ``output_key`` and the
     run's usage under ``tts_usage``."""
@@ -170,6 +201,8 @@ def _publisher(output_key: str, strategy: str) -> Callable[[Mapping[str, Any], d
             "stop_reason": update.get("stop_reason", ""),
             "usage": summary,
             "candidates": [_summary(t) for t in update.get("candidates") or []],
+            # why the answer may mean nothing (a question unlike the policy's training)
+            "warnings": list(update.get("warnings") or state.get("warnings") or []),
         }
         return {**update, output_key: result, "tts_usage": summary}
 
