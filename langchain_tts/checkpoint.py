@@ -57,8 +57,10 @@ def serializer(extra: Iterable[type | tuple[str, str]] = ()) -> JsonPlusSerializ
     LangGraph's safe built-ins (messages, ``Send``, datetimes, ...) stay allowed; anything
     else unregistered is blocked instead of being imported on load.
 
-    Needed only by savers that also load a step's pending writes under
-    ``LANGGRAPH_STRICT_MSGPACK=true``.
+    The graphs' channels checkpoint their objects as plain data, but a step's pending
+    writes (loaded by ``get_state_history`` and by a resumed run) hold them as the nodes
+    wrote them: without this serializer that load logs "unregistered type" warnings, and
+    under ``LANGGRAPH_STRICT_MSGPACK=true`` the objects come back as dicts.
     """
     return JsonPlusSerializer(allowed_msgpack_modules=allowed_msgpack_modules(extra))
 

@@ -123,6 +123,9 @@ def test_every_strategy_state_round_trips_through_the_serializer(
         )
         graph.invoke({"question": "q"}, config)
         values = graph.get_state(config).values
+        # the steps' pending writes (each task's result) hold the objects as written
+        results = [t.result for s in graph.get_state_history(config) for t in s.tasks]
+    assert any(results)
     # Restored as the package's classes: nothing was blocked or left as a raw dict.
     assert values["candidates"] and all(isinstance(t, Trajectory) for t in values["candidates"])
     assert type(values["usage"]).__name__ == "Usage"
