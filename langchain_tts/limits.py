@@ -22,6 +22,7 @@ from langchain_tts.core.errors import ConfigError
 
 __all__ = [
     "DEFAULT_MAXIMA",
+    "MAX_TEXT_KNOB_CHARS",
     "Admission",
     "LimitError",
     "RunGate",
@@ -48,7 +49,15 @@ DEFAULT_MAXIMA: dict[str, float | None] = {
     "max_steps": 64,
     "max_tokens": 20_000_000,
     "max_flops": 1e18,
+    "parallel": 64,
+    "width": 64,
+    "tries": 256,
+    "round_size": 256,
+    "c": 100,
+    "weight_temperature": 100,
 }
+#: the longest text a client may send as a knob (``revision_template``)
+MAX_TEXT_KNOB_CHARS = 4096
 #: the POST routes that start runs (LangServe's, with or without a config hash, and OpenAI's)
 RUN_PATH = re.compile(
     r"^(/tts/[^/]+(/c/[^/]+)?/(invoke|batch|stream|stream_log|stream_events)|"
@@ -215,6 +224,13 @@ def check_knobs(limits: ServeLimits, knobs: Mapping[str, Any], *, route: str) ->
                 f"knob {k!r} of {route} is fixed by this server; clients may set "
                 f"{sorted(limits.allow)} (the server's limit 'allow')",
                 limit="allow",
+                knob=k,
+            )
+        if isinstance(v, str) and len(v) > MAX_TEXT_KNOB_CHARS:
+            raise LimitError(
+                f"{k} is {len(v)} characters, over this server's limit for {route}: at most "
+                f"{MAX_TEXT_KNOB_CHARS}; send a shorter {k}",
+                limit="text",
                 knob=k,
             )
         cap = limits.maxima.get(k)

@@ -68,6 +68,13 @@ ABSURD = {
     "router budget": ("router", {"max_tokens": 1e15}, "maxima.max_tokens"),
     "huge budget": ("best_of_n", {"max_tokens": 1e300}, "maxima.max_tokens"),
     "huge FLOPs budget": ("best_of_n", {"max_flops": 1e300}, "maxima.max_flops"),
+    "mcts parallel": ("mcts", {"parallel": 10**5}, "maxima.parallel"),
+    "mcts width and tries": ("mcts", {"width": 10**5, "tries": 10**6}, "maxima."),
+    "a 3 MB template": (
+        "revision",
+        {"revision_template": "{question}{attempt}" + "x" * 3_000_000},
+        "limit for /tts/revision: at most 4096",
+    ),  # fmt: skip
 }
 
 
