@@ -171,6 +171,12 @@ BAD = {
     "bad role": ({"model": "cot", "messages": [{"role": "robot", "content": "x"}]}, 400, None, ""),
     "several choices": ({"model": "cot", "messages": USER, "n": 2}, 400, "n", ""),
     "tts not an object": ({"model": "cot", "messages": USER, "tts": [1]}, 400, "tts", ""),
+    "a bool for a number": (
+        {"model": "best_of_n", "messages": USER, "tts": {"n": True}},
+        400,
+        None,
+        "n must be a number, got True",
+    ),
 }
 
 

@@ -192,11 +192,15 @@ def knobs_model(cfg: StrategyConfig, title: str | None = None) -> type[BaseModel
 
     def __init__(self: BaseModel, **data: Any) -> None:
         try:
-            reject_bool_numbers(type(self), data)  # the config's own validators are not copied
-            check_budgets(data)
             super(knobs, self).__init__(**data)
-        except (ValidationError, ValueError) as e:
+        except ValidationError as e:
             raise ConfigError(f"invalid run context for {title}: {e}") from e
+
+    def _checks(cls: type[BaseModel], data: Any) -> Any:
+        # the config's own validators are not copied: its bool and budget checks are these
+        reject_bool_numbers(cls, data)
+        check_budgets(data)
+        return data
 
     knobs = type(
         title,
@@ -207,6 +211,7 @@ def knobs_model(cfg: StrategyConfig, title: str | None = None) -> type[BaseModel
             "__module__": __name__,
             "__doc__": f"Per-run knobs of {cls.__name__} (run context or config['configurable']).",
             "__init__": __init__,
+            "_checks": model_validator(mode="before")(classmethod(_checks)),  # type: ignore[arg-type]
             "model_config": ConfigDict(extra="allow", title=title),
         },
     )
