@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import warnings
 from typing import Any
@@ -162,6 +163,27 @@ def test_failures_raise_backend_error_with_partial_steps():
     grid = info.value.partial["steps"]
     assert [s is None for s in grid[0]] == [False, False] and grid[1] == [None, None]
     assert grid[0][0].text.startswith("STEP0.")
+
+
+def test_a_negative_token_count_is_a_backend_error_not_a_budget_refund():
+    class Refunding(ScriptedChat):
+        def _generate(self, messages, stop=None, run_manager=None, **kw):
+            usage = {"input_tokens": -1000, "output_tokens": 3, "total_tokens": -997}
+            msg = AIMessage(content="STEP0.0", usage_metadata=usage)
+            return ChatResult(generations=[ChatGeneration(message=msg)])
+
+    with pytest.raises(BackendError, match="input_tokens=-1000"):
+        ChatModelPolicy(Refunding()).generate(PREFIXES[:1])
+
+
+def test_a_model_that_never_answers_ends_in_a_backend_error():
+    class Stuck(ScriptedChat):
+        async def _agenerate(self, messages, stop=None, run_manager=None, **kw):
+            await asyncio.sleep(30)
+
+    assert ChatModelPolicy(ScriptedChat()).timeout == 600.0  # bounded by default
+    with pytest.raises(BackendError, match="did not finish within 0.2s"):
+        ChatModelPolicy(Stuck(), timeout=0.2).generate(PREFIXES[:1])
 
 
 def test_rejects_non_models():

@@ -225,6 +225,61 @@ def test_malformed_choice_count_is_backend_error(serve):
         make_policy(server).generate(PREFIXES, n=2)
 
 
+def _mangled(change: Callable[[dict], None]) -> Handler:
+    """A vLLM-like server whose answer ``change`` breaks in place."""
+    answer = vllm_like(shuffle=False)
+
+    def mangled(body: dict) -> dict:
+        data = answer(body)
+        change(data)
+        return data
+
+    return completions(mangled)
+
+
+def _renumber_per_prompt(data: dict) -> None:  # each prompt's samples numbered from 0 again
+    n = len(data["choices"]) // len(PREFIXES)
+    for k, c in enumerate(data["choices"]):
+        c["index"] = k % n
+
+
+BROKEN_REPLIES = {
+    "indices per prompt": (_renumber_per_prompt, r"numbered \[0, 0, 0, 1, 1, 1\]"),
+    "a repeated index": (lambda d: d["choices"][1].update(index=0), "numbered"),
+    "no text": (lambda d: d["choices"][2].pop("text"), r"choice 2 .* has text None"),
+    "null text": (lambda d: d["choices"][0].update(text=None), "has text None"),
+    "negative completion tokens": (
+        lambda d: d["usage"].update(completion_tokens=-50),
+        r"completion_tokens=-50",
+    ),
+    "negative prompt tokens": (lambda d: d["usage"].update(prompt_tokens=-100), "prompt_tokens"),
+    "prompt tokens as text": (lambda d: d["usage"].update(prompt_tokens="lots"), "'lots'"),
+    "usage as text": (lambda d: d.update(usage="n/a"), "usage is 'n/a'"),
+    "a choice that is a string": (lambda d: d["choices"].__setitem__(0, "x"), "not objects"),
+    "an error object with choices": (
+        lambda d: d.update(error={"message": "overloaded"}),
+        "error object.*overloaded",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BROKEN_REPLIES))
+def test_a_broken_reply_is_a_backend_error_not_a_wrong_sample(serve, case: str):
+    """Each of these used to pass into the search: another prefix's sample, a blank step,
+    a negative token count that grew the budget with every call, an error taken for data."""
+    change, match = BROKEN_REPLIES[case]
+    server = serve(_mangled(change))
+    with pytest.raises(BackendError, match=match):
+        make_policy(server, max_retries=0).generate(PREFIXES, n=2)
+
+
+def test_zero_completion_tokens_for_written_text_counts_the_text(serve):
+    server = serve(_mangled(lambda d: d["usage"].update(completion_tokens=0)))
+    out = make_policy(server).generate(PREFIXES, n=2)
+    written = sum(s.tokens for row in out.steps for s in row)
+    assert written > 0 and out.usage.policy_generated_tokens == written
+
+
 # -- retries, timeouts, failures -------------------------------------------------------------
 def test_retries_on_500_and_429_then_succeeds(serve):
     answer = vllm_like()

@@ -7,6 +7,7 @@ token or head shows up as a score mismatch. No hub, no trained weights.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -368,6 +369,41 @@ def test_http_prm_scalar_rows():
     assert prm._probability([0.0]) == 0.5
     with pytest.raises(PRMOutputError, match="hidden states"):
         prm._probability([0.1] * 4096)
+
+
+def test_http_prm_rows_that_are_no_scores_are_errors_not_perfect_scores():
+    """An infinite logit went through the sigmoid as a score of exactly 1.0 and won the
+    vote; a probability a rounding error above 1 was read as a logit (0.73)."""
+    prm = HTTPRewardPRM("http://127.0.0.1:1", "rm", chat_template="none")
+    for row in ([math.inf], -math.inf, [math.inf, 0.0], ["a", "b"], None, {}, [], [True]):
+        with pytest.raises(PRMOutputError, match="finite numbers"):
+            prm._probability(row)
+    assert prm._probability([1.0000001]) == 1.0 and prm._probability([-1e-9]) == 0.0
+    assert prm._probability([-1e-9, 1.000000001]) == 1.0  # a distribution, rounded
+    assert prm._probability(1.5) == pytest.approx(0.817574, abs=1e-6)  # a logit
+
+
+def test_http_prm_broken_replies_are_typed_errors(pooling):
+    cases = {
+        "renumbered": (
+            lambda body: {"data": [{"index": 0, "data": [[0.4, 0.6]]}] * len(body["input"])},
+            "numbered",
+        ),
+        "negative tokens": (
+            lambda body: {
+                "data": [{"index": i, "data": [[0.4, 0.6]]} for i in range(len(body["input"]))],
+                "usage": {"prompt_tokens": -500},
+            },
+            "prompt_tokens=-500",
+        ),
+        "an error with a 200": (lambda body: {"error": {"message": "OOM"}}, "error object.*OOM"),
+    }
+    for answer, match in cases.values():
+        server = pooling(lambda path, body, answer=answer: (200, answer(body)))
+        prm = HTTPRewardPRM(server.url, "prm", chat_template="none", max_retries=0)
+        one_step = [Trajectory(question="q", steps=["1+1=2"])] * 2
+        with pytest.raises(BackendError, match=match):
+            prm.score(one_step)
 
 
 @pytest.mark.parametrize("kind", ["shepherd", "skywork", "rlhflow"])

@@ -12,7 +12,7 @@ import asyncio
 import json
 import threading
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,6 +26,32 @@ ChatTemplateMode = Literal["server", "client", "none"]
 _RETRY_STATUS = frozenset({408, 425, 429})
 #: the largest response body read by default (a step's completions are kilobytes)
 DEFAULT_MAX_RESPONSE_BYTES = 32 * 2**20
+
+
+def usage_of(data: Mapping[str, Any], where: str) -> Mapping[str, Any]:
+    """A response's ``usage`` object (``{}`` when absent); a :class:`BackendError` when it is
+    something else."""
+    raw = data.get("usage")
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise BackendError(f"{where}: usage is {raw!r:.100}, not an object of token counts")
+    return raw
+
+
+def token_count(raw: Mapping[str, Any], key: str, where: str) -> int | None:
+    """A token count a server reported (None when absent): budgets and FLOPs are booked from
+    it, so anything but a non-negative whole number is a :class:`BackendError`."""
+    v = raw.get(key)
+    if v is None:
+        return None
+    ok = not isinstance(v, bool) and isinstance(v, (int, float)) and v >= 0
+    if not ok or (isinstance(v, float) and not v.is_integer()):
+        raise BackendError(
+            f"{where}: reported {key}={v!r:.50}; a token count is a whole number >= 0 (a "
+            "server bug or a proxy that rewrites usage)"
+        )
+    return int(v)
 
 
 class _TooLarge(Exception):
@@ -191,6 +217,11 @@ class HTTPBackend:
                     raise self._error(
                         url, attempts, status, errors, f"unexpected body {data!r:.300}"
                     )
+                if data.get("error") is not None:  # some servers answer failures with a 200
+                    raise self._error(
+                        url, attempts, status, errors,
+                        f"HTTP {status} with an error object: {data['error']!r:.500}",
+                    )  # fmt: skip
                 return data
             errors.append(f"HTTP {status}: {text[:500]}")
             if status in _RETRY_STATUS or status >= 500:
@@ -341,7 +372,10 @@ class ServerClient:
                 f"{root}/detokenize", {"model": self.model, "tokens": tok["tokens"]}
             )
             self.templating_requests += 2
-            return str(detok["prompt"])
+            prompt = detok["prompt"]
+            if not isinstance(prompt, str) or not prompt:
+                raise TypeError(f"/detokenize returned {prompt!r} as the prompt, not its text")
+            return prompt
         except (BackendError, KeyError, TypeError) as e:
             raise BackendError(
                 f"{self.name}: could not apply the server's chat template through {root}/tokenize "

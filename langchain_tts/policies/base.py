@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from langchain_tts.backends.sync import AsyncFirstRunnable, run_sync
 from langchain_tts.backends.text import DEFAULT_STEP_DELIMITER
 from langchain_tts.core.config import SamplingParams
-from langchain_tts.core.errors import InputError
+from langchain_tts.core.errors import BackendError, InputError
 from langchain_tts.core.types import Step, Trajectory, Usage, nothing_to_release
 
 
@@ -103,6 +103,11 @@ class StepPolicy(AsyncFirstRunnable[PolicyInput | dict, list[Step]], ABC):
         ``cached`` ones included): ``policy_prompt_tokens`` are the computed ones
         (``prompt_tokens - cached``), and FLOPs are ``2 x num_parameters`` per computed
         token (see :class:`~langchain_tts.core.types.Usage`)."""
+        if prompt_tokens < 0 or generated_tokens < 0:  # budgets would grow with each call
+            raise BackendError(
+                f"{self.name}: a call reported {prompt_tokens} prompt and {generated_tokens} "
+                "generated tokens; token counts are >= 0"
+            )
         cached = min(max(0, cached), prompt_tokens)
         computed = prompt_tokens - cached
         return Usage(

@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel, BaseLanguageModel
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 
+from langchain_tts.backends.http import token_count
 from langchain_tts.backends.text import DEFAULT_STEP_DELIMITER
 from langchain_tts.core.config import SamplingParams
 from langchain_tts.core.errors import BackendError, ConfigError
@@ -86,6 +87,9 @@ class ChatModelPolicy(StepPolicy):
     top-p, max tokens) is the model's own configuration unless ``pass_sampling=True`` forwards
     ``temperature``, ``top_p``, ``max_tokens`` and ``seed`` as call kwargs (supported by e.g.
     ``ChatOpenAI``); configure a temperature > 0 for diverse samples.
+
+    ``timeout`` (600 s; None: none) bounds each call's batch of model calls, so a provider
+    that never answers ends in a :class:`BackendError` instead of a hung search.
     """
 
     def __init__(
@@ -99,7 +103,7 @@ class ChatModelPolicy(StepPolicy):
         instruction: str = DEFAULT_INSTRUCTION,
         solution_instruction: str = DEFAULT_SOLUTION_INSTRUCTION,
         pass_sampling: bool = False,
-        timeout: float | None = None,
+        timeout: float | None = 600.0,
         num_parameters: int = 0,
         name: str | None = None,
     ):
@@ -248,6 +252,7 @@ class ChatModelPolicy(StepPolicy):
             meta = getattr(out, "response_metadata", None) or {}
             stop = meta.get("finish_reason") or meta.get("stop_reason")
             usage = getattr(out, "usage_metadata", None) or {}
+            usage = usage if isinstance(usage, Mapping) else {}
         else:
             raw, stop, usage = str(out), None, {}
         text = raw.strip() if self.is_chat else raw.lstrip("\n").rstrip()
@@ -261,8 +266,8 @@ class ChatModelPolicy(StepPolicy):
             reason = "eos"
         else:
             reason = "step" if params.stop_at_step else "eos"
-        out_tokens = usage.get("output_tokens")
-        in_tokens = usage.get("input_tokens")
+        out_tokens = token_count(usage, "output_tokens", f"{self.name}: usage_metadata")
+        in_tokens = token_count(usage, "input_tokens", f"{self.name}: usage_metadata")
         if out_tokens is None:
             out_tokens = _estimate_tokens(raw)
         if in_tokens is None:

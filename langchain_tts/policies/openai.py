@@ -46,7 +46,13 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from langchain_tts.backends.http import DEFAULT_MAX_RESPONSE_BYTES, ChatTemplateMode, ServerClient
+from langchain_tts.backends.http import (
+    DEFAULT_MAX_RESPONSE_BYTES,
+    ChatTemplateMode,
+    ServerClient,
+    token_count,
+    usage_of,
+)
 from langchain_tts.backends.text import (
     DEFAULT_STEP_DELIMITER,
     PROMPT_OVERHEAD_TOKENS,
@@ -275,15 +281,18 @@ class OpenAIPolicy(ServerClient, StepPolicy):
                 "prompt with n (vLLM does).",
                 partial={"url": self.completions_url, "response": str(data)[:500]},
             )
-        try:
-            ordered = sorted(choices, key=lambda c: int(c["index"]))
-        except (KeyError, TypeError, ValueError):
-            ordered = choices  # no usable index: trust the order
+        ordered = self._ordered(choices, expected, data)
         texts: list[str] = []
         reasons: list[FinishReason] = []
         exact: list[int | None] = []
-        for c in ordered:
-            text = str(c.get("text") or "")
+        for j, c in enumerate(ordered):
+            text = c.get("text")
+            if not isinstance(text, str):  # "" is a sample; a missing text is a broken reply
+                raise BackendError(
+                    f"{self.name}: choice {j} of {self.completions_url} has text {text!r:.50}, "
+                    "not a string",
+                    partial={"url": self.completions_url, "response": str(data)[:500]},
+                )
             reason = map_finish_reason(
                 c.get("finish_reason"),
                 c.get("stop_reason", STOP_REASON_UNKNOWN),
@@ -295,13 +304,38 @@ class OpenAIPolicy(ServerClient, StepPolicy):
             reasons.append(reason)
             ids = c.get("token_ids")
             exact.append(len(ids) if isinstance(ids, list) else None)
-        completion = int((data.get("usage") or {}).get("completion_tokens") or 0)
-        tokens = self._token_counts(texts, reasons, exact, completion)
+        raw = usage_of(data, f"{self.name}: {self.completions_url}")
+        completion = token_count(raw, "completion_tokens", f"{self.name}: {self.completions_url}")
+        tokens = self._token_counts(texts, reasons, exact, completion or 0)
         flat = [
             Step(text=t, tokens=k, finish_reason=r)
             for t, k, r in zip(texts, tokens, reasons, strict=True)
         ]
         return [flat[i * copies : (i + 1) * copies] for i in range(num_prompts)]
+
+    def _ordered(self, choices: list, expected: int, data: dict) -> list[dict]:
+        """The choices in prompt-major order by their ``index``, which must number them
+        0..expected-1 once each (a server numbering each prompt's samples from 0 again would
+        hand one prefix another's continuation); in the order given when none has one."""
+
+        def bad(why: str) -> BackendError:
+            return BackendError(
+                f"{self.name}: {self.completions_url} returned choices {why}; expected one "
+                f"choice per index 0..{expected - 1} (prompt-major: prompt i's sample j at "
+                "i x n + j, as vLLM numbers them)",
+                partial={"url": self.completions_url, "response": str(data)[:500]},
+            )
+
+        if not all(isinstance(c, dict) for c in choices):
+            raise bad("that are not objects")
+        indices = [c.get("index") for c in choices]
+        if all(i is None for i in indices):
+            return choices
+        if any(isinstance(i, bool) or not isinstance(i, int) for i in indices):
+            raise bad(f"with indices {indices[:8]!r}")
+        if sorted(indices) != list(range(expected)):
+            raise bad(f"numbered {sorted(indices)[:8]!r}{'...' if expected > 8 else ''}")
+        return sorted(choices, key=lambda c: c["index"])
 
     def _token_counts(
         self,
@@ -328,13 +362,15 @@ class OpenAIPolicy(ServerClient, StepPolicy):
         return [e if e is not None else max(1, -(-w // 4)) for e, w in zip(exact, weights)]
 
     def _usage(self, data: dict, prompts: list[str], steps: list[list[Step]], copies: int) -> Usage:
-        raw = data.get("usage") or {}
-        prompt_tokens = raw.get("prompt_tokens")
+        where = f"{self.name}: {self.completions_url}"
+        raw = usage_of(data, where)
+        prompt_tokens = token_count(raw, "prompt_tokens", where)
         if prompt_tokens is None:
             prompt_tokens = sum(-(-len(p) // 4) for p in prompts)
-        generated = raw.get("completion_tokens")
-        if generated is None:
-            generated = sum(s.tokens for row in steps for s in row[:copies])
+        written = sum(s.tokens for row in steps for s in row[:copies])
+        generated = token_count(raw, "completion_tokens", where)
+        if generated is None or (generated == 0 and written):  # 0 for written text: unknown
+            generated = written
         details = raw.get("prompt_tokens_details") or {}
-        cached = int(details.get("cached_tokens") or 0)
-        return self._call_usage(int(prompt_tokens), int(generated), cached=cached)
+        cached = token_count(details, "cached_tokens", where) if isinstance(details, dict) else 0
+        return self._call_usage(prompt_tokens, generated, cached=cached or 0)

@@ -10,6 +10,7 @@ from langchain_core.runnables import RunnableConfig
 from pydantic import BaseModel, Field
 
 from langchain_tts.backends.sync import AsyncFirstRunnable, run_sync
+from langchain_tts.core.errors import BackendError
 from langchain_tts.core.types import Trajectory, Usage, check_scores, nothing_to_release
 
 #: the system prompt of Qwen2.5-Math-PRM's chat format
@@ -80,6 +81,8 @@ class ProcessRewardModel(AsyncFirstRunnable[PRMInput | dict, list[float]], ABC):
 
     def _call_usage(self, tokens: int, seconds: float = 0.0) -> Usage:
         """The usage of one call: its tokens and ``2 x num_parameters`` FLOPs per token."""
+        if tokens < 0:  # budgets would grow with each call
+            raise BackendError(f"{self.name}: a call reported {tokens} tokens; counts are >= 0")
         return Usage(
             prm_calls=1,
             prm_tokens=tokens,

@@ -44,6 +44,8 @@ from langchain_tts.backends.http import (
     ChatTemplateMode,
     ServerClient,
     server_root,
+    token_count,
+    usage_of,
 )
 from langchain_tts.backends.text import chat_messages
 from langchain_tts.core.errors import BackendError, ConfigError, PRMOutputError
@@ -53,6 +55,7 @@ from langchain_tts.prms.base import DEFAULT_PRM_SYSTEM_PROMPT, PRMResult, Proces
 __all__ = ["HTTPRewardPRM"]
 _SLOT = "@@LANGCHAIN_TTS_PRM_ANSWER@@"
 _MAX_LABELS = 16  # wider rows are not label scores
+_SLACK = 1e-6  # a probability this far outside [0, 1] is float rounding, not a logit
 Activation = Literal["auto", "none", "softmax", "sigmoid"]
 
 
@@ -185,15 +188,20 @@ class HTTPRewardPRM(ServerClient, ProcessRewardModel):
                 f"{self.name}: {self.url} returned {got} results for {len(texts)} inputs",
                 partial={"url": self.url, "response": str(data)[:500]},
             )
-        try:
+        indices = [d.get("index") if isinstance(d, dict) else None for d in items]
+        if any(i is not None for i in indices):  # numbered: 0..len-1 once each
+            if sorted(map(str, indices)) != sorted(map(str, range(len(texts)))):
+                raise BackendError(
+                    f"{self.name}: {self.url} numbered its {len(texts)} results "
+                    f"{indices[:8]!r}; expected each index 0..{len(texts) - 1} once",
+                    partial={"url": self.url, "response": str(data)[:500]},
+                )
             items = sorted(items, key=lambda d: int(d["index"]))
-        except (KeyError, TypeError, ValueError):
-            pass
         for i, item in zip(todo, items, strict=True):
             rows = item.get("data") if isinstance(item, dict) else None
             scores[i] = self._step_scores(rows, len(trajectories[i].steps), i)
-        raw = data.get("usage") or {}
-        tokens = raw.get("prompt_tokens")
+        raw = usage_of(data, f"{self.name}: {self.url}")
+        tokens = token_count(raw, "prompt_tokens", f"{self.name}: {self.url}")
         if tokens is None:
             tokens = sum(-(-len(t) // 4) for t in texts)
         return PRMResult(
@@ -212,10 +220,23 @@ class HTTPRewardPRM(ServerClient, ProcessRewardModel):
         return [self._probability(row) for row in rows]
 
     def _probability(self, row: Any) -> float:
-        values = [float(x) for x in row] if isinstance(row, list) else [float(row)]
+        items = row if isinstance(row, list) else [row]
+        if not items or not all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+            for x in items
+        ):
+            if any(isinstance(x, float) and math.isnan(x) for x in items):
+                return math.nan  # check_scores names it, with the trajectory
+            raise PRMOutputError(
+                f"{self.name}: a score row is {row!r:.100}; expected finite numbers (one "
+                "probability or logit, or one per label): an infinite logit is no score"
+            )
+        values = [float(x) for x in items]
         if len(values) == 1:
             x = values[0]
-            if self.activation == "sigmoid" or (self.activation == "auto" and not 0 <= x <= 1):
+            if -_SLACK <= x <= 1 + _SLACK and self.activation != "sigmoid":
+                return min(max(x, 0.0), 1.0)  # a probability, off by float rounding at most
+            if self.activation == "sigmoid" or self.activation == "auto":
                 return _sigmoid(x)
             return x
         if len(values) > _MAX_LABELS or self.positive_index >= len(values):
@@ -225,9 +246,11 @@ class HTTPRewardPRM(ServerClient, ProcessRewardModel):
                 "vocabulary logits: configure the server's STEP pooler with returned_token_ids "
                 "(or use the in-process PRM class)."
             )
-        is_dist = all(0 <= x <= 1 for x in values) and abs(sum(values) - 1) < 1e-3
+        is_dist = all(-_SLACK <= x <= 1 + _SLACK for x in values) and abs(sum(values) - 1) < 1e-3
         if self.activation == "softmax" or (self.activation == "auto" and not is_dist):
             values = _softmax(values)
         elif self.activation == "sigmoid":
             return _sigmoid(values[self.positive_index])
-        return values[self.positive_index]
+        elif not is_dist:  # activation="none" on rows that are no distribution: check_scores
+            return values[self.positive_index]
+        return min(max(values[self.positive_index], 0.0), 1.0)  # rounding off [0, 1] at most
