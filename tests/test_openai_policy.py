@@ -256,6 +256,10 @@ BROKEN_REPLIES = {
     "prompt tokens as text": (lambda d: d["usage"].update(prompt_tokens="lots"), "'lots'"),
     "usage as text": (lambda d: d.update(usage="n/a"), "usage is 'n/a'"),
     "a choice that is a string": (lambda d: d["choices"].__setitem__(0, "x"), "not objects"),
+    "more tokens than max_tokens": (
+        lambda d: d["choices"][0].update(token_ids=list(range(5000))),
+        "ignores max_tokens",
+    ),
     "an error object with choices": (
         lambda d: d.update(error={"message": "overloaded"}),
         "error object.*overloaded",

@@ -306,6 +306,16 @@ class OpenAIPolicy(ServerClient, StepPolicy):
             exact.append(len(ids) if isinstance(ids, list) else None)
         raw = usage_of(data, f"{self.name}: {self.completions_url}")
         completion = token_count(raw, "completion_tokens", f"{self.name}: {self.completions_url}")
+        cap = params.max_step_tokens
+        if max((e or 0 for e in exact), default=0) > cap or (completion or 0) > expected * cap:
+            # the budget meter reserved max_tokens per sample: a server that ignores it
+            # would let a run spend past its budget
+            raise BackendError(
+                f"{self.name}: {self.completions_url} wrote more than max_tokens={cap} tokens "
+                f"for a sample ({max(e or 0 for e in exact)} token_ids, {completion} completion "
+                "tokens in all); the server ignores max_tokens",
+                partial={"url": self.completions_url, "response": str(data)[:500]},
+            )
         tokens = self._token_counts(texts, reasons, exact, completion or 0)
         flat = [
             Step(text=t, tokens=k, finish_reason=r)
