@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,6 +21,48 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 # A source checkout: the package's parent folder, where research/ (the trainer) lives.
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEMO_QUESTION = "Start with 14. Add 9. Multiply by 3. Subtract 17. Divide by 2. Add 18."
+
+
+#: the most samples per question a command runs (``tts serve``'s limit on ``n`` is 256)
+MAX_BUDGET = 1024
+
+
+def _user_errors(command: Callable[..., None]) -> Callable[..., None]:
+    """A command whose user mistakes end in one ``Error: ...`` line and exit code 2, not a
+    traceback: the package's typed errors (a bad knob, an over-long question, a server that
+    failed) and files it cannot read or write."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> None:
+        from langchain_tts.core.errors import TTSError
+
+        try:
+            command(*args, **kwargs)
+        except (TTSError, OSError) as e:
+            typer.echo(f"Error: {_first_lines(e)}", err=True)
+            raise typer.Exit(2) from None
+
+    return run
+
+
+def _first_lines(e: BaseException) -> str:
+    """An error's message without pydantic's "further information" links."""
+    lines = [x for x in str(e).splitlines() if "errors.pydantic.dev" not in x]
+    return "\n".join(lines) or type(e).__name__
+
+
+def _budgets(text: str) -> list[int]:
+    """``--budgets``: comma-separated sample counts, each 1..MAX_BUDGET."""
+    try:
+        out = [int(x) for x in text.split(",")]
+    except ValueError:
+        out = []
+    if not out or not all(1 <= b <= MAX_BUDGET for b in out):
+        raise typer.BadParameter(
+            f"{text!r}: comma-separated sample counts from 1 to {MAX_BUDGET}, e.g. 4,16",
+            param_hint="--budgets",
+        )
+    return out
 
 
 def _load_prm(prm: str):
@@ -47,6 +91,7 @@ EmbeddedVerifier = Annotated[
 
 
 @app.command()
+@_user_errors
 def solve(
     question: Annotated[str, typer.Argument(help="the problem text")] = DEMO_QUESTION,
     strategy: Annotated[
@@ -75,6 +120,8 @@ def solve(
         policy = policy or get_strategy(strategy).embedded_policy
     except ConfigError as e:
         raise typer.BadParameter(f"{e} (or 'router')", param_hint="--strategy") from None
+    if not 1 <= budget <= MAX_BUDGET:
+        raise typer.BadParameter(f"{budget}: from 1 to {MAX_BUDGET} samples", param_hint="--budget")
     t0 = time.perf_counter()
     pol, verifier = _load(policy, prm)
     load_s = time.perf_counter() - t0
@@ -84,7 +131,8 @@ def solve(
     try:
         graph = create_tts_graph(pol, verifier, strategy, config)
     except ConfigError as e:
-        raise typer.BadParameter(str(e), param_hint="--max-flops") from None
+        hint = "--max-flops" if "max_flops" in str(e) else "--budget"
+        raise typer.BadParameter(_first_lines(e), param_hint=hint) from None
     t1 = time.perf_counter()
     if not as_json:
         typer.echo(f"Question: {question}\nStrategy: {strategy} (N={budget}), policy={policy}, "
@@ -173,6 +221,7 @@ def _indent(text: str) -> str:
 
 
 @app.command("eval")
+@_user_errors
 def eval_cmd(
     dataset: Annotated[str, typer.Option(help="synthetic | math500 | aime24")] = "synthetic",
     strategy: Annotated[list[str], typer.Option(help="repeatable")] = ["beam_search"],  # noqa: B006
@@ -266,6 +315,9 @@ def eval_cmd(
                 f"unknown strategy {s!r}; available: {sorted(STRATEGY_SPECS)}{hint}",
                 param_hint="--strategy",
             )
+    sizes = _budgets(budgets)
+    if not 1 <= concurrency <= 256:
+        raise typer.BadParameter(f"{concurrency}: from 1 to 256", param_hint="--concurrency")
     problems = load_dataset(dataset, path=data, n=n_problems or None)
     if backend == "embedded":
         from langchain_tts.graph import embedded_policies
@@ -293,9 +345,14 @@ def eval_cmd(
         pols = dict.fromkeys(strategy, pol)
     else:
         raise typer.BadParameter(f"unknown backend {backend!r}: embedded | openai")
+    from langchain_tts.strategies import strategy_config
+
+    runs = [(strat, b) for strat in strategy for b in ([1] if strat == "cot" else sizes)]
+    for strat, b in runs:  # every run's knobs checked before the first one runs
+        strategy_config(strat, {**budget_config(strat, b), "seed": seed, **extra})
     for strat in strategy:
         pol = pols[strat]
-        for b in [1] if strat == "cot" else [int(x) for x in budgets.split(",")]:
+        for b in [1] if strat == "cot" else sizes:
             cfg = {**budget_config(strat, b), "seed": seed, **extra}
             graph = create_tts_graph(pol, verifier, strat, cfg)
             # each run pays for its own prefixes: its FLOPs do not depend on the runs before it
@@ -357,6 +414,7 @@ def _remote(
 
 
 @app.command()
+@_user_errors
 def report(
     records: Annotated[
         list[Path], typer.Argument(help="JSONL files (or folders of them) from `tts eval`")
@@ -390,6 +448,9 @@ def report(
         recs = load_records(*records)
     except (FileNotFoundError, ValueError) as e:
         raise typer.BadParameter(str(e), param_hint="RECORDS") from None
+    if not recs:
+        names = ", ".join(str(r) for r in records)
+        raise typer.BadParameter(f"no eval records in {names}", param_hint="RECORDS")
     if out is None:
         typer.echo(markdown_table(summarize(recs), levels=levels))
         return

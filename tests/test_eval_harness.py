@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from pathlib import Path
 
 import pytest
 from test_openai_policy import FakeServer  # the stdlib OpenAI-compatible fake (tests/)
@@ -366,3 +367,56 @@ def test_tts_solve_with_the_router_a_budget_and_clear_errors():
     assert res.exit_code == 2 and "unknown strategy 'nope'" in res.output
     res = CliRunner().invoke(app, ["eval", "--strategy", "router", "--n", "8"])
     assert res.exit_code == 2 and "unknown strategy 'router'" in res.output
+
+
+def test_cli_mistakes_are_one_line_errors_with_exit_code_2(tmp_path):
+    """Each of these used to be a traceback, a machine-wide out-of-memory kill (a budget of
+    10**9 samples, 10**9 synthetic problems), or a silently wrong result (an --out file of
+    someone else's text cut to a record, two problems sharing an id)."""
+    flat = lambda out: " ".join(out.replace("│", " ").split())  # noqa: E731 (the error box)
+    dup = tmp_path / "dup.jsonl"
+    dup.write_text('{"problem": "Start with 1.", "answer": "1", "id": "a"}\n'
+                   '{"problem": "Start with 2.", "answer": "2", "id": "a"}\n')  # fmt: skip
+    level = tmp_path / "level.jsonl"
+    level.write_text('{"problem": "Start with 1.", "answer": "1", "level": [1, 2]}\n')
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes, no newline")
+    not_records = tmp_path / "r.jsonl"
+    not_records.write_text('{"a": 1}\n')
+    out = str(tmp_path / "o.jsonl")
+    cases = {
+        ("solve", "Start with 7.", "--budget", "1000000000"): "--budget",
+        ("solve", "Start with 7.", "--budget", "0"): "--budget: 0",
+        ("solve", "   "): "question is empty",
+        ("solve", "Start with 7.", "--policy", "huge"): "unknown policy size 'huge'",
+        ("eval", "--strategy", "cot", "--n", "1000000000"): "n must be between 0 and 100000",
+        ("eval", "--strategy", "cot", "--budgets", "abc"): "--budgets",
+        (
+            "eval",
+            "--budgets",
+            "2",
+            "--strategy",
+            "best_of_n",
+            "--config",
+            '{"n": 0}',
+            "--out",
+            out,
+        ): "greater than or equal to 1",  # fmt: skip
+        ("eval", "--strategy", "cot", "--data", str(dup), "--out", out): "id 'a' again",
+        ("eval", "--strategy", "cot", "--data", str(level), "--out", out): "'level' must be",
+        ("eval", "--strategy", "cot", "--data", str(tmp_path / "none.jsonl"), "--out", out): (
+            "cannot read the problems file"
+        ),
+        ("eval", "--strategy", "cot", "--n", "1", "--out", str(notes)): "not a file of eval",
+        ("eval", "--strategy", "cot", "--concurrency", "0"): "--concurrency",
+        ("report", str(not_records)): "record 1 is no eval record",
+        ("report", str(tmp_path / "o.jsonl")): "no eval records",
+    }
+    for args, text in cases.items():
+        if args[0] == "report":
+            Path(args[1]).touch()
+        res = CliRunner().invoke(app, list(args))
+        assert res.exit_code == 2, (args, res.output)
+        assert text in flat(res.output), (args, res.output)
+        assert "Traceback" not in res.output, args
+    assert notes.read_text() == "my notes, no newline"  # untouched

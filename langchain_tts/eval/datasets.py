@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from langchain_tts.core.errors import ConfigError, InputError
 from langchain_tts.eval.synthetic import make_split
 
 DATA_DIR = Path(__file__).parent / "data"
@@ -23,24 +24,50 @@ class Problem:
 
 
 def load_jsonl(path: str | Path) -> list[Problem]:
-    """Problems from a JSONL file with ``problem`` and ``answer`` fields (MATH-500 format)."""
-    out = []
-    for i, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines()):
+    """Problems from a JSONL file with ``problem`` and ``answer`` fields (MATH-500 format),
+    optional ``level``, ``id`` (unique: records are matched to problems by it), ``solution``
+    and ``subject``. Anything else is an :class:`InputError` naming the line."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"cannot read the problems file {path}: {e}") from None
+    out: list[Problem] = []
+    seen: dict[str, int] = {}
+    for i, line in enumerate(text.splitlines()):
         if not line.strip():
             continue
-        r = json.loads(line)
-        if "problem" not in r or "answer" not in r:
-            raise ValueError(f"{path}:{i + 1}: a record needs 'problem' and 'answer' fields")
+        where = f"{path}:{i + 1}"
+        try:
+            r = json.loads(line)
+        except ValueError as e:
+            raise InputError(f"{where}: not a JSON object ({e})") from None
+        if not isinstance(r, dict) or "problem" not in r or "answer" not in r:
+            raise InputError(f"{where}: a record is an object with 'problem' and 'answer'")
+        if not isinstance(r["problem"], str) or not r["problem"].strip():
+            raise InputError(f"{where}: 'problem' must be non-empty text")
+        if not isinstance(r["answer"], (str, int, float)) or isinstance(r["answer"], bool):
+            raise InputError(f"{where}: 'answer' must be text or a number")
+        level = r.get("level", "")
+        if not isinstance(level, (str, int)) or isinstance(level, bool):
+            raise InputError(f"{where}: 'level' must be a number or text, got {level!r:.50}")
+        pid = str(r.get("id", r.get("unique_id", i)))
+        if pid in seen:  # a resumed sweep would take one problem's record for the other's
+            raise InputError(
+                f"{where}: id {pid!r} again (first on line {seen[pid]}); ids are unique"
+            )
+        seen[pid] = i + 1
         out.append(
             Problem(
-                id=str(r.get("id", r.get("unique_id", i))),
+                id=pid,
                 problem=r["problem"],
                 answer=str(r["answer"]),
-                level=r.get("level", ""),
-                solution=r.get("solution", ""),
-                subject=r.get("subject", ""),
+                level=level,
+                solution=str(r.get("solution", "")),
+                subject=str(r.get("subject", "")),
             )
         )
+    if not out:
+        raise InputError(f"the problems file {path} holds no problems")
     return out
 
 
@@ -49,8 +76,14 @@ def load_synthetic(split: str = "test", n: int = 320) -> list[Problem]:
     return [Problem(**{**p.to_record(), "id": p.uid}) for p in make_split(split, n)]
 
 
+#: the most problems one sweep loads (the synthetic task would generate any number)
+MAX_PROBLEMS = 100_000
+
+
 def load_dataset(name: str, path: str | Path | None = None, n: int | None = None) -> list[Problem]:
     """``synthetic``, ``math500`` or ``aime24`` (vendored copies), or any JSONL via ``path``."""
+    if n is not None and not 0 <= n <= MAX_PROBLEMS:
+        raise ConfigError(f"n must be between 0 and {MAX_PROBLEMS} problems, got {n}")
     if path is not None:
         probs = load_jsonl(path)
     elif name == "synthetic":
@@ -58,5 +91,5 @@ def load_dataset(name: str, path: str | Path | None = None, n: int | None = None
     elif name in ("math500", "aime24"):
         probs = load_jsonl(DATA_DIR / f"{name}.jsonl")
     else:
-        raise ValueError(f"unknown dataset {name!r}; use one of {list(DATASETS)} or pass a path")
+        raise ConfigError(f"unknown dataset {name!r}; use one of {list(DATASETS)} or pass a path")
     return probs[:n] if n else probs

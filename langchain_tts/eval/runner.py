@@ -17,6 +17,7 @@ from typing import Any
 from langgraph.graph.state import CompiledStateGraph
 from tqdm.auto import tqdm
 
+from langchain_tts.core.errors import InputError
 from langchain_tts.eval.datasets import Problem
 from langchain_tts.eval.grading import answers_match
 
@@ -187,6 +188,12 @@ def _open_for_append(path: str | Path):
     p.parent.mkdir(parents=True, exist_ok=True)
     if p.exists() and p.stat().st_size:
         data = p.read_bytes()
+        first = data.split(b"\n", 1)[0]
+        if not first.lstrip().startswith(b"{"):  # someone's other file: never cut it
+            raise InputError(
+                f"{p} is not a file of eval records (its first line is no JSON record); "
+                "pass a new or an earlier --out"
+            )
         if not data.endswith(b"\n"):
             cut = data.rfind(b"\n") + 1
             try:  # complete but unterminated: keep it (it was counted as done)
@@ -199,8 +206,29 @@ def _open_for_append(path: str | Path):
     return open(p, "a")  # noqa: SIM115 - kept open for the whole sweep
 
 
+#: what every eval record holds, for :func:`summarize`
+RECORD_FIELDS = ("correct", "tokens", "flops", "seconds")
+
+
+def _not_a_record(r: object) -> str:
+    """Why ``r`` is not an eval record ("" when it is one)."""
+    if not isinstance(r, dict):
+        return f"a {type(r).__name__}, not an object"
+    missing = [k for k in RECORD_FIELDS if k not in r]
+    if missing:
+        return f"no {', '.join(missing)}"
+    if isinstance(r.get("level"), (list, dict)):
+        return "its level is neither a number nor text"
+    return ""
+
+
 def summarize(records: Iterable[dict]) -> list[dict]:
     """Accuracy and mean compute per (dataset, policy, prm, strategy, budget)."""
+    records = list(records)
+    for i, r in enumerate(records):
+        why = _not_a_record(r)
+        if why:
+            raise InputError(f"record {i + 1} is no eval record ({why}); `tts eval` writes them")
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in records:
         groups[tuple(r.get(k) for k in RECORD_KEY[:-1])].append(r)
