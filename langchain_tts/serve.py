@@ -67,6 +67,7 @@ from langchain_tts.threads import (
     ThreadBusyError,
     ThreadLocks,
     ThreadRuns,
+    client_thread_id,
     namespaced,
     request_namespace,
     thread_locks,
@@ -526,6 +527,12 @@ def _add_error_handlers(app: FastAPI) -> None:
 
         return handler
 
+    async def thread_busy(request: Request, exc: ThreadBusyError) -> JSONResponse:
+        # the client's own thread id, not the stored one with its namespace
+        namespace = getattr(request.state, "tts_namespace", None)
+        asked = exc.thread_id.removeprefix(f"{namespace}:") if namespace else exc.thread_id
+        return JSONResponse({"detail": str(ThreadBusyError(asked))}, status_code=409)
+
     async def validation_error(_: Request, exc: ValidationError) -> JSONResponse:
         # LangServe's batch endpoint validates inputs outside its 422 translation.
         return _SafeJSON(
@@ -541,7 +548,7 @@ def _add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ValidationError, validation_error)
     app.add_exception_handler(BackendError, backend_error)
     app.add_exception_handler(ConfigError, detail(400))
-    app.add_exception_handler(ThreadBusyError, detail(409))
+    app.add_exception_handler(ThreadBusyError, thread_busy)
 
 
 def _add_health(
@@ -601,7 +608,12 @@ def _config_modifier(
             except ValueError:
                 sent = {}
         if "thread_id" not in conf and sent.get("thread_id") is not None:
-            conf["thread_id"] = str(sent["thread_id"])
+            conf["thread_id"] = sent["thread_id"]
+        if conf.get("thread_id") is not None:
+            try:
+                conf["thread_id"] = client_thread_id(conf["thread_id"])
+            except InputError as e:
+                raise HTTPException(status_code=422, detail=str(e)) from e
         if uses_threads and not conf.get("thread_id"):
             conf["thread_id"] = uuid.uuid4().hex
         await _thread_of_request(conf, request)
@@ -631,15 +643,14 @@ async def _thread_of_request(conf: dict[str, Any], request: Request) -> None:
 
     if not conf.get("thread_id"):
         return
-    conf["thread_id"] = namespaced(
-        getattr(request.state, "tts_namespace", None), str(conf["thread_id"])
-    )
+    asked = str(conf["thread_id"])
+    conf["thread_id"] = namespaced(getattr(request.state, "tts_namespace", None), asked)
     runs: ThreadRuns | None = getattr(request.app.state, "thread_runs", None)
     if runs is not None:
         try:
             await runs.locks.check(conf["thread_id"])
         except ThreadBusyError as e:
-            raise HTTPException(status_code=409, detail=str(e)) from e
+            raise HTTPException(status_code=409, detail=str(ThreadBusyError(asked))) from e
 
 
 def _apply_limits(

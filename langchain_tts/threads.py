@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from langchain_core.messages import BaseMessage
 
-from langchain_tts.core.errors import ConfigError, TTSError
+from langchain_tts.core.errors import ConfigError, InputError, TTSError, check_unicode
 
 if TYPE_CHECKING:
     from fastapi import Request
@@ -424,6 +424,26 @@ async def request_namespace(auth: AuthHook, request: Request) -> str | None:
     if inspect.isawaitable(ns):
         ns = await ns
     return None if ns is None else check_namespace(ns)
+
+
+#: the longest thread id a client may send
+MAX_THREAD_ID_CHARS = 1024
+
+
+def client_thread_id(value: Any) -> str:
+    """A client's ``thread_id`` as stored: text, or a whole number as its digits; anything
+    else (a list, an object, true) is an :class:`InputError`, as is text a database cannot
+    store (a NUL, a lone surrogate) or over :data:`MAX_THREAD_ID_CHARS`. ``str()`` of a list
+    would alias the thread ``"[1, 2]"``."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise InputError(f"thread_id must be text (or a whole number), got {type(value).__name__}")
+    text = str(value)
+    if len(text) > MAX_THREAD_ID_CHARS:
+        raise InputError(f"thread_id is {len(text)} characters; at most {MAX_THREAD_ID_CHARS}")
+    if "\x00" in text:
+        raise InputError("thread_id holds a NUL character, which no database stores; drop it")
+    check_unicode(text, "thread_id")
+    return text
 
 
 def namespaced(namespace: str | None, thread_id: str) -> str:

@@ -158,6 +158,29 @@ def test_thread_id_reaches_the_checkpointer(server: ThreadServer, db: Path):
     assert len(threads) >= 2  # requests without a thread_id got a fresh one each
 
 
+@pytest.mark.parametrize(
+    ("thread_id", "needle"),
+    [
+        ([1, 2], "thread_id must be text"),
+        ({"a": 1}, "thread_id must be text"),
+        (True, "thread_id must be text"),
+        ("a\u0000b", "NUL"),
+        ("x" * 2000, "at most 1024"),
+    ],
+)
+def test_a_thread_id_that_is_no_text_is_422(server: ThreadServer, thread_id, needle: str):
+    """A list used to be stored as its ``str()``, so ``"[1, 2]"`` continued its thread; a
+    NUL or a lone surrogate was a 500 from the database."""
+    body = {"input": {"question": QUESTION}, "config": {"configurable": {"thread_id": thread_id}}}
+    r = httpx.post(f"{server.url}/tts/cot/invoke", json=body, timeout=30)
+    assert r.status_code == 422 and needle in r.json()["detail"], r.text
+    raw = '{"input": {"question": "Start with 3."}, "config": {"configurable": {"thread_id": "\\ud800"}}}'
+    r = httpx.post(f"{server.url}/tts/cot/invoke", content=raw, timeout=30)
+    assert r.status_code == 422 and "not valid Unicode" in r.json()["detail"], r.text
+    ok = {"input": {"question": QUESTION}, "config": {"configurable": {"thread_id": 7}}}
+    assert httpx.post(f"{server.url}/tts/cot/invoke", json=ok, timeout=30).status_code == 200
+
+
 BAD_INPUTS = {
     "missing question": ({}, "no question"),
     "wrong type": ({"question": 5}, "valid string"),
