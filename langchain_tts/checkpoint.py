@@ -9,6 +9,7 @@ serializer stores them without "Deserializing unregistered type" warnings.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -115,6 +116,34 @@ def parse_db(db: str | Path) -> tuple[str, str]:
             f"checkpoint db {text!r}: use a file path, sqlite:///FILE or postgresql://..."
         )
     return "sqlite", text
+
+
+def check_database(db: str | Path, timeout: float = 10.0) -> None:
+    """A :class:`ConfigError` now, with the database's own reason, when a Postgres ``db``
+    cannot be reached (a server would otherwise retry for 30 s at startup, then fail with a
+    pool timeout); SQLite files are opened when used."""
+    kind, target = parse_db(db)
+    if kind != "postgres":
+        return
+    try:
+        import psycopg
+    except ImportError as e:
+        raise ConfigError(
+            f"checkpoint db {_redacted(target)!r} needs the Postgres saver: pip install "
+            f"'langchain-tts[postgres]' ({e})"
+        ) from None
+    try:
+        psycopg.connect(target, connect_timeout=max(1, int(timeout))).close()
+    except psycopg.Error as e:
+        raise ConfigError(
+            f"cannot connect to the checkpoint database {_redacted(target)!r}: "
+            f"{' '.join(str(e).split()) or type(e).__name__}"
+        ) from None
+
+
+def _redacted(url: str) -> str:
+    """``url`` without its password."""
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
 
 
 @asynccontextmanager

@@ -557,6 +557,13 @@ def serve(
         )
     except ConfigError as e:
         raise typer.BadParameter(str(e)) from None
+    if checkpoint_db is not None:
+        from langchain_tts.checkpoint import check_database
+
+        try:  # now, in one line, rather than a pool timeout's traceback at startup
+            check_database(checkpoint_db)
+        except ConfigError as e:
+            raise typer.BadParameter(str(e), param_hint="--checkpoint-db") from None
     kwargs = {
         "strategies": strategy or None,
         "budget": budget,

@@ -179,3 +179,21 @@ def test_the_embedded_router_keeps_a_chat_thread_in_postgres(postgres_url: str):
             assert out["route"]["node"] != "finalize"
             assert isinstance(out["route"]["prefix_steps"], list)
             assert len(out["messages"]) == 2 * k + 2
+
+
+def test_a_database_that_cannot_be_reached_is_one_clear_error(postgres_url: str):
+    """``tts serve --checkpoint-db`` checks the database before it starts: the database's
+    own reason, the password hidden, in one line (it was a pool timeout after 30 s)."""
+    from typer.testing import CliRunner
+
+    from langchain_tts.checkpoint import check_database
+    from langchain_tts.cli import app
+    from langchain_tts.core.errors import ConfigError
+
+    check_database(postgres_url)  # reachable: nothing to say
+    wrong_role = postgres_url.replace("postgres@", "nobody:s3cret@")
+    with pytest.raises(ConfigError, match=r"nobody:\*\*\*@.*nobody") as e:
+        check_database(wrong_role)
+    assert "s3cret" not in str(e.value)
+    res = CliRunner().invoke(app, ["serve", "--checkpoint-db", wrong_role])
+    assert res.exit_code == 2 and "cannot connect to the checkpoint database" in res.output
