@@ -15,7 +15,7 @@ from typing import Any
 
 from langchain_tts.backends.text import PROMPT_OVERHEAD_TOKENS
 from langchain_tts.core.config import SamplingParams
-from langchain_tts.core.errors import BudgetExceededError
+from langchain_tts.core.errors import BudgetExceededError, ConfigError
 from langchain_tts.core.types import Step, Trajectory, Usage
 from langchain_tts.policies.base import PolicyResult, StepPolicy
 from langchain_tts.prms.base import PRMResult, ProcessRewardModel
@@ -84,6 +84,13 @@ class Ledger:
         *,
         strict: bool = False,
     ):
+        for name, cap in (("max_flops", max_flops), ("max_tokens", max_tokens)):
+            # a cap of 0 or less is a spent budget (every call refused): what is left of a
+            # run's budget may be; a NaN, a bool or text is no cap at all
+            if cap is not None and (
+                isinstance(cap, bool) or not isinstance(cap, (int, float)) or math.isnan(cap)
+            ):
+                raise ConfigError(f"{name} must be a number (or None: no cap), got {cap!r}")
         self.max_flops, self.max_tokens = max_flops, max_tokens
         self.strict = strict
         self.spent = Usage()

@@ -115,15 +115,25 @@ def _knobs(
     knobs: dict[str, Any] = {
         k: (None if v.lower() in ("none", "null") else v) for k, v in query.items()
     }
+    schema: type[BaseModel] | None = graph.context_schema
+    fields = set(schema.model_fields) if schema is not None else set()
     for field, knob in _SAMPLING_FIELDS.items():
-        if body.get(field) is not None:
-            knobs[knob] = body[field]
+        if body.get(field) is None:
+            continue
+        if knob not in fields:  # the router: its table sets each strategy's sampling
+            raise OpenAIError(
+                400,
+                f"{field} does not apply to {route or repr(graph.name)}, which has no "
+                f"{knob!r} knob "
+                f"(its knobs: {sorted(fields)}); drop {field}",
+                param=field,
+                code="invalid_knob",
+            )
+        knobs[knob] = body[field]
     extra = body.get("tts")
     if extra is not None and not isinstance(extra, Mapping):
         raise OpenAIError(400, "tts must be an object of knobs, e.g. {'n': 8}", param="tts")
     knobs.update(extra or {})
-    schema: type[BaseModel] | None = graph.context_schema
-    fields = set(schema.model_fields) if schema is not None else set()
     for k in knobs:
         if k not in fields:
             raise OpenAIError(

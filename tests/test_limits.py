@@ -380,6 +380,17 @@ def test_openai_body_errors_and_flags_are_in_openai_form(served):
     assert r.json()["error"]["param"] == "stream_options.include_usage"
 
 
+def test_openai_sampling_fields_the_router_lacks_name_the_clients_field(served):
+    client, _ = served
+    for field, value in (("max_tokens", 100), ("temperature", 0.5)):
+        r = post(
+            client, "/v1/chat/completions", {"model": "router", "messages": USER, field: value}
+        )
+        err = r.json()["error"]
+        assert r.status_code == 400 and err["param"] == field, r.text
+        assert f"{field} does not apply to model 'router'" in err["message"]
+
+
 def test_openai_max_tokens_below_the_step_cap_runs(served):
     """OpenAI's ``max_tokens`` sets ``max_total_tokens``; below the route's per-step cap
     (2048 by default) the step cap follows it, instead of an error about a knob the client

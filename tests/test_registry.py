@@ -272,6 +272,17 @@ def test_register_refuses_clashes_and_malformed_specs(toy: StrategySpec):
     with pytest.raises(ConfigError, match="after_rejection of 'greedy_steps'"):  # not its knob
         StrategySpec(**{**toy.__dict__, "after_rejection": {"start": "repair"}})
     assert dict(STRATEGY_SPECS["step_repair"].after_rejection) == {"start": "repair"}
+    # each of these registered and broke later, in the router or in create_app
+    bad = {
+        "reuses_samples": (True, "needs an 'n' knob"),  # the toy's config has none
+        "after_rejection": (None, "must be a mapping"),
+        "embedded_policy": ("tiny", "must be one of"),
+        "needs_prm": ("yes", "must be True or False"),
+        "summary": (None, "must be a sentence"),
+    }
+    for field, (value, match) in bad.items():
+        with pytest.raises(ConfigError, match=f"{field} of 'greedy_steps' {match}"):
+            StrategySpec(**{**toy.__dict__, field: value})
     with pytest.raises(TypeError):
         STRATEGY_SPECS["x"] = toy  # type: ignore[index]  # read-only
     with pytest.raises(ConfigError, match="unknown strategy 'nope'.*beam_search"):

@@ -915,3 +915,42 @@ def test_the_embedded_preset_is_the_table_router_eval_calibrated():
     assert kwargs["estimator"] == {"kind": "verifier", "max_tokens": 256}
     assert kwargs["table"] == preset
     assert embedded_router_kwargs("small", "strong") == {} == embedded_router_kwargs("large")
+
+
+def test_bad_router_and_estimator_arguments_are_config_errors_at_build_time():
+    """Each was an IndexError, a TypeError, or an error only at the first run."""
+    policy, prm = make_policy(), make_prm()
+    with pytest.raises(ConfigError, match="max_flops must be a number, got True"):
+        create_router_graph(policy, prm, max_flops=True)
+    with pytest.raises(ConfigError, match="prm_weight must be a number in"):
+        create_router_graph(policy, prm, estimator={"kind": "probe", "prm_weight": "0.5"})
+    with pytest.raises(ConfigError, match="(?s)VerifierEstimator.*aggregation"):
+        create_router_graph(policy, prm, estimator={"kind": "verifier", "aggregation": "lsat"})
+    with pytest.raises(ConfigError, match="max_tokens must be a positive integer"):
+        VerifierEstimator(policy, prm, max_tokens=True)
+    with pytest.raises(ConfigError, match=r"scores\['a'\] must be a p_solve in \[0, 1\]"):
+        fit_thresholds({"a": float("nan"), "b": 0.5}, {"a": True, "b": False})
+    with pytest.raises(ConfigError, match=r"scores\['a'\]"):
+        fit_thresholds({"a": 5.0, "b": 0.5}, {"a": True, "b": False})
+
+
+def test_calibrate_refuses_records_whose_cost_or_budget_is_no_number():
+    """A NaN cost used to win or lose a bin depending on the records' order."""
+
+    def rec(strategy: str, flops: float, budget: object = 4) -> dict:
+        return {"id": "p1", "strategy": strategy, "budget": budget, "correct": True,
+                "flops": flops}  # fmt: skip
+
+    with pytest.raises(ConfigError, match="record 0 has flops=nan"):
+        calibrate([rec("best_of_n", float("nan")), rec("beam_search", 1e9)])
+    with pytest.raises(ConfigError, match="record 1 has budget='four'"):
+        calibrate([rec("best_of_n", 1e9), rec("beam_search", 1e9, "four")])
+
+
+def test_a_ledger_refuses_a_cap_that_is_no_number():
+    from langchain_tts.ledger import Ledger
+
+    for cap in (float("nan"), True, "1e9"):
+        with pytest.raises(ConfigError, match="max_tokens must be a number"):
+            Ledger(max_tokens=cap)  # type: ignore[arg-type]
+    assert Ledger(max_tokens=0).max_tokens == 0  # a spent budget: every call is refused

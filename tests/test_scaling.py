@@ -349,3 +349,12 @@ def test_other_validation() -> None:
         best_allocation({"x": fit}, 1e12)  # type: ignore[dict-item]
     with pytest.raises(ValueError, match="max_tokens"):
         best_allocation({"x": (fit, 1e9)}, 1e12, min_tokens=10, max_tokens=5)
+
+
+def test_numpy_scalars_are_numbers():
+    """``list(df["budget"])`` gives numpy scalars; they were refused as "not a number"."""
+    np = pytest.importorskip("numpy")
+    from langchain_tts.scaling.law import fit_scaling_law
+
+    fit = fit_scaling_law([np.int64(100), np.float32(200), 400], [50, 60, np.float64(66)])
+    assert fit.gamma == pytest.approx(fit_scaling_law([100, 200, 400], [50, 60, 66]).gamma)

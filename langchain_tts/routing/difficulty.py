@@ -12,6 +12,7 @@ import asyncio
 import copy
 import inspect
 import math
+import numbers
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -144,6 +145,10 @@ def fit_thresholds(
     if not 0.0 < resolution <= 0.5:
         raise ConfigError(f"resolution must be in (0, 0.5], got {resolution!r}")
     _check_thresholds(easy, hard)
+    for pid in common:  # p_solve is a probability: anything else is a broken record
+        v = scores[pid]
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0.0 <= v <= 1.0:
+            raise ConfigError(f"scores[{pid!r}] must be a p_solve in [0, 1], got {v!r}")
     groups: dict[float, list[float]] = {}
     for pid in common:
         x = round(round(float(scores[pid]) / resolution) * resolution, 6)
@@ -329,9 +334,10 @@ class ProbeEstimator(_ModelEstimator):
         _check_models(policy, prm, "ProbeEstimator", need_prm=False)
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ConfigError(f"k must be a positive number of probe samples, got {k!r}")
-        if not 0.0 <= prm_weight <= 1.0:
-            raise ConfigError(f"prm_weight must be in [0, 1], got {prm_weight!r}")
-        if not isinstance(max_tokens, int) or max_tokens < 1:
+        ok = isinstance(prm_weight, (int, float)) and not isinstance(prm_weight, bool)
+        if not ok or not 0.0 <= prm_weight <= 1.0:
+            raise ConfigError(f"prm_weight must be a number in [0, 1], got {prm_weight!r}")
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
             raise ConfigError(f"max_tokens must be a positive integer, got {max_tokens!r}")
         _check_thresholds(easy, hard)
         self.policy, self.prm, self.k = policy, prm, k
@@ -391,11 +397,12 @@ class VerifierEstimator(_ModelEstimator):
         hard: float = HARD_THRESHOLD,
     ):
         _check_models(policy, prm, "VerifierEstimator", need_prm=True)
-        if not isinstance(max_tokens, int) or max_tokens < 1:
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
             raise ConfigError(f"max_tokens must be a positive integer, got {max_tokens!r}")
         _check_thresholds(easy, hard)
         self.policy, self.prm, self.aggregation = policy, prm, aggregation
         self.max_tokens, self.easy, self.hard = max_tokens, easy, hard
+        self._sampling_config(0.0)  # validate the aggregation / caps now, not at the first run
 
     async def aestimate(self, question: str) -> DifficultyEstimate:
         cfg = self._sampling_config(0.0)

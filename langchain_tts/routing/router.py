@@ -654,7 +654,8 @@ def _router_config(**knobs: Any) -> RouterConfig:
         return RouterConfig(**knobs)
     except ValidationError as e:
         err = e.errors(include_url=False)[0]
-        raise ConfigError(f"{err['loc'][0]}: {err['msg']}") from None
+        where = f"{err['loc'][0]}: " if err["loc"] else ""  # a model-level check names its own
+        raise ConfigError(f"{where}{err['msg'].removeprefix('Value error, ')}") from None
 
 
 def _as_table(table: BudgetTable | Mapping[str, Any] | None) -> BudgetTable:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -312,6 +313,11 @@ def calibrate(
         missing = [k for k in ("strategy", "budget", "id", "correct", "flops") if k not in r]
         if missing:
             raise ConfigError(f"record {i} lacks {missing}; expected the eval runner's records")
+        f, b = r["flops"], r["budget"]
+        if isinstance(f, bool) or not isinstance(f, numbers.Real) or not 0 <= f < math.inf:
+            raise ConfigError(f"record {i} has flops={f!r}; a cost is a finite number >= 0")
+        if isinstance(b, bool) or not isinstance(b, int) or b < 1:
+            raise ConfigError(f"record {i} has budget={b!r}; a budget is a whole number >= 1")
     origins = {(r.get("dataset"), r.get("policy"), r.get("prm")) for r in recs}
     if len(origins) > 1:
         raise ConfigError(

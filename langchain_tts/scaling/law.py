@@ -8,6 +8,7 @@ importing this module pulls in neither numpy nor torch. Conventions: ``docs/scal
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from typing import overload
 
@@ -81,7 +82,8 @@ def _as_floats(name: str, values: Sequence[float]) -> list[float]:
         raise ValueError(f"{name} must be a sequence of numbers, got {type(values).__name__}.")
     out = []
     for i, v in enumerate(values):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        # numbers.Real: numpy scalars too (what list(df["budget"]) gives)
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
             raise ValueError(f"{name}[{i}] must be a finite number, got {v!r}.")
         out.append(float(v))
     return out

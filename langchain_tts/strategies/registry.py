@@ -113,6 +113,28 @@ class StrategySpec:
             raise ConfigError(
                 f"StrategySpec.state_types of {self.name!r} must be a tuple of classes"
             )
+        for attr in ("needs_prm", "reuses_samples"):
+            if not isinstance(getattr(self, attr), bool):
+                raise ConfigError(f"StrategySpec.{attr} of {self.name!r} must be True or False")
+        if not isinstance(self.summary, str) or not self.summary.strip():
+            raise ConfigError(f"StrategySpec.summary of {self.name!r} must be a sentence")
+        if self.reuses_samples and "n" not in self.config.model_fields:
+            raise ConfigError(
+                f"StrategySpec.reuses_samples of {self.name!r} needs an 'n' knob (the samples "
+                "the router's probe counts among); its config has none"
+            )
+        if not isinstance(self.after_rejection, Mapping):
+            raise ConfigError(
+                f"StrategySpec.after_rejection of {self.name!r} must be a mapping of knobs "
+                "(empty: none)"
+            )
+        from langchain_tts.models import POLICY_SIZES
+
+        if self.embedded_policy not in POLICY_SIZES:
+            raise ConfigError(
+                f"StrategySpec.embedded_policy of {self.name!r} must be one of "
+                f"{list(POLICY_SIZES)}, got {self.embedded_policy!r}"
+            )
         try:  # its knobs are this strategy's own
             self.validated(dict(self.after_rejection))
         except ConfigError as e:
