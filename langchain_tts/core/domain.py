@@ -14,6 +14,10 @@ from dataclasses import dataclass
 
 logger = logging.getLogger("langchain_tts")
 
+#: the embedded policies (``load_default_policy`` names): "small-revise" is the small policy
+#: also trained to revise its own attempts
+EMBEDDED_POLICIES = ("small", "large", "small-revise")
+
 
 @dataclass(frozen=True)
 class TaskDomain:

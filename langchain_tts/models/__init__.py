@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from langchain_tts.core.domain import EMBEDDED_POLICIES
 from langchain_tts.core.errors import ConfigError
 from langchain_tts.models.task import EMBEDDED_ARITHMETIC, mark_domain
 
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 # "small-revise": the small policy also trained to revise its own attempts (Snell et al.'s
 # revision model; research/train.py --only revise), the default of `revision` and `hybrid`.
-POLICY_SIZES = ("small", "large", "small-revise")
+POLICY_SIZES = EMBEDDED_POLICIES
 PolicySize = Literal["small", "large", "small-revise"]
 # "likelihood": the large policy read as a verifier (prms/likelihood.py), not a trained PRM;
 # "calculator": a small LM trained on bare equations, checking each step (prms/equation.py).

@@ -20,6 +20,7 @@ from langgraph.types import Checkpointer
 from pydantic import ValidationError
 
 from langchain_tts.core.config import StrategyConfig
+from langchain_tts.core.domain import EMBEDDED_POLICIES
 from langchain_tts.core.errors import ConfigError
 from langchain_tts.policies.base import StepPolicy
 from langchain_tts.prms.base import ProcessRewardModel
@@ -128,12 +129,10 @@ class StrategySpec:
                 f"StrategySpec.after_rejection of {self.name!r} must be a mapping of knobs "
                 "(empty: none)"
             )
-        from langchain_tts.models import POLICY_SIZES
-
-        if self.embedded_policy not in POLICY_SIZES:
+        if self.embedded_policy not in EMBEDDED_POLICIES:
             raise ConfigError(
                 f"StrategySpec.embedded_policy of {self.name!r} must be one of "
-                f"{list(POLICY_SIZES)}, got {self.embedded_policy!r}"
+                f"{list(EMBEDDED_POLICIES)}, got {self.embedded_policy!r}"
             )
         try:  # its knobs are this strategy's own
             self.validated(dict(self.after_rejection))
