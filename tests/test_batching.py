@@ -64,11 +64,11 @@ async def test_hf_policy_merges_concurrent_graph_calls(tiny_policy_dir, tiny_prm
     params = SamplingParams(temperature=0.0, max_step_tokens=6)
     prefixes = [Trajectory(question=f"Start with {i}. Add 3.") for i in range(8)]
     alone = [policy.generate([p], 2, params).steps[0] for p in prefixes]
-    before = len(policy._coalescer.batch_sizes)
+    before = policy._coalescer.batches_run
     together = await asyncio.gather(*(policy.agenerate([p], 2, params) for p in prefixes))
     assert [r.steps[0] for r in together] == alone  # same greedy steps, merged or not
-    assert max(policy._coalescer.batch_sizes[before:]) > 1
-    assert len(policy._coalescer.batch_sizes) - before < 8
+    assert max(policy._coalescer.sizes_since(before)) > 1
+    assert policy._coalescer.batches_run - before < 8
     # Each caller is billed for its own tokens only.
     assert all(r.usage.policy_generated_tokens == r.steps[0][0].tokens for r in together)
 

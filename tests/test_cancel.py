@@ -139,9 +139,9 @@ def test_only_the_cancelled_requests_rows_stop_in_a_merged_batch(endless_policy)
             await a
         return await b
 
-    sizes = len(policy._coalescer.batch_sizes)
+    sizes = policy._coalescer.batches_run
     merged = asyncio.run(main())
-    assert policy._coalescer.batch_sizes[sizes:] == [2]  # one batch held both requests
+    assert policy._coalescer.sizes_since(sizes) == [2]  # one batch held both requests
     assert [[s.text for s in row] for row in merged.steps] == [
         [s.text for s in row] for row in alone.steps
     ]

@@ -232,3 +232,15 @@ def test_a_lower_total_token_cap_brings_the_step_cap_down_with_it():
     assert policy.calls[-1][2].max_step_tokens == 32
     with pytest.raises(ConfigError, match=r"max_step_tokens \(128\) exceeds max_total_tokens"):
         graph.invoke({"question": Q}, context={"max_total_tokens": 64, "max_step_tokens": 128})
+
+
+def test_a_long_unknown_configurable_key_is_no_misspelling_and_not_memoised():
+    """A 1 MB key sent over HTTP was compared with every knob and kept in the memo of
+    misspellings (1,024 of them: gigabytes)."""
+    from langchain_tts.strategies import core
+
+    policy, prm = models()
+    graph = create_tts_graph(policy, prm, "best_of_n", {"n": 2})
+    key = "top_" + "p" * 100_000
+    out = graph.invoke({"question": Q}, {"configurable": {key: 1}})
+    assert out["answer"] == "11" and not any(k == key for _, k in core._LOOSE)

@@ -375,6 +375,22 @@ def test_server_chat_template_via_tokenize_endpoints(serve):
     assert server.paths("/tokenize")[0]["messages"][0] == {"role": "system", "content": "be brief"}
 
 
+def test_rendered_templates_are_a_bounded_lru_that_clear_cache_empties(serve, monkeypatch):
+    """A server answering strangers renders a new question with every request: the memo
+    of rendered conversations used to keep them all, and clear_cache() kept it too."""
+    from langchain_tts.backends import http
+
+    monkeypatch.setattr(http, "MAX_RENDERED_CHATS", 2)
+    server = serve(templating_server(vllm_like(lambda i, p, j: ("x", "stop", "\n\n"), False)))
+    policy = OpenAIPolicy(server.url, "m", backoff=0.01)
+    policy.generate(PREFIXES, n=1)  # three questions
+    assert len(policy._rendered) == 2
+    policy.generate(PREFIXES[2:], n=1)  # the newest: still rendered
+    assert policy.templating_requests == 6
+    policy.clear_cache()
+    assert not policy._rendered
+
+
 def test_a_budget_counts_each_prompt_once_on_a_vllm_server(serve):
     """vLLM computes and reports a prompt once however many samples it draws, so a meter
     reserves each prompt's bytes once: n samples of a step fit a budget that n copies of

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import threading
+from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -75,8 +76,15 @@ class RequestCoalescer(Generic[I, R]):
         self.max_items = max_items
         self._pending: list[_Request[I, R]] = []
         self._queue_lock = threading.Lock()
-        #: sizes (requests merged) of the batches run, for tests and benchmarks
-        self.batch_sizes: list[int] = []
+        #: sizes (requests merged) of the latest batches run, for tests and benchmarks
+        #: (bounded: a server runs batches for ever), and how many ran in all
+        self.batch_sizes: deque[int] = deque(maxlen=4096)
+        self.batches_run = 0
+
+    def sizes_since(self, batches_run: int) -> list[int]:
+        """The sizes of the batches run since :attr:`batches_run` was ``batches_run``."""
+        new = self.batches_run - batches_run
+        return list(self.batch_sizes)[-new:] if new > 0 else []
 
     def run(self, items: Sequence[I], key: Hashable) -> list[R]:
         req: _Request[I, R] = _Request(items=items, key=key, token=cancel_token())
@@ -142,6 +150,7 @@ class RequestCoalescer(Generic[I, R]):
         finally:
             _ITEM_TOKENS.reset(reset)
         self.batch_sizes.append(len(group))
+        self.batches_run += 1
         i = 0
         for r in group:
             r.results = out[i : i + len(r.items)]

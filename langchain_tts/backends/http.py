@@ -12,6 +12,7 @@ import asyncio
 import json
 import threading
 import weakref
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -254,6 +255,10 @@ class HTTPBackend:
         return BackendError(f"{self.name}: POST {url} failed: {what}", partial=partial)
 
 
+#: conversations a server client keeps rendered (one per question in flight is what counts)
+MAX_RENDERED_CHATS = 1024
+
+
 class ServerClient:
     """Shared set-up of the clients of a vLLM / OpenAI-compatible server.
 
@@ -305,9 +310,16 @@ class ServerClient:
             max_response_bytes=max_response_bytes,
             name=name,
         )
-        self._rendered: dict[tuple[Any, ...], str] = {}
+        #: rendered conversations, the most recently used last (a bounded LRU: a server
+        #: answering strangers sees a new question with every request)
+        self._rendered: OrderedDict[tuple[Any, ...], str] = OrderedDict()
         #: requests sent to /tokenize + /detokenize (``chat_template="server"``), not model calls
         self.templating_requests = 0
+
+    def clear_cache(self) -> None:
+        """Forget the rendered chat templates (and the model's cache, where it has one)."""
+        self._rendered.clear()
+        super().clear_cache()  # type: ignore[misc]
 
     @property
     def tokenizer(self) -> Any:
@@ -340,6 +352,7 @@ class ServerClient:
         """
         key = _chat_key(messages, add_generation_prompt)
         if key in self._rendered:
+            self._rendered.move_to_end(key)
             return self._rendered[key]
         if self.chat_template == "client":
             text = str(
@@ -352,6 +365,8 @@ class ServerClient:
                 messages, add_generation_prompt=add_generation_prompt, advice=advice, note=note
             )
         self._rendered[key] = text
+        while len(self._rendered) > MAX_RENDERED_CHATS:
+            self._rendered.popitem(last=False)
         return text
 
     async def _server_chat_template(

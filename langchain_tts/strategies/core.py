@@ -294,7 +294,8 @@ def _check_loose_key(
     of one (``beamwidth``), not a knob of another strategy and not LangGraph's own. Inside a
     parent graph (``in_app``) the key may be the app's own (``top_k`` of its retriever), so
     it is a warning, once per key."""
-    if not isinstance(k, str) or k in _RUNTIME_KEYS or k.startswith("__"):
+    # a key far longer than any knob name misspells none (and must not fill the memo)
+    if not isinstance(k, str) or k in _RUNTIME_KEYS or k.startswith("__") or len(k) > 64:
         return
     memo = (cls, k)
     hint = _LOOSE.get(memo)
