@@ -8,6 +8,7 @@ of the OpenAI API (``openai``, ``ChatOpenAI``, curl) can then use a TTS graph.
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
@@ -40,6 +41,7 @@ _SAMPLING_FIELDS = {
     "max_completion_tokens": "max_total_tokens",
     "max_tokens": "max_total_tokens",
 }
+logger = logging.getLogger("langchain_tts")
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
 
@@ -278,6 +280,20 @@ class _Request:
         self.include_usage = _flag(opts.get("include_usage"), "stream_options.include_usage")
         self.id = f"chatcmpl-{uuid.uuid4().hex}"
         self.created = int(time.time())
+        saver = self.graph.checkpointer
+        self.thread_id = f"openai-{uuid.uuid4().hex}" if saver not in (None, False) else None
+
+    async def forget(self) -> None:
+        """Delete the run's thread: nobody can address it again (its id is never returned),
+        so a server would keep every request's checkpoints for ever."""
+        delete = getattr(self.graph.checkpointer, "adelete_thread", None)
+        if self.thread_id is None or delete is None:
+            return
+        with anyio.CancelScope(shield=True):  # also when the client left mid-run
+            try:
+                await delete(self.thread_id)
+            except Exception:  # noqa: BLE001 - a failed clean-up must not fail the reply
+                logger.warning("could not delete thread %s", self.thread_id, exc_info=True)
 
     def config(self) -> dict[str, Any]:
         conf: dict[str, Any] = dict(self.knobs)
@@ -285,8 +301,8 @@ class _Request:
             base = self.graph.context_schema()  # the route's config: its knobs' defaults
             budget = {k: conf.get(k, getattr(base, k, None)) for k in ("max_flops", "max_tokens")}
             conf.update(budget_defaults(self.limits, budget, type(base).model_fields))
-        if self.graph.checkpointer is not None:  # the API is stateless: a thread per request
-            conf["thread_id"] = f"openai-{uuid.uuid4().hex}"
+        if self.thread_id is not None:  # the API is stateless: a thread per request
+            conf["thread_id"] = self.thread_id
         return {"configurable": conf, "metadata": {"tts_endpoint": "openai"}}
 
     def extension(self, out: Mapping[str, Any]) -> dict[str, Any]:
@@ -376,6 +392,8 @@ async def _complete(req: _Request) -> dict[str, Any]:
         out = await req.graph.ainvoke({"messages": req.messages}, req.config())
     except Exception as e:
         raise _run_error(e) from e
+    finally:
+        await req.forget()
     return {
         "id": req.id,
         "object": "chat.completion",
@@ -412,6 +430,8 @@ async def _stream(req: _Request) -> AsyncIterator[str]:
         yield f"data: {json.dumps(_run_error(e).body())}\n\n"
         yield "data: [DONE]\n\n"
         return
+    finally:
+        await req.forget()
     for piece in _pieces(_content(out)):
         yield req.chunk({"content": piece})
     yield req.chunk({}, _finish_reason(out), tts=req.extension(out))

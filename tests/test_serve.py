@@ -181,6 +181,19 @@ def test_a_thread_id_that_is_no_text_is_422(server: ThreadServer, thread_id, nee
     assert httpx.post(f"{server.url}/tts/cot/invoke", json=ok, timeout=30).status_code == 200
 
 
+def test_openai_requests_leave_no_thread_behind(server: ThreadServer, db: Path):
+    """The OpenAI route is stateless: each request ran on a thread of its own that nobody
+    could address again, and its checkpoints stayed in the database for ever."""
+    body = {"model": "beam_search?n=4", "messages": [{"role": "user", "content": QUESTION}]}
+    url = f"{server.url}/v1/chat/completions"
+    assert httpx.post(url, json=body, timeout=60).status_code == 200
+    with httpx.stream("POST", url, json={**body, "stream": True}, timeout=60) as r:
+        assert r.status_code == 200 and "[DONE]" in r.read().decode()
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT COUNT(*) FROM checkpoints WHERE thread_id LIKE 'openai-%'")
+        assert rows.fetchone()[0] == 0
+
+
 BAD_INPUTS = {
     "missing question": ({}, "no question"),
     "wrong type": ({"question": 5}, "valid string"),
