@@ -82,7 +82,7 @@ class ThreadLocks:
         """Raise :class:`ThreadBusyError` now if ``thread_id`` is running (a cheap pre-check,
         so a stream is refused before it starts; :meth:`hold` is the authoritative one)."""
         release = await self.acquire(thread_id)
-        await release()
+        await asyncio.shield(release())  # a client leaving now must not keep the lock
 
     async def aclose(self) -> None:
         """Release what the backend holds open."""
@@ -98,6 +98,7 @@ class SqliteThreadLocks(ThreadLocks):
         super().__init__()
         self.path, self.ttl = str(path), ttl
         self.owner_host, self.owner_pid = socket.gethostname(), os.getpid()
+        self._undoing: set[asyncio.Future] = set()
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=10, isolation_level=None)
@@ -135,6 +136,8 @@ class SqliteThreadLocks(ThreadLocks):
                 "INSERT OR REPLACE INTO tts_thread_leases VALUES (?, ?, ?, ?, ?)",
                 (thread_id, self.owner_host, self.owner_pid, token, time.time() + self.ttl),
             )
+            # leases of holders that died without a release: no run comes back for them all
+            conn.execute("DELETE FROM tts_thread_leases WHERE expires < ?", (time.time(),))
             conn.execute("COMMIT")
             return True
         finally:
@@ -162,7 +165,15 @@ class SqliteThreadLocks(ThreadLocks):
 
     async def acquire(self, thread_id: str) -> Callable[[], Awaitable[None]]:
         token = uuid.uuid4().hex
-        if not await asyncio.to_thread(self._take, thread_id, token):
+        take = asyncio.ensure_future(asyncio.to_thread(self._take, thread_id, token))
+        try:
+            taken = await asyncio.shield(take)
+        except asyncio.CancelledError:
+            # the client left while the worker thread was writing the lease: it still
+            # writes it, and no run will release it (the thread would answer 409 for ttl)
+            take.add_done_callback(lambda f: self._undo(f, thread_id, token))
+            raise
+        if not taken:
             raise ThreadBusyError(thread_id)
 
         async def renew() -> None:
@@ -174,9 +185,18 @@ class SqliteThreadLocks(ThreadLocks):
 
         async def release() -> None:
             renewing.cancel()
-            await asyncio.to_thread(self._drop, thread_id, token)
+            # shielded: a cancelled to_thread whose job has not started never runs it
+            await asyncio.shield(asyncio.to_thread(self._drop, thread_id, token))
 
         return release
+
+    def _undo(self, take: asyncio.Future, thread_id: str, token: str) -> None:
+        """Drop the lease a cancelled :meth:`acquire` took after all."""
+        if take.cancelled() or take.exception() is not None or not take.result():
+            return
+        undo = asyncio.ensure_future(asyncio.to_thread(self._drop, thread_id, token))
+        self._undoing.add(undo)  # a reference until it is done (tasks are weakly held)
+        undo.add_done_callback(self._undoing.discard)
 
 
 class PostgresThreadLocks(ThreadLocks):

@@ -227,3 +227,31 @@ def test_async_auth_hook_and_a_saver_object_in_process():
         assert len(r.json()["output"]["messages"]) == 2
     stored = {c.config["configurable"]["thread_id"] for c in saver.list(None)}
     assert stored == {"alice:t1", "bob:t1"}
+
+
+async def test_clients_that_leave_while_a_lease_is_taken_leave_no_lease(tmp_path: Path):
+    """A request cancelled while the worker thread wrote its lease (or dropped it) used to
+    leave the lease behind: the thread answered 409 for the lease's lifetime, and the
+    table grew with every such thread."""
+    import asyncio
+
+    from langchain_tts.threads import SqliteThreadLocks, ThreadBusyError
+
+    db = tmp_path / "leases.db"
+    locks = SqliteThreadLocks(db, ttl=30.0)
+    for i in range(120):
+        task = asyncio.create_task(locks.check(f"t{i}"))
+        await asyncio.sleep(0.0005 * (i % 10))  # cancelled at every stage of take and drop
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+    await asyncio.sleep(0.5)  # the undoing drops run in worker threads
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM tts_thread_leases").fetchone()[0] == 0
+    for i in range(120):  # none of them is busy
+        try:
+            await locks.check(f"t{i}")
+        except ThreadBusyError:
+            pytest.fail(f"t{i} is still leased")
