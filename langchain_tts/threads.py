@@ -353,6 +353,28 @@ async def prune_thread(saver: Any, thread_id: str, keep: int) -> None:
         return
     if type(saver).__name__ == "AsyncPostgresSaver":
         await _prune_postgres(saver, thread_id, keep)
+        return
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    if isinstance(saver, InMemorySaver):
+        _prune_memory(saver, thread_id, keep)
+
+
+def _prune_memory(saver: Any, thread_id: str, keep: int) -> None:
+    """:func:`prune_thread` for LangGraph's ``InMemorySaver``: its checkpoints by namespace,
+    their pending writes, and the channel values no kept checkpoint points to."""
+    kept: set[tuple[str, str, Any]] = set()  # (namespace, channel, version) still needed
+    for ns, checkpoints in list(saver.storage.get(thread_id, {}).items()):
+        ids = sorted(checkpoints)  # checkpoint ids sort by time
+        for cid in ids[: max(0, len(ids) - keep)]:
+            del checkpoints[cid]
+            saver.writes.pop((thread_id, ns, cid), None)
+        for stored, _, _ in checkpoints.values():
+            versions = saver.serde.loads_typed(stored).get("channel_versions", {})
+            kept.update((ns, ch, v) for ch, v in versions.items())
+    for key in [k for k in saver.blobs if k[0] == thread_id]:
+        if (key[1], key[2], key[3]) not in kept:
+            del saver.blobs[key]
 
 
 async def _prune_postgres(saver: Any, thread_id: str, keep: int) -> None:

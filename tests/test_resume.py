@@ -255,3 +255,34 @@ async def test_clients_that_leave_while_a_lease_is_taken_leave_no_lease(tmp_path
             await locks.check(f"t{i}")
         except ThreadBusyError:
             pytest.fail(f"t{i} is still leased")
+
+
+async def test_keep_checkpoints_prunes_an_in_memory_saver_too():
+    """keep_checkpoints trimmed only SQLite and Postgres: with LangGraph's InMemorySaver
+    every step of every run stayed in memory (9.5 checkpoints a beam-search run)."""
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    from langchain_tts import create_tts_graph
+    from langchain_tts.testing import FakePolicy, FakePRM
+    from langchain_tts.threads import ThreadLocks, ThreadRuns
+
+    def step(prefix, i):
+        return "\\boxed{7}" if len(prefix.steps) >= 3 else f"s{len(prefix.steps)}.{i}"
+
+    saver = InMemorySaver()
+    graph = create_tts_graph(FakePolicy(step), FakePRM(lambda t: [0.9] * len(t.steps)),
+                             "beam_search", {"n": 4, "beam_width": 2}, checkpointer=saver)  # fmt: skip
+    runs = ThreadRuns(ThreadLocks(), keep_checkpoints=1)
+    cfg = {"configurable": {"thread_id": "chat"}}
+    for turn in ("Start with 3. Add 4.", "Start with 5. Add 2."):
+        async with runs.run(graph, {"messages": [HumanMessage(turn)]}, cfg) as (inp, conf):
+            out = await graph.ainvoke(inp, conf)
+        assert out["answer"] == "7"
+    (checkpoints,) = saver.storage["chat"].values()
+    assert len(checkpoints) == 1  # the latest holds the whole state
+    ((stored, _, _),) = checkpoints.values()
+    versions = saver.serde.loads_typed(stored)["channel_versions"]
+    blobs = {(k[2], k[3]) for k in saver.blobs if k[0] == "chat"}
+    assert blobs <= set(versions.items())  # only the kept checkpoint's channel values
+    state = graph.get_state(cfg).values
+    assert len(state["messages"]) == 4  # both turns, question and answer each
