@@ -581,6 +581,22 @@ def test_tiers_send_factual_and_general_questions_to_the_pool():
     assert out["route"].tier == "math" and out["route"].bin == "easy" and small.calls
 
 
+def test_a_budget_too_small_for_the_probe_still_answers_a_direct_tier():
+    """A direct tier runs no probe, so a run's budget was refused for a probe that would
+    not run; a question for the probe is still refused, naming it."""
+    small, large = make_policy(name="s"), make_policy(name="l", num_parameters=10)
+    tiers = {"easy fact": "factual", "easy sum": "math"}
+    graph = create_router_graph(
+        small, make_prm(0.9), tier_fn=lambda q: tiers[q],
+        pool={"large": (large, None), "medium": (large, None)},
+    )  # fmt: skip
+    # one greedy chain reserves a step's 2048 tokens; the probe's four samples 4 x 2048
+    out = graph.invoke({"question": "easy fact"}, context={"max_tokens": 4000})
+    assert out["route"].node == "factual_direct" and out["answer"] == "7"
+    with pytest.raises(ConfigError, match="below the difficulty probe's worst-case"):
+        graph.invoke({"question": "easy sum"}, context={"max_tokens": 4000})
+
+
 def test_bad_router_inputs_fail_clearly():
     policy, prm = make_policy(), make_prm()
     with pytest.raises(ConfigError, match="pool is empty"):

@@ -775,9 +775,7 @@ class _Router:
         return g
 
     async def prepare(self, state: RouterState, config: RunnableConfig) -> dict:
-        knobs = resolve_config(self.knobs, config)  # a bad knob fails before any model call
-        if knobs is not self.knobs:
-            _check_probe_fits(self.est, knobs.max_flops, knobs.max_tokens)
+        resolve_config(self.knobs, config)  # a bad knob fails before any model call
         if state.get("prefix_steps"):
             raise InputError(
                 "the router does not take prefix_steps: it estimates difficulty from the bare "
@@ -800,6 +798,8 @@ class _Router:
                 tier=tier, strategy="cot", node=self.direct[key].name, model=key, reason="tier"
             )
             return {"route": route, "difficulty": None}
+        if knobs is not self.knobs:  # a run's own budget; a direct tier runs no probe
+            _check_probe_fits(self.est, knobs.max_flops, knobs.max_tokens)
         est, ledger = self.est, None
         if knobs.budgeted:
             ledger = Ledger(knobs.max_flops, knobs.max_tokens)
