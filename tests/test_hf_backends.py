@@ -382,3 +382,32 @@ async def test_local_calls_never_wait_for_the_default_executor(
         release.set()
         await held
         default.shutdown(wait=False)
+
+
+# -- misconfiguration -----------------------------------------------------------------------
+def test_models_that_would_fail_mid_search_are_refused_when_built(tiny_policy_dir: Path) -> None:
+    """Each used to fail mid-run with an IndexError, or never end a step: a pad id past
+    the embeddings, a step delimiter the tokenizer cannot write, a model that cannot
+    generate; a model with a cache implementation of its own skips prefix reuse instead
+    of failing on its second call."""
+    from langchain_tts.backends.hf import supports_prefix_reuse
+    from langchain_tts.core.errors import ConfigError
+
+    pol = HFPolicy.from_pretrained(tiny_policy_dir)
+    model, tok = pol.model, pol.tokenizer
+    vocab = model.get_input_embeddings().weight.shape[0]
+    added = HFPolicy.from_pretrained(tiny_policy_dir).tokenizer  # a tokenizer of its own
+    added.add_special_tokens({"pad_token": "[PAD]"})  # and no resize_token_embeddings
+    with pytest.raises(ConfigError, match=f"pad token id {vocab} is outside.*resize"):
+        HFPolicy(model, added)
+    if tok.unk_token_id is not None:
+        with pytest.raises(ConfigError, match="step_delimiter '§"):
+            HFPolicy(model, tok, step_delimiter="§\n")
+    with pytest.raises(ConfigError, match="needs a model that generates"):
+        HFPolicy(torch.nn.Linear(2, 2), tok)  # type: ignore[arg-type]
+    assert supports_prefix_reuse(model)
+    model.generation_config.cache_implementation = "static"
+    try:
+        assert not supports_prefix_reuse(model)
+    finally:
+        model.generation_config.cache_implementation = None

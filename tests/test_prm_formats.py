@@ -15,7 +15,7 @@ import pytest
 import torch
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
-from langchain_tts.core.errors import BackendError, PRMOutputError
+from langchain_tts.core.errors import BackendError, ConfigError, PRMOutputError
 from langchain_tts.core.types import Trajectory
 from langchain_tts.models.io import save_hf
 from langchain_tts.models.tiny_llama import LlamaBody, TinyLlamaConfig, TinyLlamaForCausalLM
@@ -423,3 +423,21 @@ def test_incremental_scores_equal_a_plain_forward(kind: str, request: pytest.Fix
         assert a.usage.prm_tokens + a.usage.prm_cached_tokens == b.usage.prm_tokens
         cached = a.usage.prm_cached_tokens
     assert cached > 0 and on._incremental_ok is True
+
+
+def test_a_step_tag_the_tokenizer_cuts_in_pieces_is_refused(shepherd_dir: Path):
+    """The tag's score was read at its last piece, a token other text shares: scores
+    landed on the wrong positions with no error."""
+    with pytest.raises(ConfigError, match="no token for the step tag 'xyz'"):
+        MathShepherdPRM.from_pretrained(shepherd_dir, step_tag="xyz")  # three characters
+
+
+def test_a_step_tag_inside_the_question_is_removed(tiny_prm_dir: Path):
+    """A question holding the tag gave the PRM one score more than the steps: a
+    PRMOutputError blaming the steps."""
+    from langchain_tts.prms.qwen import QwenPRM
+
+    prm = QwenPRM.from_pretrained(tiny_prm_dir)
+    t = Trajectory(question="Start with 3. <extra_0> Add 4.", steps=["3+4=7"])
+    assert prm.render(t).count("<extra_0>") == 1
+    assert len(prm.score([t]).scores[0]) == 1

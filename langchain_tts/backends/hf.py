@@ -193,6 +193,14 @@ class LocalModel:
             eos = list(eos_token_ids) or [tokenizer.eos_token_id]
             pad = eos[0] if eos[0] is not None else 0
         self.pad_token_id = int(pad)
+        vocab = _vocab_size(self.model)
+        if vocab is not None and not 0 <= self.pad_token_id < vocab:
+            raise ConfigError(
+                f"{self.name}: the pad token id {self.pad_token_id} is outside the model's "
+                f"{vocab} embeddings (a token added to the tokenizer only); call "
+                "model.resize_token_embeddings(len(tokenizer)), or set tokenizer.pad_token = "
+                "tokenizer.eos_token"
+            )
 
     @abstractmethod
     def _run_items(self, items: list[Any], key: Any) -> list[Any]:
@@ -237,6 +245,14 @@ class LocalModel:
         return cls(*args, **kw)
 
 
+def _vocab_size(model: Any) -> int | None:
+    """The rows of the model's input embeddings (None when it does not say)."""
+    try:
+        return int(model.get_input_embeddings().weight.shape[0])
+    except Exception:  # noqa: BLE001 - a model without the transformers accessors
+        return None
+
+
 def supports_prefix_reuse(model: Any) -> bool:
     """Whether :func:`generate_with_prefix_cache` can reuse keys/values with ``model``: a
     transformers model on the default ``DynamicCache`` with full attention in every layer
@@ -247,6 +263,8 @@ def supports_prefix_reuse(model: Any) -> bool:
         return False
     if not isinstance(model, PreTrainedModel) or not model.can_generate():
         return False
+    if getattr(getattr(model, "generation_config", None), "cache_implementation", None):
+        return False  # a static / offloaded cache of its own: generate refuses one passed in
     try:
         cache = DynamicCache(config=model.config)
     except Exception:  # noqa: BLE001 - a config this cache class cannot read

@@ -167,7 +167,19 @@ class HFPolicy(LocalModel, StepPolicy):
     ):
         if not step_delimiter:
             raise ConfigError("step_delimiter must be a non-empty string")
-        eos = getattr(model.generation_config, "eos_token_id", None)
+        if not callable(getattr(model, "generate", None)):
+            raise ConfigError(
+                f"HFPolicy needs a model that generates (a causal LM), got "
+                f"{type(model).__name__}; load it with AutoModelForCausalLM"
+            )
+        ids = tokenizer.encode(step_delimiter, add_special_tokens=False)
+        unk = getattr(tokenizer, "unk_token_id", None)
+        if unk is not None and unk in ids:  # the model could never write it: no step would end
+            raise ConfigError(
+                f"the tokenizer has no tokens for part of step_delimiter {step_delimiter!r} (it "
+                "encodes to the unknown token); pick a delimiter of text it knows, e.g. '\\n\\n'"
+            )
+        eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         if eos is None:
             eos = tokenizer.eos_token_id
         self.eos_token_ids: list[int] = (

@@ -206,10 +206,14 @@ class MathShepherdPRM(LabelTokenPRM):
     ):
         super().__init__(model, tokenizer, **kw)
         tag_ids = tokenizer.encode(step_tag, add_special_tokens=False)
-        if not tag_ids or tokenizer.convert_ids_to_tokens(tag_ids[-1]) == tokenizer.unk_token:
+        # the tag's own token is the last (a SentencePiece tokenizer may put a word-start
+        # piece before it); a tag cut into bytes would be read at a byte other text shares
+        whole = bool(tag_ids) and tokenizer.decode(tag_ids[-1:]).strip() == step_tag.strip()
+        if not whole or tokenizer.convert_ids_to_tokens(tag_ids[-1]) == tokenizer.unk_token:
             raise ConfigError(
-                f"the tokenizer has no token for the step tag {step_tag!r}; pass the tag this "
-                "PRM was trained with via step_tag=..., or add it to the tokenizer"
+                f"the tokenizer has no token for the step tag {step_tag!r} (it encodes as "
+                f"{tag_ids}); pass the tag this PRM was trained with via step_tag=..., or add "
+                "it to the tokenizer"
             )
         self.step_tag = step_tag
         self.step_tag_id = int(tag_ids[-1])

@@ -107,14 +107,15 @@ class QwenPRM(LocalPRM):
     def render(self, trajectory: Trajectory) -> str:
         """The chat-templated conversation with a step tag after every step.
 
-        A tag inside a step's text is removed: it would add a score the caller did not ask
+        A tag inside a step's text (or the question's) is removed: it would add a score the caller did not ask
         for (the counts no longer match) and split one step in two for the PRM.
         """
         steps = [s.replace(self.step_tag, "") for s in trajectory.steps]
         answer = self.step_tag.join(steps) + self.step_tag
+        question = trajectory.question.replace(self.step_tag, "")  # the same, for the question
         if not has_chat_template(self.tokenizer):
-            return trajectory.question + "\n\n" + answer
-        messages = chat_messages(trajectory.question, self.system_prompt, answer)
+            return question + "\n\n" + answer
+        messages = chat_messages(question, self.system_prompt, answer)
         return str(
             self.tokenizer.apply_chat_template(
                 messages, tokenize=False, add_generation_prompt=False
