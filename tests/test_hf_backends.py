@@ -411,3 +411,19 @@ def test_models_that_would_fail_mid_search_are_refused_when_built(tiny_policy_di
         assert not supports_prefix_reuse(model)
     finally:
         model.generation_config.cache_implementation = None
+
+
+def test_a_step_never_writes_past_the_models_context(tiny_policy_dir: Path) -> None:
+    """max_new_tokens was the step cap alone: a search near the end of the context wrote
+    past the model's positions (noise, or an IndexError on learned positions)."""
+    pol = HFPolicy.from_pretrained(tiny_policy_dir)
+    prefix = Trajectory(question="Start with 3. Add 4.")
+    width = len(pol.encode(prefix))
+    params = SamplingParams(temperature=1.0, max_step_tokens=60, seed=0)
+    free = pol.generate([prefix], 1, params).steps[0][0]
+    pol.context_length = width + 5
+    capped = pol.generate([prefix], 1, params).steps[0][0]
+    assert free.tokens > 5 and capped.tokens <= 5
+    pol.context_length = width  # nothing left to write: an empty step, ended by length
+    full = pol.generate([prefix], 1, params).steps[0][0]
+    assert (full.text, full.finish_reason) == ("", "length")

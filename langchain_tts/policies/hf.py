@@ -366,8 +366,15 @@ class HFPolicy(LocalModel, StepPolicy):
         the prefix cache)``; a row whose ``cancel`` token is set stops decoding."""
         ids, mask = pad_batch(prompts, self.pad_token_id, left=True)
         width = ids.shape[1]
+        room = params.max_step_tokens
+        if self.context_length:  # past the model's positions it writes noise, or fails
+            room = min(room, self.context_length - width)
+        if room <= 0:  # the prefixes fill the context: nothing more can be written
+            return [Step(text="", finish_reason="length") for _ in prompts], [
+                (0, 0) for _ in prompts
+            ]
         kwargs: dict[str, Any] = {
-            "max_new_tokens": params.max_step_tokens,
+            "max_new_tokens": room,
             "pad_token_id": self.pad_token_id,
             "eos_token_id": self.eos_token_ids or None,
         }
