@@ -17,7 +17,7 @@ from urllib.parse import parse_qsl
 
 import anyio
 from fastapi import FastAPI, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, convert_to_messages
 from langgraph.graph.state import CompiledStateGraph
 from pydantic import BaseModel, ValidationError
@@ -384,7 +384,7 @@ class _CompletionResponse(Response):
             tg.start_soon(run)
             tg.start_soon(watch)
         if result is not None:
-            await _ascii_json(result[1], result[0])(scope, receive, send)
+            await AsciiJSONResponse(result[1], status_code=result[0])(scope, receive, send)
 
 
 async def _complete(req: _Request) -> dict[str, Any]:
@@ -468,15 +468,17 @@ def _pieces(text: str) -> list[str]:
     return [p + ("\n\n" if i < len(parts) - 1 else "") for i, p in enumerate(parts)] or [""]
 
 
+class AsciiJSONResponse(JSONResponse):
+    """JSON with non-ASCII escaped: an error that echoes the client's input (a lone
+    surrogate included, e.g. an unknown knob's name) still renders, where UTF-8 encoding
+    would be a 500. The error responses of every served route use it."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode()
+
+
 def _error_response(e: OpenAIError) -> Response:
-    return _ascii_json(e.body(), e.status)
-
-
-def _ascii_json(data: Any, status: int) -> Response:
-    """JSON in ASCII: a message that echoes a client's lone surrogate (an unknown knob's
-    name) still encodes, where UTF-8 would be a 500."""
-    body = json.dumps(data, ensure_ascii=True).encode()
-    return Response(body, status_code=status, media_type="application/json")
+    return AsciiJSONResponse(e.body(), status_code=e.status)
 
 
 def add_openai_routes(

@@ -509,12 +509,7 @@ def _add_error_handlers(app: FastAPI) -> None:
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
 
-    class _SafeJSON(JSONResponse):
-        """JSON with non-ASCII escaped: an error that echoes the client's input (a lone
-        surrogate included) still renders, where UTF-8 encoding would be a 500."""
-
-        def render(self, content: Any) -> bytes:
-            return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode()
+    from langchain_tts.openai_api import AsciiJSONResponse as _SafeJSON
 
     async def request_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         return _SafeJSON({"detail": jsonable_encoder(exc.errors())}, status_code=422)
