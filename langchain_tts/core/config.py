@@ -96,13 +96,6 @@ class StrategyConfig(BaseModel):
     #: (``servable_graph(..., limits=...)``); raises ConfigError to refuse
     _knob_check: Any = PrivateAttr(None)
 
-    @field_validator("max_flops", "max_tokens", mode="before")
-    @classmethod
-    def _budget_type(cls, v: Any, info: Any) -> Any:
-        if isinstance(v, bool):  # pydantic would read True as 1.0
-            check_budget(info.field_name, v)
-        return v
-
     @field_validator("max_flops", "max_tokens")
     @classmethod
     def _budget(cls, v: float | None, info: Any) -> float | None:
