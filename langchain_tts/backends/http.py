@@ -29,6 +29,31 @@ _RETRY_STATUS = frozenset({408, 425, 429})
 DEFAULT_MAX_RESPONSE_BYTES = 32 * 2**20
 
 
+def by_index(items: list, expected: int, where: str, data: Any) -> list:
+    """``items`` (a response's choices or results) in the order of their ``index``, which
+    must number them 0..expected-1 once each (a server numbering each prompt's samples from
+    0 again would hand one prompt another's answer); in the order given when none has one.
+    A :class:`BackendError` otherwise, naming ``where``."""
+
+    def bad(why: str) -> BackendError:
+        return BackendError(
+            f"{where} returned items {why}; expected one per index 0..{expected - 1} "
+            "(prompt-major: prompt i's sample j at i x n + j, as vLLM numbers them)",
+            partial={"response": str(data)[:500]},
+        )
+
+    if not all(isinstance(c, Mapping) for c in items):
+        raise bad("that are not objects")
+    indices = [c.get("index") for c in items]
+    if all(i is None for i in indices):
+        return items
+    if any(isinstance(i, bool) or not isinstance(i, int) for i in indices):
+        raise bad(f"with indices {indices[:8]!r}")
+    if sorted(indices) != list(range(expected)):
+        raise bad(f"numbered {sorted(indices)[:8]!r}{'...' if expected > 8 else ''}")
+    return sorted(items, key=lambda c: c["index"])
+
+
 def usage_of(data: Mapping[str, Any], where: str) -> Mapping[str, Any]:
     """A response's ``usage`` object (``{}`` when absent); a :class:`BackendError` when it is
     something else."""

@@ -50,6 +50,7 @@ from langchain_tts.backends.http import (
     DEFAULT_MAX_RESPONSE_BYTES,
     ChatTemplateMode,
     ServerClient,
+    by_index,
     token_count,
     usage_of,
 )
@@ -281,7 +282,7 @@ class OpenAIPolicy(ServerClient, StepPolicy):
                 "prompt with n (vLLM does).",
                 partial={"url": self.completions_url, "response": str(data)[:500]},
             )
-        ordered = self._ordered(choices, expected, data)
+        ordered = by_index(choices, expected, f"{self.name}: {self.completions_url}", data)
         texts: list[str] = []
         reasons: list[FinishReason] = []
         exact: list[int | None] = []
@@ -322,30 +323,6 @@ class OpenAIPolicy(ServerClient, StepPolicy):
             for t, k, r in zip(texts, tokens, reasons, strict=True)
         ]
         return [flat[i * copies : (i + 1) * copies] for i in range(num_prompts)]
-
-    def _ordered(self, choices: list, expected: int, data: dict) -> list[dict]:
-        """The choices in prompt-major order by their ``index``, which must number them
-        0..expected-1 once each (a server numbering each prompt's samples from 0 again would
-        hand one prefix another's continuation); in the order given when none has one."""
-
-        def bad(why: str) -> BackendError:
-            return BackendError(
-                f"{self.name}: {self.completions_url} returned choices {why}; expected one "
-                f"choice per index 0..{expected - 1} (prompt-major: prompt i's sample j at "
-                "i x n + j, as vLLM numbers them)",
-                partial={"url": self.completions_url, "response": str(data)[:500]},
-            )
-
-        if not all(isinstance(c, dict) for c in choices):
-            raise bad("that are not objects")
-        indices = [c.get("index") for c in choices]
-        if all(i is None for i in indices):
-            return choices
-        if any(isinstance(i, bool) or not isinstance(i, int) for i in indices):
-            raise bad(f"with indices {indices[:8]!r}")
-        if sorted(indices) != list(range(expected)):
-            raise bad(f"numbered {sorted(indices)[:8]!r}{'...' if expected > 8 else ''}")
-        return sorted(choices, key=lambda c: c["index"])
 
     def _token_counts(
         self,

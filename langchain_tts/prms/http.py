@@ -43,6 +43,7 @@ from langchain_tts.backends.http import (
     DEFAULT_MAX_RESPONSE_BYTES,
     ChatTemplateMode,
     ServerClient,
+    by_index,
     server_root,
     token_count,
     usage_of,
@@ -188,15 +189,7 @@ class HTTPRewardPRM(ServerClient, ProcessRewardModel):
                 f"{self.name}: {self.url} returned {got} results for {len(texts)} inputs",
                 partial={"url": self.url, "response": str(data)[:500]},
             )
-        indices = [d.get("index") if isinstance(d, dict) else None for d in items]
-        if any(i is not None for i in indices):  # numbered: 0..len-1 once each
-            if sorted(map(str, indices)) != sorted(map(str, range(len(texts)))):
-                raise BackendError(
-                    f"{self.name}: {self.url} numbered its {len(texts)} results "
-                    f"{indices[:8]!r}; expected each index 0..{len(texts) - 1} once",
-                    partial={"url": self.url, "response": str(data)[:500]},
-                )
-            items = sorted(items, key=lambda d: int(d["index"]))
+        items = by_index(items, len(texts), f"{self.name}: {self.url}", data)
         for i, item in zip(todo, items, strict=True):
             rows = item.get("data") if isinstance(item, dict) else None
             scores[i] = self._step_scores(rows, len(trajectories[i].steps), i)
