@@ -15,6 +15,7 @@ from langchain_tts.core.errors import (
 )
 from langchain_tts.core.types import Step, Trajectory, Usage
 from langchain_tts.graph import STRATEGIES, create_tts_graph, strategy_config
+from langchain_tts.limits import LimitError, ServeLimits
 from langchain_tts.policies.base import PolicyResult, StepPolicy
 from langchain_tts.prms.base import PRMResult, ProcessRewardModel
 from langchain_tts.strategies import (
@@ -62,6 +63,7 @@ __all__ = [
     "InputError",
     "Ledger",
     "LikelihoodPRM",
+    "LimitError",
     "MathShepherdPRM",
     "OpenAIPolicy",
     "PRMOutputError",
@@ -77,6 +79,7 @@ __all__ = [
     "STRATEGIES",
     "STRATEGY_SPECS",
     "SamplingParams",
+    "ServeLimits",
     "SkyworkPRM",
     "Step",
     "StepPolicy",

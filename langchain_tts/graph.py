@@ -13,6 +13,7 @@ from langgraph.types import Checkpointer
 
 from langchain_tts.core.config import StrategyConfig
 from langchain_tts.core.errors import ConfigError
+from langchain_tts.limits import ServeLimits, limited_config
 from langchain_tts.policies.base import StepPolicy
 from langchain_tts.prms.base import ProcessRewardModel
 from langchain_tts.strategies import (
@@ -63,6 +64,7 @@ def create_tts_graph(
     checkpointer: Checkpointer = None,
     name: str | None = None,
     output_key: str | None = None,
+    limits: ServeLimits | None = None,
 ) -> CompiledStateGraph:
     """A compiled LangGraph graph running ``strategy`` with ``policy`` (and ``prm``).
 
@@ -82,6 +84,11 @@ def create_tts_graph(
     ``messages`` and writes only ``messages`` (the answer as an AI message), ``output_key``
     (the result as plain JSON data: question, answer, solution, stop_reason, usage,
     candidates) and ``tts_usage`` (summed over TTS nodes by :class:`TTSUsageState`).
+
+    ``limits``: for a graph that strangers call (``langgraph.json``, an app of your own). The
+    graph refuses a run whose knobs (``context`` or ``configurable``) are over
+    ``limits``' maxima with a :class:`LimitError` before any compute, and gives a run with
+    no budget of a kind the default one (``ServeLimits()``: the served defaults).
     """
     if not isinstance(policy, StepPolicy):
         raise ConfigError(
@@ -91,6 +98,10 @@ def create_tts_graph(
         raise ConfigError(
             f"prm must be a ProcessRewardModel (QwenPRM, ...) or None, got {type(prm).__name__}"
         )
+    if limits is not None:
+        if not isinstance(limits, ServeLimits):
+            raise ConfigError(f"limits must be a ServeLimits, got {type(limits).__name__}")
+        config = limited_config(strategy_config(strategy, config), limits, str(strategy))
     return get_strategy(strategy).compile(
         policy, prm, config, checkpointer=checkpointer, name=name, output_key=output_key
     )

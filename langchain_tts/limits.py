@@ -12,12 +12,13 @@ import json
 import math
 import re
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
-from langchain_tts.core.config import did_you_mean, numeric_field
+from langchain_tts.core.config import StrategyConfig, did_you_mean, numeric_field
 from langchain_tts.core.errors import ConfigError
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "ServeLimits",
     "budget_defaults",
     "check_knobs",
+    "limited_config",
     "limited_knobs",
 ]
 
@@ -263,6 +265,16 @@ def budget_defaults(
     ):
         if default is not None and k in fields and budget.get(k) is None:
             out[k] = default
+    return out
+
+
+def limited_config(cfg: StrategyConfig, limits: ServeLimits, route: str) -> StrategyConfig:
+    """``cfg`` with the default budgets it lacks, refusing each run's knobs over ``limits``
+    (before any compute; ``route`` names the graph in the refusal)."""
+    budget = {k: getattr(cfg, k) for k in ("max_flops", "max_tokens")}
+    defaults = budget_defaults(limits, budget, type(cfg).model_fields)
+    out = cfg.model_copy(update=defaults) if defaults else cfg.model_copy()
+    out._knob_check = partial(check_knobs, limits, route=route)
     return out
 
 

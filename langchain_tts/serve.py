@@ -24,7 +24,6 @@ from collections.abc import (
     Sequence,
 )
 from contextlib import AsyncExitStack, asynccontextmanager
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -158,14 +157,11 @@ def servable_graph(
     """``create_tts_graph`` for LangServe and LangGraph Studio: its knobs (``context_schema``,
     defaulting to ``config``) carry the strategy's summary as their description.
 
-    ``limits``: the graph itself refuses a run whose knobs (``context`` or ``configurable``)
-    are over the maxima, and a run with no budget of a kind gets the default one: for a
-    deployment that calls the graph directly (``langgraph.json``); ``create_app`` checks
-    each request before the run instead."""
-    cfg = strategy_config(strategy, config)
-    if limits is not None:
-        cfg = _limited(cfg, limits, strategy)
-    graph = create_tts_graph(policy, prm, strategy, cfg, checkpointer=checkpointer)
+    ``limits``: as for :func:`create_tts_graph`, for a deployment that calls the graph
+    directly (``langgraph.json``); ``create_app`` checks each request before the run."""
+    graph = create_tts_graph(
+        policy, prm, strategy, config, checkpointer=checkpointer, limits=limits
+    )
     graph.context_schema.__doc__ = _knobs_doc(STRATEGY_SPECS[strategy].summary, strategy)
     return graph
 
@@ -183,25 +179,12 @@ def servable_router(
     :func:`servable_graph`."""
     from langchain_tts.routing.router import create_router_graph
 
-    if limits is not None:
-        for k, v in budget_defaults(limits, kwargs, ("max_flops", "max_tokens")).items():
-            kwargs[k] = v
-        kwargs["knob_check"] = partial(check_knobs, limits, route=ROUTER)
-    graph = create_router_graph(policy, prm, checkpointer=checkpointer, **kwargs)
+    graph = create_router_graph(policy, prm, checkpointer=checkpointer, limits=limits, **kwargs)
     graph.context_schema.__doc__ = _knobs_doc(
         "Estimates each question's difficulty and runs the budget table's strategy for it",
         "the router",
     )
     return graph
-
-
-def _limited(cfg: StrategyConfig, limits: ServeLimits, strategy: str) -> StrategyConfig:
-    """``cfg`` with the default budgets it lacks, refusing run knobs over ``limits``."""
-    budget = {k: getattr(cfg, k) for k in ("max_flops", "max_tokens")}
-    defaults = budget_defaults(limits, budget, type(cfg).model_fields)
-    out = cfg.model_copy(update=defaults) if defaults else cfg.model_copy()
-    out._knob_check = partial(check_knobs, limits, route=strategy)
-    return out
 
 
 class _ServedGraph(RunnableBinding):

@@ -23,7 +23,7 @@ from langchain_tts.core.config import SamplingParams, StrategyConfig  # noqa: E4
 from langchain_tts.core.errors import ConfigError, InputError  # noqa: E402
 from langchain_tts.core.types import Step, Trajectory  # noqa: E402
 from langchain_tts.graph import create_tts_graph  # noqa: E402
-from langchain_tts.limits import ServeLimits, check_knobs  # noqa: E402
+from langchain_tts.limits import LimitError, ServeLimits, check_knobs  # noqa: E402
 from langchain_tts.policies.base import PolicyResult  # noqa: E402
 from langchain_tts.policies.openai import OpenAIPolicy  # noqa: E402
 from langchain_tts.serve import create_app  # noqa: E402
@@ -204,6 +204,34 @@ def test_a_servable_graph_with_limits_refuses_absurd_knobs_itself():
     assert router.get_context_jsonschema()["properties"]["max_tokens"]["default"] == 5e5
     plain = servable_graph(policy, prm(), "best_of_n", {"n": 2})  # no limits: the library
     assert plain.invoke(q, context={"n": 300})["answer"] == "14"
+
+
+def test_create_tts_graph_and_the_router_take_limits_for_an_app_of_ones_own():
+    """``limits=`` on the builders themselves (what ``servable_*`` pass on): refusals name
+    the limit before any call, a run's own knob check runs first, and the limits' type is
+    checked when the graph is built."""
+    from langchain_tts import create_router_graph
+
+    policy = OraclePolicy()
+    limits = ServeLimits(maxima={"n": 4}, default_max_tokens=5e5)
+    graph = create_tts_graph(policy, prm(), "best_of_n", {"n": 2}, limits=limits)
+    with pytest.raises(LimitError, match=r"n=5 is over this server's limit for best_of_n: n <= 4"):
+        graph.invoke({"question": QUESTION}, context={"n": 5})
+    assert not policy.calls
+    assert graph.invoke({"question": QUESTION}, context={"n": 4})["answer"] == "14"
+    assert graph.get_context_jsonschema()["properties"]["max_tokens"]["default"] == 5e5
+    # an explicit budget of the app's own stays; only a missing one gets the default
+    own = create_tts_graph(policy, prm(), "best_of_n", {"max_tokens": 900}, limits=limits)
+    assert own.get_context_jsonschema()["properties"]["max_tokens"]["default"] == 900
+    seen: list[dict] = []
+    router = create_router_graph(policy, prm(), limits=limits, knob_check=seen.append)
+    with pytest.raises(LimitError, match=r"maxima\.max_tokens"):
+        router.invoke({"question": QUESTION}, context={"max_tokens": 1e300})
+    assert seen == [{"max_tokens": 1e300}]
+    with pytest.raises(ConfigError, match="limits must be a ServeLimits, got dict"):
+        create_tts_graph(policy, prm(), "best_of_n", limits={"maxima": {"n": 4}})  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="limits must be a ServeLimits, got dict"):
+        create_router_graph(policy, prm(), limits={})  # type: ignore[arg-type]
 
 
 # -- /batch size and admission ---------------------------------------------------------------

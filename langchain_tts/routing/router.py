@@ -13,6 +13,7 @@ import dataclasses
 import inspect
 import math
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Annotated, Any, Literal
 
 from langchain_core.runnables import RunnableConfig, RunnableLambda
@@ -41,6 +42,7 @@ from langchain_tts.core.config import (
 from langchain_tts.core.errors import BudgetExceededError, ConfigError, InputError
 from langchain_tts.core.types import Trajectory, Usage
 from langchain_tts.ledger import Ledger, meter
+from langchain_tts.limits import ServeLimits, budget_defaults, check_knobs
 from langchain_tts.policies.base import StepPolicy
 from langchain_tts.prms.base import ProcessRewardModel
 from langchain_tts.routing.difficulty import (
@@ -525,6 +527,20 @@ def verified_cut(
 
 
 # -- the graph -------------------------------------------------------------------------------
+def _both(
+    first: Callable[[Mapping[str, Any]], None] | None,
+    then: Callable[[Mapping[str, Any]], None],
+) -> Callable[[Mapping[str, Any]], None]:
+    if first is None:
+        return then
+
+    def check(knobs: Mapping[str, Any]) -> None:
+        first(knobs)
+        then(knobs)
+
+    return check
+
+
 def create_router_graph(
     policy: StepPolicy,
     prm: ProcessRewardModel | None = None,
@@ -544,6 +560,7 @@ def create_router_graph(
     name: str = "tts_router",
     output_key: str | None = None,
     knob_check: Callable[[Mapping[str, Any]], None] | None = None,
+    limits: ServeLimits | None = None,
 ) -> CompiledStateGraph:
     """A compiled graph that spends test-time compute according to estimated difficulty.
 
@@ -567,14 +584,23 @@ def create_router_graph(
     ``output_key``: as a node of a parent graph with keys of its own, it reads only
     ``messages`` and writes only ``messages``, ``output_key`` (plain JSON: the result plus
     ``route`` and ``difficulty``) and ``tts_usage``. ``knob_check``: called with the knobs
-    each run changes, before it runs (a server's limits: ``servable_router(...,
-    limits=...)``); it raises :class:`ConfigError` to refuse the run.
+    each run changes, before it runs; it raises :class:`ConfigError` to refuse the run.
+    ``limits``: as for :func:`create_tts_graph`, a :class:`ServeLimits` that refuses runs
+    over its maxima (after ``knob_check``) and gives runs its default budgets.
     """
     if not isinstance(policy, StepPolicy):
         raise ConfigError(f"policy must be a StepPolicy, got {type(policy).__name__}")
     if prm is not None and not isinstance(prm, ProcessRewardModel):
         raise ConfigError(f"prm must be a ProcessRewardModel or None, got {type(prm).__name__}")
     table = _as_table(table)
+    if limits is not None:
+        if not isinstance(limits, ServeLimits):
+            raise ConfigError(f"limits must be a ServeLimits, got {type(limits).__name__}")
+        budget = {"max_flops": max_flops, "max_tokens": max_tokens}
+        defaults = budget_defaults(limits, budget, budget)
+        max_flops = defaults.get("max_flops", max_flops)
+        max_tokens = defaults.get("max_tokens", max_tokens)
+        knob_check = _both(knob_check, partial(check_knobs, limits, route="router"))
     knobs = _router_config(
         max_flops=max_flops,
         max_tokens=max_tokens,
