@@ -181,6 +181,11 @@ def test_table_json_and_yaml_round_trip(tmp_path):
 def test_table_rejects_unknown_strategies_and_bad_configs():
     with pytest.raises(ConfigError, match="unknown strategy 'nope'"):
         RouteAllocation(strategy="nope")
+    # pydantic's own errors arrive as the package's, naming the field
+    with pytest.raises(ConfigError, match=r"(?s)invalid route allocation.*strategy"):
+        RouteAllocation(strategy=1)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"(?s)invalid route allocation.*bogus"):
+        RouteAllocation(strategy="cot", bogus=1)
     bad = json.loads(BudgetTable().to_json())
     bad["hard"]["strategy"] = "nope"
     with pytest.raises(ConfigError, match="bin 'hard'.*unknown strategy 'nope'"):

@@ -42,7 +42,10 @@ class RouteAllocation(BaseModel):
     note: str | None = Field(None, description="where this choice comes from")
 
     def __init__(self, **data: Any):
-        super().__init__(**data)
+        try:
+            super().__init__(**data)
+        except ValidationError as e:  # the package's error type, as BudgetTable's
+            raise ConfigError(f"invalid route allocation:\n{e}") from None
         self.check()
 
     def check(self) -> RouteAllocation:
