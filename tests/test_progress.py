@@ -77,6 +77,22 @@ def test_best_of_n_sends_its_samples_and_their_scores():
     assert all(b["score"] is not None for b in scored["beams"])
 
 
+@pytest.mark.parametrize("strategy", ["majority_vote", "weighted_vote"])
+def test_early_stop_votes_send_each_round(strategy: str):
+    """Rounds of samples are best-of-N's one search step: each round is a ``tts_step``
+    (step 1) as it comes, with that round's usage; the samples so far, scored where the
+    vote weighs them."""
+    cfg = {"n": 8, "round_size": 2, "early_stop": True, "stop_confidence": 1.0}
+    g = create_tts_graph(FakePolicy(adder), FakePRM(prefer_right), strategy, cfg)
+    events = list(g.stream({"question": TURNS[0]}, stream_mode="custom"))
+    check_events(events, strategy, f"tts_{strategy}")
+    rounds = [e for e in events if e["event"] == progress.STEP_EVENT]
+    assert len(rounds) >= 2 and {(e["node"], e["step"]) for e in rounds} == {("sample", 1)}
+    assert [e["candidates"] for e in rounds] == [2 * (i + 1) for i in range(len(rounds))]
+    scored = [b["score"] is not None for e in rounds for b in e["beams"]]
+    assert all(scored) if strategy == "weighted_vote" else not any(scored)
+
+
 def test_mcts_beams_are_the_tree_leaves():
     events = list(graph_of("mcts").stream({"question": TURNS[0]}, stream_mode="custom"))
     first = events[0]

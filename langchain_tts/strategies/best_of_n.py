@@ -152,7 +152,7 @@ def build_best_of_n_graph(
     async def sample(state: TTSState, rc: RunnableConfig) -> dict:
         cfg = resolve_config(base, rc)
         if cfg.early_stop and cfg.n > 1:
-            return await sample_rounds(state, cfg)
+            return await sample_rounds(state, cfg, rc)
         pol, _, ledger = metered(policy, None, cfg, state)  # as it is without a budget
         root = root_of(state)
         try:
@@ -168,7 +168,7 @@ def build_best_of_n_graph(
             await progress.emit(step_event(cfg, "sample", 1, {"finished": sols}, usage))
         return update
 
-    async def sample_rounds(state: TTSState, cfg: BestOfNConfig) -> dict:
+    async def sample_rounds(state: TTSState, cfg: BestOfNConfig, rc: RunnableConfig) -> dict:
         """Adaptive consistency: rounds of ``round_size`` samples until the vote is decided
         (a weighted vote scores each round, so the score node has nothing left to do)."""
         if cfg.selection == "prm_max":
@@ -182,6 +182,7 @@ def build_best_of_n_graph(
         sols: list[Trajectory] = []
         usage = Usage()
         update: dict[str, Any] = {}
+        progress = Progress(rc)
         for r in range(math.ceil(cfg.n / cfg.round_size)):
             k = min(cfg.round_size, cfg.n - len(sols))
             try:
@@ -191,16 +192,19 @@ def build_best_of_n_graph(
                     budget_refused(e, state, ledger, cfg)
                 update["stop_reason"] = BUDGET
                 break
-            usage += u
+            this = u  # this round's usage
             if weighted and pr is not None:
                 try:
                     new, u = await score(pr, new, in_place=True)
                 except BudgetExceededError:  # this round stays unscored: it cannot vote
                     update["stop_reason"] = BUDGET
                     sols += new
+                    usage += this
                     break
-                usage += u
-            sols += new
+                this += u
+            sols, usage = sols + new, usage + this
+            if progress.active:  # each round's samples as they come (still search step 1)
+                await progress.emit(step_event(cfg, "sample", 1, {"finished": sols}, this))
             if ledger is not None and ledger.ended:
                 update["stop_reason"] = BUDGET
                 break
