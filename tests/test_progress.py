@@ -191,6 +191,38 @@ def test_the_router_passes_its_search_events_on_and_names_its_reply():
     )
     events = [c for _, c in g.stream({"question": TURNS[0]}, stream_mode="custom", subgraphs=True)]
     route = g.invoke({"question": TURNS[0]})["route"]
-    check_events(events, route.strategy, f"tts_{route.node}")
+    assert events[0]["event"] == "tts_route" and events[-1]["graph"] == "tts_router"
+    check_events(events[1:-1], route.strategy, f"tts_{route.node}")  # its search's, between
     reply = g.invoke({"messages": [("human", TURNS[0])]})["messages"][-1]
     assert reply.name == "tts_router" and reply.usage_metadata["output_tokens"] > 0
+
+
+@pytest.mark.parametrize("reuse_probe", [True, False])
+def test_the_router_reports_its_route_and_its_answer(reuse_probe: bool):
+    """Standalone (no ``subgraphs=True``) the router's own events: where the question goes,
+    then its answer, also when the probe answers and no strategy runs."""
+    from langchain_tts.routing.router import create_router_graph
+    from tests.test_router import make_policy, make_prm
+
+    if reuse_probe:  # a probe whose answer will do
+        g, q = create_router_graph(make_policy(), make_prm(0.9)), "easy q"
+    else:
+        g = create_router_graph(FakePolicy(adder), FakePRM(prefer_right), reuse_probe=False)
+        q = TURNS[0]
+    events = list(g.stream({"question": q}, stream_mode="custom"))
+    json.dumps(events)
+    assert [e["event"] for e in events] == [progress.ROUTE_EVENT, progress.DONE_EVENT]
+    out = g.invoke({"question": q})
+    route, done = events
+    assert route["graph"] == done["graph"] == "tts_router"
+    assert (route["strategy"], route["bin"], route["reason"]) == (
+        out["route"].strategy,
+        out["route"].bin,
+        out["route"].reason,
+    )
+    assert route["p_solve"] == out["difficulty"].p_solve
+    assert route["usage"] == out["difficulty"].usage.summary()  # the estimate's spend
+    assert (done["answer"], done["stop_reason"]) == (out["answer"], out["stop_reason"])
+    assert done["route"] == out["route"].model_dump(mode="json")
+    assert done["usage"] == out["usage"].summary() and done["candidates"] == len(out["candidates"])
+    assert (out["route"].reason == "reuse_probe") == reuse_probe

@@ -74,6 +74,7 @@ from langchain_tts.strategies.core import (
     resolve_config,
     score,
 )
+from langchain_tts.strategies.progress import DONE_EVENT, ROUTE_EVENT, Progress
 from langchain_tts.strategies.registry import get_strategy
 from langchain_tts.strategies.selection import select_answer
 from langchain_tts.tracing import graph_run_config, trace_event
@@ -823,6 +824,7 @@ class _Router:
             route = Route(
                 tier=tier, strategy="cot", node=self.direct[key].name, model=key, reason="tier"
             )
+            await self._report_route(config, route, None)
             return {"route": route, "difficulty": None}
         if knobs is not self.knobs:  # a run's own budget; a direct tier runs no probe
             _check_probe_fits(self.est, knobs.max_flops, knobs.max_tokens)
@@ -835,7 +837,29 @@ class _Router:
         meta = {"tts_difficulty_bin": found.bin, "tts_route": route.strategy}
         out = {"p_solve": found.p_solve, "bin": found.bin, "route": route.model_dump(mode="json")}
         await trace_event("tts_route", out, config=config, metadata=meta, tags=["tts:route"])
+        await self._report_route(config, route, found)
         return {"difficulty": found, "usage": found.usage, "route": route}
+
+    async def _report_route(
+        self, config: RunnableConfig, route: Route, found: DifficultyEstimate | None
+    ) -> None:
+        """The ``tts_route`` progress event: where the question goes, before it runs."""
+        progress = Progress(config)
+        if progress.active:
+            usage = found.usage if found is not None else Usage()
+            await progress.emit(
+                {
+                    "event": ROUTE_EVENT,
+                    "graph": self.graph_name or "",
+                    "tier": route.tier,
+                    "bin": route.bin,
+                    "p_solve": None if found is None else found.p_solve,
+                    "strategy": route.strategy,
+                    "node": route.node,
+                    "reason": route.reason,
+                    "usage": usage.summary(),
+                }
+            )
 
     async def _tier(self, question: str) -> str | None:
         """The task type ``tier_fn`` names (None without one); a reasoning or direct tier."""
@@ -950,9 +974,23 @@ class _Router:
                 "candidates": cands,
                 "stop_reason": "probe" if route.reason == "reuse_probe" else "budget",
             }
+        usage = state.get("usage") or Usage()
         if state.get("messages"):
-            usage = state.get("usage") or Usage()
             update["messages"] = [answer_message(solution, self.graph_name, usage)]
+        progress = Progress(config)
+        if progress.active:  # the router's own: its strategy's (a subgraph's) come before
+            await progress.emit(
+                {
+                    "event": DONE_EVENT,
+                    "graph": self.graph_name or "",
+                    "strategy": route.strategy if route is not None else "",
+                    "answer": update["answer"],
+                    "stop_reason": update["stop_reason"],
+                    "candidates": len(update["candidates"]),
+                    "route": None if route is None else route.model_dump(mode="json"),
+                    "usage": usage.summary(),
+                }
+            )
         return update
 
 

@@ -19,6 +19,7 @@ from langchain_tts.core.types import Trajectory, Usage
 #: event names (the ``event`` field and the LangChain custom event's name)
 STEP_EVENT = "tts_step"
 DONE_EVENT = "tts_done"
+ROUTE_EVENT = "tts_route"  #: the router's, once it has chosen a strategy
 #: the best this many beams / candidates of a step are listed (an event stays small)
 TOP_BEAMS = 8
 #: characters of a beam's last step shown
