@@ -427,3 +427,25 @@ def test_a_step_never_writes_past_the_models_context(tiny_policy_dir: Path) -> N
     pol.context_length = width  # nothing left to write: an empty step, ended by length
     full = pol.generate([prefix], 1, params).steps[0][0]
     assert (full.text, full.finish_reason) == ("", "length")
+
+
+def test_a_long_batch_mate_takes_no_room_from_a_short_prefix(tiny_policy_dir: Path) -> None:
+    """Each row's room is its own: the room was the widest prompt's, so a prefix next to
+    one near the end of the context got a cut or empty step (also a concurrent caller's,
+    coalesced into the same generate). A prefix that fills the context writes nothing."""
+    pol = HFPolicy.from_pretrained(tiny_policy_dir)
+    short = Trajectory(question="Start with 3. Add 4.")
+    long = Trajectory(question="Start with 3. Add 4.", steps=["3+4=7"] * 6)
+    params = SamplingParams(temperature=1.0, max_step_tokens=40, seed=0, stop_at_step=False)
+    alone = pol.generate([short], 1, params).steps[0][0]
+    assert alone.tokens > 5  # a random model: it writes to the cap
+    pol.context_length = len(pol.encode(long)) + 3
+    for mates in ([short, long], [long, short]):
+        steps = [row[0] for row in pol.generate(mates, 1, params).steps]
+        got = dict(zip(map(id, mates), steps, strict=True))
+        if mates[0] is short:  # seeds count from each prefix's place in its call
+            assert got[id(short)] == alone
+        assert got[id(long)].tokens <= 3 and got[id(long)].finish_reason == "length"
+    pol.context_length = len(pol.encode(long))  # the long one fills it: only the short writes
+    first, second = (row[0] for row in pol.generate([short, long], 1, params).steps)
+    assert first == alone and (second.text, second.tokens) == ("", 0)

@@ -113,6 +113,17 @@ class _StopCancelled:
         return torch.tensor(flags, dtype=torch.bool, device=input_ids.device)
 
 
+class _StopAtRoom:
+    """Ends each row at its own room: the tokens its prompt leaves of the context."""
+
+    def __init__(self, width: int, rooms: Sequence[int]):
+        self.width, self.rooms = width, torch.tensor(rooms, dtype=torch.long)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: Any = None, **kw: Any) -> torch.Tensor:
+        written = input_ids.shape[1] - self.width
+        return (self.rooms <= written).to(input_ids.device)
+
+
 def delimiter_completers(tokenizer: PreTrainedTokenizerBase, delimiter: str) -> torch.Tensor | None:
     """Per token id, whether the token's own text holds the delimiter's last character.
 
@@ -364,17 +375,17 @@ class HFPolicy(LocalModel, StepPolicy):
     ) -> tuple[list[Step], list[tuple[int, int]]]:
         """The steps of one ``generate`` and, per row, ``(prompt tokens computed, read from
         the prefix cache)``; a row whose ``cancel`` token is set stops decoding."""
+        # Each row's own room: past the model's positions it writes noise, or fails. Rows
+        # read their own positions (from the mask), so a long batch-mate takes none of it.
+        rooms = [params.max_step_tokens] * len(prompts)
+        if self.context_length:
+            rooms = [min(r, self.context_length - len(p)) for r, p in zip(rooms, prompts)]
+        if min(rooms) <= 0:  # those prefixes fill the context: nothing more can be written
+            return self._generate_live(prompts, rooms, params, seeds, cancel)
         ids, mask = pad_batch(prompts, self.pad_token_id, left=True)
         width = ids.shape[1]
-        room = params.max_step_tokens
-        if self.context_length:  # past the model's positions it writes noise, or fails
-            room = min(room, self.context_length - width)
-        if room <= 0:  # the prefixes fill the context: nothing more can be written
-            return [Step(text="", finish_reason="length") for _ in prompts], [
-                (0, 0) for _ in prompts
-            ]
         kwargs: dict[str, Any] = {
-            "max_new_tokens": room,
+            "max_new_tokens": max(rooms),
             "pad_token_id": self.pad_token_id,
             "eos_token_id": self.eos_token_ids or None,
         }
@@ -397,6 +408,9 @@ class HFPolicy(LocalModel, StepPolicy):
                 self.tokenizer, self.step_delimiter, width, self._completers[0]
             )
             kwargs["stopping_criteria"] = [stopper]
+        if min(rooms) < max(rooms):  # a long prefix's row stops at its own room
+            kwargs["stopping_criteria"] = [*kwargs.get("stopping_criteria", []),
+                                           _StopAtRoom(width, rooms)]  # fmt: skip
         if cancel is not None and any(t is not None for t in cancel):
             kwargs["stopping_criteria"] = [*kwargs.get("stopping_criteria", []),
                                            _StopCancelled(cancel)]  # fmt: skip
@@ -412,7 +426,28 @@ class HFPolicy(LocalModel, StepPolicy):
         if self.prefix_cache is not None:
             counts = self.prefix_cache.last_rows
         gen = gen[:, width:].cpu().tolist()
-        return [self._to_step(r, row, stopper) for r, row in enumerate(gen)], counts
+        steps = [self._to_step(r, row[: rooms[r]], stopper) for r, row in enumerate(gen)]
+        return steps, counts
+
+    def _generate_live(
+        self,
+        prompts: list[list[int]],
+        rooms: list[int],
+        params: SamplingParams,
+        seeds: list[int] | None,
+        cancel: Sequence[threading.Event | None] | None,
+    ) -> tuple[list[Step], list[tuple[int, int]]]:
+        """:meth:`_generate_chunk` of the rows with room left; the others write nothing."""
+        live = [r for r, room in enumerate(rooms) if room > 0]
+        steps = [Step(text="", finish_reason="length") for _ in prompts]
+        counts = [(0, 0) for _ in prompts]
+        if live:
+            pick = lambda xs: None if xs is None else [xs[r] for r in live]  # noqa: E731
+            got, done = self._generate_chunk([prompts[r] for r in live], params,
+                                             pick(seeds), pick(cancel))  # fmt: skip
+            for r, step, count in zip(live, got, done, strict=True):
+                steps[r], counts[r] = step, count
+        return steps, counts
 
     def _to_step(self, r: int, row: list[int], stopper: _StopAtDelimiter | None) -> Step:
         """Cut a generated row at the first delimiter / EOS and label why it ended."""
