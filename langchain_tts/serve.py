@@ -638,13 +638,15 @@ def _apply_limits(
     :class:`ConfigError` naming the limit). LangServe fills every knob with its default, so
     the client's own knobs are those that differ from the route's config."""
     merged = {**sent, **conf}
+    fields = type(base).model_fields
+    # the client's own values: LangServe's copy of the schema made n=True an n of 1
+    merged.update((k, v) for k, v in sent.items() if k in fields)
     internal = sorted(k for k in merged if isinstance(k, str) and k.startswith("__"))
     if internal:
         raise ConfigError(
             f"configurable keys starting with '__' are LangGraph's own and cannot be sent: "
             f"{internal}; remove them"
         )
-    fields = type(base).model_fields
     asked = {k: v for k, v in merged.items() if k in fields and v != getattr(base, k)}
     check_knobs(limits, asked, route=route)
     return merged

@@ -175,6 +175,17 @@ def test_a_nan_knob_is_called_no_number(served):
     assert r.status_code == 400 and "n must be a number" in r.json()["error"]["message"]
 
 
+@pytest.mark.parametrize("knob", ["n", "temperature", "max_tokens"])
+def test_a_bool_for_a_numeric_knob_is_a_400_at_the_top_of_configurable(served, knob: str):
+    """LangServe's copy of the knobs schema turned ``true`` into 1 before the route's own
+    check saw it: ``{"n": true}`` ran one sample with a 200."""
+    client, policy = served
+    before = len(policy.calls)
+    r = post(client, "/tts/best_of_n/invoke", invoke("best_of_n", {knob: True}))
+    assert r.status_code == 400 and f"{knob} must be a number, got True" in r.json()["detail"]
+    assert len(policy.calls) == before
+
+
 def test_a_servable_graph_with_limits_refuses_absurd_knobs_itself():
     """For deployments that call the graph directly (``langgraph.json``): context and
     configurable, at the top and under the graph's name, before any model call; a run with
