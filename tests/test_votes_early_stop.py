@@ -105,9 +105,11 @@ def test_weighted_vote_scores_each_round_once() -> None:
 def test_early_stop_with_prm_max_is_a_config_error() -> None:
     policy = _policy()
     prm = FakePRM(lambda t: [0.5] * len(t.steps))
-    graph = create_tts_graph(policy, prm, "best_of_n", {"n": 8, "early_stop": True})
-    with pytest.raises(ConfigError, match="early_stop applies to votes"):
-        graph.invoke({"question": "2 + 2?"})
+    with pytest.raises(ConfigError, match="early_stop applies to votes"):  # when built
+        create_tts_graph(policy, prm, "best_of_n", {"n": 8, "early_stop": True})
+    graph = create_tts_graph(policy, prm, "best_of_n", {"n": 8})
+    with pytest.raises(ConfigError, match="early_stop applies to votes"):  # or per run
+        graph.invoke({"question": "2 + 2?"}, context={"early_stop": True})
 
 
 @pytest.mark.slow

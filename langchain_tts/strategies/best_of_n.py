@@ -143,6 +143,11 @@ def build_best_of_n_graph(
     (``stop_confidence``), as in "Let's Sample Step by Step: Adaptive-Consistency for
     Efficient Reasoning and Coding with LLMs" (Aggarwal, Madaan, Yang, Mausam).
     """
+    if base.early_stop and base.selection == "prm_max":  # at build, not at the first run
+        raise ConfigError(
+            "early_stop applies to votes: set selection='majority' or 'prm_vote' "
+            "(majority_vote / weighted_vote), or early_stop=False"
+        )
     if prm is None and base.selection != "majority" and base.n > 1:
         raise ConfigError(
             f"best_of_n with selection={base.selection!r} needs a PRM: pass prm=..., or use "
