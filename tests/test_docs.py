@@ -82,6 +82,28 @@ def test_doc_links_resolve():
     assert not broken, "links to missing files:\n" + "\n".join(broken)
 
 
+def _anchors(page: Path) -> set[str]:
+    """The heading anchors GitHub gives ``page``: lower case, punctuation dropped, spaces as
+    hyphens (the first of equal headings; outside code blocks)."""
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+    out = set()
+    for title in re.findall(r"^#+ (.+)$", text, re.M):
+        slug = re.sub(r"[^\w\- ]", "", title.strip().lower()).replace(" ", "-")
+        out.add(slug)
+    return out
+
+
+def test_doc_anchors_resolve():
+    link = re.compile(r"\]\(([^)\s#]*)#([^)\s]+)\)")
+    broken = []
+    for page in _user_pages():
+        for target, anchor in link.findall(page.read_text()):
+            doc = (page.parent / target) if target else page
+            if doc.suffix == ".md" and doc.exists() and anchor not in _anchors(doc):
+                broken.append(f"{page.relative_to(ROOT)}: {target}#{anchor}")
+    assert not broken, "links to missing headings:\n" + "\n".join(broken)
+
+
 def _committed(folder: Path) -> list[Path]:
     """The files git tracks under ``folder`` (what a clone gets); every file without git."""
     try:

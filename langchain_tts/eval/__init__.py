@@ -22,6 +22,11 @@ __getattr__, __all__ = lazy_exports(
             "run_eval",
             "summarize",
         ),
-        "report": ("analyze", "write_report"),
+        "report": (
+            "analyze",
+            "plot_accuracy_by_difficulty",
+            "plot_accuracy_vs_flops",
+            "write_report",
+        ),
     },
 )
