@@ -382,3 +382,31 @@ def test_a_sliding_window_model_reuses_what_its_window_keeps(window: int) -> Non
                 assert got == pytest.approx(want, abs=1e-5)
             cached += a.usage.prm_cached_tokens
     assert (cached > 0) is (window > 100)
+
+
+@pytest.mark.parametrize("backend", ["native", "transformers"])
+def test_an_input_past_the_prms_context_is_an_input_error_for_its_caller_only(backend: str):
+    """Past its positions a PRM scored noise (native RoPE), failed with an IndexError
+    (learned positions) or allocated for a 100k-character step; now the caller gets an
+    InputError, and a caller merged into the same forward still gets its own scores."""
+    import asyncio
+
+    from langchain_tts.core.errors import InputError
+
+    prm = load_default_prm("strong", backend=backend)
+    q = "Start with 14. Add 9. Multiply by 3."
+    ok = Trajectory(question=q, steps=["14+9=23", "23*3=69"])
+    long = Trajectory(question=q, steps=["14+9=23"] * 180)
+    alone = prm.score([ok]).scores
+    with pytest.raises(InputError, match=r"over the PRM's context of 512 tokens"):
+        prm.score([long])
+    with pytest.raises(InputError, match="over the PRM's context"):
+        prm.invoke({"question": q, "steps": ["1" * 100_000]})
+
+    async def both():
+        return await asyncio.gather(prm.ascore([ok]), prm.ascore([long]), return_exceptions=True)
+
+    mine, theirs = asyncio.run(both())
+    assert isinstance(theirs, InputError) and mine.scores == alone
+    with pytest.raises(InputError, match="step 1 is not valid Unicode"):
+        prm.invoke({"question": q, "steps": ["14+9=23", "23*3=\ud800"]})

@@ -10,7 +10,7 @@ from langchain_core.runnables import RunnableConfig
 from pydantic import BaseModel, Field
 
 from langchain_tts.backends.sync import AsyncFirstRunnable, run_sync
-from langchain_tts.core.errors import BackendError
+from langchain_tts.core.errors import BackendError, check_unicode
 from langchain_tts.core.types import Trajectory, Usage, check_scores, nothing_to_release
 
 #: the system prompt of Qwen2.5-Math-PRM's chat format
@@ -94,5 +94,8 @@ class ProcessRewardModel(AsyncFirstRunnable[PRMInput | dict, list[float]], ABC):
         self, input: PRMInput | dict, config: RunnableConfig | None = None, **kwargs: Any
     ) -> list[float]:
         inp = input if isinstance(input, PRMInput) else PRMInput.model_validate(input)
+        check_unicode(inp.question)
+        for j, step in enumerate(inp.steps):
+            check_unicode(step, f"step {j}")
         result = await self.ascore([Trajectory(question=inp.question, steps=inp.steps)])
         return result.scores[0]

@@ -16,6 +16,7 @@ import torch
 
 from langchain_tts.backends.hf import LocalModel
 from langchain_tts.backends.sync import run_in_worker
+from langchain_tts.core.errors import InputError
 from langchain_tts.core.types import Trajectory, Usage, nothing_to_release
 from langchain_tts.prms.base import PRMResult, ProcessRewardModel
 
@@ -136,6 +137,9 @@ class LocalPRM(LocalModel, ProcessRewardModel):
 
     def _score_coalesced(self, trajectories: list[Trajectory]) -> PRMResult:
         items = self._coalescer.run(trajectories, None)
+        for it in items:  # this caller's own input error (its batch-mates got their scores)
+            if isinstance(it[0], InputError):
+                raise it[0]
         seconds = max((it[3] for it in items), default=0.0)
         usage = self._call_usage(sum(it[1] for it in items), seconds) + Usage(
             prm_cached_tokens=sum(it[2] for it in items)
@@ -152,8 +156,11 @@ class LocalPRM(LocalModel, ProcessRewardModel):
         scores: list[list[float]] = [[] for _ in trajectories]
         computed = [0] * len(trajectories)
         cached = [0] * len(trajectories)
-        # Trajectories without steps have nothing to score and never enter the batch.
+        # Trajectories without steps have nothing to score and never enter the batch, nor
+        # do those past the model's positions (noise past them, or an IndexError).
         todo = [(i, self._encoded(t)) for i, t in enumerate(trajectories) if t.steps]
+        too_long = {i: self._too_long(trajectories[i], len(e[0])) for i, e in todo}
+        todo = [item for item in todo if too_long[item[0]] is None]
         todo.sort(key=lambda item: len(item[1][0]))  # similar lengths share a chunk
         for c in range(0, len(todo), self.batch_size):
             chunk = todo[c : c + self.batch_size]
@@ -166,7 +173,21 @@ class LocalPRM(LocalModel, ProcessRewardModel):
             for k, ((i, _), row) in enumerate(zip(chunk, rows, strict=True)):
                 scores[i], computed[i], cached[i] = row, counts[0][k], counts[1][k]
         seconds = time.perf_counter() - t0
-        return [(scores[i], computed[i], cached[i], seconds) for i in range(len(trajectories))]
+        return [
+            (too_long.get(i) or scores[i], computed[i], cached[i], seconds)
+            for i in range(len(trajectories))
+        ]
+
+    def _too_long(self, trajectory: Trajectory, tokens: int) -> InputError | None:
+        limit = self.context_length
+        if not limit or tokens <= limit:
+            return None
+        return InputError(
+            f"{self.name}: a trajectory to score is {tokens} tokens (its question and "
+            f"{len(trajectory.steps)} steps), over the PRM's context of {limit} tokens; shorten "
+            "the question or cap the solution (max_total_tokens), or use a PRM with a longer "
+            "context"
+        )
 
     # -- prefix reuse -----------------------------------------------------------------------
     def clear_cache(self) -> None:
