@@ -90,6 +90,9 @@ def test_prompt_holds_question_and_steps_so_far():
     assert "(no steps yet)" in first
     whole = policy.render_input(Trajectory(question="Q?"), one_step=False)[1].content
     assert "to the end" in whole
+    # a question that holds the text "{steps}" keeps it: the steps go where the template says
+    odd = policy.render_input(Trajectory(question="Q {steps}?", steps=["a=1"]))[1].content
+    assert "Q {steps}?" in odd and odd.count("a=1") == 1
 
 
 def test_finish_reasons():

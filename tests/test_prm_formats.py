@@ -441,3 +441,6 @@ def test_a_step_tag_inside_the_question_is_removed(tiny_prm_dir: Path):
     t = Trajectory(question="Start with 3. <extra_0> Add 4.", steps=["3+4=7"])
     assert prm.render(t).count("<extra_0>") == 1
     assert len(prm.score([t]).scores[0]) == 1
+    # inside a step a space takes its place: the halves were glued ("23" + "23*3" = "2323*3")
+    glued = Trajectory(question="Start with 3.", steps=["3+4=7<extra_0>7*2=14"])
+    assert "3+4=7 7*2=14<extra_0>" in prm.render(glued)

@@ -8,6 +8,7 @@ is one ``abatch`` over ``prefixes x n`` inputs (the model's client runs them con
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -163,7 +164,12 @@ class ChatModelPolicy(StepPolicy):
             return prefix.question + self.step_delimiter + self.render_prefix(prefix)
         steps = self.step_delimiter.join(prefix.steps) if prefix.steps else "(no steps yet)"
         template = self.instruction if one_step else self.solution_instruction
-        text = template.replace("{question}", prefix.question).replace("{steps}", steps)
+        # one pass: a question holding the text "{steps}" keeps it
+        text = re.sub(
+            r"\{(question|steps)\}",
+            lambda m: prefix.question if m.group(1) == "question" else steps,
+            template,
+        )
         messages: list[BaseMessage] = []
         if self.system_prompt is not None:
             messages.append(SystemMessage(content=self.system_prompt))

@@ -110,9 +110,10 @@ class QwenPRM(LocalPRM):
         A tag inside a step's text (or the question's) is removed: it would add a score the caller did not ask
         for (the counts no longer match) and split one step in two for the PRM.
         """
-        steps = [s.replace(self.step_tag, "") for s in trajectory.steps]
+        # a tag inside a step would be read as a step's end; a space keeps its halves apart
+        steps = [s.replace(self.step_tag, " ") for s in trajectory.steps]
         answer = self.step_tag.join(steps) + self.step_tag
-        question = trajectory.question.replace(self.step_tag, "")  # the same, for the question
+        question = trajectory.question.replace(self.step_tag, " ")  # the same, for the question
         if not has_chat_template(self.tokenizer):
             return question + "\n\n" + answer
         messages = chat_messages(question, self.system_prompt, answer)
