@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from functools import partial
 from typing import Any, TypeVar
 from uuid import uuid4
 
@@ -73,6 +74,20 @@ def _labelled(
     out.add_tags(list(tags), inherit=False)
     out.add_metadata(dict(metadata), inherit=False)
     return out
+
+
+#: set on an error a callback handler raised (``raise_error=True``): the handler's own, which
+#: the graphs pass on as it is instead of blaming the model call it was tracing
+HANDLER_ERROR = "_tts_handler_error"
+
+
+async def _handlers(call: Callable[[], Any]) -> Any:
+    """A callback manager's ``call()``, its handlers' errors marked :data:`HANDLER_ERROR`."""
+    try:
+        return await _maybe_await(call())
+    except Exception as e:
+        setattr(e, HANDLER_ERROR, True)
+        raise
 
 
 async def _maybe_await(x: Any) -> Any:
@@ -141,8 +156,8 @@ async def _traced_policy(
     if params is not None:
         invocation.update(params.model_dump(mode="json"))
     mgr = _labelled(mgr, POLICY_TAGS, {"ls_provider": "langchain_tts", "ls_model_name": name})
-    runs = await _maybe_await(
-        mgr.on_llm_start(
+    runs = await _handlers(
+        lambda: mgr.on_llm_start(
             {"name": name, "id": ["langchain_tts", type(policy).__name__]},
             [_prompt_summary(prefixes, n)],
             run_id=uuid4(),
@@ -154,7 +169,7 @@ async def _traced_policy(
     try:
         result = await fn(prefixes, n, params)
     except BaseException as e:
-        await _maybe_await(run.on_llm_error(e))
+        await _handlers(partial(run.on_llm_error, e))
         raise
     shown = [s for row in result.steps[:MAX_SHOWN] for s in row[:1]]
     gens = [
@@ -171,7 +186,7 @@ async def _traced_policy(
         "shown": "the first sample of each of the first prefixes",
         "flops": result.usage.policy_flops,
     }
-    await _maybe_await(run.on_llm_end(LLMResult(generations=[gens], llm_output=llm_output)))
+    await _handlers(lambda: run.on_llm_end(LLMResult(generations=[gens], llm_output=llm_output)))
     return result
 
 
@@ -188,8 +203,8 @@ async def _traced_prm(
         "shown": [clip("\n\n".join(t.steps[-2:])) for t in trajectories[:MAX_SHOWN]],
     }
     mgr = _labelled(mgr, PRM_TAGS, {"ls_model_name": name})
-    run = await _maybe_await(
-        mgr.on_chain_start(
+    run = await _handlers(
+        lambda: mgr.on_chain_start(
             {"name": name, "id": ["langchain_tts", type(prm).__name__]},
             inputs,
             run_id=uuid4(),
@@ -199,7 +214,7 @@ async def _traced_prm(
     try:
         result = await fn(trajectories)
     except BaseException as e:
-        await _maybe_await(run.on_chain_error(e))
+        await _handlers(partial(run.on_chain_error, e))
         raise
     last = [row[-1] for row in result.scores if row]  # the step each trajectory just took
     outputs = {
@@ -210,7 +225,7 @@ async def _traced_prm(
         "min_score": min(last) if last else None,
         "max_score": max(last) if last else None,
     }
-    await _maybe_await(run.on_chain_end(outputs))
+    await _handlers(lambda: run.on_chain_end(outputs))
     return result
 
 

@@ -320,3 +320,25 @@ def test_trace_of_a_beam_search_on_the_embedded_models():
     assert sum(r.outputs["flops"] for r in prms) + sum(
         r.outputs["llm_output"]["flops"] for r in pol
     ) == pytest.approx(usage.flops)
+
+
+@pytest.mark.parametrize("hook", ["on_llm_start", "on_llm_end", "on_chain_start", "on_chain_end"])
+def test_a_handlers_own_error_is_not_blamed_on_the_model(hook: str):
+    """A handler with ``raise_error=True`` that fails around a policy or PRM call: the run
+    fails with the handler's error, not a BackendError naming a model that did nothing
+    wrong (``on_chain_*`` fire for the graph's nodes too: the same error either way)."""
+
+    class Strict(BaseCallbackHandler):
+        raise_error = True
+
+    def fail(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("bug in my handler")
+
+    handler = Strict()
+    setattr(handler, hook, fail)
+    policy = FakePolicy(lambda p, i: "\\boxed{7}" if p.steps else "3+4=7")
+    graph = create_tts_graph(policy, FakePRM(lambda t: [0.5] * len(t.steps)), "beam_search",
+                             {"n": 4, "beam_width": 2})  # fmt: skip
+    with pytest.raises(RuntimeError, match="bug in my handler") as info:
+        graph.invoke({"question": "Start with 3. Add 4."}, {"callbacks": [handler]})
+    assert not isinstance(info.value, BackendError)

@@ -44,7 +44,7 @@ from langchain_tts.ledger import Ledger, meter
 from langchain_tts.policies.base import StepPolicy
 from langchain_tts.prms.base import ProcessRewardModel
 from langchain_tts.strategies.selection import select_answer
-from langchain_tts.tracing import traced_call
+from langchain_tts.tracing import HANDLER_ERROR, traced_call
 
 C = TypeVar("C", bound=StrategyConfig)
 R = TypeVar("R")
@@ -746,6 +746,8 @@ async def _backend_call(
     except TTSError:
         raise
     except Exception as e:
+        if getattr(e, HANDLER_ERROR, False):  # a callback handler's own error, not the model's
+            raise
         name = getattr(backend, "name", None) or type(backend).__name__
         raise BackendError(
             f"{name} failed while {what}: {type(e).__name__}: {e}",
