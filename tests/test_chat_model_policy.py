@@ -228,3 +228,34 @@ def test_beam_search_graph_with_a_chat_model():
     assert out["answer"] == "5"
     assert out["usage"].policy_calls == len(prm.calls) == 3
     assert len(llm._calls) == 4 + 4 + 4  # root x 4, then 2 beams x 2 per step
+
+
+class _Stuck(BaseChatModel):
+    """A sync-only provider that does not answer until ``gate`` opens."""
+
+    _gate: threading.Event = PrivateAttr(default_factory=threading.Event)
+
+    @property
+    def _llm_type(self) -> str:
+        return "stuck"
+
+    def _generate(self, messages: Any, stop: Any = None, run_manager: Any = None, **kw: Any):
+        self._gate.wait(30)
+        return ChatResult(generations=[ChatGeneration(message=AIMessage(content="3+4=7"))])
+
+
+def test_the_timeout_bounds_a_sync_caller_of_a_sync_only_model():
+    """LangChain runs a sync-only model on the loop's default executor; the sync bridge
+    used to join those threads at the end, so ``invoke`` waited for the stuck call that its
+    timeout had given up on."""
+    import time
+
+    model = _Stuck()
+    policy = ChatModelPolicy(model, timeout=0.2)
+    t0 = time.perf_counter()
+    try:
+        with pytest.raises(BackendError, match="did not finish within 0.2s"):
+            policy.invoke({"question": "Start with 3. Add 4."})
+        assert time.perf_counter() - t0 < 20  # not the 30 s the call stays stuck
+    finally:
+        model._gate.set()

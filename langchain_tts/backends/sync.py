@@ -99,10 +99,31 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     except RuntimeError:
         in_loop = False
     if not in_loop:  # outside the except block: errors don't chain "no running event loop"
-        return asyncio.run(coro)
+        return _run(coro)
     # A thread of its own (not the worker pool): the coroutine may itself wait for workers.
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, coro).result()
+        return pool.submit(_run, coro).result()
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run(coro)``, but without joining the loop's default-executor threads at the
+    end: a blocking call that a timeout gave up on (a sync-only chat model, run there by
+    LangChain) must not hold its sync caller until it returns. The threads finish alone."""
+    loop = asyncio.new_event_loop()
+    try:
+        asyncio.set_event_loop(loop)
+        return loop.run_until_complete(coro)
+    finally:
+        try:
+            pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+            for t in pending:
+                t.cancel()
+            if pending:
+                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()  # its default executor: shut down without waiting
 
 
 class AsyncFirstRunnable(Runnable[In, Out]):
