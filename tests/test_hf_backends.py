@@ -12,7 +12,7 @@ from transformers.modeling_outputs import TokenClassifierOutput
 
 from langchain_tts.backends.sampling import SeededSampler, seeded_uniforms
 from langchain_tts.core.config import SamplingParams
-from langchain_tts.core.errors import PRMOutputError
+from langchain_tts.core.errors import ConfigError, PRMOutputError
 from langchain_tts.core.types import Step, Trajectory
 from langchain_tts.models.tokenizer import EOS, STEP_TAG
 from langchain_tts.policies.hf import HFPolicy, _StopAtDelimiter
@@ -291,8 +291,10 @@ def test_prm_reads_the_step_tag_positions(prm: QwenPRM, tiny_prm_dir: Path) -> N
 
 
 def test_prm_strips_tag_inside_step(prm: QwenPRM) -> None:
+    """A tag inside a step is no step end: a space takes its place (two halves glued
+    together would read as one number)."""
     traj = Trajectory(question=QUESTION, steps=[f"3+4{STEP_TAG}=7", "\\boxed{7}"])
-    clean = Trajectory(question=QUESTION, steps=["3+4=7", "\\boxed{7}"])
+    clean = Trajectory(question=QUESTION, steps=["3+4 =7", "\\boxed{7}"])
     assert prm.score([traj]).scores == prm.score([clean]).scores
 
 
@@ -391,7 +393,6 @@ def test_models_that_would_fail_mid_search_are_refused_when_built(tiny_policy_di
     generate; a model with a cache implementation of its own skips prefix reuse instead
     of failing on its second call."""
     from langchain_tts.backends.hf import supports_prefix_reuse
-    from langchain_tts.core.errors import ConfigError
 
     pol = HFPolicy.from_pretrained(tiny_policy_dir)
     model, tok = pol.model, pol.tokenizer
@@ -449,3 +450,32 @@ def test_a_long_batch_mate_takes_no_room_from_a_short_prefix(tiny_policy_dir: Pa
     pol.context_length = len(pol.encode(long))  # the long one fills it: only the short writes
     first, second = (row[0] for row in pol.generate([short, long], 1, params).steps)
     assert first == alone and (second.text, second.tokens) == ("", 0)
+
+
+def test_a_checkpoint_of_another_kind_is_refused_not_filled_with_noise(
+    tiny_policy_dir: Path, tmp_path: Path
+) -> None:
+    """transformers fills the weights a checkpoint lacks with random values and only logs
+    it: a causal LM loaded as a Qwen-style PRM scored about 0.5 everywhere, and a PRM loaded
+    as a policy wrote noise. A local path that does not exist is named as such."""
+    from langchain_tts.prms.qwen import QwenPRM
+
+    with pytest.raises(ConfigError, match=r"has no weights for score\..* not a checkpoint"):
+        QwenPRM.from_pretrained(tiny_policy_dir)
+    import shutil
+
+    from transformers import LlamaConfig, LlamaForTokenClassification
+
+    untied = tmp_path / "tokcls"  # a PRM whose embeddings are not its LM head
+    cfg = LlamaConfig(vocab_size=len(AutoTokenizer.from_pretrained(tiny_policy_dir)),
+                      hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, num_labels=2, tie_word_embeddings=False)  # fmt: skip
+    LlamaForTokenClassification(cfg).save_pretrained(untied)
+    for f in tiny_policy_dir.iterdir():
+        if "token" in f.name:
+            shutil.copy(f, untied / f.name)
+    with pytest.raises(ConfigError, match=r"has no weights for lm_head\.weight"):
+        HFPolicy.from_pretrained(untied)
+    for cls in (HFPolicy, QwenPRM):
+        with pytest.raises(ConfigError, match="no checkpoint at .*: the path does not exist"):
+            cls.from_pretrained(tmp_path / "missing")

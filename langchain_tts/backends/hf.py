@@ -95,10 +95,37 @@ def load_pretrained(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model_class = AutoModelForCausalLM if model_class is None else model_class
+    check_local(path)
     remote = {"trust_remote_code": True} if trust_remote_code else {}
     tokenizer = AutoTokenizer.from_pretrained(str(path), **remote, **(tokenizer_kwargs or {}))
     mk = {**dtype_kwargs(dtype), **remote, **(model_kwargs or {})}
-    return model_class.from_pretrained(str(path), **mk), tokenizer
+    return checked_from_pretrained(model_class, path, **mk), tokenizer
+
+
+def check_local(path: str | Path) -> None:
+    """A :class:`ConfigError` for a local path (absolute, ``./``, ``~``) that does not exist;
+    transformers would take it for a hub id and blame its form."""
+    text = str(path)
+    if text.startswith(("/", ".", "~")) and not Path(text).expanduser().exists():
+        raise ConfigError(f"no checkpoint at {text}: the path does not exist")
+
+
+def checked_from_pretrained(model_class: Any, path: str | Path, **kwargs: Any) -> PreTrainedModel:
+    """``model_class.from_pretrained(path)``, refusing a checkpoint that lacks weights the
+    class needs: transformers fills them with random values and only logs it, so a causal
+    LM loaded as a PRM (or the reverse) would score or write noise."""
+    model, info = model_class.from_pretrained(str(path), output_loading_info=True, **kwargs)
+    missing = sorted((info or {}).get("missing_keys") or [])
+    if missing:
+        shown = ", ".join(missing[:4]) + (
+            f" and {len(missing) - 4} more" if len(missing) > 4 else ""
+        )
+        raise ConfigError(
+            f"{path} has no weights for {shown} of {type(model).__name__}: it is not a "
+            "checkpoint of this kind (a causal LM loaded as a PRM, or a PRM as a policy?); "
+            "load it with the class it was saved for"
+        )
+    return model
 
 
 def pad_batch(

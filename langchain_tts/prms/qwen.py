@@ -13,7 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from langchain_tts.backends.hf import dtype_kwargs, pad_batch
+from langchain_tts.backends.hf import (
+    check_local,
+    checked_from_pretrained,
+    dtype_kwargs,
+    pad_batch,
+)
 from langchain_tts.backends.text import chat_messages, encode_prompt, has_chat_template
 from langchain_tts.core.errors import ConfigError, PRMOutputError
 from langchain_tts.core.types import Trajectory
@@ -78,6 +83,8 @@ class QwenPRM(LocalPRM):
         # with the Auto classes on import, like any Qwen-style PRM's custom head.
         import langchain_tts.models.checker_prm  # noqa: F401
 
+        check_local(path)
+
         tokenizer = AutoTokenizer.from_pretrained(
             str(path), trust_remote_code=trust_remote_code, **(tokenizer_kwargs or {})
         )
@@ -93,12 +100,14 @@ class QwenPRM(LocalPRM):
             and remote
             and not any(a.endswith("ForTokenClassification") for a in archs)
         ):
-            return AutoModel.from_pretrained(str(path), **mk), tokenizer
+            return checked_from_pretrained(AutoModel, path, **mk), tokenizer
         try:
-            model = AutoModelForTokenClassification.from_pretrained(str(path), **mk)
+            model = checked_from_pretrained(AutoModelForTokenClassification, path, **mk)
+        except ConfigError:  # a head the checkpoint lacks: it would score noise
+            raise
         except (ValueError, KeyError) as first:  # no token-classification class
             try:
-                model = AutoModel.from_pretrained(str(path), **mk)
+                model = checked_from_pretrained(AutoModel, path, **mk)
             except Exception as second:
                 raise second from first
         return model, tokenizer
