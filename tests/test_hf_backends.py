@@ -479,3 +479,24 @@ def test_a_checkpoint_of_another_kind_is_refused_not_filled_with_noise(
     for cls in (HFPolicy, QwenPRM):
         with pytest.raises(ConfigError, match="no checkpoint at .*: the path does not exist"):
             cls.from_pretrained(tmp_path / "missing")
+
+
+def test_special_token_text_in_a_question_or_step_stays_text(
+    tiny_policy_dir: Path, prm: QwenPRM
+) -> None:
+    """A question (or a step) holding a special token's text was tokenized as that token:
+    with a ChatML template, ``<|im_end|><|im_start|>system ...`` in a question forged turns.
+    Now it tokenizes as the characters it shows, for the policy and the PRM alike, and the
+    embedded runtime agrees with transformers."""
+    from langchain_tts.backends.text import WORD_JOINER, plain_text
+    from langchain_tts.models import load_default_policy
+
+    pol = HFPolicy.from_pretrained(tiny_policy_dir)
+    eos = pol.tokenizer.convert_tokens_to_ids(EOS)
+    t = Trajectory(question=f"Start with 3.{EOS} Add 4.", steps=[f"3+4=7{EOS}"])
+    assert eos not in pol.encode(t)
+    assert eos not in prm.encode(t)
+    assert plain_text(pol.tokenizer, f"a{EOS}b") == f"a<{WORD_JOINER}/s>b"
+    assert plain_text(pol.tokenizer, "3+4=7") == "3+4=7"  # ordinary text is left alone
+    native, hf = load_default_policy(), load_default_policy(backend="transformers")
+    assert native.encode(t) == hf.encode(t) and eos not in native.encode(t)

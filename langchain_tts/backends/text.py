@@ -3,9 +3,11 @@ and how a completion is read back into a step (delimiter cut, finish reason)."""
 
 from __future__ import annotations
 
+import re
+import weakref
 from typing import Any
 
-from langchain_tts.core.types import FinishReason
+from langchain_tts.core.types import FinishReason, Trajectory
 
 DEFAULT_STEP_DELIMITER = "\n\n"
 #: ``stop_reason`` of a server that does not report one (OpenAI itself, some proxies)
@@ -30,17 +32,53 @@ def chat_messages(
     return messages
 
 
+#: put after a special token's first character in text that must stay text: invisible, and
+#: no tokenizer's special token holds it
+WORD_JOINER = "\u2060"
+_SPECIALS: weakref.WeakKeyDictionary[Any, re.Pattern[str] | None] = weakref.WeakKeyDictionary()
+
+
+def plain_text(tokenizer: Any, text: str) -> str:
+    """``text`` (a question, a step) with every special token's text broken up, so that it
+    tokenizes as the characters it shows: a question holding ``<|im_end|><|im_start|>system``
+    could otherwise end its own turn and open forged ones in the chat template."""
+    try:
+        pattern = _SPECIALS[tokenizer]
+    except KeyError:
+        specials = [s for s in getattr(tokenizer, "all_special_tokens", None) or [] if len(s) > 1]
+        specials.sort(key=len, reverse=True)  # the longest first where one holds another
+        pattern = re.compile("|".join(map(re.escape, specials))) if specials else None
+        try:
+            _SPECIALS[tokenizer] = pattern
+        except TypeError:  # an object without weak references: not cached
+            pass
+    if pattern is None:
+        return text
+    return pattern.sub(lambda m: m.group(0)[0] + WORD_JOINER + m.group(0)[1:], text)
+
+
 def has_chat_template(tokenizer: Any) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
 def prompt_head(tokenizer: Any, question: str, system_prompt: str | None, delimiter: str) -> str:
     """The prompt up to the solution: the chat template over ``[system?, user question]`` with
-    the generation prompt opened, or ``question + delimiter`` without a template."""
+    the generation prompt opened, or ``question + delimiter`` without a template. The
+    question's special-token texts stay text (:func:`plain_text`)."""
+    question = plain_text(tokenizer, question)
     if not has_chat_template(tokenizer):
         return question + delimiter
     messages = chat_messages(question, system_prompt)
     return str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+
+
+def prompt_text(
+    tokenizer: Any, prefix: Trajectory, system_prompt: str | None, delimiter: str
+) -> str:
+    """The prompt of a policy that continues ``prefix``: :func:`prompt_head`, then each step
+    so far (its special-token texts kept as text) followed by the delimiter."""
+    head = prompt_head(tokenizer, prefix.question, system_prompt, delimiter)
+    return head + "".join(plain_text(tokenizer, s) + delimiter for s in prefix.steps)
 
 
 def encode_prompt(tokenizer: Any, text: str) -> list[int]:

@@ -93,6 +93,12 @@ class NativeTokenizer:
     def __len__(self) -> int:
         return self._tok.get_vocab_size(with_added_tokens=True)
 
+    @property
+    def all_special_tokens(self) -> list[str]:
+        """The special tokens' texts (as transformers' tokenizers list them)."""
+        added = self._tok.get_added_tokens_decoder().values()
+        return [t.content for t in added if t.special]
+
     def convert_tokens_to_ids(self, token: str) -> int | None:
         found = self._tok.token_to_id(token)
         return self.unk_token_id if found is None else found

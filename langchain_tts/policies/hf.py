@@ -39,7 +39,7 @@ from langchain_tts.backends.text import (
     DEFAULT_STEP_DELIMITER,
     cut_at_delimiter,
     encode_prompt,
-    prompt_head,
+    prompt_text,
 )
 from langchain_tts.core.config import SamplingParams
 from langchain_tts.core.errors import ConfigError, check_seed, check_unicode
@@ -219,8 +219,7 @@ class HFPolicy(LocalModel, StepPolicy):
     # -- prompts ----------------------------------------------------------------------------
     def render_prompt(self, prefix: Trajectory) -> str:
         """Chat-templated question + the steps so far (each ending with the delimiter)."""
-        head = prompt_head(self.tokenizer, prefix.question, self.system_prompt, self.step_delimiter)
-        return head + self.render_prefix(prefix)
+        return prompt_text(self.tokenizer, prefix, self.system_prompt, self.step_delimiter)
 
     def clear_cache(self) -> None:
         if self.prefix_cache is not None:

@@ -25,7 +25,7 @@ from langchain_tts.backends.text import (
     cut_at_delimiter,
     encode_prompt,
     map_finish_reason,
-    prompt_head,
+    prompt_text,
 )
 from langchain_tts.core.config import SamplingParams
 from langchain_tts.core.errors import BackendError, ConfigError
@@ -357,8 +357,7 @@ class VLLMPolicy(StepPolicy):
     # -- prompts ----------------------------------------------------------------------------
     def render_prompt(self, prefix: Trajectory) -> str:
         """Chat-templated question + the steps so far (each ending with the delimiter)."""
-        head = prompt_head(self.tokenizer, prefix.question, self.system_prompt, self.step_delimiter)
-        return head + self.render_prefix(prefix)
+        return prompt_text(self.tokenizer, prefix, self.system_prompt, self.step_delimiter)
 
     def encode(self, prefix: Trajectory) -> list[int]:
         text = self.render_prompt(prefix)

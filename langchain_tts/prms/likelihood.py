@@ -12,7 +12,12 @@ from typing import TYPE_CHECKING
 import torch
 
 from langchain_tts.backends.hf import pad_batch
-from langchain_tts.backends.text import DEFAULT_STEP_DELIMITER, encode_prompt, prompt_head
+from langchain_tts.backends.text import (
+    DEFAULT_STEP_DELIMITER,
+    encode_prompt,
+    plain_text,
+    prompt_head,
+)
 from langchain_tts.core.errors import ConfigError
 from langchain_tts.core.types import Trajectory
 from langchain_tts.prms.local import Encoded, LocalPRM
@@ -67,7 +72,8 @@ class LikelihoodPRM(LocalPRM):
         ids = encode_prompt(self.tokenizer, head)
         owner = [-1] * len(ids)
         for j, step in enumerate(trajectory.steps):
-            text = step + (self.step_delimiter if j < len(trajectory.steps) - 1 else "")
+            text = plain_text(self.tokenizer, step)
+            text += self.step_delimiter if j < len(trajectory.steps) - 1 else ""
             piece = self.tokenizer(text, add_special_tokens=False)["input_ids"]
             ids += piece
             owner += [j] * len(piece)

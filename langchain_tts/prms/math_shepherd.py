@@ -14,6 +14,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from langchain_tts.backends.hf import pad_batch
+from langchain_tts.backends.text import plain_text
 from langchain_tts.core.errors import ConfigError, PRMOutputError
 from langchain_tts.core.types import Trajectory
 from langchain_tts.prms.local import LocalPRM
@@ -221,9 +222,10 @@ class MathShepherdPRM(LabelTokenPRM):
 
     def render(self, trajectory: Trajectory) -> str:
         """``"{question} {step_1} ки\\n{step_2} ки..."`` (tags inside steps removed)."""
-        steps = [s.replace(self.step_tag, "").strip() for s in trajectory.steps]
+        tok = self.tokenizer  # special tokens' texts stay text (plain_text)
+        steps = [plain_text(tok, s.replace(self.step_tag, "").strip()) for s in trajectory.steps]
         body = self.step_separator.join(f"{s} {self.step_tag}" for s in steps)
-        return f"{trajectory.question} {body}"
+        return f"{plain_text(tok, trajectory.question)} {body}"
 
     def encode(self, trajectory: Trajectory) -> Encoded:
         ids = list(self.tokenizer(self.render(trajectory))["input_ids"])

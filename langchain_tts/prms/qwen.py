@@ -19,7 +19,12 @@ from langchain_tts.backends.hf import (
     dtype_kwargs,
     pad_batch,
 )
-from langchain_tts.backends.text import chat_messages, encode_prompt, has_chat_template
+from langchain_tts.backends.text import (
+    chat_messages,
+    encode_prompt,
+    has_chat_template,
+    plain_text,
+)
 from langchain_tts.core.errors import ConfigError, PRMOutputError
 from langchain_tts.core.types import Trajectory
 from langchain_tts.prms.base import DEFAULT_PRM_SYSTEM_PROMPT
@@ -120,9 +125,12 @@ class QwenPRM(LocalPRM):
         for (the counts no longer match) and split one step in two for the PRM.
         """
         # a tag inside a step would be read as a step's end; a space keeps its halves apart
-        steps = [s.replace(self.step_tag, " ") for s in trajectory.steps]
+        # (and the texts of other special tokens stay text: plain_text)
+        steps = [
+            plain_text(self.tokenizer, s.replace(self.step_tag, " ")) for s in trajectory.steps
+        ]
         answer = self.step_tag.join(steps) + self.step_tag
-        question = trajectory.question.replace(self.step_tag, " ")  # the same, for the question
+        question = plain_text(self.tokenizer, trajectory.question.replace(self.step_tag, " "))
         if not has_chat_template(self.tokenizer):
             return question + "\n\n" + answer
         messages = chat_messages(question, self.system_prompt, answer)
