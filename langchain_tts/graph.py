@@ -7,13 +7,13 @@ Strategies are looked up in the registry (:mod:`langchain_tts.strategies.registr
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING
 
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Checkpointer
 
 from langchain_tts.core.config import StrategyConfig
 from langchain_tts.core.errors import ConfigError
-from langchain_tts.limits import ServeLimits, limited_config
 from langchain_tts.policies.base import StepPolicy
 from langchain_tts.prms.base import ProcessRewardModel
 from langchain_tts.strategies import (
@@ -23,6 +23,9 @@ from langchain_tts.strategies import (
     strategy_config,
 )
 from langchain_tts.strategies.registry import Builder
+
+if TYPE_CHECKING:
+    from langchain_tts.limits import ServeLimits
 
 __all__ = [
     "STRATEGIES",
@@ -49,6 +52,14 @@ class _Strategies(Mapping[str, tuple[type[StrategyConfig], Builder]]):
 
     def __repr__(self) -> str:
         return f"STRATEGIES({list(STRATEGY_SPECS)})"
+
+
+def served_limits(limits: ServeLimits) -> ServeLimits:
+    """``limits`` if it is a :class:`~langchain_tts.limits.ServeLimits` (by its methods:
+    the serving layer sits above this one), else a :class:`ConfigError`."""
+    if not all(callable(getattr(limits, m, None)) for m in ("limited", "knob_check")):
+        raise ConfigError(f"limits must be a ServeLimits, got {type(limits).__name__}")
+    return limits
 
 
 #: strategy name -> (config class, graph builder), read from the registry
@@ -99,9 +110,7 @@ def create_tts_graph(
             f"prm must be a ProcessRewardModel (QwenPRM, ...) or None, got {type(prm).__name__}"
         )
     if limits is not None:
-        if not isinstance(limits, ServeLimits):
-            raise ConfigError(f"limits must be a ServeLimits, got {type(limits).__name__}")
-        config = limited_config(strategy_config(strategy, config), limits, str(strategy))
+        config = served_limits(limits).limited(strategy_config(strategy, config), str(strategy))
     return get_strategy(strategy).compile(
         policy, prm, config, checkpointer=checkpointer, name=name, output_key=output_key
     )

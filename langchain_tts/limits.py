@@ -189,6 +189,20 @@ class ServeLimits(BaseModel):
                 maxima[k] = context_length
         return self.model_copy(update={"maxima": maxima})
 
+    # What the graph builders call (they take any object with these methods, so the
+    # library's lower layers need not import the serving ones).
+    def limited(self, cfg: StrategyConfig, route: str) -> StrategyConfig:
+        """``cfg`` that refuses run knobs over these limits: :func:`limited_config`."""
+        return limited_config(cfg, self, route)
+
+    def knob_check(self, route: str) -> Callable[[Mapping[str, Any]], None]:
+        """The check of one run's knobs against these limits (a :class:`LimitError`)."""
+        return partial(check_knobs, self, route=route)
+
+    def default_budgets(self, budget: Mapping[str, float | None]) -> dict[str, float]:
+        """The default ``max_tokens`` / ``max_flops`` that ``budget`` leaves unset."""
+        return budget_defaults(self, budget, budget)
+
 
 def _known_knobs() -> frozenset[str]:
     """Every knob of every registered strategy and of the router."""

@@ -13,8 +13,7 @@ import dataclasses
 import inspect
 import math
 from collections.abc import Callable, Mapping
-from functools import partial
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from langchain_core.runnables import RunnableConfig, RunnableLambda
 from langgraph.graph import END, START, StateGraph
@@ -41,8 +40,8 @@ from langchain_tts.core.config import (
 )
 from langchain_tts.core.errors import BudgetExceededError, ConfigError, InputError
 from langchain_tts.core.types import Trajectory, Usage
+from langchain_tts.graph import served_limits
 from langchain_tts.ledger import Ledger, meter
-from langchain_tts.limits import ServeLimits, budget_defaults, check_knobs
 from langchain_tts.policies.base import StepPolicy
 from langchain_tts.prms.base import ProcessRewardModel
 from langchain_tts.routing.difficulty import (
@@ -78,6 +77,9 @@ from langchain_tts.strategies.progress import DONE_EVENT, ROUTE_EVENT, Progress
 from langchain_tts.strategies.registry import get_strategy
 from langchain_tts.strategies.selection import select_answer
 from langchain_tts.tracing import graph_run_config, trace_event
+
+if TYPE_CHECKING:
+    from langchain_tts.limits import ServeLimits
 
 __all__ = [
     "DIRECT_TIERS",
@@ -595,13 +597,11 @@ def create_router_graph(
         raise ConfigError(f"prm must be a ProcessRewardModel or None, got {type(prm).__name__}")
     table = _as_table(table)
     if limits is not None:
-        if not isinstance(limits, ServeLimits):
-            raise ConfigError(f"limits must be a ServeLimits, got {type(limits).__name__}")
-        budget = {"max_flops": max_flops, "max_tokens": max_tokens}
-        defaults = budget_defaults(limits, budget, budget)
+        limits = served_limits(limits)
+        defaults = limits.default_budgets({"max_flops": max_flops, "max_tokens": max_tokens})
         max_flops = defaults.get("max_flops", max_flops)
         max_tokens = defaults.get("max_tokens", max_tokens)
-        knob_check = _both(knob_check, partial(check_knobs, limits, route="router"))
+        knob_check = _both(knob_check, limits.knob_check("router"))
     knobs = _router_config(
         max_flops=max_flops,
         max_tokens=max_tokens,
