@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -280,3 +281,20 @@ def test_client_mistakes_are_4xx_not_backend_failures():
         body["config"] = {"configurable": {"seed": 10**30, "n": 2}}
         resp = httpx.post(url, json=body, timeout=30)
         assert resp.status_code == 400 and "seed" in resp.text, resp.text
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="Task.cancelling() tells the two apart")
+def test_a_backend_raising_cancelled_error_itself_is_a_backend_error():
+    """An HTTP client giving up inside raises CancelledError although nobody cancelled the
+    run: that is the backend failing (a BackendError naming it), not a cancellation."""
+    from langchain_tts import BackendError, create_tts_graph
+    from langchain_tts.testing import FakePolicy, FakePRM
+
+    class GivesUp(FakePolicy):
+        async def _agenerate(self, prefixes, n, params):
+            raise asyncio.CancelledError("the client gave up")
+
+    graph = create_tts_graph(GivesUp(lambda p, i: "3+4=7"), FakePRM(lambda t: [0.5] * len(t.steps)),
+                             "beam_search", {"n": 4, "beam_width": 2})  # fmt: skip
+    with pytest.raises(BackendError, match="fake-policy failed while sampling.*CancelledError"):
+        asyncio.run(graph.ainvoke({"question": "Start with 3. Add 4."}))

@@ -7,6 +7,7 @@ No strategy re-implements batching, scoring or answer selection: they call :func
 
 from __future__ import annotations
 
+import asyncio
 import difflib
 import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -745,14 +746,30 @@ async def _backend_call(
         return await traced_call(backend, fn, *args)
     except TTSError:
         raise
+    except asyncio.CancelledError as e:
+        if not _cancelled_itself(e):  # the task was cancelled: never caught
+            raise
+        raise _failed(backend, what, e) from e
     except Exception as e:
         if getattr(e, HANDLER_ERROR, False):  # a callback handler's own error, not the model's
             raise
-        name = getattr(backend, "name", None) or type(backend).__name__
-        raise BackendError(
-            f"{name} failed while {what}: {type(e).__name__}: {e}",
-            partial={"error": f"{type(e).__name__}: {e}"},
-        ) from e
+        raise _failed(backend, what, e) from e
+
+
+def _cancelled_itself(e: asyncio.CancelledError) -> bool:
+    """Whether a backend raised ``CancelledError`` of its own (an HTTP client giving up
+    inside), while nobody cancelled this task (Python 3.11+ can tell; before, never)."""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return cancelling is not None and cancelling() == 0
+
+
+def _failed(backend: object, what: str, e: BaseException) -> BackendError:
+    name = getattr(backend, "name", None) or type(backend).__name__
+    return BackendError(
+        f"{name} failed while {what}: {type(e).__name__}: {e}",
+        partial={"error": f"{type(e).__name__}: {e}"},
+    )
 
 
 def finalize_update(
