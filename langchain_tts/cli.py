@@ -285,6 +285,14 @@ def eval_cmd(
         "Please reason step by step, and put your final answer within \\boxed{}."
     ),
     timeout: Annotated[float, typer.Option(help="openai: seconds per HTTP request")] = 600.0,
+    context_length: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="openai: the policy server's --max-model-len (steps near its end get the room "
+            "left; questions too long for it are refused)",
+        ),
+    ] = None,
 ) -> None:
     """Run strategies x budgets over a dataset and print the accuracy/compute table.
 
@@ -338,7 +346,7 @@ def eval_cmd(
             base_url, model, api_key=api_key, policy_params=policy_params, prm_url=prm_url,
             prm_model=prm_model, prm_format=prm_format, prm_params=prm_params,
             chat_template=chat_template, tokenizer=tokenizer, system_prompt=system_prompt,
-            timeout=timeout,
+            timeout=timeout, context_length=context_length,
         )  # fmt: skip
         policy = policy or model
         prm = prm or (prm_model if verifier is not None else "none")
@@ -381,6 +389,7 @@ def _remote(
     tokenizer: str | None,
     system_prompt: str,
     timeout: float,
+    context_length: int | None = None,
 ):
     """An OpenAIPolicy (and an HTTPRewardPRM when --prm-url is given) for `tts eval`."""
     from langchain_tts.policies.openai import OpenAIPolicy
@@ -395,6 +404,7 @@ def _remote(
         system_prompt=system_prompt or None,
         timeout=timeout,
         num_parameters=int(policy_params),
+        context_length=context_length,
     )
     if not prm_url:
         return pol, None

@@ -606,3 +606,41 @@ def test_a_prm_output_error_carries_the_search_progress(serve):
         graph.invoke({"question": "Start with 3."})
     progress = info.value.progress
     assert progress is not None and progress["step"] == 2 and len(progress["active"]) == 2
+
+
+@pytest.mark.parametrize("tokenize", [True, False])
+def test_a_prompt_near_the_end_of_the_context_gets_its_own_step_cap(tokenize: bool):
+    """vLLM refuses a prompt whose tokens plus ``max_tokens`` pass ``--max-model-len``, and
+    one such prompt failed the whole batched request. Prompts near the end now go in
+    requests of their own with the cap their room allows (counted by ``/tokenize``, or
+    bounded by their bytes without it), keep their seeds, and a prompt that fills the
+    context writes nothing; the others keep the whole step cap."""
+    limit, sent = 4096, []
+
+    def handler(path: str, body: dict) -> Any:
+        if path.endswith("/tokenize"):
+            if not tokenize:
+                return 404, {"error": {"message": "no route"}}
+            return 200, {"count": len(body["prompt"]) // 4, "tokens": []}
+        if path.endswith("/completions"):
+            sent.append((len(body["prompt"]), body["max_tokens"], body.get("seed")))
+            if max(len(p) // 4 for p in body["prompt"]) + body["max_tokens"] > limit:
+                return 400, {"error": {"message": "maximum context length", "code": 400}}
+        return None
+
+    q = "Start with 3. Add 4."
+    short = Trajectory(question=q, steps=["3+4=7"])
+    near = Trajectory(question=q, steps=["3+4=7 " * 4] * (500 if tokenize else 120))
+    full = Trajectory(question=q, steps=["3+4=7 " * 4] * 800)
+    with FakeOpenAIServer(handler) as server:
+        policy = OpenAIPolicy(server.url, "m", chat_template="none", context_length=limit)
+        params = SamplingParams(temperature=1.0, seed=5)
+        out = policy.generate([short, near, full, short], 2, params)
+    assert [row[0].finish_reason for row in out.steps][2] == "length"
+    assert out.steps[2][0].text == "" and all(
+        row[0].text for i, row in enumerate(out.steps) if i != 2
+    )
+    (n0, cap0, seed0), (n1, cap1, seed1), (n3, cap3, seed3) = sent
+    assert (n0, cap0, seed0) == (1, 2048, 5) and (n3, cap3, seed3) == (1, 2048, 5 + 3 * 2)
+    assert n1 == 1 and 0 < cap1 < 2048 and seed1 == 5 + 1 * 2
+    assert out.usage.policy_calls == 3  # three requests, each counted

@@ -51,6 +51,7 @@ from langchain_tts.backends.http import (
     ChatTemplateMode,
     ServerClient,
     by_index,
+    server_root,
     token_count,
     usage_of,
 )
@@ -259,15 +260,87 @@ class OpenAIPolicy(ServerClient, StepPolicy):
         prompts = await self.render_prompts(prefixes)
         # Greedy samples are identical: ask for one per prefix and copy it n times.
         copies = 1 if params.temperature == 0 else n
+        caps = await self._step_caps(prompts, params)
+        if caps is None:  # every prompt has room for a whole step: one request
+            steps, usage = await self._request(prompts, copies, params)
+        else:
+            steps, usage = await self._requests_by_cap(prompts, copies, params, caps)
+        if copies != n:
+            steps = [row * n for row in steps]
+        usage.seconds = time.perf_counter() - t0
+        return PolicyResult(steps=steps, usage=usage)
+
+    async def _request(
+        self, prompts: list[str], copies: int, params: SamplingParams
+    ) -> tuple[list[list[Step]], Usage]:
         data = await self.http.post_json(
             self.completions_url, self._payload(prompts, copies, params)
         )
         steps = self._parse(data, len(prompts), copies, params)
-        if copies != n:
-            steps = [row * n for row in steps]
-        usage = self._usage(data, prompts, steps, copies)
-        usage.seconds = time.perf_counter() - t0
-        return PolicyResult(steps=steps, usage=usage)
+        return steps, self._usage(data, prompts, steps, copies)
+
+    async def _requests_by_cap(
+        self, prompts: list[str], copies: int, params: SamplingParams, caps: list[int]
+    ) -> tuple[list[list[Step]], Usage]:
+        """One request per run of neighbouring prompts with the same step cap (a server
+        refuses a prompt whose tokens plus ``max_tokens`` pass its context, and one such
+        prompt used to fail the whole batch). A run keeps its prompts' seeds
+        (``seed + i * n + j``); a prompt that fills the context writes nothing."""
+        runs: list[tuple[int, int, int]] = []  # (start, end, cap)
+        for i, cap in enumerate(caps):
+            if runs and runs[-1][2] == cap and runs[-1][1] == i:
+                runs[-1] = (runs[-1][0], i + 1, cap)
+            else:
+                runs.append((i, i + 1, cap))
+
+        def run_params(start: int, cap: int) -> SamplingParams:
+            seed = None if params.seed is None else params.seed + start * copies
+            return params.model_copy(update={"max_step_tokens": cap, "seed": seed})
+
+        todo = [(a, b, cap) for a, b, cap in runs if cap > 0]
+        done = await asyncio.gather(
+            *(self._request(prompts[a:b], copies, run_params(a, cap)) for a, b, cap in todo)
+        )
+        steps: list[list[Step]] = [[Step(text="", finish_reason="length")] * copies] * len(caps)
+        usage = Usage()
+        for (a, b, _), (rows, u) in zip(todo, done, strict=True):
+            steps[a:b] = rows
+            usage = usage + u
+        return steps, usage
+
+    async def _step_caps(self, prompts: list[str], params: SamplingParams) -> list[int] | None:
+        """Per prompt, the step cap its room in the served model's context allows (None:
+        each has room for ``max_step_tokens``, or ``context_length`` is not known). Only
+        prompts whose bytes could pass the context are counted: by the client tokenizer,
+        else vLLM's ``/tokenize``, else their bytes (no tokenizer emits more tokens)."""
+        limit, cap = self.context_length, params.max_step_tokens
+        if limit is None:
+            return None
+        near = [i for i, p in enumerate(prompts) if _nbytes(p) + _SPECIAL_TOKENS + cap > limit]
+        if not near:
+            return None
+        counts = await asyncio.gather(*(self._prompt_tokens(prompts[i]) for i in near))
+        caps = [cap] * len(prompts)
+        for i, used in zip(near, counts, strict=True):
+            caps[i] = max(0, min(cap, limit - used))
+        return None if min(caps) == cap else caps
+
+    async def _prompt_tokens(self, prompt: str) -> int:
+        add_special = not self._templated  # as the request asks the server
+        if self.tokenizer is not None:
+            return len(self.tokenizer(prompt, add_special_tokens=add_special)["input_ids"])
+        if self.vllm_extensions:
+            root = server_root(self.base_url)
+            body = {"model": self.model, "prompt": prompt, "add_special_tokens": add_special}
+            try:
+                data = await self.http.post_json(f"{root}/tokenize", body)
+                count = token_count(data, "count", f"{self.name}: {root}/tokenize")
+            except BackendError:  # a server without it: the bound below
+                count = None
+            self.templating_requests += 1
+            if count is not None:
+                return count
+        return _nbytes(prompt) + _SPECIAL_TOKENS
 
     def _parse(
         self, data: dict, num_prompts: int, copies: int, params: SamplingParams
