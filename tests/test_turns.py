@@ -270,3 +270,44 @@ def test_three_turns_on_the_embedded_models_with_sqlite():
         assert out["usage"].policy_calls == 1 and out["usage"].prm_calls == 1
         alone = fresh.invoke({"question": q})
         assert out["answer"] == alone["answer"] and out["solution"] == alone["solution"]
+
+
+def test_a_turn_without_a_new_human_message_is_an_input_error(saver):
+    """``{"messages": []}`` on a thread, or a turn that adds only an AI note, asks nothing
+    new: it used to answer the thread's last question again (and pay for it) and append
+    another reply. A ``question`` passed in still asks, whatever the chat ends with."""
+    from langchain_tts.core.errors import InputError
+
+    policy = FakePolicy(adder)
+    graph = create_tts_graph(policy, FakePRM(prefer_right), "best_of_n", {"n": 2},
+                             checkpointer=saver)  # fmt: skip
+    rc = {"configurable": {"thread_id": "no-new-question"}}
+    graph.invoke({"messages": [("human", TURNS[0])]}, rc)
+    calls = len(policy.calls)
+    for turn in ({"messages": []}, {"messages": [AIMessage("a note of the app's")]}):
+        with pytest.raises(InputError, match="newest message is an AI message.*no new question"):
+            graph.invoke(turn, rc)
+    assert len(policy.calls) == calls
+    out = graph.invoke({"question": TURNS[1]}, rc)
+    assert out["answer"] == ANSWERS[1]
+
+
+def test_a_parent_question_left_from_an_earlier_turn_is_answered_with_a_warning(saver):
+    """A default-contract parent that declares ``question`` but does not write it each turn
+    keeps turn 1's (the TTS node writes it back): the node says so instead of answering
+    the old question silently."""
+
+    class App(MessagesState):
+        question: str
+        answer: str | None
+
+    tts = create_tts_graph(FakePolicy(adder), FakePRM(prefer_right), "best_of_n", {"n": 2})
+    g = StateGraph(App)
+    g.add_node("tts", tts)
+    g.add_edge(START, "tts")
+    g.add_edge("tts", END)
+    app = g.compile(checkpointer=saver)
+    rc = {"configurable": {"thread_id": "stale-question"}}
+    assert app.invoke({"messages": [("human", TURNS[0])]}, rc)["answer"] == ANSWERS[0]
+    with pytest.warns(UserWarning, match="not in the chat's newest human message"):
+        app.invoke({"messages": [("human", TURNS[1])]}, rc)

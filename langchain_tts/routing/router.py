@@ -810,7 +810,7 @@ class _Router:
                 "prefix_steps to a strategy graph instead"
             )
         return {
-            **prepare_update(state, policy=self.policy, prm=self.prm),
+            **prepare_update(state, policy=self.policy, prm=self.prm, config=config),
             "difficulty": None,
             "route": None,
         }

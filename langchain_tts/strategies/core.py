@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import difflib
 import math
+import warnings
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Annotated, Any, TypeVar
 
@@ -376,6 +377,41 @@ def question_of(state: TTSState) -> str:
     return q.strip()
 
 
+def check_chat_turn(state: TTSState, config: RunnableConfig | None) -> None:
+    """The chat must ask something new. Run on its own with only ``messages``, a chat whose
+    newest message is not a human one (``{"messages": []}`` on a thread, an AI note) has
+    no new question: it used to answer the thread's last question again and append another
+    reply. Inside a parent, a ``question`` the parent left from an earlier turn (it is not
+    in the newest human message) is answered with a warning: the parent must write it
+    each turn, or use ``output_key``."""
+    messages = state.get("messages") or []
+    if not messages:
+        return
+    conf = (config or {}).get("configurable") or {}
+    nested = "|" in str(conf.get("checkpoint_ns") or "")
+    question = state.get("question")
+    if question is None and not nested and not isinstance(messages[-1], HumanMessage):
+        kind = {"ai": "an AI", "system": "a system", "tool": "a tool"}.get(
+            messages[-1].type, f"a {messages[-1].type}"
+        )
+        raise InputError(
+            f"the chat's newest message is {kind} message, not a human one: "
+            "there is no new question to answer. Send the question as a human message, or "
+            "as {'question': '...'}"
+        )
+    if nested and isinstance(question, str):
+        human = next((m for m in reversed(messages) if isinstance(m, HumanMessage)), None)
+        asked = "" if human is None else human.content
+        if isinstance(asked, str) and human is not None and question.strip() not in asked:
+            warnings.warn(
+                f"answering the parent's question {question[:80]!r}, which is not in the "
+                f"chat's newest human message {asked[:80]!r}: a parent that keeps 'question' "
+                "must write it each turn (or build the graph with output_key=..., which reads "
+                "the chat only)",
+                stacklevel=2,
+            )
+
+
 def _text_of(content: list) -> str:
     """The text of a message's content blocks (strings and ``{"type": "text"}`` blocks)."""
     parts = []
@@ -449,12 +485,14 @@ def prepare_update(
     *,
     policy: StepPolicy | None = None,
     prm: ProcessRewardModel | None = None,
+    config: RunnableConfig | None = None,
 ) -> dict:
     """The ``prepare`` update: this run's question and a fresh search (a reused checkpointer
     thread holds the previous run's beams, stop reason and usage); ``warnings`` when
     ``policy`` was not trained on questions like this one (:mod:`langchain_tts.core.domain`).
     A question too long for the models' context is an :class:`InputError`
-    (:func:`check_context`)."""
+    (:func:`check_context`), as is a chat with no new question (:func:`check_chat_turn`)."""
+    check_chat_turn(state, config)
     question = question_of(state)
     prefix = prefix_of(state)
     check_context(question, policy, prm, cfg, prefix)

@@ -188,7 +188,7 @@ def prepare_node(
         cfg = resolve_config(base, rc)
         if check is not None:
             check(cfg)
-        return {**prepare_update(state, cfg, policy=policy, prm=prm), **fresh()}
+        return {**prepare_update(state, cfg, policy=policy, prm=prm, config=rc), **fresh()}
 
     return node(prepare, "prepare")
 
