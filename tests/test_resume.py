@@ -286,3 +286,26 @@ async def test_keep_checkpoints_prunes_an_in_memory_saver_too():
     assert blobs <= set(versions.items())  # only the kept checkpoint's channel values
     state = graph.get_state(cfg).values
     assert len(state["messages"]) == 4  # both turns, question and answer each
+
+
+def test_an_edited_mid_search_checkpoint_goes_on_searching_as_prepare():
+    """Time travel: the search nodes route themselves, so an update LangGraph attributes to
+    one of them leaves no next node; attributed to ``prepare`` (as the docs say) the fork
+    searches on from the edited beams to the uninterrupted run's answer."""
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    from langchain_tts.checkpoint import serializer
+    from langchain_tts.graph import create_tts_graph
+    from langchain_tts.testing import FakePolicy, FakePRM
+    from tests.test_turns import adder, prefer_right
+
+    graph = create_tts_graph(FakePolicy(adder), FakePRM(prefer_right), "beam_search",
+                             {"n": 4, "beam_width": 2, "seed": 0},
+                             checkpointer=InMemorySaver(serde=serializer()))  # fmt: skip
+    cfg = {"configurable": {"thread_id": "fork"}}
+    ref = graph.invoke({"question": "Start with 5. Add 6."}, cfg)
+    mid = next(h for h in graph.get_state_history(cfg) if h.next == ("step",) and h.values["step"])
+    fork = graph.update_state(mid.config, {"active": mid.values["active"]}, as_node="prepare")
+    assert graph.get_state(fork).next == ("step",)
+    out = graph.invoke(None, fork)
+    assert out["answer"] == ref["answer"] == "11" and out["stop_reason"] == ref["stop_reason"]
