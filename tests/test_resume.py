@@ -309,3 +309,37 @@ def test_an_edited_mid_search_checkpoint_goes_on_searching_as_prepare():
     assert graph.get_state(fork).next == ("step",)
     out = graph.invoke(None, fork)
     assert out["answer"] == ref["answer"] == "11" and out["stop_reason"] == ref["stop_reason"]
+
+
+def test_update_state_takes_plain_data_as_a_json_client_sends_it():
+    """``usage`` as a dict was an AttributeError in the reducer, and beams as dicts were
+    kept as dicts (a serializer warning on every checkpoint): both are read as the
+    package's types; anything else for ``usage`` is an error naming what it takes."""
+    import warnings
+
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    from langchain_tts.checkpoint import serializer
+    from langchain_tts.core.types import Trajectory, Usage
+    from langchain_tts.graph import create_tts_graph
+    from langchain_tts.testing import FakePolicy, FakePRM
+    from tests.test_turns import adder, prefer_right
+
+    graph = create_tts_graph(FakePolicy(adder), FakePRM(prefer_right), "beam_search",
+                             {"n": 4, "beam_width": 2, "seed": 0},
+                             checkpointer=InMemorySaver(serde=serializer()))  # fmt: skip
+    cfg = {"configurable": {"thread_id": "plain"}}
+    graph.invoke({"question": "Start with 5. Add 6."}, cfg)
+    mid = next(h for h in graph.get_state_history(cfg) if h.next == ("step",) and h.values["step"])
+    beams = [t.model_dump(mode="json") for t in mid.values["active"]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no serializer warnings
+        fork = graph.update_state(
+            mid.config, {"active": beams, "usage": {"policy_calls": 1}}, as_node="prepare"
+        )
+        state = graph.get_state(fork).values
+    assert all(isinstance(t, Trajectory) for t in state["active"])
+    assert isinstance(state["usage"], Usage)
+    assert graph.invoke(None, fork)["answer"] == "11"
+    with pytest.raises(TypeError, match="a usage update is a Usage"):
+        graph.update_state(mid.config, {"usage": 5}, as_node="prepare")

@@ -7,7 +7,7 @@ JSON-like data and logs no "Deserializing unregistered type ..." warning.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import cache
 from typing import Any
 
@@ -34,6 +34,16 @@ def from_plain(typ: Any, data: Any) -> Any:
     return data if data is MISSING else _adapter(typ).validate_python(data)
 
 
+def _typed(typ: Any, value: Any) -> Any:
+    """A write of plain data (``update_state`` from a JSON client: a dict, a list of dicts)
+    as ``typ``; the graph's own writes hold the objects and pass as they are (cheaply)."""
+    if isinstance(value, dict) or (
+        isinstance(value, list) and value and isinstance(value[0], dict)
+    ):
+        return from_plain(typ, value)
+    return value
+
+
 class PlainValue(LastValue):
     """A ``LastValue`` channel whose checkpoint is plain data, rebuilt as ``typ`` on load.
 
@@ -42,6 +52,9 @@ class PlainValue(LastValue):
     """
 
     __slots__ = ()
+
+    def update(self, values: Sequence[Any]) -> bool:
+        return super().update([_typed(self.typ, v) for v in values])
 
     def checkpoint(self) -> Any:
         return to_plain(self.typ, self.value)

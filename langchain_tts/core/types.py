@@ -159,13 +159,20 @@ class Usage(BaseModel):
 RESET_USAGE = "reset"
 
 
-def add_usage(left: Usage | None, right: Usage | str | None) -> Usage:
+def add_usage(left: Usage | None, right: Usage | dict | str | None) -> Usage:
     """LangGraph reducer: every node returns the usage of its own calls; :data:`RESET_USAGE`
-    sets it back to zero."""
+    sets it back to zero. A plain dict (``update_state`` from a JSON client) is read as a
+    :class:`Usage`."""
     if isinstance(right, str):
         if right != RESET_USAGE:
             raise ValueError(f"a usage update is a Usage or {RESET_USAGE!r}, got {right!r}")
         return Usage()
+    if isinstance(right, dict):
+        right = Usage.model_validate(right)  # a ValidationError names a bad field
+    elif right is not None and not isinstance(right, Usage):
+        raise TypeError(
+            f"a usage update is a Usage (or its fields as a dict), got {type(right).__name__}"
+        )
     return (left or Usage()) + right
 
 
