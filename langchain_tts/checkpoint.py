@@ -28,11 +28,12 @@ if TYPE_CHECKING:
 
 def state_types() -> list[type]:
     """The pydantic classes that TTS graph state stores (and checkpoints hold): the shared
-    ones and those of every registered strategy (``StrategySpec.state_types``)."""
+    ones, the router's and those of every registered strategy (``StrategySpec.state_types``)."""
     from langchain_tts.core.types import Step, Trajectory, Usage
+    from langchain_tts.routing.router import ROUTER_STATE_TYPES
     from langchain_tts.strategies import STRATEGY_SPECS
 
-    out: list[type] = [Trajectory, Usage, Step]
+    out: list[type] = [Trajectory, Usage, Step, *ROUTER_STATE_TYPES]
     for spec in STRATEGY_SPECS.values():
         out += [t for t in spec.state_types if t not in out]
     return out

@@ -134,8 +134,8 @@ class Route(BaseModel):
     probe_fallback: bool = Field(False, description="strategy found no answer; probe's used")
 
 
-#: pydantic types the router adds to the state: register them with a checkpoint serializer,
-#: e.g. ``langchain_tts.checkpoint.serializer(extra=ROUTER_STATE_TYPES)``
+#: pydantic types the router adds to the state (``langchain_tts.checkpoint.serializer()``
+#: registers them with the package's own)
 ROUTER_STATE_TYPES: list[type] = [DifficultyEstimate, Route]
 
 
