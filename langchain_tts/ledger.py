@@ -311,9 +311,20 @@ class MeteredPRM(ProcessRewardModel):
 
 
 def meter(model: Any, ledger: Ledger) -> Any:
-    """``model`` wrapped to spend from ``ledger`` (a policy, a PRM, or None)."""
+    """``model`` wrapped to spend from ``ledger`` (a policy, a PRM, or None).
+
+    A FLOPs cap needs the model's size: a model with ``num_parameters=0`` (a server's whose
+    size was not given) would spend no FLOPs and run past any ``max_flops``, so that is a
+    :class:`ConfigError`."""
     if model is None:
         return None
+    if ledger.max_flops is not None and not getattr(model, "num_parameters", 0):
+        name = getattr(model, "name", None) or type(model).__name__
+        raise ConfigError(
+            f"max_flops cannot be enforced on {name}: its num_parameters is 0, so its calls "
+            "count no FLOPs. Pass num_parameters=... (the served model's size) to it, or "
+            "budget with max_tokens instead"
+        )
     if isinstance(model, StepPolicy):
         return MeteredPolicy(model, ledger)
     if isinstance(model, ProcessRewardModel):

@@ -239,6 +239,23 @@ def test_a_budget_below_the_first_call_names_the_least_that_runs():
         graph.invoke({"question": "2+2?"}, {"configurable": {"max_flops": 1}})
 
 
+def test_max_flops_needs_each_called_models_size():
+    """A model with num_parameters=0 (a server's whose size was not given) counts no FLOPs:
+    a max_flops of 1 ran whole searches. Now the run is refused before any call, naming the
+    model and the fix; max_tokens still works without a size."""
+    policy, prm = CappedPolicy(depth=3), FakePRM(step_scores)
+    policy.num_parameters, prm.num_parameters = 0, 1000
+    graph = create_tts_graph(policy, prm, "beam_search", {"n": 4, "beam_width": 2})
+    with pytest.raises(ConfigError, match="max_flops cannot be enforced on .*num_parameters is 0"):
+        graph.invoke({"question": "2+2?"}, context={"max_flops": 1e12})
+    assert not policy.calls
+    policy.num_parameters, prm.num_parameters = 1000, 0  # the PRM's calls would be free
+    with pytest.raises(ConfigError, match="num_parameters is 0"):
+        graph.invoke({"question": "2+2?"}, context={"max_flops": 1e12})
+    out = graph.invoke({"question": "2+2?"}, context={"max_tokens": 10_000})
+    assert out["usage"].tokens <= 10_000
+
+
 # -- configuration ---------------------------------------------------------------------------
 @pytest.mark.parametrize("strategy", sorted(STRATEGIES))
 @pytest.mark.parametrize("bad", [0, -1.0, float("nan"), True, "lots"])

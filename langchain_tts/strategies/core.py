@@ -390,7 +390,8 @@ def check_chat_turn(state: TTSState, config: RunnableConfig | None) -> None:
     conf = (config or {}).get("configurable") or {}
     nested = "|" in str(conf.get("checkpoint_ns") or "")
     question = state.get("question")
-    if question is None and not nested and not isinstance(messages[-1], HumanMessage):
+    earlier = any(isinstance(m, HumanMessage) for m in messages)  # else: "no question"
+    if question is None and not nested and earlier and not isinstance(messages[-1], HumanMessage):
         kind = {"ai": "an AI", "system": "a system", "tool": "a tool"}.get(
             messages[-1].type, f"a {messages[-1].type}"
         )
