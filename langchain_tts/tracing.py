@@ -133,13 +133,15 @@ def _prompt_summary(prefixes: Sequence[Trajectory], n: int) -> str:
 
 
 def token_usage(usage: Usage) -> dict[str, int]:
-    """A policy call's tokens in OpenAI's ``token_usage`` form (what LangSmith reads)."""
-    prompt, gen = usage.policy_prompt_tokens, usage.policy_generated_tokens
+    """A policy call's tokens in OpenAI's ``token_usage`` form (what LangSmith reads): as in
+    OpenAI's, ``prompt_tokens`` include the ``cached_tokens`` read from a prefix cache."""
+    cached = usage.policy_cached_tokens
+    prompt, gen = usage.policy_prompt_tokens + cached, usage.policy_generated_tokens
     return {
         "prompt_tokens": prompt,
         "completion_tokens": gen,
         "total_tokens": prompt + gen,
-        "cached_tokens": usage.policy_cached_tokens,
+        "cached_tokens": cached,
     }
 
 

@@ -151,10 +151,12 @@ def test_the_chat_reply_is_named_and_carries_token_usage():
     reply = out["messages"][-1]
     assert isinstance(reply, AIMessage) and reply.name == "math_search"
     u = out["usage"]
+    prompt = u.policy_prompt_tokens + u.policy_cached_tokens  # LangChain's: cache reads too
     assert reply.usage_metadata == {
-        "input_tokens": u.policy_prompt_tokens,
+        "input_tokens": prompt,
         "output_tokens": u.policy_generated_tokens,
-        "total_tokens": u.policy_prompt_tokens + u.policy_generated_tokens,
+        "total_tokens": prompt + u.policy_generated_tokens,
+        "input_token_details": {"cache_read": u.policy_cached_tokens},
     }
     assert reply.usage_metadata["output_tokens"] > 0
 

@@ -72,11 +72,11 @@ def check_beam_search_trace(root: Run, out: dict) -> None:
     assert len(prm_runs) == usage.prm_calls == STEPS
     # the calls' token counts are the ledger's
     tok = [r.outputs["llm_output"]["token_usage"] for r in policy_runs]
-    assert sum(t["prompt_tokens"] for t in tok) == usage.policy_prompt_tokens
+    prompt = usage.policy_prompt_tokens + usage.policy_cached_tokens  # OpenAI's: with cached
+    assert sum(t["prompt_tokens"] for t in tok) == prompt
+    assert sum(t["cached_tokens"] for t in tok) == usage.policy_cached_tokens
     assert sum(t["completion_tokens"] for t in tok) == usage.policy_generated_tokens
-    assert sum(t["total_tokens"] for t in tok) == (
-        usage.policy_prompt_tokens + usage.policy_generated_tokens
-    )
+    assert sum(t["total_tokens"] for t in tok) == prompt + usage.policy_generated_tokens
     assert sum(r.outputs["llm_output"]["flops"] for r in policy_runs) == usage.policy_flops
     assert sum(r.outputs["tokens"] for r in prm_runs) == usage.prm_tokens
     assert sum(r.outputs["flops"] for r in prm_runs) == usage.prm_flops
@@ -314,7 +314,7 @@ def test_trace_of_a_beam_search_on_the_embedded_models():
         prms += [k for k in node.child_runs if k.run_type == "chain"]
     assert len(pol) == usage.policy_calls and len(prms) == usage.prm_calls
     tok = [r.outputs["llm_output"]["token_usage"] for r in pol]
-    assert sum(t["prompt_tokens"] for t in tok) == usage.policy_prompt_tokens
+    assert sum(t["prompt_tokens"] - t["cached_tokens"] for t in tok) == usage.policy_prompt_tokens
     assert sum(t["completion_tokens"] for t in tok) == usage.policy_generated_tokens
     assert sum(r.outputs["tokens"] for r in prms) == usage.prm_tokens
     assert sum(r.outputs["flops"] for r in prms) + sum(

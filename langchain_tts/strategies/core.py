@@ -840,10 +840,13 @@ def answer_message(solution: str, name: str | None, usage: Usage) -> AIMessage:
     """The chat reply of a run: the solution, named after the graph, with its token usage.
 
     ``usage_metadata`` counts the policy's tokens only, over every call of the run: prompt
-    tokens as input, generated tokens as output (what a chat app bills as "the model").
-    The PRM's tokens and FLOPs are in the run's ``usage``.
+    tokens as input (those read from a prefix cache included, and also given as
+    ``input_token_details.cache_read``, LangChain's convention), generated tokens as
+    output (what a chat app bills as "the model"). The PRM's tokens and FLOPs are in the
+    run's ``usage``.
     """
-    tokens_in, tokens_out = usage.policy_prompt_tokens, usage.policy_generated_tokens
+    cached = usage.policy_cached_tokens
+    tokens_in, tokens_out = usage.policy_prompt_tokens + cached, usage.policy_generated_tokens
     return AIMessage(
         content=solution or "(no solution found)",
         name=name,
@@ -851,6 +854,7 @@ def answer_message(solution: str, name: str | None, usage: Usage) -> AIMessage:
             "input_tokens": tokens_in,
             "output_tokens": tokens_out,
             "total_tokens": tokens_in + tokens_out,
+            "input_token_details": {"cache_read": cached},
         },
     )
 
