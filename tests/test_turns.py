@@ -178,10 +178,14 @@ def test_a_crashed_run_abandoned_for_a_new_message_answers_the_new_one():
     rc = {"configurable": {"thread_id": "abandon"}}
     with pytest.raises(BackendError):
         graph.invoke({"question": TURNS[0]}, rc)
+    spent = graph.get_state(rc).values["usage"]  # the crashed run's steps before the crash
+    assert spent.policy_calls == 1
     boom["on"] = False
     out = graph.invoke({"messages": [("human", TURNS[1])]}, rc)
     assert out["question"] == TURNS[1] and out["answer"] == ANSWERS[1]
     assert out["usage"].policy_calls == 2
+    # the thread's total counts what the abandoned run spent too (finalize never booked it)
+    assert graph.get_state(rc).values["thread_usage"] == spent + out["usage"]
 
 
 class ChatApp(MessagesState, total=False):

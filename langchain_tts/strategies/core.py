@@ -497,7 +497,14 @@ def prepare_update(
     question = question_of(state)
     prefix = prefix_of(state)
     check_context(question, policy, prm, cfg, prefix)
+    update: dict[str, Any] = {}
+    left = state.get("usage")
+    if left is not None and state.get("run_question") and not state.get("stop_reason"):
+        # the thread's previous run failed before its end (finalize books a run): what it
+        # spent is the thread's too
+        update["thread_usage"] = left
     return {
+        **update,
         "run_question": question,
         "run_prefix": prefix,
         "warnings": [] if policy is None else domain_warnings(question, policy),
