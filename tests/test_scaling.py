@@ -210,6 +210,10 @@ def test_flops_of_usage() -> None:
     assert flops_of_usage(usage, policy_params=10) == 2 * 10 * 150 + 7.0
     no_reuse = flops_without_cache(usage, policy_params=10, prm_params=5)
     assert no_reuse == 2 * 10 * (100 + 40 + 50) + 2 * 5 * 30
+    # a size left out is the one the booked FLOPs imply: the PRM is not dropped by default
+    implied = flops_without_cache(usage)
+    assert implied == pytest.approx(123.0 / 150 * 190 + 7.0)
+    assert flops_without_cache(usage, policy_params=10) == 2 * 10 * 190 + 7.0
     assert flops_of_usage(usage, prm_params=5) == 123.0 + 2 * 5 * 30
     assert flops_of_usage(usage + usage) == 260.0
     with pytest.raises(ValueError, match="Usage"):

@@ -81,15 +81,23 @@ def flops_of_usage(
     return policy + prm
 
 
-def flops_without_cache(usage: Usage, *, policy_params: float, prm_params: float = 0) -> float:
+def flops_without_cache(
+    usage: Usage, *, policy_params: float | None = None, prm_params: float | None = None
+) -> float:
     """FLOPs the same run would have cost with every cached token recomputed.
 
-    Why: the saving of prefix reuse is ``flops_without_cache(u, ...) - u.flops``; the
-    cached tokens are priced like computed ones (each read token re-prefilled).
+    Why: the saving of prefix reuse is ``flops_without_cache(u) - u.flops``; the cached
+    tokens are priced like computed ones (each read token re-prefilled). A model's size
+    left out (None) is the one its booked FLOPs imply (``flops / (2 x computed tokens)``),
+    so a PRM is not left out by default.
     """
-    policy = usage.policy_prompt_tokens + usage.policy_cached_tokens
-    policy += usage.policy_generated_tokens
+    computed = usage.policy_prompt_tokens + usage.policy_generated_tokens
+    policy = computed + usage.policy_cached_tokens
     prm = usage.prm_tokens + usage.prm_cached_tokens
+    if policy_params is None:
+        policy_params = usage.policy_flops / (2 * computed) if computed else 0.0
+    if prm_params is None:
+        prm_params = usage.prm_flops / (2 * usage.prm_tokens) if usage.prm_tokens else 0.0
     return model_flops(policy_params, policy) + model_flops(prm_params, prm)
 
 
