@@ -362,3 +362,17 @@ def test_numpy_scalars_are_numbers():
 
     fit = fit_scaling_law([np.int64(100), np.float32(200), 400], [50, 60, np.float64(66)])
     assert fit.gamma == pytest.approx(fit_scaling_law([100, 200, 400], [50, 60, 66]).gamma)
+
+
+def test_allocations_take_numpy_numbers_and_fits_are_finite() -> None:
+    """Model sizes and budgets from a dataframe are numpy scalars (they were refused); a
+    NaN curve won or lost the ranking by its place in the dict, so it is refused."""
+    np = pytest.importorskip("numpy")
+    from pydantic import ValidationError
+
+    fit = ScalingFit(q0=10.0, gamma=5.0, r2=0.9, rmse=1.0, n=3)
+    best = best_allocation({"a": (fit, np.int64(1_000_000))}, np.float32(1e12))
+    assert best.name == "a" and best.tokens >= 1
+    assert rank_allocations({"a": (fit, np.float64(1e6))}, np.int64(10**12))
+    with pytest.raises(ValidationError, match="finite"):
+        ScalingFit(q0=float("nan"), gamma=1.0, r2=0.0, rmse=0.0, n=1)

@@ -9,6 +9,7 @@ prefix-cache hits cost nothing. torch is imported only when a count needs it.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 from langchain_tts.core.types import Usage
@@ -23,7 +24,7 @@ __all__ = [
 
 
 def _check_non_negative(name: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(f"{name} must be a number, got {value!r}.")
     if math.isnan(value) or value < 0:
         raise ValueError(f"{name} must be a non-negative number, got {value!r}.")

@@ -12,7 +12,7 @@ import numbers
 from collections.abc import Mapping, Sequence
 from typing import overload
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "ComputeOptimalAllocation",
@@ -36,8 +36,9 @@ class ScalingFit(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    q0: float
-    gamma: float
+    # finite: a NaN curve would win or lose every comparison by its place in a dict
+    q0: float = Field(allow_inf_nan=False)
+    gamma: float = Field(allow_inf_nan=False)
     r2: float
     rmse: float
     n: int
@@ -53,7 +54,7 @@ class ScalingFit(BaseModel):
 
     def predict(self, tokens: float | Sequence[float]) -> float | list[float]:
         """Predicted accuracy at ``tokens`` thinking tokens (one budget or a list)."""
-        if isinstance(tokens, (int, float)) and not isinstance(tokens, bool):
+        if isinstance(tokens, numbers.Real) and not isinstance(tokens, bool):
             return self.q0 + self.gamma * math.log(_positive("tokens", tokens))
         if hasattr(tokens, "tolist"):  # numpy arrays / scalars
             return self.predict(tokens.tolist())
@@ -133,7 +134,7 @@ def fit_scaling_law(
     n = len(xs)
 
     if q0 is not None:
-        if isinstance(q0, bool) or not isinstance(q0, (int, float)) or not math.isfinite(q0):
+        if isinstance(q0, bool) or not isinstance(q0, numbers.Real) or not math.isfinite(q0):
             raise ValueError(f"q0 must be a finite number or None, got {q0!r}.")
         intercept = float(q0)
         sxx = math.fsum(x * x for x in xs)
@@ -193,7 +194,7 @@ def crossover_tokens(small_fit: ScalingFit, large_accuracy: float) -> float:
     """
     if not isinstance(small_fit, ScalingFit):
         raise ValueError(f"small_fit must be a ScalingFit, got {type(small_fit).__name__}.")
-    if isinstance(large_accuracy, bool) or not isinstance(large_accuracy, (int, float)):
+    if isinstance(large_accuracy, bool) or not isinstance(large_accuracy, numbers.Real):
         raise ValueError(f"large_accuracy must be a number, got {large_accuracy!r}.")
     if not math.isfinite(large_accuracy):
         raise ValueError(f"large_accuracy must be finite, got {large_accuracy!r}.")
@@ -224,7 +225,7 @@ def crossover_between(fit_a: ScalingFit, fit_b: ScalingFit) -> float:
 
 
 def _check_count(name: str, value: float, *, positive: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}.")
     if value < 0 or (positive and value == 0):
         raise ValueError(f"{name} must be {'> 0' if positive else '>= 0'}, got {value!r}.")
