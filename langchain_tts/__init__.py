@@ -49,6 +49,7 @@ if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers and
         create_router_graph,
     )
     from langchain_tts.routing.table import BudgetTable, RouteAllocation
+    from langchain_tts.tools import create_tts_tool
 
 __all__ = [
     "BackendError",
@@ -95,6 +96,7 @@ __all__ = [
     "VLLMPolicy",
     "create_router_graph",
     "create_tts_graph",
+    "create_tts_tool",
     "get_strategy",
     "load_default",
     "load_default_policy",
@@ -130,6 +132,7 @@ _LAZY = {
     "DifficultyEstimate": "langchain_tts.routing.difficulty",
     "BudgetTable": "langchain_tts.routing.table",
     "RouteAllocation": "langchain_tts.routing.table",
+    "create_tts_tool": "langchain_tts.tools",
 }
 
 

@@ -63,6 +63,7 @@ PUBLIC = [
     "VLLMPolicy",
     "create_router_graph",
     "create_tts_graph",
+    "create_tts_tool",
     "get_strategy",
     "load_default",
     "load_default_policy",

@@ -27,6 +27,7 @@ LAYERS = {
     "checkpoint": 7,
     "eval": 7,
     "testing": 7,
+    "tools": 7,
     "openai_api": 8,
     "threads": 8,
     "limits": 8,
