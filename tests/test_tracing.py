@@ -342,3 +342,28 @@ def test_a_handlers_own_error_is_not_blamed_on_the_model(hook: str):
     with pytest.raises(RuntimeError, match="bug in my handler") as info:
         graph.invoke({"question": "Start with 3. Add 4."}, {"callbacks": [handler]})
     assert not isinstance(info.value, BackendError)
+
+
+def test_a_policy_or_prm_invoked_directly_is_a_run_of_its_own():
+    """As any runnable: the call's callbacks, run_name and tags apply (they were dropped:
+    a handler saw nothing, and astream_events yielded nothing)."""
+
+    class Seen(BaseCallbackHandler):
+        def __init__(self) -> None:
+            self.runs: list[tuple[str, list[str]]] = []
+
+        def on_chain_start(self, serialized: Any, inputs: Any, **kwargs: Any) -> None:
+            self.runs.append((kwargs.get("name"), kwargs.get("tags") or []))
+
+    policy = FakePolicy(lambda p, i: "3+4=7")
+    prm = FakePRM(lambda t: [0.5] * len(t.steps))
+    seen = Seen()
+    config = {"callbacks": [seen], "run_name": "my_policy", "tags": ["mine"]}
+    assert policy.invoke({"question": "q"}, config)[0].text == "3+4=7"
+    assert prm.invoke({"question": "q", "steps": ["a"]}, {"callbacks": [seen]}) == [0.5]
+    assert seen.runs == [("my_policy", ["mine"]), ("fake-prm", [])]
+
+    async def events() -> list[str]:
+        return [e["event"] async for e in policy.astream_events({"question": "q"}, version="v2")]
+
+    assert asyncio.run(events())  # a start and an end

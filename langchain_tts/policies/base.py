@@ -91,6 +91,10 @@ class StepPolicy(AsyncFirstRunnable[PolicyInput | dict, list[Step]], ABC):
     async def ainvoke(
         self, input: PolicyInput | dict, config: RunnableConfig | None = None, **kwargs: Any
     ) -> list[Step]:
+        # a run of its own, like any runnable's: callbacks, tags and run_name apply
+        return await self._acall_with_config(self._steps_of, input, config, run_type="llm")
+
+    async def _steps_of(self, input: PolicyInput | dict) -> list[Step]:
         inp = self._parse_input(input)
         prefix = Trajectory(question=inp.question, steps=inp.steps)
         result = await self.agenerate([prefix], inp.n, inp.sampling)

@@ -93,6 +93,10 @@ class ProcessRewardModel(AsyncFirstRunnable[PRMInput | dict, list[float]], ABC):
     async def ainvoke(
         self, input: PRMInput | dict, config: RunnableConfig | None = None, **kwargs: Any
     ) -> list[float]:
+        # a run of its own, like any runnable's: callbacks, tags and run_name apply
+        return await self._acall_with_config(self._scores_of, input, config, run_type="prm")
+
+    async def _scores_of(self, input: PRMInput | dict) -> list[float]:
         inp = input if isinstance(input, PRMInput) else PRMInput.model_validate(input)
         check_unicode(inp.question)
         for j, step in enumerate(inp.steps):
