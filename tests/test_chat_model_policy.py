@@ -259,3 +259,24 @@ def test_the_timeout_bounds_a_sync_caller_of_a_sync_only_model():
         assert time.perf_counter() - t0 < 20  # not the 30 s the call stays stuck
     finally:
         model._gate.set()
+
+
+def test_runnable_input_of_a_policy_and_a_prm_is_checked():
+    """``temperature`` at the top of a policy's input was ignored (the call ran at 0.7), a
+    blank question was sampled, and a bad input raised pydantic's error: each is now an
+    InputError naming the field."""
+    from langchain_tts import InputError
+    from langchain_tts.testing import FakePolicy
+
+    policy = FakePolicy(lambda p, i: "3+4=7")
+    prm = FakePRM(lambda t: [0.5] * len(t.steps))
+    for bad, field in (
+        ({"question": "q", "temperature": 0.0}, "temperature"),
+        ({"question": "   "}, "question"),
+        ({}, "question"),
+    ):
+        with pytest.raises(InputError, match=f"invalid policy input.*{field}"):
+            policy.invoke(bad)
+    with pytest.raises(InputError, match="invalid PRM input.*aggregation"):
+        prm.invoke({"question": "q", "steps": ["a"], "aggregation": "min"})
+    assert policy.invoke({"question": "q", "sampling": {"temperature": 0.0}})[0].text == "3+4=7"

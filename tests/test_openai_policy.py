@@ -640,7 +640,8 @@ def test_a_prompt_near_the_end_of_the_context_gets_its_own_step_cap(tokenize: bo
     assert out.steps[2][0].text == "" and all(
         row[0].text for i, row in enumerate(out.steps) if i != 2
     )
-    (n0, cap0, seed0), (n1, cap1, seed1), (n3, cap3, seed3) = sent
+    # the requests go out together: in the order of their prompts' seeds
+    (n0, cap0, seed0), (n1, cap1, seed1), (n3, cap3, seed3) = sorted(sent, key=lambda r: r[2])
     assert (n0, cap0, seed0) == (1, 2048, 5) and (n3, cap3, seed3) == (1, 2048, 5 + 3 * 2)
     assert n1 == 1 and 0 < cap1 < 2048 and seed1 == 5 + 1 * 2
     assert out.usage.policy_calls == 3  # three requests, each counted

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from langchain_tts.backends.sync import AsyncFirstRunnable, run_sync
 from langchain_tts.backends.text import DEFAULT_STEP_DELIMITER
@@ -31,9 +31,13 @@ class PolicyResult(BaseModel):
 
 
 class PolicyInput(BaseModel):
-    """Runnable input of a policy: one prefix (question + steps so far)."""
+    """Runnable input of a policy: one prefix (question + steps so far). Sampling settings
+    go under ``sampling`` (an unknown key, e.g. ``temperature`` at the top, is an error: it
+    would be ignored)."""
 
-    question: str
+    model_config = ConfigDict(extra="forbid")
+
+    question: str = Field(min_length=1, pattern=r"\S")
     steps: list[str] = Field(default_factory=list)
     n: int = Field(1, ge=1)
     sampling: SamplingParams = Field(default_factory=SamplingParams)
@@ -86,7 +90,14 @@ class StepPolicy(AsyncFirstRunnable[PolicyInput | dict, list[Step]], ABC):
     # -- LangChain runnable -------------------------------------------------------------
     @staticmethod
     def _parse_input(input: PolicyInput | dict) -> PolicyInput:
-        return input if isinstance(input, PolicyInput) else PolicyInput.model_validate(input)
+        if isinstance(input, PolicyInput):
+            return input
+        try:
+            return PolicyInput.model_validate(input)
+        except ValidationError as e:  # the package's error type, naming the field
+            raise InputError(
+                f"invalid policy input (question, steps, n, sampling={{temperature, ...}}): {e}"
+            ) from None
 
     async def ainvoke(
         self, input: PolicyInput | dict, config: RunnableConfig | None = None, **kwargs: Any

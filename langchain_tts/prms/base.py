@@ -7,10 +7,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from langchain_tts.backends.sync import AsyncFirstRunnable, run_sync
-from langchain_tts.core.errors import BackendError, check_unicode
+from langchain_tts.core.errors import BackendError, InputError, check_unicode
 from langchain_tts.core.types import Trajectory, Usage, check_scores, nothing_to_release
 
 #: the system prompt of Qwen2.5-Math-PRM's chat format
@@ -27,7 +27,11 @@ class PRMResult(BaseModel):
 
 
 class PRMInput(BaseModel):
-    question: str
+    """Runnable input of a PRM: a question and the steps to score."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    question: str = Field(min_length=1, pattern=r"\S")
     steps: list[str]
 
 
@@ -97,7 +101,10 @@ class ProcessRewardModel(AsyncFirstRunnable[PRMInput | dict, list[float]], ABC):
         return await self._acall_with_config(self._scores_of, input, config, run_type="prm")
 
     async def _scores_of(self, input: PRMInput | dict) -> list[float]:
-        inp = input if isinstance(input, PRMInput) else PRMInput.model_validate(input)
+        try:
+            inp = input if isinstance(input, PRMInput) else PRMInput.model_validate(input)
+        except ValidationError as e:  # the package's error type, naming the field
+            raise InputError(f"invalid PRM input (question, steps): {e}") from None
         check_unicode(inp.question)
         for j, step in enumerate(inp.steps):
             check_unicode(step, f"step {j}")
