@@ -275,8 +275,8 @@ def test_runnable_input_of_a_policy_and_a_prm_is_checked():
         ({"question": "   "}, "question"),
         ({}, "question"),
     ):
-        with pytest.raises(InputError, match=f"invalid policy input.*{field}"):
+        with pytest.raises(InputError, match=f"(?s)invalid policy input.*{field}"):
             policy.invoke(bad)
-    with pytest.raises(InputError, match="invalid PRM input.*aggregation"):
+    with pytest.raises(InputError, match="(?s)invalid PRM input.*aggregation"):
         prm.invoke({"question": "q", "steps": ["a"], "aggregation": "min"})
     assert policy.invoke({"question": "q", "sampling": {"temperature": 0.0}})[0].text == "3+4=7"
