@@ -1,6 +1,6 @@
 """Runs every benchmark (``make bench``) and ends with a summary of the measured ratios.
 
-Each benchmark is short (well under a minute at one thread) and prints its own table;
+Each benchmark takes seconds to about two minutes at one thread and prints its own table;
 numbers are measured in this run, nothing is cached. See ``docs/performance.md``::
 
     OMP_NUM_THREADS=1 python -m benchmarks.run_all [overhead batching scaling embedded load tracing reuse]
@@ -84,6 +84,9 @@ def summary(results: dict[str, Any]) -> list[str]:
 
 
 def main(names: list[str]) -> None:
+    if {"-h", "--help"} & set(names):
+        print(f"usage: python -m benchmarks.run_all [{' '.join(BENCHMARKS)}]\n\n{__doc__}")
+        return
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
         raise SystemExit(f"unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}")

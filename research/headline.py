@@ -255,6 +255,11 @@ def main(argv: list[str] | None = None) -> None:
     command = f"python -m research.headline --n {args.n} --budgets {args.budgets}"
     command += f" --seeds {args.seeds}" + (f" --md {args.md}" if args.md else "")
     rows = rows_of([f for f in files if f.exists()])
+    if not rows:
+        raise SystemExit(
+            f"no records under {args.records} for seeds {args.seeds}: run without "
+            "--report-only first (or point --records at a folder that has them)"
+        )
     text = markdown(rows, command)
     if args.md:
         args.md.write_text(text)

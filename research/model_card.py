@@ -195,7 +195,9 @@ def main(argv: list[str] | None = None) -> None:
         choices=("strong", "likelihood", "calculator"),
         default="strong",
         help="card suite: the verifier searched with (likelihood: the large policy's "
-        "likelihoods); records go to <out>_likelihood*.jsonl",
+        "likelihoods); without --out records go to research/out/embedded_sweep_<prm>.jsonl; "
+        "with --out give each verifier a file of its own (resuming skips the problems a "
+        "file already has)",
     )
     ap.add_argument(
         "--seed",

@@ -146,6 +146,7 @@ async def _solve(args: argparse.Namespace) -> list[dict]:
                     "stop_reason": o.get("stop_reason") or ""}  # fmt: skip
 
         recs = await asyncio.gather(*(one(p) for p in todo))
+        out.parent.mkdir(parents=True, exist_ok=True)
         with out.open("a") as f:
             f.writelines(json.dumps(r) + "\n" for r in recs)
         if not args.quiet:
