@@ -288,7 +288,7 @@ def limited_config(cfg: StrategyConfig, limits: ServeLimits, route: str) -> Stra
     budget = {k: getattr(cfg, k) for k in ("max_flops", "max_tokens")}
     defaults = budget_defaults(limits, budget, type(cfg).model_fields)
     out = cfg.model_copy(update=defaults) if defaults else cfg.model_copy()
-    out._knob_check = partial(check_knobs, limits, route=route)
+    out._knob_check = limits.knob_check(route)
     return out
 
 

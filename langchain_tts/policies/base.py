@@ -37,7 +37,7 @@ class PolicyInput(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    question: str = Field(min_length=1, pattern=r"\S")
+    question: str = Field(pattern=r"\S")  # not blank
     steps: list[str] = Field(default_factory=list)
     n: int = Field(1, ge=1)
     sampling: SamplingParams = Field(default_factory=SamplingParams)

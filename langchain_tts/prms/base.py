@@ -31,7 +31,7 @@ class PRMInput(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    question: str = Field(min_length=1, pattern=r"\S")
+    question: str = Field(pattern=r"\S")  # not blank
     steps: list[str]
 
 

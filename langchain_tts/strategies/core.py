@@ -175,9 +175,7 @@ def resolve_config(base: C, config: RunnableConfig | None) -> C:
     overrides: dict[str, Any] = {}
     # inside a parent graph, configurable and the context are the whole app's: its own keys
     # there (a retriever's ``top_k``) may look like a knob's misspelling
-    # (a node of a graph run on its own has the namespace "node:task", of a subgraph's
-    # "parent_node:task|node:task")
-    shared_with_app = "|" in str(conf.get("checkpoint_ns") or "")
+    shared_with_app = inside_parent(config)
     for k, v in conf.items():
         if k in fields:
             overrides[k] = v
@@ -377,6 +375,14 @@ def question_of(state: TTSState) -> str:
     return q.strip()
 
 
+def inside_parent(config: RunnableConfig | None) -> bool:
+    """Whether the running node belongs to a graph that is a node of another graph (a node
+    of a graph run on its own has the namespace "node:task", of a subgraph's
+    "parent_node:task|node:task")."""
+    conf = (config or {}).get("configurable") or {}
+    return "|" in str(conf.get("checkpoint_ns") or "")
+
+
 def check_chat_turn(state: TTSState, config: RunnableConfig | None) -> None:
     """The chat must ask something new. Run on its own with only ``messages``, a chat whose
     newest message is not a human one (``{"messages": []}`` on a thread, an AI note) has
@@ -387,8 +393,7 @@ def check_chat_turn(state: TTSState, config: RunnableConfig | None) -> None:
     messages = state.get("messages") or []
     if not messages:
         return
-    conf = (config or {}).get("configurable") or {}
-    nested = "|" in str(conf.get("checkpoint_ns") or "")
+    nested = inside_parent(config)
     question = state.get("question")
     earlier = any(isinstance(m, HumanMessage) for m in messages)  # else: "no question"
     if question is None and not nested and earlier and not isinstance(messages[-1], HumanMessage):
