@@ -285,3 +285,35 @@ def test_the_embedded_router_cut_short_by_its_budget_answers_with_a_finished_sol
     if out["route"].probe_fallback:
         assert out["answer"] == est.answer
     assert out["route"].probe_fallback == (uid == "test-151")
+
+
+def test_the_embedded_router_with_limits_reports_its_route_and_answer():
+    """On the embedded models: ``limits=`` refuses an absurd knob before any compute, and a
+    standalone custom stream carries the router's own ``tts_route`` then ``tts_done``."""
+    from langchain_tts import ConfigError, ServeLimits
+    from langchain_tts.routing import create_router_graph, embedded_router_kwargs
+
+    policy, prm = load_default()
+    router = create_router_graph(
+        policy, prm, limits=ServeLimits(default_max_tokens=5e5), **embedded_router_kwargs()
+    )
+    q = {"question": "Start with 12. Add 7. Multiply by 2."}
+    with pytest.raises(ConfigError, match=r"maxima\.max_flops"):
+        router.invoke(q, context={"max_flops": 1e30})
+    events = list(router.stream(q, stream_mode="custom"))
+    assert [e["event"] for e in events] == ["tts_route", "tts_done"]
+    assert events[-1]["answer"] == "38" and events[-1]["usage"]["flops"] > 0
+
+
+def test_the_embedded_policy_gives_a_short_prefix_its_step_next_to_a_long_one():
+    """Each prefix's room is its own: next to a prefix near the end of the context the
+    short one's step is what it is alone (it was cut, or empty)."""
+    from langchain_tts.core.config import SamplingParams
+
+    policy = load_default_policy()
+    q = "Start with 14. Add 9. Multiply by 3. Subtract 17."
+    short, params = Trajectory(question=q), SamplingParams(temperature=0.0)
+    alone = policy.generate([short], 1, params).steps[0][0]
+    for k in (51, 52):  # 510 and 519 prompt tokens: the context is 512
+        long = Trajectory(question=q, steps=["14+9=23"] * k)
+        assert policy.generate([short, long], 1, params).steps[0][0] == alone
