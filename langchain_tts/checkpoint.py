@@ -9,12 +9,13 @@ serializer stores them without "Deserializing unregistered type" warnings.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import sqlite3
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
@@ -147,6 +148,15 @@ def _redacted(url: str) -> str:
     return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
 
 
+#: the session-level advisory lock under which one process creates the Postgres tables
+SETUP_LOCK = "hashtextextended('tts-setup', 0)"
+
+
+async def _try_lock(conn: Any) -> bool:
+    cur = await conn.execute(f"SELECT pg_try_advisory_lock({SETUP_LOCK}) AS locked")
+    return bool((await cur.fetchone())["locked"])
+
+
 @asynccontextmanager
 async def async_saver(
     db: str | Path, *, extra: Iterable[type | tuple[str, str]] = (), pool_size: int = 10
@@ -186,12 +196,16 @@ async def async_saver(
     try:
         saver = AsyncPostgresSaver(pool, serde=serde)
         async with pool.connection() as conn:
-            # workers starting together must not run the migrations twice
-            await conn.execute("SELECT pg_advisory_lock(hashtextextended('tts-setup', 0))")
+            # Workers starting together must not run the migrations twice. A worker waits by
+            # polling, not in `pg_advisory_lock`: a statement blocked there holds a snapshot,
+            # and the migrations' CREATE INDEX CONCURRENTLY waits for every older snapshot to
+            # end, so the two would wait for each other forever, out of Postgres's sight.
+            while not await _try_lock(conn):
+                await asyncio.sleep(0.1)
             try:
                 await saver.setup()
             finally:
-                await conn.execute("SELECT pg_advisory_unlock(hashtextextended('tts-setup', 0))")
+                await conn.execute(f"SELECT pg_advisory_unlock({SETUP_LOCK})")
         yield saver
     finally:
         await pool.close()

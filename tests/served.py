@@ -168,12 +168,15 @@ class Worker:
         deadline = time.monotonic() + timeout
         while True:
             assert self.proc.poll() is None, self.log_path.read_text()[-3000:]
-            assert time.monotonic() < deadline, f"worker not up in {timeout} s"
+            assert time.monotonic() < deadline, (
+                f"worker not up in {timeout} s: {self.log_path.read_text()[-3000:]}"
+            )
             try:
                 if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
                     return self
             except httpx.TransportError:
-                time.sleep(0.1)
+                pass
+            time.sleep(0.1)
 
     def post(self, route: str, body: dict, headers: dict | None = None) -> httpx.Response:
         return httpx.post(f"{self.url}{route}", json=body, headers=headers, timeout=60)

@@ -197,3 +197,27 @@ def test_a_database_that_cannot_be_reached_is_one_clear_error(postgres_url: str)
     assert "s3cret" not in str(e.value)
     res = CliRunner().invoke(app, ["serve", "--checkpoint-db", wrong_role])
     assert res.exit_code == 2 and "cannot connect to the checkpoint database" in res.output
+
+
+async def test_workers_starting_together_on_a_fresh_database_both_come_up(postgres_url: str):
+    """Two savers opening one empty database at once: one creates the tables, the other
+    waits, and both are up in seconds. Waiting inside ``pg_advisory_lock`` hung both for
+    ever, since the migrations' CREATE INDEX CONCURRENTLY waits for the waiter's snapshot."""
+    import asyncio
+
+    import psycopg
+
+    from langchain_tts.checkpoint import async_saver
+
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("CREATE DATABASE fresh_start")
+    url = postgres_url.rsplit("/", 1)[0] + "/fresh_start"
+    up: list[str] = []
+
+    async def worker(name: str) -> None:
+        async with async_saver(url, pool_size=2) as saver:
+            await saver.aget_tuple({"configurable": {"thread_id": "t"}})
+            up.append(name)
+
+    await asyncio.wait_for(asyncio.gather(worker("one"), worker("two")), timeout=60)
+    assert sorted(up) == ["one", "two"]
