@@ -22,13 +22,17 @@ setup: $(STAMP)
 demo: setup  ## solve a question with PRM beam search on the embedded models
 	$(BIN)/tts solve --compare-cot
 
+# Test files run on TEST_WORKERS processes, each file on one (its module fixtures, such as a
+# Postgres cluster or a served app, start once); each torch runs one thread.
+TEST_WORKERS ?= 2
+
 test: setup  ## the whole suite: lint, tests/ and research/tests/ (unit, end to end, training)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
-test-fast: setup  ## the unit tests only (no embedded-model end-to-end runs or training)
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not slow"
+test-fast: setup  ## the suite without the slow end-to-end runs and training
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadfile
 
 lint: setup
 	$(BIN)/ruff check .

@@ -318,6 +318,7 @@ def test_evaluation_doc_python_blocks_run(tmp_path, monkeypatch, capsys):
     assert "small+strong best_of_n gamma=" in out and "calibrated from" in out
 
 
+@pytest.mark.slow
 def test_each_strategy_runs_on_its_embedded_policy(tmp_path):
     """Without --policy, `tts eval` runs revision on the policy trained to revise and the
     searches on the small one (StrategySpec.embedded_policy), each model loaded once;

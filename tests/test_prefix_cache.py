@@ -244,7 +244,6 @@ async def test_concurrent_budgeted_searches_on_warm_caches_never_overspend(cache
         prm.cache_tokens = 256  # the verifier's cache evicting all the time too
     questions = [
         "Start with 27. Multiply by 5. Multiply by 3. Divide by 5. Multiply by 4. Add 28.",
-        "Start with 9. Add 23. Add 43. Subtract 5. Add 2. Divide by 3.",
         "Start with 150. Add 9. Multiply by 2. Subtract 18.",
     ]
     runs = []
@@ -261,7 +260,7 @@ async def test_concurrent_budgeted_searches_on_warm_caches_never_overspend(cache
         graph = create_tts_graph(policy, prm, strategy, {"seed": k, **knobs})
         for q in questions:
             await graph.ainvoke({"question": q})  # warm the cache
-            for budget in (2.5e8, 4e8, 7e8):
+            for budget in (2.5e8, 7e8):  # cut early, and late
                 runs.append((graph, q, budget))
 
     async def run(graph, q, budget):

@@ -164,6 +164,7 @@ def test_checker_stage_trains_the_read_out_only():
     assert model.gate.weight.abs().sum() > 0
 
 
+@pytest.mark.slow
 def test_revise_stage_trains_the_policy_on_its_own_attempts_in_the_revision_prompt(
     tmp_path, monkeypatch
 ):
