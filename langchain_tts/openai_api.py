@@ -7,6 +7,7 @@ of the OpenAI API (``openai``, ``ChatOpenAI``, curl) can then use a TTS graph.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -387,6 +388,19 @@ class _CompletionResponse(Response):
             await AsciiJSONResponse(result[1], status_code=result[0])(scope, receive, send)
 
 
+class _ClosingStreamingResponse(StreamingResponse):
+    """A stream whose generator is closed when the response ends, a client that left
+    included: Starlette leaves it to the garbage collector, and until then its run (a task
+    of its own) would go on computing for nobody."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.body_iterator.aclose()  # type: ignore[attr-defined]
+
+
 async def _complete(req: _Request) -> dict[str, Any]:
     try:
         out = await req.graph.ainvoke({"messages": req.messages}, req.config())
@@ -417,20 +431,27 @@ async def _stream(req: _Request) -> AsyncIterator[str]:
     """SSE: progress comments while the graph runs, then the answer, then ``[DONE]``."""
     yield req.chunk({"role": "assistant", "content": ""})
     out: dict[str, Any] = {}
+    # The run is a task of its own, cancelled and awaited when the client leaves: closing
+    # `astream` at a `yield` would leave its node tasks (a subgraph's included) running, and
+    # their checkpoint writes would land after the thread is deleted.
+    events: asyncio.Queue[Any] = asyncio.Queue()
+    run = asyncio.create_task(_produce(req, events))
     try:
-        async for mode, data in req.graph.astream(
-            {"messages": req.messages}, req.config(), stream_mode=["updates", "values"]
-        ):
+        while (item := await events.get()) is not _END:
+            if isinstance(item, Exception):  # the stream has started: an error event, the end
+                yield f"data: {json.dumps(_run_error(item).body())}\n\n"
+                yield "data: [DONE]\n\n"
+                return
+            mode, data = item
             if mode == "values":
                 out = data
                 continue
             for node, update in (data or {}).items():
                 yield f": tts {json.dumps(_progress(node, update))}\n\n"
-    except Exception as e:  # the stream has started: the error is an event, then the end
-        yield f"data: {json.dumps(_run_error(e).body())}\n\n"
-        yield "data: [DONE]\n\n"
-        return
     finally:
+        with anyio.CancelScope(shield=True):
+            run.cancel()
+            await asyncio.wait([run])
         await req.forget()
     for piece in _pieces(_content(out)):
         yield req.chunk({"content": piece})
@@ -447,6 +468,22 @@ async def _stream(req: _Request) -> AsyncIterator[str]:
         }
         yield f"data: {json.dumps(data)}\n\n"
     yield "data: [DONE]\n\n"
+
+
+_END = object()
+
+
+async def _produce(req: _Request, events: asyncio.Queue[Any]) -> None:
+    """Run the graph, putting each ``(mode, data)`` on ``events``, then an error or the end."""
+    try:
+        async for item in req.graph.astream(
+            {"messages": req.messages}, req.config(), stream_mode=["updates", "values"]
+        ):
+            events.put_nowait(item)
+    except Exception as e:  # noqa: BLE001 - the stream reports it
+        events.put_nowait(e)
+    else:
+        events.put_nowait(_END)
 
 
 def _progress(node: str, update: Any) -> dict[str, Any]:
@@ -548,7 +585,7 @@ def add_openai_routes(
                 ) from None
             req = _Request(body, graphs, limits, models)
             if req.stream:
-                return StreamingResponse(
+                return _ClosingStreamingResponse(
                     _stream(req),
                     media_type="text/event-stream",
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},

@@ -328,3 +328,31 @@ def test_a_client_that_leaves_cancels_its_search(stream: bool):
         calls = policy.calls
         time.sleep(0.6)
         assert policy.calls == calls < 40  # the search stopped when the client left
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_client_that_leaves_leaves_no_thread_in_the_database(tmp_path, stream: bool):
+    """The stateless route deletes each request's thread, also when its client left mid-run:
+    the run is stopped before the delete, so none of its checkpoint writes land after it."""
+    import sqlite3
+
+    db = tmp_path / "ck.db"
+    policy = SlowPolicy()
+    prm = FakePRM(lambda t: [0.5] * len(t.steps))
+    app = create_app(policy, prm, ["beam_search"], checkpointer=str(db))
+    body = {"model": "beam_search?n=4&max_steps=40", "messages": USER, "stream": stream}
+    with ThreadServer(app) as s:
+        url = f"{s.url}/v1/chat/completions"
+        for _ in range(2):
+            if stream:
+                with httpx.stream("POST", url, json=body, timeout=10) as r:
+                    lines = r.iter_lines()
+                    for _ in range(3):
+                        next(lines)
+            else:
+                with pytest.raises(httpx.ReadTimeout):
+                    httpx.post(url, json=body, timeout=0.5)
+        time.sleep(1.5)  # the server notices the clients are gone
+        with sqlite3.connect(db) as con:
+            left = con.execute("SELECT DISTINCT thread_id FROM checkpoints").fetchall()
+        assert left == []
