@@ -88,6 +88,7 @@ class ServeLimits(BaseModel):
       and config set none (the strategies stop with ``stop_reason="budget"`` when it is
       spent);
     * ``max_batch``: inputs of one ``/batch`` request;
+    * ``max_messages``: messages of one ``/v1/chat/completions`` request;
     * ``max_in_flight``: runs at once (a batch counts its inputs); past it a run is refused
       with 429 and ``Retry-After``.
 
@@ -111,6 +112,9 @@ class ServeLimits(BaseModel):
         None, gt=0, description="FLOPs budget of a run whose client and config set none"
     )
     max_batch: int = Field(32, ge=1, description="inputs of one /batch request")
+    max_messages: int = Field(
+        1000, ge=1, description="messages of one OpenAI chat completion request"
+    )
     max_in_flight: int = Field(
         64, ge=1, description="runs at once (a batch counts its inputs); then 429"
     )

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ValidationError
 
 from langchain_tts.core.config import did_you_mean
 from langchain_tts.core.errors import BackendError, ConfigError, InputError, check_unicode_in
-from langchain_tts.core.types import Usage
+from langchain_tts.core.types import Trajectory, Usage
 from langchain_tts.limits import LimitError, ServeLimits, budget_defaults, check_knobs
 from langchain_tts.strategies.core import check_context, question_of
 from langchain_tts.tracing import token_usage
@@ -39,8 +39,9 @@ _SAMPLING_FIELDS = {
     "temperature": "temperature",
     "top_p": "top_p",
     "seed": "seed",
-    "max_completion_tokens": "max_total_tokens",
+    # max_completion_tokens replaced max_tokens in OpenAI's API: set last, it wins
     "max_tokens": "max_total_tokens",
+    "max_completion_tokens": "max_total_tokens",
 }
 logger = logging.getLogger("langchain_tts")
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
@@ -141,7 +142,8 @@ def _knobs(
         if k not in fields:
             raise OpenAIError(
                 400,
-                f"unknown knob {k!r} for {graph.name}{did_you_mean(k, fields)}; valid knobs: "
+                f"unknown knob {k!r} for {route or graph.name}{did_you_mean(k, fields)}; valid "
+                "knobs: "
                 f"{sorted(fields)}",
                 param=k,
                 code="invalid_knob",
@@ -166,7 +168,8 @@ def _knobs(
             where = f" {loc!r}" if loc else "s"
             raise OpenAIError(
                 400,
-                f"bad knob{where} for {graph.name}: {err['msg']} (got {err.get('input')!r})",
+                f"bad knob{where} for {route or graph.name}: {err['msg']} "
+                f"(got {err.get('input')!r})",
                 param=loc,
                 code="invalid_knob",
             ) from None
@@ -191,7 +194,7 @@ def _validation_error(e: BaseException | None) -> ValidationError | None:
     return found
 
 
-def _messages(body: Mapping[str, Any]) -> list[BaseMessage]:
+def _messages(body: Mapping[str, Any], max_messages: int) -> list[BaseMessage]:
     raw = body.get("messages")
     if not isinstance(raw, list) or not raw:
         raise OpenAIError(
@@ -199,15 +202,26 @@ def _messages(body: Mapping[str, Any]) -> list[BaseMessage]:
             "messages must be a non-empty list, e.g. [{'role': 'user', 'content': '...'}]",
             param="messages",
         )
+    if len(raw) > max_messages:  # converting them runs on the event loop: bounded
+        raise OpenAIError(
+            400,
+            f"messages holds {len(raw)} messages; the limit is {max_messages} (send the "
+            "recent turns only)",
+            param="messages",
+            code="too_many_messages",
+        )
     for i, m in enumerate(raw):
-        if not isinstance(m, Mapping) or m.get("role") not in _ROLES:
+        role = m.get("role") if isinstance(m, Mapping) else None
+        if not isinstance(role, str) or role not in _ROLES:
             raise OpenAIError(
                 400,
                 f"messages[{i}] must be an object with a 'role' in {sorted(_ROLES)}",
                 param=f"messages[{i}]",
             )
     try:
-        msgs = convert_to_messages([{**m, "content": _text(m.get("content"))} for m in raw])
+        msgs = convert_to_messages(
+            [{**m, "content": _text(m.get("content"), i)} for i, m in enumerate(raw)]
+        )
     except (NotImplementedError, ValueError, TypeError, KeyError, AttributeError) as e:
         raise OpenAIError(400, f"messages are not chat messages: {e}", param="messages") from None
     for i, m in enumerate(msgs):  # the reply echoes none of it, but traces and logs do
@@ -224,17 +238,36 @@ def _messages(body: Mapping[str, Any]) -> list[BaseMessage]:
     return msgs
 
 
-def _text(content: Any) -> str:
-    """A message's text: a string, or OpenAI's list of content parts (text parts joined)."""
+def _text(content: Any, i: int) -> str:
+    """Message ``i``'s text: a string, or OpenAI's list of content parts, whose text parts
+    are joined by newlines (as vLLM joins them); any other part is refused, not dropped."""
     if content is None:
         return ""
     if isinstance(content, str):
         return content
-    if isinstance(content, list):
-        return "".join(
-            p.get("text", "") for p in content if isinstance(p, Mapping) and p.get("type") == "text"
+    if not isinstance(content, list):
+        raise OpenAIError(
+            400, "message content must be a string or a list of parts", param=f"messages[{i}]"
         )
-    raise OpenAIError(400, "message content must be a string or a list of parts", param="messages")
+    texts = []
+    for j, part in enumerate(content):
+        where = f"messages[{i}].content[{j}]"
+        if not isinstance(part, Mapping):
+            raise OpenAIError(
+                400,
+                f"{where} must be a content part like {{'type': 'text', 'text': '...'}}",
+                param=where,
+            )
+        if part.get("type") != "text":
+            raise OpenAIError(
+                400,
+                f"{where} is a {part.get('type')!r} part; the strategies read text parts only",
+                param=where,
+            )
+        if not isinstance(part.get("text"), str):
+            raise OpenAIError(400, f"{where}.text must be a string", param=where)
+        texts.append(part["text"])
+    return "\n".join(texts)
 
 
 def openai_usage(usage: Usage) -> dict[str, Any]:
@@ -259,15 +292,17 @@ class _Request:
         self.model = body.get("model")
         name, query = parse_model(self.model, graphs)
         self.strategy, self.graph = name, graphs[name]
-        if body.get("n") not in (None, 1):
+        n = body.get("n")
+        if n is not None and (isinstance(n, bool) or n != 1):
             raise OpenAIError(
                 400,
                 "n (choices) must be 1; the strategy's samples are the knob 'n' under tts",
                 param="n",
             )
+        _refuse_unsupported(body)
         self.knobs = _knobs(self.graph, body, query, limits, route=f"model {name!r}")
         self.limits = limits
-        self.messages = _messages(body)
+        self.messages = _messages(body, (limits or ServeLimits()).max_messages)
         try:  # before a stream starts: an over-long question is a 400, not an error event
             check_context(question_of({"messages": self.messages}), *models)
         except InputError as e:
@@ -279,6 +314,10 @@ class _Request:
         if not isinstance(opts, Mapping):
             raise OpenAIError(400, "stream_options must be an object", param="stream_options")
         self.include_usage = _flag(opts.get("include_usage"), "stream_options.include_usage")
+        if opts and not self.stream:
+            raise OpenAIError(
+                400, "stream_options is only allowed with stream: true", param="stream_options"
+            )
         self.id = f"chatcmpl-{uuid.uuid4().hex}"
         self.created = int(time.time())
         saver = self.graph.checkpointer
@@ -327,6 +366,35 @@ class _Request:
         return f"data: {json.dumps(data)}\n\n"
 
 
+#: OpenAI fields whose non-default values would change the reply in ways the strategies do
+#: not honour: refused, since a 200 that ignored them would mislead the client
+_UNSUPPORTED: dict[str, tuple[Any, ...]] = {
+    "stop": (None, [], ""),
+    "logprobs": (None, False),
+    "top_logprobs": (None, 0),
+    "logit_bias": (None, {}),
+    "frequency_penalty": (None, 0, 0.0),
+    "presence_penalty": (None, 0, 0.0),
+    "response_format": (None, {"type": "text"}),
+    "tool_choice": (None, "none", "auto"),  # a model may always choose to call no tool
+    "audio": (None,),
+    "prediction": (None,),
+}
+
+
+def _refuse_unsupported(body: Mapping[str, Any]) -> None:
+    for field, defaults in _UNSUPPORTED.items():
+        value = body.get(field)
+        if not any(value == d and type(value) is type(d) for d in defaults):
+            raise OpenAIError(
+                400,
+                f"{field}={value!r} is not supported: the strategies cannot honour it; "
+                f"drop {field}",
+                param=field,
+                code="unsupported_parameter",
+            )
+
+
 def _flag(value: Any, param: str) -> bool:
     """A boolean field (absent or null: false); ``"no"`` is a client's mistake, not true."""
     if value is None or isinstance(value, bool):
@@ -342,7 +410,15 @@ def _content(out: Mapping[str, Any]) -> str:
 
 
 def _finish_reason(out: Mapping[str, Any]) -> str:
-    return "length" if out.get("stop_reason") == "budget" else "stop"
+    """``"length"`` when the reply was cut (the budget, ``max_tokens`` or the context ended
+    it before its answer), else ``"stop"``."""
+    if out.get("stop_reason") == "budget":
+        return "length"
+    solution = out.get("solution")
+    for c in out.get("candidates") or []:
+        if isinstance(c, Trajectory) and c.text == solution:
+            return "stop" if c.finish_reason in ("answer", "eos") else "length"
+    return "stop"
 
 
 def _run_error(e: Exception) -> OpenAIError:
@@ -575,9 +651,9 @@ def add_openai_routes(
         """Run the strategy ``model`` names on ``messages``; OpenAI's request and response."""
         try:
             raw = await request.body()
-            try:
-                body = json.loads(raw)
-            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            try:  # UTF-8 only (json.loads would take UTF-16 and UTF-32 too)
+                body = json.loads(raw.decode("utf-8"))
+            except ValueError as e:  # not UTF-8, not JSON, or an int past Python's limit
                 raise OpenAIError(400, f"the request body is not valid JSON: {e}") from None
             except RecursionError:
                 raise OpenAIError(

@@ -442,7 +442,7 @@ def _too_large(size: int | str) -> JSONResponse:
 
 async def _limit_body(request: Request, call_next: Any) -> Any:
     """Refuse bodies over :data:`MAX_BODY_BYTES` (413), bodies that are not UTF-8 and JSON
-    nested deeper than the parser can go (422)."""
+    the parser cannot take (422)."""
     from fastapi.responses import JSONResponse
 
     size = request.headers.get("content-length")
@@ -465,15 +465,16 @@ async def _limit_body(request: Request, call_next: Any) -> Any:
                 },
                 status_code=422,
             )
-        too_deep = _too_deep(body)
-        if too_deep is not None:
-            return JSONResponse({"detail": too_deep}, status_code=422)
+        unparsable = _unparsable(body)
+        if unparsable is not None:
+            return JSONResponse({"detail": unparsable}, status_code=422)
     return await call_next(request)
 
 
-def _too_deep(body: bytes) -> str | None:
-    """Why ``body`` cannot be parsed safely, when the reason is its nesting (LangServe's
-    parser lets a ``RecursionError`` through as a 500); None otherwise."""
+def _unparsable(body: bytes) -> str | None:
+    """Why ``body`` cannot be parsed safely where LangServe's parser would let the error
+    through as a 500 (nesting past the recursion limit, an integer past Python's digit
+    limit); None otherwise."""
     try:
         json.loads(body)
     except RecursionError:
@@ -481,8 +482,10 @@ def _too_deep(body: bytes) -> str | None:
             "Invalid JSON body: nested too deeply (arrays / objects inside each other past the "
             "parser's recursion limit); send a flatter body"
         )
-    except ValueError:
+    except json.JSONDecodeError:
         pass  # LangServe says what is wrong with it
+    except ValueError as e:
+        return f"Invalid JSON body: {e}"
     return None
 
 
@@ -848,10 +851,13 @@ class CancelOnDisconnect:
             finally:
                 self.inflight.scopes.discard(tg.cancel_scope)
                 tg.cancel_scope.cancel()  # answered (or failed): stop watching
+        openai = str(scope.get("path", "")).startswith("/v1/")
         if not started and gone.is_set():  # nobody reads it, but outer middlewares want one
-            await _closed(send, 499, "the client closed the request")
+            await _closed(send, 499, "the client closed the request", openai=openai)
         elif not started and self.inflight.closing:
-            await _closed(send, 503, "the server is shutting down; retry", retry_after=True)
+            await _closed(
+                send, 503, "the server is shutting down; retry", retry_after=True, openai=openai
+            )
 
 
 def _replay(body: list[Message], receive: Receive) -> Receive:
@@ -861,14 +867,21 @@ def _replay(body: list[Message], receive: Receive) -> Receive:
     return replay
 
 
-async def _closed(send: Send, status: int, detail: str, *, retry_after: bool = False) -> None:
+async def _closed(
+    send: Send, status: int, detail: str, *, retry_after: bool = False, openai: bool = False
+) -> None:
     """The answer of a request cancelled before it answered: its client left (499, as
-    nginx logs it), or the server is shutting down (503, the client may retry)."""
+    nginx logs it), or the server is shutting down (503, the client may retry); in OpenAI's
+    error format on the ``/v1`` routes."""
     headers = [(b"content-type", b"application/json")]
     if retry_after:
         headers.append((b"retry-after", b"1"))
+    body: dict[str, Any] = {"detail": detail}
+    if openai:
+        err = {"message": detail, "type": "server_error", "param": None, "code": None}
+        body = {"error": err}
     await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": json.dumps({"detail": detail}).encode()})
+    await send({"type": "http.response.body", "body": json.dumps(body).encode()})
 
 
 def run_server(

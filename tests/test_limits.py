@@ -638,3 +638,78 @@ def test_router_prefix_knobs_are_checked_before_any_call(served):
     assert len(policy.calls) == before
     r = post(client, "/tts/router/invoke", invoke("router", {"prefix_threshold": 0.9}))
     assert r.status_code == 200, r.text
+
+
+BIG_INT = "1" * 4301  # past Python's digit limit for int(): json.loads raises ValueError
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"messages": [{"role": ["user"], "content": QUESTION}]}, "messages[0]"),
+        ({"messages": [{"role": {"a": 1}, "content": QUESTION}]}, "messages[0]"),
+        ({"messages": [{"role": "user", "content": [QUESTION]}]}, "messages[0].content[0]"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
+            "messages[0].content[0]",
+        ),
+        ({"messages": [{"role": "user", "content": [{"type": "text"}]}]}, "messages[0].content[0]"),
+        ({"messages": [{"role": "system", "content": ""}] * 1000 + USER}, "messages"),
+        ({"n": True}, "n"),
+        ({"stop": ["="]}, "stop"),
+        ({"logprobs": True}, "logprobs"),
+        ({"top_logprobs": 3}, "top_logprobs"),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"tool_choice": "required"}, "tool_choice"),
+        ({"presence_penalty": 0.5}, "presence_penalty"),
+        ({"stream_options": {"include_usage": True}}, "stream_options"),
+    ],
+)
+def test_openai_requests_it_cannot_honour_are_400_naming_the_field(served, body, param):
+    """A client's mistake, or a field whose effect the strategies cannot give (a stop string,
+    logprobs, JSON mode, a forced tool call), is a 400 naming it before any model call: a 200
+    that ignored it, dropped a content part, or a 500 would mislead the client."""
+    client, policy = served
+    before = len(policy.calls)
+    r = post(client, "/v1/chat/completions", {"model": "best_of_n", "messages": USER, **body})
+    assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+    assert len(policy.calls) == before
+
+
+def test_openai_fields_at_their_defaults_and_text_parts_are_taken(served):
+    """What clients send by default (a null stop, logprobs false, tool_choice auto, a text
+    response format) runs; text parts are one question, joined by newlines."""
+    client, policy = served
+    parts = [{"type": "text", "text": "Start with 3. Add 4."}, {"type": "text", "text": "Add 1."}]
+    body = {
+        "model": "best_of_n?n=1",
+        "messages": [{"role": "user", "content": parts}],
+        "stop": None,
+        "logprobs": False,
+        "tool_choice": "auto",
+        "response_format": {"type": "text"},
+        "frequency_penalty": 0,
+    }
+    r = post(client, "/v1/chat/completions", body)
+    assert r.status_code == 200, r.text
+    assert r.json()["tts"]["answer"] == "8"
+
+
+@pytest.mark.parametrize("route", ["/v1/chat/completions", "/tts/best_of_n/invoke"])
+def test_a_body_the_json_parser_refuses_is_4xx_not_500(served, route):
+    """An integer past Python's digit limit, or a UTF-16 body (json.loads would take it; the
+    routes read UTF-8 only), is the client's mistake."""
+    client, _ = served
+    raw = '{"model": "best_of_n", "messages": [], "x": ' + BIG_INT + "}"
+    r = client.post(route, content=raw, headers={"content-type": "application/json"})
+    assert 400 <= r.status_code < 500 and "digits" in r.text, r.text
+    utf16 = json.dumps({"model": "best_of_n", "messages": USER}).encode("utf-16")
+    r = client.post(route, content=utf16, headers={"content-type": "application/json"})
+    assert 400 <= r.status_code < 500, r.text
+
+
+def test_max_completion_tokens_wins_over_the_deprecated_max_tokens(served):
+    client, _ = served
+    body = {"model": "best_of_n?n=1", "messages": USER, "max_tokens": 100}
+    r = post(client, "/v1/chat/completions", {**body, "max_completion_tokens": 200})
+    assert r.status_code == 200 and r.json()["tts"]["knobs"]["max_total_tokens"] == 200, r.text

@@ -290,6 +290,33 @@ def test_openai_client_gets_the_right_answer_on_the_embedded_models():
     assert r.model_extra["tts"]["answer"] == prob.answer
     assert f"\\boxed{{{prob.answer}}}" in r.choices[0].message.content
     assert r.usage.completion_tokens > 0
+    assert r.choices[0].finish_reason == "stop"
+
+
+@pytest.mark.skipif(not HAS_WEIGHTS, reason="embedded weights not built yet")
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_reply_cut_by_max_tokens_finishes_with_length(stream: bool):
+    """OpenAI clients tell a cut reply by ``finish_reason == "length"``: a solution that
+    ``max_tokens`` ended before its answer is one, streaming or not."""
+    from langchain_tts.models import load_default_policy, load_default_prm
+
+    policy, prm = load_default_policy(), load_default_prm()
+    app = create_app(policy, prm, ["cot"])
+    messages = [{"role": "user", "content": "Start with 3. Add 4. Multiply by 2."}]
+    with ThreadServer(app) as s:
+        for max_tokens, finish in ((5, "length"), (None, "stop")):
+            kw = {} if max_tokens is None else {"max_tokens": max_tokens}
+            if stream:
+                chunks = list(
+                    client(s).chat.completions.create(
+                        model="cot", messages=messages, stream=True, **kw
+                    )
+                )
+                got = [c.choices[0].finish_reason for c in chunks if c.choices]
+                assert got[-1] == finish and got[:-1] == [None] * (len(got) - 1)
+            else:
+                r = client(s).chat.completions.create(model="cot", messages=messages, **kw)
+                assert r.choices[0].finish_reason == finish, r.choices[0].message.content
 
 
 class SlowPolicy(StepPolicy):
