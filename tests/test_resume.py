@@ -346,5 +346,33 @@ def test_update_state_takes_plain_data_as_a_json_client_sends_it():
     assert all(isinstance(t, Trajectory) for t in state["active"])
     assert isinstance(state["usage"], Usage)
     assert graph.invoke(None, fork)["answer"] == "11"
-    with pytest.raises(TypeError, match="a usage update is a Usage"):
+    with pytest.raises(ValueError, match="a usage update is a Usage"):
         graph.update_state(mid.config, {"usage": 5}, as_node="prepare")
+
+
+@pytest.mark.parametrize(
+    "values",
+    [{"candidates": "junk"}, {"active": [5]}, {"finished": 3}, {"usage": True}],
+)
+def test_a_bad_state_write_is_refused_and_the_thread_stays_usable(values):
+    """A write of the wrong kind (what a JSON client may send through ``update_state``) is a
+    ValueError (a 4xx over HTTP) before anything is saved. It used to be checkpointed, and
+    every later load of the thread failed: its chat and state were lost."""
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    from langchain_tts.checkpoint import serializer
+    from langchain_tts.graph import create_tts_graph
+    from langchain_tts.testing import FakePolicy, FakePRM
+    from tests.test_turns import adder, prefer_right
+
+    graph = create_tts_graph(FakePolicy(adder), FakePRM(prefer_right), "beam_search",
+                             {"n": 4, "beam_width": 2, "seed": 0},
+                             checkpointer=InMemorySaver(serde=serializer()))  # fmt: skip
+    cfg = {"configurable": {"thread_id": "bad-write"}}
+    graph.invoke({"question": "Start with 5. Add 6."}, cfg)
+    before = graph.get_state(cfg)
+    with pytest.raises(ValueError):
+        graph.update_state(cfg, values)
+    after = graph.get_state(cfg)
+    assert after.config == before.config and after.values["answer"] == "11"
+    assert graph.invoke({"question": "Start with 2. Add 3."}, cfg)["answer"] == "5"

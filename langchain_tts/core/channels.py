@@ -35,13 +35,11 @@ def from_plain(typ: Any, data: Any) -> Any:
 
 
 def _typed(typ: Any, value: Any) -> Any:
-    """A write of plain data (``update_state`` from a JSON client: a dict, a list of dicts)
-    as ``typ``; the graph's own writes hold the objects and pass as they are (cheaply)."""
-    if isinstance(value, dict) or (
-        isinstance(value, list) and value and isinstance(value[0], dict)
-    ):
-        return from_plain(typ, value)
-    return value
+    """A write as ``typ``: plain data (``update_state`` from a JSON client) is rebuilt, and a
+    value of the wrong kind is a ``ValidationError`` (a 4xx over HTTP) before anything is
+    checkpointed, where it would fail every later load of the thread. The graph's own writes
+    hold the objects, which pydantic passes without copying them."""
+    return from_plain(typ, value)
 
 
 class PlainValue(LastValue):

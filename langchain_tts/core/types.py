@@ -170,7 +170,8 @@ def add_usage(left: Usage | None, right: Usage | dict | str | None) -> Usage:
     if isinstance(right, dict):
         right = Usage.model_validate(right)  # a ValidationError names a bad field
     elif right is not None and not isinstance(right, Usage):
-        raise TypeError(
+        # ValueError, not TypeError: a server answers a client's bad write with a 4xx
+        raise ValueError(
             f"a usage update is a Usage (or its fields as a dict), got {type(right).__name__}"
         )
     return (left or Usage()) + right
