@@ -73,4 +73,4 @@ def _agent_example():
 
 
 # The composition example: planner -> direct CoT | beam search subgraph, on the same models.
-agent = _agent_example().build_agent(_policy, _prm)
+agent = _agent_example().build_agent(_policy, _prm, limits=LIMITS)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -32,7 +32,15 @@ from langgraph.graph import END, START, MessagesState, StateGraph  # noqa: E402
 from langgraph.graph.state import CompiledStateGraph  # noqa: E402
 from langgraph.types import Checkpointer  # noqa: E402
 
-from langchain_tts import ProcessRewardModel, StepPolicy, Usage, create_tts_graph  # noqa: E402
+from langchain_tts import (  # noqa: E402
+    InputError,
+    ProcessRewardModel,
+    ServeLimits,
+    StepPolicy,
+    Usage,
+    create_tts_graph,
+)
+from langchain_tts.core.channels import PlainValue  # noqa: E402
 from langchain_tts.routing import create_router_graph  # noqa: E402
 from langchain_tts.strategies.core import TTSUsageState  # noqa: E402
 
@@ -47,7 +55,8 @@ _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 class AgentState(MessagesState, total=False):
     route: Route
     answer: str | None
-    usage: Usage
+    # checkpointed as plain data: a saver with LangGraph's default serializer needs no types
+    usage: Annotated[Usage, PlainValue(Usage)]
 
 
 def count_operations(question: str) -> int:
@@ -75,14 +84,25 @@ def build_agent(
     threshold: int = 3,
     beam_config: dict[str, Any] | None = None,
     checkpointer: Checkpointer = None,
+    limits: ServeLimits | None = None,
 ) -> CompiledStateGraph:
-    """The agent: planner -> (direct CoT | PRM beam search subgraph) -> end."""
-    direct = create_tts_graph(policy, None, "cot", name="direct_cot")
+    """The agent: planner -> (direct CoT | PRM beam search subgraph) -> end. ``limits``
+    bound the knobs a run may set (a deployment that strangers call passes them)."""
+    direct = create_tts_graph(policy, None, "cot", name="direct_cot", limits=limits)
     careful = create_tts_graph(
-        policy, prm, "beam_search", beam_config or {"n": 8, "beam_width": 4}, name="beam_search"
+        policy,
+        prm,
+        "beam_search",
+        beam_config or {"n": 8, "beam_width": 4},
+        name="beam_search",
+        limits=limits,
     )
 
     def planner(state: AgentState) -> dict:
+        messages = state.get("messages") or []
+        if not messages or not isinstance(messages[-1], HumanMessage):
+            # a turn with no new question would answer the thread's last one again
+            raise InputError("a turn needs a new human message: the question to answer")
         return {"route": plan(_last_question(state), threshold)}
 
     def route(state: AgentState) -> Route:

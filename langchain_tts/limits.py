@@ -291,6 +291,13 @@ def limited_config(cfg: StrategyConfig, limits: ServeLimits, route: str) -> Stra
     (before any compute; ``route`` names the graph in the refusal)."""
     budget = {k: getattr(cfg, k) for k in ("max_flops", "max_tokens")}
     defaults = budget_defaults(limits, budget, type(cfg).model_fields)
+    # Token caps past their maxima (the model's context) are lowered to them: a run cannot
+    # use more, and a client lowering a cap below its default must not be refused while
+    # sending the default back passes.
+    for k in ("max_total_tokens", "max_step_tokens"):
+        cap = limits.maxima.get(k)
+        if cap is not None and getattr(cfg, k) > cap:
+            defaults[k] = int(cap)
     out = cfg.model_copy(update=defaults) if defaults else cfg.model_copy()
     out._knob_check = limits.knob_check(route)
     return out

@@ -96,6 +96,35 @@ def test_agent_routes_and_answers_synthetic_questions():
         )
 
 
+def test_agent_with_limits_refuses_absurd_knobs_and_a_turn_with_no_question():
+    """Deployed for strangers, the agent's subgraphs refuse knobs over the server's limits
+    and get its default budget; a turn with no new human message is an error, not the
+    thread's last question answered again."""
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    from langchain_tts import InputError, LimitError, ServeLimits
+
+    ex = load_example()
+    policy = OraclePolicy()
+    agent = ex.build_agent(
+        policy, FakePRM(lambda t: [0.9] * len(t.steps)), checkpointer=InMemorySaver(),
+        limits=ServeLimits(),
+    )  # fmt: skip
+    hard = next(p for p in make_split("test", 16) if p.difficulty >= 3)
+    cfg = {"configurable": {"thread_id": "t", "beam_search": {"n": 10**9}}}
+    with pytest.raises(LimitError, match="n <= 256"):
+        agent.invoke({"messages": [("human", hard.question)]}, cfg)
+    assert policy.calls == 0
+    cfg = {"configurable": {"thread_id": "t"}}
+    out = agent.invoke({"messages": [("human", hard.question)]}, cfg)
+    assert out["answer"] == hard.answer
+    snap = agent.get_state(cfg, subgraphs=True)
+    assert snap.values["usage"].policy_calls > 0
+    with pytest.raises(InputError, match="new human message"):
+        agent.invoke({"messages": []}, cfg)
+    assert len(agent.get_state(cfg).values["messages"]) == len(out["messages"])
+
+
 def test_router_agent_keeps_its_route_and_answers_each_turn():
     from langgraph.checkpoint.memory import InMemorySaver
 

@@ -284,9 +284,13 @@ def test_absurd_knobs_are_refused_before_any_compute(client, greedy_right):
         ("best_of_n", {"config": {"configurable": {"n": 10**9}}}),
         ("best_of_n", {"context": {"max_tokens": 1e300}}),
         ("router", {"context": {"max_tokens": 1e300}}),
+        # the agent example's subgraphs (an easy question: its direct CoT), per-subgraph knobs
+        ("agent", {"config": {"configurable": {"direct_cot": {"n": 10**9}}}}),
+        ("agent", {"config": {"configurable": {"direct_cot": {"max_total_tokens": 10**5}}}}),
     ):
+        inp = q if graph != "agent" else {"messages": [{"role": "user", "content": q["question"]}]}
         try:
-            text = json.dumps(client.runs.wait(None, graph, input=q, **kwargs))
+            text = json.dumps(client.runs.wait(None, graph, input=inp, **kwargs))
         except Exception as e:  # the SDK raises for a failed run on some versions
             text = str(e)
         assert "LimitError" in text and "over this server's limit" in text, (kwargs, text)

@@ -713,3 +713,18 @@ def test_max_completion_tokens_wins_over_the_deprecated_max_tokens(served):
     body = {"model": "best_of_n?n=1", "messages": USER, "max_tokens": 100}
     r = post(client, "/v1/chat/completions", {**body, "max_completion_tokens": 200})
     assert r.status_code == 200 and r.json()["tts"]["knobs"]["max_total_tokens"] == 200, r.text
+
+
+def test_token_cap_defaults_over_the_context_are_lowered_to_it():
+    """The config's own 8192 / 2048 token caps are over a 512-token model's limit: the
+    served graph's defaults are the limit, so a client lowering a cap is not refused while
+    sending the old default back passed."""
+    policy = FakePolicy(lambda t, i: Step(text="1", tokens=1))
+    limits = ServeLimits().for_context(512)
+    graph = create_tts_graph(policy, prm(), "best_of_n", {"n": 2}, limits=limits)
+    knobs = graph.context_schema()
+    assert (knobs.max_total_tokens, knobs.max_step_tokens) == (512, 512)
+    graph.invoke({"question": QUESTION}, {"configurable": {"max_total_tokens": 256}})
+    for sent in (1024, 8192):  # the old default too
+        with pytest.raises(LimitError, match="max_total_tokens"):
+            graph.invoke({"question": QUESTION}, {"configurable": {"max_total_tokens": sent}})
