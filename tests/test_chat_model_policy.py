@@ -280,3 +280,32 @@ def test_runnable_input_of_a_policy_and_a_prm_is_checked():
     with pytest.raises(InputError, match="(?s)invalid PRM input.*aggregation"):
         prm.invoke({"question": "q", "steps": ["a"], "aggregation": "min"})
     assert policy.invoke({"question": "q", "sampling": {"temperature": 0.0}})[0].text == "3+4=7"
+
+
+def test_the_samples_do_not_stream_as_chat_messages():
+    """``stream_mode="messages"`` streams the reply, not the policy's samples: the wrapped
+    chat model's calls are tagged ``nostream`` (the policy run's tag is not inherited), on
+    its own and from a parent streaming its subgraphs."""
+    from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+    from langchain_core.messages import AIMessageChunk
+    from langgraph.graph import END, START, MessagesState, StateGraph
+
+    reply = AIMessage(content="SAMPLE: the answer is \\boxed{13}")
+    model = GenericFakeChatModel(messages=iter([reply] * 20))
+    tts = create_tts_graph(
+        ChatModelPolicy(model), FakePRM(lambda t: [0.9] * len(t.steps)), "best_of_n", {"n": 3}
+    )
+    parent = StateGraph(MessagesState)
+    parent.add_node("tts", tts)
+    parent.add_edge(START, "tts")
+    parent.add_edge("tts", END)
+    app = parent.compile()
+    inp = {"messages": [("human", "Start with 9. Add 4.")]}
+    for stream in (
+        tts.stream(inp, stream_mode="messages"),
+        app.stream(inp, stream_mode="messages", subgraphs=True),
+    ):
+        items = [item[-1] if isinstance(item[0], tuple) else item for item in stream]
+        ai = [(m, meta) for m, meta in items if isinstance(m, (AIMessage, AIMessageChunk))]
+        assert [meta["langgraph_node"] for _, meta in ai] == ["finalize"]
+        assert "13" in ai[0][0].content

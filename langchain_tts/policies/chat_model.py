@@ -194,7 +194,13 @@ class ChatModelPolicy(StepPolicy):
     async def _batch(self, inputs: list[Any], kwargs: dict[str, Any]) -> list[Any]:
         call = self.model.abatch(
             inputs,
-            config={"max_concurrency": self.max_concurrency, "run_name": self.name},
+            # nostream: the samples are not the chat's reply (LangGraph's "messages" mode
+            # skips them); the policy run's own tag is not inherited by these calls
+            config={
+                "max_concurrency": self.max_concurrency,
+                "run_name": self.name,
+                "tags": ["nostream"],
+            },
             return_exceptions=True,
             **kwargs,
         )
