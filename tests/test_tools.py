@@ -82,6 +82,57 @@ def test_an_agent_calls_it_and_reads_the_answer():
     assert out["messages"][-1].content == "7"
 
 
+def test_a_graph_built_with_output_key_is_a_tool_too():
+    """A graph built for a parent (``output_key``) reads the chat: the tool hands it the
+    question as a human message and reads the result under the key. A runnable that is no
+    TTS graph is refused when the tool is made."""
+    from langchain_core.runnables import RunnableLambda
+
+    from langchain_tts import create_router_graph
+
+    policy = FakePolicy(lambda p, i: "\\boxed{7}" if p.steps else "3+4=7")
+    prm = FakePRM(lambda t: [0.9] * len(t.steps))
+    for g in (
+        create_tts_graph(policy, prm, "best_of_n", {"n": 2}, output_key="tts"),
+        create_router_graph(policy, prm, output_key="result"),
+    ):
+        out = json.loads(create_tts_tool(g).invoke({"question": QUESTION}))
+        assert out["answer"] == "7" and out["usage"]["policy_calls"] >= 1, out
+    with pytest.raises(ConfigError, match="takes a TTS graph"):
+        create_tts_tool(RunnableLambda(lambda x: x, name="echo").with_types(input_type=dict))
+
+
+class BlankCaller(ToolCaller):
+    """Calls the tool with a blank question first, then with the user's."""
+
+    def _generate(self, messages: Any, stop: Any = None, run_manager: Any = None, **kw: Any):
+        last = messages[-1]
+        if isinstance(last, ToolMessage) and last.status == "error":
+            call = {"name": "solver", "args": {"question": messages[0].content}, "id": "call-2"}
+            msg = AIMessage(content="", tool_calls=[call])
+            return ChatResult(generations=[ChatGeneration(message=msg)])
+        if not isinstance(last, ToolMessage):
+            call = {"name": "solver", "args": {"question": "  "}, "id": "call-1"}
+            msg = AIMessage(content="", tool_calls=[call])
+            return ChatResult(generations=[ChatGeneration(message=msg)])
+        return super()._generate(messages, stop, run_manager, **kw)
+
+
+@pytest.mark.filterwarnings("ignore:create_react_agent has been moved")
+def test_a_question_the_graph_refuses_is_the_tools_error_not_the_agents_end():
+    """The LLM's blank question is an InputError: the agent gets it as the tool's error
+    message and asks again, instead of its whole run ending."""
+    from langgraph.prebuilt import create_react_agent
+
+    _, g = graph(name="solver")
+    agent = create_react_agent(BlankCaller(), [create_tts_tool(g)])
+    out = agent.invoke({"messages": [("human", QUESTION)]})
+    replies = [m for m in out["messages"] if isinstance(m, ToolMessage)]
+    assert replies[0].status == "error" and "question" in replies[0].content
+    assert json.loads(replies[1].content)["answer"] == "7"
+    assert out["messages"][-1].content == "7"
+
+
 @pytest.mark.slow
 def test_on_the_embedded_models():
     from langchain_tts import load_default
