@@ -313,5 +313,36 @@ def test_a_parent_question_left_from_an_earlier_turn_is_answered_with_a_warning(
     app = g.compile(checkpointer=saver)
     rc = {"configurable": {"thread_id": "stale-question"}}
     assert app.invoke({"messages": [("human", TURNS[0])]}, rc)["answer"] == ANSWERS[0]
-    with pytest.warns(UserWarning, match="not in the chat's newest human message"):
+    with pytest.warns(UserWarning, match="again: the chat's reply before its newest human"):
         app.invoke({"messages": [("human", TURNS[1])]}, rc)
+
+
+def test_a_parent_that_rewrites_the_question_each_turn_gets_no_warning(saver):
+    """A parent that writes ``question`` each turn in its own words (not the chat's) is
+    answering a new question: no warning that it is an old one."""
+    import re
+    import warnings
+
+    class App(MessagesState):
+        question: str
+        answer: str | None
+
+    def rewrite(state: App) -> dict:  # "what is 9 plus 4?" -> "Start with 9. Add 4."
+        a, b = re.findall(r"\d+", state["messages"][-1].content)
+        return {"question": f"Start with {a}. Add {b}."}
+
+    tts = create_tts_graph(FakePolicy(adder), FakePRM(prefer_right), "best_of_n", {"n": 2})
+    g = StateGraph(App)
+    g.add_node("rewrite", rewrite)
+    g.add_node("tts", tts)
+    g.add_edge(START, "rewrite")
+    g.add_edge("rewrite", "tts")
+    g.add_edge("tts", END)
+    app = g.compile(checkpointer=saver)
+    rc = {"configurable": {"thread_id": "rewritten"}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for msg, answer in (("what is 9 plus 4?", "13"), ("and 20 plus 6?", "26")):
+            out = app.invoke({"messages": [("human", msg)]}, rc)
+            assert out["answer"] == answer
+    assert out["messages"][-1].response_metadata["tts_question"] == "Start with 20. Add 6."

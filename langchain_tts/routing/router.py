@@ -976,7 +976,8 @@ class _Router:
             }
         usage = state.get("usage") or Usage()
         if state.get("messages"):
-            update["messages"] = [answer_message(solution, self.graph_name, usage)]
+            question = update["question"] or None
+            update["messages"] = [answer_message(solution, self.graph_name, usage, question)]
         progress = Progress(config)
         if progress.active:  # the router's own: its strategy's (a subgraph's) come before
             await progress.emit(

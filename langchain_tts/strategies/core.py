@@ -387,9 +387,9 @@ def check_chat_turn(state: TTSState, config: RunnableConfig | None) -> None:
     """The chat must ask something new. Run on its own with only ``messages``, a chat whose
     newest message is not a human one (``{"messages": []}`` on a thread, an AI note) has
     no new question: it used to answer the thread's last question again and append another
-    reply. Inside a parent, a ``question`` the parent left from an earlier turn (it is not
-    in the newest human message) is answered with a warning: the parent must write it
-    each turn, or use ``output_key``."""
+    reply. Inside a parent, a ``question`` the parent left from an earlier turn (the one
+    the reply before the newest human message answered) is answered with a warning: the
+    parent must write it each turn, or use ``output_key``."""
     messages = state.get("messages") or []
     if not messages:
         return
@@ -405,17 +405,26 @@ def check_chat_turn(state: TTSState, config: RunnableConfig | None) -> None:
             "there is no new question to answer. Send the question as a human message, or "
             "as {'question': '...'}"
         )
-    if nested and isinstance(question, str):
-        human = next((m for m in reversed(messages) if isinstance(m, HumanMessage)), None)
-        asked = "" if human is None else human.content
-        if isinstance(asked, str) and human is not None and question.strip() not in asked:
-            warnings.warn(
-                f"answering the parent's question {question[:80]!r}, which is not in the "
-                f"chat's newest human message {asked[:80]!r}: a parent that keeps 'question' "
-                "must write it each turn (or build the graph with output_key=..., which reads "
-                "the chat only)",
-                stacklevel=2,
-            )
+    if nested and isinstance(question, str) and question.strip() == _answered_before(messages):
+        warnings.warn(
+            f"answering the parent's question {question[:80]!r} again: the chat's reply "
+            "before its newest human message answered it. A parent that keeps 'question' "
+            "must write it each turn (or build the graph with output_key=..., which reads the "
+            "chat only)",
+            stacklevel=2,
+        )
+
+
+def _answered_before(messages: Sequence[AnyMessage]) -> str | None:
+    """The question that the TTS reply before the chat's newest human message answered."""
+    seen_human = False
+    for m in reversed(messages):
+        if isinstance(m, HumanMessage):
+            seen_human = True
+        elif seen_human and isinstance(m, AIMessage) and QUESTION_KEY in m.response_metadata:
+            q = m.response_metadata[QUESTION_KEY]
+            return q.strip() if isinstance(q, str) else None
+    return None
 
 
 def _text_of(content: list) -> str:
@@ -842,14 +851,22 @@ def finalize_update(
         "thread_usage": state.get("usage") or Usage(),
     }
     if state.get("messages"):
+        usage = state.get("usage") or Usage()
         update["messages"] = [
-            answer_message(solution, cfg._graph_name, state.get("usage") or Usage())
+            answer_message(solution, cfg._graph_name, usage, update["question"] or None)
         ]
     return update
 
 
-def answer_message(solution: str, name: str | None, usage: Usage) -> AIMessage:
-    """The chat reply of a run: the solution, named after the graph, with its token usage.
+#: the reply's ``response_metadata`` key holding the question it answers
+QUESTION_KEY = "tts_question"
+
+
+def answer_message(
+    solution: str, name: str | None, usage: Usage, question: str | None = None
+) -> AIMessage:
+    """The chat reply of a run: the solution, named after the graph, with its token usage
+    and the question it answers (``response_metadata["tts_question"]``).
 
     ``usage_metadata`` counts the policy's tokens only, over every call of the run: prompt
     tokens as input (those read from a prefix cache included, and also given as
@@ -868,6 +885,7 @@ def answer_message(solution: str, name: str | None, usage: Usage) -> AIMessage:
             "total_tokens": tokens_in + tokens_out,
             "input_token_details": {"cache_read": cached},
         },
+        response_metadata={QUESTION_KEY: question} if question else {},
     )
 
 
