@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
-from langchain_core.messages import AIMessage, HumanMessage
+from langchain_core.messages import AIMessage, AnyMessage, HumanMessage
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, MessagesState, StateGraph
+from langgraph.graph.message import add_messages
 
 from langchain_tts.checkpoint import serializer, sqlite_saver
-from langchain_tts.core.errors import BackendError
+from langchain_tts.core.errors import BackendError, InputError
 from langchain_tts.core.types import Trajectory, Usage
 from langchain_tts.graph import STRATEGIES, create_tts_graph
 from langchain_tts.testing import FakePolicy, FakePRM
@@ -346,3 +347,24 @@ def test_a_parent_that_rewrites_the_question_each_turn_gets_no_warning(saver):
             out = app.invoke({"messages": [("human", msg)]}, rc)
             assert out["answer"] == answer
     assert out["messages"][-1].response_metadata["tts_question"] == "Start with 20. Add 6."
+
+
+def test_a_parent_whose_question_defaults_to_empty_reads_the_chat():
+    """A pydantic parent state with ``question: str = ""`` hands the node an empty question
+    before anything wrote it: the chat's question is the one, not an "empty question"."""
+    from pydantic import BaseModel
+
+    class App(BaseModel):
+        messages: Annotated[list[AnyMessage], add_messages] = []
+        question: str = ""
+        answer: str | None = None
+
+    tts = create_tts_graph(FakePolicy(adder), FakePRM(prefer_right), "best_of_n", {"n": 2})
+    g = StateGraph(App)
+    g.add_node("tts", tts)
+    g.add_edge(START, "tts")
+    g.add_edge("tts", END)
+    out = g.compile().invoke({"messages": [("human", TURNS[0])]})
+    assert out["answer"] == ANSWERS[0] and out["question"] == TURNS[0]
+    with pytest.raises(InputError, match="question is empty"):
+        tts.invoke({"question": "   "})

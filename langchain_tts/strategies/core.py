@@ -344,9 +344,10 @@ _WARNED: set[tuple[type, str]] = set()
 
 
 def question_of(state: TTSState) -> str:
-    """The question, validated; from ``question`` or the last human message."""
+    """The question, validated; from ``question`` or the last human message (also when
+    ``question`` is ``""``, a parent state's default before anything wrote it)."""
     q: Any = state.get("question")
-    if q is None:
+    if q is None or q == "":
         for m in reversed(state.get("messages") or []):
             if isinstance(m, HumanMessage):
                 q = m.content if isinstance(m.content, str) else _text_of(m.content)
