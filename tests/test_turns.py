@@ -95,6 +95,11 @@ def test_a_question_passed_in_wins_and_does_not_stick(saver):
     assert out["question"] == TURNS[1] and out["answer"] == ANSWERS[1]
     out = graph.invoke({"question": TURNS[2]}, rc)
     assert out["question"] == TURNS[2] and out["answer"] == ANSWERS[2]
+    # the chat shows each question a turn answered, also one sent as {"question": ...}
+    chat = [(m.type, m.content) for m in out["messages"]]
+    asked = [c for t, c in chat if t == "human"]
+    assert asked == [TURNS[2], TURNS[0], TURNS[1], TURNS[2]]
+    assert [t for t, _ in chat] == ["human", "human", "ai", "human", "ai", "human", "ai"]
 
 
 @pytest.mark.parametrize("strategy", sorted(STRATEGIES))

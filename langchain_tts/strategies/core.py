@@ -513,6 +513,10 @@ def prepare_update(
     prefix = prefix_of(state)
     check_context(question, policy, prm, cfg, prefix)
     update: dict[str, Any] = {}
+    if _asked_outside_the_chat(state, question, config):
+        # a {"question": ...} turn on a chat thread: the chat shows what was asked, not a
+        # reply to nothing (inside a parent, the parent's chat is the parent's to write)
+        update["messages"] = [HumanMessage(content=question)]
     left = state.get("usage")
     if left is not None and state.get("run_question") and not state.get("stop_reason"):
         # the thread's previous run failed before its end (finalize books a run): what it
@@ -532,6 +536,19 @@ def prepare_update(
         "solution": "",
         "candidates": [],
     }
+
+
+def _asked_outside_the_chat(state: TTSState, question: str, config: RunnableConfig | None) -> bool:
+    """Whether a standalone run on a chat (a thread with messages) was asked ``question``
+    through ``question``, not as the chat's newest human message."""
+    messages = state.get("messages") or []
+    if not messages or not state.get("question") or inside_parent(config):
+        return False
+    human = next((m for m in reversed(messages) if isinstance(m, HumanMessage)), None)
+    if human is None:
+        return True
+    asked = human.content if isinstance(human.content, str) else _text_of(human.content)
+    return asked.strip() != question
 
 
 #: the most steps a caller may hand a search to continue from (``prefix_steps``)
