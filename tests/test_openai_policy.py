@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import re
 import socket
@@ -264,6 +265,12 @@ BROKEN_REPLIES = {
         lambda d: d.update(error={"message": "overloaded"}),
         "error object.*overloaded",
     ),
+    "an aborted request": (
+        lambda d: d["choices"][1].update(finish_reason="abort"),
+        "finish_reason='abort'",
+    ),
+    "no finish reason": (lambda d: d["choices"][0].update(finish_reason=None), "=None"),
+    "a lone surrogate": (lambda d: d["choices"][0].update(text="7 \udcff"), "not valid Unicode"),
 }
 
 
@@ -536,6 +543,55 @@ def test_timeout_is_a_deadline_for_the_whole_response(raw):
     with pytest.raises(BackendError, match="deadline") as info:
         policy.generate(PREFIXES[:1], n=1)
     assert time.perf_counter() - t0 < 2.0  # two attempts of 0.5 s, not 100 s each
+    assert info.value.partial["attempts"] == 2
+
+
+def test_waiting_for_a_free_connection_is_not_part_of_the_deadline(raw):
+    """More calls at once than ``max_connections``: the ones waiting their turn have not
+    been sent, so the deadline starts when they are. It used to run while they queued in
+    httpx's pool, timing out (and retrying) work the server never saw."""
+    import asyncio
+
+    seen: list[int] = []
+
+    def slow(h: Any) -> None:  # 0.4 s per answer, well inside the 1 s deadline
+        seen.append(1)
+        time.sleep(0.4)
+        choice = {"index": 0, "text": "s0.0", "finish_reason": "stop", "stop_reason": "\n\n"}
+        usage = {"prompt_tokens": 5, "completion_tokens": 2}
+        body = json.dumps({"choices": [choice], "usage": usage}).encode()
+        h.send_response(200)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        h.wfile.write(body)
+
+    server = raw(slow)
+    policy = OpenAIPolicy(server.url, "m", chat_template="none", timeout=1.0, max_retries=0,
+                          max_connections=2)  # fmt: skip
+
+    async def eight() -> list:
+        params = SamplingParams(max_step_tokens=8)
+        calls = [policy.agenerate(PREFIXES[:1], 1, params) for _ in range(8)]
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    out = asyncio.run(eight())
+    assert not [e for e in out if isinstance(e, BaseException)] and len(seen) == 8
+
+
+def test_a_body_that_does_not_decode_is_retried_then_a_backend_error(raw):
+    def broken_gzip(h: Any) -> None:
+        h.send_response(200)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Encoding", "gzip")
+        h.send_header("Content-Length", "9")
+        h.end_headers()
+        h.wfile.write(b"not gzip!")
+
+    server = raw(broken_gzip)
+    policy = OpenAIPolicy(server.url, "m", chat_template="none", max_retries=1, backoff=0.01)
+    with pytest.raises(BackendError, match="did not decode") as info:
+        policy.generate(PREFIXES[:1], n=1)
     assert info.value.partial["attempts"] == 2
 
 

@@ -371,6 +371,24 @@ def test_http_prm_scalar_rows():
         prm._probability([0.1] * 4096)
 
 
+def test_http_prm_auto_reads_a_whole_response_one_way(pooling):
+    """``activation="auto"`` decided row by row: of two logits, 1.0 read as a probability
+    (1.0) outranked 3.0 through the sigmoid (0.95), and the search kept the wrong beam. A
+    response holding any logit is read as logits throughout, and so is every later one."""
+    rows = iter([[[1.0], [3.0]], [[0.5], [0.9]]])
+
+    def handler(path: str, body: dict) -> tuple:
+        return 200, {"data": [{"index": 0, "data": next(rows)}]}
+
+    server = pooling(handler)
+    prm = HTTPRewardPRM(server.url, "rm", chat_template="none")
+    two_steps = Trajectory(question="Start with 3. Add 4.", steps=["3+4=7", "\\boxed{7}"])
+    first = prm.score([two_steps]).scores[0]
+    assert first == pytest.approx([0.731059, 0.952574], abs=1e-6) and prm.logits_seen
+    later = prm.score([two_steps]).scores[0]  # in [0, 1], but this server sends logits
+    assert later == pytest.approx([0.622459, 0.710950], abs=1e-6)
+
+
 def test_http_prm_rows_that_are_no_scores_are_errors_not_perfect_scores():
     """An infinite logit went through the sigmoid as a score of exactly 1.0 and won the
     vote; a probability a rounding error above 1 was read as a logit (0.73)."""

@@ -108,7 +108,9 @@ class HTTPBackend:
     ``timeout`` is a deadline per attempt: connecting, sending and reading the whole body
     (not httpx's gap between two reads, which a server trickling a byte now and then never
     hits), so a call ends after at most ``(max_retries + 1) * timeout`` plus the backoff
-    sleeps. A body larger than ``max_response_bytes`` is dropped as it streams in (a
+    sleeps and the wait for a free connection. That wait (more calls at once than
+    ``max_connections``) is outside the deadline: a call waiting its turn has not been sent,
+    and timing it out would retry work the server never saw, or drop work it is doing. A body larger than ``max_response_bytes`` is dropped as it streams in (a
     :class:`BackendError` naming the limit, not retried).
     """
 
@@ -144,6 +146,9 @@ class HTTPBackend:
         # the loop's shutdown_asyncgens() (run by asyncio.run) closes the client in time.
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[Any, Any]]
         self._clients = weakref.WeakKeyDictionary()
+        # loop -> the slots of its connections: a call waits for one before its deadline runs
+        self._slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore]
+        self._slots = weakref.WeakKeyDictionary()
         self._guard = threading.Lock()
 
     async def client(self) -> httpx.AsyncClient:
@@ -159,7 +164,8 @@ class HTTPBackend:
                 return entry[0]
             client = httpx.AsyncClient(
                 headers=self._headers,
-                timeout=httpx.Timeout(self.timeout),
+                # no pool timeout: calls queue for a connection on the slots, not in httpx
+                timeout=httpx.Timeout(self.timeout, pool=None),
                 limits=httpx.Limits(
                     max_connections=self.max_connections,
                     max_keepalive_connections=self.max_connections,
@@ -213,9 +219,10 @@ class HTTPBackend:
             attempts += 1
             retry_after = None
             try:
-                status, headers, body = await asyncio.wait_for(
-                    self._attempt(url, content), self.timeout
-                )
+                async with self._slot():
+                    status, headers, body = await asyncio.wait_for(
+                        self._attempt(url, content), self.timeout
+                    )
             except asyncio.TimeoutError:
                 errors.append(f"timed out: no full response within the {self.timeout:g}s deadline")
                 continue
@@ -224,6 +231,9 @@ class HTTPBackend:
                 continue
             except httpx.TransportError as e:
                 errors.append(f"connection error: {type(e).__name__}: {e}")
+                continue
+            except httpx.DecodingError as e:  # a compressed body that does not decode
+                errors.append(f"the response body did not decode: {e}")
                 continue
             except _TooLarge:
                 errors.append(f"the response exceeded max_response_bytes={self.max_response_bytes}")
@@ -236,7 +246,7 @@ class HTTPBackend:
             if 200 <= status < 300:
                 try:
                     data = json.loads(body)
-                except ValueError:
+                except (ValueError, RecursionError):  # RecursionError: nested past the parser
                     errors.append(f"HTTP {status} with a body that is not JSON: {text[:300]!r}")
                     continue
                 if not isinstance(data, dict):
@@ -257,6 +267,15 @@ class HTTPBackend:
         raise self._error(
             url, attempts, status, errors, f"gave up after {attempts} attempts; last: {errors[-1]}"
         )
+
+    def _slot(self) -> asyncio.Semaphore:
+        """The running loop's connection slots (``max_connections``)."""
+        loop = asyncio.get_running_loop()
+        with self._guard:
+            slots = self._slots.get(loop)
+            if slots is None:
+                slots = self._slots[loop] = asyncio.Semaphore(self.max_connections)
+        return slots
 
     async def _attempt(self, url: str, content: bytes) -> tuple[int, httpx.Headers, bytes]:
         """One POST, its body read in chunks up to :attr:`max_response_bytes`."""

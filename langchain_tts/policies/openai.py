@@ -70,6 +70,10 @@ from langchain_tts.policies.base import PolicyResult, StepPolicy
 
 __all__ = ["OpenAIPolicy"]
 
+#: finish reasons of other OpenAI-compatible servers (TGI's): OpenAI's, and vLLM's
+#: ``stop_reason`` (None: the model ended the text; unknown: a stop string, maybe)
+_ALIASES = {"eos_token": ("stop", None), "stop_sequence": ("stop", STOP_REASON_UNKNOWN)}
+
 
 def _distribute(total: int, weights: list[int]) -> list[int]:
     """Split ``total`` into integers proportional to ``weights`` (largest remainder)."""
@@ -367,11 +371,27 @@ class OpenAIPolicy(ServerClient, StepPolicy):
                     "not a string",
                     partial={"url": self.completions_url, "response": str(data)[:500]},
                 )
-            reason = map_finish_reason(
+            try:  # the text becomes a prompt: a lone surrogate would fail the next step
+                text.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise BackendError(
+                    f"{self.name}: choice {j} of {self.completions_url} holds text that is not "
+                    f"valid Unicode ({e.reason} at position {e.start})",
+                    partial={"url": self.completions_url, "response": str(data)[:500]},
+                ) from None
+            finish, stop_reason = _ALIASES.get(
                 c.get("finish_reason"),
-                c.get("stop_reason", STOP_REASON_UNKNOWN),
-                stop_sent=params.stop_at_step,
+                (c.get("finish_reason"), c.get("stop_reason", STOP_REASON_UNKNOWN)),
             )
+            if finish not in ("stop", "length", "content_filter"):
+                # vLLM's "abort" / "error", a null or unknown reason: the sample did not end
+                # the way a completion does, and its text is no step or solution
+                raise BackendError(
+                    f"{self.name}: choice {j} of {self.completions_url} ended with "
+                    f"finish_reason={c.get('finish_reason')!r:.50}; expected 'stop' or 'length'",
+                    partial={"url": self.completions_url, "response": str(data)[:500]},
+                )
+            reason = map_finish_reason(finish, stop_reason, stop_sent=params.stop_at_step)
             if params.stop_at_step:
                 text, reason, _ = cut_at_delimiter(text, reason, self.step_delimiter)
             texts.append(text)

@@ -22,9 +22,12 @@ with one tag per step. This module renders the input client-side:
   "returned_token_ids": [648, 387]}'``; the score is row[0] (P("+"));
 * ``format=callable``: ``render(trajectory) -> str``; set ``positive_index``.
 
-Rows are read as probabilities when they already are (entries in [0, 1] summing to 1), else
-softmaxed (``activation="auto"``); a one-entry row is used as is when in [0, 1], else passed
-through a sigmoid. Force the choice with ``activation="none" | "softmax" | "sigmoid"``.
+With ``activation="auto"`` a response's rows are read as probabilities when every row of it
+already is one (a one-entry row in [0, 1]; entries in [0, 1] summing to 1), else all are
+logits: a one-entry row goes through a sigmoid, a wider one through a softmax. Once a
+response held logits, the PRM reads every later one as logits too (one reading for all rows:
+a logit of 1.0 read as a probability would outrank a logit of 3.0). Force the choice with
+``activation="none" | "softmax" | "sigmoid"``.
 A row count that differs from the step count (e.g. ALL-token pooling) is a
 :class:`PRMOutputError` that says to configure STEP pooling. Retries, timeouts and errors
 behave as in :class:`~langchain_tts.policies.openai.OpenAIPolicy`
@@ -65,6 +68,20 @@ def _softmax(row: list[float]) -> list[float]:
     exps = [math.exp(x - m) for x in row]
     total = sum(exps)
     return [e / total for e in exps]
+
+
+def _probability_like(row: Any) -> bool:
+    """Whether a score row reads as a probability: one entry in [0, 1], or entries in
+    [0, 1] summing to 1. A row that is no finite number says nothing (True): the scoring
+    names it."""
+    items = row if isinstance(row, list) else [row]
+    if not items or not all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in items
+    ):
+        return True
+    if not all(-_SLACK <= x <= 1 + _SLACK for x in items):
+        return False
+    return len(items) == 1 or abs(sum(items) - 1) < 1e-3
 
 
 def _sigmoid(x: float) -> float:
@@ -128,6 +145,8 @@ class HTTPRewardPRM(ServerClient, ProcessRewardModel):
             positive_index = 0 if format == "math_shepherd" else 1
         self.positive_index = positive_index
         self.activation = activation
+        #: ``activation="auto"`` saw a response of logits: every later one is read as logits
+        self.logits_seen = False
         self.url = server_root(self.base_url) + "/" + endpoint.lstrip("/")
 
     # -- rendering --------------------------------------------------------------------------
@@ -190,8 +209,11 @@ class HTTPRewardPRM(ServerClient, ProcessRewardModel):
                 partial={"url": self.url, "response": str(data)[:500]},
             )
         items = by_index(items, len(texts), f"{self.name}: {self.url}", data)
-        for i, item in zip(todo, items, strict=True):
-            rows = item.get("data") if isinstance(item, dict) else None
+        rows_of = [item.get("data") if isinstance(item, dict) else None for item in items]
+        if self.activation == "auto" and not self.logits_seen:
+            every_row = [r for rows in rows_of if isinstance(rows, list) for r in rows]
+            self.logits_seen = not all(_probability_like(r) for r in every_row)
+        for i, rows in zip(todo, rows_of, strict=True):
             scores[i] = self._step_scores(rows, len(trajectories[i].steps), i)
         raw = usage_of(data, f"{self.name}: {self.url}")
         tokens = token_count(raw, "prompt_tokens", f"{self.name}: {self.url}")
@@ -225,9 +247,10 @@ class HTTPRewardPRM(ServerClient, ProcessRewardModel):
                 "probability or logit, or one per label): an infinite logit is no score"
             )
         values = [float(x) for x in items]
+        logits = self.activation == "auto" and self.logits_seen
         if len(values) == 1:
             x = values[0]
-            if -_SLACK <= x <= 1 + _SLACK and self.activation != "sigmoid":
+            if -_SLACK <= x <= 1 + _SLACK and self.activation != "sigmoid" and not logits:
                 return min(max(x, 0.0), 1.0)  # a probability, off by float rounding at most
             if self.activation == "sigmoid" or self.activation == "auto":
                 return _sigmoid(x)
@@ -240,7 +263,7 @@ class HTTPRewardPRM(ServerClient, ProcessRewardModel):
                 "(or use the in-process PRM class)."
             )
         is_dist = all(-_SLACK <= x <= 1 + _SLACK for x in values) and abs(sum(values) - 1) < 1e-3
-        if self.activation == "softmax" or (self.activation == "auto" and not is_dist):
+        if self.activation == "softmax" or (self.activation == "auto" and (logits or not is_dist)):
             values = _softmax(values)
         elif self.activation == "sigmoid":
             return _sigmoid(values[self.positive_index])
