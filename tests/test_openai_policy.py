@@ -19,6 +19,7 @@ from langchain_tts.backends.text import map_finish_reason
 from langchain_tts.core.config import SamplingParams
 from langchain_tts.core.types import Trajectory
 from langchain_tts.policies.openai import OpenAIPolicy, _distribute
+from langchain_tts.prms import HTTPRewardPRM
 from langchain_tts.testing import FakeOpenAIServer, FakePRM
 
 Handler = Callable[[str, dict], tuple]
@@ -636,6 +637,26 @@ def test_client_mistakes_are_typed_errors_before_any_request(serve):
         with pytest.raises(ConfigError, match="seed must be between 0 and"):
             policy.generate(PREFIXES[:1], n=2, params=params)
     assert server.requests == []
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"timeout": None}, "timeout must be"),
+        ({"timeout": float("nan")}, "timeout must be"),
+        ({"max_retries": 1.5}, "max_retries must be"),
+        ({"base_url": "127.0.0.1:8000/v1"}, "http\\(s\\) URL"),
+        ({"base_url": "http://127.0.0.1:99999/v1"}, "outside 1..65535"),
+    ],
+)
+def test_a_bad_backend_setting_is_a_config_error_when_built(kwargs, match):
+    """Each of these used to pass and fail at the first request (a bare TypeError, an
+    ExceptionGroup) or be retried as a connection error."""
+    base = {"base_url": "http://127.0.0.1:8000/v1", "model": "m", "chat_template": "none"}
+    with pytest.raises(ConfigError, match=match):
+        OpenAIPolicy(**{**base, **kwargs})
+    with pytest.raises(ConfigError, match=match):
+        HTTPRewardPRM(**{**base, "model": "prm", **kwargs})
 
 
 def test_a_prm_output_error_carries_the_search_progress(serve):

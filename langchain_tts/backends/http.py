@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import threading
 import weakref
 from collections import OrderedDict
@@ -80,6 +81,10 @@ def token_count(raw: Mapping[str, Any], key: str, where: str) -> int | None:
     return int(v)
 
 
+def _number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
 class _TooLarge(Exception):
     pass
 
@@ -125,10 +130,10 @@ class HTTPBackend:
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         name: str = "backend",
     ):
-        if timeout <= 0:
-            raise ConfigError(f"timeout must be > 0 seconds, got {timeout}")
-        if max_retries < 0:
-            raise ConfigError(f"max_retries must be >= 0, got {max_retries}")
+        if not _number(timeout) or not math.isfinite(timeout) or timeout <= 0:
+            raise ConfigError(f"timeout must be a number of seconds > 0, got {timeout!r}")
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise ConfigError(f"max_retries must be a whole number >= 0, got {max_retries!r}")
         if max_connections < 1:
             raise ConfigError(f"max_connections must be >= 1, got {max_connections}")
         if max_response_bytes < 1:
@@ -337,6 +342,17 @@ class ServerClient:
             raise ConfigError(
                 f"chat_template must be 'server', 'client' or 'none', got {chat_template!r}"
             )
+        if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"base_url must be an http(s) URL like 'http://127.0.0.1:8000/v1', got "
+                f"{base_url!r:.100}"
+            )
+        try:  # a port out of range fails here, not as a retried connection error
+            port = httpx.URL(base_url).port
+        except (httpx.InvalidURL, ValueError) as e:
+            raise ConfigError(f"base_url {base_url!r:.100} is not a valid URL: {e}") from None
+        if port is not None and not 0 < port < 65536:
+            raise ConfigError(f"base_url {base_url!r:.100} has port {port}, outside 1..65535")
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.chat_template = chat_template
