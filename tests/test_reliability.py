@@ -424,3 +424,71 @@ async def test_cancelled_run_on_a_local_model_releases_the_lock_and_coalescer(ti
     slow["on"] = False
     out = await bounded(graph.ainvoke({"question": "Start with 3."}))
     assert out["candidates"] and out["usage"].policy_calls >= 1
+
+
+# -- the sync bridge inside a running event loop (Jupyter) -----------------------------------
+async def test_a_sync_invoke_inside_a_running_loop_keeps_the_callers_context():
+    """``graph.invoke`` inside a running loop (a Jupyter cell) runs on a thread of its own:
+    the caller's context (callbacks, tracing) goes with it, so every model call is traced."""
+    from langchain_core.callbacks import BaseCallbackHandler
+
+    from langchain_tts import create_tts_graph
+    from langchain_tts.testing import FakePolicy, FakePRM
+
+    class Seen(BaseCallbackHandler):
+        def __init__(self) -> None:
+            self.runs: list[str] = []
+
+        def on_llm_start(self, serialized: Any, prompts: Any, **kwargs: Any) -> None:
+            self.runs.append("model")
+
+    graph = create_tts_graph(
+        FakePolicy(lambda p, i: "\\boxed{7}" if p.steps else "3+4=7"),
+        FakePRM(lambda t: [0.9] * len(t.steps)),
+        "beam_search",
+        {"n": 2, "beam_width": 1},
+    )
+    seen = Seen()
+    out = graph.invoke({"question": "Start with 3. Add 4."}, {"callbacks": [seen]})
+    assert out["answer"] == "7" and len(seen.runs) == out["usage"].policy_calls > 0
+
+
+def test_ctrl_c_in_a_running_loop_cancels_the_sync_call():
+    """Ctrl-C (a real SIGINT) while ``run_sync`` waits inside a running loop cancels the
+    coroutine at once; it used to run to its end, the interrupt held until then. In a
+    subprocess of its own: the signal goes to its main thread."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        """
+        import asyncio, signal, threading, time
+        from langchain_tts.backends.sync import run_sync
+
+        ended = threading.Event()
+
+        async def long_call():
+            try:
+                await asyncio.sleep(30)
+            finally:
+                ended.set()
+
+        async def cell():  # a Jupyter cell: sync code on a running loop
+            main = threading.main_thread().ident
+            threading.Timer(0.3, signal.pthread_kill, (main, signal.SIGINT)).start()
+            t0 = time.monotonic()
+            try:
+                run_sync(long_call())
+            except KeyboardInterrupt:
+                print("interrupted", round(time.monotonic() - t0, 1), ended.wait(5))
+
+        # as Jupyter runs a cell: Python's own SIGINT handler (asyncio.run has its own)
+        asyncio.new_event_loop().run_until_complete(cell())
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    words = out.stdout.split()
+    assert words[:1] == ["interrupted"] and float(words[1]) < 5 and words[2] == "True", (
+        out.stdout + out.stderr
+    )

@@ -101,18 +101,38 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     if not in_loop:  # outside the except block: errors don't chain "no running event loop"
         return _run(coro)
     # A thread of its own (not the worker pool): the coroutine may itself wait for workers.
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(_run, coro).result()
+    # It runs in a copy of the caller's context (callbacks and tracing ride on it), and a
+    # KeyboardInterrupt in the caller (Ctrl-C in Jupyter) cancels it, as it would a run on
+    # the caller's own loop, instead of waiting for it to end.
+    started: dict[str, Any] = {}
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    try:
+        future = pool.submit(contextvars.copy_context().run, _run, coro, started)
+        return future.result()
+    except BaseException:
+        loop, task = started.get("loop"), started.get("task")
+        if loop is not None and task is not None:
+            try:
+                loop.call_soon_threadsafe(task.cancel)
+            except RuntimeError:  # its loop has already closed: the run is over
+                pass
+        raise
+    finally:
+        pool.shutdown(wait=False)
 
 
-def _run(coro: Coroutine[Any, Any, T]) -> T:
+def _run(coro: Coroutine[Any, Any, T], started: dict[str, Any] | None = None) -> T:
     """``asyncio.run(coro)``, but without joining the loop's default-executor threads at the
     end: a blocking call that a timeout gave up on (a sync-only chat model, run there by
-    LangChain) must not hold its sync caller until it returns. The threads finish alone."""
+    LangChain) must not hold its sync caller until it returns. The threads finish alone.
+    ``started`` gets the loop and the task, for a caller in another thread to cancel."""
     loop = asyncio.new_event_loop()
     try:
         asyncio.set_event_loop(loop)
-        return loop.run_until_complete(coro)
+        task = loop.create_task(coro)
+        if started is not None:
+            started.update(loop=loop, task=task)
+        return loop.run_until_complete(task)
     finally:
         try:
             pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
