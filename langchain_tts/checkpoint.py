@@ -123,9 +123,16 @@ def parse_db(db: str | Path) -> tuple[str, str]:
 def check_database(db: str | Path, timeout: float = 10.0) -> None:
     """A :class:`ConfigError` now, with the database's own reason, when a Postgres ``db``
     cannot be reached (a server would otherwise retry for 30 s at startup, then fail with a
-    pool timeout); SQLite files are opened when used."""
+    pool timeout), or a SQLite file cannot be created where it is named."""
     kind, target = parse_db(db)
-    if kind != "postgres":
+    if kind == "sqlite":  # opened when used: a path that cannot be would fail at startup
+        path = Path(target)
+        if path.is_dir() or not path.parent.is_dir():
+            raise ConfigError(
+                f"checkpoint db {str(target)!r}: "
+                + ("is a directory" if path.is_dir() else "its folder does not exist")
+                + "; give a SQLite file path in an existing folder"
+            )
         return
     try:
         import psycopg

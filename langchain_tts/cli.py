@@ -38,7 +38,7 @@ def _user_errors(command: Callable[..., None]) -> Callable[..., None]:
 
         try:
             command(*args, **kwargs)
-        except (TTSError, OSError) as e:
+        except (TTSError, OSError, UnicodeDecodeError) as e:
             typer.echo(f"Error: {_first_lines(e)}", err=True)
             raise typer.Exit(2) from None
 
@@ -480,9 +480,10 @@ def report(
 
 
 @app.command()
+@_user_errors
 def serve(
     host: Annotated[str, typer.Option(help="interface to bind")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    port: Annotated[int, typer.Option(help="TCP port", min=1, max=65535)] = 8000,
     strategy: Annotated[
         list[str],
         typer.Option(
@@ -492,7 +493,7 @@ def serve(
     ] = [],  # noqa: B006
     policy: EmbeddedPolicy = None,
     prm: EmbeddedVerifier = "calculator",
-    budget: Annotated[int, typer.Option(help="default samples N per question")] = 16,
+    budget: Annotated[int, typer.Option(help="default samples N per question", min=1)] = 16,
     checkpoint_db: Annotated[
         str | None,
         typer.Option(
@@ -519,7 +520,9 @@ def serve(
             "arguments (your own models); --policy/--prm are then unused",
         ),
     ] = None,
-    log_level: Annotated[str, typer.Option()] = "info",
+    log_level: Annotated[
+        str, typer.Option(help="uvicorn's: critical | error | warning | info | debug | trace")
+    ] = "info",
     limits: Annotated[
         Path | None,
         typer.Option(help="limits file (JSON or TOML); the flags below override it"),
@@ -551,9 +554,14 @@ def serve(
     from langchain_tts.serve import create_app, run_server
     from langchain_tts.threads import api_key_auth, load_api_keys
 
+    levels = ("critical", "error", "warning", "info", "debug", "trace")
+    if log_level.lower() not in levels:
+        raise typer.BadParameter(f"{log_level!r} is not one of {levels}", param_hint="--log-level")
+    log_level = log_level.lower()
+
     try:
         auth = api_key_auth(load_api_keys(api_keys)) if api_keys is not None else None
-    except (OSError, ConfigError) as e:
+    except (OSError, ConfigError, UnicodeDecodeError) as e:
         raise typer.BadParameter(str(e), param_hint="--api-keys") from None
     try:
         served_limits = _serve_limits(

@@ -421,3 +421,26 @@ def test_cli_mistakes_are_one_line_errors_with_exit_code_2(tmp_path):
         assert text in flat(res.output), (args, res.output)
         assert "Traceback" not in res.output, args
     assert notes.read_text() == "my notes, no newline"  # untouched
+
+
+def test_serve_mistakes_are_one_line_errors_before_it_serves(tmp_path):
+    """Each of these was a traceback (an unknown strategy or log level, an API keys file
+    that is not UTF-8, a SQLite file that cannot be created: at startup, after "Serving"),
+    or was taken (``--budget 0`` served three routes; ``--port 99999`` listened on 34463)."""
+    flat = lambda out: " ".join(out.replace("│", " ").split())  # noqa: E731 (the error box)
+    keys = tmp_path / "keys.txt"
+    keys.write_bytes(b"k\xe9y ns\n")
+    cases = {
+        ("--strategy", "bogus"): "unknown strategy 'bogus'",
+        ("--log-level", "bogus"): "'bogus' is not one of",
+        ("--api-keys", str(keys)): "--api-keys",
+        ("--checkpoint-db", str(tmp_path / "no" / "x.db")): "its folder does not exist",
+        ("--checkpoint-db", str(tmp_path)): "is a directory",
+        ("--budget", "0"): "--budget",
+        ("--port", "99999"): "--port",
+    }
+    for args, text in cases.items():
+        res = CliRunner().invoke(app, ["serve", *args])
+        assert res.exit_code == 2, (args, res.output)
+        assert text in flat(res.output), (args, res.output)
+        assert "Traceback" not in res.output, args
