@@ -444,3 +444,23 @@ def test_serve_mistakes_are_one_line_errors_before_it_serves(tmp_path):
         assert res.exit_code == 2, (args, res.output)
         assert text in flat(res.output), (args, res.output)
         assert "Traceback" not in res.output, args
+
+
+def test_a_problem_too_long_for_the_models_is_recorded_and_the_sweep_goes_on(tmp_path):
+    """A problem past the models' context used to end ``tts eval``, and its resume failed
+    on it again: the problems after it were never run. It is a wrong answer at no cost,
+    with the reason, and a rerun has nothing left to do."""
+    data = tmp_path / "long.jsonl"
+    rows = [("a", "Start with 3. Add 4.", "7"), ("b", "Start with 3. " + "Add 1. " * 200, "203"),
+            ("c", "Start with 5. Add 6.", "11")]  # fmt: skip
+    data.write_text("".join(json.dumps({"id": i, "problem": q, "answer": a}) + "\n"
+                            for i, q, a in rows))  # fmt: skip
+    out = tmp_path / "out.jsonl"
+    args = ["eval", "--data", str(data), "--strategy", "cot", "--out", str(out)]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    recs = {r["id"]: r for r in read_records(out)}
+    assert sorted(recs) == ["a", "b", "c"]
+    assert recs["b"]["pred"] is None and not recs["b"]["correct"] and recs["b"]["flops"] == 0
+    assert "too long" in recs["b"]["error"] and "error" not in recs["a"]
+    assert CliRunner().invoke(app, args).exit_code == 0 and len(read_records(out)) == 3

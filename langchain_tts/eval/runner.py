@@ -18,6 +18,7 @@ from langgraph.graph.state import CompiledStateGraph
 from tqdm.auto import tqdm
 
 from langchain_tts.core.errors import InputError
+from langchain_tts.core.types import Usage
 from langchain_tts.eval.datasets import Problem
 from langchain_tts.eval.grading import answers_match
 
@@ -145,7 +146,13 @@ async def run_eval(
         async def one(p: Problem) -> None:
             async with sem:
                 t0 = time.perf_counter()
-                res = await graph.ainvoke({"question": p.problem})
+                error = None
+                try:
+                    res = await graph.ainvoke({"question": p.problem})
+                except InputError as e:
+                    # a problem the models cannot take (longer than their context): a wrong
+                    # answer at no cost, recorded, so the sweep and its resume go on past it
+                    res, error = {"usage": Usage(), "answer": None, "stop_reason": "input"}, e
                 u = res["usage"]
                 pred = res.get("answer")
                 rec = {
@@ -165,6 +172,8 @@ async def run_eval(
                     "seconds": round(time.perf_counter() - t0, 4),
                     "stop_reason": res.get("stop_reason"),
                 }
+                if error is not None:
+                    rec["error"] = str(error)[:500]
                 records.append(rec)
                 if fh:
                     fh.write(json.dumps(rec) + "\n")
