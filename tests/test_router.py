@@ -112,6 +112,16 @@ def test_probe_agreement_compares_normalised_answers():
     assert est.agreement == pytest.approx(3 / 5)
 
 
+def test_probe_samples_cut_by_the_token_cap_give_no_answer():
+    """A sample cut by the probe's ``max_tokens`` ends in a number it was still computing
+    with: it used to vote, four cut samples "agreed", and the router answered with it at
+    p_solve 1.0 without running a strategy."""
+    policy = FakePolicy(lambda p, i: Step(text="20+35=55\n\n55", tokens=12, finish_reason="length"))
+    est = ProbeEstimator(policy, k=4).estimate("Start with 20. Add 35. Divide by 5.")
+    assert all(c.finish_reason == "length" and c.answer == "55" for c in est.candidates)
+    assert est.answer is None and est.agreement == 0.0 and est.bin == "hard"
+
+
 def test_probe_blends_prm_score_with_one_prm_call():
     policy, prm = make_policy(), make_prm(0.8)
     est = ProbeEstimator(policy, prm, k=4, prm_weight=0.5).estimate("medium q")

@@ -286,17 +286,23 @@ def _check_models(policy: Any, prm: Any, who: str, *, need_prm: bool) -> None:
         raise ConfigError(f"{who}: prm must be a ProcessRewardModel, got {type(prm).__name__}")
 
 
+def answer_of(t: Trajectory) -> str | None:
+    """A sample's answer, or None when a token cap cut it (its last number is no answer)."""
+    return None if t.finish_reason in ("length", "max_total_tokens") else t.answer
+
+
 def _majority(cands: list[Trajectory]) -> tuple[str | None, float]:
-    """The modal normalised answer and the fraction of *all* samples that gave it."""
+    """The modal normalised answer and the fraction of *all* samples that gave it (a
+    sample cut by a token cap gives none)."""
     if not cands:
         return None, 0.0
-    keys = vote_keys([c.answer for c in cands])  # 0.5, 1/2 and \frac12 vote together
+    keys = vote_keys([answer_of(c) for c in cands])  # 0.5, 1/2 and \frac12 vote together
     counts = Counter(k for k in keys if k is not None)
     if not counts:
         return None, 0.0
     top = max(counts.values())
     winner = next(k for k in keys if k is not None and counts[k] == top)  # first seen wins ties
-    answer = next(c.answer for c, k in zip(cands, keys) if k == winner)
+    answer = next(answer_of(c) for c, k in zip(cands, keys) if k == winner)
     return answer, top / len(cands)
 
 
@@ -419,7 +425,7 @@ class VerifierEstimator(_ModelEstimator):
             method="verifier",
             usage=usage + prm_usage,
             candidates=cands,
-            answer=cands[0].answer,
+            answer=answer_of(cands[0]),
             prm_score=s,
             temperature=0.0,
             max_step_tokens=self.max_tokens,
