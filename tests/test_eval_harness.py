@@ -384,6 +384,10 @@ def test_cli_mistakes_are_one_line_errors_with_exit_code_2(tmp_path):
     notes.write_text("my notes, no newline")
     not_records = tmp_path / "r.jsonl"
     not_records.write_text('{"a": 1}\n')
+    bad_mid = tmp_path / "bad_mid.jsonl"  # a broken line that is not the last one
+    bad_mid.write_text('{"id": "a"}\n{"id": \n{"id": "b"}\n')
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes(b'{"id": "caf\xe9"}\n')
     out = str(tmp_path / "o.jsonl")
     cases = {
         ("solve", "Start with 7.", "--budget", "1000000000"): "--budget",
@@ -410,6 +414,8 @@ def test_cli_mistakes_are_one_line_errors_with_exit_code_2(tmp_path):
         ),
         ("eval", "--strategy", "cot", "--n", "1", "--out", str(notes)): "not a file of eval",
         ("eval", "--strategy", "cot", "--concurrency", "0"): "--concurrency",
+        ("eval", "--strategy", "cot", "--n", "1", "--out", str(bad_mid)): "not a JSON record",
+        ("eval", "--strategy", "cot", "--n", "1", "--out", str(latin)): "not UTF-8",
         ("report", str(not_records)): "record 1 is no eval record",
         ("report", str(tmp_path / "o.jsonl")): "no eval records",
     }

@@ -42,7 +42,11 @@ def read_records(path: str | Path) -> list[dict]:
     p = Path(path)
     if not p.exists():
         return []
-    lines = [(i, line) for i, line in enumerate(p.read_text().splitlines()) if line.strip()]
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{p}: not a file of eval records (not UTF-8: {e.reason})") from None
+    lines = [(i, line) for i, line in enumerate(text.splitlines()) if line.strip()]
     out = []
     for k, (i, line) in enumerate(lines):
         try:
@@ -50,7 +54,7 @@ def read_records(path: str | Path) -> list[dict]:
         except json.JSONDecodeError as e:
             if k == len(lines) - 1:
                 continue  # an interrupted write: redo that problem
-            raise ValueError(f"{p}:{i + 1}: not a JSON record ({e})") from None
+            raise InputError(f"{p}:{i + 1}: not a JSON record ({e})") from None
     return out
 
 
