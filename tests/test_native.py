@@ -206,6 +206,8 @@ def test_load_default_never_imports_transformers() -> None:
         "step = policy.generate([t], n=2).steps[0][0].text\n"
         "prm.score([Trajectory(question=t.question, steps=[step])])\n"
         "load_default(prm='calculator')[1].score([Trajectory(question=t.question, steps=['3+4=7'])])\n"
+        # a child of a scored trajectory: its prefix comes from the scoring cache
+        "prm.score([Trajectory(question=t.question, steps=[step, '\\\\boxed{7}'])])\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'transformers'))\n"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}

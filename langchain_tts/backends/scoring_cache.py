@@ -10,6 +10,7 @@ the cache equal scores without it up to float rounding. The policy's generation 
 from __future__ import annotations
 
 import inspect
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -93,6 +94,10 @@ def transformers_body(model: object) -> TransformersBody | None:
     full attention or a sliding window (reused only for sequences shorter than the window:
     Mistral's 4,096 tokens), and a ``forward`` taking a cache and ``position_ids``. Else
     None (a recurrent, hybrid or static cache)."""
+    if "transformers" not in sys.modules:
+        # no transformers model without the package imported: the native runtime's models
+        # must not pay for importing it (seconds, under the PRM's lock, mid-run)
+        return None
     try:
         from transformers import DynamicCache, PreTrainedModel
     except ImportError:  # pragma: no cover - the native backend needs no transformers
