@@ -470,3 +470,18 @@ def test_a_problem_too_long_for_the_models_is_recorded_and_the_sweep_goes_on(tmp
     assert recs["b"]["pred"] is None and not recs["b"]["correct"] and recs["b"]["flops"] == 0
     assert "too long" in recs["b"]["error"] and "error" not in recs["a"]
     assert CliRunner().invoke(app, args).exit_code == 0 and len(read_records(out)) == 3
+
+
+def test_the_table_and_the_report_count_a_record_read_twice_once():
+    """Overlapping shards, or a file passed with its folder: the table counted the problem
+    twice (50% where the report said 67%)."""
+    from langchain_tts.eval.report import run_rows
+    from langchain_tts.eval.runner import summarize
+
+    base = {"dataset": "d", "policy": "p", "prm": "v", "strategy": "s", "budget": 4,
+            "level": 1, "gold": "1", "tokens": 10, "flops": 1.0, "seconds": 0.1}  # fmt: skip
+    recs = [{**base, "id": i, "pred": "1" if ok else "2", "correct": ok}
+            for i, ok in (("a", True), ("b", True), ("c", False))]  # fmt: skip
+    twice = recs + recs[2:]
+    assert summarize(twice)[0]["accuracy"] == run_rows(twice)[0]["accuracy"] == 2 / 3
+    assert summarize(twice)[0]["n"] == 3

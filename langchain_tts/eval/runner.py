@@ -220,7 +220,7 @@ def _open_for_append(path: str | Path):
 
 
 #: what every eval record holds, for :func:`summarize`
-RECORD_FIELDS = ("correct", "tokens", "flops", "seconds")
+RECORD_FIELDS = ("id", "correct", "tokens", "flops", "seconds")
 
 
 def _not_a_record(r: object) -> str:
@@ -236,17 +236,20 @@ def _not_a_record(r: object) -> str:
 
 
 def summarize(records: Iterable[dict]) -> list[dict]:
-    """Accuracy and mean compute per (dataset, policy, prm, strategy, budget)."""
+    """Accuracy and mean compute per (dataset, policy, prm, strategy, budget). A problem
+    recorded twice for the same run (overlapping shards, a file read twice) counts once, the
+    last record, as in :func:`~langchain_tts.eval.report.run_rows`."""
     records = list(records)
     for i, r in enumerate(records):
         why = _not_a_record(r)
         if why:
             raise InputError(f"record {i + 1} is no eval record ({why}); `tts eval` writes them")
-    groups: dict[tuple, list[dict]] = defaultdict(list)
+    per_run: dict[tuple, dict[str, dict]] = defaultdict(dict)
     for r in records:
-        groups[tuple(r.get(k) for k in RECORD_KEY[:-1])].append(r)
+        per_run[tuple(r.get(k) for k in RECORD_KEY[:-1])][str(r["id"])] = r
     rows = []
-    for key, rs in groups.items():
+    for key, by_id in per_run.items():
+        rs = list(by_id.values())
         by_level: dict[Any, list[bool]] = defaultdict(list)
         for r in rs:
             by_level[r.get("level")].append(bool(r["correct"]))
