@@ -388,6 +388,8 @@ def test_cli_mistakes_are_one_line_errors_with_exit_code_2(tmp_path):
     bad_mid.write_text('{"id": "a"}\n{"id": \n{"id": "b"}\n')
     latin = tmp_path / "latin.jsonl"
     latin.write_bytes(b'{"id": "caf\xe9"}\n')
+    problems = tmp_path / "problems.jsonl"  # passed as --out by mistake: never appended to
+    problems.write_text('{"problem": "Start with 1.", "answer": "1", "id": "a"}\n')
     out = str(tmp_path / "o.jsonl")
     cases = {
         ("solve", "Start with 7.", "--budget", "1000000000"): "--budget",
@@ -416,6 +418,9 @@ def test_cli_mistakes_are_one_line_errors_with_exit_code_2(tmp_path):
         ("eval", "--strategy", "cot", "--concurrency", "0"): "--concurrency",
         ("eval", "--strategy", "cot", "--n", "1", "--out", str(bad_mid)): "not a JSON record",
         ("eval", "--strategy", "cot", "--n", "1", "--out", str(latin)): "not UTF-8",
+        ("eval", "--strategy", "cot", "--data", str(problems), "--out", str(problems)): (
+            "is not a file of eval records"
+        ),
         ("report", str(not_records)): "record 1 is no eval record",
         ("report", str(tmp_path / "o.jsonl")): "no eval records",
     }
@@ -427,6 +432,7 @@ def test_cli_mistakes_are_one_line_errors_with_exit_code_2(tmp_path):
         assert text in flat(res.output), (args, res.output)
         assert "Traceback" not in res.output, args
     assert notes.read_text() == "my notes, no newline"  # untouched
+    assert problems.read_text().count("\n") == 1
 
 
 def test_serve_mistakes_are_one_line_errors_before_it_serves(tmp_path):

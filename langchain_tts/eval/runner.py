@@ -138,7 +138,15 @@ async def run_eval(
     every record.
     """
     problems = list(problems)
-    done = {_key(r) for r in read_records(out)} if out else set()
+    earlier = read_records(out) if out else []
+    for i, r in enumerate(earlier):  # e.g. the problems file passed as --out: never append
+        why = _not_a_record(r)
+        if why:
+            raise InputError(
+                f"{out} is not a file of eval records (record {i + 1}: {why}); pass a new or "
+                "an earlier --out"
+            )
+    done = {_key(r) for r in earlier}
     todo = [p for p in problems if _key({**meta, "id": p.id}) not in done]
     sem = asyncio.Semaphore(max(1, concurrency))
     records: list[dict] = []
