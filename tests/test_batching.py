@@ -72,6 +72,17 @@ async def test_hf_policy_merges_concurrent_graph_calls(tiny_policy_dir, tiny_prm
     # Each caller is billed for its own tokens only.
     assert all(r.usage.policy_generated_tokens == r.steps[0][0].tokens for r in together)
 
+    # Sampled calls that differ only in their seeds share a generate too, each drawing the
+    # samples it draws alone (the seed is per row, not the batch's)
+    seeded = [SamplingParams(temperature=1.0, seed=1000 * i, max_step_tokens=6) for i in range(8)]
+    alone_seeded = [policy.generate([p], 2, q).steps[0] for p, q in zip(prefixes, seeded)]
+    before = policy._coalescer.batches_run
+    together = await asyncio.gather(
+        *(policy.agenerate([p], 2, q) for p, q in zip(prefixes, seeded))
+    )
+    assert [r.steps[0] for r in together] == alone_seeded
+    assert policy._coalescer.batches_run - before < 8
+
     trajs = [Trajectory(question="q", steps=[s[0].text or "x"]) for s in alone]
     one_by_one = [prm.score([t]).scores[0] for t in trajs]
     merged = await asyncio.gather(*(prm.ascore([t]) for t in trajs))

@@ -117,11 +117,15 @@ def test_seeded_samples_do_not_depend_on_the_batch(policy: HFPolicy) -> None:
     with_others = policy.generate(PREFIXES[1:2], n=4, params=params).steps[0]
     assert with_others == alone
     # two merged callers (the request coalescer): each keeps its own seeds
-    merged = policy._run_items([(PREFIXES[0], 0), (PREFIXES[1], 0)], (4, params.model_dump_json()))
+    key = (4, params.model_copy(update={"seed": 0}).model_dump_json())
+    merged = policy._run_items([(PREFIXES[0], 0, 5), (PREFIXES[1], 0, 5)], key)
     assert merged[1][0] == alone
     # prefix i of one call draws seeds seed + i*n + j, like vLLM: another seed, other samples
     other = policy.generate(PREFIXES[1:2], n=4, params=params.model_copy(update={"seed": 6}))
     assert other.steps[0] != alone
+    # callers that differ only in their seeds share a batch, each with its own samples
+    merged = policy._run_items([(PREFIXES[1], 0, 6), (PREFIXES[1], 0, 5)], key)
+    assert merged[0][0] == other.steps[0] and merged[1][0] == alone
 
 
 def test_seeded_sampler_draws_from_the_tempered_top_p_distribution() -> None:

@@ -303,9 +303,12 @@ class HFPolicy(LocalModel, StepPolicy):
         self, prefixes: list[Trajectory], n: int, params: SamplingParams
     ) -> PolicyResult:
         # Concurrent calls with the same sampling parameters share one generate (see
-        # backends/batching.py); a lone call runs as it is.
+        # backends/batching.py); a lone call runs as it is. The seed is each item's own
+        # (its rows draw from their own streams), so runs that differ only in their seeds
+        # batch together; seeded and unseeded calls do not.
+        shared = params.model_copy(update={"seed": None if params.seed is None else 0})
         items = self._coalescer.run(
-            [(p, i) for i, p in enumerate(prefixes)], (n, params.model_dump_json())
+            [(p, i, params.seed) for i, p in enumerate(prefixes)], (n, shared.model_dump_json())
         )
         steps = [it[0] for it in items]
         computed = sum(it[1] for it in items)
@@ -318,17 +321,19 @@ class HFPolicy(LocalModel, StepPolicy):
         return PolicyResult(steps=steps, usage=usage)
 
     def _run_items(
-        self, items: Sequence[tuple[Trajectory, int]], key: tuple[int, str]
+        self, items: Sequence[tuple[Trajectory, int, int | None]], key: tuple[int, str]
     ) -> list[tuple[list[Step], int, int, float]]:
-        """Per ``(prefix, its index in its caller's call)``: its n steps, the prompt tokens
-        computed for it and read from the prefix cache, the batch's seconds."""
+        """Per ``(prefix, its index in its caller's call, its caller's seed)``: its n steps,
+        the prompt tokens computed for it and read from the prefix cache, the batch's
+        seconds."""
         n, params = key[0], SamplingParams.model_validate_json(key[1])
         t0 = time.perf_counter()
         greedy = params.temperature == 0
         # A merged batch holds several callers' prefixes: seeds count from each caller's own
         # first prefix (``local``), so a call's samples do not depend on its batch-mates.
-        prefixes = [p for p, _ in items]
-        local = [i for _, i in items]
+        prefixes = [p for p, _, _ in items]
+        local = [i for _, i, _ in items]
+        item_seeds = [seed for _, _, seed in items]
         prompts = [self.encode(p) for p in prefixes]
         # Greedy samples are identical: decode each prefix once and copy the step n times.
         copies = 1 if greedy else n
@@ -348,7 +353,7 @@ class HFPolicy(LocalModel, StepPolicy):
                 continue
             seeds = None
             if params.seed is not None and not greedy:
-                seeds = [params.seed + local[rows[r][0]] * n + rows[r][2] for r in chunk]
+                seeds = [item_seeds[rows[r][0]] + local[rows[r][0]] * n + rows[r][2] for r in chunk]
             steps, counts = self._generate_chunk(
                 [rows[r][1] for r in chunk], params, seeds, row_tokens
             )
