@@ -58,6 +58,17 @@ def saver(request) -> Iterator[Any]:
             yield s
 
 
+def pipeline(state: Any, nodes: dict[str, Any], checkpointer: Any = None) -> Any:
+    """A parent app: ``nodes`` in order between START and END, compiled."""
+    g = StateGraph(state)
+    names = list(nodes)
+    for name in names:
+        g.add_node(name, nodes[name])
+    for a, b in zip([START, *names], [*names, END]):
+        g.add_edge(a, b)
+    return g.compile(checkpointer=checkpointer)
+
+
 def test_config_table_covers_every_strategy():
     assert set(CONFIGS) == set(STRATEGIES)
 
@@ -215,13 +226,7 @@ def test_parent_chat_app_with_its_own_question_key(saver):
         last = [m for m in state["messages"] if isinstance(m, HumanMessage)][-1]
         return {"question": last.content.removeprefix("Please: ")}
 
-    g = StateGraph(ChatApp)
-    g.add_node("front", front)
-    g.add_node("tts", tts)
-    g.add_edge(START, "front")
-    g.add_edge("front", "tts")
-    g.add_edge("tts", END)
-    app = g.compile(checkpointer=saver)
+    app = pipeline(ChatApp, {"front": front, "tts": tts}, saver)
     rc = {"configurable": {"thread_id": "app-1"}}
     for q, a in zip(TURNS, ANSWERS):
         out = app.invoke({"messages": [("human", "Please: " + q)]}, rc)
@@ -247,13 +252,8 @@ def test_parent_messages_app_whose_question_key_is_not_the_tts_graphs(saver):
         output_key="tts",
         checkpointer=True,
     )
-    g = StateGraph(App)
-    g.add_node("note", lambda s: {"question": {"turns": len(s["messages"])}})
-    g.add_node("tts", tts)
-    g.add_edge(START, "note")
-    g.add_edge("note", "tts")
-    g.add_edge("tts", END)
-    app = g.compile(checkpointer=saver)
+    note = lambda s: {"question": {"turns": len(s["messages"])}}  # noqa: E731
+    app = pipeline(App, {"note": note, "tts": tts}, saver)
     rc = {"configurable": {"thread_id": "app-2"}}
     for i, (q, a) in enumerate(zip(TURNS, ANSWERS)):
         out = app.invoke({"messages": [("human", q)]}, rc)
@@ -312,11 +312,7 @@ def test_a_parent_question_left_from_an_earlier_turn_is_answered_with_a_warning(
         answer: str | None
 
     tts = create_tts_graph(FakePolicy(adder), FakePRM(prefer_right), "best_of_n", {"n": 2})
-    g = StateGraph(App)
-    g.add_node("tts", tts)
-    g.add_edge(START, "tts")
-    g.add_edge("tts", END)
-    app = g.compile(checkpointer=saver)
+    app = pipeline(App, {"tts": tts}, saver)
     rc = {"configurable": {"thread_id": "stale-question"}}
     assert app.invoke({"messages": [("human", TURNS[0])]}, rc)["answer"] == ANSWERS[0]
     with pytest.warns(UserWarning, match="again: the chat's reply before its newest human"):
@@ -338,13 +334,7 @@ def test_a_parent_that_rewrites_the_question_each_turn_gets_no_warning(saver):
         return {"question": f"Start with {a}. Add {b}."}
 
     tts = create_tts_graph(FakePolicy(adder), FakePRM(prefer_right), "best_of_n", {"n": 2})
-    g = StateGraph(App)
-    g.add_node("rewrite", rewrite)
-    g.add_node("tts", tts)
-    g.add_edge(START, "rewrite")
-    g.add_edge("rewrite", "tts")
-    g.add_edge("tts", END)
-    app = g.compile(checkpointer=saver)
+    app = pipeline(App, {"rewrite": rewrite, "tts": tts}, saver)
     rc = {"configurable": {"thread_id": "rewritten"}}
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -365,11 +355,7 @@ def test_a_parent_whose_question_defaults_to_empty_reads_the_chat():
         answer: str | None = None
 
     tts = create_tts_graph(FakePolicy(adder), FakePRM(prefer_right), "best_of_n", {"n": 2})
-    g = StateGraph(App)
-    g.add_node("tts", tts)
-    g.add_edge(START, "tts")
-    g.add_edge("tts", END)
-    out = g.compile().invoke({"messages": [("human", TURNS[0])]})
+    out = pipeline(App, {"tts": tts}).invoke({"messages": [("human", TURNS[0])]})
     assert out["answer"] == ANSWERS[0] and out["question"] == TURNS[0]
     with pytest.raises(InputError, match="question is empty"):
         tts.invoke({"question": "   "})
